@@ -1,0 +1,470 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ImageStep(_message.Message):
+    __slots__ = ("kind", "args", "env", "path", "content", "mode", "source", "mount_root", "digest")
+    class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    MOUNT_ROOT_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    args: _containers.RepeatedScalarFieldContainer[str]
+    env: _containers.ScalarMap[str, str]
+    path: str
+    content: bytes
+    mode: int
+    source: str
+    mount_root: str
+    digest: str
+    def __init__(self, kind: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., path: _Optional[str] = ..., content: _Optional[bytes] = ..., mode: _Optional[int] = ..., source: _Optional[str] = ..., mount_root: _Optional[str] = ..., digest: _Optional[str] = ...) -> None: ...
+
+class ImageSpec(_message.Message):
+    __slots__ = ("base", "python_version", "steps", "content_hash")
+    BASE_FIELD_NUMBER: _ClassVar[int]
+    PYTHON_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
+    base: str
+    python_version: str
+    steps: _containers.RepeatedCompositeFieldContainer[ImageStep]
+    content_hash: str
+    def __init__(self, base: _Optional[str] = ..., python_version: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[ImageStep, _Mapping]]] = ..., content_hash: _Optional[str] = ...) -> None: ...
+
+class Payload(_message.Message):
+    __slots__ = ("schema", "batch")
+    SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    schema: bytes
+    batch: bytes
+    def __init__(self, schema: _Optional[bytes] = ..., batch: _Optional[bytes] = ...) -> None: ...
+
+class RemoteError(_message.Message):
+    __slots__ = ("exception_type", "message", "traceback", "code", "exception_mro")
+    EXCEPTION_TYPE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    TRACEBACK_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    EXCEPTION_MRO_FIELD_NUMBER: _ClassVar[int]
+    exception_type: str
+    message: str
+    traceback: str
+    code: str
+    exception_mro: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, exception_type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., code: _Optional[str] = ..., exception_mro: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CodeBundle(_message.Message):
+    __slots__ = ("module_source", "function_name", "files", "remote_refs")
+    class FilesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class RemoteRefsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    MODULE_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_NAME_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_REFS_FIELD_NUMBER: _ClassVar[int]
+    module_source: str
+    function_name: str
+    files: _containers.ScalarMap[str, str]
+    remote_refs: _containers.ScalarMap[str, str]
+    def __init__(self, module_source: _Optional[str] = ..., function_name: _Optional[str] = ..., files: _Optional[_Mapping[str, str]] = ..., remote_refs: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Resources(_message.Message):
+    __slots__ = ("cpu_millis", "memory_bytes", "gpu")
+    CPU_MILLIS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    GPU_FIELD_NUMBER: _ClassVar[int]
+    cpu_millis: int
+    memory_bytes: int
+    gpu: str
+    def __init__(self, cpu_millis: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpu: _Optional[str] = ...) -> None: ...
+
+class FunctionSpec(_message.Message):
+    __slots__ = ("name", "image", "resources", "env", "min_replicas", "max_replicas", "suspend_cooldown_seconds", "code", "input_schema", "output_schema", "is_generator", "is_async", "options", "serialization_format", "parameter_names")
+    class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class OptionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    MIN_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    MAX_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    SUSPEND_COOLDOWN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    IS_GENERATOR_FIELD_NUMBER: _ClassVar[int]
+    IS_ASYNC_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    SERIALIZATION_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_NAMES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    image: ImageSpec
+    resources: Resources
+    env: _containers.ScalarMap[str, str]
+    min_replicas: int
+    max_replicas: int
+    suspend_cooldown_seconds: float
+    code: CodeBundle
+    input_schema: bytes
+    output_schema: bytes
+    is_generator: bool
+    is_async: bool
+    options: _containers.ScalarMap[str, str]
+    serialization_format: str
+    parameter_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., image: _Optional[_Union[ImageSpec, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ..., suspend_cooldown_seconds: _Optional[float] = ..., code: _Optional[_Union[CodeBundle, _Mapping]] = ..., input_schema: _Optional[bytes] = ..., output_schema: _Optional[bytes] = ..., is_generator: _Optional[bool] = ..., is_async: _Optional[bool] = ..., options: _Optional[_Mapping[str, str]] = ..., serialization_format: _Optional[str] = ..., parameter_names: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class FunctionVersion(_message.Message):
+    __slots__ = ("id", "function_name", "version", "scaling_group_name", "spec", "created_at", "ready_replicas", "replicas", "state", "error", "latest")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SCALING_GROUP_NAME_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    READY_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    LATEST_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    function_name: str
+    version: int
+    scaling_group_name: str
+    spec: FunctionSpec
+    created_at: float
+    ready_replicas: int
+    replicas: int
+    state: str
+    error: str
+    latest: bool
+    def __init__(self, id: _Optional[str] = ..., function_name: _Optional[str] = ..., version: _Optional[int] = ..., scaling_group_name: _Optional[str] = ..., spec: _Optional[_Union[FunctionSpec, _Mapping]] = ..., created_at: _Optional[float] = ..., ready_replicas: _Optional[int] = ..., replicas: _Optional[int] = ..., state: _Optional[str] = ..., error: _Optional[str] = ..., latest: _Optional[bool] = ...) -> None: ...
+
+class RegisterFunctionRequest(_message.Message):
+    __slots__ = ("spec",)
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    spec: FunctionSpec
+    def __init__(self, spec: _Optional[_Union[FunctionSpec, _Mapping]] = ...) -> None: ...
+
+class RegisterFunctionResponse(_message.Message):
+    __slots__ = ("function", "created")
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    function: FunctionVersion
+    created: bool
+    def __init__(self, function: _Optional[_Union[FunctionVersion, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class GetFunctionRequest(_message.Message):
+    __slots__ = ("name", "id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    id: str
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+
+class GetFunctionResponse(_message.Message):
+    __slots__ = ("function",)
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    function: FunctionVersion
+    def __init__(self, function: _Optional[_Union[FunctionVersion, _Mapping]] = ...) -> None: ...
+
+class ListFunctionsRequest(_message.Message):
+    __slots__ = ("include_old_versions",)
+    INCLUDE_OLD_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    include_old_versions: bool
+    def __init__(self, include_old_versions: _Optional[bool] = ...) -> None: ...
+
+class ListFunctionsResponse(_message.Message):
+    __slots__ = ("functions",)
+    FUNCTIONS_FIELD_NUMBER: _ClassVar[int]
+    functions: _containers.RepeatedCompositeFieldContainer[FunctionVersion]
+    def __init__(self, functions: _Optional[_Iterable[_Union[FunctionVersion, _Mapping]]] = ...) -> None: ...
+
+class DeleteFunctionRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class DeleteFunctionResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WaitReadyRequest(_message.Message):
+    __slots__ = ("id", "timeout")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    timeout: float
+    def __init__(self, id: _Optional[str] = ..., timeout: _Optional[float] = ...) -> None: ...
+
+class WaitReadyResponse(_message.Message):
+    __slots__ = ("function",)
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    function: FunctionVersion
+    def __init__(self, function: _Optional[_Union[FunctionVersion, _Mapping]] = ...) -> None: ...
+
+class CallInfo(_message.Message):
+    __slots__ = ("id", "function_id", "function_name", "state", "attempt", "chunks", "created_at", "finished_at", "error", "parent_id")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_ID_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    PARENT_ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    function_id: str
+    function_name: str
+    state: str
+    attempt: int
+    chunks: int
+    created_at: float
+    finished_at: float
+    error: str
+    parent_id: str
+    def __init__(self, id: _Optional[str] = ..., function_id: _Optional[str] = ..., function_name: _Optional[str] = ..., state: _Optional[str] = ..., attempt: _Optional[int] = ..., chunks: _Optional[int] = ..., created_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error: _Optional[str] = ..., parent_id: _Optional[str] = ...) -> None: ...
+
+class ListCallsRequest(_message.Message):
+    __slots__ = ("limit", "function_name")
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_NAME_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    function_name: str
+    def __init__(self, limit: _Optional[int] = ..., function_name: _Optional[str] = ...) -> None: ...
+
+class ListCallsResponse(_message.Message):
+    __slots__ = ("calls",)
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    calls: _containers.RepeatedCompositeFieldContainer[CallInfo]
+    def __init__(self, calls: _Optional[_Iterable[_Union[CallInfo, _Mapping]]] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatusResponse(_message.Message):
+    __slots__ = ("version", "home", "runtime", "functions", "replicas", "calls_queued", "calls_running", "calls_total", "uptime_seconds", "durability", "pid")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    HOME_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    FUNCTIONS_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    CALLS_QUEUED_FIELD_NUMBER: _ClassVar[int]
+    CALLS_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    CALLS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DURABILITY_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    home: str
+    runtime: str
+    functions: int
+    replicas: int
+    calls_queued: int
+    calls_running: int
+    calls_total: int
+    uptime_seconds: float
+    durability: str
+    pid: int
+    def __init__(self, version: _Optional[str] = ..., home: _Optional[str] = ..., runtime: _Optional[str] = ..., functions: _Optional[int] = ..., replicas: _Optional[int] = ..., calls_queued: _Optional[int] = ..., calls_running: _Optional[int] = ..., calls_total: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., durability: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
+
+class Submit(_message.Message):
+    __slots__ = ("ref", "function_id", "function_name", "args", "idempotency_key", "parent_call_id")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_ID_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_NAME_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    PARENT_CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    ref: int
+    function_id: str
+    function_name: str
+    args: Payload
+    idempotency_key: str
+    parent_call_id: str
+    def __init__(self, ref: _Optional[int] = ..., function_id: _Optional[str] = ..., function_name: _Optional[str] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., parent_call_id: _Optional[str] = ...) -> None: ...
+
+class Attach(_message.Message):
+    __slots__ = ("ref", "call_id", "after_chunk")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    ref: int
+    call_id: str
+    after_chunk: int
+    def __init__(self, ref: _Optional[int] = ..., call_id: _Optional[str] = ..., after_chunk: _Optional[int] = ...) -> None: ...
+
+class ChunkAck(_message.Message):
+    __slots__ = ("call_id", "index")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    index: int
+    def __init__(self, call_id: _Optional[str] = ..., index: _Optional[int] = ...) -> None: ...
+
+class CancelCall(_message.Message):
+    __slots__ = ("call_id",)
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    def __init__(self, call_id: _Optional[str] = ...) -> None: ...
+
+class SessionRequest(_message.Message):
+    __slots__ = ("submits", "attaches", "acks", "cancels")
+    SUBMITS_FIELD_NUMBER: _ClassVar[int]
+    ATTACHES_FIELD_NUMBER: _ClassVar[int]
+    ACKS_FIELD_NUMBER: _ClassVar[int]
+    CANCELS_FIELD_NUMBER: _ClassVar[int]
+    submits: _containers.RepeatedCompositeFieldContainer[Submit]
+    attaches: _containers.RepeatedCompositeFieldContainer[Attach]
+    acks: _containers.RepeatedCompositeFieldContainer[ChunkAck]
+    cancels: _containers.RepeatedCompositeFieldContainer[CancelCall]
+    def __init__(self, submits: _Optional[_Iterable[_Union[Submit, _Mapping]]] = ..., attaches: _Optional[_Iterable[_Union[Attach, _Mapping]]] = ..., acks: _Optional[_Iterable[_Union[ChunkAck, _Mapping]]] = ..., cancels: _Optional[_Iterable[_Union[CancelCall, _Mapping]]] = ...) -> None: ...
+
+class CallEvent(_message.Message):
+    __slots__ = ("ref", "call_id", "accepted", "chunk", "result", "error", "done", "first_index")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    FIRST_INDEX_FIELD_NUMBER: _ClassVar[int]
+    ref: int
+    call_id: str
+    accepted: bool
+    chunk: Payload
+    result: Payload
+    error: RemoteError
+    done: bool
+    first_index: int
+    def __init__(self, ref: _Optional[int] = ..., call_id: _Optional[str] = ..., accepted: _Optional[bool] = ..., chunk: _Optional[_Union[Payload, _Mapping]] = ..., result: _Optional[_Union[Payload, _Mapping]] = ..., error: _Optional[_Union[RemoteError, _Mapping]] = ..., done: _Optional[bool] = ..., first_index: _Optional[int] = ...) -> None: ...
+
+class SessionResponse(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[CallEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[CallEvent, _Mapping]]] = ...) -> None: ...
+
+class WorkerHello(_message.Message):
+    __slots__ = ("replica_id", "token", "pid", "capacity")
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    replica_id: str
+    token: str
+    pid: int
+    capacity: int
+    def __init__(self, replica_id: _Optional[str] = ..., token: _Optional[str] = ..., pid: _Optional[int] = ..., capacity: _Optional[int] = ...) -> None: ...
+
+class AttemptEvent(_message.Message):
+    __slots__ = ("call_id", "attempt", "chunk", "result", "error", "done", "first_index")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    FIRST_INDEX_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    attempt: int
+    chunk: Payload
+    result: Payload
+    error: RemoteError
+    done: bool
+    first_index: int
+    def __init__(self, call_id: _Optional[str] = ..., attempt: _Optional[int] = ..., chunk: _Optional[_Union[Payload, _Mapping]] = ..., result: _Optional[_Union[Payload, _Mapping]] = ..., error: _Optional[_Union[RemoteError, _Mapping]] = ..., done: _Optional[bool] = ..., first_index: _Optional[int] = ...) -> None: ...
+
+class WorkerRequest(_message.Message):
+    __slots__ = ("hello", "credit", "events", "heartbeat", "drained")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    DRAINED_FIELD_NUMBER: _ClassVar[int]
+    hello: WorkerHello
+    credit: int
+    events: _containers.RepeatedCompositeFieldContainer[AttemptEvent]
+    heartbeat: bool
+    drained: bool
+    def __init__(self, hello: _Optional[_Union[WorkerHello, _Mapping]] = ..., credit: _Optional[int] = ..., events: _Optional[_Iterable[_Union[AttemptEvent, _Mapping]]] = ..., heartbeat: _Optional[bool] = ..., drained: _Optional[bool] = ...) -> None: ...
+
+class Assignment(_message.Message):
+    __slots__ = ("call_id", "attempt", "args")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    attempt: int
+    args: Payload
+    def __init__(self, call_id: _Optional[str] = ..., attempt: _Optional[int] = ..., args: _Optional[_Union[Payload, _Mapping]] = ...) -> None: ...
+
+class ChunkCredit(_message.Message):
+    __slots__ = ("call_id", "attempt", "up_to")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    UP_TO_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    attempt: int
+    up_to: int
+    def __init__(self, call_id: _Optional[str] = ..., attempt: _Optional[int] = ..., up_to: _Optional[int] = ...) -> None: ...
+
+class WorkerResponse(_message.Message):
+    __slots__ = ("function", "assignments", "chunk_credits", "cancels", "drain", "heartbeat")
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_CREDITS_FIELD_NUMBER: _ClassVar[int]
+    CANCELS_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    function: FunctionVersion
+    assignments: _containers.RepeatedCompositeFieldContainer[Assignment]
+    chunk_credits: _containers.RepeatedCompositeFieldContainer[ChunkCredit]
+    cancels: _containers.RepeatedCompositeFieldContainer[AttemptEvent]
+    drain: bool
+    heartbeat: bool
+    def __init__(self, function: _Optional[_Union[FunctionVersion, _Mapping]] = ..., assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., chunk_credits: _Optional[_Iterable[_Union[ChunkCredit, _Mapping]]] = ..., cancels: _Optional[_Iterable[_Union[AttemptEvent, _Mapping]]] = ..., drain: _Optional[bool] = ..., heartbeat: _Optional[bool] = ...) -> None: ...
