@@ -1,0 +1,60 @@
+"""chalkcompute: decorate a Python function, call it, and it runs on chalkd.
+
+    import chalkcompute
+
+    @chalkcompute.function
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    add.wait_ready()
+    print(add(3, 5))  # 8
+
+Set ``CHALK_COMPUTE_TARGET`` (default ``127.0.0.1:50051``) to reach another daemon.
+"""
+
+from chalkcompute.exceptions import (
+    CallCancelledError,
+    CallInterruptedError,
+    ChalkError,
+    DaemonUnavailableError,
+    FunctionBuildError,
+    FunctionCodeError,
+    FunctionError,
+    FunctionNotFoundError,
+    FunctionSignatureError,
+    FunctionTimeoutError,
+    NotSupportedError,
+    RemoteExecutionError,
+    ResourceExhaustedError,
+    SerializationError,
+    WorkerLostError,
+)
+from chalkcompute.functions import FunctionVersionInfo, RemoteFunction, function
+from chalkcompute.image import Image, LazyLocalFile
+from chalkcompute.retries import RetryPolicy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CallCancelledError",
+    "CallInterruptedError",
+    "ChalkError",
+    "DaemonUnavailableError",
+    "FunctionBuildError",
+    "FunctionCodeError",
+    "FunctionError",
+    "FunctionNotFoundError",
+    "FunctionSignatureError",
+    "FunctionTimeoutError",
+    "FunctionVersionInfo",
+    "Image",
+    "LazyLocalFile",
+    "NotSupportedError",
+    "RemoteExecutionError",
+    "RemoteFunction",
+    "ResourceExhaustedError",
+    "RetryPolicy",
+    "SerializationError",
+    "WorkerLostError",
+    "function",
+]

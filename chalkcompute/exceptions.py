@@ -29,7 +29,11 @@ __all__ = [
     "InvalidArgumentError",
     "ResourceExhaustedError",
     "NotSupportedError",
+    "WorkerLostError",
+    "CallInterruptedError",
+    "CallCancelledError",
     "error_from_status",
+    "remote_error",
 ]
 
 
@@ -124,6 +128,18 @@ def _rebuild_remote_error(*args) -> RemoteExecutionError:
     )
 
 
+class WorkerLostError(RemoteExecutionError):
+    """The replica running the call was lost on every attempt (message has the exit code or signal)."""
+
+
+class CallInterruptedError(RemoteExecutionError):
+    """A streaming call lost its replica (or the daemon) after it had sent chunks."""
+
+
+class CallCancelledError(FunctionError, RuntimeError):
+    """The call was cancelled."""
+
+
 # The one table from gRPC status to SDK exception.
 _STATUS_TO_ERROR: dict[Status, type[ChalkError]] = {
     Status.NOT_FOUND: FunctionNotFoundError,
@@ -142,3 +158,29 @@ def error_from_status(status: Status, message: str | None) -> ChalkError:
     """Turn a gRPC status from the daemon into the SDK's exception."""
     cls = _STATUS_TO_ERROR.get(status, ChalkError)
     return cls(message or status.name)
+
+
+# Platform failures of a call (RemoteError.code) and the exception each becomes.
+_CODE_TO_ERROR: dict[str, type[ChalkError]] = {
+    "WORKER_LOST": WorkerLostError,
+    "INTERRUPTED": CallInterruptedError,
+    "NOT_FOUND": FunctionNotFoundError,
+    "BUILD_FAILED": FunctionBuildError,
+    "UNSCHEDULABLE": FunctionError,
+    "INVALID_ARGUMENT": FunctionSignatureError,
+    "RESOURCE_EXHAUSTED": ResourceExhaustedError,
+    "CANCELLED": CallCancelledError,
+    "INTERNAL": FunctionError,
+}
+
+
+def remote_error(err, *, function_name: str = "", call_id: str = "") -> ChalkError:
+    """The exception for a call's error event (a ``RemoteError`` message)."""
+    cls = _CODE_TO_ERROR.get(err.code)
+    if cls is None or issubclass(cls, RemoteExecutionError):
+        return (cls or RemoteExecutionError)(
+            err.message, function_name=function_name, exception_type=err.exception_type,
+            remote_traceback=err.traceback, call_id=call_id, exception_mro=tuple(err.exception_mro),
+            code=err.code,
+        )
+    return cls(err.message)

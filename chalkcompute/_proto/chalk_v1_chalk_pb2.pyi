@@ -48,12 +48,14 @@ class ImageSpec(_message.Message):
     def __init__(self, base: _Optional[str] = ..., python_version: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[ImageStep, _Mapping]]] = ..., content_hash: _Optional[str] = ...) -> None: ...
 
 class Payload(_message.Message):
-    __slots__ = ("schema", "batch")
+    __slots__ = ("schema", "batch", "rows")
     SCHEMA_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
     schema: bytes
     batch: bytes
-    def __init__(self, schema: _Optional[bytes] = ..., batch: _Optional[bytes] = ...) -> None: ...
+    rows: int
+    def __init__(self, schema: _Optional[bytes] = ..., batch: _Optional[bytes] = ..., rows: _Optional[int] = ...) -> None: ...
 
 class RemoteError(_message.Message):
     __slots__ = ("exception_type", "message", "traceback", "code", "exception_mro")
@@ -154,7 +156,7 @@ class FunctionSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., image: _Optional[_Union[ImageSpec, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ..., suspend_cooldown_seconds: _Optional[float] = ..., code: _Optional[_Union[CodeBundle, _Mapping]] = ..., input_schema: _Optional[bytes] = ..., output_schema: _Optional[bytes] = ..., is_generator: _Optional[bool] = ..., is_async: _Optional[bool] = ..., options: _Optional[_Mapping[str, str]] = ..., serialization_format: _Optional[str] = ..., parameter_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class FunctionVersion(_message.Message):
-    __slots__ = ("id", "function_name", "version", "scaling_group_name", "spec", "created_at", "ready_replicas", "replicas", "state", "error", "latest")
+    __slots__ = ("id", "function_name", "version", "scaling_group_name", "spec", "created_at", "ready_replicas", "replicas", "state", "error", "latest", "error_code")
     ID_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -166,6 +168,7 @@ class FunctionVersion(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     LATEST_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     id: str
     function_name: str
     version: int
@@ -177,7 +180,8 @@ class FunctionVersion(_message.Message):
     state: str
     error: str
     latest: bool
-    def __init__(self, id: _Optional[str] = ..., function_name: _Optional[str] = ..., version: _Optional[int] = ..., scaling_group_name: _Optional[str] = ..., spec: _Optional[_Union[FunctionSpec, _Mapping]] = ..., created_at: _Optional[float] = ..., ready_replicas: _Optional[int] = ..., replicas: _Optional[int] = ..., state: _Optional[str] = ..., error: _Optional[str] = ..., latest: _Optional[bool] = ...) -> None: ...
+    error_code: str
+    def __init__(self, id: _Optional[str] = ..., function_name: _Optional[str] = ..., version: _Optional[int] = ..., scaling_group_name: _Optional[str] = ..., spec: _Optional[_Union[FunctionSpec, _Mapping]] = ..., created_at: _Optional[float] = ..., ready_replicas: _Optional[int] = ..., replicas: _Optional[int] = ..., state: _Optional[str] = ..., error: _Optional[str] = ..., latest: _Optional[bool] = ..., error_code: _Optional[str] = ...) -> None: ...
 
 class RegisterFunctionRequest(_message.Message):
     __slots__ = ("spec",)

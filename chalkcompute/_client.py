@@ -1,0 +1,423 @@
+"""The connection to chalkd: a background event loop, the catalog stub, and one
+long-lived Session stream on which every call of this process is multiplexed.
+
+Blocking and async code share it: the SDK's coroutines run on a daemon thread's
+event loop; :func:`run_sync` blocks the calling thread on them (safe inside a
+running event loop of the user's, which is another loop), and :func:`run_async`
+awaits them from any other loop::
+
+    client = Client.get()                      # one per target per process
+    fv = run_sync(client.get_function(name="add"))
+    handle = client.start_call(function_name="add", args=payload, decode=codec.decode_results)
+    value = handle.result()                    # blocking; `await handle.result_async()` too
+
+Calls survive a dropped connection: the session reconnects, re-attaches every
+accepted call after the last chunk it received, and resubmits calls not yet
+accepted under their idempotency key, so nothing is lost or run twice by us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextvars
+import itertools
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from grpclib import GRPCError
+from grpclib.client import Channel
+from grpclib.const import Status
+from grpclib.exceptions import StreamTerminatedError
+
+from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
+from chalkcompute._proto.chalk_v1_chalk_grpc import FunctionCatalogStub, QueueStub
+from chalkcompute.exceptions import ChalkError, DaemonUnavailableError, error_from_status
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+ACK_EVERY = 1024
+MAX_BATCH_BYTES = 4 * 2**20
+
+# Set by the worker while a call runs, so nested calls name their parent.
+current_call_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("chalk_current_call_id", default=None)
+
+
+def default_target() -> str:
+    return os.environ.get("CHALK_COMPUTE_TARGET") or DEFAULT_TARGET
+
+
+# -- the background loop ------------------------------------------------------------
+
+
+class _LoopThread:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, name="chalkcompute-loop", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+
+_loop_lock = threading.Lock()
+_loop_thread: _LoopThread | None = None
+_loop_pid: int | None = None
+
+
+def sdk_loop() -> asyncio.AbstractEventLoop:
+    global _loop_thread, _loop_pid
+    with _loop_lock:
+        if _loop_thread is None or _loop_pid != os.getpid():  # a forked child needs its own
+            _loop_thread = _LoopThread()
+            _loop_pid = os.getpid()
+            Client._instances.clear()
+        return _loop_thread.loop
+
+
+def run_sync(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+    """Run an SDK coroutine from blocking code (any thread but the SDK's own)."""
+    loop = sdk_loop()
+    if threading.current_thread() is _loop_thread.thread:  # type: ignore[union-attr]
+        coro.close()
+        raise RuntimeError("a blocking chalkcompute call was made on the SDK's own event loop; use .aio")
+    return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
+
+
+async def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Await an SDK coroutine from the caller's event loop."""
+    loop = sdk_loop()
+    if asyncio.get_running_loop() is loop:
+        return await coro
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+
+
+# -- one call's events, handed from the SDK loop to whichever thread waits ------------
+
+
+class CallHandle:
+    """Receives the events of one call; consumed from any thread or loop."""
+
+    def __init__(self, session: "_Session", submit: pb.Submit, function_name: str,
+                 decode: Callable[[bytes, bytes], list]) -> None:
+        self.session = session
+        self.submit = submit
+        self.ref = submit.ref
+        self.function_name = function_name
+        self.decode = decode
+        self.call_id: str | None = None
+        self.received = -1          # last chunk index received (SDK loop side)
+        self.consumed = -1          # last chunk index handed to the user
+        self._acked = -1
+        self.finished = False
+        self._items: deque = deque()
+        self._lock = threading.Lock()
+        self._sync_waiter: threading.Lock | None = None
+        self._async_waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future] | None = None
+        self.accepted = threading.Event()
+
+    # SDK loop side
+    def put(self, item: tuple) -> None:
+        with self._lock:
+            self._items.append(item)
+            waiter, self._sync_waiter = self._sync_waiter, None
+            async_waiter, self._async_waiter = self._async_waiter, None
+        if waiter is not None:
+            waiter.release()
+        if async_waiter is not None:
+            loop, fut = async_waiter
+            loop.call_soon_threadsafe(_wake, fut)
+
+    # consumer side
+    def next_event(self, timeout: float | None = None) -> tuple:
+        while True:
+            with self._lock:
+                if self._items:
+                    return self._items.popleft()
+                waiter = threading.Lock()
+                waiter.acquire()
+                self._sync_waiter = waiter
+            if not waiter.acquire(timeout=-1 if timeout is None else timeout):
+                raise TimeoutError(f"no result from {self.function_name!r} within {timeout:g}s")
+
+    async def next_event_async(self) -> tuple:
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._lock:
+                if self._items:
+                    return self._items.popleft()
+                fut = loop.create_future()
+                self._async_waiter = (loop, fut)
+            await fut
+
+    def consumed_up_to(self, index: int) -> None:
+        self.consumed = index
+        if index - self._acked >= ACK_EVERY:
+            self._acked = index
+            self.session.send_threadsafe(ack=pb.ChunkAck(call_id=self.call_id or "", index=index))
+
+    def cancel(self) -> None:
+        if not self.finished and self.call_id:
+            self.session.send_threadsafe(cancel=pb.CancelCall(call_id=self.call_id))
+
+
+def _wake(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+# -- the session stream ---------------------------------------------------------------
+
+
+class _Session:
+    def __init__(self, client: "Client") -> None:
+        self.client = client
+        self.stub = QueueStub(client.channel)
+        self.handles: dict[int, CallHandle] = {}
+        self._refs = itertools.count(1)
+        self._out: list = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.reconnect_timeout = float(os.environ.get("CHALK_RECONNECT_TIMEOUT", "60"))
+
+    def next_ref(self) -> int:
+        return next(self._refs)
+
+    def start(self, handle: CallHandle) -> None:
+        """On the SDK loop: register the handle and queue its submit."""
+        self.handles[handle.ref] = handle
+        self._out.append(handle.submit)
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def send_threadsafe(self, *, ack: pb.ChunkAck | None = None, cancel: pb.CancelCall | None = None) -> None:
+        self.client.loop.call_soon_threadsafe(self._queue_item, ack or cancel)
+
+    def _queue_item(self, item) -> None:
+        self._out.append(item)
+        self._wake.set()
+
+    async def _run(self) -> None:
+        lost_since: float | None = None
+        delay = 0.05
+        while True:
+            try:
+                async with self.stub.Session.open() as stream:
+                    if lost_since is not None:
+                        self._resume()
+                    lost_since, delay = None, 0.05
+                    await self._pump(stream)
+            except (OSError, StreamTerminatedError, asyncio.TimeoutError, ConnectionError) as exc:
+                reason = str(exc) or type(exc).__name__
+            except GRPCError as exc:
+                if exc.status not in (Status.UNAVAILABLE, Status.INTERNAL, Status.CANCELLED):
+                    self._fail_all(error_from_status(exc.status, exc.message))
+                    return
+                reason = exc.message or exc.status.name
+            if not self.handles:
+                return  # nothing in flight: reconnect when the next call comes
+            now = time.monotonic()
+            if lost_since is None:
+                lost_since = now
+                log.warning("lost the connection to chalkd at %s (%s); reconnecting", self.client.target, reason)
+            if now - lost_since > self.reconnect_timeout:
+                self._fail_all(DaemonUnavailableError(
+                    f"no chalkd answers at {self.client.target} (gave up after {self.reconnect_timeout:g}s): {reason}"))
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _resume(self) -> None:
+        """After a reconnect: re-attach accepted calls, resubmit the others."""
+        self._out = [item for item in self._out if isinstance(item, pb.CancelCall)]
+        for h in self.handles.values():
+            if h.call_id:
+                self._out.append(pb.Attach(ref=h.ref, call_id=h.call_id, after_chunk=h.received))
+            else:
+                self._out.append(h.submit)
+        self._wake.set()
+
+    async def _pump(self, stream) -> None:
+        """Send and receive until the stream breaks (it stays open while idle)."""
+        loop = asyncio.get_running_loop()
+        sender = loop.create_task(self._send_loop(stream))
+        receiver = loop.create_task(self._recv_loop(stream))
+        try:
+            done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+            raise StreamTerminatedError("the daemon closed the session")
+        finally:
+            sender.cancel()
+            receiver.cancel()
+            await asyncio.gather(sender, receiver, return_exceptions=True)
+
+    async def _recv_loop(self, stream) -> None:
+        async for msg in stream:
+            for ev in msg.events:
+                self._dispatch(ev)
+
+    async def _send_loop(self, stream) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._out:
+                # Coalesce what piled up, but keep each message well under the daemon's limit.
+                size, n = 0, 0
+                for item in self._out:
+                    size += item.args.ByteSize() if isinstance(item, pb.Submit) else 64
+                    n += 1
+                    if size >= MAX_BATCH_BYTES:
+                        break
+                items, self._out = self._out[:n], self._out[n:]
+                req = pb.SessionRequest()
+                for item in items:
+                    if isinstance(item, pb.Submit):
+                        req.submits.append(item)
+                    elif isinstance(item, pb.Attach):
+                        req.attaches.append(item)
+                    elif isinstance(item, pb.ChunkAck):
+                        req.acks.append(item)
+                    elif isinstance(item, pb.CancelCall):
+                        req.cancels.append(item)
+                await stream.send_message(req)
+
+    def _dispatch(self, ev: pb.CallEvent) -> None:
+        h = self.handles.get(ev.ref)
+        if h is None:
+            return
+        kind = ev.WhichOneof("event")
+        if kind == "accepted":
+            if ev.call_id:
+                h.call_id = ev.call_id
+            h.accepted.set()
+            return
+        if kind == "chunk":
+            last = ev.first_index + max(ev.chunk.rows, 1) - 1
+            if last <= h.received:
+                return  # already seen before a reconnect
+            skip = max(0, h.received + 1 - ev.first_index)
+            h.received = last
+            h.put(("chunk", ev.chunk, ev.first_index, skip))
+            return
+        h.finished = True
+        del self.handles[ev.ref]
+        if kind == "result":
+            h.put(("result", ev.result))
+        elif kind == "error":
+            h.put(("error", ev.error, ev.call_id or h.call_id))
+        else:
+            h.put(("done",))
+
+    def _fail_all(self, exc: Exception) -> None:
+        for h in list(self.handles.values()):
+            h.finished = True
+            h.put(("exception", exc))
+        self.handles.clear()
+
+
+# -- the client -------------------------------------------------------------------------
+
+
+class Client:
+    """One per daemon target per process; use :meth:`Client.get`."""
+
+    _instances: dict[str, "Client"] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        host, _, port = target.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"target must be 'host:port', got {target!r}")
+        self.loop = sdk_loop()
+        self.host, self.port = host.strip("[]"), int(port)
+        self._channel: Channel | None = None
+        self._session: _Session | None = None
+
+    @classmethod
+    def get(cls, target: str | None = None) -> "Client":
+        target = target or default_target()
+        sdk_loop()
+        with cls._lock:
+            client = cls._instances.get(target)
+            if client is None:
+                client = cls._instances[target] = Client(target)
+            return client
+
+    @property
+    def channel(self) -> Channel:
+        if self._channel is None:
+            # Created on the SDK loop: grpclib binds a channel to the loop it runs on.
+            self._channel = Channel(self.host, self.port)
+        return self._channel
+
+    @property
+    def catalog(self) -> FunctionCatalogStub:
+        return FunctionCatalogStub(self.channel)
+
+    @property
+    def session(self) -> _Session:
+        if self._session is None:
+            self._session = _Session(self)
+        return self._session
+
+    async def rpc(self, method: str, request, timeout: float | None = 30.0):
+        """A unary catalog call; gRPC failures become the SDK's exceptions."""
+        try:
+            return await getattr(self.catalog, method)(request, timeout=timeout)
+        except GRPCError as exc:
+            raise error_from_status(exc.status, exc.message) from None
+        except (OSError, StreamTerminatedError, ConnectionError) as exc:
+            raise DaemonUnavailableError(
+                f"no chalkd answers at {self.target} ({exc}); start one with `chalkd serve`"
+            ) from None
+        except asyncio.TimeoutError:
+            raise DaemonUnavailableError(f"chalkd at {self.target} did not answer {method} within {timeout}s") from None
+
+    def start_call(self, *, function_id: str = "", function_name: str = "", args: tuple[bytes, bytes],
+                   decode: Callable[[bytes, bytes], list], display_name: str = "",
+                   idempotency_key: str | None = None) -> CallHandle:
+        """Queue a call from any thread; returns at once with its handle."""
+        session = self.session
+        submit = pb.Submit(
+            ref=session.next_ref(), function_id=function_id, function_name=function_name,
+            args=pb.Payload(schema=args[0], batch=args[1], rows=1),
+            idempotency_key=idempotency_key or uuid.uuid4().hex,
+            parent_call_id=current_call_id.get() or "",
+        )
+        handle = CallHandle(session, submit, display_name or function_name or function_id, decode)
+        if threading.current_thread() is _loop_thread.thread:  # type: ignore[union-attr]
+            session.start(handle)
+        else:
+            self.loop.call_soon_threadsafe(session.start, handle)
+        return handle
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self.loop.call_soon_threadsafe(self._channel.close)
+            self._channel = None
+
+
+def _close_all() -> None:
+    for client in list(Client._instances.values()):
+        try:
+            client.close()
+        except Exception:  # interpreter shutdown: nothing useful to report
+            pass
+
+
+atexit.register(_close_all)
+
+__all__ = ["Client", "CallHandle", "run_sync", "run_async", "default_target", "current_call_id", "ChalkError"]

@@ -1,0 +1,606 @@
+"""Remote functions: the ``@chalkcompute.function`` decorator and ``RemoteFunction``.
+
+    import chalkcompute
+
+    @chalkcompute.function
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    add.wait_ready()
+    add(3, 5)                         # 8, run by a replica through chalkd's queue
+    await add.aio(3, 5)               # the same from async code
+
+A generator function (sync or async) returns an iterator usable with both
+``for`` and ``async for``; each chunk arrives as soon as the worker yields it.
+
+Decorating validates what needs no daemon (name, resources, globals that
+cannot travel) and returns at once; the function version is registered on
+first use (a call, ``deploy()``, ``wait_ready()``), or when the script exits,
+so definitions later in the module are visible to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import functools
+import inspect
+import logging
+import os
+import re
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from chalkcompute import _code
+from chalkcompute._client import CallHandle, Client, run_async, run_sync
+from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
+from chalkcompute._serialization import FunctionCodec
+from chalkcompute.exceptions import (
+    ChalkError,
+    FunctionBuildError,
+    FunctionError,
+    FunctionNotFoundError,
+    FunctionSignatureError,
+    FunctionTimeoutError,
+    NotSupportedError,
+    ResourceExhaustedError,
+    remote_error,
+)
+from chalkcompute.image import Image
+from chalkcompute.retries import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+__all__ = ["function", "RemoteFunction", "FunctionVersionInfo", "parse_cpu", "parse_memory"]
+
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
+MAX_PAYLOAD = int(os.environ.get("CHALK_MAX_MESSAGE_SIZE", 64 * 2**20))
+_MEMORY_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+                 "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+def in_worker() -> bool:
+    """True inside a chalkd replica."""
+    return bool(os.environ.get("CHALK_REPLICA_ID"))
+
+
+def parse_cpu(value: str | int | float) -> int:
+    """CPU request in millicores: ``"1"`` -> 1000, ``"500m"`` -> 500, ``2`` -> 2000."""
+    if isinstance(value, bool):
+        raise ValueError(f"cpu must be a number or a string like '500m', got {value!r}")
+    if isinstance(value, (int, float)):
+        millis = value * 1000
+    elif isinstance(value, str) and (m := re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(m?)\s*", value)):
+        millis = float(m.group(1)) * (1 if m.group(2) else 1000)
+    else:
+        raise ValueError(f"cpu must be a number or a string like '2' or '500m', got {value!r}")
+    if millis <= 0:
+        raise ValueError(f"cpu must be positive, got {value!r}")
+    return int(round(millis))
+
+
+def parse_memory(value: str | int) -> int:
+    """Memory request in bytes: ``"2Gi"``, ``"512Mi"``, ``"1G"`` or an int of bytes."""
+    if isinstance(value, bool):
+        raise ValueError(f"memory must be a size like '2Gi', got {value!r}")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str) and (m := re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGTkmgt]i?)?\s*", value)):
+        size = int(float(m.group(1)) * _MEMORY_UNITS[(m.group(2) or "").lower()])
+    else:
+        raise ValueError(f"memory must be a size like '2Gi', '512Mi' or a number of bytes, got {value!r}")
+    if size <= 0:
+        raise ValueError(f"memory must be positive, got {value!r}")
+    return size
+
+
+@dataclass(frozen=True)
+class FunctionVersionInfo:
+    """Metadata about a deployed function version."""
+
+    id: str
+    function_name: str
+    version: int
+    scaling_group_name: str
+
+
+def _remote_name(obj: object) -> str | None:
+    return obj.name if isinstance(obj, RemoteFunction) else None
+
+
+class _Synced:
+    """``obj.method(...)`` blocks; ``await obj.method.aio(...)`` is its async twin."""
+
+    def __init__(self, coro_fn):
+        self.coro_fn = coro_fn
+        functools.update_wrapper(self, coro_fn)
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            return self
+        coro_fn = self.coro_fn.__get__(obj, objtype)
+
+        @functools.wraps(coro_fn)
+        def blocking(*args, **kwargs):
+            return run_sync(coro_fn(*args, **kwargs))
+
+        async def aio(*args, **kwargs):
+            return await run_async(coro_fn(*args, **kwargs))
+
+        blocking.aio = aio
+        return blocking
+
+
+_UNSUPPORTED_YET = {
+    "gpu": "GPUs come with the Docker runtime",
+    "volumes": "volumes are not implemented yet",
+    "secrets": "secrets are not implemented yet",
+    "retries": "retry policies are not implemented yet (infrastructure failures are already retried)",
+    "max_batching_size": "batching is not implemented yet",
+    "max_buffer_duration": "batching is not implemented yet",
+    "rate_limit_key": "rate limits are not implemented yet",
+}
+
+
+class RemoteFunction:
+    """A versioned remote function (see the module docstring)."""
+
+    def __init__(
+        self,
+        fn: Callable | None = None,
+        *,
+        image: Image | None = None,
+        cpu: str | int | float | None = None,
+        memory: str | int | None = None,
+        gpu: str | None = None,
+        name: str | None = None,
+        env: dict[str, str] | None = None,
+        min_replicas: int | None = None,
+        max_replicas: int | None = None,
+        volumes: list | None = None,
+        secrets: list | None = None,
+        serialization_format: str = "pyarrow",
+        suspend_cooldown_period: float | None = None,
+        options: dict[str, str] | None = None,
+        max_buffer_duration: int | None = None,
+        max_batching_size: int | None = None,
+        retries: int | RetryPolicy | None = None,
+        rate_limit_key: str | None = None,
+        target: str | None = None,
+    ) -> None:
+        if fn is None or not callable(fn):
+            raise TypeError(f"RemoteFunction needs a function, got {fn!r}")
+        given = {"gpu": gpu, "volumes": volumes, "secrets": secrets, "retries": retries,
+                 "max_batching_size": max_batching_size, "max_buffer_duration": max_buffer_duration,
+                 "rate_limit_key": rate_limit_key}
+        for param, value in given.items():
+            if value is not None and value != []:
+                raise NotSupportedError(f"{param}= is not supported yet: {_UNSUPPORTED_YET[param]}")
+        if serialization_format != "pyarrow":
+            raise ValueError(f"serialization_format must be 'pyarrow' (the only format), got {serialization_format!r}")
+        self.fn = fn
+        self.name = name or fn.__name__
+        if not NAME_RE.match(self.name):
+            raise ValueError(
+                f"invalid function name {self.name!r}: use 1-128 letters, digits, '_', '-' or '.', "
+                "starting with a letter or '_'")
+        if image is not None and not isinstance(image, Image):
+            raise TypeError(f"image must be a chalkcompute.Image, got {type(image).__name__}")
+        self.image = image or Image.debian_slim()
+        self.cpu_millis = parse_cpu(cpu) if cpu is not None else 0
+        self.memory_bytes = parse_memory(memory) if memory is not None else 0
+        self.env = dict(env or {})
+        for k, v in self.env.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise TypeError(f"env must map str to str, got {k!r}: {v!r}")
+        for label, value in (("min_replicas", min_replicas), ("max_replicas", max_replicas)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValueError(f"{label} must be a non-negative int, got {value!r}")
+        self.min_replicas = 1 if min_replicas is None else min_replicas
+        self.max_replicas = max_replicas if max_replicas is not None else max(1, self.min_replicas)
+        if self.max_replicas < 1:
+            raise ValueError(f"max_replicas must be at least 1, got {self.max_replicas}")
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is greater than max_replicas ({self.max_replicas})")
+        self.suspend_cooldown_period = 60.0 if suspend_cooldown_period is None else float(suspend_cooldown_period)
+        if self.suspend_cooldown_period < 0:
+            raise ValueError(f"suspend_cooldown_period must be >= 0, got {suspend_cooldown_period!r}")
+        self.options = {str(k): str(v) for k, v in (options or {}).items()}
+        self.serialization_format = serialization_format
+        self.target = target
+        self.codec = FunctionCodec.for_function(fn)
+        self.is_generator = self.codec.is_generator
+        self.signature = inspect.signature(fn)
+        self._info: FunctionVersionInfo | None = None
+        self._lock = threading.Lock()
+        functools.update_wrapper(self, fn)
+        if not in_worker():
+            _code.check_function(fn, remote_name=_remote_name)
+            _pending.add(self)
+
+    # -- attaching to existing versions -------------------------------------------------
+
+    @classmethod
+    def _from_version(cls, version: pb.FunctionVersion, target: str | None) -> "RemoteFunction":
+        self = cls.__new__(cls)
+        spec = version.spec
+        self.fn = None
+        self.name = version.function_name
+        self.target = target
+        self.codec = FunctionCodec.from_schemas(list(spec.parameter_names), spec.input_schema, spec.output_schema)
+        self.is_generator = spec.is_generator
+        self.signature = None
+        self._info = _info(version)
+        self._lock = threading.Lock()
+        return self
+
+    @classmethod
+    def from_name(cls, name: str, *, target: str | None = None) -> "RemoteFunction":
+        """Attach to the latest version of a function by name; raises FunctionNotFoundError."""
+        client = Client.get(target)
+        resp = run_sync(client.rpc("GetFunction", pb.GetFunctionRequest(name=name)))
+        return cls._from_version(resp.function, target)
+
+    @classmethod
+    def from_id(cls, id: str, *, target: str | None = None) -> "RemoteFunction":
+        """Attach to an exact function version by id; raises FunctionNotFoundError."""
+        client = Client.get(target)
+        resp = run_sync(client.rpc("GetFunction", pb.GetFunctionRequest(id=id)))
+        return cls._from_version(resp.function, target)
+
+    @classmethod
+    def _lazy(cls, name: str) -> "RemoteFunction":
+        """A handle by name that resolves on first call (how nested calls are bound in workers)."""
+        self = cls.__new__(cls)
+        self.fn = None
+        self.name = name
+        self.target = None
+        self.codec = None
+        self.is_generator = None
+        self.signature = None
+        self._info = None
+        self._lock = threading.Lock()
+        return self
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def client(self) -> Client:
+        return Client.get(self.target)
+
+    @property
+    def info(self) -> FunctionVersionInfo | None:
+        """The registered version, or None before deploy/first call."""
+        return self._info
+
+    def _spec(self) -> pb.FunctionSpec:
+        bundle = _code.build_bundle(self.fn, remote_name=_remote_name)
+        return pb.FunctionSpec(
+            name=self.name, image=self.image.to_proto(),
+            resources=pb.Resources(cpu_millis=self.cpu_millis, memory_bytes=self.memory_bytes),
+            env=self.env, min_replicas=self.min_replicas, max_replicas=self.max_replicas,
+            suspend_cooldown_seconds=self.suspend_cooldown_period,
+            code=pb.CodeBundle(module_source=bundle.module_source, function_name=bundle.function_name,
+                               files=bundle.files, remote_refs=bundle.remote_refs),
+            input_schema=self.codec.input_schema_bytes, output_schema=self.codec.output_schema_bytes,
+            is_generator=self.is_generator, is_async=inspect.iscoroutinefunction(self.fn)
+            or inspect.isasyncgenfunction(self.fn),
+            options=self.options, serialization_format=self.serialization_format,
+            parameter_names=self.codec.parameter_names,
+        ), bundle
+
+    async def _register(self) -> FunctionVersionInfo:
+        if self._info is not None:
+            return self._info
+        if self.fn is None:  # a lazy handle: resolve by name
+            resp = await self.client.rpc("GetFunction", pb.GetFunctionRequest(name=self.name))
+            fresh = RemoteFunction._from_version(resp.function, self.target)
+            self.codec, self.is_generator, self._info = fresh.codec, fresh.is_generator, fresh._info
+            return self._info
+        spec, bundle = self._spec()
+        # Functions it calls must exist before it can call them.
+        for global_name in bundle.remote_refs:
+            dep = _find_global(self.fn, global_name)
+            if isinstance(dep, RemoteFunction) and dep is not self:
+                await dep._register()
+        resp = await self.client.rpc("RegisterFunction", pb.RegisterFunctionRequest(spec=spec))
+        self._info = _info(resp.function)
+        _pending.discard(self)
+        return self._info
+
+    def _ensure_registered(self) -> FunctionVersionInfo:
+        if self._info is not None:
+            return self._info
+        with self._lock:
+            if self._info is None:
+                run_sync(self._register())
+        return self._info
+
+    async def _ensure_registered_async(self) -> FunctionVersionInfo:
+        if self._info is not None:
+            return self._info
+        return await run_async(self._register())
+
+    async def _wait_ready(self, timeout: float = 120.0, poll_interval: float = 0.5) -> "RemoteFunction":
+        info = await self._register()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # chalkd answers WaitReady as soon as a replica is ready; each round lasts at
+        # most poll_interval so a long wait still re-checks the daemon that often.
+        rounds_timeout = max(poll_interval, 0.05)
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise FunctionTimeoutError(f"no replica of {self.name!r} became ready within {timeout:g}s")
+            try:
+                resp = await self.client.rpc(
+                    "WaitReady", pb.WaitReadyRequest(id=info.id, timeout=min(left, rounds_timeout)),
+                    timeout=min(left, rounds_timeout) + 30)
+            except FunctionTimeoutError:
+                continue
+            fv = resp.function
+            if fv.state == "failed":
+                cls = FunctionBuildError if fv.error_code == "BUILD_FAILED" else FunctionError
+                raise cls(f"function {self.name!r} cannot run: {fv.error}")
+            if fv.ready_replicas > 0:
+                return self
+
+    wait_ready = _Synced(_wait_ready)
+
+    async def _deploy(self, poll_interval: float = 0.5, build_timeout: float = 600,
+                      ready_timeout: float = 300) -> "RemoteFunction":
+        """Register this version, then wait for the image build and a ready replica."""
+        await self._register()
+        # The process runtime builds the image as the first replica starts, so the
+        # two budgets add up to one wait.
+        return await self._wait_ready(timeout=build_timeout + ready_timeout, poll_interval=poll_interval)
+
+    deploy = _Synced(_deploy)
+
+    async def _refresh(self) -> FunctionVersionInfo:
+        if self._info is None:
+            raise FunctionError(f"function {self.name!r} has not been deployed: call deploy() first")
+        resp = await self.client.rpc("GetFunction", pb.GetFunctionRequest(id=self._info.id))
+        self._info = _info(resp.function)
+        return self._info
+
+    refresh = _Synced(_refresh)
+
+    async def _delete(self) -> None:
+        if self._info is None:
+            raise FunctionError(f"function {self.name!r} has not been deployed: nothing to delete")
+        await self.client.rpc("DeleteFunction", pb.DeleteFunctionRequest(id=self._info.id))
+        self._info = None
+
+    delete = _Synced(_delete)
+
+    # -- calling ---------------------------------------------------------------------------
+
+    def _encode(self, args: tuple, kwargs: dict) -> tuple[bytes, bytes]:
+        if self.signature is not None:
+            try:
+                bound = self.signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise FunctionSignatureError(f"{self.name}(): {exc}") from None
+            bound.apply_defaults()
+            arguments = dict(bound.arguments)
+        else:
+            names = self.codec.parameter_names
+            if len(args) > len(names):
+                raise FunctionSignatureError(
+                    f"{self.name}() takes {len(names)} positional argument(s) but {len(args)} were given")
+            arguments = dict(zip(names, args))
+            for k, v in kwargs.items():
+                if k not in names:
+                    raise FunctionSignatureError(f"{self.name}() got an unexpected keyword argument {k!r}")
+                if k in arguments:
+                    raise FunctionSignatureError(f"{self.name}() got multiple values for argument {k!r}")
+                arguments[k] = v
+        schema, batch = self.codec.encode_args(arguments)
+        size = len(schema) + len(batch)
+        if size > MAX_PAYLOAD:
+            raise ResourceExhaustedError(
+                f"arguments to {self.name}() are {size} bytes, over the {MAX_PAYLOAD}-byte message limit "
+                "(CHALK_MAX_MESSAGE_SIZE); pass large data through a volume or file instead")
+        return schema, batch
+
+    def _start(self, args: tuple, kwargs: dict) -> CallHandle:
+        info = self._ensure_registered()
+        payload = self._encode(args, kwargs)
+        return self.client.start_call(function_id=info.id, args=payload, decode=self.codec.decode_results,
+                                      display_name=self.name)
+
+    def __call__(self, *args, **kwargs):
+        """Call the remote function: its value, or an iterator of chunks for a generator."""
+        handle = self._start(args, kwargs)
+        if self.is_generator:
+            return ChunkStream(handle)
+        return _result_sync(handle)
+
+    def aio(self, *args, **kwargs):
+        """Async twin of calling: ``await fn.aio(x)``, or ``async for c in fn.aio(x)``."""
+        if self.is_generator is None:
+            self._ensure_registered()
+        if self.is_generator:
+            return ChunkStream(None, start=lambda: self._start_async(args, kwargs))
+        return self._call_async(args, kwargs)
+
+    async def _start_async(self, args, kwargs) -> CallHandle:
+        info = await self._ensure_registered_async()
+        payload = self._encode(args, kwargs)
+        return self.client.start_call(function_id=info.id, args=payload, decode=self.codec.decode_results,
+                                      display_name=self.name)
+
+    async def _call_async(self, args, kwargs):
+        handle = await self._start_async(args, kwargs)
+        return await _result_async(handle)
+
+    def __repr__(self) -> str:
+        version = f" v{self._info.version}" if self._info else ""
+        return f"<RemoteFunction {self.name}{version}>"
+
+
+def _find_global(fn, name: str):
+    return getattr(fn, "__globals__", {}).get(name)
+
+
+def _info(v: pb.FunctionVersion) -> FunctionVersionInfo:
+    return FunctionVersionInfo(id=v.id, function_name=v.function_name, version=v.version,
+                               scaling_group_name=v.scaling_group_name)
+
+
+# -- results --------------------------------------------------------------------------------
+
+
+def _raise_event(handle: CallHandle, event: tuple):
+    kind = event[0]
+    if kind == "error":
+        raise remote_error(event[1], function_name=handle.function_name, call_id=event[2] or "")
+    if kind == "exception":
+        raise event[1]
+    raise ChalkError(f"unexpected event {kind!r} for a call to {handle.function_name!r}")
+
+
+def _unary_value(handle: CallHandle, event: tuple):
+    if event[0] == "result":
+        payload = event[1]
+        return handle.decode(payload.schema, payload.batch)[0]
+    if event[0] == "done":
+        return None
+    _raise_event(handle, event)
+
+
+def _result_sync(handle: CallHandle):
+    try:
+        return _unary_value(handle, handle.next_event())
+    except KeyboardInterrupt:
+        handle.cancel()
+        raise
+
+
+async def _result_async(handle: CallHandle):
+    try:
+        return _unary_value(handle, await handle.next_event_async())
+    except asyncio.CancelledError:
+        handle.cancel()
+        raise
+
+
+class ChunkStream:
+    """The chunks of a generator call, for ``for`` and ``async for`` alike."""
+
+    def __init__(self, handle: CallHandle | None, start=None) -> None:
+        self._handle = handle
+        self._start = start
+        self._buffer: list = []
+        self._pos = 0
+        self._index = -1
+        self._done = False
+
+    def _take(self, event: tuple):
+        """Turn one event into buffered values; returns False at the end."""
+        h = self._handle
+        kind = event[0]
+        if kind == "chunk":
+            payload, first_index, skip = event[1], event[2], event[3]
+            values = h.decode(payload.schema, payload.batch)[skip:]
+            self._buffer, self._pos = values, 0
+            self._index = first_index + skip - 1
+            return True
+        self._done = True
+        if kind in ("done", "result"):
+            return False
+        _raise_event(h, event)
+
+    def _next_buffered(self):
+        value = self._buffer[self._pos]
+        self._pos += 1
+        self._index += 1
+        self._handle.consumed_up_to(self._index)
+        return value
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._handle is None:
+            raise TypeError("this stream was started with .aio(): iterate it with `async for`")
+        while self._pos >= len(self._buffer):
+            if self._done:
+                raise StopIteration
+            try:
+                if not self._take(self._handle.next_event()):
+                    raise StopIteration
+            except KeyboardInterrupt:
+                self._handle.cancel()
+                raise
+        return self._next_buffered()
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if self._handle is None:
+            self._handle = await self._start()
+        while self._pos >= len(self._buffer):
+            if self._done:
+                raise StopAsyncIteration
+            try:
+                event = await self._handle.next_event_async()
+            except asyncio.CancelledError:
+                self._handle.cancel()
+                raise
+            if not self._take(event):
+                raise StopAsyncIteration
+        return self._next_buffered()
+
+    def __del__(self):
+        h = self._handle
+        if h is not None and not self._done and not h.finished:
+            try:
+                h.cancel()
+            except Exception:  # interpreter teardown
+                pass
+
+
+# -- the decorator ----------------------------------------------------------------------------
+
+
+def function(fn: Callable | None = None, **kwargs) -> Any:
+    """Decorator that deploys a function as a versioned remote function.
+
+    ``@chalkcompute.function`` bare or with the parameters of :class:`RemoteFunction`::
+
+        @chalkcompute.function(cpu="1", memory="2Gi")
+        def square(x: int) -> int:
+            return x * x
+    """
+    if fn is not None and not callable(fn):
+        raise TypeError(f"@function takes a function, got {fn!r}")
+
+    def wrap(f: Callable):
+        if in_worker():
+            # Inside a replica a decorated function the worker did not ship as the
+            # running function is a handle by name: its calls ride the queue.
+            return RemoteFunction._lazy(kwargs.get("name") or f.__name__)
+        return RemoteFunction(f, **kwargs)
+
+    return wrap(fn) if fn is not None else wrap
+
+
+# Functions decorated but not yet used are registered when the script exits
+# ("deploy by running the script").
+_pending: "set[RemoteFunction]" = set()
+
+
+def _register_pending() -> None:
+    for rf in list(_pending):
+        try:
+            run_sync(rf._register(), timeout=30)
+        except Exception as exc:  # the script is over: report, don't raise
+            print(f"chalkcompute: could not register {rf.name!r}: {exc}", file=sys.stderr)
+
+
+atexit.register(_register_pending)

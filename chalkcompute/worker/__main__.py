@@ -1,0 +1,69 @@
+"""Entry point of a replica: ``python -m chalkcompute.worker``.
+
+Reads ``CHALK_WORKER_TARGET``, ``CHALK_REPLICA_ID`` and ``CHALK_REPLICA_TOKEN``
+from the environment (the runtime sets them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import tempfile
+
+from chalkcompute import _code
+from chalkcompute._serialization import FunctionCodec
+from chalkcompute.worker.link import DaemonLink, exit_after_grace
+from chalkcompute.worker.runner import Runner
+
+log = logging.getLogger("chalkcompute.worker")
+
+
+def main() -> int:
+    logging.basicConfig(level=os.environ.get("CHALK_WORKER_LOG_LEVEL", "WARNING"),
+                        format="%(asctime)s %(levelname)s worker: %(message)s")
+    try:
+        target = os.environ["CHALK_WORKER_TARGET"]
+        replica_id = os.environ["CHALK_REPLICA_ID"]
+        token = os.environ["CHALK_REPLICA_TOKEN"]
+    except KeyError as exc:
+        print(f"chalkcompute.worker: {exc.args[0]} is not set; the worker is started by chalkd", file=sys.stderr)
+        return 2
+    link = DaemonLink(target, replica_id, token)
+    version = link.connect()
+    code = version.spec.code
+    bundle = _code.CodeBundleData(
+        module_source=code.module_source, function_name=code.function_name,
+        files=dict(code.files), remote_refs=dict(code.remote_refs),
+    )
+    from chalkcompute.functions import RemoteFunction
+
+    dest = tempfile.mkdtemp(prefix=f"chalk-{version.function_name}-")
+    fn = _code.load_bundle(bundle, dest, make_remote=RemoteFunction._lazy)
+    codec = FunctionCodec.for_function(fn)
+    runner = Runner(fn, codec, link)
+
+    loop_factory = None
+    try:
+        import uvloop
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        pass
+
+    async def serve() -> str:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, lambda: runner._stop("SIGTERM"))
+        return await runner.run()
+
+    with asyncio.Runner(loop_factory=loop_factory) as r:
+        reason = r.run(serve())
+    if reason.startswith("lost the daemon"):
+        exit_after_grace(reason)
+    link.close()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,256 @@
+"""The worker's connection to chalkd, on its own thread and event loop.
+
+Heartbeats, credits and results go out from here whatever the handler is
+doing: CPU-bound code or a blocking nested call on the main thread never
+stalls them. Streamed chunks are buffered per call and coalesced: the link
+encodes every chunk that piled up since its last send as one Arrow batch.
+
+    link = DaemonLink(target, replica_id, token)
+    version = link.connect()              # blocks until the daemon says which function
+    link.on_assignment = runner.assign    # called on the link's thread
+    link.emit_chunk(call_id, attempt, value)   # from any thread
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+
+from grpclib.client import Channel
+
+from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
+from chalkcompute._proto.chalk_v1_chalk_grpc import WorkerStub
+from chalkcompute.exceptions import SerializationError
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 1.0
+LOST_GRACE_SECONDS = float(os.environ.get("CHALK_WORKER_GRACE", "3"))
+MAX_CHUNKS_PER_PAYLOAD = 4096
+
+
+class ChunkGate:
+    """Per attempt: the daemon's chunk window, and the chunks waiting to be sent."""
+
+    def __init__(self, call_id: str, attempt: int) -> None:
+        self.call_id = call_id
+        self.attempt = attempt
+        self.up_to = 0
+        self.next_index = 0          # index the next emitted chunk gets
+        self.sent = 0                # chunks handed to the wire
+        self.pending: deque = deque()
+        self.cond = threading.Condition()
+        self.failed: BaseException | None = None
+        self.async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
+
+    def open_until(self, up_to: int) -> None:
+        with self.cond:
+            if up_to <= self.up_to:
+                return
+            self.up_to = up_to
+            self.cond.notify_all()
+            waiters, self.async_waiters = self.async_waiters, []
+        for loop, fut in waiters:
+            loop.call_soon_threadsafe(_wake, fut)
+
+
+def _wake(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def error_message(exc: BaseException, call_id: str = "", attempt: int = 0) -> pb.RemoteError:
+    cls = type(exc)
+    mro = [f"{c.__module__}.{c.__qualname__}" for c in cls.__mro__[1:] if c is not object]
+    return pb.RemoteError(
+        exception_type=f"{cls.__module__}.{cls.__qualname__}", message=str(exc),
+        traceback="".join(traceback.format_exception(exc)), exception_mro=mro,
+    )
+
+
+class DaemonLink:
+    def __init__(self, target: str, replica_id: str, token: str) -> None:
+        host, _, port = target.rpartition(":")
+        self.host, self.port = host.strip("[]"), int(port)
+        self.replica_id = replica_id
+        self.token = token
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="chalk-worker-link", daemon=True)
+        self.on_assignment: Callable[[pb.Assignment], None] = lambda a: None
+        self.on_cancel: Callable[[str, int], None] = lambda call_id, attempt: None
+        self.on_lost: Callable[[str], None] = lambda reason: None
+        self.encode_chunks: Callable[[list], tuple[bytes, bytes]] | None = None
+        self.gates: dict[tuple[str, int], ChunkGate] = {}
+        self._events: list[pb.AttemptEvent] = []
+        self._credit = 0
+        self._dirty: set[ChunkGate] = set()
+        self._wake: asyncio.Event | None = None
+        self._scheduled = False
+        self._lock = threading.Lock()
+
+    # -- from the main thread --------------------------------------------------------------
+
+    def connect(self, timeout: float = 30.0) -> pb.FunctionVersion:
+        self.thread.start()
+        return asyncio.run_coroutine_threadsafe(self._open(), self.loop).result(timeout)
+
+    def gate(self, call_id: str, attempt: int) -> ChunkGate:
+        with self._lock:
+            gate = self.gates.get((call_id, attempt))
+            if gate is None:
+                gate = self.gates[(call_id, attempt)] = ChunkGate(call_id, attempt)
+            return gate
+
+    def emit_chunk(self, gate: ChunkGate, value) -> None:
+        """Queue one yielded value (the caller already waited for window room)."""
+        gate.pending.append(value)
+        gate.next_index += 1
+        with self._lock:
+            self._dirty.add(gate)
+        self._poke()
+
+    def send_event(self, event: pb.AttemptEvent, credit: int = 0) -> None:
+        with self._lock:
+            self._events.append(event)
+            self._credit += credit
+        self._poke()
+
+    def add_credit(self, n: int) -> None:
+        with self._lock:
+            self._credit += n
+        self._poke()
+
+    def finish_gate(self, gate: ChunkGate) -> None:
+        with self._lock:
+            self.gates.pop((gate.call_id, gate.attempt), None)
+
+    def _poke(self) -> None:
+        # One wake-up per burst: the flush takes everything queued by then.
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon_threadsafe(self._wake_sender)
+
+    def _wake_sender(self) -> None:
+        self._scheduled = False
+        if self._wake is not None:
+            self._wake.set()
+
+    # -- on the link's thread ---------------------------------------------------------------
+
+    async def _open(self) -> pb.FunctionVersion:
+        self._wake = asyncio.Event()
+        self.channel = Channel(self.host, self.port)
+        self.stream = await WorkerStub(self.channel).Connect.open().__aenter__()
+        await self.stream.send_message(pb.WorkerRequest(hello=pb.WorkerHello(
+            replica_id=self.replica_id, token=self.token, pid=os.getpid(), capacity=1)))
+        first = await self.stream.recv_message()
+        if first is None:
+            raise ConnectionError("the daemon closed the worker stream before naming a function")
+        self.loop.create_task(self._run())
+        return first.function
+
+    async def _run(self) -> None:
+        reason = "the daemon closed the stream"
+        sender = self.loop.create_task(self._send_loop())
+        beat = self.loop.create_task(self._heartbeat())
+        try:
+            async for msg in self.stream:
+                for credit in msg.chunk_credits:
+                    gate = self.gates.get((credit.call_id, credit.attempt))
+                    if gate is None:
+                        gate = self.gate(credit.call_id, credit.attempt)
+                    gate.open_until(credit.up_to)
+                for a in msg.assignments:
+                    self.gate(a.call_id, a.attempt)
+                    self.on_assignment(a)
+                for c in msg.cancels:
+                    self.on_cancel(c.call_id, c.attempt)
+                if msg.drain:
+                    reason = "the daemon asked this replica to drain"
+                    self.on_lost(reason)
+        except Exception as exc:  # the connection broke
+            reason = f"lost the daemon: {exc or type(exc).__name__}"
+        finally:
+            sender.cancel()
+            beat.cancel()
+        self.on_lost(reason)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            with self._lock:
+                idle = not self._events and not self._dirty and not self._credit
+            if idle:
+                await self.stream.send_message(pb.WorkerRequest(heartbeat=True))
+
+    async def _send_loop(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while True:
+                msg = self._collect()
+                if msg is None:
+                    break
+                await self.stream.send_message(msg)
+
+    def _collect(self) -> pb.WorkerRequest | None:
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+            events, self._events = self._events, []
+            credit, self._credit = self._credit, 0
+        chunk_events = []
+        for gate in dirty:
+            chunk_events.extend(self._encode_pending(gate))
+        if not chunk_events and not events and not credit:
+            return None
+        # Chunks before the final event of the same call: they were yielded first.
+        return pb.WorkerRequest(events=chunk_events + events, credit=credit)
+
+    def _encode_pending(self, gate: ChunkGate) -> list[pb.AttemptEvent]:
+        out = []
+        while gate.pending:
+            n = min(len(gate.pending), MAX_CHUNKS_PER_PAYLOAD)
+            values = [gate.pending.popleft() for _ in range(n)]
+            try:
+                payloads = [(self.encode_chunks(values), n)]
+            except SerializationError:
+                # The values may not share one type: send them one by one.
+                payloads = []
+                for v in values:
+                    try:
+                        payloads.append((self.encode_chunks([v]), 1))
+                    except SerializationError as exc:
+                        gate.failed = exc
+                        break
+            for (schema, batch), rows in payloads:
+                out.append(pb.AttemptEvent(
+                    call_id=gate.call_id, attempt=gate.attempt, first_index=gate.sent,
+                    chunk=pb.Payload(schema=schema, batch=batch, rows=rows)))
+                gate.sent += rows
+            if gate.failed is not None:
+                gate.pending.clear()
+                break
+        return out
+
+    def close(self) -> None:
+        def _close() -> None:
+            try:
+                self.channel.close()
+            except Exception:
+                pass
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(_close)
+
+
+def exit_after_grace(reason: str) -> None:
+    """The daemon is gone: give in-flight work a moment, then exit for good."""
+    log.warning("%s; exiting in %.0fs", reason, LOST_GRACE_SECONDS)
+    time.sleep(LOST_GRACE_SECONDS)
+    os._exit(3)

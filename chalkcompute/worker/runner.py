@@ -1,0 +1,131 @@
+"""Runs the deployed function for each assignment, on the worker's main thread.
+
+The main thread owns an event loop: async handlers and async generators run as
+tasks on it; sync handlers run on it directly (one input at a time per
+replica), sync generators on a helper thread so the window can block them.
+Every yielded value waits for room in the daemon's chunk window first, so a
+slow caller pauses the generator instead of growing memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import threading
+
+from chalkcompute._client import current_call_id
+from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
+from chalkcompute._serialization import FunctionCodec
+from chalkcompute.worker.link import ChunkGate, DaemonLink, error_message
+
+log = logging.getLogger(__name__)
+
+
+class Runner:
+    def __init__(self, fn, codec: FunctionCodec, link: DaemonLink, *, capacity: int = 1) -> None:
+        self.fn = fn
+        self.codec = codec
+        self.link = link
+        self.capacity = capacity
+        self.is_async_gen = inspect.isasyncgenfunction(fn)
+        self.is_gen = inspect.isgeneratorfunction(fn)
+        self.is_coro = inspect.iscoroutinefunction(fn)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stopped: asyncio.Event | None = None
+        self.stop_reason = ""
+        self.tasks: dict[tuple[str, int], asyncio.Task] = {}
+
+    async def run(self) -> str:
+        self.loop = asyncio.get_running_loop()
+        self.stopped = asyncio.Event()
+        self.link.on_assignment = lambda a: self.loop.call_soon_threadsafe(self._start, a)
+        self.link.on_cancel = lambda call_id, attempt: self.loop.call_soon_threadsafe(self._cancel, call_id, attempt)
+        self.link.on_lost = lambda reason: self.loop.call_soon_threadsafe(self._stop, reason)
+        self.link.encode_chunks = self.codec.encode_chunks
+        self.link.add_credit(self.capacity)
+        await self.stopped.wait()
+        return self.stop_reason
+
+    def _stop(self, reason: str) -> None:
+        self.stop_reason = self.stop_reason or reason
+        self.stopped.set()
+
+    def _start(self, a: pb.Assignment) -> None:
+        key = (a.call_id, a.attempt)
+        ctx = contextvars.copy_context()
+        ctx.run(current_call_id.set, a.call_id)
+        task = self.loop.create_task(self._run_one(a), context=ctx)
+        self.tasks[key] = task
+        task.add_done_callback(lambda _t: self.tasks.pop(key, None))
+
+    def _cancel(self, call_id: str, attempt: int) -> None:
+        task = self.tasks.get((call_id, attempt))
+        if task is not None:
+            task.cancel()
+
+    async def _run_one(self, a: pb.Assignment) -> None:
+        gate = self.link.gate(a.call_id, a.attempt)
+        event = pb.AttemptEvent(call_id=a.call_id, attempt=a.attempt)
+        try:
+            kwargs = self.codec.decode_args(a.args.schema, a.args.batch)
+            if self.is_async_gen:
+                async for value in self.fn(**kwargs):
+                    await self._room_async(gate)
+                    self.link.emit_chunk(gate, value)
+                    self._check(gate)
+                event.done = True
+            elif self.is_gen:
+                ctx = contextvars.copy_context()
+                await asyncio.to_thread(ctx.run, self._drive_sync_gen, gate, kwargs)
+                event.done = True
+            elif self.is_coro:
+                value = await self.fn(**kwargs)
+                event.result.CopyFrom(self._encode_result(value))
+            else:
+                value = self.fn(**kwargs)
+                event.result.CopyFrom(self._encode_result(value))
+        except asyncio.CancelledError:
+            event.ClearField("result")
+            event.error.CopyFrom(pb.RemoteError(
+                exception_type="chalkd.CancelledError", message="the call was cancelled", code="CANCELLED"))
+        except BaseException as exc:  # the user's exception travels to the caller
+            event.ClearField("result")
+            event.error.CopyFrom(error_message(exc))
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                self._stop(f"the handler raised {type(exc).__name__}")
+        if gate.failed is not None and not event.HasField("error"):
+            event.error.CopyFrom(error_message(gate.failed))
+        self.link.finish_gate(gate)
+        self.link.send_event(event, credit=1)
+
+    def _encode_result(self, value) -> pb.Payload:
+        schema, batch = self.codec.encode_result(value)
+        return pb.Payload(schema=schema, batch=batch, rows=1)
+
+    @staticmethod
+    def _check(gate: ChunkGate) -> None:
+        if gate.failed is not None:
+            raise gate.failed
+
+    async def _room_async(self, gate: ChunkGate) -> None:
+        while True:
+            with gate.cond:
+                if gate.next_index < gate.up_to:
+                    return
+                fut = self.loop.create_future()
+                gate.async_waiters.append((self.loop, fut))
+            await fut
+
+    def _drive_sync_gen(self, gate: ChunkGate, kwargs: dict) -> None:
+        for value in self.fn(**kwargs):
+            with gate.cond:
+                while gate.next_index >= gate.up_to:
+                    gate.cond.wait()
+            self.link.emit_chunk(gate, value)
+            self._check(gate)
+
+
+def current_thread_is_main() -> bool:
+    return threading.current_thread() is threading.main_thread()

@@ -1,0 +1,155 @@
+"""The ``chalkd`` command line.
+
+    chalkd serve [--host 127.0.0.1] [--port 50051] [--home DIR] [--runtime auto|process|docker]
+                 [--durability normal|full] [--max-message-size BYTES]
+    chalkd status    [--target HOST:PORT]   # exit 0 with a summary, 1 when no daemon answers
+    chalkd functions [--target HOST:PORT] [--all]
+    chalkd calls     [--target HOST:PORT] [--function NAME] [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import logging
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from chalkd.config import DEFAULT_HOST, DEFAULT_MAX_MESSAGE, DEFAULT_PORT, Config, default_home
+
+log = logging.getLogger(__name__)
+
+
+def _default_target() -> str:
+    return os.environ.get("CHALK_COMPUTE_TARGET", f"{DEFAULT_HOST}:{DEFAULT_PORT}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="chalkd", description="Self-hosted serverless compute for Python.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the daemon in the foreground")
+    serve.add_argument("--host", default=os.environ.get("CHALKD_HOST", DEFAULT_HOST))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("CHALKD_PORT", DEFAULT_PORT)))
+    serve.add_argument("--home", type=Path, default=None, help="state directory (default: $CHALKD_HOME or the user data dir)")
+    serve.add_argument("--runtime", default=os.environ.get("CHALKD_RUNTIME", "auto"), choices=["auto", "process", "docker"])
+    serve.add_argument("--durability", default=os.environ.get("CHALKD_DURABILITY", "normal"), choices=["normal", "full"])
+    serve.add_argument("--max-message-size", type=int, default=DEFAULT_MAX_MESSAGE, help="bytes (default 64 MiB)")
+    serve.add_argument("--heartbeat-timeout", type=float, default=15.0, help="seconds before a silent worker is lost")
+    serve.add_argument("--log-level", default=os.environ.get("CHALKD_LOG_LEVEL", "INFO"))
+
+    for name, help_text in (("status", "is a daemon answering?"), ("functions", "list functions"),
+                            ("calls", "list recent calls")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--target", default=_default_target(), help="daemon address (default $CHALK_COMPUTE_TARGET or 127.0.0.1:50051)")
+        if name == "functions":
+            p.add_argument("--all", action="store_true", help="include older versions")
+        if name == "calls":
+            p.add_argument("--function", default="", help="only calls of this function")
+            p.add_argument("--limit", type=int, default=50)
+
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    try:
+        return asyncio.run(_client_command(args))
+    except ConnectionError as exc:
+        print(f"chalkd: {exc}", file=sys.stderr)
+        return 1
+
+
+def _serve(args) -> int:
+    from chalkd.server import Server
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = Config(
+        host=args.host, port=args.port, home=args.home or default_home(), runtime=args.runtime,
+        durability=args.durability, max_message_bytes=args.max_message_size,
+        heartbeat_timeout=args.heartbeat_timeout,
+    )
+    try:
+        config.validate()
+    except ValueError as exc:
+        print(f"chalkd: {exc}", file=sys.stderr)
+        return 2
+
+    async def run() -> None:
+        try:
+            import uvloop  # noqa: F401  (faster loop where available)
+        except ImportError:
+            pass
+        server = Server(config)
+        await server.start()
+        print(f"chalkd listening on {config.host}:{server.port} (home {config.home})", flush=True)
+        try:
+            await server.serve_forever()
+        finally:
+            await server.stop()
+
+    try:
+        import uvloop
+        uvloop.run(run())
+    except ImportError:
+        asyncio.run(run())
+    except OSError as exc:
+        print(f"chalkd: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _client_command(args) -> int:
+    from grpclib.client import Channel
+
+    from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
+    from chalkcompute._proto.chalk_v1_chalk_grpc import FunctionCatalogStub
+
+    host, _, port = args.target.rpartition(":")
+    if not host or not port.isdigit():
+        print(f"chalkd: --target must be HOST:PORT, got {args.target!r}", file=sys.stderr)
+        return 2
+    channel = Channel(host.strip("[]"), int(port))
+    stub = FunctionCatalogStub(channel)
+    console = Console()
+    try:
+        try:
+            status = await asyncio.wait_for(stub.Status(pb.StatusRequest()), 5)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise ConnectionError(f"no daemon answers at {args.target} ({exc or 'timed out'}); start one with `chalkd serve`") from None
+        if args.command == "status":
+            console.print(
+                f"chalkd {status.version} at {args.target} (pid {status.pid}), up {status.uptime_seconds:.0f}s\n"
+                f"home: {status.home}\nruntime: {status.runtime}, durability: {status.durability}\n"
+                f"functions: {status.functions}, replicas: {status.replicas}\n"
+                f"calls: {status.calls_queued} queued, {status.calls_running} running, "
+                f"{status.calls_total} submitted since start"
+            )
+        elif args.command == "functions":
+            resp = await stub.ListFunctions(pb.ListFunctionsRequest(include_old_versions=args.all))
+            table = Table("NAME", "VERSION", "ID", "STATE", "REPLICAS", "CREATED")
+            for f in resp.functions:
+                table.add_row(f.function_name, str(f.version), f.id, f.state,
+                              f"{f.ready_replicas}/{f.replicas}", _when(f.created_at))
+            console.print(table)
+        elif args.command == "calls":
+            resp = await stub.ListCalls(pb.ListCallsRequest(limit=args.limit, function_name=args.function))
+            table = Table("ID", "FUNCTION", "STATE", "ATTEMPT", "CHUNKS", "CREATED", "ERROR")
+            for c in resp.calls:
+                table.add_row(c.id, c.function_name, c.state, str(c.attempt), str(c.chunks),
+                              _when(c.created_at), c.error[:60])
+            console.print(table)
+        return 0
+    finally:
+        channel.close()
+
+
+def _when(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else ""
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""Daemon settings: arguments, then ``CHALKD_*`` environment variables, then defaults.
+
+    config = Config(port=0, home=Path("/tmp/chalkd-test"))   # port 0: pick a free one
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import platformdirs
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 50051
+DEFAULT_MAX_MESSAGE = 64 * 2**20
+
+
+def default_home() -> Path:
+    env = os.environ.get("CHALKD_HOME")
+    return Path(env) if env else Path(platformdirs.user_data_dir("chalkd"))
+
+
+@dataclass
+class Config:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    home: Path = field(default_factory=default_home)
+    runtime: str = "auto"                  # auto | process | docker
+    durability: str = "normal"             # normal | full
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE
+    heartbeat_timeout: float = 15.0
+    drain_timeout: float = 30.0
+    max_attempts: int = 3
+    pip_extra_args: list[str] = field(default_factory=list)
+    token: str | None = None
+
+    def validate(self) -> None:
+        if self.runtime not in ("auto", "process", "docker"):
+            raise ValueError(f"--runtime must be auto, process or docker, got {self.runtime!r}")
+        if self.runtime == "docker":
+            raise ValueError(
+                "--runtime docker is not available in this version of chalkd yet; "
+                "use --runtime process (or auto)"
+            )
+        if self.durability not in ("normal", "full"):
+            raise ValueError(f"--durability must be normal or full, got {self.durability!r}")
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"--port must be 0-65535, got {self.port}")
+        if self.host not in ("127.0.0.1", "localhost", "::1") and not self.token:
+            raise ValueError(
+                f"binding {self.host} exposes the daemon beyond this machine: that needs a token, "
+                "and token authentication is not available in this version yet; bind 127.0.0.1"
+            )
+        if self.max_message_bytes < 1024:
+            raise ValueError(f"--max-message-size must be at least 1024 bytes, got {self.max_message_bytes}")

@@ -1,0 +1,160 @@
+"""Domain types shared by the daemon's subsystems (no protobuf here).
+
+The services translate between these and the wire; the queue, catalog,
+autoscaler and runtimes only know these.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from dataclasses import dataclass, field
+
+
+def new_id(prefix: str) -> str:
+    """A short random id, e.g. ``new_id("fc")`` -> ``"fc-3f9a1c0d2b7e4a5c9d10"``."""
+    return f"{prefix}-{secrets.token_hex(10)}"
+
+
+class ErrorCode(str, enum.Enum):
+    """Why the platform (not the user's code) failed a call."""
+
+    USER = ""                      # the function raised
+    WORKER_LOST = "WORKER_LOST"
+    INTERRUPTED = "INTERRUPTED"
+    UNSCHEDULABLE = "UNSCHEDULABLE"
+    BUILD_FAILED = "BUILD_FAILED"
+    NOT_FOUND = "NOT_FOUND"
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    CANCELLED = "CANCELLED"
+    INTERNAL = "INTERNAL"
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """Arrow IPC: a serialized schema and one record batch of ``rows`` values."""
+
+    schema: bytes
+    batch: bytes
+    rows: int = 1
+
+    @property
+    def size(self) -> int:
+        return len(self.schema) + len(self.batch)
+
+
+@dataclass(frozen=True, slots=True)
+class CallError:
+    """A failure as the caller will see it."""
+
+    exception_type: str
+    message: str
+    traceback: str = ""
+    code: ErrorCode = ErrorCode.USER
+    exception_mro: tuple[str, ...] = ()
+
+    @classmethod
+    def platform(cls, code: ErrorCode, message: str) -> "CallError":
+        return cls(exception_type=f"chalkd.{code.value.title().replace('_', '')}Error", message=message, code=code)
+
+
+@dataclass(slots=True)
+class FunctionVersion:
+    """One registered version of a function (what the catalog holds)."""
+
+    id: str
+    name: str
+    version: int
+    content_hash: str
+    spec: bytes                   # the FunctionSpec as sent; the services parse it
+    created_at: float
+    min_replicas: int = 1
+    max_replicas: int = 1
+    cooldown: float = 60.0
+    cpu_millis: int = 0
+    memory_bytes: int = 0
+    image_hash: str = ""
+    is_generator: bool = False
+    deleted: bool = False
+    latest: bool = True
+    failed: str = ""              # why its replicas cannot run, once known
+    failed_code: str = ""         # an ErrorCode value, with failed
+
+    @property
+    def scaling_group_name(self) -> str:
+        return f"{self.name}-v{self.version}"
+
+
+class CallState(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    STREAMING = "streaming"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (CallState.SUCCEEDED, CallState.FAILED, CallState.CANCELLED)
+
+
+@dataclass(slots=True, eq=False)
+class Chunk:
+    first_index: int
+    payload: Payload
+
+
+@dataclass(slots=True, eq=False)
+class Call:
+    """A call in the queue, from submit to its final event."""
+
+    id: str
+    seq: int
+    function: FunctionVersion
+    args: Payload | None
+    created_at: float
+    parent_id: str | None = None
+    idempotency_key: str | None = None
+    priority: int = 0
+    root_seq: int = 0
+    state: CallState = CallState.QUEUED
+    attempt: int = 0
+    failures: int = 0             # lost workers so far (each counts as an attempt)
+    replica_id: str | None = None
+    chunks: list[Chunk] = field(default_factory=list)
+    next_index: int = 0           # index of the next chunk the worker will send
+    acked: int = -1               # highest chunk index a caller has consumed
+    result: Payload | None = None
+    error: CallError | None = None
+    finished_at: float | None = None
+    subscribers: dict = field(default_factory=dict)  # Subscriber -> ref
+
+    @property
+    def sort_key(self) -> tuple[int, int, int]:
+        # Priority first, then the arrival of the root call: nested work of an
+        # older outer call runs before newer outer calls (no starvation).
+        return (-self.priority, self.root_seq, self.seq)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaExit:
+    """How a replica process ended."""
+
+    code: int | None = None
+    signal: int | None = None
+    reason: str = ""
+
+    def describe(self) -> str:
+        if self.signal:
+            import signal as _signal
+            try:
+                name = _signal.Signals(self.signal).name
+            except ValueError:
+                name = f"signal {self.signal}"
+            text = f"killed by {name}"
+        elif self.code is not None:
+            text = f"exit code {self.code}"
+        else:
+            text = "stopped answering"
+        return f"{text}: {self.reason}" if self.reason else text

@@ -1,0 +1,1 @@
+"""Runtimes start and stop replicas: ``process`` (subprocesses) and, later, ``docker``."""

@@ -1,0 +1,69 @@
+"""The interface every runtime implements.
+
+A runtime turns a :class:`ReplicaRequest` into a running worker that dials the
+daemon back, and reports how it ended::
+
+    handle = await runtime.start(request)
+    exit = await handle.wait()     # ReplicaExit(code=..., signal=...)
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+from chalkd.model import ReplicaExit
+
+
+class RuntimeUnsupported(Exception):
+    """The function asks for something this runtime cannot do (message says what)."""
+
+
+class ReplicaStartError(Exception):
+    """A replica could not be started (build failure, bad image...)."""
+
+
+@dataclass(frozen=True)
+class ReplicaRequest:
+    replica_id: str
+    token: str
+    function_id: str
+    function_name: str
+    spec: bytes                      # FunctionSpec as registered
+    env: dict[str, str] = field(default_factory=dict)
+    cpu_millis: int = 0
+    memory_bytes: int = 0
+
+
+class ReplicaHandle(abc.ABC):
+    pid: int | None = None
+
+    @abc.abstractmethod
+    async def wait(self) -> ReplicaExit: ...
+
+    @abc.abstractmethod
+    def terminate(self) -> None: ...
+
+    @abc.abstractmethod
+    def kill(self) -> None: ...
+
+    @abc.abstractmethod
+    def log_tail(self, lines: int = 30) -> str: ...
+
+
+class Runtime(abc.ABC):
+    name: str = ""
+
+    @abc.abstractmethod
+    def check(self, spec: bytes) -> None:
+        """Fast check at registration; raise RuntimeUnsupported naming the problem."""
+
+    @abc.abstractmethod
+    async def prepare(self, function_id: str, spec: bytes) -> None:
+        """Build what the function's replicas need (cached); raise ReplicaStartError."""
+
+    @abc.abstractmethod
+    async def start(self, request: ReplicaRequest) -> ReplicaHandle: ...
+
+    async def close(self) -> None:
+        return None

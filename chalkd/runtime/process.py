@@ -1,0 +1,156 @@
+"""The process runtime: each replica is a ``python -m chalkcompute.worker`` subprocess.
+
+It is the embedded default when no Docker engine answers. It says plainly
+what it cannot do (no isolation, no ``run_commands``): see
+:mod:`chalkd.images.process_env` for how images become virtualenvs.
+
+    runtime = ProcessRuntime(home, target="127.0.0.1:50051")
+    await runtime.prepare(function_id, spec_bytes)
+    handle = await runtime.start(ReplicaRequest(...))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import signal
+from pathlib import Path
+
+from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
+from chalkd.images.process_env import (
+    ImageBuildError,
+    ImageNotSupportedError,
+    ProcessEnvBuilder,
+    ProcessEnvironment,
+    check_image,
+)
+from chalkd.model import ReplicaExit
+from chalkd.runtime.base import ReplicaHandle, ReplicaRequest, ReplicaStartError, Runtime, RuntimeUnsupported
+from chalkd.runtime.limits import MemoryLimiter
+
+log = logging.getLogger(__name__)
+
+
+class ProcessReplica(ReplicaHandle):
+    def __init__(self, proc: asyncio.subprocess.Process, log_path: Path, on_exit) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self.log_path = log_path
+        self._tail: collections.deque[str] = collections.deque(maxlen=200)
+        self._on_exit = on_exit
+        self._reader = asyncio.get_running_loop().create_task(self._read_output())
+
+    async def _read_output(self) -> None:
+        assert self.proc.stdout is not None
+        with open(self.log_path, "ab") as logfile:
+            while True:
+                line = await self.proc.stdout.readline()
+                if not line:
+                    return
+                logfile.write(line)
+                logfile.flush()
+                self._tail.append(line.decode(errors="replace").rstrip("\n"))
+
+    async def wait(self) -> ReplicaExit:
+        rc = await self.proc.wait()
+        try:
+            await asyncio.wait_for(self._reader, 2.0)
+        except (asyncio.TimeoutError, Exception):
+            self._reader.cancel()
+        self._on_exit()
+        if rc < 0:
+            return ReplicaExit(signal=-rc)
+        return ReplicaExit(code=rc)
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: int) -> None:
+        if self.proc.returncode is None:
+            try:
+                self.proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(list(self._tail)[-lines:])
+
+
+class ProcessRuntime(Runtime):
+    name = "process"
+
+    def __init__(self, home: Path, *, target: str, pip_extra_args: list[str] | None = None) -> None:
+        self.home = Path(home)
+        self.target = target
+        self.builder = ProcessEnvBuilder(self.home, pip_extra_args=pip_extra_args)
+        self.envs: dict[str, ProcessEnvironment] = {}
+        self.limiter = MemoryLimiter.detect()
+        self.logs = self.home / "logs" / "replicas"
+        self.logs.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def _image(spec: bytes) -> pb.ImageSpec:
+        fs = pb.FunctionSpec()
+        fs.ParseFromString(spec)
+        return fs.image
+
+    def check(self, spec: bytes) -> None:
+        fs = pb.FunctionSpec()
+        fs.ParseFromString(spec)
+        if fs.resources.gpu:
+            raise RuntimeUnsupported(
+                f"gpu={fs.resources.gpu!r} is not supported on the process runtime: run chalkd with --runtime docker"
+            )
+        try:
+            check_image(fs.image)
+        except ImageNotSupportedError as exc:
+            raise RuntimeUnsupported(str(exc)) from None
+
+    async def prepare(self, function_id: str, spec: bytes) -> None:
+        image = self._image(spec)
+        build_log = self.home / "logs" / "builds" / f"{image.content_hash or 'default'}.log"
+        build_log.parent.mkdir(parents=True, exist_ok=True)
+        with open(build_log, "a") as out:
+            def emit(line: str) -> None:
+                out.write(line.rstrip("\n") + "\n")
+                out.flush()
+            try:
+                self.envs[function_id] = await self.builder.ensure(image, log=emit)
+            except (ImageBuildError, ImageNotSupportedError) as exc:
+                raise ReplicaStartError(f"image build failed: {exc}") from None
+
+    async def start(self, request: ReplicaRequest) -> ReplicaHandle:
+        env_info = self.envs.get(request.function_id)
+        if env_info is None:
+            await self.prepare(request.function_id, request.spec)
+            env_info = self.envs[request.function_id]
+        fs = pb.FunctionSpec()
+        fs.ParseFromString(request.spec)
+        env = dict(os.environ)
+        env.update(env_info.env)
+        env.update(fs.env)
+        env.update(request.env)
+        env.update({
+            "CHALK_WORKER_TARGET": self.target,
+            "CHALK_COMPUTE_TARGET": self.target,
+            "CHALK_REPLICA_ID": request.replica_id,
+            "CHALK_REPLICA_TOKEN": request.token,
+            "PYTHONUNBUFFERED": "1",
+        })
+        cwd = env_info.cwd
+        if cwd:
+            Path(cwd).mkdir(parents=True, exist_ok=True)
+        log_path = self.logs / f"{request.replica_id}.log"
+        proc = await asyncio.create_subprocess_exec(
+            env_info.python, "-m", "chalkcompute.worker",
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            env=env, cwd=cwd or None, start_new_session=True,
+        )
+        self.limiter.apply(proc.pid, request.replica_id, request.memory_bytes)
+        log.info("started replica %s of %s (pid %d)", request.replica_id, request.function_name, proc.pid)
+        return ProcessReplica(proc, log_path, lambda: self.limiter.release(request.replica_id))

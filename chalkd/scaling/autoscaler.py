@@ -1,0 +1,322 @@
+"""Replicas: how many each function version has, where they fit, when they go.
+
+The autoscaler keeps each function's replicas between ``min_replicas`` (only
+for the latest version of a name) and ``max_replicas``, adds one per waiting
+call, and stops idle replicas above the minimum once ``suspend_cooldown_period``
+has passed with nothing in flight. Placement is accounted against the host's
+CPU and memory: a replica that does not fit waits until one does.
+
+    scaler = Autoscaler(runtime, queue, catalog, host=HostResources.detect())
+    await scaler.start()
+    await scaler.wait_ready(fv, timeout=120)   # brings one replica up even at min 0
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+
+import psutil
+
+from chalkd.catalog import Catalog
+from chalkd.model import CallError, ErrorCode, FunctionVersion, ReplicaExit, new_id
+from chalkd.queue.core import Queue
+from chalkd.runtime.base import ReplicaHandle, ReplicaRequest, ReplicaStartError, Runtime
+
+log = logging.getLogger(__name__)
+
+STARTUP_FAILURES_BEFORE_GIVING_UP = 3
+
+
+@dataclass(frozen=True)
+class HostResources:
+    cpu_millis: int
+    memory_bytes: int
+
+    @classmethod
+    def detect(cls) -> "HostResources":
+        return cls(cpu_millis=(os.cpu_count() or 1) * 1000, memory_bytes=psutil.virtual_memory().total)
+
+
+@dataclass(eq=False)
+class Replica:
+    id: str
+    token: str
+    function: FunctionVersion
+    state: str = "starting"            # starting | ready | stopping | stopped
+    handle: ReplicaHandle | None = None
+    created_at: float = field(default_factory=time.monotonic)
+    ready_at: float | None = None
+    last_busy: float = field(default_factory=time.monotonic)
+    last_seen: float = field(default_factory=time.monotonic)
+    stop_reason: str = ""
+
+
+class ReplicaUnknown(Exception):
+    pass
+
+
+class Autoscaler:
+    def __init__(
+        self, runtime: Runtime, queue: Queue, catalog: Catalog, *, host: HostResources,
+        heartbeat_timeout: float = 15.0, interval: float = 0.25, drain_timeout: float = 30.0,
+    ) -> None:
+        self.runtime = runtime
+        self.queue = queue
+        self.catalog = catalog
+        self.host = host
+        self.heartbeat_timeout = heartbeat_timeout
+        self.interval = interval
+        self.drain_timeout = drain_timeout
+        self.replicas: dict[str, Replica] = {}
+        self._warm_until: dict[str, float] = {}
+        self._startup_failures: dict[str, int] = {}
+        self._prepared: dict[str, asyncio.Task] = {}
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._task: asyncio.Task | None = None
+        self._closing = False
+        self._watchers: set[asyncio.Task] = set()
+        self.cold_starts: list[float] = []
+        queue.on_demand = lambda fid: self._wake.set()
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="autoscaler")
+
+    async def shutdown(self) -> None:
+        """Drain: no new work, wait for in-flight calls, then stop every replica."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for r in self.replicas.values():
+            self.queue.worker_draining(r.id, r.function.id)
+        deadline = time.monotonic() + self.drain_timeout
+        while time.monotonic() < deadline and any(
+            self.queue.inflight_count(r.function.id, r.id) for r in self.replicas.values()
+        ):
+            await asyncio.sleep(0.05)
+        for r in list(self.replicas.values()):
+            self._stop(r, "daemon shutting down")
+        if self._watchers:
+            await asyncio.wait(self._watchers, timeout=10)
+        for r in list(self.replicas.values()):
+            if r.handle is not None:
+                r.handle.kill()
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    # -- what the services call ---------------------------------------------------
+
+    def connect(self, replica_id: str, token: str) -> Replica:
+        replica = self.replicas.get(replica_id)
+        if replica is None or not secrets.compare_digest(replica.token, token) or replica.state == "stopped":
+            raise ReplicaUnknown(f"unknown replica {replica_id!r} (started by an earlier daemon?)")
+        return replica
+
+    def replica_ready(self, replica: Replica) -> None:
+        replica.state = "ready"
+        replica.ready_at = time.monotonic()
+        replica.last_seen = replica.ready_at
+        self.cold_starts.append(replica.ready_at - replica.created_at)
+        self._startup_failures.pop(replica.function.id, None)
+        self._notify_changed()
+
+    def seen(self, replica: Replica) -> None:
+        replica.last_seen = time.monotonic()
+
+    def replica_disconnected(self, replica: Replica) -> None:
+        # A worker whose stream ended is of no use: make sure its process goes too.
+        if replica.state != "stopped":
+            replica.stop_reason = replica.stop_reason or "its connection to the daemon closed"
+            if replica.handle is not None:
+                replica.handle.kill()
+
+    async def wait_ready(self, fv: FunctionVersion, timeout: float) -> None:
+        """Until one replica of ``fv`` is ready; raise on failure or timeout."""
+        self._warm_until[fv.id] = time.monotonic() + max(fv.cooldown, timeout)
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        async with self._changed:
+            while True:
+                if fv.failed:
+                    raise ReplicaStartError(fv.failed)
+                if fv.deleted:
+                    raise ReplicaStartError(f"function {fv.name!r} version {fv.version} was deleted")
+                if any(r.function is fv and r.state == "ready" for r in self.replicas.values()):
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise asyncio.TimeoutError(
+                        f"no replica of {fv.name!r} became ready within {timeout:g}s"
+                        + self._pending_reason(fv)
+                    )
+                try:
+                    await asyncio.wait_for(self._changed.wait(), left)
+                except asyncio.TimeoutError:
+                    pass
+
+    def counts(self, fv: FunctionVersion) -> tuple[int, int]:
+        mine = [r for r in self.replicas.values() if r.function is fv and r.state != "stopped"]
+        return sum(r.state == "ready" for r in mine), len(mine)
+
+    def function_deleted(self, fv: FunctionVersion) -> None:
+        self.queue.fail_waiting(fv.id, CallError.platform(
+            ErrorCode.NOT_FOUND, f"function {fv.name!r} version {fv.version} was deleted"))
+        for r in list(self.replicas.values()):
+            if r.function is fv:
+                self._stop(r, "function deleted")
+        self._notify_changed()
+
+    # -- the loop -------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._closing:
+            try:
+                self._reconcile()
+            except Exception:
+                log.exception("autoscaler pass failed")
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+
+    def _reconcile(self) -> None:
+        now = time.monotonic()
+        used_cpu = sum(r.function.cpu_millis for r in self.replicas.values() if r.state != "stopped")
+        used_mem = sum(r.function.memory_bytes for r in self.replicas.values() if r.state != "stopped")
+        for r in list(self.replicas.values()):
+            if r.state == "ready" and now - r.last_seen > self.heartbeat_timeout:
+                r.stop_reason = f"no heartbeat for {self.heartbeat_timeout:g}s"
+                if r.handle is not None:
+                    r.handle.kill()
+        for fv in list(self.catalog.by_id.values()):
+            if fv.deleted or fv.failed:
+                continue
+            mine = [r for r in self.replicas.values() if r.function is fv and r.state in ("starting", "ready")]
+            for r in mine:
+                if self.queue.inflight_count(fv.id, r.id):
+                    r.last_busy = now
+            floor = fv.min_replicas if fv.latest else 0
+            if self._warm_until.get(fv.id, 0) > now:
+                floor = max(floor, 1)
+            demand = self.queue.waiting(fv.id) + self.queue.inflight(fv.id)
+            desired = min(fv.max_replicas, max(floor, demand))
+            if demand and not mine:
+                desired = max(desired, 1)
+            while len(mine) < desired:
+                if not self._fits(fv, used_cpu, used_mem):
+                    break
+                mine.append(self._launch(fv))
+                used_cpu += fv.cpu_millis
+                used_mem += fv.memory_bytes
+            # Scale down idle replicas above the floor once the cooldown has passed.
+            idle = sorted(
+                (r for r in mine if r.state == "ready" and not self.queue.inflight_count(fv.id, r.id)
+                 and now - r.last_busy >= fv.cooldown),
+                key=lambda r: r.last_busy,
+            )
+            excess = len(mine) - max(floor, desired)
+            for r in idle[:max(0, excess)]:
+                self._stop(r, f"idle for {fv.cooldown:g}s (suspend_cooldown_period)")
+
+    def _fits(self, fv: FunctionVersion, used_cpu: int, used_mem: int) -> bool:
+        return (used_cpu + fv.cpu_millis <= self.host.cpu_millis
+                and used_mem + fv.memory_bytes <= self.host.memory_bytes)
+
+    def _pending_reason(self, fv: FunctionVersion) -> str:
+        used_cpu = sum(r.function.cpu_millis for r in self.replicas.values() if r.state != "stopped")
+        used_mem = sum(r.function.memory_bytes for r in self.replicas.values() if r.state != "stopped")
+        if not self._fits(fv, used_cpu, used_mem):
+            return (f": it needs {fv.cpu_millis}m CPU and {fv.memory_bytes} bytes of memory, and other replicas "
+                    f"hold {used_cpu}m of {self.host.cpu_millis}m and {used_mem} of {self.host.memory_bytes} bytes")
+        return ""
+
+    def _launch(self, fv: FunctionVersion) -> Replica:
+        replica = Replica(id=new_id("r"), token=secrets.token_urlsafe(24), function=fv)
+        self.replicas[replica.id] = replica
+        task = asyncio.get_running_loop().create_task(self._run_replica(replica), name=f"replica-{replica.id}")
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+        return replica
+
+    async def _run_replica(self, replica: Replica) -> None:
+        fv = replica.function
+        try:
+            prep = self._prepared.get(fv.id)
+            if prep is None or (prep.done() and prep.exception() is not None):
+                prep = asyncio.get_running_loop().create_task(self.runtime.prepare(fv.id, fv.spec))
+                self._prepared[fv.id] = prep
+            await asyncio.shield(prep)
+            if replica.state == "stopped":
+                return
+            replica.handle = await self.runtime.start(ReplicaRequest(
+                replica_id=replica.id, token=replica.token, function_id=fv.id, function_name=fv.name,
+                spec=fv.spec, cpu_millis=fv.cpu_millis, memory_bytes=fv.memory_bytes,
+            ))
+        except ReplicaStartError as exc:
+            self._function_failed(fv, str(exc), ErrorCode.BUILD_FAILED)
+            replica.state = "stopped"
+            self.replicas.pop(replica.id, None)
+            return
+        except Exception as exc:
+            log.exception("starting a replica of %s failed", fv.name)
+            self._function_failed(fv, f"starting a replica failed: {exc}", ErrorCode.INTERNAL)
+            replica.state = "stopped"
+            self.replicas.pop(replica.id, None)
+            return
+        exit = await replica.handle.wait()
+        was_ready = replica.ready_at is not None
+        stopping = replica.state == "stopping"
+        replica.state = "stopped"
+        self.replicas.pop(replica.id, None)
+        if replica.stop_reason:
+            exit = ReplicaExit(exit.code, exit.signal, replica.stop_reason)
+        self.queue.worker_lost(fv.id, replica.id, exit)
+        if not was_ready and not stopping and not self._closing:
+            count = self._startup_failures.get(fv.id, 0) + 1
+            self._startup_failures[fv.id] = count
+            tail = replica.handle.log_tail()
+            log.warning("replica %s of %s exited before it was ready (%s)", replica.id, fv.name, exit.describe())
+            if count >= STARTUP_FAILURES_BEFORE_GIVING_UP:
+                self._function_failed(
+                    fv, f"replicas of {fv.name!r} exit before they are ready ({exit.describe()}); "
+                    f"last output:\n{tail}", ErrorCode.UNSCHEDULABLE)
+        elif not stopping and not self._closing:
+            log.warning("replica %s of %s was lost (%s)", replica.id, fv.name, exit.describe())
+        self._notify_changed()
+        self._wake.set()
+
+    def _function_failed(self, fv: FunctionVersion, reason: str, code: ErrorCode) -> None:
+        fv.failed = reason
+        fv.failed_code = code.value
+        self.queue.fail_waiting(fv.id, CallError.platform(code, reason))
+        self._notify_changed()
+
+    def _stop(self, replica: Replica, reason: str) -> None:
+        if replica.state in ("stopping", "stopped"):
+            return
+        log.info("stopping replica %s of %s: %s", replica.id, replica.function.name, reason)
+        replica.state = "stopping"
+        replica.stop_reason = reason
+        self.queue.worker_draining(replica.id, replica.function.id)
+        if replica.handle is not None:
+            replica.handle.terminate()
+
+    def _notify_changed(self) -> None:
+        async def notify() -> None:
+            async with self._changed:
+                self._changed.notify_all()
+        asyncio.get_running_loop().create_task(notify())

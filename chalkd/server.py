@@ -1,0 +1,120 @@
+"""The daemon: one ``Server(config)`` owning every subsystem.
+
+    server = Server(Config(port=0, home=tmp))
+    await server.start()          # store open, memory rebuilt, gRPC listening
+    print(server.port)
+    await server.serve_forever()  # until stop() or a signal
+    await server.stop()           # stop accepting, drain, close the store
+
+Start-up order: store -> catalog -> queue recovery -> runtime -> autoscaler ->
+gRPC. Shutdown runs it backwards, draining in-flight calls first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+from grpclib import GRPCError
+from grpclib.const import Status
+from grpclib.encoding.proto import ProtoCodec
+from grpclib.server import Server as GrpcServer
+
+import chalkd
+from chalkd.catalog import Catalog
+from chalkd.config import Config
+from chalkd.queue.core import Queue
+from chalkd.runtime.process import ProcessRuntime
+from chalkd.scaling.autoscaler import Autoscaler, HostResources
+from chalkd.services.catalog import CatalogService
+from chalkd.services.convert import settings_from_bytes
+from chalkd.services.streams import QueueService, WorkerService
+from chalkd.store.db import Store
+
+log = logging.getLogger(__name__)
+
+
+class LimitedCodec(ProtoCodec):
+    """grpclib has no message size limit: refuse oversized messages at the edge."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def decode(self, data: bytes, message_type):
+        if len(data) > self.limit:
+            raise GRPCError(
+                Status.RESOURCE_EXHAUSTED,
+                f"message of {len(data)} bytes exceeds the daemon's limit of {self.limit} bytes "
+                "(chalkd serve --max-message-size)",
+            )
+        return super().decode(data, message_type)
+
+
+class Server:
+    def __init__(self, config: Config) -> None:
+        config.validate()
+        self.config = config
+        self.home = config.home
+        self.port: int | None = None
+        self._stopped = asyncio.Event()
+        self._grpc: GrpcServer | None = None
+        self.started = time.monotonic()
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.store = Store(self.home / "chalkd.db", durability=cfg.durability)
+        await self.store.open()
+        self.catalog = Catalog(self.store)
+        self.catalog.load(settings_from_bytes)
+        self.queue = Queue(self.store, max_attempts=cfg.max_attempts)
+        self.queue.load(self.catalog.by_id)
+        self.runtime = ProcessRuntime(self.home, target="", pip_extra_args=cfg.pip_extra_args)
+        self.scaler = Autoscaler(
+            self.runtime, self.queue, self.catalog, host=HostResources.detect(),
+            heartbeat_timeout=cfg.heartbeat_timeout, drain_timeout=cfg.drain_timeout,
+        )
+        info = {"version": chalkd.__version__, "home": str(self.home), "started": self.started,
+                "durability": cfg.durability}
+        handlers = [
+            CatalogService(self.catalog, self.queue, self.scaler, self.runtime, info),
+            QueueService(self.queue, self.catalog, max_payload=cfg.max_message_bytes),
+            WorkerService(self.queue, self.scaler, max_payload=cfg.max_message_bytes),
+        ]
+        self._grpc = GrpcServer(handlers, codec=LimitedCodec(cfg.max_message_bytes))
+        await self._grpc.start(cfg.host, cfg.port)
+        # Port 0 picks a free port; replicas dial back the one we got.
+        self.port = self._grpc._server.sockets[0].getsockname()[1]  # grpclib has no public accessor
+        target = f"{cfg.host}:{self.port}" if ":" not in cfg.host else f"[{cfg.host}]:{self.port}"
+        self.runtime.target = target
+        await self.scaler.start()
+        log.info("chalkd %s listening on %s (home %s, runtime %s, durability %s)",
+                 chalkd.__version__, target, self.home, self.runtime.name, cfg.durability)
+
+    async def serve_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self._stopped.set)
+            except (NotImplementedError, RuntimeError):
+                pass
+        await self._stopped.wait()
+
+    def request_stop(self) -> None:
+        self._stopped.set()
+
+    async def stop(self) -> None:
+        """Stop accepting, drain in-flight calls, stop replicas, close the store."""
+        log.info("chalkd shutting down")
+        await self.scaler.shutdown()
+        if self._grpc is not None:
+            self._grpc.close()
+            try:
+                await asyncio.wait_for(self._grpc.wait_closed(), 5)
+            except asyncio.TimeoutError:
+                log.warning("some streams did not close within 5s")
+        await self.store.close()
+        await self.runtime.close()
+        log.info("chalkd stopped")

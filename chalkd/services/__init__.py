@@ -1,0 +1,1 @@
+"""gRPC services: thin translations between the wire and the domain."""

@@ -1,0 +1,71 @@
+"""Translations between protobuf messages and domain objects, in one place."""
+
+from __future__ import annotations
+
+import hashlib
+
+from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
+from chalkd.model import CallError, ErrorCode, FunctionVersion, Payload
+
+DEFAULT_COOLDOWN = 60.0
+
+
+def spec_settings(spec: pb.FunctionSpec) -> dict:
+    """The fields of a FunctionSpec the daemon's domain needs."""
+    return {
+        "name": spec.name,
+        "min_replicas": spec.min_replicas,
+        "max_replicas": spec.max_replicas,
+        "cooldown": spec.suspend_cooldown_seconds,
+        "cpu_millis": spec.resources.cpu_millis,
+        "memory_bytes": spec.resources.memory_bytes,
+        "image_hash": spec.image.content_hash,
+        "is_generator": spec.is_generator,
+    }
+
+
+def settings_from_bytes(data: bytes) -> dict:
+    spec = pb.FunctionSpec()
+    spec.ParseFromString(data)
+    settings = spec_settings(spec)
+    settings.pop("name")
+    return settings
+
+
+def content_hash(spec: pb.FunctionSpec) -> str:
+    return hashlib.sha256(spec.SerializeToString(deterministic=True)).hexdigest()
+
+
+def version_to_pb(fv: FunctionVersion, *, ready: int = 0, replicas: int = 0, with_spec: bool = True) -> pb.FunctionVersion:
+    msg = pb.FunctionVersion(
+        id=fv.id, function_name=fv.name, version=fv.version, scaling_group_name=fv.scaling_group_name,
+        created_at=fv.created_at, ready_replicas=ready, replicas=replicas,
+        state="deleted" if fv.deleted else "failed" if fv.failed else "ready" if ready else "pending",
+        error=fv.failed, latest=fv.latest, error_code=fv.failed_code,
+    )
+    if with_spec:
+        msg.spec.ParseFromString(fv.spec)
+    return msg
+
+
+def payload_from_pb(p: pb.Payload) -> Payload:
+    return Payload(p.schema, p.batch, p.rows or 1)
+
+
+def payload_to_pb(p: Payload) -> pb.Payload:
+    return pb.Payload(schema=p.schema, batch=p.batch, rows=p.rows)
+
+
+def error_to_pb(e: CallError) -> pb.RemoteError:
+    return pb.RemoteError(
+        exception_type=e.exception_type, message=e.message, traceback=e.traceback,
+        code=e.code.value, exception_mro=list(e.exception_mro),
+    )
+
+
+def error_from_pb(e: pb.RemoteError) -> CallError:
+    try:
+        code = ErrorCode(e.code)
+    except ValueError:
+        code = ErrorCode.INTERNAL
+    return CallError(e.exception_type, e.message, e.traceback, code, tuple(e.exception_mro))

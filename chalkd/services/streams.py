@@ -1,0 +1,217 @@
+"""The two long-lived streams: callers' Session and workers' Connect.
+
+Both coalesce: events queued while a send is in progress go out together in
+the next message (one message at once when idle, batches when backlogged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from grpclib import GRPCError
+from grpclib.const import Status
+
+from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
+from chalkcompute._proto.chalk_v1_chalk_grpc import QueueBase, WorkerBase
+from chalkd.catalog import Catalog, NotFound
+from chalkd.model import CallError, ErrorCode, Payload
+from chalkd.queue.core import CallNotFound, Queue
+from chalkd.scaling.autoscaler import Autoscaler, ReplicaUnknown
+from chalkd.services.convert import error_from_pb, error_to_pb, payload_from_pb, payload_to_pb, version_to_pb
+
+log = logging.getLogger(__name__)
+
+MAX_ITEMS_PER_MESSAGE = 2048
+
+
+class _Outbox:
+    """Items for one stream, sent by one task, many per message when they pile up."""
+
+    def __init__(self, stream, make_message: Callable[[list], object]) -> None:
+        self.stream = stream
+        self.make_message = make_message
+        self.items: list = []
+        self.wake = asyncio.Event()
+        self.closed = False
+
+    def put(self, item) -> None:
+        if self.closed:
+            return
+        self.items.append(item)
+        self.wake.set()
+
+    async def run(self) -> None:
+        while not self.closed:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.items:
+                batch = self.items[:MAX_ITEMS_PER_MESSAGE]
+                del self.items[:MAX_ITEMS_PER_MESSAGE]
+                await self.stream.send_message(self.make_message(batch))
+
+
+def _session_message(events: list) -> pb.SessionResponse:
+    return pb.SessionResponse(events=events)
+
+
+class CallerSession:
+    """One caller stream; the queue's Subscriber for the calls it made."""
+
+    def __init__(self, stream) -> None:
+        self.out = _Outbox(stream, _session_message)
+
+    def send_event(self, ref, call_id, kind, *, payload=None, error=None, first_index=0) -> None:
+        ev = pb.CallEvent(ref=ref, call_id=call_id, first_index=first_index)
+        if kind == "accepted":
+            ev.accepted = True
+        elif kind == "chunk":
+            ev.chunk.CopyFrom(payload_to_pb(payload))
+        elif kind == "result":
+            ev.result.CopyFrom(payload_to_pb(payload))
+        elif kind == "error":
+            ev.error.CopyFrom(error_to_pb(error))
+        elif kind == "done":
+            ev.done = True
+        self.out.put(ev)
+
+
+class QueueService(QueueBase):
+    def __init__(self, queue: Queue, catalog: Catalog, *, max_payload: int) -> None:
+        self.queue = queue
+        self.catalog = catalog
+        self.max_payload = max_payload
+
+    async def Session(self, stream) -> None:
+        session = CallerSession(stream)
+        sender = asyncio.get_running_loop().create_task(session.out.run())
+        try:
+            async for req in stream:
+                self._handle(session, req)
+                if sender.done():
+                    break
+        finally:
+            session.out.closed = True
+            self.queue.unsubscribe(session)
+            sender.cancel()
+            try:
+                await sender
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    def _handle(self, session: CallerSession, req: pb.SessionRequest) -> None:
+        q = self.queue
+        for s in req.submits:
+            try:
+                fv = self.catalog.get(name=s.function_name, id=s.function_id)
+            except NotFound as exc:
+                q.reject(session, s.ref, CallError.platform(ErrorCode.NOT_FOUND, str(exc)))
+                continue
+            except Exception as exc:
+                q.reject(session, s.ref, CallError.platform(ErrorCode.INVALID_ARGUMENT, str(exc)))
+                continue
+            args = payload_from_pb(s.args)
+            if args.size > self.max_payload:
+                q.reject(session, s.ref, CallError.platform(
+                    ErrorCode.RESOURCE_EXHAUSTED,
+                    f"arguments of {args.size} bytes exceed the daemon's limit of {self.max_payload} bytes"))
+                continue
+            q.submit(session, s.ref, fv, args, idempotency_key=s.idempotency_key or None,
+                     parent_id=s.parent_call_id or None)
+        for a in req.attaches:
+            try:
+                q.attach(session, a.ref, a.call_id, after_chunk=a.after_chunk)
+            except CallNotFound as exc:
+                q.reject(session, a.ref, CallError.platform(ErrorCode.NOT_FOUND, str(exc)))
+        for ack in req.acks:
+            q.ack(ack.call_id, ack.index)
+        for c in req.cancels:
+            q.cancel(c.call_id)
+
+
+def _worker_message(items: list) -> pb.WorkerResponse:
+    msg = pb.WorkerResponse()
+    for item in items:
+        if isinstance(item, pb.Assignment):
+            msg.assignments.append(item)
+        elif isinstance(item, pb.ChunkCredit):
+            msg.chunk_credits.append(item)
+        elif isinstance(item, pb.AttemptEvent):
+            msg.cancels.append(item)
+        elif isinstance(item, pb.WorkerResponse):
+            msg.MergeFrom(item)
+    return msg
+
+
+class WorkerConnection:
+    """One worker stream; the queue's WorkerLink for its replica."""
+
+    def __init__(self, stream, replica_id: str, function_id: str) -> None:
+        self.replica_id = replica_id
+        self.function_id = function_id
+        self.out = _Outbox(stream, _worker_message)
+
+    def send_assignment(self, call_id: str, attempt: int, args: Payload, chunk_window: int) -> None:
+        self.out.put(pb.Assignment(call_id=call_id, attempt=attempt, args=payload_to_pb(args)))
+        self.out.put(pb.ChunkCredit(call_id=call_id, attempt=attempt, up_to=chunk_window))
+
+    def send_chunk_credit(self, call_id: str, attempt: int, up_to: int) -> None:
+        self.out.put(pb.ChunkCredit(call_id=call_id, attempt=attempt, up_to=up_to))
+
+    def send_cancel(self, call_id: str, attempt: int) -> None:
+        self.out.put(pb.AttemptEvent(call_id=call_id, attempt=attempt))
+
+    def send_drain(self) -> None:
+        self.out.put(pb.WorkerResponse(drain=True))
+
+
+class WorkerService(WorkerBase):
+    def __init__(self, queue: Queue, scaler: Autoscaler, *, max_payload: int) -> None:
+        self.queue = queue
+        self.scaler = scaler
+        self.max_payload = max_payload
+
+    async def Connect(self, stream) -> None:
+        first = await stream.recv_message()
+        if first is None or not first.HasField("hello"):
+            raise GRPCError(Status.INVALID_ARGUMENT, "a worker must say hello first")
+        try:
+            replica = self.scaler.connect(first.hello.replica_id, first.hello.token)
+        except ReplicaUnknown as exc:
+            raise GRPCError(Status.UNAUTHENTICATED, str(exc)) from None
+        fv = replica.function
+        conn = WorkerConnection(stream, replica.id, fv.id)
+        await stream.send_message(pb.WorkerResponse(function=version_to_pb(fv)))
+        sender = asyncio.get_running_loop().create_task(conn.out.run())
+        self.queue.worker_connected(conn)
+        self.scaler.replica_ready(replica)
+        q = self.queue
+        try:
+            if first.credit:
+                q.worker_credit(conn, first.credit)
+            async for req in stream:
+                self.scaler.seen(replica)
+                if req.credit:
+                    q.worker_credit(conn, req.credit)
+                for ev in req.events:
+                    kind = ev.WhichOneof("event")
+                    if kind == "chunk":
+                        q.worker_event(conn, ev.call_id, ev.attempt, "chunk",
+                                       payload=payload_from_pb(ev.chunk), first_index=ev.first_index)
+                    elif kind == "result":
+                        q.worker_event(conn, ev.call_id, ev.attempt, "result", payload=payload_from_pb(ev.result))
+                    elif kind == "error":
+                        q.worker_event(conn, ev.call_id, ev.attempt, "error", error=error_from_pb(ev.error))
+                    elif kind == "done":
+                        q.worker_event(conn, ev.call_id, ev.attempt, "done")
+                if replica.state == "stopping" and not conn.out.closed:
+                    conn.send_drain()
+        finally:
+            conn.out.closed = True
+            sender.cancel()
+            try:
+                await sender
+            except (asyncio.CancelledError, Exception):
+                pass
+            self.scaler.replica_disconnected(replica)

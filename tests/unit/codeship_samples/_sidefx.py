@@ -1,0 +1,3 @@
+"""Records the sample app's import-time side effects."""
+
+EVENTS: list[str] = []
