@@ -18,10 +18,17 @@ module of plain source:
 The caller's module is never imported in the worker, so its top-level
 statements (a script's ``print``, a notebook's setup) never run there::
 
-    bundle = build_bundle(fn, remote_name=lambda obj: getattr(obj, "remote", None))
-    # ... bundle travels to the worker (it is four plain fields) ...
-    fn = load_bundle(bundle, "/tmp/chalk-code", make_remote=FunctionHandle.from_name)
-    fn(1, 2)
+    import math
+    SCALE = 2
+
+    def area(r: float) -> float:
+        return math.pi * r * r * SCALE
+
+    bundle = build_bundle(area, remote_name=lambda obj: None)
+    print(bundle.module_source)  # import math / SCALE = 2 / def area(...): ...
+    # ... the bundle (four plain, JSON-friendly fields) travels to the worker ...
+    fn = load_bundle(bundle, "/tmp/chalk-code", make_remote=lambda name: ...)
+    fn(1.0)  # 6.283...
 """
 
 from __future__ import annotations
@@ -413,6 +420,8 @@ class _Analyzer:
         self.bound[name] = value
 
     def _add(self, key: str, text: str, rank: int, deps: frozenset[str] = frozenset(), order: int = -1) -> None:
+        if rank == 0:  # imports sorted by text, submodule loads after them
+            order = int(text.startswith("__import__"))
         self.items[key] = _Item(text, rank, order if order >= 0 else len(self.items), deps)
 
     def _alias(self, name: str, defined: str, obj: object) -> str:
@@ -545,7 +554,7 @@ class _Analyzer:
                 self._add("import collections.abc", "__import__('collections.abc')\n", 0)
         if src is not None:
             self._bind(name, value)
-            return self._add(name, f"{name} = {src}\n", 1, frozenset({"typing", "collections"} & self.bound.keys()))
+            return self._add(name, f"{name} = {src}\n", 1)
         target = value if isinstance(value, type) else inspect.unwrap(value) if callable(value) else None
         if getattr(value, "__module__", None) == self.module and isinstance(target, (type, types.FunctionType)):
             self._ship(value, name, via=via)
@@ -613,9 +622,10 @@ class _Analyzer:
         if file is not None:
             root, rel = _relative_path(modname, file)
             path = Path(os.path.abspath(file))
-            if not direct and not any(r == path or r in path.parents for r in self.roots):
+            if not direct and not any(r in path.parents for r in self.roots):
                 return  # found through an import but outside the project: not ours to ship
-            self.roots.add(root)
+            if direct:
+                self.roots.add(root)
         self.modules_done.add(modname)
         if "." in modname:  # importing a.b.c runs a/__init__.py and a/b/__init__.py first
             self._add_project_module(modname.rpartition(".")[0], direct)
@@ -646,7 +656,7 @@ class _Analyzer:
         """Definitions before their definition-time uses (bases before subclasses); otherwise
         imports, constants, classes, functions, each in source order."""
         deps = {k: {d for d in it.deps if d in self.items and d != k} for k, it in self.items.items()}
-        key = {k: (it.rank, it.order, k) for k, it in self.items.items()}
+        key = {k: (it.rank, it.order, it.text, k) for k, it in self.items.items()}
         ready = [key[k] for k, ds in deps.items() if not ds]
         heapq.heapify(ready)
         out: list[str] = []

@@ -596,6 +596,8 @@ _pending: "set[RemoteFunction]" = set()
 
 
 def _register_pending() -> None:
+    if os.environ.get("CHALK_REGISTER_AT_EXIT", "1") == "0":
+        return
     for rf in list(_pending):
         try:
             run_sync(rf._register(), timeout=30)

@@ -388,7 +388,6 @@ class Queue:
         call.next_index += payload.rows
         chunk = Chunk(first_index, payload)
         call.chunks.append(chunk)
-        first = call.state != CallState.STREAMING
         call.state = CallState.STREAMING
         self.store.write(
             "INSERT OR REPLACE INTO chunks (call_id, first_index, rows, schema, batch) VALUES (?,?,?,?,?)",
@@ -397,16 +396,14 @@ class Queue:
         self.store.write("UPDATE calls SET state='streaming', chunks=?, attempt=? WHERE id=?",
                          (call.next_index, call.attempt, call.id))
         subs = list(call.subscribers.items())
-        if first:
-            # The first chunk only goes out once "this call has streamed" is durable,
-            # so a restarted daemon never re-runs a call whose chunks a caller saw.
-            def deliver() -> None:
-                for sub, ref in subs:
-                    sub.send_event(ref, call.id, "chunk", payload=payload, first_index=first_index)
-            self.store.after_commit(deliver)
-        else:
+
+        # Chunks go out once they are durable (the first one marks the call as
+        # streamed, so a restarted daemon never re-runs a call whose chunks a
+        # caller saw); later ones follow in order behind it.
+        def deliver() -> None:
             for sub, ref in subs:
                 sub.send_event(ref, call.id, "chunk", payload=payload, first_index=first_index)
+        self.store.after_commit(deliver)
 
     def _finish(
         self, call: Call, *, result: Payload | None = None, error: CallError | None = None,

@@ -11,16 +11,12 @@ import sys
 import textwrap
 import threading
 import typing
-from pathlib import Path
 
 import pytest
 
 from chalkcompute._code import CodeBundleData, build_bundle, check_function, load_bundle
 from chalkcompute.exceptions import FunctionCodeError
 from tests.unit.codeship_samples import _sidefx, app, fakesdk
-
-REPO = Path(__file__).resolve().parents[2]
-
 
 def _remote(name):
     return lambda *args: ("remote", name, args)
@@ -64,7 +60,7 @@ def test_worker_types_are_the_shipped_ones_and_hints_resolve(tmp_path):
     assert typing.get_type_hints(fn)["return"] is ns["Report"]
     assert typing.get_type_hints(ns["Report"])["points"] == list[ns["Point"]]
     assert ns["_square"].cache_info().maxsize is None  # an importable helper decorator is kept
-    assert ns["other"] == ("remote", "samples-other", ()) or callable(ns["other"])
+    assert ns["other"](1) == ("remote", "samples-other", (1,))  # bound before the module ran
 
 
 def test_function_arrives_plain_without_its_decorator(tmp_path):
@@ -264,3 +260,17 @@ def test_load_bundle_rejects_escaping_paths(tmp_path):
     bad = CodeBundleData("def f():\n    return 1\n", "f", {"../evil.py": ""}, {})
     with pytest.raises(FunctionCodeError, match="escapes"):
         load_bundle(bad, tmp_path, make_remote=_remote)
+
+
+def test_other_kinds_of_globals(tmp_path):
+    from tests.unit.codeship_samples import kinds
+
+    bundle, fn = _ship(kinds.summarize, tmp_path, _no_remotes)
+    src = bundle.module_source
+    assert "Vector = list[float]\n" in src and "MaybeInt = typing.Optional[int]\n" in src
+    assert "TOP = Level.HIGH\n" in src and "add_up = total\n" in src and "calls = 0\n" in src
+    assert "REGISTRY" not in src and "__import__('concurrent.futures')" in src
+    s, pair, top, low, calls, limit = fn([1.0, 2.5])
+    assert (s, tuple(pair), top, low, calls, limit) == (3.5, (3, 0), 2, "LOW", 1, None)
+    assert type(pair).__name__ == "Pair" and type(top).__name__ == "Level"
+    assert fn([1.0])[4] == 2 and kinds.calls == 0  # the worker's module keeps its own state
