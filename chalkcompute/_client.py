@@ -218,13 +218,16 @@ class _Session:
                         self._resume()
                     lost_since, delay = None, 0.05
                     await self._pump(stream)
-            except (OSError, StreamTerminatedError, asyncio.TimeoutError, ConnectionError) as exc:
-                reason = str(exc) or type(exc).__name__
             except GRPCError as exc:
-                if exc.status not in (Status.UNAVAILABLE, Status.INTERNAL, Status.CANCELLED):
+                if exc.status not in (Status.UNAVAILABLE, Status.INTERNAL, Status.CANCELLED, Status.UNKNOWN):
                     self._fail_all(error_from_status(exc.status, exc.message))
                     return
                 reason = exc.message or exc.status.name
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the connection broke, in whichever way grpclib/h2 says it
+                reason = f"{type(exc).__name__}: {exc}"
+                log.debug("session stream broke", exc_info=True)
             if not self.handles:
                 return  # nothing in flight: reconnect when the next call comes
             now = time.monotonic()
@@ -251,6 +254,7 @@ class _Session:
     async def _pump(self, stream) -> None:
         """Send and receive until the stream breaks (it stays open while idle)."""
         loop = asyncio.get_running_loop()
+        await stream.send_request()  # headers first: receiving before them is a protocol error
         sender = loop.create_task(self._send_loop(stream))
         receiver = loop.create_task(self._recv_loop(stream))
         try:

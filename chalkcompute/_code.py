@@ -461,9 +461,8 @@ class _Analyzer:
         node = body[0] if body else None
         if getattr(target, "__name__", "") == "<lambda>":
             # Only `name = lambda ...` has a source that defines just this lambda.
-            if not (isinstance(node, ast.Assign) and len(body) == 1
-                           and [getattr(t, "id", None) for t in node.targets] == [name]
-                           and isinstance(node.value, ast.Lambda)):
+            if not (isinstance(node, ast.Assign) and len(body) == 1 and isinstance(node.value, ast.Lambda)
+                    and [getattr(t, "id", None) for t in node.targets] == [name]):
                 raise FunctionCodeError(
                     f"function {self.name!r} uses global {name!r}{self._through(via)} (a lambda whose "
                     f"source cannot be isolated) that cannot travel to the worker: define it with def")

@@ -109,7 +109,7 @@ def _ident(v):
 
 
 def _fields_of(v, cls=None):
-    """A getter for the fields of a mapping or a dataclass instance (or ``cls``)."""
+    """A getter for the fields of a mapping or a dataclass instance; ``cls`` names the hint."""
     if isinstance(v, abc.Mapping):
         return v.get
     if dataclasses.is_dataclass(v) and not isinstance(v, type):  # any dataclass: duck typing
@@ -152,13 +152,11 @@ class _Node:
             return None, None
         if kind in ("list", "tuple"):
             e, d = ch[0][1].enc, ch[0][1].dec
-            enc = None if e is None else (lambda v: None if v is None else [e(x) for x in v])
+            enc = e and (lambda v: None if v is None else [e(x) for x in v])
             if kind == "list":
-                dec = None if d is None else (lambda v: None if v is None else [d(x) for x in v])
-            else:
-                d = d or _ident
-                dec = lambda v: None if v is None else tuple([d(x) for x in v])  # noqa: E731
-            return enc, dec
+                return enc, d and (lambda v: None if v is None else [d(x) for x in v])
+            d = d or _ident
+            return enc, lambda v: None if v is None else tuple([d(x) for x in v])
         if kind == "map":
             (_, k), (_, i) = ch
             ke, ie, kd, idec = k.enc or _ident, i.enc or _ident, k.dec or _ident, i.dec or _ident
@@ -176,9 +174,9 @@ class _Node:
         any_enc = any(c.enc for _, c in ch)
         any_dec = any(c.dec for _, c in ch)
         if kind == "record":  # fixed-size tuple as struct f0..fN; pyarrow takes tuples
-            enc = None if not any_enc else (
-                lambda v: None if v is None else tuple([e(x) for (_, e), x in zip(encs, v)]))
-            return enc, lambda v: None if v is None else tuple(
+            enc = any_enc and (lambda v: None if v is None else tuple(
+                [e(x) for (_, e), x in zip(encs, v)]))
+            return enc or None, lambda v: None if v is None else tuple(
                 [d(x) for (_, d), x in zip(decs, v.values())])
         cls, is_dataclass = self.cls, dataclasses.is_dataclass(self.cls)
 
@@ -207,15 +205,7 @@ class _Node:
                 out = {n: d(v[n]) for n, d in decs}
                 return {n: x for n, x in out.items() if x is not None or n in req}
             return enc, dec
-        if not any_dec:
-            return enc, None
-        return enc, lambda v: None if v is None else {n: d(v[n]) for n, d in decs}
-
-
-def _scalar(pytype) -> _Node:
-    node = _Node("scalar", _SCALARS[pytype])
-    node.cls = pytype
-    return node
+        return enc, any_dec and (lambda v: None if v is None else {n: d(v[n]) for n, d in decs}) or None
 
 
 def _node_from_hint(hint, seen: tuple = ()) -> _Node | None:
@@ -227,13 +217,13 @@ def _node_from_hint(hint, seen: tuple = ()) -> _Node | None:
     if any(hint is h for h in _INFERRED):
         return None
     if hint in _SCALARS:
-        return _scalar(hint)
+        return _Node("scalar", _SCALARS[hint], cls=hint)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         rest = [a for a in args if a is not type(None)]
         if len(rest) == 1:  # Optional[X]: every Arrow field is nullable already
             return _node_from_hint(rest[0], seen)
-        raise _Unsupported(f"unions of several types ({_name(hint)}) have no single Arrow type")
+        raise _Unsupported("a union of several types has no single Arrow type")
     if origin in _LISTS or origin is tuple:
         if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
             kids = [_node_from_hint(a, seen) for a in args]
@@ -274,7 +264,7 @@ def _node_from_hint(hint, seen: tuple = ()) -> _Node | None:
             kids.append((n, kid))
         meta = {META_KEY: f"{tag}:{hint.__module__}.{hint.__qualname__}".encode()}
         return _Node("struct", children=kids, cls=hint, meta=meta, required=required)
-    raise _Unsupported(f"{_name(hint)} cannot be represented in Arrow")
+    raise _Unsupported(f"no Arrow type for {_name(hint)}")
 
 
 def _hint_node(hint, where: str) -> _Node | None:
@@ -282,8 +272,8 @@ def _hint_node(hint, where: str) -> _Node | None:
         return _node_from_hint(hint)
     except _Unsupported as e:
         raise SerializationError(f"{where}: unsupported type hint {_name(hint)} ({e})") from None
-    except NameError as e:  # an unresolved forward reference inside a dataclass
-        raise SerializationError(f"{where}: cannot resolve type hint {_name(hint)}: {e}") from None
+    except (NameError, TypeError) as e:  # an unresolved forward reference, an unhashable hint
+        raise SerializationError(f"{where}: unsupported type hint {_name(hint)}: {e}") from None
 
 
 def _node_from_field(field: pa.Field) -> _Node:
@@ -297,9 +287,7 @@ def _node_from_field(field: pa.Field) -> _Node:
     if pa.types.is_struct(t):
         kids = [(f.name, _node_from_field(f)) for f in t]
         return _Node("record" if tag == b"tuple" else "struct", t, kids)
-    node = _Node("scalar", t)
-    node.cls = _PYTYPES.get(t)  # so ints still get the strict check and coercion
-    return node
+    return _Node("scalar", t, cls=_PYTYPES.get(t))  # ints keep the strict check and coercion
 
 
 def _coerce(node: _Node, v):
@@ -352,6 +340,14 @@ def _check_int(v):
     raise TypeError("needs coercion")
 
 
+def _converts(node: _Node, v) -> bool:
+    try:
+        pa.array([_coerce(node, v)], type=node.type)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
 def _hinted_array(node: _Node, enc, values: list, what: str) -> pa.Array:
     try:
         return pa.array(values if enc is None else [enc(v) for v in values], type=node.type)
@@ -361,13 +357,7 @@ def _hinted_array(node: _Node, enc, values: list, what: str) -> pa.Array:
         coerced = [_coerce(node, v) for v in values]
         return pa.array(coerced, type=node.type)
     except (TypeError, ValueError, OverflowError, pa.ArrowException) as e:
-        bad = values[0]
-        for v in values[1:] if len(values) > 1 else ():
-            try:
-                pa.array([_coerce(node, v)], type=node.type)
-            except Exception:  # noqa: BLE001
-                bad = v
-                break
+        bad = next((v for v in values if not _converts(node, v)), values[0])
         raise SerializationError(
             f"{what}: cannot convert value of type {type(bad).__name__} to Arrow {node.type}: {e}"
         ) from None
@@ -430,14 +420,10 @@ def _inferred_array(values: list, what: str) -> pa.Array:
         return pa.array(values, type=_unify([_infer(v) for v in values]))
     except Exception:  # noqa: BLE001 - _Defer, or out of range: let pyarrow decide
         pass
-    try:
-        return pa.array(values)
+    try:  # pyarrow's inference, seeing dataclasses as dicts
+        return pa.array([_plain(v) for v in values])
     except Exception as e:  # noqa: BLE001
         error = e
-    try:
-        return pa.array([_plain(v) for v in values])
-    except Exception:  # noqa: BLE001
-        pass
     for v in values:
         try:
             pa.array([_plain(v)])

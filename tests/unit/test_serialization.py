@@ -439,3 +439,49 @@ def test_malformed_payloads():
         codec.decode_args(b"garbage", b"")
     with pytest.raises(SerializationError, match="record batch"):
         codec.decode_args(codec.input_schema_bytes, b"garbage")
+
+
+def test_zero_parameter_function():
+    def f() -> int: ...
+
+    codec = FunctionCodec.for_function(f)
+    assert codec.parameter_names == []
+    assert codec.decode_args(*codec.encode_args({})) == {}
+
+
+def test_inferred_aware_datetime_keeps_its_zone():
+    def f(t): ...
+
+    t = datetime.datetime(2024, 1, 2, 3, 4, tzinfo=datetime.timezone.utc)
+    out = roundtrip(f, t=t)["t"]
+    assert out == t and out.tzinfo is not None
+
+
+def test_inferred_values_match_pyarrow_inference():
+    def f(v): ...
+
+    codec = FunctionCodec.for_function(f)
+    for value in (1, 2.5, [1, 2.5], [[], [1]], {"a": [1, None], "b": {"c": b"x"}},
+                  [{"a": 1}, {"b": "x"}], datetime.date(2024, 1, 1), decimal.Decimal("1.25")):
+        schema, _ = codec.encode_args({"v": value})
+        assert schema_from_bytes(schema).field("v").type == pa.array([value]).type
+
+
+@dataclasses.dataclass
+class Positive:
+    n: int
+
+    def __post_init__(self):
+        if self.n <= 0:
+            raise ValueError("n must be positive")
+
+
+def test_failed_dataclass_rebuild_is_a_serialization_error():
+    def f(p: Positive) -> None: ...
+
+    codec = FunctionCodec.for_function(f)
+    schema = schema_from_bytes(codec.input_schema_bytes)
+    # a sender without the class's validation (e.g. a schema-only caller) sent n=-1
+    batch = pa.RecordBatch.from_pydict({"p": [{"n": -1}]}, schema=schema).serialize().to_pybytes()
+    with pytest.raises(SerializationError, match="cannot rebuild Positive: n must be positive"):
+        codec.decode_args(codec.input_schema_bytes, batch)

@@ -1,0 +1,162 @@
+"""Faults: a daemon killed with -9, workers killed mid-call, callers cut off."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from chalkcompute import CallInterruptedError, RemoteFunction, WorkerLostError
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
+    """Poll a condition that another process makes true (a file appearing)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def gated_double(x: int, gate_dir: str) -> int:
+    import os
+    import time
+
+    # Announce that this attempt runs (with this worker's pid), then wait for the test.
+    with open(os.path.join(gate_dir, f"started-{x}-{os.getpid()}"), "w"):
+        pass
+    while not os.path.exists(os.path.join(gate_dir, "go")):
+        time.sleep(0.01)
+    return 2 * x
+
+
+@pytest.mark.timeout(180)
+def test_daemon_kill9_with_calls_queued_and_running(fresh_daemon, tmp_path):
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    fn = RemoteFunction(gated_double, name="gated_double", target=fresh_daemon.target)
+    fn.wait_ready()
+    results: dict[int, list[int]] = {}
+    errors: list[BaseException] = []
+
+    def call(i: int) -> None:
+        try:
+            results.setdefault(i, []).append(fn(i, str(gate)))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(5)]
+    for t in threads:
+        t.start()
+    # One call is running (max_replicas=1), the other four wait in the queue.
+    wait_for(lambda: list(gate.glob("started-*")), what="a call to start")
+    time.sleep(0.3)  # let the other submits reach the daemon and commit
+    fresh_daemon.kill9()
+    fresh_daemon.start()
+    (gate / "go").touch()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert results == {i: [2 * i] for i in range(5)}
+
+
+def stream_then_wait(gate_dir: str):
+    import os
+    import time
+
+    yield 1
+    with open(os.path.join(gate_dir, f"pid-{os.getpid()}"), "w"):
+        pass
+    while not os.path.exists(os.path.join(gate_dir, "go")):
+        time.sleep(0.01)
+    yield 2
+
+
+def _pid_from(gate: Path, prefix: str) -> int:
+    files = wait_for(lambda: list(gate.glob(f"{prefix}-*")), what=f"{prefix} file")
+    return int(files[0].name.rsplit("-", 1)[1])
+
+
+@pytest.mark.timeout(120)
+def test_worker_killed_before_first_chunk_reruns(daemon, tmp_path):
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    fn = RemoteFunction(gated_double, name="rerun_double")
+    fn.wait_ready()
+    result: list[int] = []
+    t = threading.Thread(target=lambda: result.append(fn(21, str(gate))))
+    t.start()
+    first = wait_for(lambda: list(gate.glob("started-21-*")), what="the first attempt")[0]
+    os.kill(int(first.name.rsplit("-", 1)[1]), signal.SIGKILL)
+    # The call runs again on a new replica.
+    wait_for(lambda: len(list(gate.glob("started-21-*"))) == 2, what="the second attempt")
+    (gate / "go").touch()
+    t.join(60)
+    assert result == [42]
+
+
+@pytest.mark.timeout(120)
+def test_worker_killed_after_first_chunk_fails_clearly(daemon, tmp_path):
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    fn = RemoteFunction(stream_then_wait, name="stream_then_wait")
+    stream = fn(str(gate))
+    assert next(stream) == 1
+    os.kill(_pid_from(gate, "pid"), signal.SIGKILL)
+    with pytest.raises(CallInterruptedError, match="interrupted mid-stream after 1 chunk"):
+        next(stream)
+
+
+def suicidal(x: int) -> int:
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+@pytest.mark.timeout(120)
+def test_handler_that_kills_its_worker_fails_after_the_cap(daemon):
+    fn = RemoteFunction(suicidal, name="suicidal")
+    with pytest.raises(WorkerLostError) as info:
+        fn(1)
+    assert "3 attempt(s)" in str(info.value)
+    assert "SIGKILL" in str(info.value)
+
+
+def numbered(n: int, gate_dir: str):
+    import os
+    import time
+
+    for i in range(n):
+        if i == n // 2:
+            while not os.path.exists(os.path.join(gate_dir, "go")):
+                time.sleep(0.01)
+        yield i
+
+
+@pytest.mark.timeout(120)
+def test_dropped_caller_resumes_stream_without_loss_or_duplicates(daemon, tmp_path):
+    from tests.proxy import CuttableProxy
+
+    proxy = CuttableProxy(daemon.port).start()
+    try:
+        gate = tmp_path / "gate"
+        gate.mkdir()
+        RemoteFunction(numbered, name="numbered").deploy()
+        fn = RemoteFunction.from_name("numbered", target=f"127.0.0.1:{proxy.port}")
+        stream = fn(3000, str(gate))
+        got = [next(stream) for _ in range(500)]
+        proxy.cut()
+        (gate / "go").touch()
+        got.extend(stream)
+        assert got == list(range(3000))
+        assert proxy.connections >= 2  # it really reconnected
+    finally:
+        proxy.close()
