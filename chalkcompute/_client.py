@@ -135,8 +135,7 @@ class CallHandle:
         if waiter is not None:
             waiter.release()
         if async_waiter is not None:
-            loop, fut = async_waiter
-            loop.call_soon_threadsafe(_wake, fut)
+            _waker.wake(*async_waiter)
 
     # consumer side
     def next_event(self, timeout: float | None = None) -> tuple:
@@ -176,6 +175,37 @@ def _wake(fut: asyncio.Future) -> None:
         fut.set_result(None)
 
 
+def _wake_all(futs: list[asyncio.Future]) -> None:
+    for fut in futs:
+        if not fut.done():
+            fut.set_result(None)
+
+
+class _LoopWaker:
+    """Wakes awaiting callers in other loops: one cross-thread call per loop per
+    SDK-loop iteration, however many of their calls finished in it."""
+
+    def __init__(self) -> None:
+        self.pending: dict[asyncio.AbstractEventLoop, list[asyncio.Future]] = {}
+
+    def wake(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future) -> None:
+        # Always called on the SDK loop's thread.
+        if not self.pending:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.pending.setdefault(loop, []).append(fut)
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, {}
+        for loop, futs in pending.items():
+            try:
+                loop.call_soon_threadsafe(_wake_all, futs)
+            except RuntimeError:  # that loop is closed: nobody is waiting any more
+                pass
+
+
+_waker = _LoopWaker()
+
+
 # -- the session stream ---------------------------------------------------------------
 
 
@@ -186,6 +216,8 @@ class _Session:
         self.handles: dict[int, CallHandle] = {}
         self._refs = itertools.count(1)
         self._out: list = []
+        self._incoming: deque = deque()
+        self._incoming_scheduled = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.reconnect_timeout = float(os.environ.get("CHALK_RECONNECT_TIMEOUT", "60"))
@@ -202,11 +234,24 @@ class _Session:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     def send_threadsafe(self, *, ack: pb.ChunkAck | None = None, cancel: pb.CancelCall | None = None) -> None:
-        self.client.loop.call_soon_threadsafe(self._queue_item, ack or cancel)
+        self.from_thread(ack or cancel)
 
-    def _queue_item(self, item) -> None:
-        self._out.append(item)
-        self._wake.set()
+    def from_thread(self, item) -> None:
+        """Queue a handle (a new call) or a message from any thread; one loop wake-up per burst."""
+        self._incoming.append(item)  # deque.append is atomic
+        if not self._incoming_scheduled:
+            self._incoming_scheduled = True
+            self.client.loop.call_soon_threadsafe(self._take_incoming)
+
+    def _take_incoming(self) -> None:
+        self._incoming_scheduled = False
+        while self._incoming:
+            item = self._incoming.popleft()
+            if isinstance(item, CallHandle):
+                self.start(item)
+            else:
+                self._out.append(item)
+                self._wake.set()
 
     async def _run(self) -> None:
         lost_since: float | None = None
@@ -214,7 +259,10 @@ class _Session:
         while True:
             try:
                 async with self.stub.Session.open() as stream:
+                    await stream.send_request()  # connects; headers go before any message
                     if lost_since is not None:
+                        log.info("reconnected to chalkd at %s; resuming %d call(s)", self.client.target,
+                                 len(self.handles))
                         self._resume()
                     lost_since, delay = None, 0.05
                     await self._pump(stream)
@@ -254,7 +302,6 @@ class _Session:
     async def _pump(self, stream) -> None:
         """Send and receive until the stream breaks (it stays open while idle)."""
         loop = asyncio.get_running_loop()
-        await stream.send_request()  # headers first: receiving before them is a protocol error
         sender = loop.create_task(self._send_loop(stream))
         receiver = loop.create_task(self._recv_loop(stream))
         try:
@@ -405,7 +452,7 @@ class Client:
         if threading.current_thread() is _loop_thread.thread:  # type: ignore[union-attr]
             session.start(handle)
         else:
-            self.loop.call_soon_threadsafe(session.start, handle)
+            session.from_thread(handle)
         return handle
 
     def close(self) -> None:

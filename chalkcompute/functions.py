@@ -330,15 +330,20 @@ class RemoteFunction:
         # chalkd answers WaitReady as soon as a replica is ready; each round lasts at
         # most poll_interval so a long wait still re-checks the daemon that often.
         rounds_timeout = max(poll_interval, 0.05)
+        reason = ""
         while True:
             left = deadline - loop.time()
             if left <= 0:
-                raise FunctionTimeoutError(f"no replica of {self.name!r} became ready within {timeout:g}s")
+                # The daemon's last word says why (e.g. what the replica needs and others hold).
+                why = reason.split(f"within", 1)[-1].split(":", 1)[-1].strip() if ":" in reason else ""
+                raise FunctionTimeoutError(
+                    f"no replica of {self.name!r} became ready within {timeout:g}s" + (f": {why}" if why else ""))
             try:
                 resp = await self.client.rpc(
                     "WaitReady", pb.WaitReadyRequest(id=info.id, timeout=min(left, rounds_timeout)),
                     timeout=min(left, rounds_timeout) + 30)
-            except FunctionTimeoutError:
+            except FunctionTimeoutError as exc:
+                reason = str(exc)
                 continue
             fv = resp.function
             if fv.state == "failed":

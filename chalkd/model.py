@@ -8,12 +8,27 @@ from __future__ import annotations
 
 import enum
 import secrets
+import time
 from dataclasses import dataclass, field
 
 
 def new_id(prefix: str) -> str:
-    """A short random id, e.g. ``new_id("fc")`` -> ``"fc-3f9a1c0d2b7e4a5c9d10"``."""
+    """A short random id, e.g. ``new_id("fv")`` -> ``"fv-3f9a1c0d2b7e4a5c9d10"``."""
     return f"{prefix}-{secrets.token_hex(10)}"
+
+
+_last_time_id = 0
+
+
+def new_time_id(prefix: str) -> str:
+    """An id that sorts by creation time, e.g. ``"fc-0640a1b2c3d4e5-9f3a1c"``.
+
+    Call ids are indexed: time order makes each insert land on the index's last page.
+    """
+    global _last_time_id
+    now = max(time.time_ns() // 1000, _last_time_id + 1)
+    _last_time_id = now
+    return f"{prefix}-{now:014x}{secrets.token_hex(3)}"
 
 
 class ErrorCode(str, enum.Enum):
@@ -122,6 +137,7 @@ class Call:
     attempt: int = 0
     failures: int = 0             # lost workers so far (each counts as an attempt)
     replica_id: str | None = None
+    dispatched_at: float = 0.0    # monotonic time of the current attempt's dispatch
     chunks: list[Chunk] = field(default_factory=list)
     next_index: int = 0           # index of the next chunk the worker will send
     acked: int = -1               # highest chunk index a caller has consumed

@@ -57,8 +57,12 @@ def main() -> int:
         loop.add_signal_handler(signal.SIGTERM, lambda: runner._stop("SIGTERM"))
         return await runner.run()
 
-    with asyncio.Runner(loop_factory=loop_factory) as r:
-        reason = r.run(serve())
+    if runner.plain_sync:
+        signal.signal(signal.SIGTERM, lambda *_: link.on_lost("SIGTERM"))
+        reason = runner.run_sync_handlers()
+    else:
+        with asyncio.Runner(loop_factory=loop_factory) as r:
+            reason = r.run(serve())
     if reason.startswith("lost the daemon"):
         exit_after_grace(reason)
     link.close()

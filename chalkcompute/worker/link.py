@@ -82,7 +82,9 @@ class DaemonLink:
         self.token = token
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="chalk-worker-link", daemon=True)
-        self.on_assignment: Callable[[pb.Assignment], None] = lambda a: None
+        # Until the runner installs its handler, assignments wait here (never dropped).
+        self.early: list[pb.Assignment] = []
+        self.on_assignment: Callable[[pb.Assignment], None] = self.early.append
         self.on_cancel: Callable[[str, int], None] = lambda call_id, attempt: None
         self.on_lost: Callable[[str], None] = lambda reason: None
         self.encode_chunks: Callable[[list], tuple[bytes, bytes]] | None = None

@@ -13,6 +13,7 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import queue
 import threading
 
 from chalkcompute._client import current_call_id
@@ -36,11 +37,55 @@ class Runner:
         self.stopped: asyncio.Event | None = None
         self.stop_reason = ""
         self.tasks: dict[tuple[str, int], asyncio.Task] = {}
+        self.slots: asyncio.Semaphore | None = None
+
+    @property
+    def plain_sync(self) -> bool:
+        """A sync, non-generator handler needs no event loop at all."""
+        return not (self.is_async_gen or self.is_gen or self.is_coro)
+
+    def run_sync_handlers(self) -> str:
+        """The fast path for plain sync handlers: this thread takes inputs in order.
+
+        The daemon may hand over a few inputs ahead (prefetch); they wait here,
+        one runs at a time, and each result leaves as soon as it is ready.
+        """
+        inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.link.on_assignment = inbox.put
+        for a in self.link.early:
+            inbox.put(a)
+        self.link.on_cancel = lambda call_id, attempt: None
+        self.link.on_lost = lambda reason: inbox.put(reason)
+        self.link.encode_chunks = self.codec.encode_chunks
+        self.link.add_credit(self.capacity)
+        while True:
+            a = inbox.get()
+            if isinstance(a, str):
+                return a
+            token = current_call_id.set(a.call_id)
+            try:
+                event = pb.AttemptEvent(call_id=a.call_id, attempt=a.attempt)
+                try:
+                    kwargs = self.codec.decode_args(a.args.schema, a.args.batch)
+                    event.result.CopyFrom(self._encode_result(self.fn(**kwargs)))
+                except BaseException as exc:  # the user's exception travels to the caller
+                    event.ClearField("result")
+                    event.error.CopyFrom(error_message(exc))
+                    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                        self.link.send_event(event, credit=1)
+                        return f"the handler raised {type(exc).__name__}"
+                self.link.finish_gate(self.link.gate(a.call_id, a.attempt))
+                self.link.send_event(event, credit=1)
+            finally:
+                current_call_id.reset(token)
 
     async def run(self) -> str:
         self.loop = asyncio.get_running_loop()
         self.stopped = asyncio.Event()
+        self.slots = asyncio.Semaphore(self.capacity)
         self.link.on_assignment = lambda a: self.loop.call_soon_threadsafe(self._start, a)
+        for a in self.link.early:
+            self._start(a)
         self.link.on_cancel = lambda call_id, attempt: self.loop.call_soon_threadsafe(self._cancel, call_id, attempt)
         self.link.on_lost = lambda reason: self.loop.call_soon_threadsafe(self._stop, reason)
         self.link.encode_chunks = self.codec.encode_chunks
@@ -56,7 +101,7 @@ class Runner:
         key = (a.call_id, a.attempt)
         ctx = contextvars.copy_context()
         ctx.run(current_call_id.set, a.call_id)
-        task = self.loop.create_task(self._run_one(a), context=ctx)
+        task = self.loop.create_task(self._run_slot(a), context=ctx)
         self.tasks[key] = task
         task.add_done_callback(lambda _t: self.tasks.pop(key, None))
 
@@ -64,6 +109,11 @@ class Runner:
         task = self.tasks.get((call_id, attempt))
         if task is not None:
             task.cancel()
+
+    async def _run_slot(self, a: pb.Assignment) -> None:
+        # Inputs handed over ahead of time wait for a free slot here.
+        async with self.slots:
+            await self._run_one(a)
 
     async def _run_one(self, a: pb.Assignment) -> None:
         gate = self.link.gate(a.call_id, a.attempt)

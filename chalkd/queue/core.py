@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
-from chalkd.model import Call, CallError, CallState, Chunk, ErrorCode, FunctionVersion, Payload, ReplicaExit, new_id
+from chalkd.model import Call, CallError, CallState, Chunk, ErrorCode, FunctionVersion, Payload, ReplicaExit, new_time_id
 from chalkd.store.db import Store
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,12 @@ class WorkerLink(Protocol):
     def send_cancel(self, call_id: str, attempt: int) -> None: ...
 
 
+# Inputs are handed to a busy worker ahead of time only for functions whose
+# calls take less than this: for longer ones a round trip is noise, and an input
+# held by a worker is one no other replica can take.
+PREFETCH_BELOW_SECONDS = 0.005
+
+
 class QueueError(Exception):
     pass
 
@@ -63,13 +69,14 @@ class CallNotFound(QueueError):
 
 
 class _Worker:
-    __slots__ = ("link", "credit", "inflight", "draining")
+    __slots__ = ("link", "credit", "inflight", "draining", "serving")
 
     def __init__(self, link: WorkerLink) -> None:
         self.link = link
         self.credit = 0
         self.inflight: dict[str, Call] = {}
         self.draining = False
+        self.serving = False   # has announced capacity: its handler is loaded
 
 
 class Queue:
@@ -100,6 +107,11 @@ class Queue:
         self._seq = 0
         self.total_submitted = 0
         self.on_demand: Callable[[str], None] = lambda function_id: None
+        # How many inputs beyond its free slots a worker may hold queued (the
+        # autoscaler allows it once a function cannot add replicas): saves a
+        # daemon-worker round trip between back-to-back calls.
+        self.prefetch: Callable[[str], int] = lambda function_id: 0
+        self._durations: dict[str, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -169,7 +181,7 @@ class Queue:
         self._seq += 1
         parent = self.calls.get(parent_id) if parent_id else None
         call = Call(
-            id=new_id("fc"), seq=self._seq, function=function, args=args, created_at=self.clock(),
+            id=new_time_id("fc"), seq=self._seq, function=function, args=args, created_at=self.clock(),
             parent_id=parent_id, idempotency_key=idempotency_key,
             priority=parent.priority if parent else 0,
             root_seq=parent.root_seq if parent else self._seq,
@@ -257,6 +269,7 @@ class Queue:
         if worker is None:
             return
         worker.credit += credit
+        worker.serving = True
         self._kick(link.function_id)
 
     def worker_draining(self, replica_id: str, function_id: str) -> None:
@@ -284,6 +297,10 @@ class Queue:
         worker = self._workers.get(link.function_id, {}).get(link.replica_id)
         if worker is not None:
             worker.inflight.pop(call_id, None)
+        # A moving average of how long calls take decides whether prefetching pays.
+        fid = link.function_id
+        took = time.monotonic() - call.dispatched_at
+        self._durations[fid] = 0.8 * self._durations.get(fid, took) + 0.2 * took
         if kind == "result":
             self._finish(call, result=payload)
         elif kind == "done":
@@ -358,21 +375,34 @@ class Queue:
         heap = self._heaps.get(function_id)
         if not heap:
             return
-        workers = [w for w in self._workers.get(function_id, {}).values() if w.credit > 0 and not w.draining]
+        workers = [w for w in self._workers.get(function_id, {}).values() if w.serving and not w.draining]
+        prefetch = 0
         while heap and workers:
-            worker = min(workers, key=lambda w: len(w.inflight))
+            free = [w for w in workers if w.credit > 0]
+            if free:
+                worker = max(free, key=lambda w: (w.credit, -len(w.inflight)))
+            else:
+                # Every slot is taken. Hand inputs ahead only when no replica can be
+                # added or is still loading, or they would queue behind a busy one.
+                if not prefetch and self._durations.get(function_id, 1.0) < PREFETCH_BELOW_SECONDS:
+                    prefetch = self.prefetch(function_id)
+                    if len(self._workers.get(function_id, {})) != len(workers):
+                        prefetch = 0
+                ahead = [w for w in workers if w.credit > -prefetch]
+                if not ahead:
+                    break
+                worker = min(ahead, key=lambda w: len(w.inflight))
             _, call = heapq.heappop(heap)
             if call.state != CallState.QUEUED or call.id not in self.calls:
                 continue
             call.attempt += 1
             call.state = CallState.RUNNING
             call.replica_id = worker.link.replica_id
+            call.dispatched_at = time.monotonic()
             worker.credit -= 1
             worker.inflight[call.id] = call
             assert call.args is not None
             worker.link.send_assignment(call.id, call.attempt, call.args, self.chunk_window)
-            if worker.credit <= 0:
-                workers.remove(worker)
         if heap:
             self.on_demand(function_id)
 
@@ -435,7 +465,14 @@ class Queue:
         def deliver() -> None:
             for sub, ref in subs:
                 self._send_final(call, sub, ref)
-        self.store.after_commit(deliver)
+        if call.next_index:
+            # A stream's end must not overtake its chunks, which wait for their commit.
+            self.store.after_commit(deliver)
+        else:
+            # A result need not be durable before the caller has it: if the daemon
+            # dies before the commit, the call runs again (at-least-once) and the
+            # caller, which already has its answer, never asks.
+            deliver()
 
     def _send_final(self, call: Call, sub: Subscriber, ref: int) -> None:
         if call.error is not None:

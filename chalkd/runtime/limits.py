@@ -73,6 +73,21 @@ class MemoryLimiter:
             log.warning("could not cap replica %s at %d bytes: %s", replica_id, limit_bytes, exc)
             return False
 
+    def oom_killed(self, replica_id: str) -> bool:
+        """Whether the kernel's OOM killer killed a process in the replica's group (read before release)."""
+        if self.base is None:
+            return False
+        events = "memory.events" if self.limit_file == "memory.max" else "memory.oom_control"
+        try:
+            text = (self.base / replica_id / events).read_text()
+        except OSError:
+            return False
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill" and value.strip().isdigit():
+                return int(value) > 0
+        return False
+
     def release(self, replica_id: str) -> None:
         if self.base is None:
             return

@@ -59,10 +59,10 @@ class ProcessReplica(ReplicaHandle):
             await asyncio.wait_for(self._reader, 2.0)
         except (asyncio.TimeoutError, Exception):
             self._reader.cancel()
-        self._on_exit()
+        reason = self._on_exit() or ""
         if rc < 0:
-            return ReplicaExit(signal=-rc)
-        return ReplicaExit(code=rc)
+            return ReplicaExit(signal=-rc, reason=reason)
+        return ReplicaExit(code=rc, reason=reason)
 
     def terminate(self) -> None:
         self._signal(signal.SIGTERM)
@@ -151,6 +151,22 @@ class ProcessRuntime(Runtime):
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             env=env, cwd=cwd or None, start_new_session=True,
         )
-        self.limiter.apply(proc.pid, request.replica_id, request.memory_bytes)
+        capped = self.limiter.apply(proc.pid, request.replica_id, request.memory_bytes)
         log.info("started replica %s of %s (pid %d)", request.replica_id, request.function_name, proc.pid)
-        return ProcessReplica(proc, log_path, lambda: self.limiter.release(request.replica_id))
+
+        def on_exit() -> str:
+            # Read the cgroup's OOM count before the group goes: it says why a SIGKILL came.
+            oom = bool(capped and request.memory_bytes) and self.limiter.oom_killed(request.replica_id)
+            self.limiter.release(request.replica_id)
+            if oom:
+                return f"out of memory (over its memory limit of {_size(request.memory_bytes)})"
+            return ""
+
+        return ProcessReplica(proc, log_path, on_exit)
+
+
+def _size(n: int) -> str:
+    for unit, factor in (("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+        if n >= factor and n % factor == 0:
+            return f"{n // factor}{unit}"
+    return f"{n} bytes"

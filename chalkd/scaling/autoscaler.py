@@ -30,6 +30,7 @@ from chalkd.runtime.base import ReplicaHandle, ReplicaRequest, ReplicaStartError
 log = logging.getLogger(__name__)
 
 STARTUP_FAILURES_BEFORE_GIVING_UP = 3
+PREFETCH = 32
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class Autoscaler:
         self._watchers: set[asyncio.Task] = set()
         self.cold_starts: list[float] = []
         queue.on_demand = lambda fid: self._wake.set()
+        queue.prefetch = self._prefetch
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -178,6 +180,17 @@ class Autoscaler:
             if r.function is fv:
                 self._stop(r, "function deleted")
         self._notify_changed()
+
+    def _prefetch(self, function_id: str) -> int:
+        fv = self.catalog.by_id.get(function_id)
+        if fv is None:
+            return 0
+        mine = [r for r in self.replicas.values() if r.function is fv and r.state in ("starting", "ready")]
+        # Only once no replica can be added and none is still starting: before that,
+        # waiting work must stay in the queue, where the autoscaler and new replicas see it.
+        if len(mine) < fv.max_replicas or any(r.state == "starting" for r in mine):
+            return 0
+        return PREFETCH
 
     # -- the loop -------------------------------------------------------------------
 
@@ -282,7 +295,9 @@ class Autoscaler:
         stopping = replica.state == "stopping"
         replica.state = "stopped"
         self.replicas.pop(replica.id, None)
-        if replica.stop_reason:
+        if replica.stop_reason and not exit.reason:
+            # The runtime's own reason (e.g. out of memory) says more than ours, which for a
+            # killed worker is only that its connection closed.
             exit = ReplicaExit(exit.code, exit.signal, replica.stop_reason)
         self.queue.worker_lost(fv.id, replica.id, exit)
         if not was_ready and not stopping and not self._closing:
