@@ -59,9 +59,18 @@ def default_target() -> str:
 # -- the background loop ------------------------------------------------------------
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where available: it halves the per-message cost of the streams."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 class _LoopThread:
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop()
         self.thread = threading.Thread(target=self._run, name="chalkcompute-loop", daemon=True)
         self.thread.start()
 

@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 from grpclib.client import Channel
 
+from chalkcompute._client import new_event_loop
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import WorkerStub
 from chalkcompute.exceptions import SerializationError
@@ -80,7 +81,7 @@ class DaemonLink:
         self.host, self.port = host.strip("[]"), int(port)
         self.replica_id = replica_id
         self.token = token
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="chalk-worker-link", daemon=True)
         # Until the runner installs its handler, assignments wait here (never dropped).
         self.early: list[pb.Assignment] = []
