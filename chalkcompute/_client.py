@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import contextvars
 import itertools
 import logging
@@ -36,6 +37,7 @@ from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import StreamTerminatedError
 
+from chalkcompute._framing import open_framed
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import FunctionCatalogStub, QueueStub
 from chalkcompute.exceptions import ChalkError, DaemonUnavailableError, error_from_status
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 ACK_EVERY = 1024
 MAX_BATCH_BYTES = 4 * 2**20
 
@@ -229,6 +232,7 @@ class _Session:
         self._incoming_scheduled = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self.stream = None  # the current stream (framed or gRPC), for introspection
         self.reconnect_timeout = float(os.environ.get("CHALK_RECONNECT_TIMEOUT", "60"))
 
     def next_ref(self) -> int:
@@ -267,13 +271,14 @@ class _Session:
         delay = 0.05
         while True:
             try:
-                async with self.stub.Session.open() as stream:
+                async with self.client.open_stream(b"session", self.stub.Session, pb.SessionResponse) as stream:
                     await stream.send_request()  # connects; headers go before any message
                     if lost_since is not None:
                         log.info("reconnected to chalkd at %s; resuming %d call(s)", self.client.target,
                                  len(self.handles))
                         self._resume()
                     lost_since, delay = None, 0.05
+                    self.stream = stream
                     await self._pump(stream)
             except GRPCError as exc:
                 if exc.status not in (Status.UNAVAILABLE, Status.INTERNAL, Status.CANCELLED, Status.UNKNOWN):
@@ -432,6 +437,29 @@ class Client:
         if self._session is None:
             self._session = _Session(self)
         return self._session
+
+    @contextlib.asynccontextmanager
+    async def open_stream(self, name: bytes, grpc_method, recv_type):
+        """A stream to the daemon: framed on its unix socket when it is on this
+        machine (see :mod:`chalkcompute._framing`), else the gRPC stream."""
+        framed = None
+        if self.host in _LOOPBACK and os.environ.get("CHALK_TRANSPORT", "auto") != "grpc":
+            # Failing here means no daemon answers: the caller's reconnect loop handles it.
+            status = await self.catalog.Status(pb.StatusRequest(), timeout=10)
+            if status.fast_socket:
+                try:
+                    framed = await open_framed(status.fast_socket, name, recv_type,
+                                               expect_instance=status.instance_id)
+                except (OSError, ConnectionError) as exc:  # another machine's path, or no access
+                    log.debug("not using chalkd's socket %s: %s", status.fast_socket, exc)
+        if framed is not None:
+            try:
+                yield framed
+            finally:
+                framed.close()
+            return
+        async with grpc_method.open() as stream:
+            yield stream
 
     async def rpc(self, method: str, request, timeout: float | None = 30.0):
         """A unary catalog call; gRPC failures become the SDK's exceptions."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import signal
 import time
 
@@ -30,6 +31,7 @@ from chalkd.runtime.process import ProcessRuntime
 from chalkd.scaling.autoscaler import Autoscaler, HostResources
 from chalkd.services.catalog import CatalogService
 from chalkd.services.convert import settings_from_bytes
+from chalkd.services.fastpath import FastPathServer, socket_path
 from chalkd.services.streams import QueueService, WorkerService
 from chalkd.store.db import Store
 
@@ -60,7 +62,9 @@ class Server:
         self.port: int | None = None
         self._stopped = asyncio.Event()
         self._grpc: GrpcServer | None = None
+        self.fast: FastPathServer | None = None
         self.started = time.monotonic()
+        self.instance_id = secrets.token_hex(8)
 
     async def start(self) -> None:
         cfg = self.config
@@ -77,7 +81,7 @@ class Server:
             heartbeat_timeout=cfg.heartbeat_timeout, drain_timeout=cfg.drain_timeout,
         )
         info = {"version": chalkd.__version__, "home": str(self.home), "started": self.started,
-                "durability": cfg.durability}
+                "durability": cfg.durability, "instance_id": self.instance_id, "fast_socket": ""}
         handlers = [
             CatalogService(self.catalog, self.queue, self.scaler, self.runtime, info),
             QueueService(self.queue, self.catalog, max_payload=cfg.max_message_bytes),
@@ -89,6 +93,14 @@ class Server:
         self.port = self._grpc._server.sockets[0].getsockname()[1]  # grpclib has no public accessor
         target = f"{cfg.host}:{self.port}" if ":" not in cfg.host else f"[{cfg.host}]:{self.port}"
         self.runtime.target = target
+        # Local callers and workers skip HTTP/2: same streams, framed on a unix socket.
+        self.fast = FastPathServer(
+            socket_path(self.home), session_handler=handlers[1].Session, worker_handler=handlers[2].Connect,
+            instance_id=self.instance_id, limit=2 * cfg.max_message_bytes + 2**20,
+        )
+        await self.fast.start()
+        info["fast_socket"] = str(self.fast.path)
+        self.runtime.fast_socket = (str(self.fast.path), self.instance_id)
         await self.scaler.start()
         log.info("chalkd %s listening on %s (home %s, runtime %s, durability %s)",
                  chalkd.__version__, target, self.home, self.runtime.name, cfg.durability)
@@ -109,6 +121,8 @@ class Server:
         """Stop accepting, drain in-flight calls, stop replicas, close the store."""
         log.info("chalkd shutting down")
         await self.scaler.shutdown()
+        if self.fast is not None:
+            await self.fast.close()
         if self._grpc is not None:
             self._grpc.close()
             try:

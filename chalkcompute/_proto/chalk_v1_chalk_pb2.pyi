@@ -290,7 +290,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("version", "home", "runtime", "functions", "replicas", "calls_queued", "calls_running", "calls_total", "uptime_seconds", "durability", "pid")
+    __slots__ = ("version", "home", "runtime", "functions", "replicas", "calls_queued", "calls_running", "calls_total", "uptime_seconds", "durability", "pid", "fast_socket", "instance_id")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     HOME_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
@@ -302,6 +302,8 @@ class StatusResponse(_message.Message):
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
     DURABILITY_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
+    FAST_SOCKET_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     version: str
     home: str
     runtime: str
@@ -313,7 +315,9 @@ class StatusResponse(_message.Message):
     uptime_seconds: float
     durability: str
     pid: int
-    def __init__(self, version: _Optional[str] = ..., home: _Optional[str] = ..., runtime: _Optional[str] = ..., functions: _Optional[int] = ..., replicas: _Optional[int] = ..., calls_queued: _Optional[int] = ..., calls_running: _Optional[int] = ..., calls_total: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., durability: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
+    fast_socket: str
+    instance_id: str
+    def __init__(self, version: _Optional[str] = ..., home: _Optional[str] = ..., runtime: _Optional[str] = ..., functions: _Optional[int] = ..., replicas: _Optional[int] = ..., calls_queued: _Optional[int] = ..., calls_running: _Optional[int] = ..., calls_total: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., durability: _Optional[str] = ..., pid: _Optional[int] = ..., fast_socket: _Optional[str] = ..., instance_id: _Optional[str] = ...) -> None: ...
 
 class Submit(_message.Message):
     __slots__ = ("ref", "function_id", "function_name", "args", "idempotency_key", "parent_call_id")

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from grpclib.client import Channel
 
 from chalkcompute._client import new_event_loop
+from chalkcompute._framing import open_framed
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import WorkerStub
 from chalkcompute.exceptions import SerializationError
@@ -149,7 +150,16 @@ class DaemonLink:
     async def _open(self) -> pb.FunctionVersion:
         self._wake = asyncio.Event()
         self.channel = Channel(self.host, self.port)
-        self.stream = await WorkerStub(self.channel).Connect.open().__aenter__()
+        sock = os.environ.get("CHALK_WORKER_SOCKET")
+        self.stream = None
+        if sock:
+            try:
+                self.stream = await open_framed(sock, b"worker", pb.WorkerResponse,
+                                                expect_instance=os.environ.get("CHALK_DAEMON_INSTANCE", ""))
+            except (OSError, ConnectionError) as exc:
+                log.warning("cannot use chalkd's socket %s (%s); using gRPC", sock, exc)
+        if self.stream is None:
+            self.stream = await WorkerStub(self.channel).Connect.open().__aenter__()
         await self.stream.send_message(pb.WorkerRequest(hello=pb.WorkerHello(
             replica_id=self.replica_id, token=self.token, pid=os.getpid(), capacity=1)))
         first = await self.stream.recv_message()

@@ -87,6 +87,7 @@ class ProcessRuntime(Runtime):
     def __init__(self, home: Path, *, target: str, pip_extra_args: list[str] | None = None) -> None:
         self.home = Path(home)
         self.target = target
+        self.fast_socket: tuple[str, str] | None = None  # (path, daemon instance id)
         self.builder = ProcessEnvBuilder(self.home, pip_extra_args=pip_extra_args)
         self.envs: dict[str, ProcessEnvironment] = {}
         self.limiter = MemoryLimiter.detect()
@@ -142,6 +143,8 @@ class ProcessRuntime(Runtime):
             "CHALK_REPLICA_TOKEN": request.token,
             "PYTHONUNBUFFERED": "1",
         })
+        if self.fast_socket is not None:
+            env["CHALK_WORKER_SOCKET"], env["CHALK_DAEMON_INSTANCE"] = self.fast_socket
         cwd = env_info.cwd
         if cwd:
             Path(cwd).mkdir(parents=True, exist_ok=True)

@@ -146,7 +146,7 @@ class CatalogService(FunctionCatalogBase):
             functions=len(self.catalog.latest), replicas=len(self.scaler.replicas),
             calls_queued=queued, calls_running=running, calls_total=self.queue.total_submitted,
             uptime_seconds=time.monotonic() - self.info["started"], durability=self.info["durability"],
-            pid=os.getpid(),
+            pid=os.getpid(), fast_socket=self.info["fast_socket"], instance_id=self.info["instance_id"],
         ))
 
 

@@ -142,9 +142,12 @@ def numbered(n: int, gate_dir: str):
 
 
 @pytest.mark.timeout(120)
-def test_dropped_caller_resumes_stream_without_loss_or_duplicates(daemon, tmp_path):
+def test_dropped_caller_resumes_stream_without_loss_or_duplicates(daemon, tmp_path, monkeypatch):
     from tests.proxy import CuttableProxy
 
+    # Through a TCP proxy we can cut, so the gRPC transport (a local caller would
+    # otherwise take the daemon's unix socket, around the proxy).
+    monkeypatch.setenv("CHALK_TRANSPORT", "grpc")
     proxy = CuttableProxy(daemon.port).start()
     try:
         gate = tmp_path / "gate"
@@ -160,3 +163,24 @@ def test_dropped_caller_resumes_stream_without_loss_or_duplicates(daemon, tmp_pa
         assert proxy.connections >= 2  # it really reconnected
     finally:
         proxy.close()
+
+
+@pytest.mark.timeout(120)
+def test_dropped_caller_resumes_on_the_local_socket(daemon, tmp_path):
+    from chalkcompute._client import Client
+    from chalkcompute._framing import FramedStream
+
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    fn = RemoteFunction(numbered, name="numbered_local")
+    stream = fn(2000, str(gate))
+    got = [next(stream) for _ in range(300)]
+    session = Client.get().session
+    assert isinstance(session.stream, FramedStream)
+    first_stream = session.stream
+    client = Client.get()
+    client.loop.call_soon_threadsafe(first_stream.writer.transport.abort)
+    (gate / "go").touch()
+    got.extend(stream)
+    assert got == list(range(2000))
+    assert session.stream is not first_stream

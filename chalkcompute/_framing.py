@@ -1,0 +1,121 @@
+"""The local fast lane: the Session and Worker streams over a unix socket.
+
+A process on the daemon's own machine does not need HTTP/2 to talk to it.
+Measured here, a grpclib message costs ~0.25 ms of CPU per hop (h2 framing in
+pure Python); a length-prefixed frame on a unix socket costs a few
+microseconds. The messages are the same protobufs as on the gRPC streams, and
+the stream objects below offer the part of grpclib's stream API that the
+services and clients use (``send_message``, ``recv_message``, ``async for``),
+so one implementation serves both transports.
+
+Frames: ``[u32 big-endian length][u8 kind][body]``. The client's first frame
+names the stream (``b"session"`` or ``b"worker"``); the server answers with its
+instance id, so a client never talks to a stale socket of another daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+from grpclib import GRPCError
+from grpclib.const import Status
+
+__all__ = ["FramedStream", "open_framed", "read_frame", "write_frame", "MESSAGE", "ERROR"]
+
+MESSAGE = 0
+ERROR = 1
+_HEADER = struct.Struct(">IB")
+
+
+class FrameTooLarge(Exception):
+    pass
+
+
+async def read_frame(reader: asyncio.StreamReader, limit: int) -> tuple[int, bytes] | None:
+    try:
+        header = await reader.readexactly(_HEADER.size)
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise ConnectionError("the connection closed in the middle of a frame") from None
+        return None
+    length, kind = _HEADER.unpack(header)
+    if length > limit:
+        raise FrameTooLarge(f"message of {length} bytes exceeds the limit of {limit} bytes")
+    body = await reader.readexactly(length) if length else b""
+    return kind, body
+
+
+def write_frame(writer: asyncio.StreamWriter, kind: int, body: bytes) -> None:
+    writer.write(_HEADER.pack(len(body), kind) + body)
+
+
+class FramedStream:
+    """One stream of protobuf messages of ``recv_type`` in and any message out."""
+
+    def __init__(self, reader, writer, recv_type, *, limit: int) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.recv_type = recv_type
+        self.limit = limit
+
+    async def send_request(self) -> None:
+        """grpclib's stream API: the connection is already open."""
+
+    async def send_message(self, message) -> None:
+        write_frame(self.writer, MESSAGE, message.SerializeToString())
+        # drain() only waits when the peer is slow: the transport's buffer is full.
+        await self.writer.drain()
+
+    async def send_error(self, status: Status, message: str) -> None:
+        write_frame(self.writer, ERROR, f"{status.value}:{message}".encode())
+        await self.writer.drain()
+
+    async def recv_message(self):
+        frame = await read_frame(self.reader, self.limit)
+        if frame is None:
+            return None
+        kind, body = frame
+        if kind == ERROR:
+            code, _, text = body.decode(errors="replace").partition(":")
+            raise GRPCError(Status(int(code)), text)
+        msg = self.recv_type()
+        msg.ParseFromString(body)
+        return msg
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        msg = await self.recv_message()
+        if msg is None:
+            raise StopAsyncIteration
+        return msg
+
+    async def end(self) -> None:
+        if self.writer.can_write_eof():
+            self.writer.write_eof()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def open_framed(path: str, service: bytes, recv_type, *, expect_instance: str = "",
+                      limit: int = 256 * 2**20) -> FramedStream:
+    """Connect to the daemon's socket and open the named stream."""
+    reader, writer = await asyncio.open_unix_connection(path, limit=2**20)
+    write_frame(writer, MESSAGE, service)
+    await writer.drain()
+    frame = await read_frame(reader, 4096)
+    if frame is None:
+        writer.close()
+        raise ConnectionError(f"chalkd's socket {path} closed the connection")
+    kind, body = frame
+    if kind == ERROR:
+        writer.close()
+        code, _, text = body.decode(errors="replace").partition(":")
+        raise GRPCError(Status(int(code)), text)
+    if expect_instance and body.decode() != expect_instance:
+        writer.close()
+        raise ConnectionError(f"{path} belongs to another chalkd instance")
+    return FramedStream(reader, writer, recv_type, limit=limit)
