@@ -15,6 +15,7 @@ import tempfile
 
 from chalkcompute import _code
 from chalkcompute._serialization import FunctionCodec
+from chalkcompute.worker.blocking import BlockingLink, serve_blocking
 from chalkcompute.worker.link import DaemonLink, exit_after_grace
 from chalkcompute.worker.runner import Runner
 
@@ -31,8 +32,19 @@ def main() -> int:
     except KeyError as exc:
         print(f"chalkcompute.worker: {exc.args[0]} is not set; the worker is started by chalkd", file=sys.stderr)
         return 2
-    link = DaemonLink(target, replica_id, token)
-    version = link.connect()
+    sock, instance = os.environ.get("CHALK_WORKER_SOCKET"), os.environ.get("CHALK_DAEMON_INSTANCE", "")
+    blocking = None
+    if sock and os.environ.get("CHALK_FUNCTION_KIND") == "sync":
+        # A plain sync handler on this machine: no event loop on the hot path.
+        blocking = BlockingLink(sock, instance, replica_id, token)
+        try:
+            version = blocking.connect()
+        except (OSError, ConnectionError) as exc:
+            log.warning("cannot use chalkd's socket %s (%s); using the event-loop link", sock, exc)
+            blocking = None
+    if blocking is None:
+        link = DaemonLink(target, replica_id, token)
+        version = link.connect()
     code = version.spec.code
     bundle = _code.CodeBundleData(
         module_source=code.module_source, function_name=code.function_name,
@@ -43,6 +55,13 @@ def main() -> int:
     dest = tempfile.mkdtemp(prefix=f"chalk-{version.function_name}-")
     fn = _code.load_bundle(bundle, dest, make_remote=RemoteFunction._lazy)
     codec = FunctionCodec.for_function(fn)
+    if blocking is not None:
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+        reason = serve_blocking(blocking, fn, codec)
+        if reason.startswith("lost the daemon"):
+            exit_after_grace(reason)
+        blocking.close()
+        os._exit(0)
     runner = Runner(fn, codec, link)
 
     loop_factory = None

@@ -145,6 +145,8 @@ class ProcessRuntime(Runtime):
         })
         if self.fast_socket is not None:
             env["CHALK_WORKER_SOCKET"], env["CHALK_DAEMON_INSTANCE"] = self.fast_socket
+        # Lets the worker pick its link before it has loaded the code.
+        env["CHALK_FUNCTION_KIND"] = "generator" if fs.is_generator else "async" if fs.is_async else "sync"
         cwd = env_info.cwd
         if cwd:
             Path(cwd).mkdir(parents=True, exist_ok=True)
