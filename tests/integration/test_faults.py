@@ -55,7 +55,8 @@ def test_daemon_kill9_with_calls_queued_and_running(fresh_daemon, tmp_path):
     for t in threads:
         t.start()
     # One call is running (max_replicas=1), the other four wait in the queue.
-    wait_for(lambda: list(gate.glob("started-*")), what="a call to start")
+    first = wait_for(lambda: list(gate.glob("started-*")), what="a call to start")[0]
+    old_worker = int(first.name.rsplit("-", 1)[1])
     time.sleep(0.3)  # let the other submits reach the daemon and commit
     fresh_daemon.kill9()
     fresh_daemon.start()
@@ -64,6 +65,21 @@ def test_daemon_kill9_with_calls_queued_and_running(fresh_daemon, tmp_path):
         t.join(120)
     assert not errors, errors
     assert results == {i: [2 * i] for i in range(5)}
+    # The orphaned worker of the killed daemon exits by itself after its grace period.
+    wait_for(lambda: not _alive(old_worker), what="the old daemon's worker to exit")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped) counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def stream_then_wait(gate_dir: str):
@@ -184,3 +200,36 @@ def test_dropped_caller_resumes_on_the_local_socket(daemon, tmp_path):
     got.extend(stream)
     assert got == list(range(2000))
     assert session.stream is not first_stream
+
+
+def spin(seconds: float) -> int:
+    import time
+
+    # CPU-bound on the handler's thread: heartbeats must still go out.
+    end = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < end:
+        n += 1
+    return 1
+
+
+async def blocks_its_loop(seconds: float):
+    import time
+
+    time.sleep(seconds)  # blocks the worker's main event loop, like a sync nested call would
+    yield 1
+
+
+@pytest.mark.timeout(120)
+def test_blocking_handlers_do_not_stall_heartbeats(daemon):
+    # The session daemon declares a worker lost after 5 s without a heartbeat.
+    a = RemoteFunction(spin, name="spin")
+    b = RemoteFunction(blocks_its_loop, name="blocks_its_loop")
+    a.wait_ready()
+    b.wait_ready()
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(list(b(7.0))))
+    t.start()
+    assert a(7.0) == 1
+    t.join(60)
+    assert out == [[1]]

@@ -741,7 +741,7 @@ def test_prefetch_only_for_short_calls_and_when_allowed(tmp_path: Path) -> None:
             # A replica that is connected but not serving yet stops prefetching.
             connect(q, "r-loading")
             q.prefetch = lambda fid: 5
-            q._kick(fv.id)
+            q.worker_credit(link, 0)             # (a no-op credit: just a dispatch pass)
             await settle(store)
             assert len(link.assignments) == 3
 
@@ -749,7 +749,7 @@ def test_prefetch_only_for_short_calls_and_when_allowed(tmp_path: Path) -> None:
             q.worker_event(link, calls[0].id, 1, "result", payload=RESULT)
             q._durations[fv.id] = 1.0      # (the result just fed the average)
             q.worker_lost(fv.id, "r-loading", ReplicaExit(code=0))
-            q._kick(fv.id)
+            q.worker_credit(link, 0)             # (a no-op credit: just a dispatch pass)
             await settle(store)
             assert len(link.assignments) == 3
         finally:
