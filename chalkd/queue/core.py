@@ -222,7 +222,13 @@ class Queue:
         """Subscribe ``sub`` to a call and replay what it has not seen yet."""
         call = self.get(call_id)
         sub.send_event(ref, call.id, "accepted")
-        chunks = call.chunks if call.chunks or call.next_index == 0 else self._load_chunks(call)
+        chunks = call.chunks
+        in_memory_from = call.chunks[0].first_index if call.chunks else call.next_index
+        if after_chunk + 1 < in_memory_from:
+            # Chunks every caller had acknowledged left memory: the store has them.
+            stored = self._load_chunks(call)
+            seen = {c.first_index for c in stored}
+            chunks = stored + [c for c in call.chunks if c.first_index not in seen]
         for chunk in chunks:
             last = chunk.first_index + chunk.payload.rows - 1
             if last > after_chunk:
@@ -257,7 +263,16 @@ class Queue:
         if worker is not None:
             worker.link.send_cancel(call.id, call.attempt)
             worker.inflight.pop(call.id, None)
+        self._unqueue(call)
         self._finish(call, error=CallError.platform(ErrorCode.CANCELLED, reason), state=CallState.CANCELLED)
+
+    def _unqueue(self, call: Call) -> None:
+        heap = self._heaps.get(call.function.id)
+        if heap:
+            kept = [entry for entry in heap if entry[1] is not call]
+            if len(kept) != len(heap):
+                heapq.heapify(kept)
+                self._heaps[call.function.id] = kept
 
     # -- workers ----------------------------------------------------------------------
 
@@ -324,11 +339,12 @@ class Queue:
                     f"call {call.id} was interrupted mid-stream after {call.next_index} chunk(s): "
                     f"the replica running it was lost ({exit.describe()})",
                 ))
-            elif call.attempt >= self.max_attempts:
+            elif call.failures >= self.max_attempts:
+                # `failures` is persisted, so a daemon restart does not reset the budget.
                 self._finish(call, error=CallError.platform(
                     ErrorCode.WORKER_LOST,
                     f"the replica running {call.function.name!r} was lost on each of "
-                    f"{call.attempt} attempt(s); last: {exit.describe()}",
+                    f"{call.failures} attempt(s); last: {exit.describe()}",
                 ))
             else:
                 call.state = CallState.QUEUED
@@ -339,10 +355,10 @@ class Queue:
 
     def fail_waiting(self, function_id: str, error: CallError) -> None:
         """The function cannot run (build failed, unschedulable): fail its queued calls."""
-        heap = self._heaps.pop(function_id, [])
-        for _, call in heap:
-            if not call.state.finished:
-                self._finish(call, error=error)
+        self._heaps.pop(function_id, None)
+        # Queued calls, including those waiting out a retry backoff outside the heap.
+        for call in [c for c in self.calls.values() if c.function.id == function_id and c.state == CallState.QUEUED]:
+            self._finish(call, error=error)
 
     def waiting(self, function_id: str) -> int:
         return len(self._heaps.get(function_id, ()))

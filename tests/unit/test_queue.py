@@ -866,14 +866,10 @@ def test_recovery_fails_calls_of_a_deleted_function(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-# -- known bugs (strict xfail: each passes once its bug is fixed) ------------------------------
+# -- regressions: bugs found and fixed -------------------------------------------------------
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.xfail(strict=True, reason=(
-    "Queue.attach replays only the in-memory chunks when call.chunks is non-empty, but Queue.ack "
-    "has already popped the acknowledged ones: a second caller attaching with after_chunk=-1 "
-    "misses chunks 0..acked (chalkd/queue/core.py attach/ack)"))
 def test_attach_after_acks_replays_every_chunk(tmp_path: Path) -> None:
     async def main() -> None:
         store = await open_store(tmp_path / "db.sqlite")
@@ -897,10 +893,6 @@ def test_attach_after_acks_replays_every_chunk(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.xfail(strict=True, reason=(
-    "Queue.cancel leaves the cancelled call's entry in the function's heap, so waiting() and "
-    "counts() still count it (counts() even goes negative) and the autoscaler sees demand for it "
-    "(chalkd/queue/core.py cancel/_finish; waiting/counts)"))
 def test_cancelled_queued_call_is_no_longer_waiting(tmp_path: Path) -> None:
     async def main() -> None:
         store = await open_store(tmp_path / "db.sqlite")
@@ -919,11 +911,6 @@ def test_cancelled_queued_call_is_no_longer_waiting(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.xfail(strict=True, reason=(
-    "Queue.fail_waiting only fails calls in the heap: a call in its retry backoff after "
-    "worker_lost (state QUEUED, waiting on call_later(_requeue)) is skipped, then pushed back "
-    "into the heap of a function that can no longer run and waits forever "
-    "(chalkd/queue/core.py fail_waiting/_requeue)"))
 def test_fail_waiting_also_fails_calls_in_retry_backoff(tmp_path: Path) -> None:
     async def main() -> None:
         store = await open_store(tmp_path / "db.sqlite")
@@ -946,11 +933,6 @@ def test_fail_waiting_also_fails_calls_in_retry_backoff(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.xfail(strict=True, reason=(
-    "The lost-worker budget restarts with the daemon: worker_lost decides on call.attempt, "
-    "which is never persisted at dispatch (load() reads attempt=0), while the persisted "
-    "failures count is ignored, so a call lost max_attempts-1 times before a restart gets "
-    "max_attempts more tries after it (chalkd/queue/core.py worker_lost/_dispatch/load)"))
 def test_lost_worker_budget_survives_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite"
 
