@@ -20,6 +20,17 @@ os.environ.setdefault("CHALK_RECONNECT_TIMEOUT", "20")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
+    """Poll a condition that another process makes true (a file appearing, a count changing)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

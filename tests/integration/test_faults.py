@@ -11,17 +11,9 @@ from pathlib import Path
 import pytest
 
 from chalkcompute import CallInterruptedError, RemoteFunction, WorkerLostError
+from tests.conftest import wait_for
 
 
-def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
-    """Poll a condition that another process makes true (a file appearing)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def gated_double(x: int, gate_dir: str) -> int:

@@ -15,17 +15,9 @@ from chalkcompute._client import Client, run_sync
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkd.runtime.limits import MemoryLimiter
 from chalkd.scaling.autoscaler import HostResources
+from tests.conftest import wait_for
 
 
-def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
-    """Poll a condition that another process makes true (a file appearing, a count changing)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 def replicas(name: str, target: str | None = None) -> tuple[int, int]:
