@@ -14,7 +14,6 @@ import contextvars
 import inspect
 import logging
 import queue
-import threading
 
 from chalkcompute._client import current_call_id
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
@@ -175,7 +174,3 @@ class Runner:
                     gate.cond.wait()
             self.link.emit_chunk(gate, value)
             self._check(gate)
-
-
-def current_thread_is_main() -> bool:
-    return threading.current_thread() is threading.main_thread()
