@@ -213,6 +213,9 @@ class RemoteFunction:
         self.codec = FunctionCodec.for_function(fn)
         self.is_generator = self.codec.is_generator
         self.signature = inspect.signature(fn)
+        params = list(self.signature.parameters.values())
+        self._positional = tuple(p.name for p in params) if all(
+            p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params) else None
         self._info: FunctionVersionInfo | None = None
         self._lock = threading.Lock()
         functools.update_wrapper(self, fn)
@@ -384,7 +387,11 @@ class RemoteFunction:
     # -- calling ---------------------------------------------------------------------------
 
     def _encode(self, args: tuple, kwargs: dict) -> tuple[bytes, bytes]:
-        if self.signature is not None:
+        positional = getattr(self, "_positional", None)
+        if positional is not None and not kwargs and len(args) == len(positional):
+            # The common call shape: every parameter given by position (no bind needed).
+            arguments = dict(zip(positional, args))
+        elif self.signature is not None:
             try:
                 bound = self.signature.bind(*args, **kwargs)
             except TypeError as exc:

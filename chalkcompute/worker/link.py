@@ -49,6 +49,7 @@ class ChunkGate:
         self.pending: deque = deque()
         self.cond = threading.Condition()
         self.failed: BaseException | None = None
+        self.cancelled = False
         self.async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
 
     def open_until(self, up_to: int) -> None:

@@ -105,6 +105,13 @@ class Runner:
         task.add_done_callback(lambda _t: self.tasks.pop(key, None))
 
     def _cancel(self, call_id: str, attempt: int) -> None:
+        gate = self.link.gates.get((call_id, attempt))
+        if gate is not None:
+            # A sync generator runs on a thread that task.cancel() cannot reach:
+            # the gate tells it to stop at its next yield (or while it waits for room).
+            with gate.cond:
+                gate.cancelled = True
+                gate.cond.notify_all()
         task = self.tasks.get((call_id, attempt))
         if task is not None:
             task.cancel()
@@ -168,9 +175,15 @@ class Runner:
             await fut
 
     def _drive_sync_gen(self, gate: ChunkGate, kwargs: dict) -> None:
-        for value in self.fn(**kwargs):
-            with gate.cond:
-                while gate.next_index >= gate.up_to:
-                    gate.cond.wait()
-            self.link.emit_chunk(gate, value)
-            self._check(gate)
+        gen = self.fn(**kwargs)
+        try:
+            for value in gen:
+                with gate.cond:
+                    while gate.next_index >= gate.up_to and not gate.cancelled:
+                        gate.cond.wait()
+                if gate.cancelled:
+                    return
+                self.link.emit_chunk(gate, value)
+                self._check(gate)
+        finally:
+            gen.close()  # runs the generator's own cleanup (finally blocks, context managers)

@@ -267,3 +267,21 @@ def test_same_content_same_version_changed_content_next_version(daemon):
     assert c(1) == 2
     assert RemoteFunction.from_id(a.info.id)(1) == 1
     assert RemoteFunction.from_name("versioned").info.id == c.info.id
+
+
+@chalkcompute.function
+def endless():
+    i = 0
+    while True:
+        yield i
+        i += 1
+
+
+def test_abandoned_streams_do_not_exhaust_the_worker():
+    # Each abandoned stream is cancelled; a sync generator's thread must stop too,
+    # or the worker would run out of threads after a handful.
+    for _ in range(10):
+        stream = endless()
+        assert [next(stream) for _ in range(5)] == [0, 1, 2, 3, 4]
+        del stream
+    assert next(endless()) == 0
