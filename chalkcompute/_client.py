@@ -37,7 +37,7 @@ from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import StreamTerminatedError
 
-from chalkcompute._framing import open_framed
+from chalkcompute._framing import DirectWriter, FramedStream, frame, open_framed
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import FunctionCatalogStub, QueueStub
 from chalkcompute.exceptions import ChalkError, DaemonUnavailableError, error_from_status
@@ -233,6 +233,7 @@ class _Session:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.stream = None  # the current stream (framed or gRPC), for introspection
+        self.direct: DirectWriter | None = None  # set while a framed stream is live
         self.reconnect_timeout = float(os.environ.get("CHALK_RECONNECT_TIMEOUT", "60"))
 
     def next_ref(self) -> int:
@@ -251,6 +252,17 @@ class _Session:
 
     def from_thread(self, item) -> None:
         """Queue a handle (a new call) or a message from any thread; one loop wake-up per burst."""
+        direct = self.direct
+        if direct is not None and isinstance(item, CallHandle):
+            # On the local socket the caller's thread sends its submit itself.
+            with direct.lock:
+                if self.direct is direct and not direct.closed:
+                    self.handles[item.ref] = item
+                    try:
+                        direct.write_locked(frame(0, pb.SessionRequest(submits=[item.submit]).SerializeToString()))
+                    except ConnectionError:
+                        pass  # the stream broke: the reconnect resubmits it (it is in handles)
+                    return
         self._incoming.append(item)  # deque.append is atomic
         if not self._incoming_scheduled:
             self._incoming_scheduled = True
@@ -273,13 +285,21 @@ class _Session:
             try:
                 async with self.client.open_stream(b"session", self.stub.Session, pb.SessionResponse) as stream:
                     await stream.send_request()  # connects; headers go before any message
-                    if lost_since is not None:
-                        log.info("reconnected to chalkd at %s; resuming %d call(s)", self.client.target,
-                                 len(self.handles))
-                        self._resume()
+                    direct = stream.enable_direct() if isinstance(stream, FramedStream) else None
+                    # Under the direct writer's lock no caller thread can submit
+                    # while the calls to resume are collected.
+                    with direct.lock if direct is not None else contextlib.nullcontext():
+                        if lost_since is not None:
+                            log.info("reconnected to chalkd at %s; resuming %d call(s)", self.client.target,
+                                     len(self.handles))
+                            self._resume()
+                        self.direct = direct
                     lost_since, delay = None, 0.05
                     self.stream = stream
-                    await self._pump(stream)
+                    try:
+                        await self._pump(stream)
+                    finally:
+                        self.direct = None
             except GRPCError as exc:
                 if exc.status not in (Status.UNAVAILABLE, Status.INTERNAL, Status.CANCELLED, Status.UNKNOWN):
                     self._fail_all(error_from_status(exc.status, exc.message))
