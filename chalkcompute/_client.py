@@ -132,6 +132,7 @@ class CallHandle:
         self.consumed = -1          # last chunk index handed to the user
         self._acked = -1
         self.finished = False
+        self.cancel_requested = False
         self._items: deque = deque()
         self._lock = threading.Lock()
         self._sync_waiter: threading.Lock | None = None
@@ -178,8 +179,13 @@ class CallHandle:
             self.session.send_threadsafe(ack=pb.ChunkAck(call_id=self.call_id or "", index=index))
 
     def cancel(self) -> None:
-        if not self.finished and self.call_id:
+        if self.finished:
+            return
+        if self.call_id:
             self.session.send_threadsafe(cancel=pb.CancelCall(call_id=self.call_id))
+        else:
+            # Not accepted yet: the cancel goes out as soon as the call has an id.
+            self.cancel_requested = True
 
 
 def _wake(fut: asyncio.Future) -> None:
@@ -216,6 +222,15 @@ class _LoopWaker:
 
 
 _waker = _LoopWaker()
+
+
+def _after_fork_in_child() -> None:
+    # The child has no SDK loop thread: whatever the parent had pending is not ours.
+    _waker.pending = {}
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # -- the session stream ---------------------------------------------------------------
@@ -267,6 +282,10 @@ class _Session:
         if not self._incoming_scheduled:
             self._incoming_scheduled = True
             self.client.loop.call_soon_threadsafe(self._take_incoming)
+
+    def _queue_item(self, item) -> None:
+        self._out.append(item)
+        self._wake.set()
 
     def _take_incoming(self) -> None:
         self._incoming_scheduled = False
@@ -362,9 +381,9 @@ class _Session:
                 size, n = 0, 0
                 for item in self._out:
                     size += item.args.ByteSize() if isinstance(item, pb.Submit) else 64
-                    n += 1
-                    if size >= MAX_BATCH_BYTES:
+                    if n and size > MAX_BATCH_BYTES:
                         break
+                    n += 1
                 items, self._out = self._out[:n], self._out[n:]
                 req = pb.SessionRequest()
                 for item in items:
@@ -386,6 +405,8 @@ class _Session:
         if kind == "accepted":
             if ev.call_id:
                 h.call_id = ev.call_id
+                if h.cancel_requested:
+                    self._queue_item(pb.CancelCall(call_id=ev.call_id))
             h.accepted.set()
             return
         if kind == "chunk":

@@ -18,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import os
 import select
+import socket
 import struct
 import threading
+import time
 
 from grpclib import GRPCError
 from grpclib.const import Status
@@ -28,6 +30,7 @@ __all__ = ["DirectWriter", "FramedStream", "frame", "open_framed", "read_frame",
 
 MESSAGE = 0
 ERROR = 1
+WRITE_TIMEOUT = 30.0
 _HEADER = struct.Struct(">IB")
 
 
@@ -71,21 +74,48 @@ class DirectWriter:
     def closed(self) -> bool:
         return self.fd < 0
 
-    def write_locked(self, data: bytes) -> None:
-        """Write one whole frame; the caller holds ``self.lock``."""
+    def write_locked(self, data: bytes, timeout: float = WRITE_TIMEOUT) -> None:
+        """Write one whole frame; the caller holds ``self.lock``.
+
+        A frame is all or nothing: if the write cannot finish (an error, a
+        KeyboardInterrupt, a daemon that stopped reading for ``timeout``
+        seconds), the connection is shut down so no half frame is ever followed
+        by another, and the session reconnects and resumes.
+        """
         if self.fd < 0:
             raise ConnectionError("the stream is closed")
         view = memoryview(data)
-        while view:
+        deadline = time.monotonic() + timeout
+        try:
+            while view:
+                try:
+                    n = os.write(self.fd, view)
+                except BlockingIOError:
+                    # The daemon is behind: wait until the socket takes more.
+                    if time.monotonic() > deadline:
+                        raise ConnectionError(f"chalkd has not read from the socket for {timeout:g}s") from None
+                    select.select([], [self.fd], [], 1.0)
+                    continue
+                except OSError as exc:
+                    raise ConnectionError(f"writing to chalkd failed: {exc}") from None
+                view = view[n:]
+        except BaseException:
+            self._shutdown_locked()
+            raise
+
+    def _shutdown_locked(self) -> None:
+        if self.fd < 0:
+            return
+        try:
+            sock = socket.socket(fileno=self.fd)
             try:
-                n = os.write(self.fd, view)
-            except BlockingIOError:
-                # The daemon is behind: wait until the socket takes more.
-                select.select([], [self.fd], [], 1.0)
-                continue
-            except OSError as exc:
-                raise ConnectionError(f"writing to chalkd failed: {exc}") from None
-            view = view[n:]
+                sock.shutdown(socket.SHUT_RDWR)  # the reader sees the end too
+            finally:
+                sock.detach()
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = -1
 
     def write(self, data: bytes) -> None:
         with self.lock:

@@ -50,6 +50,7 @@ class ChunkGate:
         self.cond = threading.Condition()
         self.failed: BaseException | None = None
         self.cancelled = False
+        self.batch_hint = MAX_CHUNKS_PER_PAYLOAD  # shrinks when values are large
         self.async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
 
     def open_until(self, up_to: int) -> None:
@@ -150,6 +151,7 @@ class DaemonLink:
 
     async def _open(self) -> pb.FunctionVersion:
         self._wake = asyncio.Event()
+        self._send_lock = asyncio.Lock()
         self.channel = Channel(self.host, self.port)
         sock = os.environ.get("CHALK_WORKER_SOCKET")
         self.stream = None
@@ -175,13 +177,14 @@ class DaemonLink:
         beat = self.loop.create_task(self._heartbeat())
         try:
             async for msg in self.stream:
-                for credit in msg.chunk_credits:
-                    gate = self.gates.get((credit.call_id, credit.attempt))
-                    if gate is None:
-                        gate = self.gate(credit.call_id, credit.attempt)
-                    gate.open_until(credit.up_to)
                 for a in msg.assignments:
                     self.gate(a.call_id, a.attempt)
+                # A credit for a finished attempt (an ack crossing its end) has no gate left.
+                for credit in msg.chunk_credits:
+                    gate = self.gates.get((credit.call_id, credit.attempt))
+                    if gate is not None:
+                        gate.open_until(credit.up_to)
+                for a in msg.assignments:
                     self.on_assignment(a)
                 for c in msg.cancels:
                     self.on_cancel(c.call_id, c.attempt)
@@ -201,7 +204,8 @@ class DaemonLink:
             with self._lock:
                 idle = not self._events and not self._dirty and not self._credit
             if idle:
-                await self.stream.send_message(pb.WorkerRequest(heartbeat=True))
+                async with self._send_lock:
+                    await self.stream.send_message(pb.WorkerRequest(heartbeat=True))
 
     async def _send_loop(self) -> None:
         assert self._wake is not None
@@ -212,7 +216,11 @@ class DaemonLink:
                 msg = self._collect()
                 if msg is None:
                     break
-                await self.stream.send_message(msg)
+                # grpclib may pause inside a message for flow control: a heartbeat
+                # must not slip in between its frames.
+                async with self._send_lock:
+                    for part in _split(msg):
+                        await self.stream.send_message(part)
 
     def _collect(self) -> pb.WorkerRequest | None:
         with self._lock:
@@ -224,16 +232,28 @@ class DaemonLink:
             chunk_events.extend(self._encode_pending(gate))
         if not chunk_events and not events and not credit:
             return None
+        failed = {(g.call_id, g.attempt): g.failed for g in dirty if g.failed is not None}
+        for ev in events:
+            exc = failed.get((ev.call_id, ev.attempt))
+            if exc is not None and ev.WhichOneof("event") == "done":
+                # A value yielded at the very end could not be encoded: no success.
+                ev.error.CopyFrom(error_message(exc))
         # Chunks before the final event of the same call: they were yielded first.
         return pb.WorkerRequest(events=chunk_events + events, credit=credit)
 
     def _encode_pending(self, gate: ChunkGate) -> list[pb.AttemptEvent]:
         out = []
         while gate.pending:
-            n = min(len(gate.pending), MAX_CHUNKS_PER_PAYLOAD)
+            n = min(len(gate.pending), MAX_CHUNKS_PER_PAYLOAD, gate.batch_hint)
             values = [gate.pending.popleft() for _ in range(n)]
             try:
-                payloads = [(self.encode_chunks(values), n)]
+                encoded = self.encode_chunks(values)
+                if n > 1 and len(encoded[1]) > MAX_BYTES_PER_MESSAGE:
+                    # Big values: fewer per payload, so no message outgrows the limit.
+                    gate.pending.extendleft(reversed(values))
+                    gate.batch_hint = max(1, n // 2)
+                    continue
+                payloads = [(encoded, n)]
             except SerializationError:
                 # The values may not share one type: send them one by one.
                 payloads = []
@@ -268,3 +288,25 @@ def exit_after_grace(reason: str) -> None:
     log.warning("%s; exiting in %.0fs", reason, LOST_GRACE_SECONDS)
     time.sleep(LOST_GRACE_SECONDS)
     os._exit(3)
+
+
+MAX_BYTES_PER_MESSAGE = 4 * 2**20
+
+
+def _split(msg: pb.WorkerRequest) -> list[pb.WorkerRequest]:
+    """Cut a request into messages under the daemon's size limit (events stay in order)."""
+    if msg.ByteSize() <= MAX_BYTES_PER_MESSAGE:
+        return [msg]
+    parts: list[pb.WorkerRequest] = []
+    current, size = pb.WorkerRequest(), 0
+    for ev in msg.events:
+        n = ev.ByteSize()
+        if current.events and size + n > MAX_BYTES_PER_MESSAGE:
+            parts.append(current)
+            current, size = pb.WorkerRequest(), 0
+        current.events.append(ev)
+        size += n
+    current.credit = msg.credit
+    current.heartbeat = msg.heartbeat
+    parts.append(current)
+    return parts

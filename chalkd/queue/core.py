@@ -475,10 +475,12 @@ class Queue:
         )
         subs = list(call.subscribers.items())
         call.subscribers.clear()
-        call.chunks = []
         call.args = None
 
         def deliver() -> None:
+            # Chunks stay in memory until now: before this commit the store may
+            # not have them yet, and a caller attaching meanwhile must see them.
+            call.chunks = []
             for sub, ref in subs:
                 self._send_final(call, sub, ref)
         if call.next_index:

@@ -24,6 +24,7 @@ from chalkd.services.convert import error_from_pb, error_to_pb, payload_from_pb,
 log = logging.getLogger(__name__)
 
 MAX_ITEMS_PER_MESSAGE = 2048
+MAX_BYTES_PER_MESSAGE = 4 * 2**20
 
 
 class _Outbox:
@@ -47,8 +48,16 @@ class _Outbox:
             await self.wake.wait()
             self.wake.clear()
             while self.items:
-                batch = self.items[:MAX_ITEMS_PER_MESSAGE]
-                del self.items[:MAX_ITEMS_PER_MESSAGE]
+                # Many items per message when they pile up, but never a message
+                # larger than the peer accepts: cut by count and by bytes.
+                n, size = 0, 0
+                for item in self.items[:MAX_ITEMS_PER_MESSAGE]:
+                    size += item.ByteSize()
+                    if n and size > MAX_BYTES_PER_MESSAGE:
+                        break
+                    n += 1
+                batch = self.items[:n]
+                del self.items[:n]
                 await self.stream.send_message(self.make_message(batch))
 
 

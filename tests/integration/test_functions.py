@@ -285,3 +285,15 @@ def test_abandoned_streams_do_not_exhaust_the_worker():
         assert [next(stream) for _ in range(5)] == [0, 1, 2, 3, 4]
         del stream
     assert next(endless()) == 0
+
+
+@chalkcompute.function
+def big_chunks(n: int, size: int):
+    for i in range(n):
+        yield bytes([i % 256]) * size
+
+
+def test_large_chunks_are_split_under_the_message_limit():
+    # 40 chunks of 1 MiB would be one 40 MiB message if coalesced blindly.
+    got = list(big_chunks(40, 2**20))
+    assert len(got) == 40 and all(len(c) == 2**20 and c[0] == i for i, c in enumerate(got))
