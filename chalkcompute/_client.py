@@ -25,9 +25,9 @@ import contextvars
 import itertools
 import logging
 import os
+import random
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -137,7 +137,6 @@ class CallHandle:
         self._lock = threading.Lock()
         self._sync_waiter: threading.Lock | None = None
         self._async_waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future] | None = None
-        self.accepted = threading.Event()
 
     # SDK loop side
     def put(self, item: tuple) -> None:
@@ -407,7 +406,6 @@ class _Session:
                 h.call_id = ev.call_id
                 if h.cancel_requested:
                     self._queue_item(pb.CancelCall(call_id=ev.call_id))
-            h.accepted.set()
             return
         if kind == "chunk":
             last = ev.first_index + max(ev.chunk.rows, 1) - 1
@@ -523,7 +521,8 @@ class Client:
         submit = pb.Submit(
             ref=session.next_ref(), function_id=function_id, function_name=function_name,
             args=pb.Payload(schema=args[0], batch=args[1], rows=1),
-            idempotency_key=idempotency_key or uuid.uuid4().hex,
+            # 96 random bits: unique enough per function, and no syscall per call.
+            idempotency_key=idempotency_key or f"{random.getrandbits(96):024x}",
             parent_call_id=current_call_id.get() or "",
         )
         handle = CallHandle(session, submit, display_name or function_name or function_id, decode)

@@ -7,6 +7,7 @@ autoscaler and runtimes only know these.
 from __future__ import annotations
 
 import enum
+import random
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ def new_time_id(prefix: str) -> str:
     global _last_time_id
     now = max(time.time_ns() // 1000, _last_time_id + 1)
     _last_time_id = now
-    return f"{prefix}-{now:014x}{secrets.token_hex(3)}"
+    return f"{prefix}-{now:014x}{random.getrandbits(24):06x}"
 
 
 class ErrorCode(str, enum.Enum):
