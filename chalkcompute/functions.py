@@ -141,6 +141,10 @@ _UNSUPPORTED_YET = {
     "max_batching_size": "batching is not implemented yet",
     "max_buffer_duration": "batching is not implemented yet",
     "rate_limit_key": "rate limits are not implemented yet",
+    "rate_limit": "rate limits are not implemented yet",
+    "concurrency": "concurrency policies are not implemented yet (each replica runs one input at a time)",
+    "queue_policy": "queue policies are not implemented yet",
+    "timeout": "call timeouts are not implemented yet",
 }
 
 
@@ -168,13 +172,18 @@ class RemoteFunction:
         max_batching_size: int | None = None,
         retries: int | RetryPolicy | None = None,
         rate_limit_key: str | None = None,
+        rate_limit: Any = None,
+        concurrency: Any = None,
+        queue_policy: Any = None,
+        timeout: float | None = None,
         target: str | None = None,
     ) -> None:
         if fn is None or not callable(fn):
             raise TypeError(f"RemoteFunction needs a function, got {fn!r}")
         given = {"gpu": gpu, "volumes": volumes, "secrets": secrets, "retries": retries,
                  "max_batching_size": max_batching_size, "max_buffer_duration": max_buffer_duration,
-                 "rate_limit_key": rate_limit_key}
+                 "rate_limit_key": rate_limit_key, "rate_limit": rate_limit, "concurrency": concurrency,
+                 "queue_policy": queue_policy, "timeout": timeout}
         for param, value in given.items():
             if value is not None and value != []:
                 raise NotSupportedError(f"{param}= is not supported yet: {_UNSUPPORTED_YET[param]}")

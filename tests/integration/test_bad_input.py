@@ -130,7 +130,8 @@ def test_later_parameters_say_not_supported_yet():
         return x
 
     for kwargs in ({"gpu": "nvidia-l4"}, {"retries": 3}, {"max_batching_size": 8},
-                   {"rate_limit_key": "k"}, {"secrets": ["s"]}, {"volumes": [("v", "/v")]}):
+                   {"rate_limit_key": "k"}, {"secrets": ["s"]}, {"volumes": [("v", "/v")]},
+                   {"concurrency": 4}, {"rate_limit": 10}, {"timeout": 5.0}, {"queue_policy": object()}):
         with pytest.raises(NotSupportedError, match="not supported yet"):
             chalkcompute.function(**kwargs)(f)
 
