@@ -41,7 +41,6 @@ from chalkcompute.exceptions import (
     ChalkError,
     FunctionBuildError,
     FunctionError,
-    FunctionNotFoundError,
     FunctionSignatureError,
     FunctionTimeoutError,
     NotSupportedError,
@@ -244,6 +243,7 @@ class RemoteFunction:
         self.codec = FunctionCodec.from_schemas(list(spec.parameter_names), spec.input_schema, spec.output_schema)
         self.is_generator = spec.is_generator
         self.signature = None
+        self._positional = None
         self._info = _info(version)
         self._lock = threading.Lock()
         return self
@@ -272,6 +272,7 @@ class RemoteFunction:
         self.codec = None
         self.is_generator = None
         self.signature = None
+        self._positional = None
         self._info = None
         self._lock = threading.Lock()
         return self
@@ -346,8 +347,8 @@ class RemoteFunction:
         while True:
             left = deadline - loop.time()
             if left <= 0:
-                # The daemon's last word says why (e.g. what the replica needs and others hold).
-                why = reason.split(f"within", 1)[-1].split(":", 1)[-1].strip() if ":" in reason else ""
+                # The daemon's last word says why ("...within Ns: it needs 1500m CPU and ...").
+                why = reason.partition(": ")[2]
                 raise FunctionTimeoutError(
                     f"no replica of {self.name!r} became ready within {timeout:g}s" + (f": {why}" if why else ""))
             try:
@@ -396,7 +397,7 @@ class RemoteFunction:
     # -- calling ---------------------------------------------------------------------------
 
     def _encode(self, args: tuple, kwargs: dict) -> tuple[bytes, bytes]:
-        positional = getattr(self, "_positional", None)
+        positional = self._positional
         if positional is not None and not kwargs and len(args) == len(positional):
             # The common call shape: every parameter given by position (no bind needed).
             arguments = dict(zip(positional, args))

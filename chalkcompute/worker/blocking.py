@@ -20,10 +20,10 @@ import struct
 import threading
 import time
 
-from chalkcompute._client import current_call_id
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._serialization import FunctionCodec
-from chalkcompute.worker.link import HEARTBEAT_SECONDS, error_message
+from chalkcompute.worker.link import HEARTBEAT_SECONDS
+from chalkcompute.worker.runner import run_plain
 
 _HEADER = struct.Struct(">IB")
 MESSAGE, ERROR = 0, 1
@@ -117,18 +117,7 @@ def serve_blocking(link: BlockingLink, fn, codec: FunctionCodec) -> str:
                 return "the daemon asked this replica to drain"
             continue
         a = pending.popleft()
-        event = pb.AttemptEvent(call_id=a.call_id, attempt=a.attempt)
-        token = current_call_id.set(a.call_id)
-        try:
-            kwargs = codec.decode_args(a.args.schema, a.args.batch)
-            schema, batch = codec.encode_result(fn(**kwargs))
-            event.result.CopyFrom(pb.Payload(schema=schema, batch=batch, rows=1))
-        except BaseException as exc:  # the user's exception travels to the caller
-            event.ClearField("result")
-            event.error.CopyFrom(error_message(exc))
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                link.send(pb.WorkerRequest(events=[event], credit=1))
-                return f"the handler raised {type(exc).__name__}"
-        finally:
-            current_call_id.reset(token)
+        event, stop = run_plain(fn, codec, a)
         link.send(pb.WorkerRequest(events=[event], credit=1))
+        if stop:
+            return stop

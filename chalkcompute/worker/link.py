@@ -69,7 +69,7 @@ def _wake(fut: asyncio.Future) -> None:
         fut.set_result(None)
 
 
-def error_message(exc: BaseException, call_id: str = "", attempt: int = 0) -> pb.RemoteError:
+def error_message(exc: BaseException) -> pb.RemoteError:
     cls = type(exc)
     mro = [f"{c.__module__}.{c.__qualname__}" for c in cls.__mro__[1:] if c is not object]
     return pb.RemoteError(

@@ -61,22 +61,11 @@ class Runner:
             a = inbox.get()
             if isinstance(a, str):
                 return a
-            token = current_call_id.set(a.call_id)
-            try:
-                event = pb.AttemptEvent(call_id=a.call_id, attempt=a.attempt)
-                try:
-                    kwargs = self.codec.decode_args(a.args.schema, a.args.batch)
-                    event.result.CopyFrom(self._encode_result(self.fn(**kwargs)))
-                except BaseException as exc:  # the user's exception travels to the caller
-                    event.ClearField("result")
-                    event.error.CopyFrom(error_message(exc))
-                    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                        self.link.send_event(event, credit=1)
-                        return f"the handler raised {type(exc).__name__}"
-                self.link.finish_gate(self.link.gate(a.call_id, a.attempt))
-                self.link.send_event(event, credit=1)
-            finally:
-                current_call_id.reset(token)
+            event, stop = run_plain(self.fn, self.codec, a)
+            self.link.finish_gate(self.link.gate(a.call_id, a.attempt))
+            self.link.send_event(event, credit=1)
+            if stop:
+                return stop
 
     async def run(self) -> str:
         self.loop = asyncio.get_running_loop()
@@ -187,3 +176,21 @@ class Runner:
                 self._check(gate)
         finally:
             gen.close()  # runs the generator's own cleanup (finally blocks, context managers)
+
+
+def run_plain(fn, codec: FunctionCodec, a: pb.Assignment) -> tuple[pb.AttemptEvent, str]:
+    """Run one input of a plain sync handler: its final event, and why to stop ("" to go on)."""
+    event = pb.AttemptEvent(call_id=a.call_id, attempt=a.attempt)
+    token = current_call_id.set(a.call_id)
+    try:
+        kwargs = codec.decode_args(a.args.schema, a.args.batch)
+        schema, batch = codec.encode_result(fn(**kwargs))
+        event.result.CopyFrom(pb.Payload(schema=schema, batch=batch, rows=1))
+    except BaseException as exc:  # the user's exception travels to the caller
+        event.ClearField("result")
+        event.error.CopyFrom(error_message(exc))
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            return event, f"the handler raised {type(exc).__name__}"
+    finally:
+        current_call_id.reset(token)
+    return event, ""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -506,26 +507,24 @@ class Queue:
         return [Chunk(r["first_index"], Payload(r["schema"], r["batch"], r["rows"])) for r in rows]
 
     def _call_from_row(self, r) -> Call:
-        from chalkd.model import FunctionVersion as _FV
-        fv = _FV(id=r["function_id"], name="", version=0, content_hash="", spec=b"", created_at=0)
+        fv = FunctionVersion(id=r["function_id"], name="", version=0, content_hash="", spec=b"", created_at=0)
         call = Call(id=r["id"], seq=r["seq"], function=fv, args=None, created_at=r["created_at"],
                     state=CallState(r["state"]), attempt=r["attempt"], next_index=r["chunks"])
         if r["result_batch"] is not None:
             call.result = Payload(r["result_schema"], r["result_batch"], r["result_rows"] or 1)
         if r["error"] is not None:
-            call.error = _decode_error(r["error"])
+            call.error = decode_error(r["error"])
         return call
 
 
 def _encode_error(error: CallError) -> bytes:
-    import json
     return json.dumps({
         "type": error.exception_type, "message": error.message, "traceback": error.traceback,
         "code": error.code.value, "mro": list(error.exception_mro),
     }).encode()
 
 
-def _decode_error(data: bytes) -> CallError:
-    import json
+def decode_error(data: bytes) -> CallError:
+    """A call's error as the store keeps it."""
     d = json.loads(data)
     return CallError(d["type"], d["message"], d["traceback"], ErrorCode(d["code"]), tuple(d["mro"]))

@@ -13,7 +13,7 @@ from grpclib.const import Status
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import FunctionCatalogBase
 from chalkd.catalog import Catalog, InvalidFunction, NotFound
-from chalkd.queue.core import Queue
+from chalkd.queue.core import Queue, decode_error
 from chalkd.runtime.base import ReplicaStartError, Runtime, RuntimeUnsupported
 from chalkd.scaling.autoscaler import Autoscaler
 from chalkd.services.convert import content_hash, spec_settings, version_to_pb
@@ -150,10 +150,9 @@ class CatalogService(FunctionCatalogBase):
         ))
 
 
+
 def _error_text(blob: bytes | None) -> str:
     if not blob:
         return ""
-    import json
-    d = json.loads(blob)
-    short = d["type"].rsplit(".", 1)[-1]
-    return f"{short}: {d['message']}"
+    err = decode_error(blob)
+    return f"{err.exception_type.rsplit('.', 1)[-1]}: {err.message}"

@@ -7,9 +7,6 @@ import hashlib
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkd.model import CallError, ErrorCode, FunctionVersion, Payload
 
-DEFAULT_COOLDOWN = 60.0
-
-
 def spec_settings(spec: pb.FunctionSpec) -> dict:
     """The fields of a FunctionSpec the daemon's domain needs."""
     return {

@@ -99,7 +99,6 @@ class Store:
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task | None = None
-        self._flushed: list[asyncio.Future] = []
         self.commits = 0
         self._last_checkpoint = time.monotonic()
 
