@@ -39,6 +39,10 @@ class FunctionCatalogBase(abc.ABC):
         pass
 
     @abc.abstractmethod
+    async def GetCall(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.GetCallRequest, chalk_v1_chalk_pb2.GetCallResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
     async def Status(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.StatusRequest, chalk_v1_chalk_pb2.StatusResponse]') -> None:
         pass
 
@@ -79,6 +83,12 @@ class FunctionCatalogBase(abc.ABC):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 chalk_v1_chalk_pb2.ListCallsRequest,
                 chalk_v1_chalk_pb2.ListCallsResponse,
+            ),
+            '/chalk.v1.FunctionCatalog/GetCall': grpclib.const.Handler(
+                self.GetCall,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                chalk_v1_chalk_pb2.GetCallRequest,
+                chalk_v1_chalk_pb2.GetCallResponse,
             ),
             '/chalk.v1.FunctionCatalog/Status': grpclib.const.Handler(
                 self.Status,
@@ -128,11 +138,77 @@ class FunctionCatalogStub:
             chalk_v1_chalk_pb2.ListCallsRequest,
             chalk_v1_chalk_pb2.ListCallsResponse,
         )
+        self.GetCall = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/chalk.v1.FunctionCatalog/GetCall',
+            chalk_v1_chalk_pb2.GetCallRequest,
+            chalk_v1_chalk_pb2.GetCallResponse,
+        )
         self.Status = grpclib.client.UnaryUnaryMethod(
             channel,
             '/chalk.v1.FunctionCatalog/Status',
             chalk_v1_chalk_pb2.StatusRequest,
             chalk_v1_chalk_pb2.StatusResponse,
+        )
+
+
+class PoliciesBase(abc.ABC):
+
+    @abc.abstractmethod
+    async def SetRateLimit(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.SetRateLimitRequest, chalk_v1_chalk_pb2.SetRateLimitResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def ListRateLimits(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.ListRateLimitsRequest, chalk_v1_chalk_pb2.ListRateLimitsResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def DeleteRateLimit(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.DeleteRateLimitRequest, chalk_v1_chalk_pb2.DeleteRateLimitResponse]') -> None:
+        pass
+
+    def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
+        return {
+            '/chalk.v1.Policies/SetRateLimit': grpclib.const.Handler(
+                self.SetRateLimit,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                chalk_v1_chalk_pb2.SetRateLimitRequest,
+                chalk_v1_chalk_pb2.SetRateLimitResponse,
+            ),
+            '/chalk.v1.Policies/ListRateLimits': grpclib.const.Handler(
+                self.ListRateLimits,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                chalk_v1_chalk_pb2.ListRateLimitsRequest,
+                chalk_v1_chalk_pb2.ListRateLimitsResponse,
+            ),
+            '/chalk.v1.Policies/DeleteRateLimit': grpclib.const.Handler(
+                self.DeleteRateLimit,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                chalk_v1_chalk_pb2.DeleteRateLimitRequest,
+                chalk_v1_chalk_pb2.DeleteRateLimitResponse,
+            ),
+        }
+
+
+class PoliciesStub:
+
+    def __init__(self, channel: grpclib.client.Channel) -> None:
+        self.SetRateLimit = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/chalk.v1.Policies/SetRateLimit',
+            chalk_v1_chalk_pb2.SetRateLimitRequest,
+            chalk_v1_chalk_pb2.SetRateLimitResponse,
+        )
+        self.ListRateLimits = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/chalk.v1.Policies/ListRateLimits',
+            chalk_v1_chalk_pb2.ListRateLimitsRequest,
+            chalk_v1_chalk_pb2.ListRateLimitsResponse,
+        )
+        self.DeleteRateLimit = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/chalk.v1.Policies/DeleteRateLimit',
+            chalk_v1_chalk_pb2.DeleteRateLimitRequest,
+            chalk_v1_chalk_pb2.DeleteRateLimitResponse,
         )
 
 

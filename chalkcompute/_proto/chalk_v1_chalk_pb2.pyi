@@ -107,8 +107,58 @@ class Resources(_message.Message):
     gpu: str
     def __init__(self, cpu_millis: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpu: _Optional[str] = ...) -> None: ...
 
+class RetrySpec(_message.Message):
+    __slots__ = ("max_retries", "initial_wait_seconds", "backoff_multiplier", "max_wait_seconds", "jitter", "retry_on")
+    MAX_RETRIES_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BACKOFF_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    MAX_WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    JITTER_FIELD_NUMBER: _ClassVar[int]
+    RETRY_ON_FIELD_NUMBER: _ClassVar[int]
+    max_retries: int
+    initial_wait_seconds: float
+    backoff_multiplier: float
+    max_wait_seconds: float
+    jitter: bool
+    retry_on: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, max_retries: _Optional[int] = ..., initial_wait_seconds: _Optional[float] = ..., backoff_multiplier: _Optional[float] = ..., max_wait_seconds: _Optional[float] = ..., jitter: _Optional[bool] = ..., retry_on: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RateLimitSpec(_message.Message):
+    __slots__ = ("rate", "per", "key")
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    PER_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    rate: float
+    per: str
+    key: str
+    def __init__(self, rate: _Optional[float] = ..., per: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
+
+class ConcurrencySpec(_message.Message):
+    __slots__ = ("max_concurrent", "key")
+    MAX_CONCURRENT_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    max_concurrent: int
+    key: str
+    def __init__(self, max_concurrent: _Optional[int] = ..., key: _Optional[str] = ...) -> None: ...
+
+class QueuePolicySpec(_message.Message):
+    __slots__ = ("max_items", "result_ttl_seconds")
+    MAX_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    max_items: int
+    result_ttl_seconds: float
+    def __init__(self, max_items: _Optional[int] = ..., result_ttl_seconds: _Optional[float] = ...) -> None: ...
+
+class BatchingSpec(_message.Message):
+    __slots__ = ("max_batch_size", "max_buffer_seconds")
+    MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_BUFFER_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    max_batch_size: int
+    max_buffer_seconds: float
+    def __init__(self, max_batch_size: _Optional[int] = ..., max_buffer_seconds: _Optional[float] = ...) -> None: ...
+
 class FunctionSpec(_message.Message):
-    __slots__ = ("name", "image", "resources", "env", "min_replicas", "max_replicas", "suspend_cooldown_seconds", "code", "input_schema", "output_schema", "is_generator", "is_async", "options", "serialization_format", "parameter_names")
+    __slots__ = ("name", "image", "resources", "env", "min_replicas", "max_replicas", "suspend_cooldown_seconds", "code", "input_schema", "output_schema", "is_generator", "is_async", "options", "serialization_format", "parameter_names", "retries", "rate_limit", "rate_limit_key", "concurrency", "queue_policy", "batching", "timeout_seconds")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -138,6 +188,13 @@ class FunctionSpec(_message.Message):
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     SERIALIZATION_FORMAT_FIELD_NUMBER: _ClassVar[int]
     PARAMETER_NAMES_FIELD_NUMBER: _ClassVar[int]
+    RETRIES_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMIT_KEY_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_POLICY_FIELD_NUMBER: _ClassVar[int]
+    BATCHING_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     image: ImageSpec
     resources: Resources
@@ -153,7 +210,14 @@ class FunctionSpec(_message.Message):
     options: _containers.ScalarMap[str, str]
     serialization_format: str
     parameter_names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., image: _Optional[_Union[ImageSpec, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ..., suspend_cooldown_seconds: _Optional[float] = ..., code: _Optional[_Union[CodeBundle, _Mapping]] = ..., input_schema: _Optional[bytes] = ..., output_schema: _Optional[bytes] = ..., is_generator: _Optional[bool] = ..., is_async: _Optional[bool] = ..., options: _Optional[_Mapping[str, str]] = ..., serialization_format: _Optional[str] = ..., parameter_names: _Optional[_Iterable[str]] = ...) -> None: ...
+    retries: RetrySpec
+    rate_limit: RateLimitSpec
+    rate_limit_key: str
+    concurrency: ConcurrencySpec
+    queue_policy: QueuePolicySpec
+    batching: BatchingSpec
+    timeout_seconds: float
+    def __init__(self, name: _Optional[str] = ..., image: _Optional[_Union[ImageSpec, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ..., suspend_cooldown_seconds: _Optional[float] = ..., code: _Optional[_Union[CodeBundle, _Mapping]] = ..., input_schema: _Optional[bytes] = ..., output_schema: _Optional[bytes] = ..., is_generator: _Optional[bool] = ..., is_async: _Optional[bool] = ..., options: _Optional[_Mapping[str, str]] = ..., serialization_format: _Optional[str] = ..., parameter_names: _Optional[_Iterable[str]] = ..., retries: _Optional[_Union[RetrySpec, _Mapping]] = ..., rate_limit: _Optional[_Union[RateLimitSpec, _Mapping]] = ..., rate_limit_key: _Optional[str] = ..., concurrency: _Optional[_Union[ConcurrencySpec, _Mapping]] = ..., queue_policy: _Optional[_Union[QueuePolicySpec, _Mapping]] = ..., batching: _Optional[_Union[BatchingSpec, _Mapping]] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
 
 class FunctionVersion(_message.Message):
     __slots__ = ("id", "function_name", "version", "scaling_group_name", "spec", "created_at", "ready_replicas", "replicas", "state", "error", "latest", "error_code")
@@ -285,6 +349,18 @@ class ListCallsResponse(_message.Message):
     calls: _containers.RepeatedCompositeFieldContainer[CallInfo]
     def __init__(self, calls: _Optional[_Iterable[_Union[CallInfo, _Mapping]]] = ...) -> None: ...
 
+class GetCallRequest(_message.Message):
+    __slots__ = ("call_id",)
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    def __init__(self, call_id: _Optional[str] = ...) -> None: ...
+
+class GetCallResponse(_message.Message):
+    __slots__ = ("call",)
+    CALL_FIELD_NUMBER: _ClassVar[int]
+    call: CallInfo
+    def __init__(self, call: _Optional[_Union[CallInfo, _Mapping]] = ...) -> None: ...
+
 class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -318,6 +394,52 @@ class StatusResponse(_message.Message):
     fast_socket: str
     instance_id: str
     def __init__(self, version: _Optional[str] = ..., home: _Optional[str] = ..., runtime: _Optional[str] = ..., functions: _Optional[int] = ..., replicas: _Optional[int] = ..., calls_queued: _Optional[int] = ..., calls_running: _Optional[int] = ..., calls_total: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., durability: _Optional[str] = ..., pid: _Optional[int] = ..., fast_socket: _Optional[str] = ..., instance_id: _Optional[str] = ...) -> None: ...
+
+class RateLimit(_message.Message):
+    __slots__ = ("name", "rate", "per", "used_by")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    PER_FIELD_NUMBER: _ClassVar[int]
+    USED_BY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    rate: float
+    per: str
+    used_by: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., rate: _Optional[float] = ..., per: _Optional[str] = ..., used_by: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SetRateLimitRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: RateLimit
+    def __init__(self, limit: _Optional[_Union[RateLimit, _Mapping]] = ...) -> None: ...
+
+class SetRateLimitResponse(_message.Message):
+    __slots__ = ("limit", "created")
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    limit: RateLimit
+    created: bool
+    def __init__(self, limit: _Optional[_Union[RateLimit, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class ListRateLimitsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListRateLimitsResponse(_message.Message):
+    __slots__ = ("limits",)
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    limits: _containers.RepeatedCompositeFieldContainer[RateLimit]
+    def __init__(self, limits: _Optional[_Iterable[_Union[RateLimit, _Mapping]]] = ...) -> None: ...
+
+class DeleteRateLimitRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteRateLimitResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class Submit(_message.Message):
     __slots__ = ("ref", "function_id", "function_name", "args", "idempotency_key", "parent_call_id")
@@ -451,6 +573,12 @@ class Assignment(_message.Message):
     args: Payload
     def __init__(self, call_id: _Optional[str] = ..., attempt: _Optional[int] = ..., args: _Optional[_Union[Payload, _Mapping]] = ...) -> None: ...
 
+class AssignmentBatch(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Assignment]
+    def __init__(self, items: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ...) -> None: ...
+
 class ChunkCredit(_message.Message):
     __slots__ = ("call_id", "attempt", "up_to")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
@@ -462,17 +590,19 @@ class ChunkCredit(_message.Message):
     def __init__(self, call_id: _Optional[str] = ..., attempt: _Optional[int] = ..., up_to: _Optional[int] = ...) -> None: ...
 
 class WorkerResponse(_message.Message):
-    __slots__ = ("function", "assignments", "chunk_credits", "cancels", "drain", "heartbeat")
+    __slots__ = ("function", "assignments", "chunk_credits", "cancels", "drain", "heartbeat", "batches")
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
     CHUNK_CREDITS_FIELD_NUMBER: _ClassVar[int]
     CANCELS_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
     function: FunctionVersion
     assignments: _containers.RepeatedCompositeFieldContainer[Assignment]
     chunk_credits: _containers.RepeatedCompositeFieldContainer[ChunkCredit]
     cancels: _containers.RepeatedCompositeFieldContainer[AttemptEvent]
     drain: bool
     heartbeat: bool
-    def __init__(self, function: _Optional[_Union[FunctionVersion, _Mapping]] = ..., assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., chunk_credits: _Optional[_Iterable[_Union[ChunkCredit, _Mapping]]] = ..., cancels: _Optional[_Iterable[_Union[AttemptEvent, _Mapping]]] = ..., drain: _Optional[bool] = ..., heartbeat: _Optional[bool] = ...) -> None: ...
+    batches: _containers.RepeatedCompositeFieldContainer[AssignmentBatch]
+    def __init__(self, function: _Optional[_Union[FunctionVersion, _Mapping]] = ..., assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., chunk_credits: _Optional[_Iterable[_Union[ChunkCredit, _Mapping]]] = ..., cancels: _Optional[_Iterable[_Union[AttemptEvent, _Mapping]]] = ..., drain: _Optional[bool] = ..., heartbeat: _Optional[bool] = ..., batches: _Optional[_Iterable[_Union[AssignmentBatch, _Mapping]]] = ...) -> None: ...
