@@ -48,6 +48,7 @@ from chalkcompute.exceptions import (
     remote_error,
 )
 from chalkcompute.image import Image
+from chalkcompute.policies import ConcurrencyPolicy, QueuePolicy, RateLimitPolicy, check_key
 from chalkcompute.retries import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -136,15 +137,53 @@ _UNSUPPORTED_YET = {
     "gpu": "GPUs come with the Docker runtime",
     "volumes": "volumes are not implemented yet",
     "secrets": "secrets are not implemented yet",
-    "retries": "retry policies are not implemented yet (infrastructure failures are already retried)",
-    "max_batching_size": "batching is not implemented yet",
-    "max_buffer_duration": "batching is not implemented yet",
-    "rate_limit_key": "rate limits are not implemented yet",
-    "rate_limit": "rate limits are not implemented yet",
-    "concurrency": "concurrency policies are not implemented yet (each replica runs one input at a time)",
-    "queue_policy": "queue policies are not implemented yet",
-    "timeout": "call timeouts are not implemented yet",
 }
+
+DEFAULT_BATCH_SIZE = 10
+DEFAULT_BUFFER_MS = 1000
+
+
+def _policies_spec(*, retries, rate_limit, rate_limit_key, concurrency, queue_policy, timeout,
+                   max_batching_size, max_buffer_duration, is_generator: bool) -> dict:
+    """Validate the queue-policy parameters; the FunctionSpec fields they become."""
+    spec: dict = {}
+    if retries is not None:
+        policy = RetryPolicy.normalize(retries)
+        spec["retries"] = pb.RetrySpec(
+            max_retries=policy.max_retries, initial_wait_seconds=policy.initial_wait_seconds,
+            backoff_multiplier=policy.backoff_multiplier, max_wait_seconds=policy.max_wait_seconds,
+            jitter=policy.jitter, retry_on=[f"{t.__module__}.{t.__qualname__}" for t in policy.retry_on])
+    if rate_limit is not None:
+        rl = RateLimitPolicy.normalize(rate_limit)
+        spec["rate_limit"] = pb.RateLimitSpec(rate=float(rl.rate), per=rl.per, key=rl.key or "")
+    if rate_limit_key is not None:
+        check_key(rate_limit_key, "rate_limit_key")
+        spec["rate_limit_key"] = rate_limit_key
+    if concurrency is not None:
+        cp = ConcurrencyPolicy.normalize(concurrency)
+        spec["concurrency"] = pb.ConcurrencySpec(max_concurrent=cp.max_concurrent, key=cp.key or "")
+    if queue_policy is not None:
+        if not isinstance(queue_policy, QueuePolicy):
+            raise TypeError(f"queue_policy must be a chalkcompute.QueuePolicy, got {queue_policy!r}")
+        spec["queue_policy"] = pb.QueuePolicySpec(
+            max_items=queue_policy.max_items, result_ttl_seconds=float(queue_policy.result_ttl_seconds))
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        spec["timeout_seconds"] = float(timeout)
+    if max_batching_size is not None or max_buffer_duration is not None:
+        if is_generator:
+            raise FunctionSignatureError(
+                "a generator function cannot be batched: drop max_batching_size/max_buffer_duration "
+                "or return a list instead of yielding")
+        size = DEFAULT_BATCH_SIZE if max_batching_size is None else max_batching_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"max_batching_size must be a positive int, got {max_batching_size!r}")
+        wait_ms = DEFAULT_BUFFER_MS if max_buffer_duration is None else max_buffer_duration
+        if isinstance(wait_ms, bool) or not isinstance(wait_ms, (int, float)) or wait_ms < 0:
+            raise ValueError(f"max_buffer_duration must be a number of milliseconds >= 0, got {max_buffer_duration!r}")
+        spec["batching"] = pb.BatchingSpec(max_batch_size=size, max_buffer_seconds=wait_ms / 1000.0)
+    return spec
 
 
 class RemoteFunction:
@@ -171,18 +210,15 @@ class RemoteFunction:
         max_batching_size: int | None = None,
         retries: int | RetryPolicy | None = None,
         rate_limit_key: str | None = None,
-        rate_limit: Any = None,
-        concurrency: Any = None,
-        queue_policy: Any = None,
+        rate_limit: int | float | RateLimitPolicy | None = None,
+        concurrency: int | ConcurrencyPolicy | None = None,
+        queue_policy: QueuePolicy | None = None,
         timeout: float | None = None,
         target: str | None = None,
     ) -> None:
         if fn is None or not callable(fn):
             raise TypeError(f"RemoteFunction needs a function, got {fn!r}")
-        given = {"gpu": gpu, "volumes": volumes, "secrets": secrets, "retries": retries,
-                 "max_batching_size": max_batching_size, "max_buffer_duration": max_buffer_duration,
-                 "rate_limit_key": rate_limit_key, "rate_limit": rate_limit, "concurrency": concurrency,
-                 "queue_policy": queue_policy, "timeout": timeout}
+        given = {"gpu": gpu, "volumes": volumes, "secrets": secrets}
         for param, value in given.items():
             if value is not None and value != []:
                 raise NotSupportedError(f"{param}= is not supported yet: {_UNSUPPORTED_YET[param]}")
@@ -218,7 +254,14 @@ class RemoteFunction:
         self.options = {str(k): str(v) for k, v in (options or {}).items()}
         self.serialization_format = serialization_format
         self.target = target
-        self.codec = FunctionCodec.for_function(fn)
+        is_gen = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+        self.policy_spec = _policies_spec(
+            retries=retries, rate_limit=rate_limit, rate_limit_key=rate_limit_key, concurrency=concurrency,
+            queue_policy=queue_policy, timeout=timeout, max_batching_size=max_batching_size,
+            max_buffer_duration=max_buffer_duration, is_generator=is_gen)
+        self.batched = "batching" in self.policy_spec
+        # A batched handler takes lists; its callers pass (and get back) one item.
+        self.codec = FunctionCodec.for_function(fn, batched=True) if self.batched else FunctionCodec.for_function(fn)
         self.is_generator = self.codec.is_generator
         self.signature = inspect.signature(fn)
         params = list(self.signature.parameters.values())
@@ -301,7 +344,7 @@ class RemoteFunction:
             is_generator=self.is_generator, is_async=inspect.iscoroutinefunction(self.fn)
             or inspect.isasyncgenfunction(self.fn),
             options=self.options, serialization_format=self.serialization_format,
-            parameter_names=self.codec.parameter_names,
+            parameter_names=self.codec.parameter_names, **self.policy_spec,
         ), bundle
 
     async def _register(self) -> FunctionVersionInfo:

@@ -5,6 +5,8 @@
     chalkd status    [--target HOST:PORT]   # exit 0 with a summary, 1 when no daemon answers
     chalkd functions [--target HOST:PORT] [--all]
     chalkd calls     [--target HOST:PORT] [--function NAME] [--limit N]
+    chalkd rate-limit set NAME --rate N [--per second|minute|hour]
+    chalkd rate-limit list | delete NAME
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--durability", default=os.environ.get("CHALKD_DURABILITY", "normal"), choices=["normal", "full"])
     serve.add_argument("--max-message-size", type=int, default=DEFAULT_MAX_MESSAGE, help="bytes (default 64 MiB)")
     serve.add_argument("--heartbeat-timeout", type=float, default=15.0, help="seconds before a silent worker is lost")
+    serve.add_argument("--cancel-grace", type=float, default=5.0,
+                       help="seconds a cancelled or timed-out handler has to stop before its replica is killed")
+    serve.add_argument("--sweep-interval", type=float, default=60.0,
+                       help="seconds between sweeps that drop results past their TTL")
     serve.add_argument("--log-level", default=os.environ.get("CHALKD_LOG_LEVEL", "INFO"))
 
     for name, help_text in (("status", "is a daemon answering?"), ("functions", "list functions"),
@@ -52,6 +58,17 @@ def main(argv: list[str] | None = None) -> int:
         if name == "calls":
             p.add_argument("--function", default="", help="only calls of this function")
             p.add_argument("--limit", type=int, default=50)
+    rl = sub.add_parser("rate-limit", help="rate limits functions name with rate_limit_key")
+    rl_sub = rl.add_subparsers(dest="action", required=True)
+    rl_set = rl_sub.add_parser("set", help="define or change a rate limit")
+    rl_set.add_argument("name")
+    rl_set.add_argument("--rate", type=float, required=True, help="calls (attempts) per period")
+    rl_set.add_argument("--per", default="second", choices=["second", "minute", "hour"])
+    rl_sub.add_parser("list", help="list rate limits")
+    rl_del = rl_sub.add_parser("delete", help="delete a rate limit no function uses")
+    rl_del.add_argument("name")
+    for p in (rl_set, rl_sub.choices["list"], rl_del):
+        p.add_argument("--target", default=_default_target(), help="daemon address")
 
     args = parser.parse_args(argv)
     if args.command == "serve":
@@ -70,7 +87,8 @@ def _serve(args) -> int:
     config = Config(
         host=args.host, port=args.port, home=args.home or default_home(), runtime=args.runtime,
         durability=args.durability, max_message_bytes=args.max_message_size,
-        heartbeat_timeout=args.heartbeat_timeout,
+        heartbeat_timeout=args.heartbeat_timeout, cancel_grace=args.cancel_grace,
+        sweep_interval=args.sweep_interval,
     )
     try:
         config.validate()
@@ -106,6 +124,8 @@ async def _client_command(args) -> int:
     from grpclib.client import Channel
 
     from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
+    from grpclib import GRPCError
+
     from chalkcompute._proto.chalk_v1_chalk_grpc import FunctionCatalogStub
 
     host, _, port = args.target.rpartition(":")
@@ -142,9 +162,37 @@ async def _client_command(args) -> int:
                 table.add_row(c.id, c.function_name, c.state, str(c.attempt), str(c.chunks),
                               _when(c.created_at), c.error[:60])
             console.print(table)
+        elif args.command == "rate-limit":
+            try:
+                return await _rate_limit_command(args, channel, console)
+            except GRPCError as exc:
+                print(f"chalkd: {exc.message}", file=sys.stderr)
+                return 1
         return 0
     finally:
         channel.close()
+
+
+async def _rate_limit_command(args, channel, console: Console) -> int:
+    from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
+    from chalkcompute._proto.chalk_v1_chalk_grpc import PoliciesStub
+
+    stub = PoliciesStub(channel)
+    if args.action == "set":
+        resp = await stub.SetRateLimit(pb.SetRateLimitRequest(
+            limit=pb.RateLimit(name=args.name, rate=args.rate, per=args.per)))
+        verb = "defined" if resp.created else "updated"
+        console.print(f"rate limit {args.name} {verb}: {resp.limit.rate:g} per {resp.limit.per}")
+    elif args.action == "list":
+        resp = await stub.ListRateLimits(pb.ListRateLimitsRequest())
+        table = Table("NAME", "RATE", "PER", "USED BY")
+        for lim in resp.limits:
+            table.add_row(lim.name, f"{lim.rate:g}", lim.per, ", ".join(lim.used_by))
+        console.print(table)
+    elif args.action == "delete":
+        await stub.DeleteRateLimit(pb.DeleteRateLimitRequest(name=args.name))
+        console.print(f"rate limit {args.name} deleted")
+    return 0
 
 
 def _when(ts: float) -> str:

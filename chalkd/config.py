@@ -32,6 +32,8 @@ class Config:
     heartbeat_timeout: float = 15.0
     drain_timeout: float = 30.0
     max_attempts: int = 3
+    cancel_grace: float = 5.0              # seconds a cancelled handler has to stop before its replica is killed
+    sweep_interval: float = 60.0           # seconds between sweeps of expired results
     pip_extra_args: list[str] = field(default_factory=list)
     token: str | None = None
 
@@ -52,5 +54,9 @@ class Config:
                 f"binding {self.host} exposes the daemon beyond this machine: that needs a token, "
                 "and token authentication is not available in this version yet; bind 127.0.0.1"
             )
+        if not self.cancel_grace > 0:
+            raise ValueError(f"--cancel-grace must be positive, got {self.cancel_grace:g}")
+        if not self.sweep_interval > 0:
+            raise ValueError(f"--sweep-interval must be positive, got {self.sweep_interval:g}")
         if self.max_message_bytes < 1024:
             raise ValueError(f"--max-message-size must be at least 1024 bytes, got {self.max_message_bytes}")

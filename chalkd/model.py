@@ -43,6 +43,10 @@ class ErrorCode(str, enum.Enum):
     NOT_FOUND = "NOT_FOUND"
     INVALID_ARGUMENT = "INVALID_ARGUMENT"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    UNAVAILABLE = "UNAVAILABLE"
+    ABORTED = "ABORTED"
+    DEADLOCK = "DEADLOCK"
     CANCELLED = "CANCELLED"
     INTERNAL = "INTERNAL"
 
@@ -75,6 +79,53 @@ class CallError:
         return cls(exception_type=f"chalkd.{code.value.title().replace('_', '')}Error", message=message, code=code)
 
 
+# Platform failures retried whatever the user's retry_on says (from the same budget).
+INFRASTRUCTURE_CODES = frozenset({
+    ErrorCode.WORKER_LOST, ErrorCode.UNAVAILABLE, ErrorCode.DEADLINE_EXCEEDED,
+    ErrorCode.RESOURCE_EXHAUSTED, ErrorCode.ABORTED,
+})
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """A function's retry policy (see chalkcompute.retries.RetryPolicy)."""
+
+    max_retries: int = 3
+    initial_wait: float = 1.0
+    multiplier: float = 2.0
+    max_wait: float = 60.0
+    jitter: bool = True
+    retry_on: frozenset[str] = frozenset({"builtins.Exception"})
+
+    def wait_before(self, retry: int, rng: random.Random) -> float:
+        """Seconds before retry number ``retry`` (1-based): ``min(initial * multiplier**(k-1), max_wait)``,
+        drawn uniformly from ``[wait/2, wait]`` with jitter."""
+        wait = min(self.initial_wait * self.multiplier ** (retry - 1), self.max_wait)
+        return rng.uniform(wait / 2, wait) if self.jitter else wait
+
+    def matches(self, error: "CallError") -> bool:
+        """Whether a user exception is retryable: its type or one of its bases is in retry_on."""
+        return error.exception_type in self.retry_on or any(t in self.retry_on for t in error.exception_mro)
+
+
+@dataclass(frozen=True, slots=True)
+class Policies:
+    """What the queue enforces for one function version before and during dispatch."""
+
+    retry: Retry | None = None
+    rate_per_second: float = 0.0    # the function's own rate limit (0 = none)
+    rate_burst: float = 0.0
+    rate_key: str = ""              # bucket name for the own limit ("" = the version's own)
+    rate_limit_key: str = ""        # a daemon-defined limit (chalkd rate-limit set)
+    max_concurrent: int = 1         # per replica without a key, in total with one
+    concurrency_key: str = ""
+    max_items: int = 500_000
+    result_ttl: float = 86_400.0
+    batch_size: int = 0             # 0 = not batched
+    batch_wait: float = 0.0         # seconds the first item of a batch may wait for more
+    timeout: float = 0.0            # seconds per attempt (0 = none)
+
+
 @dataclass(slots=True)
 class FunctionVersion:
     """One registered version of a function (what the catalog holds)."""
@@ -96,6 +147,7 @@ class FunctionVersion:
     latest: bool = True
     failed: str = ""              # why its replicas cannot run, once known
     failed_code: str = ""         # an ErrorCode value, with failed
+    policies: Policies = field(default_factory=Policies)
 
     @property
     def scaling_group_name(self) -> str:
@@ -136,9 +188,11 @@ class Call:
     root_seq: int = 0
     state: CallState = CallState.QUEUED
     attempt: int = 0
-    failures: int = 0             # lost workers so far (each counts as an attempt)
+    failures: int = 0             # failed attempts so far (the retry budget spent; persisted)
     replica_id: str | None = None
     dispatched_at: float = 0.0    # monotonic time of the current attempt's dispatch
+    queued_at: float = 0.0        # monotonic time it (re)entered the queue
+    retry_delay: float | None = None  # a retry waiting for its abandoned attempt to end first
     chunks: list[Chunk] = field(default_factory=list)
     next_index: int = 0           # index of the next chunk the worker will send
     acked: int = -1               # highest chunk index a caller has consumed

@@ -27,11 +27,14 @@ import chalkd
 from chalkd.catalog import Catalog
 from chalkd.config import Config
 from chalkd.queue.core import Queue
+from chalkd.queue.limits import Limits
+from chalkd.queue.retention import expire_results
 from chalkd.runtime.process import ProcessRuntime
 from chalkd.scaling.autoscaler import Autoscaler, HostResources
 from chalkd.services.catalog import CatalogService
 from chalkd.services.convert import settings_from_bytes
 from chalkd.services.fastpath import FastPathServer, socket_path
+from chalkd.services.policies import PoliciesService
 from chalkd.services.streams import QueueService, WorkerService
 from chalkd.store.db import Store
 
@@ -73,7 +76,14 @@ class Server:
         await self.store.open()
         self.catalog = Catalog(self.store)
         self.catalog.load(settings_from_bytes)
-        self.queue = Queue(self.store, max_attempts=cfg.max_attempts)
+        self.limits = Limits(self.store)
+        self.limits.load()
+        for fv in self.catalog.by_id.values():
+            if not fv.deleted:
+                self.limits.register(fv)
+        self.queue = Queue(self.store, max_attempts=cfg.max_attempts, cancel_grace=cfg.cancel_grace,
+                           limits=self.limits)
+        self.queue.known_functions = lambda: self.catalog.by_id
         self.queue.load(self.catalog.by_id)
         self.runtime = ProcessRuntime(self.home, target="", pip_extra_args=cfg.pip_extra_args)
         self.scaler = Autoscaler(
@@ -86,6 +96,7 @@ class Server:
             CatalogService(self.catalog, self.queue, self.scaler, self.runtime, info),
             QueueService(self.queue, self.catalog, max_payload=cfg.max_message_bytes),
             WorkerService(self.queue, self.scaler, max_payload=cfg.max_message_bytes),
+            PoliciesService(self.limits, self.catalog),
         ]
         self._grpc = GrpcServer(handlers, codec=LimitedCodec(cfg.max_message_bytes))
         await self._grpc.start(cfg.host, cfg.port)
@@ -102,8 +113,18 @@ class Server:
         info["fast_socket"] = str(self.fast.path)
         self.runtime.fast_socket = (str(self.fast.path), self.instance_id)
         await self.scaler.start()
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="result-sweeper")
         log.info("chalkd %s listening on %s (home %s, runtime %s, durability %s)",
                  chalkd.__version__, target, self.home, self.runtime.name, cfg.durability)
+
+    async def _sweep(self) -> None:
+        """Drop finished calls past their function's result TTL, every sweep interval."""
+        while True:
+            await asyncio.sleep(self.config.sweep_interval)
+            try:
+                expire_results(self.queue, time.time())
+            except Exception:
+                log.exception("expiring old results failed")
 
     async def serve_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -120,6 +141,8 @@ class Server:
     async def stop(self) -> None:
         """Stop accepting, drain in-flight calls, stop replicas, close the store."""
         log.info("chalkd shutting down")
+        if getattr(self, "_sweeper", None) is not None:
+            self._sweeper.cancel()
         await self.scaler.shutdown()
         if self.fast is not None:
             await self.fast.close()

@@ -11,9 +11,14 @@ worker stream); the services implement both.
     queue.worker_event(link, call.id, attempt=1, kind="result", payload=result)
     # the session receives ("accepted", ...) then ("result", ...), each after its commit.
 
-Delivery is at-least-once before a call's first chunk: a lost worker's calls
-that had not streamed are re-queued (a lost worker counts as an attempt, up to
-``max_attempts``); a call that had streamed fails as interrupted mid-stream.
+Delivery is at-least-once before a call's first chunk: a failed attempt that
+had not streamed runs again while the retry budget lasts (infrastructure
+failures always; user exceptions when the function's retry policy names them);
+a call that had streamed fails for good. A cancelled or timed-out attempt is
+abandoned: its worker is told to stop, its slot stays held until the worker
+says it has, and its retry waits for that, so attempts never overlap. A
+worker that does not stop within ``cancel_grace`` seconds is killed
+(``on_stuck``).
 """
 
 from __future__ import annotations
@@ -22,12 +27,26 @@ import asyncio
 import heapq
 import json
 import logging
+import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
-from chalkd.model import Call, CallError, CallState, Chunk, ErrorCode, FunctionVersion, Payload, ReplicaExit, new_time_id
+from chalkd.model import (
+    INFRASTRUCTURE_CODES,
+    Call,
+    CallError,
+    CallState,
+    Chunk,
+    ErrorCode,
+    FunctionVersion,
+    Payload,
+    ReplicaExit,
+    new_time_id,
+)
+from chalkd.queue.dispatch import Attempt, Dispatcher, _Worker
+from chalkd.queue.limits import Limits
 from chalkd.store.db import Store
 
 log = logging.getLogger(__name__)
@@ -50,15 +69,11 @@ class WorkerLink(Protocol):
 
     def send_assignment(self, call_id: str, attempt: int, args: Payload, chunk_window: int) -> None: ...
 
+    def send_batch(self, items: list[tuple[str, int, Payload]], chunk_window: int) -> None: ...
+
     def send_chunk_credit(self, call_id: str, attempt: int, up_to: int) -> None: ...
 
     def send_cancel(self, call_id: str, attempt: int) -> None: ...
-
-
-# Inputs are handed to a busy worker ahead of time only for functions whose
-# calls take less than this: for longer ones a round trip is noise, and an input
-# held by a worker is one no other replica can take.
-PREFETCH_BELOW_SECONDS = 0.005
 
 
 class QueueError(Exception):
@@ -69,18 +84,7 @@ class CallNotFound(QueueError):
     pass
 
 
-class _Worker:
-    __slots__ = ("link", "credit", "inflight", "draining", "serving")
-
-    def __init__(self, link: WorkerLink) -> None:
-        self.link = link
-        self.credit = 0
-        self.inflight: dict[str, Call] = {}
-        self.draining = False
-        self.serving = False   # has announced capacity: its handler is loaded
-
-
-class Queue:
+class Queue(Dispatcher):
     """See the module docstring."""
 
     def __init__(
@@ -92,8 +96,14 @@ class Queue:
         finished_cache: int = 20_000,
         retry_backoff: Callable[[int], float] = lambda n: min(0.05 * 2 ** (n - 1), 2.0),
         clock: Callable[[], float] = time.time,
+        cancel_grace: float = 5.0,
+        rng: random.Random | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.store = store
+        self.limits = limits or Limits(store)
+        self.cancel_grace = cancel_grace
+        self.rng = rng or random.Random()
         self.max_attempts = max_attempts
         self.chunk_window = chunk_window
         self.retry_backoff = retry_backoff
@@ -105,6 +115,8 @@ class Queue:
         self._heaps: dict[str, list] = {}                  # function id -> heap of (key, call)
         self._workers: dict[str, dict[str, _Worker]] = {}  # function id -> replica id -> worker
         self._kicked: set[str] = set()
+        self._timers: dict[str, asyncio.TimerHandle] = {}    # function id -> next gate opening
+        self._slot_waiters: dict[str, set[str]] = {}         # concurrency key -> waiting function ids
         self._seq = 0
         self.total_submitted = 0
         self.on_demand: Callable[[str], None] = lambda function_id: None
@@ -112,7 +124,11 @@ class Queue:
         # autoscaler allows it once a function cannot add replicas): saves a
         # daemon-worker round trip between back-to-back calls.
         self.prefetch: Callable[[str], int] = lambda function_id: 0
+        # Called with (function id, replica id, reason) when an abandoned attempt's
+        # worker has not stopped within cancel_grace: the autoscaler kills it.
+        self.on_stuck: Callable[[str, str, str], None] = lambda function_id, replica_id, reason: None
         self._durations: dict[str, float] = {}
+        self.known_functions: Callable[[], dict[str, FunctionVersion]] = dict
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -173,12 +189,24 @@ class Queue:
     def submit(
         self, sub: Subscriber, ref: int, function: FunctionVersion, args: Payload, *,
         idempotency_key: str | None = None, parent_id: str | None = None,
-    ) -> Call:
+    ) -> Call | None:
+        """Queue a call; None when it is refused before it exists (a full queue)."""
         if idempotency_key:
             existing = self._idem.get((function.id, idempotency_key))
             if existing is not None:
-                self.attach(sub, ref, existing, after_chunk=-1)
-                return self.get(existing)
+                try:
+                    self.attach(sub, ref, existing, after_chunk=-1)
+                    return self.get(existing)
+                except CallNotFound:  # expired since: the key is free again
+                    del self._idem[(function.id, idempotency_key)]
+        pol = function.policies
+        waiting = len(self._heaps.get(function.id, ()))
+        if waiting >= pol.max_items:
+            self.reject(sub, ref, CallError.platform(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                f"the queue of {function.name!r} is full: {waiting} calls waiting "
+                f"(queue_policy max_items={pol.max_items}); retry later"))
+            return None
         self._seq += 1
         parent = self.calls.get(parent_id) if parent_id else None
         call = Call(
@@ -203,8 +231,36 @@ class Queue:
         if function.failed:
             self._finish(call, error=CallError.platform(ErrorCode.UNSCHEDULABLE, function.failed))
             return call
+        if parent is not None:
+            why = self._would_deadlock(function, parent)
+            if why:
+                self._finish(call, error=CallError.platform(ErrorCode.DEADLOCK, why))
+                return call
         self._push(call)
         return call
+
+    def _would_deadlock(self, fv: FunctionVersion, parent: Call) -> str:
+        """Why a nested call of ``fv`` could never get a slot: its own callers hold them all."""
+        scope, cap = self.limits.scope_cap(fv)
+        chain: list[Call] = []
+        holders = 0
+        c: Call | None = parent
+        while c is not None and len(chain) < 1000:
+            chain.append(c)
+            if c.state in (CallState.RUNNING, CallState.STREAMING) and self.limits.scope_cap(c.function)[0] == scope:
+                holders += 1
+            c = self.calls.get(c.parent_id) if c.parent_id else None
+        if holders < cap:
+            return ""
+        path = " -> ".join(f"{c.function.name} ({c.id})" for c in reversed(chain))
+        p = fv.policies
+        if p.concurrency_key:
+            what = f"concurrency key {p.concurrency_key!r} (max_concurrent={cap})"
+        else:
+            what = (f"{fv.name!r} (max_concurrent={p.max_concurrent} per replica x "
+                    f"max_replicas={fv.max_replicas})")
+        return (f"calling {fv.name!r} from {path} would deadlock: its own callers hold all {cap} slot(s) of "
+                f"{what} and wait for this call; raise the limit or do not call it from its own chain")
 
     def reject(self, sub: Subscriber, ref: int, error: CallError) -> None:
         """Refuse a submit that never became a call (unknown function, too large...)."""
@@ -260,12 +316,40 @@ class Queue:
         call = self.calls.get(call_id)
         if call is None:
             return
-        worker = self._worker_of(call)
-        if worker is not None:
-            worker.link.send_cancel(call.id, call.attempt)
-            worker.inflight.pop(call.id, None)
+        att = self._current_attempt(call)
+        if att is not None:
+            self._abandon(att)
         self._unqueue(call)
         self._finish(call, error=CallError.platform(ErrorCode.CANCELLED, reason), state=CallState.CANCELLED)
+
+    def _current_attempt(self, call: Call) -> Attempt | None:
+        worker = self._worker_of(call)
+        return worker.inflight.get((call.id, call.attempt)) if worker is not None else None
+
+    def _abandon(self, att: Attempt) -> None:
+        """Tell the worker to stop an attempt; its slot stays held until it has."""
+        att.abandoned = True
+        att.call.replica_id = None  # fencing: nothing more from this attempt counts
+        att.worker.link.send_cancel(att.call.id, att.number)
+        att.grace = self.loop.call_later(self.cancel_grace, self._check_stuck, att)
+
+    def _check_stuck(self, att: Attempt) -> None:
+        worker = att.worker
+        if worker.inflight.get((att.call.id, att.number)) is att:
+            self.on_stuck(worker.link.function_id, worker.link.replica_id,
+                          f"its handler did not stop within {self.cancel_grace:g}s of being cancelled")
+
+    def _timed_out(self, att: Attempt) -> None:
+        att.timer = None
+        call = att.call
+        if att.worker.inflight.get((call.id, att.number)) is not att or att.abandoned:
+            return
+        timeout = call.function.policies.timeout
+        self._abandon(att)
+        log.info("%s attempt %d of %s timed out after %gs", call.id, att.number, call.function.name, timeout)
+        self._attempt_failed(call, CallError.platform(
+            ErrorCode.DEADLINE_EXCEEDED,
+            f"{call.function.name!r} did not finish within its timeout of {timeout:g}s"), still_running=True)
 
     def _unqueue(self, call: Call) -> None:
         heap = self._heaps.get(call.function.id)
@@ -302,17 +386,20 @@ class Queue:
         payload: Payload | None = None, error: CallError | None = None, first_index: int = 0,
     ) -> None:
         call = self.calls.get(call_id)
-        # Fencing: only the current attempt on the replica it was given to counts.
-        if call is None or call.attempt != attempt or call.replica_id != link.replica_id:
-            log.debug("dropping %s for %s attempt %s from %s (stale)", kind, call_id, attempt, link.replica_id)
-            return
         if kind == "chunk":
+            # Fencing: only the current attempt on the replica it was given to counts.
+            if call is None or call.attempt != attempt or call.replica_id != link.replica_id:
+                return
             assert payload is not None
             self._on_chunk(call, payload, first_index)
             return
         worker = self._workers.get(link.function_id, {}).get(link.replica_id)
-        if worker is not None:
-            worker.inflight.pop(call_id, None)
+        att = worker.inflight.pop((call_id, attempt), None) if worker is not None else None
+        if att is not None:
+            self._attempt_ended(att)
+        if call is None or call.attempt != attempt or call.replica_id != link.replica_id:
+            log.debug("dropping %s for %s attempt %s from %s (stale)", kind, call_id, attempt, link.replica_id)
+            return
         # A moving average of how long calls take decides whether prefetching pays.
         fid = link.function_id
         took = time.monotonic() - call.dispatched_at
@@ -322,37 +409,80 @@ class Queue:
         elif kind == "done":
             self._finish(call)
         elif kind == "error":
+            assert error is not None
+            self._attempt_failed(call, error)
+
+    def _attempt_ended(self, att: Attempt) -> None:
+        """The worker is done with an attempt (or gone): free what it held."""
+        if att.timer is not None:
+            att.timer.cancel()
+        if att.grace is not None:
+            att.grace.cancel()
+        if att.slots is not None:
+            self._release(att.slots)
+        call = att.call
+        if (att.abandoned and call.retry_delay is not None and call.attempt == att.number
+                and self.calls.get(call.id) is call):
+            # Its retry waited for this end, so the two never overlap.
+            delay, call.retry_delay = call.retry_delay, None
+            self.loop.call_later(delay, self._requeue, call)
+
+    def _attempt_failed(self, call: Call, error: CallError, *, still_running: bool = False) -> None:
+        """Retry the call if its policy allows, else fail it with ``error``."""
+        call.replica_id = None
+        pol = call.function.policies
+        if call.next_index > 0:
+            self._finish(call, error=error)  # its chunks were seen: retrying would change the stream
+            return
+        if error.code in INFRASTRUCTURE_CODES:
+            runs = pol.retry.max_retries + 1 if pol.retry else self.max_attempts
+        elif error.code == ErrorCode.USER and pol.retry is not None and pol.retry.matches(error):
+            runs = pol.retry.max_retries + 1
+        else:
+            self._finish(call, error=error)  # not retryable: no budget spent
+            return
+        call.failures += 1
+        if call.failures >= runs:
+            if error.code != ErrorCode.USER:
+                error = CallError(error.exception_type, f"{error.message}; gave up after {call.failures} attempt(s)",
+                                  error.traceback, error.code, error.exception_mro)
             self._finish(call, error=error)
+            return
+        delay = (pol.retry.wait_before(call.failures, self.rng) if pol.retry is not None
+                 else self.retry_backoff(call.failures))
+        call.state = CallState.QUEUED
+        self.store.write("UPDATE calls SET state='queued', failures=? WHERE id=?", (call.failures, call.id))
+        log.info("retrying %s of %s in %.2fs (attempt %d failed: %s)", call.id, call.function.name, delay,
+                 call.attempt, error.message[:200])
+        if still_running:
+            call.retry_delay = delay
+        else:
+            self.loop.call_later(delay, self._requeue, call)
 
     def worker_lost(self, function_id: str, replica_id: str, exit: ReplicaExit) -> None:
         """A replica is gone: its pre-stream calls run again, streamed ones fail."""
         worker = self._workers.get(function_id, {}).pop(replica_id, None)
         if worker is None:
             return
-        for call in list(worker.inflight.values()):
-            if call.state.finished or call.replica_id != replica_id:
+        for att in list(worker.inflight.values()):
+            self._attempt_ended(att)
+            call = att.call
+            if (att.abandoned or call.state.finished or self.calls.get(call.id) is not call
+                    or call.attempt != att.number or call.replica_id != replica_id):
                 continue
-            call.replica_id = None
-            call.failures += 1
             if call.next_index > 0:
+                call.replica_id = None
+                call.failures += 1
                 self._finish(call, error=CallError.platform(
                     ErrorCode.INTERRUPTED,
                     f"call {call.id} was interrupted mid-stream after {call.next_index} chunk(s): "
                     f"the replica running it was lost ({exit.describe()})",
                 ))
-            elif call.failures >= self.max_attempts:
-                # `failures` is persisted, so a daemon restart does not reset the budget.
-                self._finish(call, error=CallError.platform(
-                    ErrorCode.WORKER_LOST,
-                    f"the replica running {call.function.name!r} was lost on each of "
-                    f"{call.failures} attempt(s); last: {exit.describe()}",
-                ))
             else:
-                call.state = CallState.QUEUED
-                self.store.write("UPDATE calls SET state='queued', failures=? WHERE id=?", (call.failures, call.id))
-                delay = self.retry_backoff(call.failures)
-                log.info("re-queueing %s in %.2fs after losing its replica (%s)", call.id, delay, exit.describe())
-                self.loop.call_later(delay, self._requeue, call)
+                self._attempt_failed(call, CallError.platform(
+                    ErrorCode.WORKER_LOST,
+                    f"the replica running {call.function.name!r} was lost ({exit.describe()})"))
+        worker.inflight.clear()
 
     def fail_waiting(self, function_id: str, error: CallError) -> None:
         """The function cannot run (build failed, unschedulable): fail its queued calls."""
@@ -360,6 +490,10 @@ class Queue:
         # Queued calls, including those waiting out a retry backoff outside the heap.
         for call in [c for c in self.calls.values() if c.function.id == function_id and c.state == CallState.QUEUED]:
             self._finish(call, error=error)
+
+    def functions(self) -> list[FunctionVersion]:
+        """Every version the queue knows of (set by the server to the catalog's)."""
+        return list(self.known_functions().values())
 
     def waiting(self, function_id: str) -> int:
         return len(self._heaps.get(function_id, ()))
@@ -376,52 +510,6 @@ class Queue:
     def _requeue(self, call: Call) -> None:
         if call.state == CallState.QUEUED and call.id in self.calls:
             self._push(call)
-
-    def _push(self, call: Call) -> None:
-        fid = call.function.id
-        heapq.heappush(self._heaps.setdefault(fid, []), (call.sort_key, call))
-        self._kick(fid)
-
-    def _kick(self, function_id: str) -> None:
-        if function_id not in self._kicked:
-            self._kicked.add(function_id)
-            self.loop.call_soon(self._dispatch, function_id)
-
-    def _dispatch(self, function_id: str) -> None:
-        self._kicked.discard(function_id)
-        heap = self._heaps.get(function_id)
-        if not heap:
-            return
-        workers = [w for w in self._workers.get(function_id, {}).values() if w.serving and not w.draining]
-        prefetch = 0
-        while heap and workers:
-            free = [w for w in workers if w.credit > 0]
-            if free:
-                worker = max(free, key=lambda w: (w.credit, -len(w.inflight)))
-            else:
-                # Every slot is taken. Hand inputs ahead only when no replica can be
-                # added or is still loading, or they would queue behind a busy one.
-                if not prefetch and self._durations.get(function_id, 1.0) < PREFETCH_BELOW_SECONDS:
-                    prefetch = self.prefetch(function_id)
-                    if len(self._workers.get(function_id, {})) != len(workers):
-                        prefetch = 0
-                ahead = [w for w in workers if w.credit > -prefetch]
-                if not ahead:
-                    break
-                worker = min(ahead, key=lambda w: len(w.inflight))
-            _, call = heapq.heappop(heap)
-            if call.state != CallState.QUEUED or call.id not in self.calls:
-                continue
-            call.attempt += 1
-            call.state = CallState.RUNNING
-            call.replica_id = worker.link.replica_id
-            call.dispatched_at = time.monotonic()
-            worker.credit -= 1
-            worker.inflight[call.id] = call
-            assert call.args is not None
-            worker.link.send_assignment(call.id, call.attempt, call.args, self.chunk_window)
-        if heap:
-            self.on_demand(function_id)
 
     def _worker_of(self, call: Call) -> _Worker | None:
         if call.replica_id is None:
@@ -507,9 +595,11 @@ class Queue:
         return [Chunk(r["first_index"], Payload(r["schema"], r["batch"], r["rows"])) for r in rows]
 
     def _call_from_row(self, r) -> Call:
-        fv = FunctionVersion(id=r["function_id"], name="", version=0, content_hash="", spec=b"", created_at=0)
+        fv = self.known_functions().get(r["function_id"]) or FunctionVersion(
+            id=r["function_id"], name="", version=0, content_hash="", spec=b"", created_at=0)
         call = Call(id=r["id"], seq=r["seq"], function=fv, args=None, created_at=r["created_at"],
-                    state=CallState(r["state"]), attempt=r["attempt"], next_index=r["chunks"])
+                    state=CallState(r["state"]), attempt=r["attempt"], next_index=r["chunks"],
+                    parent_id=r["parent_id"], finished_at=r["finished_at"])
         if r["result_batch"] is not None:
             call.result = Payload(r["result_schema"], r["result_batch"], r["result_rows"] or 1)
         if r["error"] is not None:

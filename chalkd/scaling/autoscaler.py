@@ -85,6 +85,7 @@ class Autoscaler:
         self.cold_starts: list[float] = []
         queue.on_demand = lambda fid: self._wake.set()
         queue.prefetch = self._prefetch
+        queue.on_stuck = self._kill_stuck
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -180,6 +181,15 @@ class Autoscaler:
             if r.function is fv:
                 self._stop(r, "function deleted")
         self._notify_changed()
+
+    def _kill_stuck(self, function_id: str, replica_id: str, reason: str) -> None:
+        """A cancelled handler would not stop: kill its replica (a new one replaces it)."""
+        replica = self.replicas.get(replica_id)
+        if replica is None or replica.handle is None or replica.state == "stopped":
+            return
+        log.warning("killing replica %s of %s: %s", replica_id, replica.function.name, reason)
+        replica.stop_reason = reason
+        replica.handle.kill()
 
     def _prefetch(self, function_id: str) -> int:
         fv = self.catalog.by_id.get(function_id)

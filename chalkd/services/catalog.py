@@ -13,7 +13,7 @@ from grpclib.const import Status
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import FunctionCatalogBase
 from chalkd.catalog import Catalog, InvalidFunction, NotFound
-from chalkd.queue.core import Queue, decode_error
+from chalkd.queue.core import CallNotFound, Queue, decode_error
 from chalkd.runtime.base import ReplicaStartError, Runtime, RuntimeUnsupported
 from chalkd.scaling.autoscaler import Autoscaler
 from chalkd.services.convert import content_hash, spec_settings, version_to_pb
@@ -55,6 +55,7 @@ class CatalogService(FunctionCatalogBase):
             )
         except InvalidFunction as exc:
             raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
+        self.queue.limits.register(fv)
         await self.catalog.store.flush()
         if created:
             log.info("registered %s version %d (%s)", fv.name, fv.version, fv.id)
@@ -84,6 +85,33 @@ class CatalogService(FunctionCatalogBase):
                 f"{host.memory_bytes} bytes ({host.memory_bytes / 2**30:.1f} GiB)")
         if not spec.code.module_source or not spec.code.function_name:
             bad("the function spec carries no code")
+        self._validate_policies(spec, bad)
+
+    def _validate_policies(self, spec: pb.FunctionSpec, bad) -> None:
+        if spec.HasField("retries"):
+            r = spec.retries
+            if r.max_retries < 0 or r.initial_wait_seconds < 0 or r.max_wait_seconds < 0 or r.backoff_multiplier < 1:
+                bad(f"invalid retry policy for {spec.name!r}: attempts and waits must be >= 0, multiplier >= 1")
+        if spec.HasField("rate_limit"):
+            if not spec.rate_limit.rate > 0:
+                bad(f"rate_limit rate must be positive, got {spec.rate_limit.rate:g}")
+            if spec.rate_limit.per not in ("second", "minute", "hour"):
+                bad(f"rate_limit per must be second, minute or hour, got {spec.rate_limit.per!r}")
+        if spec.rate_limit_key and spec.rate_limit_key not in self.queue.limits.named:
+            raise GRPCError(
+                Status.FAILED_PRECONDITION,
+                f"rate_limit_key {spec.rate_limit_key!r} names no rate limit defined in this daemon; define it "
+                f"with `chalkd rate-limit set {spec.rate_limit_key} --rate N --per minute`")
+        if spec.concurrency.max_concurrent < 0:
+            bad(f"concurrency max_concurrent must be >= 1, got {spec.concurrency.max_concurrent}")
+        if spec.HasField("queue_policy") and (spec.queue_policy.max_items < 0 or spec.queue_policy.result_ttl_seconds < 0):
+            bad("queue_policy max_items and result_ttl_seconds must be positive")
+        if spec.batching.max_batch_size < 0 or spec.batching.max_buffer_seconds < 0:
+            bad("max_batching_size and max_buffer_duration must be >= 0")
+        if spec.batching.max_batch_size and spec.is_generator:
+            bad(f"{spec.name!r} is a generator: a generator function cannot be batched")
+        if spec.timeout_seconds < 0:
+            bad(f"timeout must be positive, got {spec.timeout_seconds:g}")
 
     async def GetFunction(self, stream) -> None:
         req: pb.GetFunctionRequest = await stream.recv_message()
@@ -137,6 +165,19 @@ class CatalogService(FunctionCatalogBase):
                 error=(live.error.message if live and live.error else "") or _error_text(r["error"]),
             ))
         await stream.send_message(pb.ListCallsResponse(calls=calls))
+
+    async def GetCall(self, stream) -> None:
+        req: pb.GetCallRequest = await stream.recv_message()
+        try:
+            call = self.queue.get(req.call_id)
+        except CallNotFound:
+            raise GRPCError(Status.NOT_FOUND, f"call {req.call_id!r} not found (unknown, or its result expired)") from None
+        await stream.send_message(pb.GetCallResponse(call=pb.CallInfo(
+            id=call.id, function_id=call.function.id, function_name=call.function.name, state=call.state.value,
+            attempt=call.attempt, chunks=call.next_index, created_at=call.created_at,
+            finished_at=call.finished_at or 0.0, parent_id=call.parent_id or "",
+            error=f"{call.error.exception_type.rsplit('.', 1)[-1]}: {call.error.message}" if call.error else "",
+        )))
 
     async def Status(self, stream) -> None:
         await stream.recv_message()

@@ -5,7 +5,35 @@ from __future__ import annotations
 import hashlib
 
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
-from chalkd.model import CallError, ErrorCode, FunctionVersion, Payload
+from chalkd.model import CallError, ErrorCode, FunctionVersion, Payload, Policies, Retry
+
+PERIOD_SECONDS = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
+
+
+def spec_policies(spec: pb.FunctionSpec) -> Policies:
+    """The queue policies a FunctionSpec declares (validated by the catalog service)."""
+    retry = None
+    if spec.HasField("retries"):
+        r = spec.retries
+        retry = Retry(max_retries=r.max_retries, initial_wait=r.initial_wait_seconds, multiplier=r.backoff_multiplier,
+                      max_wait=r.max_wait_seconds, jitter=r.jitter,
+                      retry_on=frozenset(r.retry_on or ["builtins.Exception"]))
+    rate = burst = 0.0
+    rate_key = ""
+    if spec.HasField("rate_limit"):
+        period = PERIOD_SECONDS.get(spec.rate_limit.per or "second", 1.0)
+        rate, burst, rate_key = spec.rate_limit.rate / period, spec.rate_limit.rate, spec.rate_limit.key
+    qp = spec.queue_policy if spec.HasField("queue_policy") else None
+    return Policies(
+        retry=retry, rate_per_second=rate, rate_burst=burst, rate_key=rate_key,
+        rate_limit_key=spec.rate_limit_key,
+        max_concurrent=max(1, spec.concurrency.max_concurrent), concurrency_key=spec.concurrency.key,
+        max_items=(qp.max_items if qp and qp.max_items else 500_000),
+        result_ttl=(qp.result_ttl_seconds if qp and qp.result_ttl_seconds else 86_400.0),
+        batch_size=spec.batching.max_batch_size, batch_wait=spec.batching.max_buffer_seconds,
+        timeout=spec.timeout_seconds,
+    )
+
 
 def spec_settings(spec: pb.FunctionSpec) -> dict:
     """The fields of a FunctionSpec the daemon's domain needs."""
@@ -18,6 +46,7 @@ def spec_settings(spec: pb.FunctionSpec) -> dict:
         "memory_bytes": spec.resources.memory_bytes,
         "image_hash": spec.image.content_hash,
         "is_generator": spec.is_generator,
+        "policies": spec_policies(spec),
     }
 
 

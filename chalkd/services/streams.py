@@ -165,6 +165,13 @@ class WorkerConnection:
         self.out.put(pb.Assignment(call_id=call_id, attempt=attempt, args=payload_to_pb(args)))
         self.out.put(pb.ChunkCredit(call_id=call_id, attempt=attempt, up_to=chunk_window))
 
+    def send_batch(self, items: list[tuple[str, int, Payload]], chunk_window: int) -> None:
+        # One message item, so the batch is never split across messages.
+        msg = pb.WorkerResponse(batches=[pb.AssignmentBatch(items=[
+            pb.Assignment(call_id=call_id, attempt=attempt, args=payload_to_pb(args))
+            for call_id, attempt, args in items])])
+        self.out.put(msg)
+
     def send_chunk_credit(self, call_id: str, attempt: int, up_to: int) -> None:
         self.out.put(pb.ChunkCredit(call_id=call_id, attempt=attempt, up_to=up_to))
 

@@ -75,6 +75,13 @@ CREATE TABLE IF NOT EXISTS chunks (
     batch BLOB NOT NULL,
     PRIMARY KEY (call_id, first_index)
 ) WITHOUT ROWID;
+-- Daemon-defined rate limits (chalkd rate-limit set), named by rate_limit_key.
+CREATE TABLE IF NOT EXISTS rate_limits (
+    name TEXT PRIMARY KEY,
+    rate REAL NOT NULL,
+    per TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
 """
 
 

@@ -1,0 +1,171 @@
+"""Dispatch: queued calls to workers with credit, through the function's gates.
+
+Before an input leaves the queue it must pass, in order: a free worker slot
+(credit), the batch gate (a batched function waits for ``batch_size`` inputs
+or until its oldest input has waited ``batch_wait``), a token from every rate
+limit bucket it names, and a slot of its concurrency key. A gate that is shut
+parks the function: a timer re-runs dispatch when the next token is due or
+the batch window closes, and a released slot re-runs it for every function
+waiting on that key. Mixed into :class:`chalkd.queue.core.Queue`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from dataclasses import dataclass
+
+from chalkd.model import Call, CallState, FunctionVersion
+from chalkd.queue.limits import Slots
+
+# Inputs are handed to a busy worker ahead of time only for functions whose
+# calls take less than this: for longer ones a round trip is noise, and an input
+# held by a worker is one no other replica can take.
+PREFETCH_BELOW_SECONDS = 0.005
+
+
+class _Worker:
+    __slots__ = ("link", "credit", "inflight", "draining", "serving")
+
+    def __init__(self, link) -> None:
+        self.link = link
+        self.credit = 0
+        self.inflight: dict[tuple[str, int], Attempt] = {}
+        self.draining = False
+        self.serving = False   # has announced capacity: its handler is loaded
+
+
+@dataclass(slots=True, eq=False)
+class Attempt:
+    """One run of a call on one replica, from dispatch until the worker says it ended."""
+
+    call: Call
+    number: int
+    worker: _Worker
+    slots: Slots | None = None
+    timer: object = None          # the timeout's TimerHandle
+    grace: object = None          # the stuck-check's TimerHandle, once abandoned
+    abandoned: bool = False       # cancelled or timed out: its end is awaited, its outcome ignored
+
+
+def _gated(fv: FunctionVersion) -> bool:
+    """Policies under which inputs must not be handed to a worker ahead of time."""
+    p = fv.policies
+    return bool(p.rate_per_second or p.rate_limit_key or p.concurrency_key or p.timeout or p.batch_size)
+
+
+class Dispatcher:
+    """The dispatch half of the queue (state lives on the Queue)."""
+
+    def _push(self, call: Call) -> None:
+        fid = call.function.id
+        call.queued_at = time.monotonic()
+        heapq.heappush(self._heaps.setdefault(fid, []), (call.sort_key, call))
+        self._kick(fid)
+
+    def _kick(self, function_id: str) -> None:
+        if function_id not in self._kicked:
+            self._kicked.add(function_id)
+            self.loop.call_soon(self._dispatch, function_id)
+
+    def _kick_later(self, function_id: str, delay: float) -> None:
+        when = self.loop.time() + delay
+        current = self._timers.get(function_id)
+        if current is not None:
+            if current.when() <= when:
+                return
+            current.cancel()
+        self._timers[function_id] = self.loop.call_at(when, self._timer_fired, function_id)
+
+    def _timer_fired(self, function_id: str) -> None:
+        self._timers.pop(function_id, None)
+        self._dispatch(function_id)
+
+    def _release(self, slots: Slots) -> None:
+        slots.held -= 1
+        for fid in self._slot_waiters.pop(slots.key, ()):
+            self._kick(fid)
+
+    def _dispatch(self, function_id: str) -> None:
+        self._kicked.discard(function_id)
+        heap = self._heaps.get(function_id)
+        if not heap:
+            return
+        fv = heap[0][1].function
+        pol = fv.policies
+        gated = _gated(fv)
+        buckets = self.limits.buckets_for(fv) if (pol.rate_per_second or pol.rate_limit_key) else ()
+        slots = self.limits.slots_for(fv) if pol.concurrency_key else None
+        workers = [w for w in self._workers.get(function_id, {}).values() if w.serving and not w.draining]
+        prefetch = 0
+        while heap and workers:
+            free = [w for w in workers if w.credit > 0]
+            if free:
+                worker = max(free, key=lambda w: (w.credit, -len(w.inflight)))
+            elif gated:
+                break
+            else:
+                # Every slot is taken. Hand inputs ahead only when no replica can be
+                # added or is still loading, or they would queue behind a busy one.
+                if not prefetch and self._durations.get(function_id, 1.0) < PREFETCH_BELOW_SECONDS:
+                    prefetch = self.prefetch(function_id)
+                    if len(self._workers.get(function_id, {})) != len(workers):
+                        prefetch = 0
+                ahead = [w for w in workers if w.credit > -prefetch]
+                if not ahead:
+                    break
+                worker = min(ahead, key=lambda w: len(w.inflight))
+            want = 1
+            if pol.batch_size:
+                want = min(pol.batch_size, len(heap))
+                if want < pol.batch_size:
+                    # A short batch goes once its oldest input has waited the window out.
+                    oldest = min(entry[1].queued_at for entry in heap)
+                    wait = oldest + pol.batch_wait - time.monotonic()
+                    if wait > 0:
+                        self._kick_later(function_id, wait)
+                        break
+            if buckets:
+                tokens = min(b.available() for b in buckets)
+                if tokens < 1:
+                    self._kick_later(function_id, max(b.wait_time() for b in buckets))
+                    break
+                want = min(want, tokens)
+            if slots is not None:
+                if slots.free < 1:
+                    self._slot_waiters.setdefault(slots.key, set()).add(function_id)
+                    break
+                want = min(want, slots.free)
+            calls = []
+            while heap and len(calls) < want:
+                _, call = heapq.heappop(heap)
+                if call.state == CallState.QUEUED and call.id in self.calls:
+                    calls.append(call)
+            if not calls:
+                continue
+            for bucket in buckets:
+                bucket.take(len(calls))  # one token per attempt: a retry takes a fresh one
+            worker.credit -= 1
+            for call in calls:
+                self._start_attempt(worker, call, slots)
+            if pol.batch_size:
+                worker.link.send_batch([(c.id, c.attempt, c.args) for c in calls], self.chunk_window)
+            else:
+                call = calls[0]
+                worker.link.send_assignment(call.id, call.attempt, call.args, self.chunk_window)
+        if heap:
+            self.on_demand(function_id)
+
+    def _start_attempt(self, worker: _Worker, call: Call, slots: Slots | None) -> Attempt:
+        call.attempt += 1
+        call.state = CallState.RUNNING
+        call.replica_id = worker.link.replica_id
+        call.dispatched_at = time.monotonic()
+        att = Attempt(call, call.attempt, worker, slots)
+        if slots is not None:
+            slots.held += 1
+        timeout = call.function.policies.timeout
+        if timeout:
+            att.timer = self.loop.call_later(timeout, self._timed_out, att)
+        worker.inflight[(call.id, call.attempt)] = att
+        return att
