@@ -16,6 +16,7 @@ from chalkcompute.exceptions import (
     CallCancelledError,
     CallInterruptedError,
     ChalkError,
+    ConcurrencyDeadlockError,
     DaemonUnavailableError,
     FunctionBuildError,
     FunctionCodeError,
@@ -32,6 +33,7 @@ from chalkcompute.exceptions import (
 )
 from chalkcompute.functions import FunctionVersionInfo, RemoteFunction, function
 from chalkcompute.image import Image, LazyLocalFile
+from chalkcompute.policies import ConcurrencyPolicy, QueuePolicy, RateLimitPolicy
 from chalkcompute.retries import RetryPolicy
 
 __version__ = "0.1.0"
@@ -40,6 +42,8 @@ __all__ = [
     "CallCancelledError",
     "CallInterruptedError",
     "ChalkError",
+    "ConcurrencyDeadlockError",
+    "ConcurrencyPolicy",
     "DaemonUnavailableError",
     "FunctionBuildError",
     "FunctionCodeError",
@@ -52,6 +56,8 @@ __all__ = [
     "InvalidArgumentError",
     "LazyLocalFile",
     "NotSupportedError",
+    "QueuePolicy",
+    "RateLimitPolicy",
     "RemoteExecutionError",
     "RemoteFunction",
     "ResourceExhaustedError",

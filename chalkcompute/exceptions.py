@@ -32,6 +32,7 @@ __all__ = [
     "WorkerLostError",
     "CallInterruptedError",
     "CallCancelledError",
+    "ConcurrencyDeadlockError",
     "error_from_status",
     "remote_error",
 ]
@@ -140,6 +141,10 @@ class CallCancelledError(FunctionError, RuntimeError):
     """The call was cancelled."""
 
 
+class ConcurrencyDeadlockError(FunctionError, RuntimeError):
+    """A nested call would wait on concurrency slots its own chain of callers holds (the message names the chain)."""
+
+
 # The one table from gRPC status to SDK exception.
 _STATUS_TO_ERROR: dict[Status, type[ChalkError]] = {
     Status.NOT_FOUND: FunctionNotFoundError,
@@ -170,6 +175,10 @@ _CODE_TO_ERROR: dict[str, type[ChalkError]] = {
     "INVALID_ARGUMENT": FunctionSignatureError,
     "RESOURCE_EXHAUSTED": ResourceExhaustedError,
     "CANCELLED": CallCancelledError,
+    "DEADLINE_EXCEEDED": FunctionTimeoutError,
+    "DEADLOCK": ConcurrencyDeadlockError,
+    "UNAVAILABLE": FunctionError,
+    "ABORTED": FunctionError,
     "INTERNAL": FunctionError,
 }
 

@@ -236,7 +236,9 @@ class Autoscaler:
             if self._warm_until.get(fv.id, 0) > now:
                 floor = max(floor, 1)
             demand = self.queue.waiting(fv.id) + self.queue.inflight(fv.id)
-            desired = min(fv.max_replicas, max(floor, demand))
+            # A replica takes max_concurrent inputs at once (batches of batch_size each).
+            per_replica = fv.policies.max_concurrent * max(1, fv.policies.batch_size)
+            desired = min(fv.max_replicas, max(floor, -(-demand // per_replica)))
             if demand and not mine:
                 desired = max(desired, 1)
             while len(mine) < desired:
