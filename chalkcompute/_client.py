@@ -11,6 +11,12 @@ awaits them from any other loop::
     handle = client.start_call(function_name="add", args=payload, decode=codec.decode_results)
     value = handle.result()                    # blocking; `await handle.result_async()` too
 
+Many calls at once (``rf.map``) go out together, one message for the batch::
+
+    handles = client.start_calls(function_id=fv.id, payloads=[p1, p2, p3], decode=codec.decode_results)
+
+and a call made elsewhere is followed by id with ``client.attach_call("fc-...", decode=...)``.
+
 Calls survive a dropped connection: the session reconnects, re-attaches every
 accepted call after the last chunk it received, and resubmits calls not yet
 accepted under their idempotency key, so nothing is lost or run twice by us.
@@ -97,6 +103,12 @@ def sdk_loop() -> asyncio.AbstractEventLoop:
         return _loop_thread.loop
 
 
+def on_sdk_loop() -> bool:
+    """True on the SDK's own event-loop thread, where nothing may block."""
+    sdk_loop()
+    return threading.current_thread() is _loop_thread.thread  # type: ignore[union-attr]
+
+
 def run_sync(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
     """Run an SDK coroutine from blocking code (any thread but the SDK's own)."""
     loop = sdk_loop()
@@ -118,7 +130,12 @@ async def run_async(coro: Coroutine[Any, Any, T]) -> T:
 
 
 class CallHandle:
-    """Receives the events of one call; consumed from any thread or loop."""
+    """Receives the events of one call; consumed from any thread or loop.
+
+    Subclasses may route events elsewhere by overriding :meth:`put` (``rf.map``
+    sends every input's events to one shared queue) and learn of acceptance by
+    overriding :meth:`on_accepted`; both run on the SDK loop.
+    """
 
     def __init__(self, session: "_Session", submit: pb.Submit, function_name: str,
                  decode: Callable[[bytes, bytes], list]) -> None:
@@ -139,6 +156,16 @@ class CallHandle:
         self._async_waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future] | None = None
 
     # SDK loop side
+    def on_accepted(self) -> None:
+        """The daemon accepted (or re-attached) the call: ``call_id`` is set."""
+
+    def opening(self) -> pb.Submit | pb.Attach:
+        """The message that (re)starts this call on a stream: its submit, or an
+        attach once it has an id (a call accepted before, or one attached by id)."""
+        if self.call_id:
+            return pb.Attach(ref=self.ref, call_id=self.call_id, after_chunk=self.received)
+        return self.submit
+
     def put(self, item: tuple) -> None:
         with self._lock:
             self._items.append(item)
@@ -256,10 +283,76 @@ class _Session:
     def start(self, handle: CallHandle) -> None:
         """On the SDK loop: register the handle and queue its submit."""
         self.handles[handle.ref] = handle
-        self._out.append(handle.submit)
+        self._out.append(handle.opening())
         self._wake.set()
+        self._ensure_running()
+
+    def _ensure_running(self) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def start_batch(self, handles: list[CallHandle], messages: list) -> None:
+        """On the SDK loop: register the handles; queue their openings, then ``messages``."""
+        for h in handles:
+            self.handles[h.ref] = h
+            self._out.append(h.opening())
+        self._out.extend(messages)
+        self._wake.set()
+        self._ensure_running()
+
+    def send_batch(self, handles: list[CallHandle], messages: list = (),
+                   requests: list[pb.SessionRequest] | None = None) -> None:
+        """From any thread but the SDK loop's: start ``handles`` and send ``messages``
+        (cancels, acks) with them, in as few stream messages as their size allows
+        (``requests``, when given, are those messages already built).
+
+        On the local socket the caller's thread writes the frames itself (no hop
+        to the SDK loop per batch); on gRPC they are queued together, and the
+        send loop coalesces them.
+        """
+        direct = self.direct
+        if direct is not None:
+            with direct.lock:
+                if self.direct is direct and not direct.closed:
+                    for h in handles:
+                        self.handles[h.ref] = h
+                    try:
+                        if requests is None:
+                            requests = list(_requests([h.opening() for h in handles] + list(messages)))
+                        for req in requests:
+                            direct.write_locked(frame(0, req.SerializeToString()))
+                    except ConnectionError:
+                        # The stream broke: the reconnect resubmits the handles (they are
+                        # registered); the messages wait in the queue, as queued cancels do.
+                        for m in messages:
+                            self.from_thread(m)
+                    return
+        self._incoming.append((list(handles), list(messages)))  # deque.append is atomic
+        if not self._incoming_scheduled:
+            self._incoming_scheduled = True
+            self.client.loop.call_soon_threadsafe(self._take_incoming)
+
+    def following(self, call_id: str) -> CallHandle | None:
+        """The live handle of this session that follows ``call_id``, if any.
+
+        chalkd keeps one subscription per session and call: a second attach on
+        this stream would take the first handle's events, so reuse it instead.
+        """
+        for h in list(self.handles.values()):  # a copy made under the GIL: safe from any thread
+            if h.call_id == call_id:
+                return h
+        return None
+
+    def cancel_batch(self, handles: list[CallHandle]) -> None:
+        """On the SDK loop: cancel every unfinished call of ``handles`` (one message)."""
+        for h in handles:
+            if h.finished:
+                continue
+            if h.call_id:
+                self._out.append(pb.CancelCall(call_id=h.call_id))
+            else:
+                h.cancel_requested = True  # goes out with its acceptance (see _dispatch)
+        self._wake.set()
 
     def send_threadsafe(self, *, ack: pb.ChunkAck | None = None, cancel: pb.CancelCall | None = None) -> None:
         self.from_thread(ack or cancel)
@@ -292,9 +385,12 @@ class _Session:
             item = self._incoming.popleft()
             if isinstance(item, CallHandle):
                 self.start(item)
+            elif isinstance(item, tuple):  # a batch from send_batch
+                self.start_batch(*item)
             else:
                 self._out.append(item)
                 self._wake.set()
+                self._ensure_running()
 
     async def _run(self) -> None:
         lost_since: float | None = None
@@ -345,10 +441,7 @@ class _Session:
         """After a reconnect: re-attach accepted calls, resubmit the others."""
         self._out = [item for item in self._out if isinstance(item, pb.CancelCall)]
         for h in self.handles.values():
-            if h.call_id:
-                self._out.append(pb.Attach(ref=h.ref, call_id=h.call_id, after_chunk=h.received))
-            else:
-                self._out.append(h.submit)
+            self._out.append(h.opening())
         self._wake.set()
 
     async def _pump(self, stream) -> None:
@@ -384,17 +477,7 @@ class _Session:
                         break
                     n += 1
                 items, self._out = self._out[:n], self._out[n:]
-                req = pb.SessionRequest()
-                for item in items:
-                    if isinstance(item, pb.Submit):
-                        req.submits.append(item)
-                    elif isinstance(item, pb.Attach):
-                        req.attaches.append(item)
-                    elif isinstance(item, pb.ChunkAck):
-                        req.acks.append(item)
-                    elif isinstance(item, pb.CancelCall):
-                        req.cancels.append(item)
-                await stream.send_message(req)
+                await stream.send_message(_request(items))
 
     def _dispatch(self, ev: pb.CallEvent) -> None:
         h = self.handles.get(ev.ref)
@@ -406,6 +489,7 @@ class _Session:
                 h.call_id = ev.call_id
                 if h.cancel_requested:
                     self._queue_item(pb.CancelCall(call_id=ev.call_id))
+                h.on_accepted()
             return
         if kind == "chunk":
             last = ev.first_index + max(ev.chunk.rows, 1) - 1
@@ -417,6 +501,10 @@ class _Session:
             return
         h.finished = True
         del self.handles[ev.ref]
+        if ev.call_id and not h.call_id:
+            # A fast call can finish before its acceptance (which waits for the
+            # commit): its id comes with its result.
+            h.call_id = ev.call_id
         if kind == "result":
             h.put(("result", ev.result))
         elif kind == "error":
@@ -429,6 +517,33 @@ class _Session:
             h.finished = True
             h.put(("exception", exc))
         self.handles.clear()
+
+
+def _request(items: list) -> pb.SessionRequest:
+    req = pb.SessionRequest()
+    for item in items:
+        if isinstance(item, pb.Submit):
+            req.submits.append(item)
+        elif isinstance(item, pb.Attach):
+            req.attaches.append(item)
+        elif isinstance(item, pb.ChunkAck):
+            req.acks.append(item)
+        elif isinstance(item, pb.CancelCall):
+            req.cancels.append(item)
+    return req
+
+
+def _requests(items: list):
+    """``items`` as SessionRequests, each well under the daemon's message limit."""
+    start, size = 0, 0
+    for i, item in enumerate(items):
+        n = item.args.ByteSize() + 64 if isinstance(item, pb.Submit) else 64
+        if i > start and size + n > MAX_BATCH_BYTES:
+            yield _request(items[start:i])
+            start, size = i, 0
+        size += n
+    if start < len(items):
+        yield _request(items[start:])
 
 
 # -- the client -------------------------------------------------------------------------
@@ -513,24 +628,102 @@ class Client:
         except asyncio.TimeoutError:
             raise DaemonUnavailableError(f"chalkd at {self.target} did not answer {method} within {timeout}s") from None
 
-    def start_call(self, *, function_id: str = "", function_name: str = "", args: tuple[bytes, bytes],
-                   decode: Callable[[bytes, bytes], list], display_name: str = "",
-                   idempotency_key: str | None = None) -> CallHandle:
-        """Queue a call from any thread; returns at once with its handle."""
-        session = self.session
-        submit = pb.Submit(
+    def _new_submit(self, session: _Session, function_id: str, function_name: str, args: tuple[bytes, bytes],
+                    idempotency_key: str | None, parent: str) -> pb.Submit:
+        return pb.Submit(
             ref=session.next_ref(), function_id=function_id, function_name=function_name,
             args=pb.Payload(schema=args[0], batch=args[1], rows=1),
             # 96 random bits: unique enough per function, and no syscall per call.
             idempotency_key=idempotency_key or f"{random.getrandbits(96):024x}",
-            parent_call_id=current_call_id.get() or "",
+            parent_call_id=parent,
         )
-        handle = CallHandle(session, submit, display_name or function_name or function_id, decode)
+
+    def start_call(self, *, function_id: str = "", function_name: str = "", args: tuple[bytes, bytes],
+                   decode: Callable[[bytes, bytes], list], display_name: str = "",
+                   idempotency_key: str | None = None,
+                   handle_type: Callable[..., CallHandle] = CallHandle) -> CallHandle:
+        """Queue a call from any thread; returns at once with its handle."""
+        session = self.session
+        submit = self._new_submit(session, function_id, function_name, args, idempotency_key,
+                                  current_call_id.get() or "")
+        handle = handle_type(session, submit, display_name or function_name or function_id, decode)
         if threading.current_thread() is _loop_thread.thread:  # type: ignore[union-attr]
             session.start(handle)
         else:
             session.from_thread(handle)
         return handle
+
+    def start_calls(self, *, function_id: str = "", function_name: str = "", payloads: list[tuple[bytes, bytes]],
+                    decode: Callable[[bytes, bytes], list], display_name: str = "",
+                    handle_type: Callable[..., CallHandle] = CallHandle) -> list[CallHandle]:
+        """Queue many calls of one function from any thread, sent together (one
+        message per batch where it fits); returns their handles at once, in order.
+
+        ``handle_type(session, submit, display_name, decode)`` makes each handle:
+        a :class:`CallHandle` subclass that routes its events elsewhere.
+        """
+        session = self.session
+        name = display_name or function_name or function_id
+        parent = current_call_id.get() or ""
+        next_ref, key = session.next_ref, random.getrandbits
+        handles: list[CallHandle] = []
+        requests = [pb.SessionRequest()]
+        add, size = requests[0].submits.add, 0
+        for schema, batch in payloads:
+            n = len(schema) + len(batch) + 96
+            if size and size + n > MAX_BATCH_BYTES:
+                requests.append(pb.SessionRequest())
+                add, size = requests[-1].submits.add, 0
+            size += n
+            # Built in place in the batch's message (half the cost of building a
+            # Submit and copying it in); each handle keeps its submit, a view into
+            # that message, to resubmit after a reconnect.
+            submit = add(ref=next_ref(), function_id=function_id, function_name=function_name,
+                         idempotency_key=f"{key(96):024x}", parent_call_id=parent)
+            args = submit.args
+            args.schema, args.batch, args.rows = schema, batch, 1
+            handles.append(handle_type(session, submit, name, decode))
+        self._send(session, handles, [], requests)
+        return handles
+
+    def attach_call(self, call_id: str, *, decode: Callable[[bytes, bytes], list], display_name: str = "",
+                    cancel: bool = False, handle_type: Callable[..., CallHandle] = CallHandle) -> CallHandle:
+        """Follow a call made elsewhere (another process, an earlier run) by id:
+        its events replay from the start. With ``cancel``, a CancelCall for it goes
+        in the same message, so the handle's first event comes after the cancel
+        took effect.
+
+        A call this session already follows with a ``handle_type`` handle (say,
+        one it spawned) gets that handle back rather than a second subscription.
+        """
+        session = self.session
+        existing = session.following(call_id)
+        if existing is not None and type(existing) is handle_type:
+            if cancel:
+                self.cancel_calls([existing])
+            return existing
+        handle = handle_type(session, pb.Submit(ref=session.next_ref()), display_name or call_id, decode)
+        handle.call_id = call_id  # so its opening (now and after a reconnect) is an Attach
+        self._send(session, [handle], [pb.CancelCall(call_id=call_id)] if cancel else [])
+        return handle
+
+    def cancel_calls(self, handles: list[CallHandle]) -> None:
+        """Cancel the unfinished calls among ``handles``, from any thread (one message)."""
+        session = self.session
+        if threading.current_thread() is _loop_thread.thread:  # type: ignore[union-attr]
+            session.cancel_batch(handles)
+        else:
+            # On the SDK loop, where acceptance is recorded: a call not accepted
+            # yet is cancelled as its id arrives, never missed in between.
+            self.loop.call_soon_threadsafe(session.cancel_batch, list(handles))
+
+    @staticmethod
+    def _send(session: _Session, handles: list[CallHandle], messages: list,
+              requests: list[pb.SessionRequest] | None = None) -> None:
+        if threading.current_thread() is _loop_thread.thread:  # type: ignore[union-attr]
+            session.start_batch(handles, messages)
+        else:
+            session.send_batch(handles, messages, requests)
 
     def close(self) -> None:
         if self._channel is not None:
@@ -548,4 +741,5 @@ def _close_all() -> None:
 
 atexit.register(_close_all)
 
-__all__ = ["Client", "CallHandle", "run_sync", "run_async", "default_target", "current_call_id", "ChalkError"]
+__all__ = ["Client", "CallHandle", "run_sync", "run_async", "on_sdk_loop", "default_target", "current_call_id",
+           "ChalkError"]

@@ -1,0 +1,628 @@
+"""Calls that outlive their caller (``spawn``), and fan-out over many inputs (``map``).
+
+    @chalkcompute.function
+    def square(x: int) -> int:
+        return x * x
+
+    call = square.spawn(7)             # returns once chalkd has accepted the call
+    call.object_id                     # "fc-...": keep it, hand it to another process
+    call.get(timeout=60)               # 49; FunctionTimeoutError if not done by then
+    FunctionCall.from_id(call.object_id).get()   # the same result, from anywhere
+
+    list(square.map(range(5)))                          # [0, 1, 4, 9, 16]
+    list(square.map(range(5), order_outputs=False))     # as they finish
+    list(add.starmap([(1, 2), (3, 4)]))                 # [3, 7]
+    async for r in square.map.aio(range(5)): ...
+
+``map`` streams: inputs are read lazily from the iterables (stopping at the
+shortest, as ``zip`` does) and at most :data:`MAP_MAX_INFLIGHT` of them are in
+flight at once: submitted and not yet handed to the caller, which bounds the
+memory of a huge or endless input as well as the daemon's queue. Inputs travel
+in batches (one stream message per batch) and their results come back the same
+way, with no thread hop or future per input.
+
+Failures: by default ``map`` raises the first failure as soon as it arrives and
+cancels the inputs still in flight; with ``return_exceptions=True`` a failed
+input's exception object takes the place of its result. An argument that
+cannot be encoded raises at once either way (that is the caller's bug, not the
+function's failure), as does losing the daemon.
+
+Generator functions cannot be spawned or mapped: their chunks stream to one
+caller as they are made, so iterate the call (``for chunk in gen(x)``) instead.
+
+A ``RemoteFunction`` gets these as methods from :data:`spawn_method`,
+:data:`map_method` and :data:`starmap_method`; the functions behind them
+(:func:`spawn`, :func:`map_inputs`, ...) take the ``RemoteFunction`` first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import inspect
+import itertools
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from chalkcompute._client import CallHandle, Client, _waker, on_sdk_loop, run_async, run_sync
+from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
+from chalkcompute._serialization import FunctionCodec
+from chalkcompute.exceptions import ChalkError, FunctionNotFoundError, FunctionSignatureError, FunctionTimeoutError
+
+if TYPE_CHECKING:
+    from chalkcompute.functions import RemoteFunction
+
+__all__ = [
+    "FunctionCall",
+    "MAP_MAX_INFLIGHT",
+    "spawn",
+    "spawn_async",
+    "map_inputs",
+    "map_inputs_async",
+    "spawn_method",
+    "map_method",
+    "starmap_method",
+]
+
+# Inputs of one map submitted and not yet handed to the caller. Enough to keep
+# the daemon's queue and its replicas busy; small enough that a map over an
+# endless iterable holds bounded memory (results waiting for an earlier input,
+# with order_outputs=True, count too). Read as each map starts, so a program
+# may set chalkcompute.calls.MAP_MAX_INFLIGHT to another size.
+MAP_MAX_INFLIGHT = 1000
+# How long cancel() waits for the daemon to confirm (the call's final event).
+_CANCEL_CONFIRM_TIMEOUT = 30.0
+
+
+def _unary_value(handle: CallHandle, event: tuple):
+    # The one decode path of plain calls (imported late: functions imports this module).
+    from chalkcompute.functions import _unary_value as unary_value
+
+    return unary_value(handle, event)
+
+
+# -- sync + async twins --------------------------------------------------------------------
+
+
+class _Twin:
+    """``obj.name(...)`` runs ``sync(obj, ...)``; ``obj.name.aio(...)`` returns
+    ``async_(obj, ...)`` (a coroutine to await, or an async iterator). With
+    ``on_class`` they bind to the class, as a classmethod does."""
+
+    def __init__(self, name: str, sync, async_, *, on_class: bool = False) -> None:
+        self.name, self.sync, self.async_, self.on_class = name, sync, async_, on_class
+        sig = inspect.signature(sync)
+        # What help() shows: the signature without the bound first parameter.
+        self.signature = sig.replace(parameters=list(sig.parameters.values())[1:])
+        functools.update_wrapper(self, sync)
+        self.__name__ = self.__qualname__ = name
+
+    def __call__(self, obj, *args, **kwargs):
+        """Unbound use, as with a plain method: ``RemoteFunction.map(rf, xs)``."""
+        return self.sync(obj, *args, **kwargs)
+
+    def __get__(self, obj, objtype=None):
+        target = objtype if self.on_class else obj
+        if target is None:
+            return self
+        sync, async_ = self.sync, self.async_
+
+        def blocking(*args, **kwargs):
+            return sync(target, *args, **kwargs)
+
+        def aio(*args, **kwargs):
+            return async_(target, *args, **kwargs)
+
+        functools.update_wrapper(blocking, sync)
+        del blocking.__wrapped__  # so the signature below is the one shown
+        blocking.__signature__ = self.signature
+        blocking.__name__ = blocking.__qualname__ = aio.__name__ = self.name
+        aio.__doc__ = f"Async twin of ``{self.name}``: await it (``async for`` over a map)."
+        blocking.aio = aio
+        return blocking
+
+
+# -- one call, followed by id -----------------------------------------------------------------
+
+
+def _new_future() -> concurrent.futures.Future:
+    fut: concurrent.futures.Future = concurrent.futures.Future()
+    # "Running" futures cannot be cancelled: an awaiting caller that gives up
+    # (asyncio.wrap_future propagates its cancellation) leaves it intact for the next get().
+    fut.set_running_or_notify_cancel()
+    return fut
+
+
+class _CallHandle(CallHandle):
+    """A handle whose acceptance and final event land in futures any thread or loop can wait on."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.accepted = _new_future()  # resolves with the call id (None if refused)
+        self.outcome = _new_future()   # resolves with the final event
+
+    def on_accepted(self) -> None:
+        if not self.accepted.done():
+            self.accepted.set_result(self.call_id)
+
+    def put(self, item: tuple) -> None:
+        if item[0] == "chunk":
+            return  # generator calls are refused before they get here
+        if not self.outcome.done():
+            self.outcome.set_result(item)
+        # A call can be refused, or finish, before its acceptance arrives.
+        self.on_accepted()
+
+
+class FunctionCall:
+    """A call that outlives its caller: fetch its result later, from anywhere.
+
+    Made by ``rf.spawn(...)`` or :meth:`FunctionCall.from_id`::
+
+        call = square.spawn(7)
+        call_id = call.object_id                     # "fc-..."
+        ...
+        FunctionCall.from_id(call_id).get(timeout=60)   # 49, in any process
+        call = await FunctionCall.from_id.aio(call_id)  # async twins: from_id, get, cancel
+        await call.get.aio(timeout=60)
+
+    ``get()`` raises what calling the function raises (``RemoteExecutionError``
+    for the function's own exception, ``CallCancelledError`` after a cancel).
+    One object follows its call on one subscription, however often ``get`` is
+    called; it re-attaches by itself after a lost connection.
+    """
+
+    def __init__(self, call_id: str, *, client: Client, function_name: str,
+                 decode, handle: _CallHandle | None = None) -> None:
+        self.object_id = call_id
+        self.function_name = function_name
+        self._client = client
+        self._decode = decode
+        self._handle = handle
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<FunctionCall {self.object_id} of {self.function_name!r}>"
+
+    # -- resolving by id --------------------------------------------------------------------
+
+    @classmethod
+    async def _resolve(cls, call_id: str, target: str | None) -> "FunctionCall":
+        client = Client.get(target)
+        info = (await client.rpc("GetCall", pb.GetCallRequest(call_id=call_id))).call
+        try:
+            fv = (await client.rpc("GetFunction", pb.GetFunctionRequest(id=info.function_id))).function
+        except FunctionNotFoundError:
+            # The version was deleted since: its result still decodes, inferred
+            # from the schema the payload carries.
+            codec = FunctionCodec.from_schemas([], b"", b"")
+            name = info.function_name or info.function_id
+        else:
+            spec = fv.spec
+            if spec.is_generator:
+                raise FunctionSignatureError(
+                    f"call {call_id} is to generator function {fv.function_name!r}: its chunks stream to "
+                    "its caller and cannot be fetched as one result")
+            codec = FunctionCodec.from_schemas(list(spec.parameter_names), spec.input_schema, spec.output_schema,
+                                               is_generator=spec.is_generator)
+            name = info.function_name or fv.function_name
+        return cls(info.id or call_id, client=client, function_name=name, decode=codec.decode_results)
+
+    def _from_id(cls, call_id: str, target: str | None = None) -> "FunctionCall":
+        """The call with this id (``"fc-..."``), resolved at once; raises
+        FunctionNotFoundError for an unknown id (or one whose result expired)."""
+        return run_sync(cls._resolve(call_id, target))
+
+    async def _from_id_async(cls, call_id: str, target: str | None = None) -> "FunctionCall":
+        return await run_async(cls._resolve(call_id, target))
+
+    from_id = _Twin("from_id", _from_id, _from_id_async, on_class=True)
+
+    # -- the subscription -------------------------------------------------------------------
+
+    def _attached(self, *, cancel: bool = False) -> _CallHandle:
+        """This object's handle, attaching by id on first need (with ``cancel``,
+        the call is cancelled too, in the same message as the attach)."""
+        with self._lock:
+            h = self._handle
+            if h is not None and h.outcome.done() and h.outcome.result()[0] == "exception":
+                h = None  # the connection gave up on it (no daemon): follow the call afresh
+            if h is None:
+                h = self._handle = self._client.attach_call(
+                    self.object_id, decode=self._decode, display_name=self.function_name, cancel=cancel,
+                    handle_type=_CallHandle)
+            elif cancel and not h.outcome.done():
+                self._client.cancel_calls([h])
+            return h
+
+    def _timeout(self, timeout: float) -> FunctionTimeoutError:
+        return FunctionTimeoutError(
+            f"call {self.object_id} to {self.function_name!r} did not finish within {timeout:g}s "
+            "(it goes on: get() again later, or cancel() it)")
+
+    # -- get / cancel -----------------------------------------------------------------------
+
+    def _get(self, timeout: float | None = None) -> Any:
+        """The call's result, waiting at most ``timeout`` seconds (None: no limit);
+        raises FunctionTimeoutError then, and the call goes on."""
+        if on_sdk_loop():
+            raise RuntimeError("a blocking FunctionCall.get() was made on the SDK's own event loop; use .aio")
+        h = self._attached()
+        try:
+            event = h.outcome.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise self._timeout(timeout) from None
+        return _unary_value(h, event)
+
+    async def _get_async(self, timeout: float | None = None) -> Any:
+        h = self._attached()
+        if not h.outcome.done():
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(h.outcome), timeout)
+            except asyncio.TimeoutError:
+                raise self._timeout(timeout) from None
+        return _unary_value(h, h.outcome.result())
+
+    get = _Twin("get", _get, _get_async)
+
+    def _cancel(self) -> None:
+        """Cancel the call (a no-op if it has finished); returns once chalkd has
+        acted on it, so a later ``get()`` raises CallCancelledError (or returns
+        the result, if the call finished first)."""
+        if on_sdk_loop():
+            raise RuntimeError("a blocking FunctionCall.cancel() was made on the SDK's own event loop; use .aio")
+        h = self._attached(cancel=True)
+        try:
+            h.outcome.result(_CANCEL_CONFIRM_TIMEOUT)
+        except concurrent.futures.TimeoutError:
+            pass  # sent; the daemon has just not said so yet
+
+    async def _cancel_async(self) -> None:
+        h = self._attached(cancel=True)
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(h.outcome), _CANCEL_CONFIRM_TIMEOUT)
+        except asyncio.TimeoutError:
+            pass
+
+    cancel = _Twin("cancel", _cancel, _cancel_async)
+
+
+# -- spawn -------------------------------------------------------------------------------------
+
+
+def _refuse_generator(rf: "RemoteFunction", what: str) -> None:
+    if rf.is_generator:
+        raise FunctionSignatureError(
+            f"{rf.name} is a generator function and cannot be {what}: its chunks stream to the caller "
+            f"as they are made, so iterate the call instead (for chunk in {rf.name}(...))")
+
+
+def _start_spawn(rf: "RemoteFunction", info, args: tuple, kwargs: dict) -> _CallHandle:
+    _refuse_generator(rf, "spawned")
+    payload = rf._encode(args, kwargs)
+    return rf.client.start_call(function_id=info.id, args=payload, decode=rf.codec.decode_results,
+                                display_name=rf.name, handle_type=_CallHandle)
+
+
+def _spawned(rf: "RemoteFunction", h: _CallHandle) -> FunctionCall:
+    if not h.call_id:  # refused: no such function, arguments too large...
+        _unary_value(h, h.outcome.result())
+    return FunctionCall(h.call_id, client=rf.client, function_name=rf.name, decode=h.decode, handle=h)
+
+
+def spawn(rf: "RemoteFunction", args: tuple, kwargs: dict) -> FunctionCall:
+    """Submit ``rf(*args, **kwargs)`` and return once chalkd has accepted it."""
+    info = rf._ensure_registered()
+    h = _start_spawn(rf, info, args, kwargs)
+    try:
+        h.accepted.result()
+    except KeyboardInterrupt:
+        rf.client.cancel_calls([h])  # nobody got its id: nobody could ever fetch it
+        raise
+    return _spawned(rf, h)
+
+
+async def spawn_async(rf: "RemoteFunction", args: tuple, kwargs: dict) -> FunctionCall:
+    """Async twin of :func:`spawn`."""
+    info = await rf._ensure_registered_async()
+    h = _start_spawn(rf, info, args, kwargs)
+    try:
+        await asyncio.wrap_future(h.accepted)
+    except asyncio.CancelledError:
+        rf.client.cancel_calls([h])
+        raise
+    return _spawned(rf, h)
+
+
+def _spawn_method(rf: "RemoteFunction", *args, **kwargs) -> FunctionCall:
+    """Start a call that outlives this one: returns a :class:`FunctionCall` once
+    chalkd has accepted it (``.get()`` its result, now or from another process)."""
+    return spawn(rf, args, kwargs)
+
+
+def _spawn_method_async(rf: "RemoteFunction", *args, **kwargs):
+    return spawn_async(rf, args, kwargs)
+
+
+spawn_method = _Twin("spawn", _spawn_method, _spawn_method_async)
+
+
+# -- map ---------------------------------------------------------------------------------------
+
+
+class _MapSink:
+    """The final events of every input of one map, in arrival order: filled on
+    the SDK loop, drained a batch at a time by the map's consumer."""
+
+    __slots__ = ("items", "lock", "sync_waiter", "async_waiter")
+
+    def __init__(self) -> None:
+        self.items: deque = deque()
+        self.lock = threading.Lock()
+        self.sync_waiter: threading.Lock | None = None
+        self.async_waiter: tuple | None = None
+
+    def put(self, handle: CallHandle, item: tuple) -> None:
+        with self.lock:
+            self.items.append((handle, item))
+            waiter, self.sync_waiter = self.sync_waiter, None
+            async_waiter, self.async_waiter = self.async_waiter, None
+        if waiter is not None:
+            waiter.release()
+        if async_waiter is not None:
+            _waker.wake(*async_waiter)
+
+    def take(self) -> deque:
+        """Everything that has arrived, waiting for at least one event."""
+        while True:
+            with self.lock:
+                if self.items:
+                    items, self.items = self.items, deque()
+                    return items
+                waiter = threading.Lock()
+                waiter.acquire()
+                self.sync_waiter = waiter
+            waiter.acquire()
+
+    async def take_async(self) -> deque:
+        loop = asyncio.get_running_loop()
+        while True:
+            with self.lock:
+                if self.items:
+                    items, self.items = self.items, deque()
+                    return items
+                fut = loop.create_future()
+                self.async_waiter = (loop, fut)
+            await fut
+
+
+class _MapHandle(CallHandle):
+    """One input of a map: its events go to the map's sink, tagged with its index."""
+
+    def __init__(self, run: "_MapRun", *args) -> None:
+        super().__init__(*args)
+        self.sink = run.sink
+        self.index = run.submitted
+        run.submitted += 1
+
+    def put(self, item: tuple) -> None:
+        self.sink.put(self, item)
+
+
+class _MapRun:
+    """The state of one map: what is submitted, finished, and handed out."""
+
+    def __init__(self, rf: "RemoteFunction", info, inputs: Iterator, kwargs: dict,
+                 order_outputs: bool, return_exceptions: bool) -> None:
+        self.rf = rf
+        self.client = rf.client
+        self.function_id = info.id
+        self.decode = rf.codec.decode_results
+        self.inputs = inputs
+        self.kwargs = kwargs
+        self.order_outputs = order_outputs
+        self.return_exceptions = return_exceptions
+        self.sink = _MapSink()
+        self.make_handle = functools.partial(_MapHandle, self)
+        self.window = MAP_MAX_INFLIGHT
+        # Inputs are topped up once a quarter of the window is free, so they go
+        # out in batches (one stream message each) rather than one by one.
+        self.refill_at = max(1, self.window // 4)
+        self.submitted = 0        # inputs sent; also the next input's index
+        self.finished = 0         # final events taken from the sink
+        self.handed = 0           # results given to the caller
+        self.exhausted = False
+        self.closed = False
+        self.by_index: dict[int, tuple] = {}  # order_outputs: finished, waiting for their turn
+        self.ready: deque = deque()            # otherwise: finished, in arrival order
+
+    def fill(self) -> None:
+        """Submit inputs up to the window, all in one batch."""
+        room = self.window - (self.submitted - self.handed)
+        if room <= 0 or self.exhausted:
+            return
+        encode, kwargs = self.rf._encode, self.kwargs
+        payloads = [encode(args, kwargs) for args in itertools.islice(self.inputs, room)]
+        if len(payloads) < room:
+            self.exhausted = True
+        if payloads:
+            self.client.start_calls(function_id=self.function_id, payloads=payloads, decode=self.decode,
+                                    display_name=self.rf.name, handle_type=self.make_handle)
+
+    def absorb(self, events: deque) -> None:
+        self.finished += len(events)
+        if not self.return_exceptions:
+            for h, event in events:
+                if event[0] != "result":
+                    _unary_value(h, event)  # raises the first failure now, not in its turn
+        if self.order_outputs:
+            by_index = self.by_index
+            for item in events:
+                by_index[item[0].index] = item
+        else:
+            self.ready.extend(events)
+
+    def pop(self) -> tuple | None:
+        """The next finished input to hand out, if it has arrived."""
+        if self.order_outputs:
+            return self.by_index.pop(self.handed, None)
+        return self.ready.popleft() if self.ready else None
+
+    def value(self, h: CallHandle, event: tuple) -> Any:
+        self.handed += 1
+        if event[0] == "result":
+            payload = event[1]
+            value = h.decode(payload.schema, payload.batch)[0]
+        else:
+            try:
+                value = _unary_value(h, event)
+            except ChalkError as exc:
+                if not (self.return_exceptions and event[0] == "error"):
+                    raise
+                value = exc
+        if not self.exhausted and self.window - (self.submitted - self.handed) >= self.refill_at:
+            self.fill()  # before the caller takes its time with this value
+        return value
+
+    @property
+    def done(self) -> bool:
+        return self.exhausted and self.handed == self.submitted
+
+    def close(self) -> None:
+        """Cancel whatever is still running (the caller stopped, or a failure was raised)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.finished + len(self.sink.items) >= self.submitted:
+            return
+        session, sink = self.client.session, self.sink
+
+        def cancel_unfinished() -> None:
+            # On the SDK loop, where the session's handles live.
+            mine = [h for h in session.handles.values() if getattr(h, "sink", None) is sink]
+            session.cancel_batch(mine)
+
+        try:
+            if on_sdk_loop():
+                cancel_unfinished()
+            else:
+                self.client.loop.call_soon_threadsafe(cancel_unfinished)
+        except RuntimeError:  # the SDK loop is gone (interpreter exit): nothing runs any more
+            pass
+
+
+_END = object()
+
+
+def _inputs(iterables: tuple, what: str) -> Iterator:
+    if not iterables:
+        raise TypeError(f"{what}() needs at least one iterable")
+    return zip(*iterables)
+
+
+def _arg_tuples(iterable: Iterable) -> Iterator[tuple]:
+    for args in iterable:
+        if type(args) is not tuple:
+            if isinstance(args, (str, bytes)) or not isinstance(args, Iterable):
+                raise TypeError(f"starmap() takes an iterable of argument tuples, got an item {args!r}")
+            args = tuple(args)
+        yield args
+
+
+def _check(rf: "RemoteFunction", what: str) -> None:
+    if rf.is_generator:  # known without the daemon for a decorated function
+        _refuse_generator(rf, what)
+
+
+def map_inputs(rf: "RemoteFunction", inputs: Iterable, kwargs: dict | None = None, *,
+               order_outputs: bool = True, return_exceptions: bool = False) -> Iterator:
+    """Results of ``rf(*args, **kwargs)`` for each ``args`` tuple of ``inputs``, streamed."""
+    _check(rf, "mapped")
+    return _map_sync(rf, iter(inputs), dict(kwargs or {}), order_outputs, return_exceptions)
+
+
+def _map_sync(rf, inputs: Iterator, kwargs: dict, order_outputs: bool, return_exceptions: bool) -> Iterator:
+    if on_sdk_loop():
+        raise RuntimeError("a blocking map() was iterated on the SDK's own event loop; use `async for ... in .map.aio()`")
+    first = next(inputs, _END)
+    if first is _END:
+        return  # an empty map asks the daemon nothing
+    info = rf._ensure_registered()
+    _refuse_generator(rf, "mapped")
+    run = _MapRun(rf, info, itertools.chain((first,), inputs), kwargs, order_outputs, return_exceptions)
+    try:
+        run.fill()
+        while not run.done:
+            item = run.pop()
+            if item is None:
+                run.absorb(run.sink.take())
+                continue
+            yield run.value(*item)
+    finally:
+        run.close()
+
+
+def map_inputs_async(rf: "RemoteFunction", inputs: Iterable, kwargs: dict | None = None, *,
+                     order_outputs: bool = True, return_exceptions: bool = False) -> AsyncIterator:
+    """Async twin of :func:`map_inputs`: ``async for result in ...``."""
+    _check(rf, "mapped")
+    return _map_async(rf, iter(inputs), dict(kwargs or {}), order_outputs, return_exceptions)
+
+
+async def _map_async(rf, inputs: Iterator, kwargs: dict, order_outputs: bool,
+                     return_exceptions: bool) -> AsyncIterator:
+    first = next(inputs, _END)
+    if first is _END:
+        return
+    info = await rf._ensure_registered_async()
+    _refuse_generator(rf, "mapped")
+    run = _MapRun(rf, info, itertools.chain((first,), inputs), kwargs, order_outputs, return_exceptions)
+    try:
+        run.fill()
+        while not run.done:
+            item = run.pop()
+            if item is None:
+                run.absorb(await run.sink.take_async())
+                continue
+            yield run.value(*item)
+    finally:
+        run.close()
+
+
+def _map_method(rf: "RemoteFunction", *iterables: Iterable, kwargs: dict | None = None,
+                order_outputs: bool = True, return_exceptions: bool = False) -> Iterator:
+    """``rf(a, b, **kwargs)`` for each ``(a, b)`` of ``zip(*iterables)``, run in
+    parallel; an iterator of the results, in input order (``order_outputs=False``:
+    as they finish). ``return_exceptions=True`` yields a failed input's exception
+    in place of its result instead of raising it::
+
+        for y in square.map(range(10_000)):
+            ...
+    """
+    return map_inputs(rf, _inputs(iterables, "map"), kwargs,
+                      order_outputs=order_outputs, return_exceptions=return_exceptions)
+
+
+def _map_method_async(rf: "RemoteFunction", *iterables: Iterable, kwargs: dict | None = None,
+                      order_outputs: bool = True, return_exceptions: bool = False) -> AsyncIterator:
+    return map_inputs_async(rf, _inputs(iterables, "map"), kwargs,
+                            order_outputs=order_outputs, return_exceptions=return_exceptions)
+
+
+def _starmap_method(rf: "RemoteFunction", iterable: Iterable, kwargs: dict | None = None, *,
+                    order_outputs: bool = True, return_exceptions: bool = False) -> Iterator:
+    """Like ``map``, each item being the argument tuple: ``add.starmap([(1, 2), (3, 4)])``."""
+    return map_inputs(rf, _arg_tuples(iterable), kwargs, order_outputs=order_outputs, return_exceptions=return_exceptions)
+
+
+def _starmap_method_async(rf: "RemoteFunction", iterable: Iterable, kwargs: dict | None = None, *,
+                          order_outputs: bool = True, return_exceptions: bool = False) -> AsyncIterator:
+    return map_inputs_async(rf, _arg_tuples(iterable), kwargs, order_outputs=order_outputs,
+                            return_exceptions=return_exceptions)
+
+
+map_method = _Twin("map", _map_method, _map_method_async)
+starmap_method = _Twin("starmap", _starmap_method, _starmap_method_async)
