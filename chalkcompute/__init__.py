@@ -12,6 +12,7 @@
 Set ``CHALK_COMPUTE_TARGET`` (default ``127.0.0.1:50051``) to reach another daemon.
 """
 
+from chalkcompute.calls import FunctionCall
 from chalkcompute.exceptions import (
     CallCancelledError,
     CallInterruptedError,
@@ -46,6 +47,7 @@ __all__ = [
     "ConcurrencyPolicy",
     "DaemonUnavailableError",
     "FunctionBuildError",
+    "FunctionCall",
     "FunctionCodeError",
     "FunctionError",
     "FunctionNotFoundError",

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from chalkcompute import _code
+from chalkcompute import calls as _calls
 from chalkcompute._client import CallHandle, Client, run_async, run_sync
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._serialization import FunctionCodec
@@ -491,6 +492,11 @@ class RemoteFunction:
         if self.is_generator:
             return ChunkStream(None, start=lambda: self._start_async(args, kwargs))
         return self._call_async(args, kwargs)
+
+    # Calls that outlive the caller, and fan-out over many inputs (see chalkcompute.calls).
+    spawn = _calls.spawn_method      # rf.spawn(*args, **kwargs) -> FunctionCall; await rf.spawn.aio(...)
+    map = _calls.map_method          # rf.map(*iterables, kwargs=None, order_outputs=True, return_exceptions=False)
+    starmap = _calls.starmap_method  # rf.starmap([(a, b), ...], ...); `async for r in rf.map.aio(...)` too
 
     async def _start_async(self, args, kwargs) -> CallHandle:
         info = await self._ensure_registered_async()

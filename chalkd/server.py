@@ -96,7 +96,7 @@ class Server:
             CatalogService(self.catalog, self.queue, self.scaler, self.runtime, info),
             QueueService(self.queue, self.catalog, max_payload=cfg.max_message_bytes),
             WorkerService(self.queue, self.scaler, max_payload=cfg.max_message_bytes),
-            PoliciesService(self.limits, self.catalog),
+            PoliciesService(self.limits, self.catalog, self.queue),
         ]
         self._grpc = GrpcServer(handlers, codec=LimitedCodec(cfg.max_message_bytes))
         await self._grpc.start(cfg.host, cfg.port)

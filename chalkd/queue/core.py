@@ -491,6 +491,15 @@ class Queue(Dispatcher):
         for call in [c for c in self.calls.values() if c.function.id == function_id and c.state == CallState.QUEUED]:
             self._finish(call, error=error)
 
+    def limits_changed(self) -> None:
+        """A rate limit was redefined: re-run dispatch now rather than at the old limit's next token."""
+        for fid, timer in list(self._timers.items()):
+            timer.cancel()
+            del self._timers[fid]
+        for fid, heap in self._heaps.items():
+            if heap:
+                self._kick(fid)
+
     def functions(self) -> list[FunctionVersion]:
         """Every version the queue knows of (set by the server to the catalog's)."""
         return list(self.known_functions().values())

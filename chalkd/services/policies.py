@@ -18,9 +18,10 @@ from chalkd.queue.limits import LimitError, Limits
 
 
 class PoliciesService(PoliciesBase):
-    def __init__(self, limits: Limits, catalog: Catalog) -> None:
+    def __init__(self, limits: Limits, catalog: Catalog, queue) -> None:
         self.limits = limits
         self.catalog = catalog
+        self.queue = queue
 
     def _used_by(self, name: str) -> list[str]:
         return sorted({fv.name for fv in self.catalog.by_id.values()
@@ -36,6 +37,7 @@ class PoliciesService(PoliciesBase):
             limit, created = self.limits.set_named(lim.name, lim.rate, lim.per or "second")
         except LimitError as exc:
             raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
+        self.queue.limits_changed()
         await self.limits.store.flush()
         await stream.send_message(pb.SetRateLimitResponse(
             limit=pb.RateLimit(name=limit.name, rate=limit.rate, per=limit.per, used_by=self._used_by(limit.name)),

@@ -129,11 +129,11 @@ def test_later_parameters_say_not_supported_yet():
     def f(x: int) -> int:
         return x
 
-    for kwargs in ({"gpu": "nvidia-l4"}, {"retries": 3}, {"max_batching_size": 8},
-                   {"rate_limit_key": "k"}, {"secrets": ["s"]}, {"volumes": [("v", "/v")]},
-                   {"concurrency": 4}, {"rate_limit": 10}, {"timeout": 5.0}, {"queue_policy": object()}):
+    for kwargs in ({"gpu": "nvidia-l4"}, {"secrets": ["s"]}, {"volumes": [("v", "/v")]}):
         with pytest.raises(NotSupportedError, match="not supported yet"):
             chalkcompute.function(**kwargs)(f)
+    with pytest.raises(TypeError, match="queue_policy must be a chalkcompute.QueuePolicy"):
+        chalkcompute.function(queue_policy=object())(f)
 
 
 LOCK = threading.Lock()

@@ -341,7 +341,10 @@ def test_a_shared_concurrency_key_caps_two_functions(tmp_path):
 
 @chalkcompute.function
 def recurse(n: int) -> int:
-    return 0 if n == 0 else recurse(n - 1) + 1
+    import chalkcompute
+
+    # By name, through the queue (the bare name is the plain function inside its own replica).
+    return 0 if n == 0 else chalkcompute.RemoteFunction.from_name("recurse")(n - 1) + 1
 
 
 def test_a_function_calling_itself_on_its_only_slot_is_refused():
