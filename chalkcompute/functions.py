@@ -30,6 +30,7 @@ import os
 import re
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -543,11 +544,24 @@ def _unary_value(handle: CallHandle, event: tuple):
     _raise_event(handle, event)
 
 
+def _cancel_and_wait(handle: CallHandle, timeout: float = 2.0) -> None:
+    """Ctrl-C in a blocking caller: cancel its call, and wait (briefly) until the
+    daemon has acted on it, so a script that exits at once does not leave it running."""
+    handle.cancel()
+    deadline = time.monotonic() + timeout
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            if handle.next_event(timeout=left)[0] != "chunk":
+                return
+    except Exception:  # noqa: BLE001 - best effort: the cancel is on its way regardless
+        pass
+
+
 def _result_sync(handle: CallHandle):
     try:
         return _unary_value(handle, handle.next_event())
     except KeyboardInterrupt:
-        handle.cancel()
+        _cancel_and_wait(handle)
         raise
 
 
@@ -605,7 +619,8 @@ class ChunkStream:
                 if not self._take(self._handle.next_event()):
                     raise StopIteration
             except KeyboardInterrupt:
-                self._handle.cancel()
+                self._done = True
+                _cancel_and_wait(self._handle)
                 raise
         return self._next_buffered()
 
