@@ -40,7 +40,7 @@ def test_a_stuck_sync_handler_is_replaced(quick_daemon, tmp_path):
     after = fn.spawn(str(tmp_path), 1)
     with pytest.raises(FunctionTimeoutError, match="did not finish within its timeout of 1s"):
         stuck.get(timeout=30)
-    assert (tmp_path / "ignored").exists()
+    wait_for(lambda: (tmp_path / "ignored").exists(), what="the handler to swallow its cancellation")
     pid = after.get(timeout=60)       # ran on the replacement replica
     assert pid != 0
     wait_for(lambda: "did not stop within 0.5s of being cancelled" in quick_daemon.log(),
