@@ -21,6 +21,10 @@ returns tuples, and dicts for maps and structs::
     remote = FunctionCodec.from_schemas(["x", "y"], codec.input_schema_bytes,
                                         codec.output_schema_bytes)
     assert remote.decode_results(*codec.encode_result(3)) == [3]
+
+A batched handler (``def f(xs: list[int]) -> list[str]``) is called with one
+item at a time; ``FunctionCodec.for_function(f, batched=True)`` builds the
+per-item codec its callers and its worker share (see :class:`BatchCodec`).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import pyarrow as pa
 
 from chalkcompute.exceptions import FunctionSignatureError, SerializationError
 
-__all__ = ["FunctionCodec", "META_KEY", "schema_from_bytes", "schema_to_bytes"]
+__all__ = ["BatchCodec", "FunctionCodec", "META_KEY", "schema_from_bytes", "schema_to_bytes"]
 
 META_KEY = b"chalk.py"
 _TUPLE = {META_KEY: b"tuple"}
@@ -526,8 +530,14 @@ class FunctionCodec:
         self.output_schema_bytes = output.schema_bytes
 
     @classmethod
-    def for_function(cls, fn) -> FunctionCodec:
-        """Build from ``fn``'s signature and type hints; bad hints raise SerializationError."""
+    def for_function(cls, fn, batched: bool = False) -> FunctionCodec:
+        """Build from ``fn``'s signature and type hints; bad hints raise SerializationError.
+
+        ``batched=True`` builds the per-item codec of a batched handler
+        (a :class:`BatchCodec`): see :meth:`BatchCodec.for_batched`.
+        """
+        if batched:
+            return BatchCodec.for_batched(fn)
         try:
             hints = typing.get_type_hints(fn, include_extras=False)
         except Exception as e:  # noqa: BLE001 - e.g. a forward reference to a local class
@@ -593,3 +603,164 @@ class FunctionCodec:
         """One Python value per row of the result column."""
         _, columns = self._out.decode(schema, batch)
         return columns[0] if columns else []
+
+
+# -- batched handlers ----------------------------------------------------------------------------
+
+_NOT_GIVEN = object()
+
+
+def _type_hints(fn) -> dict:
+    try:
+        return typing.get_type_hints(fn, include_extras=False)
+    except Exception as e:  # noqa: BLE001 - e.g. a forward reference to a local class
+        raise SerializationError(f"cannot resolve the type hints of {fn!r}: {e}") from None
+
+
+def _parameters(fn) -> list[inspect.Parameter]:
+    params = list(inspect.signature(fn).parameters.values())
+    for p in params:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            star = "*" if p.kind is p.VAR_POSITIONAL else "**"
+            raise SerializationError(f"variadic parameter '{star}{p.name}' is not supported")
+    return params
+
+
+def _batch_element(hint, where: str, fname: str):
+    """The per-item type of a batched handler's ``list[T]`` hint; Any where inferred."""
+    if any(hint is h for h in (Any, object, list)) or hint in _LISTS:
+        return Any
+    if typing.get_origin(hint) in _LISTS:
+        args = typing.get_args(hint)
+        return args[0] if args else Any
+    raise FunctionSignatureError(
+        f"{fname}: the {where} of a batched function must be a list (one element per input), "
+        f"e.g. list[{_name(hint)}], not {_name(hint)}")
+
+
+class BatchCodec(FunctionCodec):
+    """The per-item codec of a batched handler, and how the worker assembles a batch.
+
+    A batched handler takes lists and returns a list, one result per input,
+    in order; its callers pass one item and get one element back::
+
+        def batch_embed(texts: list[str]) -> list[list[float]]: ...
+        batch_embed("a")                       # a caller: one str in, one list[float] out
+
+        codec = FunctionCodec.for_function(batch_embed, batched=True)
+        schema, batch = codec.encode_args({"texts": "a"})     # per item: texts is a str
+        # the worker, given the items of one batch:
+        kwargs = codec.assemble([codec.decode_item(schema, batch)])
+        assert kwargs == {"texts": ["a"]}
+        schema, batch = codec.encode_result([0.5, 1.0])       # one item's result
+
+    A parameter hint ``list[T]`` travels as ``T`` and a return hint
+    ``list[R]`` as ``R``; a bare ``list``, ``Any`` or no hint is inferred
+    from the values. Any other hint is a :class:`FunctionSignatureError`, as
+    is a generator (a generator function cannot be batched).
+
+    A handler whose only parameter is annotated ``pyarrow.Table`` gets one
+    table with a row per input instead; each caller passes its row as one
+    dict (or dataclass instance) whose keys are the table's columns::
+
+        def score(rows: pa.Table) -> list[float]: ...
+        score({"text": "a", "weight": 2.0})
+
+    The row travels as one struct column named after the parameter (its
+    fields are the dict's keys, their types inferred), so a handle built
+    from the schemas alone (:meth:`FunctionCodec.from_schemas`) encodes it
+    the same way. Rows whose inferred types differ are unified when the
+    table is built (int and float become float; a key missing from a row is
+    null there).
+    """
+
+    def __init__(self, parameter_names: list[str], inputs: _Side, output: _Side,
+                 table_parameter: str | None = None):
+        super().__init__(parameter_names, inputs, output, is_generator=False)
+        self.table_parameter = table_parameter
+
+    @classmethod
+    def for_batched(cls, fn) -> BatchCodec:
+        """The per-item codec of batched handler ``fn`` (see the class docstring)."""
+        fname = getattr(fn, "__qualname__", repr(fn))
+        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+            raise FunctionSignatureError(
+                f"{fname}: a generator function cannot be batched: return a list, one result per input")
+        hints = _type_hints(fn)
+        params = _parameters(fn)
+        if not params:
+            raise FunctionSignatureError(
+                f"{fname}: a batched function takes at least one parameter (a list of inputs)")
+        names = [p.name for p in params]
+        tables = [n for n in names if hints.get(n) is pa.Table]
+        if tables and len(names) > 1:
+            raise FunctionSignatureError(
+                f"{fname}: a pyarrow.Table parameter ('{tables[0]}') must be the only parameter "
+                f"of a batched function, which has {names}")
+        ret = _hint_node(_batch_element(hints.get("return", Any), "return value", fname), "return value")
+        output = _Side(["result"], [ret], ["return value"])
+        if tables:
+            inputs = _Side(names, [None], [f"row '{names[0]}'"])
+            return cls(names, inputs, output, table_parameter=names[0])
+        nodes = [_hint_node(_batch_element(hints.get(n, Any), f"parameter '{n}'", fname), f"parameter '{n}'")
+                 for n in names]
+        return cls(names, _Side(names, nodes, [f"argument '{n}'" for n in names]), output)
+
+    def encode_args(self, arguments: dict[str, object]) -> tuple[bytes, bytes]:
+        """One item's arguments (for a Table handler: its row, one dict)."""
+        if self.table_parameter is None:
+            return super().encode_args(arguments)
+        name = self.table_parameter
+        row = arguments.get(name, _NOT_GIVEN)
+        is_dataclass = dataclasses.is_dataclass(row) and not isinstance(row, type)
+        if not (isinstance(row, abc.Mapping) or is_dataclass):
+            got = "nothing" if row is _NOT_GIVEN else f"a {type(row).__name__}"
+            raise FunctionSignatureError(
+                f"argument '{name}': this batched function takes a pyarrow.Table, so each call "
+                f"passes one row: a dict of column values, e.g. {{'text': 'a'}}; got {got}")
+        if not is_dataclass and not all(isinstance(k, str) for k in row):
+            raise FunctionSignatureError(f"argument '{name}': the row's keys (its column names) must be str")
+        return self._in.encode([[row]])
+
+    def decode_item(self, schema: bytes, batch: bytes):
+        """One item of a batch as :meth:`assemble` takes it.
+
+        Its arguments by name, or for a Table handler its row (a one-row
+        ``pa.StructArray``). Raises SerializationError for a malformed item.
+        """
+        if self.table_parameter is None:
+            args = self.decode_args(schema, batch)
+            missing = [n for n in self.parameter_names if n not in args]
+            if missing:
+                raise SerializationError(f"the input has no value for parameter(s) {missing}")
+            return args
+        try:
+            record = pa.ipc.read_record_batch(pa.py_buffer(batch), schema_from_bytes(schema))
+        except (pa.ArrowException, ValueError) as e:
+            raise SerializationError(f"malformed Arrow record batch: {e}") from None
+        column = record.column(0) if record.num_columns == 1 else None
+        if column is None or not pa.types.is_struct(column.type) or len(column) != 1 or column.null_count:
+            raise SerializationError(
+                f"argument '{self.table_parameter}': a pyarrow.Table handler takes one row per call, "
+                "a dict of column values")
+        return column
+
+    def assemble(self, items: list) -> dict[str, object]:
+        """The handler's keyword arguments for the decoded items of one batch, in order:
+        a list per parameter, or ``{table_parameter: pa.Table}`` with a row per item."""
+        if self.table_parameter is None:
+            return {n: [item[n] for item in items] for n in self.parameter_names}
+        return {self.table_parameter: _rows_table(items)}
+
+
+def _rows_table(rows: list) -> pa.Table:
+    """One table from one-row struct arrays; types unified when the rows disagree."""
+    first = rows[0].type
+    if all(r.type == first for r in rows):  # the usual case: no Python objects on the way
+        return pa.Table.from_batches([pa.RecordBatch.from_struct_array(pa.concat_arrays(rows))])
+    values = [r.to_pylist()[0] for r in rows]
+    names = list(dict.fromkeys(k for v in values for k in v))
+    try:
+        return pa.table({n: [v.get(n) for v in values] for n in names})
+    except (pa.ArrowException, ValueError, TypeError) as e:
+        raise SerializationError(f"the rows of this batch have no common Arrow type per column: {e}") from None

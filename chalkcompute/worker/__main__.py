@@ -1,7 +1,11 @@
 """Entry point of a replica: ``python -m chalkcompute.worker``.
 
 Reads ``CHALK_WORKER_TARGET``, ``CHALK_REPLICA_ID`` and ``CHALK_REPLICA_TOKEN``
-from the environment (the runtime sets them).
+from the environment (the runtime sets them; optionally
+``CHALK_WORKER_CAPACITY``, the capacity announced in the hello before the
+function is known). The function version then says the rest: its capacity
+(``spec.concurrency.max_concurrent``, at least 1) and whether it is batched
+(``spec.batching.max_batch_size`` > 0).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import tempfile
 from chalkcompute import _code
 from chalkcompute._serialization import FunctionCodec
 from chalkcompute.worker.blocking import BlockingLink, serve_blocking
+from chalkcompute.worker.cancel import Canceller
 from chalkcompute.worker.link import DaemonLink, exit_after_grace
 from chalkcompute.worker.runner import Runner
 
@@ -33,10 +38,15 @@ def main() -> int:
         print(f"chalkcompute.worker: {exc.args[0]} is not set; the worker is started by chalkd", file=sys.stderr)
         return 2
     sock, instance = os.environ.get("CHALK_WORKER_SOCKET"), os.environ.get("CHALK_DAEMON_INSTANCE", "")
+    canceller = Canceller()
+    # A cancel of a handler on the main thread also cuts its sleeps and blocking reads short,
+    # and a CallCancelled swallowed by a garbage-collector callback is raised again.
+    canceller.install_interrupt()
+    canceller.catch_swallowed()
     blocking = None
     if sock and os.environ.get("CHALK_FUNCTION_KIND") == "sync":
         # A plain sync handler on this machine: no event loop on the hot path.
-        blocking = BlockingLink(sock, instance, replica_id, token)
+        blocking = BlockingLink(sock, instance, replica_id, token, canceller)
         try:
             version = blocking.connect()
         except (OSError, ConnectionError) as exc:
@@ -54,15 +64,18 @@ def main() -> int:
 
     dest = tempfile.mkdtemp(prefix=f"chalk-{version.function_name}-")
     fn = _code.load_bundle(bundle, dest, make_remote=RemoteFunction._lazy)
-    codec = FunctionCodec.for_function(fn)
+    capacity = max(1, version.spec.concurrency.max_concurrent)
+    batched = version.spec.batching.max_batch_size > 0
+    # The same per-item codec the SDK built for its callers.
+    codec = FunctionCodec.for_function(fn, batched=batched)
     if blocking is not None:
         signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-        reason = serve_blocking(blocking, fn, codec)
+        reason = serve_blocking(blocking, fn, codec, capacity=capacity)
         if reason.startswith("lost the daemon"):
             exit_after_grace(reason)
         blocking.close()
         os._exit(0)
-    runner = Runner(fn, codec, link)
+    runner = Runner(fn, codec, link, capacity=capacity, batched=batched, canceller=canceller)
 
     loop_factory = None
     try:

@@ -7,8 +7,10 @@ encodes every chunk that piled up since its last send as one Arrow batch.
 
     link = DaemonLink(target, replica_id, token)
     version = link.connect()              # blocks until the daemon says which function
-    link.on_assignment = runner.assign    # called on the link's thread
-    link.emit_chunk(call_id, attempt, value)   # from any thread
+    # From now on, on the link's thread: take(Assignment | AssignmentBatch),
+    # cancel(call_id, attempt), lost(reason); what came earlier is replayed first.
+    link.install(take, cancel, lost)
+    link.emit_chunk(gate, value)          # from any thread
 """
 
 from __future__ import annotations
@@ -35,6 +37,18 @@ log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 1.0
 LOST_GRACE_SECONDS = float(os.environ.get("CHALK_WORKER_GRACE", "3"))
 MAX_CHUNKS_PER_PAYLOAD = 4096
+
+
+def hello_capacity() -> int:
+    """The capacity a replica announces in its hello, before it knows its function.
+
+    The runtime may say it in ``CHALK_WORKER_CAPACITY``; the credits sent once
+    the function is known are what count.
+    """
+    try:
+        return max(1, int(os.environ.get("CHALK_WORKER_CAPACITY", "1")))
+    except ValueError:
+        return 1
 
 
 class ChunkGate:
@@ -86,11 +100,13 @@ class DaemonLink:
         self.token = token
         self.loop = new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="chalk-worker-link", daemon=True)
-        # Until the runner installs its handler, assignments wait here (never dropped).
-        self.early: list[pb.Assignment] = []
-        self.on_assignment: Callable[[pb.Assignment], None] = self.early.append
-        self.on_cancel: Callable[[str, int], None] = lambda call_id, attempt: None
+        # Until the runner installs its handlers, work (Assignment, AssignmentBatch)
+        # and cancels ((call_id, attempt) tuples) wait here in order, never dropped.
+        self.early: list = []
+        self.on_assignment: Callable[[pb.Assignment | pb.AssignmentBatch], None] = self.early.append
+        self.on_cancel: Callable[[str, int], None] = lambda call_id, attempt: self.early.append((call_id, attempt))
         self.on_lost: Callable[[str], None] = lambda reason: None
+        self.lost = ""  # why the stream ended, once it has
         self.encode_chunks: Callable[[list], tuple[bytes, bytes]] | None = None
         self.gates: dict[tuple[str, int], ChunkGate] = {}
         self._events: list[pb.AttemptEvent] = []
@@ -127,10 +143,40 @@ class DaemonLink:
             self._credit += credit
         self._poke()
 
+    def send_events(self, events: list[pb.AttemptEvent], credit: int = 0) -> None:
+        with self._lock:
+            self._events.extend(events)
+            self._credit += credit
+        self._poke()
+
     def add_credit(self, n: int) -> None:
         with self._lock:
             self._credit += n
         self._poke()
+
+    def install(self, take: Callable, cancel: Callable[[str, int], None], lost: Callable[[str], None]) -> None:
+        """Hand work, cancels and the end of the stream to the runner from now on.
+
+        What arrived before is replayed first, in order. It runs on the link's
+        thread, so nothing received meanwhile can overtake the replay.
+        """
+        def swap() -> None:
+            early, self.early = self.early, []
+            self.on_assignment, self.on_cancel, self.on_lost = take, cancel, lost
+            for item in early:
+                if isinstance(item, tuple):
+                    cancel(*item)
+                else:
+                    take(item)
+            if self.lost:
+                lost(self.lost)
+
+        if self.loop.is_running():
+            done = threading.Event()
+            self.loop.call_soon_threadsafe(lambda: (swap(), done.set()))
+            done.wait()
+        else:
+            swap()
 
     def finish_gate(self, gate: ChunkGate) -> None:
         with self._lock:
@@ -164,7 +210,7 @@ class DaemonLink:
         if self.stream is None:
             self.stream = await WorkerStub(self.channel).Connect.open().__aenter__()
         await self.stream.send_message(pb.WorkerRequest(hello=pb.WorkerHello(
-            replica_id=self.replica_id, token=self.token, pid=os.getpid(), capacity=1)))
+            replica_id=self.replica_id, token=self.token, pid=os.getpid(), capacity=hello_capacity())))
         first = await self.stream.recv_message()
         if first is None:
             raise ConnectionError("the daemon closed the worker stream before naming a function")
@@ -186,16 +232,19 @@ class DaemonLink:
                         gate.open_until(credit.up_to)
                 for a in msg.assignments:
                     self.on_assignment(a)
+                for b in msg.batches:
+                    self.on_assignment(b)
                 for c in msg.cancels:
                     self.on_cancel(c.call_id, c.attempt)
                 if msg.drain:
-                    reason = "the daemon asked this replica to drain"
+                    reason = self.lost = "the daemon asked this replica to drain"
                     self.on_lost(reason)
         except Exception as exc:  # the connection broke
             reason = f"lost the daemon: {exc or type(exc).__name__}"
         finally:
             sender.cancel()
             beat.cancel()
+        self.lost = reason
         self.on_lost(reason)
 
     async def _heartbeat(self) -> None:

@@ -1,10 +1,25 @@
-"""Runs the deployed function for each assignment, on the worker's main thread.
+"""Runs the deployed function for each assignment.
 
-The main thread owns an event loop: async handlers and async generators run as
-tasks on it; sync handlers run on it directly (one input at a time per
-replica), sync generators on a helper thread so the window can block them.
+Where a handler runs depends on its kind and the replica's capacity
+(``spec.concurrency.max_concurrent``, at least 1):
+
+- coroutines and async generators: tasks on the main thread's event loop, at
+  most ``capacity`` at a time;
+- plain sync handlers (batched ones too) with capacity 1: on the main thread
+  itself, one input after another (:meth:`Runner.run_sync_handlers`, or
+  :mod:`chalkcompute.worker.blocking` on chalkd's socket), with no hop
+  between threads per call;
+- sync handlers with capacity > 1, and sync generators: a pool of
+  ``capacity`` threads, driven from the event loop.
+
 Every yielded value waits for room in the daemon's chunk window first, so a
-slow caller pauses the generator instead of growing memory.
+slow caller pauses the generator instead of growing memory. A cancel stops
+the attempt wherever it runs (a task is cancelled; a thread gets
+:class:`~chalkcompute.worker.cancel.CallCancelled`) and its end is reported
+with the ``CANCELLED`` error event, which tells the daemon the slot is free::
+
+    runner = Runner(fn, codec, link, capacity=4, batched=False)
+    reason = runner.run_sync_handlers() if runner.plain_sync else asyncio.run(runner.run())
 """
 
 from __future__ import annotations
@@ -14,105 +29,199 @@ import contextvars
 import inspect
 import logging
 import queue
+from concurrent.futures import ThreadPoolExecutor
 
 from chalkcompute._client import current_call_id
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._serialization import FunctionCodec
+from chalkcompute.worker.batching import as_batch, item_keys, run_batch_async, run_batch_sync
+from chalkcompute.worker.cancel import CallCancelled, Canceller, cancelled_error, cancelled_event
 from chalkcompute.worker.link import ChunkGate, DaemonLink, error_message
 
 log = logging.getLogger(__name__)
 
 
 class Runner:
-    def __init__(self, fn, codec: FunctionCodec, link: DaemonLink, *, capacity: int = 1) -> None:
+    def __init__(self, fn, codec: FunctionCodec, link: DaemonLink, *, capacity: int = 1,
+                 batched: bool = False, canceller: Canceller | None = None) -> None:
         self.fn = fn
         self.codec = codec
         self.link = link
-        self.capacity = capacity
+        self.capacity = max(1, capacity)
+        self.batched = batched
+        self.canceller = canceller or Canceller()
         self.is_async_gen = inspect.isasyncgenfunction(fn)
         self.is_gen = inspect.isgeneratorfunction(fn)
         self.is_coro = inspect.iscoroutinefunction(fn)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stopped: asyncio.Event | None = None
         self.stop_reason = ""
-        self.tasks: dict[tuple[str, int], asyncio.Task] = {}
+        self.tasks: dict[tuple[str, int], asyncio.Task] = {}  # per attempt; a batch's items share one
         self.slots: asyncio.Semaphore | None = None
+        self.pool: ThreadPoolExecutor | None = None
+        # Canceller keys (an attempt, or a batch's item keys) whose handler runs
+        # on a pool thread: cancelling their task would abandon a running thread.
+        self.threaded: set = set()
 
     @property
     def plain_sync(self) -> bool:
-        """A sync, non-generator handler needs no event loop at all."""
-        return not (self.is_async_gen or self.is_gen or self.is_coro)
+        """A sync, non-generator handler one at a time needs no event loop at all."""
+        return self.capacity == 1 and not (self.is_async_gen or self.is_gen or self.is_coro)
+
+    def _attach(self, take, cancel, lost) -> None:
+        """Take work and cancels from the link (what came early first), then ask for work."""
+        self.link.encode_chunks = self.codec.encode_chunks
+        self.link.install(take, cancel, lost)
+        self.link.add_credit(self.capacity)
 
     def run_sync_handlers(self) -> str:
         """The fast path for plain sync handlers: this thread takes inputs in order.
 
         The daemon may hand over a few inputs ahead (prefetch); they wait here,
-        one runs at a time, and each result leaves as soon as it is ready.
+        one runs at a time, and each result leaves as soon as it is ready. A
+        cancel (on the link's thread) raises CallCancelled in this thread while
+        that attempt runs, or makes it raise as it starts.
         """
         inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self.link.on_assignment = inbox.put
-        for a in self.link.early:
-            inbox.put(a)
-        self.link.on_cancel = lambda call_id, attempt: None
-        self.link.on_lost = lambda reason: inbox.put(reason)
-        self.link.encode_chunks = self.codec.encode_chunks
-        self.link.add_credit(self.capacity)
+
+        def take(work) -> None:
+            if self.batched:
+                work = as_batch(work)
+            if isinstance(work, pb.AssignmentBatch):  # before any cancel of its items
+                self.canceller.group(item_keys(work.items))
+            inbox.put(work)
+
+        self._attach(take, lambda call_id, attempt: self.canceller.cancel_item((call_id, attempt)), inbox.put)
         while True:
-            a = inbox.get()
-            if isinstance(a, str):
-                return a
-            event, stop = run_plain(self.fn, self.codec, a)
-            self.link.finish_gate(self.link.gate(a.call_id, a.attempt))
-            self.link.send_event(event, credit=1)
+            work = inbox.get()
+            if isinstance(work, str):
+                return work
+            if isinstance(work, pb.AssignmentBatch):
+                events, stop = run_batch_sync(self.fn, self.codec, work.items, self.canceller)
+                self._finish_gates(item_keys(work.items))
+                self.link.send_events(events, credit=1)
+            else:
+                event, stop = run_plain(self.fn, self.codec, work, self.canceller)
+                self._finish_gates(((work.call_id, work.attempt),))
+                self.link.send_event(event, credit=1)
             if stop:
                 return stop
 
     async def run(self) -> str:
-        self.loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         self.stopped = asyncio.Event()
         self.slots = asyncio.Semaphore(self.capacity)
-        self.link.on_assignment = lambda a: self.loop.call_soon_threadsafe(self._start, a)
-        for a in self.link.early:
-            self._start(a)
-        self.link.on_cancel = lambda call_id, attempt: self.loop.call_soon_threadsafe(self._cancel, call_id, attempt)
-        self.link.on_lost = lambda reason: self.loop.call_soon_threadsafe(self._stop, reason)
-        self.link.encode_chunks = self.codec.encode_chunks
-        self.link.add_credit(self.capacity)
-        await self.stopped.wait()
+        if not (self.is_coro or self.is_async_gen):
+            self.pool = ThreadPoolExecutor(self.capacity, thread_name_prefix="chalk-handler")
+        self._attach(lambda work: loop.call_soon_threadsafe(self._start, work),
+                     lambda call_id, attempt: loop.call_soon_threadsafe(self._cancel, (call_id, attempt)),
+                     lambda reason: loop.call_soon_threadsafe(self._stop, reason))
+        try:
+            await self.stopped.wait()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=False, cancel_futures=True)
         return self.stop_reason
 
     def _stop(self, reason: str) -> None:
         self.stop_reason = self.stop_reason or reason
         self.stopped.set()
 
-    def _start(self, a: pb.Assignment) -> None:
-        key = (a.call_id, a.attempt)
+    def _start(self, work: pb.Assignment | pb.AssignmentBatch) -> None:
+        if self.batched:
+            work = as_batch(work)
+        if isinstance(work, pb.AssignmentBatch):
+            keys = item_keys(work.items)
+            self.canceller.group(keys)
+            parent = work.items[0].call_id  # nested calls of a batch name its first item
+        else:
+            keys = ((work.call_id, work.attempt),)
+            parent = work.call_id
         ctx = contextvars.copy_context()
-        ctx.run(current_call_id.set, a.call_id)
-        task = self.loop.create_task(self._run_slot(a), context=ctx)
-        self.tasks[key] = task
-        task.add_done_callback(lambda _t: self.tasks.pop(key, None))
+        ctx.run(current_call_id.set, parent)
+        reported: list[bool] = []  # _run_slot appends once it has sent the final events
+        task = self.loop.create_task(self._run_slot(work, keys, reported), context=ctx)
+        for key in keys:
+            self.tasks[key] = task
+        task.add_done_callback(lambda t: self._done(t, keys, reported))
 
-    def _cancel(self, call_id: str, attempt: int) -> None:
-        gate = self.link.gates.get((call_id, attempt))
+    def _done(self, task: asyncio.Task, keys: tuple, reported: list[bool]) -> None:
+        for key in keys:
+            self.tasks.pop(key, None)
+        if not reported:
+            # Cancelled before its first step (or a bug of ours): _run_slot did not
+            # report, but the daemon still needs each attempt's end and the credit.
+            exc = None if task.cancelled() else task.exception()
+            error = cancelled_error() if exc is None else error_message(exc)
+            self.canceller.ungroup(keys)
+            self._finish_gates(keys)
+            self.link.send_events([pb.AttemptEvent(call_id=c, attempt=n, error=error) for c, n in keys], credit=1)
+
+    def _cancel(self, key: tuple[str, int]) -> None:
+        target = self.canceller.resolve(key)
+        if target is None:  # other items of its batch still want their results
+            return
+        gate = self.link.gates.get(key)
         if gate is not None:
-            # A sync generator runs on a thread that task.cancel() cannot reach:
-            # the gate tells it to stop at its next yield (or while it waits for room).
+            # A sync generator also stops at its next yield (or while it waits for room).
             with gate.cond:
                 gate.cancelled = True
                 gate.cond.notify_all()
-        task = self.tasks.get((call_id, attempt))
+        if target in self.threaded:
+            self.canceller.cancel(target)  # raises in its thread, or as it starts there
+            return
+        task = self.tasks.get(key)
         if task is not None:
             task.cancel()
 
-    async def _run_slot(self, a: pb.Assignment) -> None:
-        # Inputs handed over ahead of time wait for a free slot here.
-        async with self.slots:
-            await self._run_one(a)
+    async def _run_slot(self, work, keys: tuple, reported: list[bool]) -> None:
+        try:
+            # Inputs handed over ahead of time wait for a free slot here.
+            async with self.slots:
+                if isinstance(work, pb.AssignmentBatch):
+                    events, stop = await self._run_batch(list(work.items))
+                else:
+                    events, stop = await self._run_one(work)
+        except asyncio.CancelledError:  # cancelled while it waited for a slot
+            events, stop = [cancelled_event(c, n) for c, n in keys], ""
+        finally:
+            if isinstance(work, pb.AssignmentBatch):
+                self.canceller.ungroup(keys)
+        self._finish_gates(keys)
+        reported.append(True)
+        self.link.send_events(events, credit=1)
+        if stop:
+            self._stop(stop)
 
-    async def _run_one(self, a: pb.Assignment) -> None:
+    def _finish_gates(self, keys: tuple) -> None:
+        # The link made a chunk gate for each Assignment it received.
+        for key in keys:
+            gate = self.link.gates.get(key)
+            if gate is not None:
+                self.link.finish_gate(gate)
+
+    async def _in_thread(self, key, fn, *args):
+        """``fn(*args)`` on the pool, in this task's context; cancels reach it as CallCancelled."""
+        ctx = contextvars.copy_context()
+        self.threaded.add(key)
+        try:
+            return await self.loop.run_in_executor(self.pool, ctx.run, fn, *args)
+        finally:
+            self.threaded.discard(key)
+
+    async def _run_batch(self, items: list[pb.Assignment]) -> tuple[list[pb.AttemptEvent], str]:
+        if self.is_coro:
+            return await run_batch_async(self.fn, self.codec, items)
+        return await self._in_thread(item_keys(items), run_batch_sync, self.fn, self.codec, items, self.canceller)
+
+    async def _run_one(self, a: pb.Assignment) -> tuple[list[pb.AttemptEvent], str]:
+        key = (a.call_id, a.attempt)
+        if not (self.is_async_gen or self.is_gen or self.is_coro):
+            event, stop = await self._in_thread(key, run_plain, self.fn, self.codec, a, self.canceller)
+            return [event], stop
         gate = self.link.gate(a.call_id, a.attempt)
         event = pb.AttemptEvent(call_id=a.call_id, attempt=a.attempt)
+        stop = ""
         try:
             kwargs = self.codec.decode_args(a.args.schema, a.args.batch)
             if self.is_async_gen:
@@ -122,28 +231,22 @@ class Runner:
                     self._check(gate)
                 event.done = True
             elif self.is_gen:
-                ctx = contextvars.copy_context()
-                await asyncio.to_thread(ctx.run, self._drive_sync_gen, gate, kwargs)
+                await self._in_thread(key, self.canceller.call, key, self._drive_sync_gen, gate, kwargs)
                 event.done = True
-            elif self.is_coro:
+            else:
                 value = await self.fn(**kwargs)
                 event.result.CopyFrom(self._encode_result(value))
-            else:
-                value = self.fn(**kwargs)
-                event.result.CopyFrom(self._encode_result(value))
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, CallCancelled):
             event.ClearField("result")
-            event.error.CopyFrom(pb.RemoteError(
-                exception_type="chalkd.CancelledError", message="the call was cancelled", code="CANCELLED"))
+            event.error.CopyFrom(cancelled_error())
         except BaseException as exc:  # the user's exception travels to the caller
             event.ClearField("result")
             event.error.CopyFrom(error_message(exc))
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                self._stop(f"the handler raised {type(exc).__name__}")
+                stop = f"the handler raised {type(exc).__name__}"
         if gate.failed is not None and not event.HasField("error"):
             event.error.CopyFrom(error_message(gate.failed))
-        self.link.finish_gate(gate)
-        self.link.send_event(event, credit=1)
+        return [event], stop
 
     def _encode_result(self, value) -> pb.Payload:
         schema, batch = self.codec.encode_result(value)
@@ -171,21 +274,34 @@ class Runner:
                     while gate.next_index >= gate.up_to and not gate.cancelled:
                         gate.cond.wait()
                 if gate.cancelled:
-                    return
+                    raise CallCancelled
                 self.link.emit_chunk(gate, value)
                 self._check(gate)
         finally:
             gen.close()  # runs the generator's own cleanup (finally blocks, context managers)
 
 
-def run_plain(fn, codec: FunctionCodec, a: pb.Assignment) -> tuple[pb.AttemptEvent, str]:
-    """Run one input of a plain sync handler: its final event, and why to stop ("" to go on)."""
+def run_plain(fn, codec: FunctionCodec, a: pb.Assignment,
+              canceller: Canceller | None = None) -> tuple[pb.AttemptEvent, str]:
+    """Run one input of a plain sync handler on this thread: its final event, and why to stop ("" to go on).
+
+    With a canceller, ``canceller.cancel((a.call_id, a.attempt))`` from another
+    thread stops the handler with CallCancelled; the event is then the
+    ``CANCELLED`` error.
+    """
     event = pb.AttemptEvent(call_id=a.call_id, attempt=a.attempt)
     token = current_call_id.set(a.call_id)
     try:
         kwargs = codec.decode_args(a.args.schema, a.args.batch)
-        schema, batch = codec.encode_result(fn(**kwargs))
+        if canceller is None:
+            value = fn(**kwargs)
+        else:
+            value = canceller.call((a.call_id, a.attempt), fn, **kwargs)
+        schema, batch = codec.encode_result(value)
         event.result.CopyFrom(pb.Payload(schema=schema, batch=batch, rows=1))
+    except CallCancelled:
+        event.ClearField("result")
+        event.error.CopyFrom(cancelled_error())
     except BaseException as exc:  # the user's exception travels to the caller
         event.ClearField("result")
         event.error.CopyFrom(error_message(exc))
