@@ -152,7 +152,9 @@ class Dispatcher:
                 worker.link.send_batch([(c.id, c.attempt, c.args) for c in calls], self.chunk_window)
             else:
                 call = calls[0]
-                worker.link.send_assignment(call.id, call.attempt, call.args, self.chunk_window)
+                # Only a generator streams chunks: a unary call needs no chunk window.
+                worker.link.send_assignment(call.id, call.attempt, call.args,
+                                            self.chunk_window if fv.is_generator else 0)
         if heap:
             self.on_demand(function_id)
 

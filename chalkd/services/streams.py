@@ -163,7 +163,8 @@ class WorkerConnection:
 
     def send_assignment(self, call_id: str, attempt: int, args: Payload, chunk_window: int) -> None:
         self.out.put(pb.Assignment(call_id=call_id, attempt=attempt, args=payload_to_pb(args)))
-        self.out.put(pb.ChunkCredit(call_id=call_id, attempt=attempt, up_to=chunk_window))
+        if chunk_window:
+            self.out.put(pb.ChunkCredit(call_id=call_id, attempt=attempt, up_to=chunk_window))
 
     def send_batch(self, items: list[tuple[str, int, Payload]], chunk_window: int) -> None:
         # One message item, so the batch is never split across messages.

@@ -141,7 +141,7 @@ def test_dispatch_only_to_a_worker_that_granted_credit(tmp_path: Path) -> None:
             q = new_queue(store, chunk_window=16)
             demand: list[str] = []
             q.on_demand = demand.append
-            fv, sub = make_fv(), Sub()
+            fv, sub = make_fv(is_generator=True), Sub()  # (a generator: its assignment carries the chunk window)
             idle = connect(q, "r-idle")
             call = q.submit(sub, 1, fv, ARGS)
             await settle(store)
