@@ -36,10 +36,12 @@ from chalkcompute.functions import FunctionVersionInfo, RemoteFunction, function
 from chalkcompute.image import Image, LazyLocalFile
 from chalkcompute.policies import ConcurrencyPolicy, QueuePolicy, RateLimitPolicy
 from chalkcompute.retries import RetryPolicy
+from chalkcompute.worker.cancel import CallCancelled
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CallCancelled",
     "CallCancelledError",
     "CallInterruptedError",
     "ChalkError",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
 import pytest
 
 import chalkcompute
@@ -80,3 +81,14 @@ def test_batch_size_must_be_positive():
 
     with pytest.raises(ValueError, match="max_batching_size must be a positive int"):
         chalkcompute.RemoteFunction(f, max_batching_size=0)
+
+
+@chalkcompute.function(max_batching_size=3, max_buffer_duration=100)
+def score(rows: pa.Table) -> list[float]:
+    # One Arrow table per batch: a row per caller, a column per key of the caller's dict.
+    return [t * w for t, w in zip(rows.column("t").to_pylist(), rows.column("w").to_pylist())]
+
+
+def test_a_table_handler_gets_one_row_per_caller():
+    calls = [score.spawn({"t": float(n), "w": 2.0}) for n in range(3)]
+    assert [c.get(timeout=30) for c in calls] == [0.0, 2.0, 4.0]
