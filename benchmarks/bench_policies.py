@@ -12,7 +12,7 @@ a temporary home and prints one JSON object:
 - ``map``: ``fn.map`` over N inputs, inputs/s. Target: >= 20,000 on 2 cores.
 - ``batching``: items/s through a handler with ``max_batching_size=32`` fed by map.
 
-Rounds alternate between variants so machine noise spreads evenly; nothing here asserts.
+Variants take turns call by call so machine noise spreads evenly; nothing here asserts.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from tests.conftest import Daemon  # noqa: E402  (the same daemon harness the te
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=2000, help="sequential calls per variant")
-    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--map", type=int, default=100_000, help="inputs for the map benchmark")
     parser.add_argument("--batch-items", type=int, default=20_000)
     parser.add_argument("--out", default="")
@@ -69,13 +68,12 @@ def main() -> None:
             for i in range(300):
                 fn(i)
         lat: dict[str, list[float]] = {name: [] for name in variants}
-        for _ in range(args.rounds):
+        # Variants take turns call by call, so drift on the machine hits them all alike.
+        for i in range(args.calls):
             for name, fn in variants.items():
-                per = args.calls // args.rounds
-                for i in range(per):
-                    t = time.perf_counter()
-                    fn(i)
-                    lat[name].append((time.perf_counter() - t) * 1000)
+                t = time.perf_counter()
+                fn(i)
+                lat[name].append((time.perf_counter() - t) * 1000)
         base = statistics.median(lat["none"])
         results["policy_overhead"] = {
             name: {"p50_ms": round(statistics.median(v), 3),

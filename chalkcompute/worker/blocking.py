@@ -221,6 +221,10 @@ def _run(fn, codec: FunctionCodec, work, canceller: Canceller) -> tuple[list[pb.
     return [event], stop
 
 
+COALESCE_SECONDS = 0.002
+COALESCE_MAX = 256
+
+
 def serve_blocking(link: BlockingLink, fn, codec: FunctionCodec, *, capacity: int = 1) -> str:
     """Run assignments (and batches) until the daemon drains or is lost; returns why it stopped.
 
@@ -232,10 +236,19 @@ def serve_blocking(link: BlockingLink, fn, codec: FunctionCodec, *, capacity: in
         return _serve_pool(link, fn, codec, capacity)
     pending, canceller = link.pending, link.canceller
     link.watch = True
+    # Results of inputs the daemon handed over ahead of time (it does so only for
+    # short calls, in throughput mode) leave together, up to COALESCE_SECONDS
+    # late: one message and one daemon wake-up for many results.
+    out: list[pb.AttemptEvent] = []
+    credit = 0
+    since = 0.0
     try:
         link.send(pb.WorkerRequest(credit=1))
         while True:
             if not pending:
+                if out:
+                    link.send(pb.WorkerRequest(events=out, credit=credit))
+                    out, credit = [], 0
                 if link.draining:
                     return DRAINED
                 if link.lost:
@@ -248,7 +261,13 @@ def serve_blocking(link: BlockingLink, fn, codec: FunctionCodec, *, capacity: in
             events, stop = _run(fn, codec, pending.popleft(), canceller)
             if link.polling:  # a long call: the monitor waits in select, holding the receive lock
                 link.wake()
-            link.send(pb.WorkerRequest(events=events, credit=1))
+            if not out:
+                since = time.monotonic()
+            out.extend(events)
+            credit += 1
+            if stop or not pending or len(out) >= COALESCE_MAX or time.monotonic() - since >= COALESCE_SECONDS:
+                link.send(pb.WorkerRequest(events=out, credit=credit))
+                out, credit = [], 0
             if stop:
                 return stop
     except OSError as exc:  # a write to a daemon that is gone

@@ -401,8 +401,13 @@ class Queue(Dispatcher):
             log.debug("dropping %s for %s attempt %s from %s (stale)", kind, call_id, attempt, link.replica_id)
             return
         # A moving average of how long calls take decides whether prefetching pays.
+        # An input handed over ahead of time started when the one before it ended:
+        # its wait in the worker's own queue is not the handler's time.
         fid = link.function_id
-        took = time.monotonic() - call.dispatched_at
+        now = time.monotonic()
+        took = now - max(call.dispatched_at, worker.last_done if worker is not None else 0.0)
+        if worker is not None:
+            worker.last_done = now
         self._durations[fid] = 0.8 * self._durations.get(fid, took) + 0.2 * took
         if kind == "result":
             self._finish(call, result=payload)

@@ -22,13 +22,15 @@ from chalkd.queue.limits import Slots
 # calls take less than this: for longer ones a round trip is noise, and an input
 # held by a worker is one no other replica can take.
 PREFETCH_BELOW_SECONDS = 0.005
+PREFETCH_SECONDS = 0.02
 
 
 class _Worker:
-    __slots__ = ("link", "credit", "inflight", "draining", "serving")
+    __slots__ = ("link", "credit", "inflight", "draining", "serving", "last_done")
 
     def __init__(self, link) -> None:
         self.link = link
+        self.last_done = 0.0       # monotonic time of its last final event
         self.credit = 0
         self.inflight: dict[tuple[str, int], Attempt] = {}
         self.draining = False
@@ -107,8 +109,11 @@ class Dispatcher:
             else:
                 # Every slot is taken. Hand inputs ahead only when no replica can be
                 # added or is still loading, or they would queue behind a busy one.
-                if not prefetch and self._durations.get(function_id, 1.0) < PREFETCH_BELOW_SECONDS:
-                    prefetch = self.prefetch(function_id)
+                duration = self._durations.get(function_id, 1.0)
+                if not prefetch and duration < PREFETCH_BELOW_SECONDS:
+                    # About PREFETCH_SECONDS of work ahead per replica: enough to keep it
+                    # busy across a round trip, little for a later, higher-priority input to wait behind.
+                    prefetch = min(self.prefetch(function_id), max(1, int(PREFETCH_SECONDS / max(duration, 1e-6))))
                     if len(self._workers.get(function_id, {})) != len(workers):
                         prefetch = 0
                 ahead = [w for w in workers if w.credit > -prefetch]

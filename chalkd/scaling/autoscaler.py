@@ -30,7 +30,7 @@ from chalkd.runtime.base import ReplicaHandle, ReplicaRequest, ReplicaStartError
 log = logging.getLogger(__name__)
 
 STARTUP_FAILURES_BEFORE_GIVING_UP = 3
-PREFETCH = 32
+PREFETCH = 512  # inputs a replica may hold ahead, at most (see queue.dispatch)
 
 
 @dataclass(frozen=True)
