@@ -192,6 +192,7 @@ class Call:
     replica_id: str | None = None
     dispatched_at: float = 0.0    # monotonic time of the current attempt's dispatch
     queued_at: float = 0.0        # monotonic time it (re)entered the queue
+    in_heap: bool = False         # has a live entry in its function's heap (others there are stale)
     retry_delay: float | None = None  # a retry waiting for its abandoned attempt to end first
     chunks: list[Chunk] = field(default_factory=list)
     next_index: int = 0           # index of the next chunk the worker will send

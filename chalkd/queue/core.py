@@ -29,7 +29,7 @@ import json
 import logging
 import random
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Protocol
 
@@ -76,6 +76,11 @@ class WorkerLink(Protocol):
     def send_cancel(self, call_id: str, attempt: int) -> None: ...
 
 
+# Seconds a finished call's idempotency key is remembered: a caller resubmits a
+# call it saw no answer for only after a reconnect (CHALK_RECONNECT_TIMEOUT, 60 s).
+IDEMPOTENCY_WINDOW = 900.0
+
+
 class QueueError(Exception):
     pass
 
@@ -112,7 +117,11 @@ class Queue(Dispatcher):
         self.finished: OrderedDict[str, Call] = OrderedDict()  # recently finished, for attach
         self._finished_cap = finished_cache
         self._idem: dict[tuple[str, str], str] = {}
+        # (finished at, key, call id) in finish order, so the sweep drops old keys cheaply.
+        self.idem_expiry: deque[tuple[float, tuple[str, str], str]] = deque()
+        self.idempotency_window = IDEMPOTENCY_WINDOW
         self._heaps: dict[str, list] = {}                  # function id -> heap of (key, call)
+        self._queued: dict[str, int] = {}                  # function id -> live entries in its heap
         self._workers: dict[str, dict[str, _Worker]] = {}  # function id -> replica id -> worker
         self._kicked: set[str] = set()
         self._timers: dict[str, asyncio.TimerHandle] = {}    # function id -> next gate opening
@@ -176,11 +185,13 @@ class Queue(Dispatcher):
         # Idempotency keys of calls finished lately, so a caller that resubmits
         # after a crash gets its call back, not a second one.
         for r in self.store.query(
-            "SELECT id, function_id, idempotency_key FROM calls WHERE idempotency_key IS NOT NULL "
-            "AND state NOT IN ('queued','running','streaming') AND finished_at > ?",
-            (self.clock() - 3600,),
+            "SELECT id, function_id, idempotency_key, finished_at FROM calls WHERE idempotency_key IS NOT NULL "
+            "AND state NOT IN ('queued','running','streaming') AND finished_at > ? ORDER BY finished_at",
+            (self.clock() - self.idempotency_window,),
         ):
-            self._idem[(r["function_id"], r["idempotency_key"])] = r["id"]
+            key = (r["function_id"], r["idempotency_key"])
+            self._idem[key] = r["id"]
+            self.idem_expiry.append((r["finished_at"], key, r["id"]))
         if rows:
             log.info("recovered %d open call(s) from the database", len(rows))
 
@@ -200,7 +211,7 @@ class Queue(Dispatcher):
                 except CallNotFound:  # expired since: the key is free again
                     del self._idem[(function.id, idempotency_key)]
         pol = function.policies
-        waiting = len(self._heaps.get(function.id, ()))
+        waiting = self._queued.get(function.id, 0)
         if waiting >= pol.max_items:
             self.reject(sub, ref, CallError.platform(
                 ErrorCode.RESOURCE_EXHAUSTED,
@@ -351,17 +362,12 @@ class Queue(Dispatcher):
             ErrorCode.DEADLINE_EXCEEDED,
             f"{call.function.name!r} did not finish within its timeout of {timeout:g}s"), still_running=True)
 
-    def _unqueue(self, call: Call) -> None:
-        heap = self._heaps.get(call.function.id)
-        if heap:
-            kept = [entry for entry in heap if entry[1] is not call]
-            if len(kept) != len(heap):
-                heapq.heapify(kept)
-                self._heaps[call.function.id] = kept
-
     # -- workers ----------------------------------------------------------------------
 
     def worker_connected(self, link: WorkerLink) -> None:
+        if link.replica_id in self._workers.get(link.function_id, {}):
+            # A second stream for the same replica: the first one's attempts are over.
+            self.worker_lost(link.function_id, link.replica_id, ReplicaExit(reason="it connected again"))
         self._workers.setdefault(link.function_id, {})[link.replica_id] = _Worker(link)
 
     def worker_credit(self, link: WorkerLink, credit: int) -> None:
@@ -491,18 +497,23 @@ class Queue(Dispatcher):
 
     def fail_waiting(self, function_id: str, error: CallError) -> None:
         """The function cannot run (build failed, unschedulable): fail its queued calls."""
-        self._heaps.pop(function_id, None)
+        for _, call in self._heaps.pop(function_id, ()):
+            call.in_heap = False
+        self._queued.pop(function_id, None)
         # Queued calls, including those waiting out a retry backoff outside the heap.
         for call in [c for c in self.calls.values() if c.function.id == function_id and c.state == CallState.QUEUED]:
             self._finish(call, error=error)
 
     def limits_changed(self) -> None:
-        """A rate limit was redefined: re-run dispatch now rather than at the old limit's next token."""
+        """A limit was (re)defined: re-run dispatch now rather than at the old limit's next token or release."""
         for fid, timer in list(self._timers.items()):
             timer.cancel()
             del self._timers[fid]
-        for fid, heap in self._heaps.items():
-            if heap:
+        for key in list(self._slot_waiters):
+            for fid in self._slot_waiters.pop(key):
+                self._kick(fid)
+        for fid, live in self._queued.items():
+            if live:
                 self._kick(fid)
 
     def functions(self) -> list[FunctionVersion]:
@@ -510,20 +521,28 @@ class Queue(Dispatcher):
         return list(self.known_functions().values())
 
     def waiting(self, function_id: str) -> int:
-        return len(self._heaps.get(function_id, ()))
+        return self._queued.get(function_id, 0)
 
     def inflight(self, function_id: str) -> int:
         return sum(len(w.inflight) for w in self._workers.get(function_id, {}).values())
 
     def counts(self) -> tuple[int, int]:
-        queued = sum(len(h) for h in self._heaps.values())
+        queued = sum(self._queued.values())
         return queued, len(self.calls) - queued
 
     # -- internals --------------------------------------------------------------------
 
     def _requeue(self, call: Call) -> None:
-        if call.state == CallState.QUEUED and call.id in self.calls:
-            self._push(call)
+        if call.state != CallState.QUEUED or call.id not in self.calls:
+            return
+        fv = call.function
+        if fv.deleted or fv.failed:
+            # Its retry came due after the function went: nothing will ever run it.
+            self._finish(call, error=CallError.platform(
+                ErrorCode.NOT_FOUND, f"function {fv.name!r} version {fv.version} was deleted") if fv.deleted
+                else CallError.platform(ErrorCode(fv.failed_code or "UNSCHEDULABLE"), fv.failed))
+            return
+        self._push(call)
 
     def _worker_of(self, call: Call) -> _Worker | None:
         if call.replica_id is None:
@@ -560,10 +579,13 @@ class Queue(Dispatcher):
     ) -> None:
         if call.state.finished:
             return
+        self._unqueue(call)
         call.state = state or (CallState.FAILED if error else CallState.SUCCEEDED)
         call.result = result
         call.error = error
         call.finished_at = self.clock()
+        if call.idempotency_key:
+            self.idem_expiry.append((call.finished_at, (call.function.id, call.idempotency_key), call.id))
         self.calls.pop(call.id, None)
         self.finished[call.id] = call
         if len(self.finished) > self._finished_cap:

@@ -62,8 +62,24 @@ class Dispatcher:
     def _push(self, call: Call) -> None:
         fid = call.function.id
         call.queued_at = time.monotonic()
+        call.in_heap = True
+        self._queued[fid] = self._queued.get(fid, 0) + 1
         heapq.heappush(self._heaps.setdefault(fid, []), (call.sort_key, call))
         self._kick(fid)
+
+    def _unqueue(self, call: Call) -> None:
+        """Take a call out of line. Its heap entry stays, stale, until popped or compacted:
+        cancelling many queued calls must not rebuild the heap once each."""
+        if not call.in_heap:
+            return
+        call.in_heap = False
+        fid = call.function.id
+        live = self._queued[fid] = self._queued[fid] - 1
+        heap = self._heaps.get(fid)
+        if heap is not None and len(heap) > 2 * live + 1024:
+            kept = [entry for entry in heap if entry[1].in_heap]
+            heapq.heapify(kept)
+            self._heaps[fid] = kept
 
     def _kick(self, function_id: str) -> None:
         if function_id not in self._kicked:
@@ -100,6 +116,7 @@ class Dispatcher:
         slots = self.limits.slots_for(fv) if pol.concurrency_key else None
         workers = [w for w in self._workers.get(function_id, {}).values() if w.serving and not w.draining]
         prefetch = 0
+        gate_shut = False
         while heap and workers:
             free = [w for w in workers if w.credit > 0]
             if free:
@@ -120,12 +137,15 @@ class Dispatcher:
                 if not ahead:
                     break
                 worker = min(ahead, key=lambda w: len(w.inflight))
+            live = self._queued.get(function_id, 0)
+            if not live:
+                break
             want = 1
             if pol.batch_size:
-                want = min(pol.batch_size, len(heap))
+                want = min(pol.batch_size, live)
                 if want < pol.batch_size:
                     # A short batch goes once its oldest input has waited the window out.
-                    oldest = min(entry[1].queued_at for entry in heap)
+                    oldest = min(entry[1].queued_at for entry in heap if entry[1].in_heap)
                     wait = oldest + pol.batch_wait - time.monotonic()
                     if wait > 0:
                         self._kick_later(function_id, wait)
@@ -134,16 +154,21 @@ class Dispatcher:
                 tokens = min(b.available() for b in buckets)
                 if tokens < 1:
                     self._kick_later(function_id, max(b.wait_time() for b in buckets))
+                    gate_shut = True
                     break
                 want = min(want, tokens)
             if slots is not None:
                 if slots.free < 1:
                     self._slot_waiters.setdefault(slots.key, set()).add(function_id)
+                    gate_shut = True
                     break
                 want = min(want, slots.free)
             calls = []
             while heap and len(calls) < want:
                 _, call = heapq.heappop(heap)
+                if not call.in_heap:
+                    continue  # cancelled or finished while it waited
+                self._unqueue(call)
                 if call.state == CallState.QUEUED and call.id in self.calls:
                     calls.append(call)
             if not calls:
@@ -160,7 +185,8 @@ class Dispatcher:
                 # Only a generator streams chunks: a unary call needs no chunk window.
                 worker.link.send_assignment(call.id, call.attempt, call.args,
                                             self.chunk_window if fv.is_generator else 0)
-        if heap:
+        # More replicas help only when inputs wait for a worker, not for a token or a shared slot.
+        if self._queued.get(function_id) and not gate_shut:
             self.on_demand(function_id)
 
     def _start_attempt(self, worker: _Worker, call: Call, slots: Slots | None) -> Attempt:

@@ -137,9 +137,14 @@ class Limits:
                 self._slots[p.concurrency_key] = Slots(p.concurrency_key, p.max_concurrent)
             else:
                 slots.cap = p.max_concurrent  # the newest definition of a key wins
-        if p.rate_per_second and p.rate_key:
-            bucket = self._buckets.get(f"key:{p.rate_key}")
-            if bucket is not None:
+        if p.rate_per_second:
+            # Versions of a function share its bucket, functions naming a key share the key's:
+            # the newest definition sets the rate.
+            name = f"key:{p.rate_key}" if p.rate_key else f"fn:{fv.name}"
+            bucket = self._buckets.get(name)
+            if bucket is None:
+                self._buckets[name] = TokenBucket(p.rate_per_second, p.rate_burst, self.clock)
+            else:
                 bucket.configure(p.rate_per_second, p.rate_burst)
 
     def buckets_for(self, fv: FunctionVersion) -> list[TokenBucket]:

@@ -3,9 +3,11 @@
     removed = expire_results(queue, now=time.time())   # the server runs this every sweep interval
 
 Rows go from the database (calls and their chunks) and from the queue's
-memory of recently finished calls; an idempotency key goes with its call.
-One DELETE per distinct TTL, so a sweep is one scan of the calls table in the
-common case of every function keeping the default.
+memory of recently finished calls. Idempotency keys of finished calls are
+kept for ``Queue.idempotency_window`` seconds (a caller resubmits only after
+a reconnect), then dropped.
+One pass per distinct TTL (usually one: the default), through the index on
+``finished_at``, so a sweep reads only what it removes.
 """
 
 from __future__ import annotations
@@ -25,10 +27,16 @@ def expire_results(queue, now: float) -> int:
         ttl_of[fv.id] = fv.policies.result_ttl
     for ttl, ids in by_ttl.items():
         marks = ",".join("?" * len(ids))
-        params = (*ids, now - ttl)
-        where = f"function_id IN ({marks}) AND finished_at IS NOT NULL AND finished_at < ?"
+        where = f"finished_at IS NOT NULL AND finished_at < ? AND function_id IN ({marks})"
+        params = (now - ttl, *ids)
         queue.store.write(f"DELETE FROM chunks WHERE call_id IN (SELECT id FROM calls WHERE {where})", params)
         queue.store.write(f"DELETE FROM calls WHERE {where}", params)
+    # Idempotency keys matter while a caller may resubmit after a reconnect; then they go.
+    expiry = queue.idem_expiry
+    while expiry and expiry[0][0] < now - queue.idempotency_window:
+        _, key, call_id = expiry.popleft()
+        if queue._idem.get(key) == call_id:
+            del queue._idem[key]
     removed = 0
     for call_id, call in list(queue.finished.items()):
         ttl = ttl_of.get(call.function.id, 86_400.0)

@@ -56,6 +56,7 @@ class CatalogService(FunctionCatalogBase):
         except InvalidFunction as exc:
             raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
         self.queue.limits.register(fv)
+        self.queue.limits_changed()  # a raised cap or rate may let waiting calls through
         await self.catalog.store.flush()
         if created:
             log.info("registered %s version %d (%s)", fv.name, fv.version, fv.id)

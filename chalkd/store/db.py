@@ -75,6 +75,8 @@ CREATE TABLE IF NOT EXISTS chunks (
     batch BLOB NOT NULL,
     PRIMARY KEY (call_id, first_index)
 ) WITHOUT ROWID;
+-- The result sweep finds expired calls by finish time (written once, when a call ends).
+CREATE INDEX IF NOT EXISTS calls_finished ON calls(finished_at) WHERE finished_at IS NOT NULL;
 -- Daemon-defined rate limits (chalkd rate-limit set), named by rate_limit_key.
 CREATE TABLE IF NOT EXISTS rate_limits (
     name TEXT PRIMARY KEY,

@@ -965,3 +965,63 @@ def test_lost_worker_budget_survives_a_restart(tmp_path: Path) -> None:
             await store.close()
 
     asyncio.run(main())
+
+
+# -- review fixes: lazy unqueue, retries of a deleted function, rate limits of a new version -------------
+
+
+@pytest.mark.timeout(30)
+def test_cancelled_queued_calls_leave_line_without_a_rebuild(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = await open_store(tmp_path / "db.sqlite")
+        try:
+            q = new_queue(store)
+            fv, sub = make_fv(), Sub()
+            calls = [q.submit(sub, n, fv, ARGS) for n in range(5)]
+            for call in calls[:3]:
+                q.cancel(call.id)
+            assert q.waiting(fv.id) == 2 and q.counts()[0] == 2
+            assert len(q._heaps[fv.id]) == 5            # stale entries stay until popped
+            link = connect(q, "r-1", credit=5)
+            await settle(store)
+            assert link.assigned() == [(calls[3].id, 1), (calls[4].id, 1)]
+            assert q.waiting(fv.id) == 0
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(30)
+def test_a_retry_due_after_its_function_was_deleted_fails(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = await open_store(tmp_path / "db.sqlite")
+        try:
+            q = new_queue(store)
+            fv, sub = make_fv(), Sub()
+            link = connect(q, "r-1", credit=1)
+            call = q.submit(sub, 1, fv, ARGS)
+            await settle(store)
+            fv.deleted = True
+            q.worker_lost(fv.id, "r-1", ReplicaExit(code=1))   # re-queued after a 0 s backoff...
+            await settle(store)
+            assert sub.error().code == ErrorCode.NOT_FOUND    # ... and failed: nothing would run it
+            assert link.assigned() == [(call.id, 1)]
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_a_new_version_sets_its_functions_rate(tmp_path: Path) -> None:
+    from chalkd.model import Policies
+    from chalkd.queue.limits import Limits
+
+    clock = [0.0]
+    limits = Limits(store=None, clock=lambda: clock[0])  # type: ignore[arg-type]
+    v1 = make_fv("fv-1", policies=Policies(rate_per_second=1.0, rate_burst=1.0))
+    limits.register(v1)
+    v2 = make_fv("fv-2", policies=Policies(rate_per_second=100.0, rate_burst=100.0))
+    limits.register(v2)
+    (bucket,) = limits.buckets_for(v1)
+    assert bucket is limits.buckets_for(v2)[0] and bucket.rate == 100.0
