@@ -53,7 +53,7 @@ class Attempt:
 def _gated(fv: FunctionVersion) -> bool:
     """Policies under which inputs must not be handed to a worker ahead of time."""
     p = fv.policies
-    return bool(p.rate_per_second or p.rate_limit_key or p.concurrency_key or p.timeout or p.batch_size)
+    return bool(p.rate_per_second or p.rate_limit_key or p.concurrency_key or p.timeout)
 
 
 class Dispatcher:
@@ -131,6 +131,8 @@ class Dispatcher:
                     # About PREFETCH_SECONDS of work ahead per replica: enough to keep it
                     # busy across a round trip, little for a later, higher-priority input to wait behind.
                     prefetch = min(self.prefetch(function_id), max(1, int(PREFETCH_SECONDS / max(duration, 1e-6))))
+                    if pol.batch_size:
+                        prefetch = min(prefetch, 2)  # a batch or two ahead: the next ones keep filling up
                     if len(self._workers.get(function_id, {})) != len(workers):
                         prefetch = 0
                 ahead = [w for w in workers if w.credit > -prefetch]
