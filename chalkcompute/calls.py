@@ -157,6 +157,11 @@ class _CallHandle(CallHandle):
         self.on_accepted()
 
 
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
+        raise ValueError(f"get(timeout=...) must be None or a number of seconds >= 0, got {timeout!r}")
+
+
 class FunctionCall:
     """A call that outlives its caller: fetch its result later, from anywhere.
 
@@ -250,6 +255,7 @@ class FunctionCall:
         raises FunctionTimeoutError then, and the call goes on."""
         if on_sdk_loop():
             raise RuntimeError("a blocking FunctionCall.get() was made on the SDK's own event loop; use .aio")
+        _check_timeout(timeout)
         h = self._attached()
         try:
             event = h.outcome.result(timeout)
@@ -258,6 +264,7 @@ class FunctionCall:
         return _unary_value(h, event)
 
     async def _get_async(self, timeout: float | None = None) -> Any:
+        _check_timeout(timeout)
         h = self._attached()
         if not h.outcome.done():
             try:
@@ -520,6 +527,9 @@ _END = object()
 def _inputs(iterables: tuple, what: str) -> Iterator:
     if not iterables:
         raise TypeError(f"{what}() needs at least one iterable")
+    for n, it in enumerate(iterables, 1):
+        if not isinstance(it, Iterable):
+            raise TypeError(f"{what}() argument {n} must be an iterable of inputs, got {type(it).__name__}")
     return zip(*iterables)
 
 

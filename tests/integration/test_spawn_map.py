@@ -291,3 +291,10 @@ def test_map_reads_its_inputs_lazily():
     # At most a window's worth was read ahead.
     assert len(consumed) <= chalkcompute.calls.MAP_MAX_INFLIGHT + 5
     results.close()
+
+
+def test_bad_map_and_get_arguments_are_named():
+    with pytest.raises(TypeError, match=r"map\(\) argument 1 must be an iterable of inputs, got int"):
+        list(sm_square.map(5))
+    with pytest.raises(ValueError, match=r"get\(timeout=...\) must be None or a number of seconds >= 0, got -1"):
+        sm_square.spawn(2).get(timeout=-1)
