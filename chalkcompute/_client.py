@@ -470,14 +470,9 @@ class _Session:
             self._wake.clear()
             while self._out:
                 # Coalesce what piled up, but keep each message well under the daemon's limit.
-                size, n = 0, 0
-                for item in self._out:
-                    size += item.args.ByteSize() if isinstance(item, pb.Submit) else 64
-                    if n and size > MAX_BATCH_BYTES:
-                        break
-                    n += 1
-                items, self._out = self._out[:n], self._out[n:]
-                await stream.send_message(_request(items))
+                req = next(_requests(self._out))
+                del self._out[:len(req.submits) + len(req.attaches) + len(req.acks) + len(req.cancels)]
+                await stream.send_message(req)
 
     def _dispatch(self, ev: pb.CallEvent) -> None:
         h = self.handles.get(ev.ref)

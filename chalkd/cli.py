@@ -22,6 +22,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from chalkcompute.policies import PERIODS
 from chalkd.config import DEFAULT_HOST, DEFAULT_MAX_MESSAGE, DEFAULT_PORT, Config, default_home
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     rl_set = rl_sub.add_parser("set", help="define or change a rate limit")
     rl_set.add_argument("name")
     rl_set.add_argument("--rate", type=float, required=True, help="calls (attempts) per period")
-    rl_set.add_argument("--per", default="second", choices=["second", "minute", "hour"])
+    rl_set.add_argument("--per", default="second", choices=list(PERIODS))
     rl_sub.add_parser("list", help="list rate limits")
     rl_del = rl_sub.add_parser("delete", help="delete a rate limit no function uses")
     rl_del.add_argument("name")

@@ -24,7 +24,6 @@ worker that does not stop within ``cancel_grace`` seconds is killed
 from __future__ import annotations
 
 import asyncio
-import heapq
 import json
 import logging
 import random
@@ -137,6 +136,8 @@ class Queue(Dispatcher):
         # worker has not stopped within cancel_grace: the autoscaler kills it.
         self.on_stuck: Callable[[str, str, str], None] = lambda function_id, replica_id, reason: None
         self._durations: dict[str, float] = {}
+        # Every version by id (the server points it at the catalog's): names for calls read
+        # back from the store, TTLs for the result sweep.
         self.known_functions: Callable[[], dict[str, FunctionVersion]] = dict
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -515,10 +516,6 @@ class Queue(Dispatcher):
         for fid, live in self._queued.items():
             if live:
                 self._kick(fid)
-
-    def functions(self) -> list[FunctionVersion]:
-        """Every version the queue knows of (set by the server to the catalog's)."""
-        return list(self.known_functions().values())
 
     def waiting(self, function_id: str) -> int:
         return self._queued.get(function_id, 0)

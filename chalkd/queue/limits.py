@@ -20,10 +20,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from chalkcompute.policies import PERIODS as PERIOD_SECONDS
 from chalkd.model import FunctionVersion
 from chalkd.store.db import Store
-
-PERIOD_SECONDS = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
 
 
 class TokenBucket:

@@ -22,7 +22,7 @@ def expire_results(queue, now: float) -> int:
     """Drop finished calls older than their function's TTL; returns how many left memory."""
     by_ttl: dict[float, list[str]] = defaultdict(list)
     ttl_of: dict[str, float] = {}
-    for fv in queue.functions():
+    for fv in queue.known_functions().values():
         by_ttl[fv.policies.result_ttl].append(fv.id)
         ttl_of[fv.id] = fv.policies.result_ttl
     for ttl, ids in by_ttl.items():

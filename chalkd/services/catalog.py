@@ -14,6 +14,7 @@ from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import FunctionCatalogBase
 from chalkd.catalog import Catalog, InvalidFunction, NotFound
 from chalkd.queue.core import CallNotFound, Queue, decode_error
+from chalkd.queue.limits import PERIOD_SECONDS
 from chalkd.runtime.base import ReplicaStartError, Runtime, RuntimeUnsupported
 from chalkd.scaling.autoscaler import Autoscaler
 from chalkd.services.convert import content_hash, spec_settings, version_to_pb
@@ -96,7 +97,7 @@ class CatalogService(FunctionCatalogBase):
         if spec.HasField("rate_limit"):
             if not spec.rate_limit.rate > 0:
                 bad(f"rate_limit rate must be positive, got {spec.rate_limit.rate:g}")
-            if spec.rate_limit.per not in ("second", "minute", "hour"):
+            if spec.rate_limit.per not in PERIOD_SECONDS:
                 bad(f"rate_limit per must be second, minute or hour, got {spec.rate_limit.per!r}")
         if spec.rate_limit_key and spec.rate_limit_key not in self.queue.limits.named:
             raise GRPCError(

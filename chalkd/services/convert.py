@@ -6,8 +6,7 @@ import hashlib
 
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkd.model import CallError, ErrorCode, FunctionVersion, Payload, Policies, Retry
-
-PERIOD_SECONDS = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
+from chalkd.queue.limits import PERIOD_SECONDS
 
 
 def spec_policies(spec: pb.FunctionSpec) -> Policies:

@@ -7,8 +7,6 @@ import dataclasses
 import os
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 

@@ -23,15 +23,17 @@ from chalkcompute.worker.batching import (
 )
 from chalkcompute.worker.blocking import DRAINED, BlockingLink, serve_blocking
 from chalkcompute.worker.runner import Runner
-from tests.unit.test_worker_cancel import _version, assert_cancelled, spin
 from tests.unit.worker_fakes import (
     WAIT,
     FakeDaemon,
     FakeLink,
+    assert_cancelled,
     assignment,
     result_of,
     run_in_thread,
     run_loop_in_thread,
+    spin,
+    version_of,
 )
 
 
@@ -235,7 +237,7 @@ def test_blocking_link_runs_batches(tmp_path: Path, canceller):
     if len(path) > 100:
         pytest.skip("temporary directory path too long for a unix socket")
     codec = FunctionCodec.for_function(batch_embed, batched=True)
-    daemon = FakeDaemon(path, _version(batch=4))
+    daemon = FakeDaemon(path, version_of(batch=4))
     link = BlockingLink(path, "inst", "r1", "tok", canceller)
     try:
         link.connect()

@@ -24,22 +24,16 @@ from tests.unit.worker_fakes import (
     WAIT,
     FakeDaemon,
     FakeLink,
+    assert_cancelled,
     assignment,
     result_of,
     run_in_thread,
     run_loop_in_thread,
+    spin,
+    version_of,
 )
 
 KEY = ("call-1", 1)
-
-
-def spin(until: threading.Event | None = None) -> str:
-    """Busy Python code (the async exception lands between its bytecodes) until ``until`` is set."""
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        if until is not None and until.is_set():
-            return "released"
-    return "not cancelled"
 
 
 def outcome(fn, *args, **kwargs):
@@ -47,13 +41,6 @@ def outcome(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except CallCancelled:
         return "cancelled"
-
-
-def assert_cancelled(event: pb.AttemptEvent) -> None:
-    assert event.WhichOneof("event") == "error", event
-    assert event.error.code == "CANCELLED"
-    assert event.error.exception_type == "chalkd.CancelledError"
-    assert event.error.message == "the call was cancelled"
 
 
 # -- the canceller ------------------------------------------------------------------------------
@@ -407,12 +394,6 @@ def test_cancels_that_come_before_the_runner_are_kept(canceller):
 # -- the blocking socket path -------------------------------------------------------------------
 
 
-def _version(capacity: int = 0, batch: int = 0) -> pb.FunctionVersion:
-    spec = pb.FunctionSpec(name="f", concurrency=pb.ConcurrencySpec(max_concurrent=capacity),
-                           batching=pb.BatchingSpec(max_batch_size=batch))
-    return pb.FunctionVersion(id="fv", function_name="f", spec=spec)
-
-
 @pytest.fixture
 def socket_path(tmp_path: Path):
     path = tmp_path / "d.sock"
@@ -432,7 +413,7 @@ def test_blocking_link_monitor_delivers_a_cancel_during_a_long_call(socket_path,
         return x * 10
 
     codec = FunctionCodec.for_function(handler)
-    daemon = FakeDaemon(socket_path, _version())
+    daemon = FakeDaemon(socket_path, version_of())
     link = BlockingLink(socket_path, "inst", "r1", "tok", canceller)
     try:
         assert link.connect().id == "fv"
@@ -469,7 +450,7 @@ def test_blocking_link_with_capacity_runs_a_pool(socket_path, canceller):
         return x
 
     codec = FunctionCodec.for_function(handler)
-    daemon = FakeDaemon(socket_path, _version(capacity=2))
+    daemon = FakeDaemon(socket_path, version_of(capacity=2))
     link = BlockingLink(socket_path, "inst", "r1", "tok", canceller)
     try:
         link.connect()

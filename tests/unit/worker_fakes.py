@@ -7,6 +7,7 @@ import asyncio
 import socket
 import struct
 import threading
+import time
 
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._serialization import FunctionCodec
@@ -178,3 +179,25 @@ class FakeDaemon:
         if self.conn is not None:
             self.conn.close()
         self.listener.close()
+
+
+def spin(until: threading.Event | None = None) -> str:
+    """Busy Python code (the async exception lands between its bytecodes) until ``until`` is set."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        if until is not None and until.is_set():
+            return "released"
+    return "not cancelled"
+
+
+def assert_cancelled(event: pb.AttemptEvent) -> None:
+    assert event.WhichOneof("event") == "error", event
+    assert event.error.code == "CANCELLED"
+    assert event.error.exception_type == "chalkd.CancelledError"
+    assert event.error.message == "the call was cancelled"
+
+
+def version_of(capacity: int = 0, batch: int = 0) -> pb.FunctionVersion:
+    spec = pb.FunctionSpec(name="f", concurrency=pb.ConcurrencySpec(max_concurrent=capacity),
+                           batching=pb.BatchingSpec(max_batch_size=batch))
+    return pb.FunctionVersion(id="fv", function_name="f", spec=spec)
