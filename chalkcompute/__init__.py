@@ -13,11 +13,13 @@ Set ``CHALK_COMPUTE_TARGET`` (default ``127.0.0.1:50051``) to reach another daem
 """
 
 from chalkcompute.calls import FunctionCall
+from chalkcompute.container import Container, ContainerInfo, ExecResult
 from chalkcompute.exceptions import (
     CallCancelledError,
     CallInterruptedError,
     ChalkError,
     ConcurrencyDeadlockError,
+    ContainerError,
     DaemonUnavailableError,
     FunctionBuildError,
     FunctionCodeError,
@@ -25,6 +27,7 @@ from chalkcompute.exceptions import (
     FunctionNotFoundError,
     FunctionSignatureError,
     FunctionTimeoutError,
+    ImageBuildError,
     InvalidArgumentError,
     NotSupportedError,
     RemoteExecutionError,
@@ -47,7 +50,11 @@ __all__ = [
     "ChalkError",
     "ConcurrencyDeadlockError",
     "ConcurrencyPolicy",
+    "Container",
+    "ContainerError",
+    "ContainerInfo",
     "DaemonUnavailableError",
+    "ExecResult",
     "FunctionBuildError",
     "FunctionCall",
     "FunctionCodeError",
@@ -57,6 +64,7 @@ __all__ = [
     "FunctionTimeoutError",
     "FunctionVersionInfo",
     "Image",
+    "ImageBuildError",
     "InvalidArgumentError",
     "LazyLocalFile",
     "NotSupportedError",

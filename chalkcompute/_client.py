@@ -65,6 +65,27 @@ def default_target() -> str:
     return os.environ.get("CHALK_COMPUTE_TARGET") or DEFAULT_TARGET
 
 
+def parse_target(target: str) -> tuple[str, int, str | None]:
+    """``"host:port"`` -> (host, port, None); ``"unix:/path/grpc.sock"`` -> ("", 0, path).
+
+    Workers in containers reach the daemon through its socket directory,
+    bind-mounted at the same path, so they name a unix socket::
+
+        parse_target("unix:///home/me/.local/share/chalkd/run/grpc.sock")
+    """
+    if target.startswith("unix:"):
+        path = target[len("unix:"):]
+        if path.startswith("//"):
+            path = path[2:]
+        if not path.startswith("/"):
+            raise ValueError(f"a unix target needs an absolute path, got {target!r}")
+        return "", 0, path
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"target must be 'host:port' or 'unix:/path', got {target!r}")
+    return host.strip("[]"), int(port), None
+
+
 # -- the background loop ------------------------------------------------------------
 
 
@@ -552,13 +573,11 @@ class Client:
 
     def __init__(self, target: str) -> None:
         self.target = target
-        host, _, port = target.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"target must be 'host:port', got {target!r}")
+        self.host, self.port, self.path = parse_target(target)
         self.loop = sdk_loop()
-        self.host, self.port = host.strip("[]"), int(port)
         self._channel: Channel | None = None
         self._session: _Session | None = None
+        self._runtime: str | None = None
 
     @classmethod
     def get(cls, target: str | None = None) -> "Client":
@@ -574,7 +593,7 @@ class Client:
     def channel(self) -> Channel:
         if self._channel is None:
             # Created on the SDK loop: grpclib binds a channel to the loop it runs on.
-            self._channel = Channel(self.host, self.port)
+            self._channel = Channel(path=self.path) if self.path else Channel(self.host, self.port)
         return self._channel
 
     @property
@@ -592,7 +611,8 @@ class Client:
         """A stream to the daemon: framed on its unix socket when it is on this
         machine (see :mod:`chalkcompute._framing`), else the gRPC stream."""
         framed = None
-        if self.host in _LOOPBACK and os.environ.get("CHALK_TRANSPORT", "auto") != "grpc":
+        local = self.path is not None or self.host in _LOOPBACK
+        if local and os.environ.get("CHALK_TRANSPORT", "auto") != "grpc":
             # Failing here means no daemon answers: the caller's reconnect loop handles it.
             status = await self.catalog.Status(pb.StatusRequest(), timeout=10)
             if status.fast_socket:
@@ -609,6 +629,12 @@ class Client:
             return
         async with grpc_method.open() as stream:
             yield stream
+
+    async def runtime_name(self) -> str:
+        """The daemon's runtime ("process" or "docker"), asked once per client."""
+        if self._runtime is None:
+            self._runtime = (await self.rpc("Status", pb.StatusRequest(), timeout=10)).runtime
+        return self._runtime
 
     async def rpc(self, method: str, request, timeout: float | None = 30.0):
         """A unary catalog call; gRPC failures become the SDK's exceptions."""

@@ -33,6 +33,8 @@ __all__ = [
     "CallInterruptedError",
     "CallCancelledError",
     "ConcurrencyDeadlockError",
+    "ContainerError",
+    "ImageBuildError",
     "error_from_status",
     "remote_error",
 ]
@@ -143,6 +145,19 @@ class CallCancelledError(FunctionError, RuntimeError):
 
 class ConcurrencyDeadlockError(FunctionError, RuntimeError):
     """A nested call would wait on concurrency slots its own chain of callers holds (the message names the chain)."""
+
+
+class ContainerError(ChalkError):
+    """Base exception for Container errors: not found, failed to start, not running."""
+
+
+class ImageBuildError(ContainerError):
+    """Raised when the custom image build fails; ``step`` names the failing step, ``log_tail`` ends its log."""
+
+    def __init__(self, message: str, step: str = "", log_tail: str = "") -> None:
+        super().__init__(message)
+        self.step = step
+        self.log_tail = log_tail
 
 
 # The one table from gRPC status to SDK exception.

@@ -39,6 +39,7 @@ from chalkcompute import calls as _calls
 from chalkcompute._client import CallHandle, Client, run_async, run_sync
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._serialization import FunctionCodec
+from chalkcompute._build import ImageBuildFailed, prepare_image
 from chalkcompute.exceptions import (
     ChalkError,
     FunctionBuildError,
@@ -136,7 +137,6 @@ class _Synced:
 
 
 _UNSUPPORTED_YET = {
-    "gpu": "GPUs come with the Docker runtime",
     "volumes": "volumes are not implemented yet",
     "secrets": "secrets are not implemented yet",
 }
@@ -220,7 +220,7 @@ class RemoteFunction:
     ) -> None:
         if fn is None or not callable(fn):
             raise TypeError(f"RemoteFunction needs a function, got {fn!r}")
-        given = {"gpu": gpu, "volumes": volumes, "secrets": secrets}
+        given = {"volumes": volumes, "secrets": secrets}
         for param, value in given.items():
             if value is not None and value != []:
                 raise NotSupportedError(f"{param}= is not supported yet: {_UNSUPPORTED_YET[param]}")
@@ -237,6 +237,11 @@ class RemoteFunction:
         self.image = image or Image.debian_slim()
         self.cpu_millis = parse_cpu(cpu) if cpu is not None else 0
         self.memory_bytes = parse_memory(memory) if memory is not None else 0
+        if gpu is not None:
+            from chalkcompute.gpu import GpuRequest
+            self.gpu = str(GpuRequest.parse(gpu))
+        else:
+            self.gpu = ""
         self.env = dict(env or {})
         for k, v in self.env.items():
             if not isinstance(k, str) or not isinstance(v, str):
@@ -337,7 +342,7 @@ class RemoteFunction:
         bundle = _code.build_bundle(self.fn, remote_name=_remote_name)
         return pb.FunctionSpec(
             name=self.name, image=self.image.to_proto(),
-            resources=pb.Resources(cpu_millis=self.cpu_millis, memory_bytes=self.memory_bytes),
+            resources=pb.Resources(cpu_millis=self.cpu_millis, memory_bytes=self.memory_bytes, gpu=self.gpu),
             env=self.env, min_replicas=self.min_replicas, max_replicas=self.max_replicas,
             suspend_cooldown_seconds=self.suspend_cooldown_period,
             code=pb.CodeBundle(module_source=bundle.module_source, function_name=bundle.function_name,
@@ -363,6 +368,12 @@ class RemoteFunction:
             dep = _find_global(self.fn, global_name)
             if isinstance(dep, RemoteFunction) and dep is not self:
                 await dep._register()
+        if await self.client.runtime_name() == "docker":
+            # Built before registering, with the log in this terminal; the replicas find it cached.
+            try:
+                await prepare_image(self.client, self.image, what=f"function {self.name!r}")
+            except ImageBuildFailed as exc:
+                raise FunctionBuildError(f"the image of function {self.name!r} failed to build: {exc}") from None
         resp = await self.client.rpc("RegisterFunction", pb.RegisterFunctionRequest(spec=spec))
         self._info = _info(resp.function)
         _pending.discard(self)

@@ -21,6 +21,19 @@ def default_home() -> Path:
     return Path(env) if env else Path(platformdirs.user_data_dir("chalkd"))
 
 
+def default_ca_bundle() -> str | None:
+    """``$CHALKD_BUILD_CA_BUNDLE``, else ``$SSL_CERT_FILE``, else the system bundle when there is one.
+
+    Image builds trust it (pip, curl, requests inside ``RUN`` steps): where a
+    network intercepts TLS, that is what lets a build reach a package registry.
+    """
+    for candidate in (os.environ.get("CHALKD_BUILD_CA_BUNDLE"), os.environ.get("SSL_CERT_FILE"),
+                      "/etc/ssl/certs/ca-certificates.crt"):
+        if candidate and os.path.isfile(candidate):
+            return candidate
+    return None
+
+
 @dataclass
 class Config:
     host: str = DEFAULT_HOST
@@ -36,15 +49,16 @@ class Config:
     sweep_interval: float = 60.0           # seconds between sweeps of expired results
     pip_extra_args: list[str] = field(default_factory=list)
     token: str | None = None
+    build_ca_bundle: str | None = field(default_factory=lambda: default_ca_bundle())  # trusted by every image build
+    pids_limit: int = 4096                 # per container (Docker runtime)
 
     def validate(self) -> None:
         if self.runtime not in ("auto", "process", "docker"):
             raise ValueError(f"--runtime must be auto, process or docker, got {self.runtime!r}")
-        if self.runtime == "docker":
-            raise ValueError(
-                "--runtime docker is not available in this version of chalkd yet; "
-                "use --runtime process (or auto)"
-            )
+        if self.build_ca_bundle and not os.path.isfile(self.build_ca_bundle):
+            raise ValueError(f"--build-ca-bundle {self.build_ca_bundle!r} is not a file")
+        if self.pids_limit < 16:
+            raise ValueError(f"--pids-limit must be at least 16, got {self.pids_limit}")
         if self.durability not in ("normal", "full"):
             raise ValueError(f"--durability must be normal or full, got {self.durability!r}")
         if not 0 <= self.port < 65536:

@@ -141,6 +141,7 @@ class FunctionVersion:
     cooldown: float = 60.0
     cpu_millis: int = 0
     memory_bytes: int = 0
+    gpu: str = ""                 # a GpuRequest string ("2:nvidia-a100"), "" for none
     image_hash: str = ""
     is_generator: bool = False
     deleted: bool = False

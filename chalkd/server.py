@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 import secrets
 import signal
 import time
@@ -26,6 +28,7 @@ from grpclib.server import Server as GrpcServer
 import chalkd
 from chalkd.catalog import Catalog
 from chalkd.config import Config
+from chalkd.gpus import GpuAllocator, detect_gpus
 from chalkd.queue.core import Queue
 from chalkd.queue.limits import Limits
 from chalkd.queue.retention import expire_results
@@ -33,7 +36,10 @@ from chalkd.runtime.process import ProcessRuntime
 from chalkd.scaling.autoscaler import Autoscaler, HostResources
 from chalkd.services.catalog import CatalogService
 from chalkd.services.convert import settings_from_bytes
-from chalkd.services.fastpath import FastPathServer, socket_path
+from chalkd.services.containers import ContainersService
+from chalkd.services.fastpath import FastPathServer, grpc_socket_path, run_dir, socket_path
+from chalkd.services.images import ImagesService
+from chalkd.images.blobs import BlobStore
 from chalkd.services.policies import PoliciesService
 from chalkd.services.streams import QueueService, WorkerService
 from chalkd.store.db import Store
@@ -85,10 +91,18 @@ class Server:
                            limits=self.limits)
         self.queue.known_functions = lambda: self.catalog.by_id
         self.queue.load(self.catalog.by_id)
-        self.runtime = ProcessRuntime(self.home, target="", pip_extra_args=cfg.pip_extra_args)
+        self.blobs = BlobStore(self.home / "blobs")
+        self.docker = None
+        self.containers = None
+        builder = None
+        if await self._use_docker():
+            builder = await self._start_docker()
+        else:
+            self.runtime = ProcessRuntime(self.home, target="", pip_extra_args=cfg.pip_extra_args)
         self.scaler = Autoscaler(
             self.runtime, self.queue, self.catalog, host=HostResources.detect(),
             heartbeat_timeout=cfg.heartbeat_timeout, drain_timeout=cfg.drain_timeout,
+            gpus=GpuAllocator(self._gpus()),
         )
         info = {"version": chalkd.__version__, "home": str(self.home), "started": self.started,
                 "durability": cfg.durability, "instance_id": self.instance_id, "fast_socket": ""}
@@ -97,9 +111,17 @@ class Server:
             QueueService(self.queue, self.catalog, max_payload=cfg.max_message_bytes),
             WorkerService(self.queue, self.scaler, max_payload=cfg.max_message_bytes),
             PoliciesService(self.limits, self.catalog, self.queue),
+            ImagesService(self.blobs, builder, self.runtime.name),
+            ContainersService(self.containers, self.runtime.name),
         ]
         self._grpc = GrpcServer(handlers, codec=LimitedCodec(cfg.max_message_bytes))
         await self._grpc.start(cfg.host, cfg.port)
+        # Containers cannot reach the host's loopback: they get the run dir mounted and dial this.
+        unix_path = grpc_socket_path(self.home)
+        unix_path.unlink(missing_ok=True)
+        self._grpc_unix = GrpcServer(handlers, codec=LimitedCodec(cfg.max_message_bytes))
+        await self._grpc_unix.start(path=str(unix_path))
+        os.chmod(unix_path, 0o600)
         # Port 0 picks a free port; replicas dial back the one we got.
         self.port = self._grpc._server.sockets[0].getsockname()[1]  # grpclib has no public accessor
         target = f"{cfg.host}:{self.port}" if ":" not in cfg.host else f"[{cfg.host}]:{self.port}"
@@ -116,6 +138,64 @@ class Server:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="result-sweeper")
         log.info("chalkd %s listening on %s (home %s, runtime %s, durability %s)",
                  chalkd.__version__, target, self.home, self.runtime.name, cfg.durability)
+
+    def _gpus(self) -> list:
+        """This host's GPUs, for the Docker runtime (the process runtime refuses ``gpu=``)."""
+        if self.runtime.name != "docker":
+            return []
+        try:
+            devices = detect_gpus()
+        except ValueError as exc:  # only a malformed CHALKD_FAKE_GPUS
+            raise RuntimeError(str(exc)) from None
+        if devices:
+            log.info("GPUs: %s", ", ".join(f"{d.index}: {d.name}" for d in devices))
+        return devices
+
+    async def _use_docker(self) -> bool:
+        """``docker``: yes (an engine must answer); ``auto``: only when an engine
+        answers and has the default base image; ``process``: no."""
+        mode = self.config.runtime
+        if mode == "process":
+            return False
+        import aiodocker
+
+        docker = aiodocker.Docker()
+        try:
+            await asyncio.wait_for(docker.version(), 5)
+            if mode == "docker":
+                return True
+            base = f"python:{sys.version_info.major}.{sys.version_info.minor}-slim"
+            await asyncio.wait_for(docker.images.inspect(base), 5)
+            return True
+        except Exception as exc:
+            if mode == "docker":
+                raise RuntimeError(
+                    f"--runtime docker: no Docker engine answers at "
+                    f"{os.environ.get('DOCKER_HOST', 'unix:///var/run/docker.sock')} ({exc})") from None
+            log.info("runtime auto: using the process runtime (%s)", exc or type(exc).__name__)
+            return False
+        finally:
+            await docker.close()
+
+    async def _start_docker(self):
+        import aiodocker
+
+        from chalkd.containers.manager import ContainerManager
+        from chalkd.images.docker_build import DockerImageBuilder
+        from chalkd.runtime.docker import DockerRuntime
+
+        cfg = self.config
+        self.docker = aiodocker.Docker()
+        builder = DockerImageBuilder(self.docker, self.home, ca_bundle=cfg.build_ca_bundle)
+        rdir = run_dir(self.home)
+        self.runtime = DockerRuntime(self.home, docker=self.docker, builder=builder, run_dir=rdir,
+                                     instance_id=self.instance_id, blobs=self.blobs, pids_limit=cfg.pids_limit)
+        self.containers = ContainerManager(self.docker, builder, self.blobs, home=self.home, run_dir=rdir,
+                                           pids_limit=cfg.pids_limit)
+        # What an earlier run left: its calls were re-queued by queue recovery above.
+        await self.runtime.remove_leftovers()
+        await self.containers.remove_leftovers()
+        return builder
 
     async def _sweep(self) -> None:
         """Drop finished calls past their function's result TTL, every sweep interval."""
@@ -146,12 +226,18 @@ class Server:
         await self.scaler.shutdown()
         if self.fast is not None:
             await self.fast.close()
-        if self._grpc is not None:
-            self._grpc.close()
+        if self.containers is not None:
+            await self.containers.close()
+        for grpc in (self._grpc, getattr(self, "_grpc_unix", None)):
+            if grpc is None:
+                continue
+            grpc.close()
             try:
-                await asyncio.wait_for(self._grpc.wait_closed(), 5)
+                await asyncio.wait_for(grpc.wait_closed(), 5)
             except asyncio.TimeoutError:
                 log.warning("some streams did not close within 5s")
         await self.store.close()
         await self.runtime.close()
+        if self.docker is not None:
+            await self.docker.close()
         log.info("chalkd stopped")

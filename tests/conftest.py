@@ -40,8 +40,10 @@ def free_port() -> int:
 class Daemon:
     """A `chalkd serve` subprocess; restartable on the same port and home."""
 
-    def __init__(self, home: Path, port: int | None = None, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, home: Path, port: int | None = None, extra_args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> None:
         self.home = home
+        self.env = env
         self.port = port or free_port()
         self.extra_args = extra_args
         self.proc: subprocess.Popen | None = None
@@ -56,8 +58,11 @@ class Daemon:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "chalkd.cli", "serve", "--port", str(self.port), "--home", str(self.home),
-                 "--heartbeat-timeout", "5", *self.extra_args],
+                 "--heartbeat-timeout", "5",
+                 # Pinned: `auto` would pick Docker on a machine with an engine and the base image.
+                 *(() if "--runtime" in self.extra_args else ("--runtime", "process")), *self.extra_args],
                 stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                env={**os.environ, **self.env} if self.env else None,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -266,3 +266,155 @@ class WorkerStub:
             chalk_v1_chalk_pb2.WorkerRequest,
             chalk_v1_chalk_pb2.WorkerResponse,
         )
+
+
+class ImagesBase(abc.ABC):
+
+    @abc.abstractmethod
+    async def MissingBlobs(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.MissingBlobsRequest, chalk_v1_chalk_pb2.MissingBlobsResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def PutBlob(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.PutBlobRequest, chalk_v1_chalk_pb2.PutBlobResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def Build(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.BuildImageRequest, chalk_v1_chalk_pb2.BuildEvent]') -> None:
+        pass
+
+    def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
+        return {
+            '/chalk.v1.Images/MissingBlobs': grpclib.const.Handler(
+                self.MissingBlobs,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                chalk_v1_chalk_pb2.MissingBlobsRequest,
+                chalk_v1_chalk_pb2.MissingBlobsResponse,
+            ),
+            '/chalk.v1.Images/PutBlob': grpclib.const.Handler(
+                self.PutBlob,
+                grpclib.const.Cardinality.STREAM_UNARY,
+                chalk_v1_chalk_pb2.PutBlobRequest,
+                chalk_v1_chalk_pb2.PutBlobResponse,
+            ),
+            '/chalk.v1.Images/Build': grpclib.const.Handler(
+                self.Build,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                chalk_v1_chalk_pb2.BuildImageRequest,
+                chalk_v1_chalk_pb2.BuildEvent,
+            ),
+        }
+
+
+class ImagesStub:
+
+    def __init__(self, channel: grpclib.client.Channel) -> None:
+        self.MissingBlobs = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/chalk.v1.Images/MissingBlobs',
+            chalk_v1_chalk_pb2.MissingBlobsRequest,
+            chalk_v1_chalk_pb2.MissingBlobsResponse,
+        )
+        self.PutBlob = grpclib.client.StreamUnaryMethod(
+            channel,
+            '/chalk.v1.Images/PutBlob',
+            chalk_v1_chalk_pb2.PutBlobRequest,
+            chalk_v1_chalk_pb2.PutBlobResponse,
+        )
+        self.Build = grpclib.client.UnaryStreamMethod(
+            channel,
+            '/chalk.v1.Images/Build',
+            chalk_v1_chalk_pb2.BuildImageRequest,
+            chalk_v1_chalk_pb2.BuildEvent,
+        )
+
+
+class ContainersBase(abc.ABC):
+
+    @abc.abstractmethod
+    async def Create(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.CreateContainerRequest, chalk_v1_chalk_pb2.CreateContainerResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def Get(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.GetContainerRequest, chalk_v1_chalk_pb2.GetContainerResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def List(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.ListContainersRequest, chalk_v1_chalk_pb2.ListContainersResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def Exec(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.ExecRequest, chalk_v1_chalk_pb2.ExecResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def Stop(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.StopContainerRequest, chalk_v1_chalk_pb2.StopContainerResponse]') -> None:
+        pass
+
+    def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
+        return {
+            '/chalk.v1.Containers/Create': grpclib.const.Handler(
+                self.Create,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                chalk_v1_chalk_pb2.CreateContainerRequest,
+                chalk_v1_chalk_pb2.CreateContainerResponse,
+            ),
+            '/chalk.v1.Containers/Get': grpclib.const.Handler(
+                self.Get,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                chalk_v1_chalk_pb2.GetContainerRequest,
+                chalk_v1_chalk_pb2.GetContainerResponse,
+            ),
+            '/chalk.v1.Containers/List': grpclib.const.Handler(
+                self.List,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                chalk_v1_chalk_pb2.ListContainersRequest,
+                chalk_v1_chalk_pb2.ListContainersResponse,
+            ),
+            '/chalk.v1.Containers/Exec': grpclib.const.Handler(
+                self.Exec,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                chalk_v1_chalk_pb2.ExecRequest,
+                chalk_v1_chalk_pb2.ExecResponse,
+            ),
+            '/chalk.v1.Containers/Stop': grpclib.const.Handler(
+                self.Stop,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                chalk_v1_chalk_pb2.StopContainerRequest,
+                chalk_v1_chalk_pb2.StopContainerResponse,
+            ),
+        }
+
+
+class ContainersStub:
+
+    def __init__(self, channel: grpclib.client.Channel) -> None:
+        self.Create = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/chalk.v1.Containers/Create',
+            chalk_v1_chalk_pb2.CreateContainerRequest,
+            chalk_v1_chalk_pb2.CreateContainerResponse,
+        )
+        self.Get = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/chalk.v1.Containers/Get',
+            chalk_v1_chalk_pb2.GetContainerRequest,
+            chalk_v1_chalk_pb2.GetContainerResponse,
+        )
+        self.List = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/chalk.v1.Containers/List',
+            chalk_v1_chalk_pb2.ListContainersRequest,
+            chalk_v1_chalk_pb2.ListContainersResponse,
+        )
+        self.Exec = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/chalk.v1.Containers/Exec',
+            chalk_v1_chalk_pb2.ExecRequest,
+            chalk_v1_chalk_pb2.ExecResponse,
+        )
+        self.Stop = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/chalk.v1.Containers/Stop',
+            chalk_v1_chalk_pb2.StopContainerRequest,
+            chalk_v1_chalk_pb2.StopContainerResponse,
+        )

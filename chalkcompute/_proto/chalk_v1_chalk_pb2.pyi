@@ -606,3 +606,193 @@ class WorkerResponse(_message.Message):
     heartbeat: bool
     batches: _containers.RepeatedCompositeFieldContainer[AssignmentBatch]
     def __init__(self, function: _Optional[_Union[FunctionVersion, _Mapping]] = ..., assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., chunk_credits: _Optional[_Iterable[_Union[ChunkCredit, _Mapping]]] = ..., cancels: _Optional[_Iterable[_Union[AttemptEvent, _Mapping]]] = ..., drain: _Optional[bool] = ..., heartbeat: _Optional[bool] = ..., batches: _Optional[_Iterable[_Union[AssignmentBatch, _Mapping]]] = ...) -> None: ...
+
+class MissingBlobsRequest(_message.Message):
+    __slots__ = ("digests",)
+    DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    digests: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, digests: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class MissingBlobsResponse(_message.Message):
+    __slots__ = ("digests",)
+    DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    digests: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, digests: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PutBlobRequest(_message.Message):
+    __slots__ = ("digest", "data", "last")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    data: bytes
+    last: bool
+    def __init__(self, digest: _Optional[str] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ...) -> None: ...
+
+class PutBlobResponse(_message.Message):
+    __slots__ = ("size",)
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    def __init__(self, size: _Optional[int] = ...) -> None: ...
+
+class BuildImageRequest(_message.Message):
+    __slots__ = ("image",)
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    image: ImageSpec
+    def __init__(self, image: _Optional[_Union[ImageSpec, _Mapping]] = ...) -> None: ...
+
+class BuildResult(_message.Message):
+    __slots__ = ("ok", "image_ref", "cached", "error", "failed_step", "log_tail")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_REF_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    FAILED_STEP_FIELD_NUMBER: _ClassVar[int]
+    LOG_TAIL_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    image_ref: str
+    cached: bool
+    error: str
+    failed_step: str
+    log_tail: str
+    def __init__(self, ok: _Optional[bool] = ..., image_ref: _Optional[str] = ..., cached: _Optional[bool] = ..., error: _Optional[str] = ..., failed_step: _Optional[str] = ..., log_tail: _Optional[str] = ...) -> None: ...
+
+class BuildEvent(_message.Message):
+    __slots__ = ("lines", "result")
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    lines: _containers.RepeatedScalarFieldContainer[str]
+    result: BuildResult
+    def __init__(self, lines: _Optional[_Iterable[str]] = ..., result: _Optional[_Union[BuildResult, _Mapping]] = ...) -> None: ...
+
+class ContainerSpec(_message.Message):
+    __slots__ = ("name", "image", "resources", "env")
+    class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    image: ImageSpec
+    resources: Resources
+    env: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., image: _Optional[_Union[ImageSpec, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ContainerInfo(_message.Message):
+    __slots__ = ("id", "name", "status", "pod_name", "web_url", "image_uri", "created_at", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    POD_NAME_FIELD_NUMBER: _ClassVar[int]
+    WEB_URL_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_URI_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    status: str
+    pod_name: str
+    web_url: str
+    image_uri: str
+    created_at: float
+    error: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[str] = ..., pod_name: _Optional[str] = ..., web_url: _Optional[str] = ..., image_uri: _Optional[str] = ..., created_at: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
+
+class CreateContainerRequest(_message.Message):
+    __slots__ = ("spec", "start_timeout")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    START_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    spec: ContainerSpec
+    start_timeout: float
+    def __init__(self, spec: _Optional[_Union[ContainerSpec, _Mapping]] = ..., start_timeout: _Optional[float] = ...) -> None: ...
+
+class CreateContainerResponse(_message.Message):
+    __slots__ = ("info",)
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    info: ContainerInfo
+    def __init__(self, info: _Optional[_Union[ContainerInfo, _Mapping]] = ...) -> None: ...
+
+class GetContainerRequest(_message.Message):
+    __slots__ = ("id", "name", "wait_seconds")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    wait_seconds: float
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., wait_seconds: _Optional[float] = ...) -> None: ...
+
+class GetContainerResponse(_message.Message):
+    __slots__ = ("info",)
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    info: ContainerInfo
+    def __init__(self, info: _Optional[_Union[ContainerInfo, _Mapping]] = ...) -> None: ...
+
+class ListContainersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListContainersResponse(_message.Message):
+    __slots__ = ("containers",)
+    CONTAINERS_FIELD_NUMBER: _ClassVar[int]
+    containers: _containers.RepeatedCompositeFieldContainer[ContainerInfo]
+    def __init__(self, containers: _Optional[_Iterable[_Union[ContainerInfo, _Mapping]]] = ...) -> None: ...
+
+class StopContainerRequest(_message.Message):
+    __slots__ = ("id", "grace_period")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    GRACE_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    grace_period: float
+    def __init__(self, id: _Optional[str] = ..., grace_period: _Optional[float] = ...) -> None: ...
+
+class StopContainerResponse(_message.Message):
+    __slots__ = ("info",)
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    info: ContainerInfo
+    def __init__(self, info: _Optional[_Union[ContainerInfo, _Mapping]] = ...) -> None: ...
+
+class ExecRequest(_message.Message):
+    __slots__ = ("container_id", "argv", "env", "cwd", "timeout", "stdin")
+    class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    ARGV_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    CWD_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    STDIN_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    argv: _containers.RepeatedScalarFieldContainer[str]
+    env: _containers.ScalarMap[str, str]
+    cwd: str
+    timeout: float
+    stdin: bytes
+    def __init__(self, container_id: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., timeout: _Optional[float] = ..., stdin: _Optional[bytes] = ...) -> None: ...
+
+class ExecResponse(_message.Message):
+    __slots__ = ("stdout", "stderr", "exit_code", "signal", "pid", "error")
+    STDOUT_FIELD_NUMBER: _ClassVar[int]
+    STDERR_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    stdout: bytes
+    stderr: bytes
+    exit_code: int
+    signal: int
+    pid: int
+    error: str
+    def __init__(self, stdout: _Optional[bytes] = ..., stderr: _Optional[bytes] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., pid: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...

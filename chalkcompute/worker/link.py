@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from grpclib.client import Channel
 
-from chalkcompute._client import new_event_loop
+from chalkcompute._client import new_event_loop, parse_target
 from chalkcompute._framing import open_framed
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import WorkerStub
@@ -94,8 +94,7 @@ def error_message(exc: BaseException) -> pb.RemoteError:
 
 class DaemonLink:
     def __init__(self, target: str, replica_id: str, token: str) -> None:
-        host, _, port = target.rpartition(":")
-        self.host, self.port = host.strip("[]"), int(port)
+        self.host, self.port, self.path = parse_target(target)
         self.replica_id = replica_id
         self.token = token
         self.loop = new_event_loop()
@@ -198,7 +197,7 @@ class DaemonLink:
     async def _open(self) -> pb.FunctionVersion:
         self._wake = asyncio.Event()
         self._send_lock = asyncio.Lock()
-        self.channel = Channel(self.host, self.port)
+        self.channel = Channel(path=self.path) if self.path else Channel(self.host, self.port)
         sock = os.environ.get("CHALK_WORKER_SOCKET")
         self.stream = None
         if sock:

@@ -33,6 +33,7 @@ class ReplicaRequest:
     env: dict[str, str] = field(default_factory=dict)
     cpu_millis: int = 0
     memory_bytes: int = 0
+    gpu_uuids: tuple[str, ...] = ()   # devices the scheduler allocated to this replica alone
 
 
 class ReplicaHandle(abc.ABC):
@@ -67,3 +68,11 @@ class Runtime(abc.ABC):
 
     async def close(self) -> None:
         return None
+
+
+def format_size(n: int) -> str:
+    """``format_size(2**30) == "1Gi"``; sizes that are not a whole unit stay in bytes."""
+    for unit, factor in (("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+        if n >= factor and n % factor == 0:
+            return f"{n // factor}{unit}"
+    return f"{n} bytes"

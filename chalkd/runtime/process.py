@@ -27,7 +27,7 @@ from chalkd.images.process_env import (
     check_image,
 )
 from chalkd.model import ReplicaExit
-from chalkd.runtime.base import ReplicaHandle, ReplicaRequest, ReplicaStartError, Runtime, RuntimeUnsupported
+from chalkd.runtime.base import ReplicaHandle, format_size, ReplicaRequest, ReplicaStartError, Runtime, RuntimeUnsupported
 from chalkd.runtime.limits import MemoryLimiter
 
 log = logging.getLogger(__name__)
@@ -164,14 +164,7 @@ class ProcessRuntime(Runtime):
             oom = bool(capped and request.memory_bytes) and self.limiter.oom_killed(request.replica_id)
             self.limiter.release(request.replica_id)
             if oom:
-                return f"out of memory (over its memory limit of {_size(request.memory_bytes)})"
+                return f"out of memory (over its memory limit of {format_size(request.memory_bytes)})"
             return ""
 
         return ProcessReplica(proc, log_path, on_exit)
-
-
-def _size(n: int) -> str:
-    for unit, factor in (("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
-        if n >= factor and n % factor == 0:
-            return f"{n // factor}{unit}"
-    return f"{n} bytes"

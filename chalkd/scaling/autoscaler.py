@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from chalkcompute.gpu import GpuRequest
 from chalkd.catalog import Catalog
+from chalkd.gpus import GpuAllocator
 from chalkd.model import CallError, ErrorCode, FunctionVersion, ReplicaExit, new_id
 from chalkd.queue.core import Queue
 from chalkd.runtime.base import ReplicaHandle, ReplicaRequest, ReplicaStartError, Runtime
@@ -55,6 +57,7 @@ class Replica:
     last_busy: float = field(default_factory=time.monotonic)
     last_seen: float = field(default_factory=time.monotonic)
     stop_reason: str = ""
+    gpu_uuids: tuple[str, ...] = ()
 
 
 class ReplicaUnknown(Exception):
@@ -65,8 +68,10 @@ class Autoscaler:
     def __init__(
         self, runtime: Runtime, queue: Queue, catalog: Catalog, *, host: HostResources,
         heartbeat_timeout: float = 15.0, interval: float = 0.25, drain_timeout: float = 30.0,
+        gpus: GpuAllocator | None = None,
     ) -> None:
         self.runtime = runtime
+        self.gpus = gpus if gpus is not None else GpuAllocator([])
         self.queue = queue
         self.catalog = catalog
         self.host = host
@@ -244,7 +249,13 @@ class Autoscaler:
             while len(mine) < desired:
                 if not self._fits(fv, used_cpu, used_mem):
                     break
-                mine.append(self._launch(fv))
+                replica_id = new_id("r")
+                devices: list = []
+                if fv.gpu:
+                    devices = self.gpus.allocate(replica_id, GpuRequest.parse(fv.gpu))
+                    if devices is None:  # enough matching GPUs exist, but others hold them now
+                        break
+                mine.append(self._launch(fv, replica_id, tuple(d.uuid for d in devices)))
                 used_cpu += fv.cpu_millis
                 used_mem += fv.memory_bytes
             # Scale down idle replicas above the floor once the cooldown has passed.
@@ -267,10 +278,15 @@ class Autoscaler:
         if not self._fits(fv, used_cpu, used_mem):
             return (f": it needs {fv.cpu_millis}m CPU and {fv.memory_bytes} bytes of memory, and other replicas "
                     f"hold {used_cpu}m of {self.host.cpu_millis}m and {used_mem} of {self.host.memory_bytes} bytes")
+        if fv.gpu:
+            held = sorted({r.function.name for r in self.replicas.values() if r.gpu_uuids and r.state != "stopped"})
+            if held:
+                return f": it needs {fv.gpu} and the matching GPUs are held by replicas of {', '.join(held)}"
         return ""
 
-    def _launch(self, fv: FunctionVersion) -> Replica:
-        replica = Replica(id=new_id("r"), token=secrets.token_urlsafe(24), function=fv)
+    def _launch(self, fv: FunctionVersion, replica_id: str | None = None, gpu_uuids: tuple[str, ...] = ()) -> Replica:
+        replica = Replica(id=replica_id or new_id("r"), token=secrets.token_urlsafe(24), function=fv,
+                          gpu_uuids=gpu_uuids)
         self.replicas[replica.id] = replica
         task = asyncio.get_running_loop().create_task(self._run_replica(replica), name=f"replica-{replica.id}")
         self._watchers.add(task)
@@ -278,6 +294,12 @@ class Autoscaler:
         return replica
 
     async def _run_replica(self, replica: Replica) -> None:
+        try:
+            await self._replica_lifetime(replica)
+        finally:
+            self.gpus.release(replica.id)
+
+    async def _replica_lifetime(self, replica: Replica) -> None:
         fv = replica.function
         try:
             prep = self._prepared.get(fv.id)
@@ -289,7 +311,7 @@ class Autoscaler:
                 return
             replica.handle = await self.runtime.start(ReplicaRequest(
                 replica_id=replica.id, token=replica.token, function_id=fv.id, function_name=fv.name,
-                spec=fv.spec, cpu_millis=fv.cpu_millis, memory_bytes=fv.memory_bytes,
+                spec=fv.spec, cpu_millis=fv.cpu_millis, memory_bytes=fv.memory_bytes, gpu_uuids=replica.gpu_uuids,
             ))
         except ReplicaStartError as exc:
             self._function_failed(fv, str(exc), ErrorCode.BUILD_FAILED)

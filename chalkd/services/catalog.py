@@ -15,6 +15,7 @@ from chalkcompute._proto.chalk_v1_chalk_grpc import FunctionCatalogBase
 from chalkd.catalog import Catalog, InvalidFunction, NotFound
 from chalkd.queue.core import CallNotFound, Queue, decode_error
 from chalkd.queue.limits import PERIOD_SECONDS
+from chalkcompute.gpu import GpuRequest
 from chalkd.runtime.base import ReplicaStartError, Runtime, RuntimeUnsupported
 from chalkd.scaling.autoscaler import Autoscaler
 from chalkd.services.convert import content_hash, spec_settings, version_to_pb
@@ -85,6 +86,14 @@ class CatalogService(FunctionCatalogBase):
         if spec.resources.memory_bytes > host.memory_bytes:
             bad(f"memory request {spec.resources.memory_bytes} bytes exceeds this host's "
                 f"{host.memory_bytes} bytes ({host.memory_bytes / 2**30:.1f} GiB)")
+        if spec.resources.gpu and self.runtime.name == "docker":
+            try:
+                want = GpuRequest.parse(spec.resources.gpu)
+            except (TypeError, ValueError) as exc:
+                bad(str(exc))
+            reason = self.scaler.gpus.unschedulable_reason(want)
+            if reason:
+                raise GRPCError(Status.FAILED_PRECONDITION, f"function {spec.name!r} is unschedulable: {reason}")
         if not spec.code.module_source or not spec.code.function_name:
             bad("the function spec carries no code")
         self._validate_policies(spec, bad)

@@ -43,6 +43,7 @@ def spec_settings(spec: pb.FunctionSpec) -> dict:
         "cooldown": spec.suspend_cooldown_seconds,
         "cpu_millis": spec.resources.cpu_millis,
         "memory_bytes": spec.resources.memory_bytes,
+        "gpu": spec.resources.gpu,
         "image_hash": spec.image.content_hash,
         "is_generator": spec.is_generator,
         "policies": spec_policies(spec),

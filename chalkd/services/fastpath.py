@@ -23,13 +23,27 @@ from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 log = logging.getLogger(__name__)
 
 
+def run_dir(home: Path) -> Path:
+    """The directory of the daemon's unix sockets: ``<home>/run``, or a short
+    directory under the temp dir when socket paths there would be too long
+    for AF_UNIX. Containers get this directory bind-mounted at the same path,
+    so every socket path in it means the same inside and out."""
+    path = Path(home).resolve() / "run"
+    if len(str(path)) > 90:
+        digest = hashlib.sha256(str(path).encode()).hexdigest()[:16]
+        path = Path(tempfile.gettempdir()) / f"chalkd-{digest}"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
 def socket_path(home: Path) -> Path:
-    """``<home>/chalkd.sock``, or a short path under the temp dir when that is too long for AF_UNIX."""
-    path = Path(home).resolve() / "chalkd.sock"
-    if len(str(path)) < 100:
-        return path
-    digest = hashlib.sha256(str(path).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"chalkd-{digest}.sock"
+    """The framed Session/Worker socket: ``<run_dir>/chalkd.sock``."""
+    return run_dir(home) / "chalkd.sock"
+
+
+def grpc_socket_path(home: Path) -> Path:
+    """The gRPC socket for unary calls from containers: ``<run_dir>/grpc.sock``."""
+    return run_dir(home) / "grpc.sock"
 
 
 class FastPathServer:

@@ -49,3 +49,40 @@ def docker_engine() -> None:
     if REQUIRED:
         pytest.fail(f"CHALK_REQUIRE_DOCKER=1 but {_PROBLEM}", pytrace=False)
     pytest.skip(_PROBLEM)
+
+
+FAKE_GPUS = '[{"name": "NVIDIA L4", "uuid": "GPU-fake-l4-0", "memory_bytes": 24000000000}]'
+
+
+@pytest.fixture(scope="session")
+def docker_daemon(docker_engine, tmp_path_factory):
+    """One chalkd on the Docker runtime for the docker tests (builds are shared through the engine's cache).
+
+    Its GPU inventory is a fake NVIDIA L4 (there is no GPU here)."""
+    from tests.conftest import Daemon
+
+    d = Daemon(tmp_path_factory.mktemp("chalkd-docker"), extra_args=("--runtime", "docker"),
+               env={"CHALKD_FAKE_GPUS": FAKE_GPUS}).start()
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def on_docker(docker_daemon, monkeypatch):
+    """Point the SDK at the Docker daemon for one test."""
+    monkeypatch.setenv("CHALK_COMPUTE_TARGET", docker_daemon.target)
+    return docker_daemon
+
+
+def containers_of(home, **labels) -> list[dict]:
+    """`docker inspect` of this home's containers with the given extra labels."""
+    import json
+    from pathlib import Path
+
+    args = ["docker", "ps", "-aq", "--filter", f"label=dev.chalkd.home={Path(home).resolve()}"]
+    for k, v in labels.items():
+        args += ["--filter", f"label=dev.chalkd.{k}={v}"]
+    ids = subprocess.run(args, capture_output=True, text=True, check=True).stdout.split()
+    if not ids:
+        return []
+    return json.loads(subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True, check=True).stdout)

@@ -1,0 +1,273 @@
+"""Long-running containers: build an Image, run it, exec commands in it, stop it.
+
+    from chalkcompute import Container, Image
+
+    img = Image.debian_slim().pip_install(["requests"]).add_local_file("./script.py", "/app/script.py")
+    c = Container(image=img, name="hello-container", cpu="1", memory="2Gi", env={"LOG_LEVEL": "INFO"}).run()
+    result = c.exec("python", "/app/script.py")
+    result.stdout_text            # 'hello\\n'
+    err = c.exec("ls", "/does-not-exist")
+    err.exit_code, err.stderr_text  # 2, "ls: cannot access '/does-not-exist': No such file or directory\\n"
+    c.stop()
+
+Every method has an async twin: ``await c.run.aio()``, ``await c.exec.aio("ls")``.
+Containers need chalkd's Docker runtime (``chalkd serve --runtime docker``).
+Their image always has our agent as its main process: it starts the image's
+own entrypoint/cmd, if any, and keeps the container up so ``exec`` works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from chalkcompute._build import ImageBuildFailed, prepare_image
+from chalkcompute._client import Client, run_async, run_sync
+from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
+from chalkcompute._proto.chalk_v1_chalk_grpc import ContainersStub
+from chalkcompute.exceptions import ChalkError, ContainerError, ImageBuildError
+from chalkcompute.functions import _Synced, parse_cpu, parse_memory
+from chalkcompute.image import Image
+
+__all__ = ["Container", "ContainerInfo", "ExecResult"]
+
+_DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """Metadata about a container: ``status`` is "Pending", "Running", "Stopped" or "Failed";
+    ``pod_name`` is the engine's container name; ``web_url`` is None (no port is published)."""
+
+    id: str
+    name: str
+    status: str
+    pod_name: str
+    web_url: str | None = None
+    error: str | None = None
+
+    @classmethod
+    def _from_pb(cls, info: pb.ContainerInfo) -> ContainerInfo:
+        return cls(id=info.id, name=info.name, status=info.status, pod_name=info.pod_name,
+                   web_url=info.web_url or None, error=info.error or None)
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """Result of a completed command execution.
+
+    ``exit_code`` is None when the process was killed by a signal (then
+    ``signal`` is set) or never started (then ``error`` says why, e.g.
+    ``executable file not found``, or that the timeout passed).
+    """
+
+    stdout_text: str
+    stderr_text: str
+    exit_code: int | None
+    signal: int | None = None
+    pid: int | None = None
+    error: str | None = None
+
+    @property
+    def stdout(self) -> Iterator[str]:
+        """Iterate over stdout lines (with their line endings)."""
+        return iter(self.stdout_text.splitlines(keepends=True))
+
+    @property
+    def stderr(self) -> Iterator[str]:
+        """Iterate over stderr lines (with their line endings)."""
+        return iter(self.stderr_text.splitlines(keepends=True))
+
+
+class Container:
+    """A managed container on chalkd (see the module docstring)."""
+
+    def __init__(self, image: Image | str, name: str | None = None, cpu: str | int | float | None = None,
+                 memory: str | int | None = None, env: Mapping[str, str] | None = None, *,
+                 target: str | None = None) -> None:
+        if isinstance(image, str):
+            self._ref: str | None = image
+            image = Image.base(image)
+        elif isinstance(image, Image):
+            self._ref = None
+        else:
+            raise TypeError(f"image must be a chalkcompute.Image or an image reference string, got {image!r}")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str, got {name!r}")
+        if name is not None and not _DNS_NAME.fullmatch(name):
+            raise ValueError(f"name {name!r} is not DNS-safe: use lower-case letters, digits and '-', "
+                             "starting and ending with a letter or digit, at most 63 characters")
+        self.image = image
+        self.name = name
+        self.cpu_millis = parse_cpu(cpu) if cpu is not None else 0
+        self.memory_bytes = parse_memory(memory) if memory is not None else 0
+        self.env = dict(env or {})
+        for k, v in self.env.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise TypeError(f"env must map str to str, got {k!r}: {v!r}")
+        self.target = target
+        self.id: str | None = None
+        self.info: ContainerInfo | None = None
+        self._image_uri: str | None = None
+
+    @property
+    def container_id(self) -> str | None:
+        """Same as :attr:`id`."""
+        return self.id
+
+    @property
+    def image_uri(self) -> str | None:
+        """The local tag of the built image (the reference itself for a string image); None before run."""
+        if self._image_uri is None:
+            return None
+        return self._ref or self._image_uri
+
+    @property
+    def _client(self) -> Client:
+        return Client.get(self.target)
+
+    async def _call(self, method: str, request, timeout: float | None = 60.0):
+        try:
+            return await getattr(ContainersStub(self._client.channel), method)(request, timeout=timeout)
+        except Exception as exc:
+            from grpclib import GRPCError
+
+            from chalkcompute.exceptions import error_from_status
+            if isinstance(exc, GRPCError):
+                raise ContainerError(str(error_from_status(exc.status, exc.message))) from None
+            if isinstance(exc, asyncio.TimeoutError):
+                raise ContainerError(f"chalkd did not answer {method} within {timeout}s") from None
+            if isinstance(exc, (OSError, ConnectionError)):
+                raise ContainerError(f"no chalkd answers at {self._client.target} ({exc})") from None
+            raise
+
+    def _adopt(self, info: pb.ContainerInfo) -> None:
+        self.id, self.name = info.id, info.name
+        self._image_uri = info.image_uri or self._image_uri
+        self.info = ContainerInfo._from_pb(info)
+
+    # -- attaching ----------------------------------------------------------------
+
+    @classmethod
+    def _attached(cls, info: pb.ContainerInfo, target: str | None) -> Container:
+        c = cls.__new__(cls)
+        c.image, c._ref, c.name, c.cpu_millis, c.memory_bytes, c.env = None, None, info.name, 0, 0, {}
+        c.target, c.id, c.info, c._image_uri = target, None, None, None
+        c._adopt(info)
+        return c
+
+    @classmethod
+    def from_id(cls, container_id: str, *, target: str | None = None) -> Container:
+        """Attach to an existing container by id; raises ContainerError if there is none."""
+        return run_sync(cls._lookup(pb.GetContainerRequest(id=container_id), target))
+
+    @classmethod
+    def from_name(cls, name: str, *, target: str | None = None) -> Container:
+        """Attach to an existing container by name; raises ContainerError if there is none."""
+        return run_sync(cls._lookup(pb.GetContainerRequest(name=name), target))
+
+    @classmethod
+    async def _lookup(cls, request: pb.GetContainerRequest, target: str | None) -> Container:
+        if not (request.id or request.name):
+            raise ValueError("give a container id or name")
+        probe = cls._attached(pb.ContainerInfo(), target)
+        resp = await probe._call("Get", request)
+        return cls._attached(resp.info, target)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def _run(self, poll_interval: float = 1.0, build_timeout: float = 600.0,
+                   start_timeout: float = 300.0) -> Container:
+        """Build the image (log in this terminal), upload lazy files, start, and wait for Running.
+
+        ``poll_interval`` is the longest the SDK waits between status checks
+        while the container starts; ``build_timeout`` and ``start_timeout``
+        bound the two phases. Raises :class:`ImageBuildError` or :class:`ContainerError`.
+        """
+        for label, value in (("poll_interval", poll_interval), ("build_timeout", build_timeout),
+                             ("start_timeout", start_timeout)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"{label} must be a positive number of seconds, got {value!r}")
+        if self.image is None:
+            raise ContainerError("this handle was attached with from_id/from_name: it is already running")
+        if self.id is not None and self.info is not None and self.info.status in ("Pending", "Running"):
+            return self
+        what = f"container {self.name!r}" if self.name else "a container"
+        try:
+            built = await prepare_image(self._client, self.image, what=what, timeout=build_timeout)
+        except ImageBuildFailed as exc:
+            raise ImageBuildError(f"the image of {what} failed to build: {exc}", exc.step, exc.tail) from None
+        except ChalkError as exc:
+            raise ContainerError(str(exc)) from None
+        self._image_uri = built.image_ref
+        spec = pb.ContainerSpec(name=self.name or "", image=self.image.to_proto(),
+                                resources=pb.Resources(cpu_millis=self.cpu_millis, memory_bytes=self.memory_bytes),
+                                env=self.env)
+        resp = await self._call("Create", pb.CreateContainerRequest(spec=spec, start_timeout=start_timeout))
+        self._adopt(resp.info)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + start_timeout + 5
+        while self.info.status == "Pending":
+            left = deadline - loop.time()
+            if left <= 0:
+                raise ContainerError(f"{what} was not Running within start_timeout={start_timeout:g}s")
+            wait = min(poll_interval, left)
+            resp = await self._call("Get", pb.GetContainerRequest(id=self.id, wait_seconds=wait), timeout=wait + 30)
+            self._adopt(resp.info)
+        if self.info.status != "Running":
+            raise ContainerError(f"{what} {self.info.error or 'did not start'} (status {self.info.status})")
+        return self
+
+    run = _Synced(_run)
+
+    async def _exec(self, *cmd: str, timeout: float | None = None) -> ExecResult:
+        """Run a command in the container and return its whole output (like ``docker exec``)."""
+        if self.id is None:
+            raise ContainerError("the container is not running: call run() first")
+        if not cmd:
+            raise ValueError("exec needs a command, e.g. c.exec('ls', '/')")
+        for part in cmd:
+            if not isinstance(part, str):
+                raise TypeError(f"every part of the command must be a str, got {part!r}")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or timeout <= 0):
+            raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+        rpc_timeout = None if timeout is None else timeout + 30
+        resp = await self._call("Exec", pb.ExecRequest(container_id=self.id, argv=list(cmd), timeout=timeout or 0),
+                                timeout=rpc_timeout)
+        return ExecResult(
+            stdout_text=resp.stdout.decode(errors="replace"), stderr_text=resp.stderr.decode(errors="replace"),
+            exit_code=resp.exit_code if resp.HasField("exit_code") else None,
+            signal=resp.signal if resp.HasField("signal") else None,
+            pid=resp.pid or None, error=resp.error or None)
+
+    exec = _Synced(_exec)
+
+    async def _stop(self, grace_period: float | None = None) -> None:
+        """Stop the container (SIGTERM, then SIGKILL after ``grace_period`` seconds) and remove what run created."""
+        if self.id is None:
+            raise ContainerError("the container was never started: nothing to stop")
+        if grace_period is not None and (isinstance(grace_period, bool) or not isinstance(grace_period, (int, float))
+                                         or grace_period < 0):
+            raise ValueError(f"grace_period must be a non-negative number of seconds, got {grace_period!r}")
+        resp = await self._call("Stop", pb.StopContainerRequest(id=self.id, grace_period=grace_period or 0),
+                                timeout=(grace_period or 0) + 60)
+        self._adopt(resp.info)
+
+    stop = _Synced(_stop)
+
+    async def _refresh_info(self) -> ContainerInfo:
+        """Fetch the latest state from chalkd."""
+        if self.id is None:
+            raise ContainerError("no container id: run() was never called")
+        resp = await self._call("Get", pb.GetContainerRequest(id=self.id))
+        self._adopt(resp.info)
+        return self.info
+
+    refresh_info = _Synced(_refresh_info)
+
+    def __repr__(self) -> str:
+        status = self.info.status if self.info else "not started"
+        return f"Container(name={self.name!r}, id={self.id!r}, status={status!r})"

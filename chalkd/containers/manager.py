@@ -1,0 +1,245 @@
+"""Long-running containers for the SDK's ``Container`` API, on the Docker engine.
+
+    manager = ContainerManager(docker, builder, blobs, home=home, run_dir=run_dir(home))
+    c = await manager.create(name="web", image=image_spec, cpu_millis=1000, memory_bytes=2**30)
+    out = await manager.exec(c.id, ["ls", "/does-not-exist"])   # exit_code 2, stderr from ls
+    await manager.stop(c.id, grace_period=5)
+
+Every container runs our agent (``python3 -m chalkcompute.agent``) as its main
+process: it starts the image's own entrypoint and cmd, if any, as a child and
+stays up when that exits, so ``exec`` works on any image we built. ``exec``
+goes to the agent over a unix socket in a per-container directory of the
+daemon's run dir, bind-mounted into the container: no Engine API exec, which
+costs tens of milliseconds per call.
+
+Containers live as long as the daemon: a daemon started over a home whose
+previous run left containers removes them (their agents' sockets are gone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiodocker
+from aiodocker.exceptions import DockerError
+
+from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
+from chalkd.containers.agent_client import AgentUnavailableError, ExecOutcome, agent_exec, wait_agent_ready
+from chalkd.images.blobs import BlobError, BlobStore
+from chalkd.images.docker_build import DockerImageBuilder
+from chalkd.runtime.docker import LABEL_HOME, LABEL_KIND, LABEL_OWNER, home_label, host_config, lazy_binds, remove_labelled
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ContainerManager", "ManagedContainer", "ContainerNotFound", "ContainerConflict", "ContainerFailed"]
+
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+AGENT_MOUNT = "/run/chalk-agent"
+
+
+class ContainerNotFound(LookupError):
+    pass
+
+
+class ContainerConflict(ValueError):
+    pass
+
+
+class ContainerFailed(RuntimeError):
+    """The container could not start or is not running (the message says why)."""
+
+
+@dataclass(eq=False)
+class ManagedContainer:
+    id: str
+    name: str
+    engine_name: str
+    image_uri: str
+    agent_dir: Path
+    created_at: float = field(default_factory=time.time)
+    status: str = "Pending"          # Pending | Running | Stopped | Failed
+    error: str = ""
+    engine: object = None            # aiodocker DockerContainer
+    watcher: asyncio.Task | None = None
+    stopping: bool = False
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def set_status(self, status: str, error: str = "") -> None:
+        self.status, self.error = status, error or self.error
+        self.changed.set()
+
+    async def wait_change(self, timeout: float) -> None:
+        """Wait up to ``timeout`` while the container is Pending."""
+        if self.status == "Pending" and timeout > 0:
+            self.changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), timeout)
+
+    @property
+    def socket(self) -> Path:
+        return self.agent_dir / "agent.sock"
+
+
+class ContainerManager:
+    def __init__(self, docker: aiodocker.Docker, builder: DockerImageBuilder, blobs: BlobStore, *,
+                 home: Path, run_dir: Path, pids_limit: int = 4096) -> None:
+        self.docker = docker
+        self.builder = builder
+        self.blobs = blobs
+        self.home = Path(home)
+        self.agents = Path(run_dir) / "agents"
+        self.pids_limit = pids_limit
+        self.by_id: dict[str, ManagedContainer] = {}
+        self._starting: set[asyncio.Task] = set()
+
+    # -- lookup -------------------------------------------------------------------
+
+    def get(self, *, id: str = "", name: str = "") -> ManagedContainer:
+        if id:
+            c = self.by_id.get(id)
+            if c is None:
+                raise ContainerNotFound(f"no container with id {id!r}")
+            return c
+        if name:
+            live = [c for c in self.by_id.values() if c.name == name]
+            if not live:
+                raise ContainerNotFound(f"no container named {name!r}")
+            return max(live, key=lambda c: (c.status == "Running", c.created_at))
+        raise ContainerNotFound("give a container id or name")
+
+    def list(self) -> list[ManagedContainer]:
+        return sorted(self.by_id.values(), key=lambda c: c.created_at)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def create(self, *, name: str, image: pb.ImageSpec, cpu_millis: int = 0, memory_bytes: int = 0,
+                     env: dict[str, str] | None = None, start_timeout: float = 60.0) -> ManagedContainer:
+        if name and not _NAME.fullmatch(name):
+            raise ValueError(f"container name {name!r} is not DNS-safe: use lower-case letters, digits and '-', "
+                             "starting and ending with a letter or digit, at most 63 characters")
+        if name and any(c.name == name and c.status in ("Pending", "Running") for c in self.by_id.values()):
+            raise ContainerConflict(f"a container named {name!r} is already running; stop it or pick another name")
+        cid = "ct-" + secrets.token_hex(6)
+        name = name or cid
+        try:
+            binds = lazy_binds(self.blobs, image)
+        except BlobError as exc:
+            raise ValueError(str(exc)) from None
+        built = await self.builder.build(image)  # cached: the SDK built it with the log shown
+        agent_dir = self.agents / cid
+        agent_dir.mkdir(parents=True, mode=0o700)
+        c = ManagedContainer(id=cid, name=name, engine_name=f"chalkd-{name}-{cid[3:]}", image_uri=built.tag,
+                             agent_dir=agent_dir)
+        self.by_id[cid] = c
+        config = {
+            "Image": built.tag,
+            "Entrypoint": ["python3", "-m", "chalkcompute.agent", "--socket", f"{AGENT_MOUNT}/agent.sock", "--"],
+            "Cmd": [*built.entrypoint, *built.cmd],
+            "Env": [f"{k}={v}" for k, v in (env or {}).items()],
+            "Labels": {LABEL_HOME: home_label(self.home), LABEL_KIND: "container", LABEL_OWNER: "chalkd",
+                       "dev.chalkd.container": cid, "dev.chalkd.name": name},
+            "HostConfig": host_config(binds=[f"{agent_dir}:{AGENT_MOUNT}", *binds], cpu_millis=cpu_millis,
+                                      memory_bytes=memory_bytes, pids_limit=self.pids_limit),
+        }
+        try:
+            c.engine = await self.docker.containers.create(config, name=c.engine_name)
+            await c.engine.start()
+        except DockerError as exc:
+            await self._fail(c, f"the engine refused to start it: {exc.message}")
+            raise ContainerFailed(f"container {name!r} could not start: {exc.message}") from None
+        c.watcher = asyncio.get_running_loop().create_task(self._watch(c), name=f"container-{cid}")
+        starter = asyncio.get_running_loop().create_task(self._await_agent(c, start_timeout, built.tag))
+        self._starting.add(starter)
+        starter.add_done_callback(self._starting.discard)
+        return c
+
+    async def _await_agent(self, c: ManagedContainer, start_timeout: float, tag: str) -> None:
+        """Pending -> Running once the agent answers, or Failed with the container's output."""
+        ready = asyncio.get_running_loop().create_task(wait_agent_ready(c.socket, start_timeout))
+        done, _ = await asyncio.wait({ready, c.watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if c.stopping:
+            ready.cancel()
+            return
+        if ready not in done or ready.exception() is not None:
+            ready.cancel()
+            why = c.error or f"it was not running within start_timeout={start_timeout:g}s"
+            tail = await self._log_tail(c)
+            await self._remove(c, "Failed", f"failed to start: {why}" + (f"\n{tail}" if tail else ""))
+            return
+        c.set_status("Running")
+        log.info("container %s (%s) running from %s", c.name, c.id, tag)
+
+    async def _watch(self, c: ManagedContainer) -> None:
+        try:
+            result = await c.engine.wait()  # type: ignore[attr-defined]
+            code = result.get("StatusCode")
+        except DockerError as exc:
+            code, c.error = None, f"its engine container is gone ({exc.message})"
+        if not c.stopping and c.status != "Failed":
+            c.set_status("Failed", c.error or f"its main process exited with code {code}")
+            log.warning("container %s (%s) stopped on its own: %s", c.name, c.id, c.error)
+
+    async def _log_tail(self, c: ManagedContainer, lines: int = 30) -> str:
+        with contextlib.suppress(DockerError, Exception):
+            out = await c.engine.log(stdout=True, stderr=True, tail=lines)  # type: ignore[attr-defined]
+            return "".join(out).rstrip()
+        return ""
+
+    async def _fail(self, c: ManagedContainer, why: str) -> None:
+        await self._remove(c, "Failed", why)
+
+    async def _remove(self, c: ManagedContainer, status: str, why: str = "", grace: float = 0.0) -> None:
+        c.stopping = True
+        if c.engine is not None:
+            with contextlib.suppress(DockerError):
+                if grace > 0:
+                    await c.engine.stop(t=max(1, round(grace)))  # type: ignore[attr-defined]
+                await c.engine.delete(force=True)  # type: ignore[attr-defined]
+        if c.watcher is not None:
+            c.watcher.cancel()
+        shutil.rmtree(c.agent_dir, ignore_errors=True)
+        c.set_status(status, why)
+
+    async def stop(self, id: str, grace_period: float = 0.0) -> ManagedContainer:
+        """Stop (SIGTERM, then SIGKILL after ``grace_period``) and remove the container."""
+        c = self.get(id=id)
+        if c.status in ("Running", "Pending", "Failed") and not c.stopping:
+            await self._remove(c, "Stopped", grace=grace_period)
+        elif c.status == "Failed":
+            await self._remove(c, "Failed")
+        return c
+
+    async def exec(self, id: str, argv: list[str], *, env: dict[str, str] | None = None, cwd: str = "",
+                   timeout: float | None = None, stdin: bytes = b"") -> ExecOutcome:
+        c = self.get(id=id)
+        if c.status != "Running":
+            raise ContainerFailed(f"container {c.name!r} is not running (status {c.status}"
+                                  + (f": {c.error}" if c.error else "") + ")")
+        if not argv:
+            raise ValueError("exec needs a command")
+        try:
+            return await agent_exec(c.socket, argv, env=env or None, cwd=cwd or None, timeout=timeout, stdin=stdin)
+        except AgentUnavailableError as exc:
+            raise ContainerFailed(f"container {c.name!r} does not answer: {exc}") from None
+
+    async def remove_leftovers(self) -> int:
+        n = await remove_labelled(self.docker, self.home, "container")
+        shutil.rmtree(self.agents, ignore_errors=True)
+        if n:
+            log.warning("removed %d container(s) left by an earlier run of this daemon", n)
+        return n
+
+    async def close(self) -> None:
+        for t in self._starting:
+            t.cancel()
+        for c in list(self.by_id.values()):
+            if c.status in ("Running", "Pending"):
+                await self._remove(c, "Stopped")

@@ -1,0 +1,244 @@
+"""The Docker runtime: each replica is a container built from its function's Image.
+
+    docker = aiodocker.Docker()
+    runtime = DockerRuntime(home, docker=docker, builder=DockerImageBuilder(docker, home),
+                            run_dir=run_dir(home), instance_id=server.instance_id)
+    await runtime.remove_leftovers()          # containers of an earlier daemon run
+    await runtime.prepare(function_id, spec)  # builds the image (cached by content)
+    handle = await runtime.start(ReplicaRequest(...))
+
+What a replica container gets:
+
+* the image's own environment, then the function's ``env``, then ours
+  (``CHALK_*``): the worker dials chalkd through the daemon's socket
+  directory, bind-mounted at the same path (no network port, no token);
+* ``cpu`` as ``NanoCpus``, ``memory`` as a hard limit with no extra swap, a
+  pids limit, ``no-new-privileges``, never privileged, an init process
+  (``docker-init``) as PID 1 so signals and orphans are handled;
+* its GPUs, exclusively, as a device request by UUID;
+* the image's lazy local files, mounted read-only (see :mod:`chalkd.images.blobs`).
+
+Every container is labelled ``dev.chalkd.home=<home>``: on start the daemon
+removes those an earlier run of the same home left behind (their calls were
+already re-queued by queue recovery), and never touches another home's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+import aiodocker
+from aiodocker.exceptions import DockerError
+
+from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
+from chalkd.images.blobs import BlobError, BlobStore
+from chalkd.images.docker_build import BuiltImage, DockerImageBuilder, ImageBuildError
+from chalkd.model import ReplicaExit
+from chalkd.runtime.base import ReplicaHandle, format_size, ReplicaRequest, ReplicaStartError, Runtime, RuntimeUnsupported
+
+log = logging.getLogger(__name__)
+
+LABEL_HOME = "dev.chalkd.home"
+LABEL_KIND = "dev.chalkd.kind"          # replica | container
+LABEL_OWNER = "dev.chalkd.owner"
+DEFAULT_PIDS_LIMIT = 4096
+
+
+def home_label(home: Path) -> str:
+    return str(Path(home).resolve())
+
+
+def host_config(*, binds: list[str], cpu_millis: int = 0, memory_bytes: int = 0,
+                pids_limit: int = DEFAULT_PIDS_LIMIT, gpu_uuids: tuple[str, ...] = ()) -> dict:
+    """The HostConfig every container of ours gets (replicas and the Container API)."""
+    hc: dict = {
+        "Binds": binds,
+        "Init": True,
+        "Privileged": False,
+        "SecurityOpt": ["no-new-privileges"],
+        "PidsLimit": pids_limit,
+    }
+    if cpu_millis:
+        hc["NanoCpus"] = cpu_millis * 1_000_000
+    if memory_bytes:
+        hc["Memory"] = memory_bytes
+        hc["MemorySwap"] = memory_bytes  # no swap beyond the limit: over it means OOM, as on the process runtime
+    if gpu_uuids:
+        hc["DeviceRequests"] = [{"Driver": "nvidia", "DeviceIDs": list(gpu_uuids), "Capabilities": [["gpu"]]}]
+    return hc
+
+
+def lazy_binds(blobs: BlobStore, image: pb.ImageSpec) -> list[str]:
+    return [f"{host}:{mount}:ro" for host, mount in blobs.mounts(image)]
+
+
+async def remove_labelled(docker: aiodocker.Docker, home: Path, kind: str | None = None) -> int:
+    """Force-remove this home's containers (of one kind, or all); returns how many."""
+    labels = [f"{LABEL_HOME}={home_label(home)}"]
+    if kind:
+        labels.append(f"{LABEL_KIND}={kind}")
+    found = await docker.containers.list(all=True, filters={"label": labels})
+    for c in found:
+        with contextlib.suppress(DockerError):
+            await c.delete(force=True)
+    return len(found)
+
+
+class DockerReplica(ReplicaHandle):
+    def __init__(self, container, name: str, log_path: Path, memory_bytes: int) -> None:
+        self.container = container
+        self.name = name
+        self.log_path = log_path
+        self.memory_bytes = memory_bytes
+        self._tail: collections.deque[str] = collections.deque(maxlen=200)
+        self._exit: asyncio.Future[ReplicaExit] | None = None
+        self._follower = asyncio.get_running_loop().create_task(self._follow_logs())
+
+    async def _follow_logs(self) -> None:
+        with contextlib.suppress(DockerError, asyncio.CancelledError, Exception):
+            with open(self.log_path, "a") as out:
+                async for line in self.container.log(stdout=True, stderr=True, follow=True):
+                    out.write(line if line.endswith("\n") else line + "\n")
+                    out.flush()
+                    self._tail.append(line.rstrip("\n"))
+
+    async def wait(self) -> ReplicaExit:
+        try:
+            result = await self.container.wait()
+            code = int(result.get("StatusCode", -1))
+            info = await self.container.show()
+            oom = bool(info.get("State", {}).get("OOMKilled"))
+        except DockerError as exc:
+            # The container vanished (removed by hand, or the engine restarted).
+            return ReplicaExit(code=-1, reason=f"its container is gone ({exc.message})")
+        finally:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._follower), 2.0)
+            except (asyncio.TimeoutError, Exception):
+                self._follower.cancel()
+        with contextlib.suppress(DockerError):
+            await self.container.delete(force=True)
+        reason = f"out of memory (over its memory limit of {format_size(self.memory_bytes)})" if oom else ""
+        if code > 128 and not oom:
+            return ReplicaExit(signal=code - 128, reason=reason)
+        if oom:
+            return ReplicaExit(signal=9, reason=reason)
+        return ReplicaExit(code=code, reason=reason)
+
+    def terminate(self) -> None:
+        self._signal("SIGTERM")
+
+    def kill(self) -> None:
+        self._signal("SIGKILL")
+
+    def _signal(self, sig: str) -> None:
+        async def send() -> None:
+            with contextlib.suppress(DockerError):
+                await self.container.kill(signal=sig)
+        asyncio.get_running_loop().create_task(send())
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(list(self._tail)[-lines:])
+
+
+class DockerRuntime(Runtime):
+    name = "docker"
+
+    def __init__(self, home: Path, *, docker: aiodocker.Docker, builder: DockerImageBuilder, run_dir: Path,
+                 instance_id: str, blobs: BlobStore, pids_limit: int = DEFAULT_PIDS_LIMIT) -> None:
+        self.home = Path(home)
+        self.docker = docker
+        self.builder = builder
+        self.run_dir = Path(run_dir)
+        self.instance_id = instance_id
+        self.blobs = blobs
+        self.pids_limit = pids_limit
+        self.images: dict[str, BuiltImage] = {}
+        self.logs = self.home / "logs" / "replicas"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.target = ""  # unused: containers dial the unix sockets in run_dir
+
+    def check(self, spec: bytes) -> None:
+        fs = pb.FunctionSpec()
+        fs.ParseFromString(spec)
+        if not fs.image.base and not any(s.kind == "dockerfile_commands" for s in fs.image.steps):
+            # The SDK always sends a base; an empty one would only fail later, in the build.
+            raise RuntimeUnsupported(f"function {fs.name!r} has an image with no base")
+        try:
+            from chalkd.images.blobs import mount_groups
+            mount_groups(fs.image)
+        except BlobError as exc:
+            raise RuntimeUnsupported(str(exc)) from None
+
+    async def prepare(self, function_id: str, spec: bytes) -> None:
+        fs = pb.FunctionSpec()
+        fs.ParseFromString(spec)
+        try:
+            self.images[function_id] = await self.builder.build(fs.image)
+        except ImageBuildError as exc:
+            raise ReplicaStartError(f"image build failed: {exc}") from None
+
+    async def start(self, request: ReplicaRequest) -> ReplicaHandle:
+        built = self.images.get(request.function_id)
+        if built is None:
+            await self.prepare(request.function_id, request.spec)
+            built = self.images[request.function_id]
+        fs = pb.FunctionSpec()
+        fs.ParseFromString(request.spec)
+        target = f"unix:{self.run_dir / 'grpc.sock'}"
+        env = {**fs.env, **request.env,
+               "CHALK_WORKER_TARGET": target,
+               "CHALK_COMPUTE_TARGET": target,
+               "CHALK_WORKER_SOCKET": str(self.run_dir / "chalkd.sock"),
+               "CHALK_DAEMON_INSTANCE": self.instance_id,
+               "CHALK_REPLICA_ID": request.replica_id,
+               "CHALK_REPLICA_TOKEN": request.token,
+               "CHALK_FUNCTION_KIND": "generator" if fs.is_generator else "async" if fs.is_async else "sync",
+               "PYTHONUNBUFFERED": "1"}
+        try:
+            binds = [f"{self.run_dir}:{self.run_dir}", *lazy_binds(self.blobs, fs.image)]
+        except BlobError as exc:
+            raise ReplicaStartError(str(exc)) from None
+        name = f"chalkd-{request.replica_id}"
+        config = {
+            "Image": built.tag,
+            "Entrypoint": ["python3", "-m", "chalkcompute.worker"],
+            "Cmd": [],
+            "Env": [f"{k}={v}" for k, v in env.items()],
+            "Labels": {LABEL_HOME: home_label(self.home), LABEL_KIND: "replica", LABEL_OWNER: "chalkd",
+                       "dev.chalkd.function": request.function_name, "dev.chalkd.replica": request.replica_id},
+            "HostConfig": host_config(binds=binds, cpu_millis=request.cpu_millis,
+                                      memory_bytes=request.memory_bytes, pids_limit=self.pids_limit,
+                                      gpu_uuids=request.gpu_uuids),
+        }
+        try:
+            container = await self.docker.containers.create(config, name=name)
+            await container.start()
+        except DockerError as exc:
+            with contextlib.suppress(DockerError, UnboundLocalError):
+                await container.delete(force=True)  # type: ignore[possibly-undefined]
+            raise ReplicaStartError(f"starting container {name} failed: {exc.message}") from None
+        log.info("started replica %s of %s (container %s)", request.replica_id, request.function_name, name)
+        return DockerReplica(container, name, self.logs / f"{request.replica_id}.log", request.memory_bytes)
+
+    async def remove_leftovers(self) -> int:
+        n = await remove_labelled(self.docker, self.home, "replica")
+        if n:
+            log.warning("removed %d replica container(s) left by an earlier run of this daemon", n)
+        return n
+
+    async def close(self) -> None:
+        # Replicas were stopped by the autoscaler; anything left is a straggler.
+        with contextlib.suppress(DockerError, Exception):
+            await remove_labelled(self.docker, self.home, "replica")
+
+
+def engine_answers_sync(timeout: float = 2.0) -> bool:
+    """True when a Docker engine answers at DOCKER_HOST or the default socket."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    return not host.startswith("unix://") or os.path.exists(host[len("unix://"):])

@@ -1,0 +1,90 @@
+"""Containers: the SDK's ``Container`` API over :class:`chalkd.containers.manager.ContainerManager`.
+
+    c = await ContainersStub(channel).Create(pb.CreateContainerRequest(spec=pb.ContainerSpec(name="web", image=img)))
+    out = await ContainersStub(channel).Exec(pb.ExecRequest(container_id=c.info.id, argv=["echo", "hi"]))
+"""
+
+from __future__ import annotations
+
+from grpclib import GRPCError
+from grpclib.const import Status
+
+from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
+from chalkcompute._proto.chalk_v1_chalk_grpc import ContainersBase
+from chalkd.containers.manager import ContainerConflict, ContainerFailed, ContainerNotFound, ManagedContainer
+
+
+def info_pb(c: ManagedContainer) -> pb.ContainerInfo:
+    return pb.ContainerInfo(id=c.id, name=c.name, status=c.status, pod_name=c.engine_name, web_url="",
+                            image_uri=c.image_uri, created_at=c.created_at, error=c.error)
+
+
+class ContainersService(ContainersBase):
+    def __init__(self, manager, runtime_name: str = "process") -> None:
+        self.manager = manager  # None without the Docker runtime
+        self.runtime_name = runtime_name
+
+    def _manager(self):
+        if self.manager is None:
+            raise GRPCError(Status.FAILED_PRECONDITION,
+                            f"containers need the Docker runtime; this daemon runs --runtime {self.runtime_name}")
+        return self.manager
+
+    def _get(self, id: str = "", name: str = "") -> ManagedContainer:
+        try:
+            return self._manager().get(id=id, name=name)
+        except ContainerNotFound as exc:
+            raise GRPCError(Status.NOT_FOUND, str(exc)) from None
+
+    async def Create(self, stream) -> None:
+        req: pb.CreateContainerRequest = await stream.recv_message()
+        spec = req.spec
+        from chalkd.images.docker_build import ImageBuildError
+        try:
+            c = await self._manager().create(
+                name=spec.name, image=spec.image, cpu_millis=spec.resources.cpu_millis,
+                memory_bytes=spec.resources.memory_bytes, env=dict(spec.env),
+                start_timeout=req.start_timeout or 60.0)
+        except ContainerConflict as exc:
+            raise GRPCError(Status.ALREADY_EXISTS, str(exc)) from None
+        except ValueError as exc:
+            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
+        except ImageBuildError as exc:
+            raise GRPCError(Status.FAILED_PRECONDITION, f"image build failed: {exc}") from None
+        except ContainerFailed as exc:
+            raise GRPCError(Status.FAILED_PRECONDITION, str(exc)) from None
+        await stream.send_message(pb.CreateContainerResponse(info=info_pb(c)))
+
+    async def Get(self, stream) -> None:
+        req: pb.GetContainerRequest = await stream.recv_message()
+        c = self._get(req.id, req.name)
+        await c.wait_change(min(req.wait_seconds, 60.0))
+        await stream.send_message(pb.GetContainerResponse(info=info_pb(c)))
+
+    async def List(self, stream) -> None:
+        await stream.recv_message()
+        items = [info_pb(c) for c in self._manager().list()] if self.manager is not None else []
+        await stream.send_message(pb.ListContainersResponse(containers=items))
+
+    async def Exec(self, stream) -> None:
+        req: pb.ExecRequest = await stream.recv_message()
+        c = self._get(req.container_id)
+        try:
+            out = await self._manager().exec(c.id, list(req.argv), env=dict(req.env), cwd=req.cwd,
+                                             timeout=req.timeout or None, stdin=req.stdin)
+        except ValueError as exc:
+            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
+        except ContainerFailed as exc:
+            raise GRPCError(Status.FAILED_PRECONDITION, str(exc)) from None
+        resp = pb.ExecResponse(stdout=out.stdout, stderr=out.stderr, pid=out.pid or 0, error=out.error or "")
+        if out.exit_code is not None:
+            resp.exit_code = out.exit_code
+        if out.signal is not None:
+            resp.signal = out.signal
+        await stream.send_message(resp)
+
+    async def Stop(self, stream) -> None:
+        req: pb.StopContainerRequest = await stream.recv_message()
+        c = self._get(req.id)
+        c = await self._manager().stop(c.id, grace_period=req.grace_period)
+        await stream.send_message(pb.StopContainerResponse(info=info_pb(c)))

@@ -1,0 +1,86 @@
+"""Images: lazy-file uploads and image builds with their log streamed as it comes.
+
+    async for event in ImagesStub(channel).Build(pb.BuildImageRequest(image=spec)):
+        print(*event.lines, sep="\\n")          # "Step 2/6 : RUN python3 -m pip install six", ...
+        if event.HasField("result"): ...      # ok, image_ref, cached / error, failed_step, log_tail
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from grpclib import GRPCError
+from grpclib.const import Status
+
+from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
+from chalkcompute._proto.chalk_v1_chalk_grpc import ImagesBase
+from chalkd.images.blobs import BlobError, BlobStore
+
+log = logging.getLogger(__name__)
+
+LINES_PER_EVENT = 64
+
+
+class ImagesService(ImagesBase):
+    def __init__(self, blobs: BlobStore, builder=None, runtime_name: str = "process") -> None:
+        self.blobs = blobs
+        self.builder = builder  # a DockerImageBuilder on the Docker runtime, else None
+        self.runtime_name = runtime_name
+
+    async def MissingBlobs(self, stream) -> None:
+        req: pb.MissingBlobsRequest = await stream.recv_message()
+        try:
+            missing = self.blobs.missing(list(req.digests))
+        except BlobError as exc:
+            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
+        await stream.send_message(pb.MissingBlobsResponse(digests=missing))
+
+    async def PutBlob(self, stream) -> None:
+        first: pb.PutBlobRequest | None = await stream.recv_message()
+        if first is None:
+            raise GRPCError(Status.INVALID_ARGUMENT, "PutBlob got no data")
+        try:
+            with self.blobs.writer(first.digest) as w:
+                piece: pb.PutBlobRequest | None = first
+                while piece is not None:
+                    w.write(piece.data)
+                    if piece.last:
+                        break
+                    piece = await stream.recv_message()
+                else:
+                    raise GRPCError(Status.INVALID_ARGUMENT, "the upload ended before its last piece")
+        except BlobError as exc:
+            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
+        await stream.send_message(pb.PutBlobResponse(size=w.size))
+
+    async def Build(self, stream) -> None:
+        req: pb.BuildImageRequest = await stream.recv_message()
+        if self.builder is None:
+            raise GRPCError(Status.FAILED_PRECONDITION,
+                            f"image builds need the Docker runtime; this daemon runs --runtime {self.runtime_name}")
+        from chalkd.images.docker_build import ImageBuildError
+
+        lines: asyncio.Queue[str | None] = asyncio.Queue()
+        task = asyncio.get_running_loop().create_task(self.builder.build(req.image, log=lines.put_nowait))
+        task.add_done_callback(lambda _: lines.put_nowait(None))
+        # A caller that goes away does not stop the build: others may share it, and the cache keeps it.
+        done = False
+        while not done:
+            batch = [await lines.get()]
+            while not lines.empty() and len(batch) < LINES_PER_EVENT:
+                batch.append(lines.get_nowait())
+            if None in batch:
+                batch, done = [x for x in batch if x is not None], True
+            if batch:
+                await stream.send_message(pb.BuildEvent(lines=[b.rstrip("\n") for b in batch]))
+        try:
+            built = task.result()
+        except ImageBuildError as exc:
+            result = pb.BuildResult(ok=False, error=str(exc), failed_step=exc.step, log_tail=exc.tail)
+        except Exception as exc:
+            log.exception("building image %s failed", req.image.content_hash[:12])
+            result = pb.BuildResult(ok=False, error=f"the image build failed inside chalkd: {exc}")
+        else:
+            result = pb.BuildResult(ok=True, image_ref=built.tag, cached=built.cached)
+        await stream.send_message(pb.BuildEvent(result=result))
