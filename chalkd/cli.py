@@ -7,12 +7,15 @@
     chalkd calls     [--target HOST:PORT] [--function NAME] [--limit N]
     chalkd rate-limit set NAME --rate N [--per second|minute|hour]
     chalkd rate-limit list | delete NAME
+    chalkd gpus                              # this host's GPUs (NVML); no daemon needed
+    chalkd image bootstrap [--python 3.11] [--mirror URL] [--force]   # the base image, from Debian packages
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -20,7 +23,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from chalkcompute.policies import PERIODS
 from chalkd.config import DEFAULT_HOST, DEFAULT_MAX_MESSAGE, DEFAULT_PORT, Config, default_home
@@ -48,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
                        help="seconds a cancelled or timed-out handler has to stop before its replica is killed")
     serve.add_argument("--sweep-interval", type=float, default=60.0,
                        help="seconds between sweeps that drop results past their TTL")
+    serve.add_argument("--build-ca-bundle", default=None,
+                       help="CA bundle every image build trusts (default: $CHALKD_BUILD_CA_BUNDLE, $SSL_CERT_FILE "
+                            "or the system bundle)")
+    serve.add_argument("--pids-limit", type=int, default=4096, help="process limit per container (Docker runtime)")
     serve.add_argument("--log-level", default=os.environ.get("CHALKD_LOG_LEVEL", "INFO"))
 
     for name, help_text in (("status", "is a daemon answering?"), ("functions", "list functions"),
@@ -71,9 +78,23 @@ def main(argv: list[str] | None = None) -> int:
     for p in (rl_set, rl_sub.choices["list"], rl_del):
         p.add_argument("--target", default=_default_target(), help="daemon address")
 
+    sub.add_parser("gpus", help="list this host's GPUs as chalkd sees them (NVML or $CHALKD_FAKE_GPUS)")
+
+    image = sub.add_parser("image", help="manage the engine's base images")
+    image_sub = image.add_subparsers(dest="action", required=True)
+    boot = image_sub.add_parser("bootstrap", help="build python:<version>-slim from Debian packages (needs root)")
+    boot.add_argument("--python", default=f"{sys.version_info.major}.{sys.version_info.minor}",
+                      help="Python major.minor: 3.9, 3.11 or 3.13 (default: this Python's)")
+    boot.add_argument("--mirror", default=None, help="Debian archive (default http://deb.debian.org/debian)")
+    boot.add_argument("--force", action="store_true", help="rebuild even when the image is present")
+
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "gpus":
+        return _gpus()
+    if args.command == "image":
+        return _image_bootstrap(args)
     try:
         return asyncio.run(_client_command(args))
     except ConnectionError as exc:
@@ -82,15 +103,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args) -> int:
-    from chalkd.server import Server
+    from chalkd.server import Server, StartupError
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = Config(
         host=args.host, port=args.port, home=args.home or default_home(), runtime=args.runtime,
         durability=args.durability, max_message_bytes=args.max_message_size,
         heartbeat_timeout=args.heartbeat_timeout, cancel_grace=args.cancel_grace,
-        sweep_interval=args.sweep_interval,
+        sweep_interval=args.sweep_interval, pids_limit=args.pids_limit,
     )
+    if args.build_ca_bundle is not None:
+        config.build_ca_bundle = args.build_ca_bundle or None
     try:
         config.validate()
     except ValueError as exc:
@@ -115,6 +138,9 @@ def _serve(args) -> int:
         uvloop.run(run())
     except ImportError:
         asyncio.run(run())
+    except StartupError as exc:
+        print(f"chalkd: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"chalkd: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
         return 1
@@ -193,6 +219,66 @@ async def _rate_limit_command(args, channel, console: Console) -> int:
     elif args.action == "delete":
         await stub.DeleteRateLimit(pb.DeleteRateLimitRequest(name=args.name))
         console.print(f"rate limit {args.name} deleted")
+    return 0
+
+
+def _gpus() -> int:
+    # Local, like serve: it reads this host's inventory the way the daemon does, so it works
+    # (and explains an empty list) without a daemon running.
+    from chalkd.gpus import GpuAllocator, probe_gpus
+
+    try:
+        inventory = probe_gpus()
+    except ValueError as exc:  # only a malformed $CHALKD_FAKE_GPUS
+        print(f"chalkd: {exc}", file=sys.stderr)
+        return 2
+    console = Console()
+    if not inventory.devices:
+        why = f"NVML: {inventory.note}" if inventory.source == "nvml" else inventory.note
+        console.print(f"no GPUs found ({why})", highlight=False)
+        return 0
+    rows = GpuAllocator(inventory.devices).describe()
+    # UUIDs are what Docker and CUDA_VISIBLE_DEVICES take: never cut them short; let names wrap instead.
+    table = Table("INDEX", Column("NAME", overflow="fold"), "MEMORY",
+                  Column("UUID", no_wrap=True, min_width=max(len(r["uuid"]) for r in rows)))
+    for row in rows:
+        table.add_row(row["index"], row["name"], row["memory"], row["uuid"])
+    console.print(table)
+    if inventory.source == "nvml":
+        console.print(f"{len(rows)} GPU(s) via NVML" + (f" ({inventory.note})" if inventory.note else ""),
+                      highlight=False)
+    else:
+        console.print(f"{len(rows)} GPU(s): {inventory.note}", highlight=False)
+    return 0
+
+
+def _image_bootstrap(args) -> int:
+    # Local, like gpus: it talks to the Docker engine, not to a daemon.
+    from chalkd.images.bootstrap import DEFAULT_MIRROR, BootstrapError, bootstrap_base_image
+
+    def progress(line: str) -> None:
+        print(line, flush=True)
+
+    async def run() -> None:
+        # SIGTERM (a CI timeout) stops it like Ctrl-C: debootstrap is stopped, the working folder removed.
+        import signal
+
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
+        await bootstrap_base_image(args.python, mirror=args.mirror or DEFAULT_MIRROR, force=args.force,
+                                   log=progress)
+
+    try:
+        asyncio.run(run())
+    except ValueError as exc:
+        print(f"chalkd: {exc}", file=sys.stderr)
+        return 2
+    except BootstrapError as exc:
+        print(f"chalkd: {exc}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("chalkd: image bootstrap interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

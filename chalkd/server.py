@@ -47,6 +47,10 @@ from chalkd.store.db import Store
 log = logging.getLogger(__name__)
 
 
+class StartupError(RuntimeError):
+    """The daemon cannot start as configured (no engine for --runtime docker, a bad GPU inventory)."""
+
+
 class LimitedCodec(ProtoCodec):
     """grpclib has no message size limit: refuse oversized messages at the edge."""
 
@@ -146,7 +150,7 @@ class Server:
         try:
             devices = detect_gpus()
         except ValueError as exc:  # only a malformed CHALKD_FAKE_GPUS
-            raise RuntimeError(str(exc)) from None
+            raise StartupError(str(exc)) from None
         if devices:
             log.info("GPUs: %s", ", ".join(f"{d.index}: {d.name}" for d in devices))
         return devices
@@ -169,7 +173,7 @@ class Server:
             return True
         except Exception as exc:
             if mode == "docker":
-                raise RuntimeError(
+                raise StartupError(
                     f"--runtime docker: no Docker engine answers at "
                     f"{os.environ.get('DOCKER_HOST', 'unix:///var/run/docker.sock')} ({exc})") from None
             log.info("runtime auto: using the process runtime (%s)", exc or type(exc).__name__)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import secrets
 import shutil
@@ -32,6 +33,7 @@ import aiodocker
 from aiodocker.exceptions import DockerError
 
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
+from chalkcompute.agent import entrypoint as agent_entrypoint
 from chalkd.containers.agent_client import AgentUnavailableError, ExecOutcome, agent_exec, wait_agent_ready
 from chalkd.images.blobs import BlobError, BlobStore
 from chalkd.images.docker_build import DockerImageBuilder
@@ -99,6 +101,8 @@ class ContainerManager:
         self.pids_limit = pids_limit
         self.by_id: dict[str, ManagedContainer] = {}
         self._starting: set[asyncio.Task] = set()
+        # A daemon not running as root must still be able to open the agent's 0600 socket.
+        self._socket_owner = () if os.getuid() == 0 else ("--socket-owner", f"{os.getuid()}:{os.getgid()}")
 
     # -- lookup -------------------------------------------------------------------
 
@@ -141,7 +145,8 @@ class ContainerManager:
         self.by_id[cid] = c
         config = {
             "Image": built.tag,
-            "Entrypoint": ["python3", "-m", "chalkcompute.agent", "--socket", f"{AGENT_MOUNT}/agent.sock", "--"],
+            # By path, not `-m`: PID 1 need not import the SDK (pyarrow, grpclib): ~0.5 s and ~40 MB less.
+            "Entrypoint": agent_entrypoint(f"{AGENT_MOUNT}/agent.sock", extra=self._socket_owner),
             "Cmd": [*built.entrypoint, *built.cmd],
             "Env": [f"{k}={v}" for k, v in (env or {}).items()],
             "Labels": {LABEL_HOME: home_label(self.home), LABEL_KIND: "container", LABEL_OWNER: "chalkd",

@@ -129,11 +129,22 @@ def test_later_parameters_say_not_supported_yet():
     def f(x: int) -> int:
         return x
 
-    for kwargs in ({"gpu": "nvidia-l4"}, {"secrets": ["s"]}, {"volumes": [("v", "/v")]}):
+    for kwargs in ({"secrets": ["s"]}, {"volumes": [("v", "/v")]}):
         with pytest.raises(NotSupportedError, match="not supported yet"):
             chalkcompute.function(**kwargs)(f)
     with pytest.raises(TypeError, match="queue_policy must be a chalkcompute.QueuePolicy"):
         chalkcompute.function(queue_policy=object())(f)
+
+
+def test_gpu_requests_are_checked_at_decoration_and_need_the_docker_runtime():
+    def f(x: int) -> int:
+        return x
+
+    with pytest.raises(ValueError, match="gpu='0:nvidia-l4'"):
+        RemoteFunction(f, name="bad_gpu", gpu="0:nvidia-l4")
+    fn = RemoteFunction(f, name="gpu_on_process", gpu="nvidia-l4")
+    with pytest.raises(FunctionError, match="process runtime.*--runtime docker"):
+        fn.deploy()
 
 
 LOCK = threading.Lock()

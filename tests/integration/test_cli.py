@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -39,10 +40,21 @@ def test_status_without_a_daemon():
 
 
 @pytest.mark.parametrize("args, message", [
-    (("--runtime", "docker"), "--runtime docker is not available"),
+    (("--build-ca-bundle", "/no/such/ca.pem"), "--build-ca-bundle '/no/such/ca.pem' is not a file"),
+    (("--pids-limit", "3"), "--pids-limit must be at least 16"),
     (("--host", "0.0.0.0"), "needs a token"),
 ])
 def test_serve_refuses_what_it_cannot_do(tmp_path, args, message):
     out = chalkd("serve", "--home", str(tmp_path), "--port", str(free_port()), *args)
     assert out.returncode == 2
     assert message in out.stderr
+
+
+def test_serve_docker_without_an_engine_says_so(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "chalkd.cli", "serve", "--home", str(tmp_path), "--port", str(free_port()),
+         "--runtime", "docker"], capture_output=True, text=True, timeout=60, cwd=ROOT,
+        env={**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"})
+    assert out.returncode == 1
+    assert f"--runtime docker: no Docker engine answers at unix://{tmp_path}/no-engine.sock" in out.stderr
+    assert "Traceback" not in out.stderr
