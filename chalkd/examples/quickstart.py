@@ -23,7 +23,7 @@ def main() -> int:
         port = s.getsockname()[1]
     home = tempfile.mkdtemp(prefix="chalkd-quickstart-")
     daemon = subprocess.Popen([sys.executable, "-m", "chalkd.cli", "serve", "--port", str(port), "--home", home,
-                               "--log-level", "WARNING"])
+                               "--log-level", "WARNING", "--runtime", "process"])
     try:
         deadline = time.monotonic() + 30
         while True:
