@@ -20,7 +20,12 @@ class RuntimeUnsupported(Exception):
 
 
 class ReplicaStartError(Exception):
-    """A replica could not be started (build failure, bad image...)."""
+    """A replica could not be started: its image failed to build (``build_failed=True``),
+    or the runtime could not start it (the engine refused the container)."""
+
+    def __init__(self, message: str, *, build_failed: bool = True) -> None:
+        super().__init__(message)
+        self.build_failed = build_failed
 
 
 @dataclass(frozen=True)

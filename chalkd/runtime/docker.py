@@ -203,7 +203,7 @@ class DockerRuntime(Runtime):
         try:
             binds = [f"{self.run_dir}:{self.run_dir}", *lazy_binds(self.blobs, fs.image)]
         except BlobError as exc:
-            raise ReplicaStartError(str(exc)) from None
+            raise ReplicaStartError(str(exc), build_failed=False) from None
         name = f"chalkd-{request.replica_id}"
         config = {
             "Image": built.tag,
@@ -222,7 +222,7 @@ class DockerRuntime(Runtime):
         except DockerError as exc:
             with contextlib.suppress(DockerError, UnboundLocalError):
                 await container.delete(force=True)  # type: ignore[possibly-undefined]
-            raise ReplicaStartError(f"starting container {name} failed: {exc.message}") from None
+            raise ReplicaStartError(f"starting container {name} failed: {exc.message}", build_failed=False) from None
         log.info("started replica %s of %s (container %s)", request.replica_id, request.function_name, name)
         return DockerReplica(container, name, self.logs / f"{request.replica_id}.log", request.memory_bytes)
 

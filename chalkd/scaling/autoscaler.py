@@ -314,7 +314,7 @@ class Autoscaler:
                 spec=fv.spec, cpu_millis=fv.cpu_millis, memory_bytes=fv.memory_bytes, gpu_uuids=replica.gpu_uuids,
             ))
         except ReplicaStartError as exc:
-            self._function_failed(fv, str(exc), ErrorCode.BUILD_FAILED)
+            self._function_failed(fv, str(exc), ErrorCode.BUILD_FAILED if exc.build_failed else ErrorCode.UNSCHEDULABLE)
             replica.state = "stopped"
             self.replicas.pop(replica.id, None)
             return

@@ -168,3 +168,12 @@ def test_restart_removes_leftover_containers(tmp_path, docker_engine, monkeypatc
         assert RemoteFunction.from_name("dk_leftover")() != old
     finally:
         d.stop()
+
+
+def test_a_placeable_gpu_is_handed_out_as_a_device_request(on_docker):
+    # The fake inventory has one NVIDIA L4 but the engine has no NVIDIA runtime, so the
+    # container cannot start: the engine's refusal shows the device request was made.
+    fn = RemoteFunction(whoami, name="dk_gpu_l4", image=IMAGE, gpu="nvidia-l4")
+    with pytest.raises(FunctionError, match=r'could not select device driver "nvidia"') as info:
+        fn.deploy(ready_timeout=60)
+    assert not isinstance(info.value, FunctionBuildError)
