@@ -157,3 +157,12 @@ def test_global_that_cannot_travel_fails_at_decoration():
 
     with pytest.raises(FunctionCodeError, match="LOCK"):
         chalkcompute.function(uses_lock)
+
+
+def test_containers_need_the_docker_runtime():
+    from chalkcompute import Container, ContainerError
+
+    with pytest.raises(ContainerError, match="Docker runtime.*--runtime process"):
+        Container(image=Image.debian_slim(), name="on-process").run()
+    with pytest.raises(ContainerError, match="Docker runtime"):
+        Container.from_name("on-process")
