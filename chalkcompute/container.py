@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from chalkcompute._build import ImageBuildFailed, prepare_image
-from chalkcompute._client import Client, run_async, run_sync
+from chalkcompute._client import Client, run_sync
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import ContainersStub
 from chalkcompute.exceptions import ChalkError, ContainerError, ImageBuildError

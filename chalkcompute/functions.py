@@ -36,10 +36,10 @@ from typing import Any, Callable
 
 from chalkcompute import _code
 from chalkcompute import calls as _calls
+from chalkcompute._build import ImageBuildFailed, prepare_image
 from chalkcompute._client import CallHandle, Client, run_async, run_sync
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._serialization import FunctionCodec
-from chalkcompute._build import ImageBuildFailed, prepare_image
 from chalkcompute.exceptions import (
     ChalkError,
     FunctionBuildError,

@@ -148,11 +148,10 @@ def _serve(args) -> int:
 
 
 async def _client_command(args) -> int:
+    from grpclib import GRPCError
     from grpclib.client import Channel
 
     from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
-    from grpclib import GRPCError
-
     from chalkcompute._proto.chalk_v1_chalk_grpc import FunctionCatalogStub
 
     host, _, port = args.target.rpartition(":")

@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sys
 import secrets
 import signal
+import sys
 import time
 
 from grpclib import GRPCError
@@ -29,17 +29,17 @@ import chalkd
 from chalkd.catalog import Catalog
 from chalkd.config import Config
 from chalkd.gpus import GpuAllocator, detect_gpus
+from chalkd.images.blobs import BlobStore
 from chalkd.queue.core import Queue
 from chalkd.queue.limits import Limits
 from chalkd.queue.retention import expire_results
 from chalkd.runtime.process import ProcessRuntime
 from chalkd.scaling.autoscaler import Autoscaler, HostResources
 from chalkd.services.catalog import CatalogService
-from chalkd.services.convert import settings_from_bytes
 from chalkd.services.containers import ContainersService
+from chalkd.services.convert import settings_from_bytes
 from chalkd.services.fastpath import FastPathServer, grpc_socket_path, run_dir, socket_path
 from chalkd.services.images import ImagesService
-from chalkd.images.blobs import BlobStore
 from chalkd.services.policies import PoliciesService
 from chalkd.services.streams import QueueService, WorkerService
 from chalkd.store.db import Store

@@ -41,7 +41,7 @@ import subprocess
 import sys
 from typing import Any, Callable
 
-from .protocol import PROTOCOL_VERSION, PREFIX, FrameParser, ProtocolError, encode
+from .protocol import PREFIX, PROTOCOL_VERSION, FrameParser, ProtocolError, encode
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from chalkcompute.agent.protocol import PROTOCOL_VERSION, PREFIX, ProtocolError, decode_header, encode, split_prefix
+from chalkcompute.agent.protocol import PREFIX, PROTOCOL_VERSION, ProtocolError, decode_header, encode, split_prefix
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,15 @@ from chalkcompute.agent import entrypoint as agent_entrypoint
 from chalkd.containers.agent_client import AgentUnavailableError, ExecOutcome, agent_exec, wait_agent_ready
 from chalkd.images.blobs import BlobError, BlobStore
 from chalkd.images.docker_build import DockerImageBuilder
-from chalkd.runtime.docker import LABEL_HOME, LABEL_KIND, LABEL_OWNER, home_label, host_config, lazy_binds, remove_labelled
+from chalkd.runtime.docker import (
+    LABEL_HOME,
+    LABEL_KIND,
+    LABEL_OWNER,
+    home_label,
+    host_config,
+    lazy_binds,
+    remove_labelled,
+)
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,14 @@ from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkd.images.blobs import BlobError, BlobStore
 from chalkd.images.docker_build import BuiltImage, DockerImageBuilder, ImageBuildError
 from chalkd.model import ReplicaExit
-from chalkd.runtime.base import ReplicaHandle, format_size, ReplicaRequest, ReplicaStartError, Runtime, RuntimeUnsupported
+from chalkd.runtime.base import (
+    ReplicaHandle,
+    ReplicaRequest,
+    ReplicaStartError,
+    Runtime,
+    RuntimeUnsupported,
+    format_size,
+)
 
 log = logging.getLogger(__name__)
 

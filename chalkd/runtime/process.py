@@ -27,7 +27,14 @@ from chalkd.images.process_env import (
     check_image,
 )
 from chalkd.model import ReplicaExit
-from chalkd.runtime.base import ReplicaHandle, format_size, ReplicaRequest, ReplicaStartError, Runtime, RuntimeUnsupported
+from chalkd.runtime.base import (
+    ReplicaHandle,
+    ReplicaRequest,
+    ReplicaStartError,
+    Runtime,
+    RuntimeUnsupported,
+    format_size,
+)
 from chalkd.runtime.limits import MemoryLimiter
 
 log = logging.getLogger(__name__)

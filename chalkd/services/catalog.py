@@ -12,10 +12,10 @@ from grpclib.const import Status
 
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import FunctionCatalogBase
+from chalkcompute.gpu import GpuRequest
 from chalkd.catalog import Catalog, InvalidFunction, NotFound
 from chalkd.queue.core import CallNotFound, Queue, decode_error
 from chalkd.queue.limits import PERIOD_SECONDS
-from chalkcompute.gpu import GpuRequest
 from chalkd.runtime.base import ReplicaStartError, Runtime, RuntimeUnsupported
 from chalkd.scaling.autoscaler import Autoscaler
 from chalkd.services.convert import content_hash, spec_settings, version_to_pb

@@ -14,7 +14,13 @@ import pytest
 
 from chalkcompute.gpu import MAX_GPUS, GpuRequest, model_tokens
 from chalkd.gpus import (
-    FAKE_GPUS_ENV, GpuAllocator, GpuDevice, detect_gpus, format_memory, probe_gpus, summarize,
+    FAKE_GPUS_ENV,
+    GpuAllocator,
+    GpuDevice,
+    detect_gpus,
+    format_memory,
+    probe_gpus,
+    summarize,
 )
 
 GB = 10**9
