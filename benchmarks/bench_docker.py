@@ -19,10 +19,8 @@ Numbers are for the machine it runs on; nothing here asserts.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -30,18 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.stats import emit, summary  # noqa: E402
 from tests.conftest import Daemon  # noqa: E402  (the same daemon harness the tests use)
-
-
-def percentile(values: list[float], p: float) -> float:
-    values = sorted(values)
-    k = min(len(values) - 1, max(0, int(round(p / 100 * (len(values) - 1)))))
-    return values[k]
-
-
-def summary(ms: list[float]) -> dict:
-    return {"p50_ms": round(statistics.median(ms), 3), "p99_ms": round(percentile(ms, 99), 3),
-            "mean_ms": round(statistics.fmean(ms), 3), "n": len(ms)}
 
 
 def add(x: int, y: int) -> int:
@@ -127,11 +115,7 @@ def main() -> None:
     finally:
         docker.stop()
         process.stop()
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    emit(results, args.out)
 
 
 if __name__ == "__main__":

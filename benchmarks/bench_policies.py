@@ -18,7 +18,6 @@ Variants take turns call by call so machine noise spreads evenly; nothing here a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -29,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.stats import emit  # noqa: E402
 from tests.conftest import Daemon  # noqa: E402  (the same daemon harness the tests use)
 
 
@@ -101,11 +101,7 @@ def main() -> None:
                                "items_per_s": round(args.batch_items / took)}
     finally:
         daemon.stop()
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    emit(results, args.out)
 
 
 if __name__ == "__main__":

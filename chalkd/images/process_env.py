@@ -29,7 +29,6 @@ builders (tasks or processes) wait for one build.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import fcntl  # the process runtime is POSIX-only
 import hashlib
@@ -52,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
+from chalkd.images.commands import run_streamed
 
 __all__ = [
     "ProcessEnvironment", "ImageNotSupportedError", "ImageBuildError",
@@ -467,26 +467,7 @@ class ProcessEnvBuilder:
 
     async def _run(self, argv: list[str], log: LogFn | None, what: str) -> list[str]:
         """Run ``argv``, streaming its merged output to ``log``; returns the output's tail."""
-        if log is not None:
-            log(f"$ {shlex.join(argv)}")
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, env=_build_env(), limit=1 << 20,
-        )
-        tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
-        try:
-            assert proc.stdout is not None
-            async for raw in proc.stdout:
-                line = raw.decode(errors="replace").rstrip("\r\n")
-                tail.append(line)
-                if log is not None:
-                    log(line)
-            rc = await proc.wait()
-        except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await asyncio.shield(proc.wait())
-            raise
+        rc, tail = await run_streamed(argv, log=log, env=_build_env(), tail_lines=_TAIL_LINES)
         if rc != 0:
             raise ImageBuildError(f"{what or shlex.join(argv)} failed (exit status {rc}):\n" + "\n".join(tail))
-        return list(tail)
+        return tail

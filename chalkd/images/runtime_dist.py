@@ -33,7 +33,6 @@ renamed into place (so an existing directory is complete) under a file lock.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import fcntl
 import hashlib
@@ -53,6 +52,8 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from chalkd.images.commands import run_streamed
 
 __all__ = [
     "ContextFile", "RuntimeLayer", "RuntimeDistError", "runtime_layer", "runtime_fingerprint",
@@ -425,25 +426,7 @@ def _pip_env() -> dict[str, str]:
 
 async def _run(argv: list[str], log: LogFn | None, what: str) -> None:
     """Run ``argv``, its merged output streamed to ``log``; RuntimeDistError with the tail on failure."""
-    if log is not None:
-        log(f"$ {' '.join(argv)}")
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, env=_pip_env(), limit=1 << 20)
-    tail: collections.deque[str] = collections.deque(maxlen=_TAIL)
-    try:
-        assert proc.stdout is not None
-        async for raw in proc.stdout:
-            line = raw.decode(errors="replace").rstrip("\r\n")
-            tail.append(line)
-            if log is not None:
-                log(line)
-        rc = await proc.wait()
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await asyncio.shield(proc.wait())
-        raise
+    rc, tail = await run_streamed(argv, log=log, env=_pip_env(), tail_lines=_TAIL)
     if rc != 0:
         raise RuntimeDistError(f"{what or ' '.join(argv)} failed (exit status {rc}):\n" + "\n".join(tail))
 
