@@ -17,8 +17,15 @@ import tarfile
 import pytest
 
 from chalkcompute.image import Image
-from chalkd.images.docker_build import (ContextFile, ImageBuildError, RuntimeLayer, _from_refs, _render,
-                                        _split_instructions, _tag, dockerfile_for)
+from chalkd.images.docker_build import _tag
+from chalkd.images.dockerfile import (
+    ImageBuildError,
+    _split_instructions,
+    dockerfile_for,
+    from_refs,
+    plan_for,
+)
+from chalkd.images.runtime_dist import ContextFile, RuntimeLayer
 
 FAKE_RUNTIME = RuntimeLayer("f" * 64, "3.11", (ContextFile("chalkd-runtime/deps/install.py", b"#"),))
 
@@ -134,7 +141,7 @@ def test_lazy_files_are_not_baked_in(tmp_path):
     assert "lazy" not in text
     assert all(b"x = 1" not in f.data for f in files)
     # steps are numbered without the lazy files
-    plan = _render(img.to_proto(), base="python:3.11-slim", runtime=FAKE_RUNTIME)
+    plan = plan_for(img.to_proto(), base="python:3.11-slim", runtime=FAKE_RUNTIME)
     assert any(i.desc == "step 1/1: RUN true" for i in plan.instrs)
 
 
@@ -167,12 +174,12 @@ def test_from_dockerfile_keeps_its_own_from(tmp_path):
     # the image's USER is restored after our root-only layer
     assert instrs[-1] == "USER nobody"
     assert "USER root" in instrs
-    assert _from_refs(spec) == ["python:3.11-slim"]  # "${V}" is only known to the engine
+    assert from_refs(spec) == ["python:3.11-slim"]  # "${V}" is only known to the engine
 
 
 def test_from_refs_skip_stages_scratch_and_args():
     img = Image().dockerfile_commands(["FROM alpine:3 AS a", "FROM a", "FROM scratch", "FROM $X", "FROM b:1"])
-    assert _from_refs(img.to_proto()) == ["alpine:3", "b:1"]
+    assert from_refs(img.to_proto()) == ["alpine:3", "b:1"]
 
 
 def test_no_base_and_no_from_is_an_error():
@@ -225,7 +232,7 @@ def test_non_root_base_user_is_switched_and_restored():
 
 def test_instruction_descriptions_map_engine_steps_to_user_steps():
     img = Image.debian_slim("3.11").pip_install(["nosuchpkg"]).run_commands("true", "exit 3")
-    plan = _render(img.to_proto(), base="python:3.11-slim", runtime=FAKE_RUNTIME, ca_pem=b"x")
+    plan = plan_for(img.to_proto(), base="python:3.11-slim", runtime=FAKE_RUNTIME, ca_pem=b"x")
     assert len(plan.instrs) == len(instructions(plan.dockerfile))
     descs = [i.desc for i in plan.instrs if i.role == "user"]
     assert descs == ["step 1/2: RUN pip install nosuchpkg", "step 2/2: RUN true", "step 2/2: RUN exit 3"]
