@@ -418,3 +418,143 @@ class ContainersStub:
             chalk_v1_chalk_pb2.StopContainerRequest,
             chalk_v1_chalk_pb2.StopContainerResponse,
         )
+
+
+class VolumesBase(abc.ABC):
+
+    @abc.abstractmethod
+    async def Create(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.CreateVolumeRequest, chalk_v1_chalk_pb2.CreateVolumeResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def Get(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.GetVolumeRequest, chalk_v1_chalk_pb2.GetVolumeResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def List(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.ListVolumesRequest, chalk_v1_chalk_pb2.ListVolumesResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def Delete(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.DeleteVolumeRequest, chalk_v1_chalk_pb2.DeleteVolumeResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def ListFiles(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.ListFilesRequest, chalk_v1_chalk_pb2.ListFilesResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def ReadFile(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.ReadFileRequest, chalk_v1_chalk_pb2.FileChunk]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def WriteFiles(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.WriteFilesRequest, chalk_v1_chalk_pb2.WriteFilesResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def RemoveFile(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.RemoveFileRequest, chalk_v1_chalk_pb2.RemoveFileResponse]') -> None:
+        pass
+
+    def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
+        return {
+            '/chalk.v1.Volumes/Create': grpclib.const.Handler(
+                self.Create,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                chalk_v1_chalk_pb2.CreateVolumeRequest,
+                chalk_v1_chalk_pb2.CreateVolumeResponse,
+            ),
+            '/chalk.v1.Volumes/Get': grpclib.const.Handler(
+                self.Get,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                chalk_v1_chalk_pb2.GetVolumeRequest,
+                chalk_v1_chalk_pb2.GetVolumeResponse,
+            ),
+            '/chalk.v1.Volumes/List': grpclib.const.Handler(
+                self.List,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                chalk_v1_chalk_pb2.ListVolumesRequest,
+                chalk_v1_chalk_pb2.ListVolumesResponse,
+            ),
+            '/chalk.v1.Volumes/Delete': grpclib.const.Handler(
+                self.Delete,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                chalk_v1_chalk_pb2.DeleteVolumeRequest,
+                chalk_v1_chalk_pb2.DeleteVolumeResponse,
+            ),
+            '/chalk.v1.Volumes/ListFiles': grpclib.const.Handler(
+                self.ListFiles,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                chalk_v1_chalk_pb2.ListFilesRequest,
+                chalk_v1_chalk_pb2.ListFilesResponse,
+            ),
+            '/chalk.v1.Volumes/ReadFile': grpclib.const.Handler(
+                self.ReadFile,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                chalk_v1_chalk_pb2.ReadFileRequest,
+                chalk_v1_chalk_pb2.FileChunk,
+            ),
+            '/chalk.v1.Volumes/WriteFiles': grpclib.const.Handler(
+                self.WriteFiles,
+                grpclib.const.Cardinality.STREAM_UNARY,
+                chalk_v1_chalk_pb2.WriteFilesRequest,
+                chalk_v1_chalk_pb2.WriteFilesResponse,
+            ),
+            '/chalk.v1.Volumes/RemoveFile': grpclib.const.Handler(
+                self.RemoveFile,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                chalk_v1_chalk_pb2.RemoveFileRequest,
+                chalk_v1_chalk_pb2.RemoveFileResponse,
+            ),
+        }
+
+
+class VolumesStub:
+
+    def __init__(self, channel: grpclib.client.Channel) -> None:
+        self.Create = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/chalk.v1.Volumes/Create',
+            chalk_v1_chalk_pb2.CreateVolumeRequest,
+            chalk_v1_chalk_pb2.CreateVolumeResponse,
+        )
+        self.Get = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/chalk.v1.Volumes/Get',
+            chalk_v1_chalk_pb2.GetVolumeRequest,
+            chalk_v1_chalk_pb2.GetVolumeResponse,
+        )
+        self.List = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/chalk.v1.Volumes/List',
+            chalk_v1_chalk_pb2.ListVolumesRequest,
+            chalk_v1_chalk_pb2.ListVolumesResponse,
+        )
+        self.Delete = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/chalk.v1.Volumes/Delete',
+            chalk_v1_chalk_pb2.DeleteVolumeRequest,
+            chalk_v1_chalk_pb2.DeleteVolumeResponse,
+        )
+        self.ListFiles = grpclib.client.UnaryStreamMethod(
+            channel,
+            '/chalk.v1.Volumes/ListFiles',
+            chalk_v1_chalk_pb2.ListFilesRequest,
+            chalk_v1_chalk_pb2.ListFilesResponse,
+        )
+        self.ReadFile = grpclib.client.UnaryStreamMethod(
+            channel,
+            '/chalk.v1.Volumes/ReadFile',
+            chalk_v1_chalk_pb2.ReadFileRequest,
+            chalk_v1_chalk_pb2.FileChunk,
+        )
+        self.WriteFiles = grpclib.client.StreamUnaryMethod(
+            channel,
+            '/chalk.v1.Volumes/WriteFiles',
+            chalk_v1_chalk_pb2.WriteFilesRequest,
+            chalk_v1_chalk_pb2.WriteFilesResponse,
+        )
+        self.RemoveFile = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/chalk.v1.Volumes/RemoveFile',
+            chalk_v1_chalk_pb2.RemoveFileRequest,
+            chalk_v1_chalk_pb2.RemoveFileResponse,
+        )

@@ -158,7 +158,7 @@ class BatchingSpec(_message.Message):
     def __init__(self, max_batch_size: _Optional[int] = ..., max_buffer_seconds: _Optional[float] = ...) -> None: ...
 
 class FunctionSpec(_message.Message):
-    __slots__ = ("name", "image", "resources", "env", "min_replicas", "max_replicas", "suspend_cooldown_seconds", "code", "input_schema", "output_schema", "is_generator", "is_async", "options", "serialization_format", "parameter_names", "retries", "rate_limit", "rate_limit_key", "concurrency", "queue_policy", "batching", "timeout_seconds")
+    __slots__ = ("name", "image", "resources", "env", "min_replicas", "max_replicas", "suspend_cooldown_seconds", "code", "input_schema", "output_schema", "is_generator", "is_async", "options", "serialization_format", "parameter_names", "retries", "rate_limit", "rate_limit_key", "concurrency", "queue_policy", "batching", "timeout_seconds", "volumes")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -195,6 +195,7 @@ class FunctionSpec(_message.Message):
     QUEUE_POLICY_FIELD_NUMBER: _ClassVar[int]
     BATCHING_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    VOLUMES_FIELD_NUMBER: _ClassVar[int]
     name: str
     image: ImageSpec
     resources: Resources
@@ -217,7 +218,8 @@ class FunctionSpec(_message.Message):
     queue_policy: QueuePolicySpec
     batching: BatchingSpec
     timeout_seconds: float
-    def __init__(self, name: _Optional[str] = ..., image: _Optional[_Union[ImageSpec, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ..., suspend_cooldown_seconds: _Optional[float] = ..., code: _Optional[_Union[CodeBundle, _Mapping]] = ..., input_schema: _Optional[bytes] = ..., output_schema: _Optional[bytes] = ..., is_generator: _Optional[bool] = ..., is_async: _Optional[bool] = ..., options: _Optional[_Mapping[str, str]] = ..., serialization_format: _Optional[str] = ..., parameter_names: _Optional[_Iterable[str]] = ..., retries: _Optional[_Union[RetrySpec, _Mapping]] = ..., rate_limit: _Optional[_Union[RateLimitSpec, _Mapping]] = ..., rate_limit_key: _Optional[str] = ..., concurrency: _Optional[_Union[ConcurrencySpec, _Mapping]] = ..., queue_policy: _Optional[_Union[QueuePolicySpec, _Mapping]] = ..., batching: _Optional[_Union[BatchingSpec, _Mapping]] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
+    volumes: _containers.RepeatedCompositeFieldContainer[VolumeMount]
+    def __init__(self, name: _Optional[str] = ..., image: _Optional[_Union[ImageSpec, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ..., suspend_cooldown_seconds: _Optional[float] = ..., code: _Optional[_Union[CodeBundle, _Mapping]] = ..., input_schema: _Optional[bytes] = ..., output_schema: _Optional[bytes] = ..., is_generator: _Optional[bool] = ..., is_async: _Optional[bool] = ..., options: _Optional[_Mapping[str, str]] = ..., serialization_format: _Optional[str] = ..., parameter_names: _Optional[_Iterable[str]] = ..., retries: _Optional[_Union[RetrySpec, _Mapping]] = ..., rate_limit: _Optional[_Union[RateLimitSpec, _Mapping]] = ..., rate_limit_key: _Optional[str] = ..., concurrency: _Optional[_Union[ConcurrencySpec, _Mapping]] = ..., queue_policy: _Optional[_Union[QueuePolicySpec, _Mapping]] = ..., batching: _Optional[_Union[BatchingSpec, _Mapping]] = ..., timeout_seconds: _Optional[float] = ..., volumes: _Optional[_Iterable[_Union[VolumeMount, _Mapping]]] = ...) -> None: ...
 
 class FunctionVersion(_message.Message):
     __slots__ = ("id", "function_name", "version", "scaling_group_name", "spec", "created_at", "ready_replicas", "replicas", "state", "error", "latest", "error_code")
@@ -666,7 +668,7 @@ class BuildEvent(_message.Message):
     def __init__(self, lines: _Optional[_Iterable[str]] = ..., result: _Optional[_Union[BuildResult, _Mapping]] = ...) -> None: ...
 
 class ContainerSpec(_message.Message):
-    __slots__ = ("name", "image", "resources", "env")
+    __slots__ = ("name", "image", "resources", "env", "volumes")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -678,11 +680,13 @@ class ContainerSpec(_message.Message):
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     ENV_FIELD_NUMBER: _ClassVar[int]
+    VOLUMES_FIELD_NUMBER: _ClassVar[int]
     name: str
     image: ImageSpec
     resources: Resources
     env: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., image: _Optional[_Union[ImageSpec, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    volumes: _containers.RepeatedCompositeFieldContainer[VolumeMount]
+    def __init__(self, name: _Optional[str] = ..., image: _Optional[_Union[ImageSpec, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., volumes: _Optional[_Iterable[_Union[VolumeMount, _Mapping]]] = ...) -> None: ...
 
 class ContainerInfo(_message.Message):
     __slots__ = ("id", "name", "status", "pod_name", "web_url", "image_uri", "created_at", "error")
@@ -796,3 +800,147 @@ class ExecResponse(_message.Message):
     pid: int
     error: str
     def __init__(self, stdout: _Optional[bytes] = ..., stderr: _Optional[bytes] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., pid: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+
+class VolumeInfo(_message.Message):
+    __slots__ = ("name", "created_at", "updated_at", "size_bytes", "file_count")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FILE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    created_at: float
+    updated_at: float
+    size_bytes: int
+    file_count: int
+    def __init__(self, name: _Optional[str] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., size_bytes: _Optional[int] = ..., file_count: _Optional[int] = ...) -> None: ...
+
+class VolumeEntry(_message.Message):
+    __slots__ = ("path", "size", "mtime")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    MTIME_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    size: int
+    mtime: float
+    def __init__(self, path: _Optional[str] = ..., size: _Optional[int] = ..., mtime: _Optional[float] = ...) -> None: ...
+
+class CreateVolumeRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class CreateVolumeResponse(_message.Message):
+    __slots__ = ("info", "created")
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    info: VolumeInfo
+    created: bool
+    def __init__(self, info: _Optional[_Union[VolumeInfo, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class GetVolumeRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class GetVolumeResponse(_message.Message):
+    __slots__ = ("info",)
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    info: VolumeInfo
+    def __init__(self, info: _Optional[_Union[VolumeInfo, _Mapping]] = ...) -> None: ...
+
+class ListVolumesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListVolumesResponse(_message.Message):
+    __slots__ = ("volumes",)
+    VOLUMES_FIELD_NUMBER: _ClassVar[int]
+    volumes: _containers.RepeatedCompositeFieldContainer[VolumeInfo]
+    def __init__(self, volumes: _Optional[_Iterable[_Union[VolumeInfo, _Mapping]]] = ...) -> None: ...
+
+class DeleteVolumeRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteVolumeResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListFilesRequest(_message.Message):
+    __slots__ = ("name", "prefix", "recursive")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    RECURSIVE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    prefix: str
+    recursive: bool
+    def __init__(self, name: _Optional[str] = ..., prefix: _Optional[str] = ..., recursive: _Optional[bool] = ...) -> None: ...
+
+class ListFilesResponse(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[VolumeEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[VolumeEntry, _Mapping]]] = ...) -> None: ...
+
+class ReadFileRequest(_message.Message):
+    __slots__ = ("name", "path")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    path: str
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+
+class FileChunk(_message.Message):
+    __slots__ = ("data", "size")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    size: int
+    def __init__(self, data: _Optional[bytes] = ..., size: _Optional[int] = ...) -> None: ...
+
+class WriteFilesRequest(_message.Message):
+    __slots__ = ("name", "path", "data", "end_of_file", "commit")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    END_OF_FILE_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    path: str
+    data: bytes
+    end_of_file: bool
+    commit: bool
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., data: _Optional[bytes] = ..., end_of_file: _Optional[bool] = ..., commit: _Optional[bool] = ...) -> None: ...
+
+class WriteFilesResponse(_message.Message):
+    __slots__ = ("paths", "bytes")
+    PATHS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    paths: _containers.RepeatedScalarFieldContainer[str]
+    bytes: int
+    def __init__(self, paths: _Optional[_Iterable[str]] = ..., bytes: _Optional[int] = ...) -> None: ...
+
+class RemoveFileRequest(_message.Message):
+    __slots__ = ("name", "path")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    path: str
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+
+class RemoveFileResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class VolumeMount(_message.Message):
+    __slots__ = ("volume", "path")
+    VOLUME_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    volume: str
+    path: str
+    def __init__(self, volume: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
