@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from chalkcompute._build import ImageBuildFailed, prepare_image
 from chalkcompute._client import Client, run_sync
+from chalkcompute._mounts import volume_mounts
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import ContainersStub
 from chalkcompute.exceptions import ChalkError, ContainerError, ImageBuildError
@@ -86,7 +87,7 @@ class Container:
 
     def __init__(self, image: Image | str, name: str | None = None, cpu: str | int | float | None = None,
                  memory: str | int | None = None, env: Mapping[str, str] | None = None, *,
-                 target: str | None = None) -> None:
+                 volumes: list | None = None, target: str | None = None) -> None:
         if isinstance(image, str):
             self._ref: str | None = image
             image = Image.base(image)
@@ -107,6 +108,7 @@ class Container:
         for k, v in self.env.items():
             if not isinstance(k, str) or not isinstance(v, str):
                 raise TypeError(f"env must map str to str, got {k!r}: {v!r}")
+        self.volumes = volume_mounts(volumes)
         self.target = target
         self.id: str | None = None
         self.info: ContainerInfo | None = None
@@ -154,6 +156,7 @@ class Container:
     def _attached(cls, info: pb.ContainerInfo, target: str | None) -> Container:
         c = cls.__new__(cls)
         c.image, c._ref, c.name, c.cpu_millis, c.memory_bytes, c.env = None, None, info.name, 0, 0, {}
+        c.volumes = []
         c.target, c.id, c.info, c._image_uri = target, None, None, None
         c._adopt(info)
         return c
@@ -204,7 +207,7 @@ class Container:
         self._image_uri = built.image_ref
         spec = pb.ContainerSpec(name=self.name or "", image=self.image.to_proto(),
                                 resources=pb.Resources(cpu_millis=self.cpu_millis, memory_bytes=self.memory_bytes),
-                                env=self.env)
+                                env=self.env, volumes=self.volumes)
         resp = await self._call("Create", pb.CreateContainerRequest(spec=spec, start_timeout=start_timeout))
         self._adopt(resp.info)
         loop = asyncio.get_running_loop()

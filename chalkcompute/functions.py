@@ -38,6 +38,7 @@ from chalkcompute import _code
 from chalkcompute import calls as _calls
 from chalkcompute._build import ImageBuildFailed, prepare_image
 from chalkcompute._client import CallHandle, Client, run_async, run_sync
+from chalkcompute._mounts import volume_mounts
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._serialization import FunctionCodec
 from chalkcompute.exceptions import (
@@ -137,7 +138,6 @@ class _Synced:
 
 
 _UNSUPPORTED_YET = {
-    "volumes": "volumes are not implemented yet",
     "secrets": "secrets are not implemented yet",
 }
 
@@ -220,7 +220,7 @@ class RemoteFunction:
     ) -> None:
         if fn is None or not callable(fn):
             raise TypeError(f"RemoteFunction needs a function, got {fn!r}")
-        given = {"volumes": volumes, "secrets": secrets}
+        given = {"secrets": secrets}
         for param, value in given.items():
             if value is not None and value != []:
                 raise NotSupportedError(f"{param}= is not supported yet: {_UNSUPPORTED_YET[param]}")
@@ -246,6 +246,7 @@ class RemoteFunction:
         for k, v in self.env.items():
             if not isinstance(k, str) or not isinstance(v, str):
                 raise TypeError(f"env must map str to str, got {k!r}: {v!r}")
+        self.volumes = volume_mounts(volumes)
         for label, value in (("min_replicas", min_replicas), ("max_replicas", max_replicas)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise ValueError(f"{label} must be a non-negative int, got {value!r}")
@@ -351,7 +352,7 @@ class RemoteFunction:
             is_generator=self.is_generator, is_async=inspect.iscoroutinefunction(self.fn)
             or inspect.isasyncgenfunction(self.fn),
             options=self.options, serialization_format=self.serialization_format,
-            parameter_names=self.codec.parameter_names, **self.policy_spec,
+            parameter_names=self.codec.parameter_names, volumes=self.volumes, **self.policy_spec,
         ), bundle
 
     async def _register(self) -> FunctionVersionInfo:

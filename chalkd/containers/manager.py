@@ -41,10 +41,13 @@ from chalkd.runtime.docker import (
     LABEL_HOME,
     LABEL_KIND,
     LABEL_OWNER,
+    MountError,
+    check_mounts,
     home_label,
     host_config,
     lazy_binds,
     remove_labelled,
+    volume_binds,
 )
 
 log = logging.getLogger(__name__)
@@ -108,6 +111,7 @@ class ContainerManager:
         self.agents = Path(run_dir) / "agents"
         self.pids_limit = pids_limit
         self.by_id: dict[str, ManagedContainer] = {}
+        self.volumes = None  # chalkd.volumes.store.VolumeStore, set by the server
         self._starting: set[asyncio.Task] = set()
         # A daemon not running as root must still be able to open the agent's 0600 socket.
         self._socket_owner = () if os.getuid() == 0 else ("--socket-owner", f"{os.getuid()}:{os.getgid()}")
@@ -133,7 +137,8 @@ class ContainerManager:
     # -- lifecycle ----------------------------------------------------------------
 
     async def create(self, *, name: str, image: pb.ImageSpec, cpu_millis: int = 0, memory_bytes: int = 0,
-                     env: dict[str, str] | None = None, start_timeout: float = 60.0) -> ManagedContainer:
+                     env: dict[str, str] | None = None, start_timeout: float = 60.0,
+                     volumes=()) -> ManagedContainer:
         if name and not _NAME.fullmatch(name):
             raise ValueError(f"container name {name!r} is not DNS-safe: use lower-case letters, digits and '-', "
                              "starting and ending with a letter or digit, at most 63 characters")
@@ -142,8 +147,9 @@ class ContainerManager:
         cid = "ct-" + secrets.token_hex(6)
         name = name or cid
         try:
-            binds = lazy_binds(self.blobs, image)
-        except BlobError as exc:
+            check_mounts(volumes, image)
+            binds = [*lazy_binds(self.blobs, image), *volume_binds(self.volumes, volumes)]
+        except (BlobError, MountError) as exc:
             raise ValueError(str(exc)) from None
         built = await self.builder.build(image)  # cached: the SDK built it with the log shown
         agent_dir = self.agents / cid

@@ -84,6 +84,39 @@ def lazy_binds(blobs: BlobStore, image: pb.ImageSpec) -> list[str]:
     return [f"{host}:{mount}:ro" for host, mount in blobs.mounts(image)]
 
 
+class MountError(ValueError):
+    """A volume mount cannot be made (the message names the volume and path)."""
+
+
+def check_mounts(mounts, image: pb.ImageSpec) -> None:
+    """Refuse mounts at '/', twice at one path, or over a lazy-file directory of the image."""
+    from chalkd.images.blobs import mount_groups
+
+    lazy = set(mount_groups(image))
+    seen: set[str] = set()
+    for m in mounts:
+        if not m.path.startswith("/") or m.path == "/":
+            raise MountError(f"volume {m.volume!r} cannot be mounted at {m.path!r}: use an absolute directory")
+        if m.path in seen:
+            raise MountError(f"two volumes are mounted at {m.path!r}")
+        if m.path in lazy:
+            raise MountError(f"volume {m.volume!r} is mounted at {m.path!r}, where the image's local files "
+                             "are mounted too; choose another path")
+        seen.add(m.path)
+
+
+def volume_binds(volumes, mounts) -> list[str]:
+    """Bind specs for ``mounts`` (VolumeMount messages): each volume's directory, read-write.
+
+    The one mount path for functions, containers (and later classes and sandboxes);
+    a volume that does not exist yet is created here."""
+    if not mounts:
+        return []
+    if volumes is None:
+        raise MountError("this daemon has no volume store")
+    return [f"{volumes.ensure(m.volume)}:{m.path}" for m in mounts]
+
+
 async def remove_labelled(docker: aiodocker.Docker, home: Path, kind: str | None = None) -> int:
     """Force-remove this home's containers (of one kind, or all); returns how many."""
     labels = [f"{LABEL_HOME}={home_label(home)}"]
@@ -166,6 +199,7 @@ class DockerRuntime(Runtime):
         self.blobs = blobs
         self.pids_limit = pids_limit
         self.images: dict[str, BuiltImage] = {}
+        self.volumes = None  # chalkd.volumes.store.VolumeStore, set by the server
         self.logs = self.home / "logs" / "replicas"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.target = ""  # unused: containers dial the unix sockets in run_dir
@@ -177,9 +211,10 @@ class DockerRuntime(Runtime):
             # The SDK always sends a base; an empty one would only fail later, in the build.
             raise RuntimeUnsupported(f"function {fs.name!r} has an image with no base")
         try:
-            from chalkd.images.blobs import mount_groups
-            mount_groups(fs.image)
-        except BlobError as exc:
+            check_mounts(fs.volumes, fs.image)
+            # Volumes named in mounts are created at deploy, so a typo shows up in `chalkd volume ls`.
+            volume_binds(self.volumes, fs.volumes)
+        except (BlobError, MountError, ValueError) as exc:
             raise RuntimeUnsupported(str(exc)) from None
 
     async def prepare(self, function_id: str, spec: bytes) -> None:
@@ -208,8 +243,9 @@ class DockerRuntime(Runtime):
                "CHALK_FUNCTION_KIND": "generator" if fs.is_generator else "async" if fs.is_async else "sync",
                "PYTHONUNBUFFERED": "1"}
         try:
-            binds = [f"{self.run_dir}:{self.run_dir}", *lazy_binds(self.blobs, fs.image)]
-        except BlobError as exc:
+            binds = [f"{self.run_dir}:{self.run_dir}", *lazy_binds(self.blobs, fs.image),
+                     *volume_binds(self.volumes, fs.volumes)]
+        except (BlobError, MountError, ValueError) as exc:
             raise ReplicaStartError(str(exc), build_failed=False) from None
         name = f"chalkd-{request.replica_id}"
         config = {

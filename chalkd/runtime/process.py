@@ -110,6 +110,10 @@ class ProcessRuntime(Runtime):
     def check(self, spec: bytes) -> None:
         fs = pb.FunctionSpec()
         fs.ParseFromString(spec)
+        if fs.volumes:
+            raise RuntimeUnsupported(
+                f"volumes= is not supported on the process runtime (function {fs.name!r} mounts "
+                f"{', '.join(repr(m.volume) for m in fs.volumes)}): run chalkd with --runtime docker")
         if fs.resources.gpu:
             raise RuntimeUnsupported(
                 f"gpu={fs.resources.gpu!r} is not supported on the process runtime: run chalkd with --runtime docker"

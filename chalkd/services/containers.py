@@ -44,7 +44,7 @@ class ContainersService(ContainersBase):
             c = await self._manager().create(
                 name=spec.name, image=spec.image, cpu_millis=spec.resources.cpu_millis,
                 memory_bytes=spec.resources.memory_bytes, env=dict(spec.env),
-                start_timeout=req.start_timeout or 60.0)
+                start_timeout=req.start_timeout or 60.0, volumes=list(spec.volumes))
         except ContainerConflict as exc:
             raise GRPCError(Status.ALREADY_EXISTS, str(exc)) from None
         except ValueError as exc:

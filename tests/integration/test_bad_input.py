@@ -129,7 +129,7 @@ def test_later_parameters_say_not_supported_yet():
     def f(x: int) -> int:
         return x
 
-    for kwargs in ({"secrets": ["s"]}, {"volumes": [("v", "/v")]}):
+    for kwargs in ({"secrets": ["s"]},):
         with pytest.raises(NotSupportedError, match="not supported yet"):
             chalkcompute.function(**kwargs)(f)
     with pytest.raises(TypeError, match="queue_policy must be a chalkcompute.QueuePolicy"):
@@ -166,3 +166,12 @@ def test_containers_need_the_docker_runtime():
         Container(image=Image.debian_slim(), name="on-process").run()
     with pytest.raises(ContainerError, match="Docker runtime"):
         Container.from_name("on-process")
+
+
+def test_volumes_need_the_docker_runtime():
+    def f(x: int) -> int:
+        return x
+
+    fn = RemoteFunction(f, name="volumes_on_process", volumes=[("cache", "/cache")])
+    with pytest.raises(FunctionError, match="volumes= is not supported on the process runtime.*--runtime docker"):
+        fn.deploy()

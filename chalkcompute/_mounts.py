@@ -1,0 +1,51 @@
+"""``volumes=[...]`` on functions and containers: validated once, sent as VolumeMount messages.
+
+    mounts = volume_mounts([(Volume("model-cache"), "/models"), ("scratch", "/tmp/scratch")])
+    # -> [VolumeMount(volume="model-cache", path="/models"), VolumeMount(volume="scratch", path="/tmp/scratch")]
+
+A mount is ``(volume, path)`` where ``volume`` is a :class:`chalkcompute.Volume`
+(anything with a ``name``) or a volume name, and ``path`` an absolute
+directory in the container other than ``/``. A volume named in a mount is
+created at deploy when it does not exist. Mounts need chalkd's Docker runtime.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Iterable
+
+from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
+
+__all__ = ["volume_mounts"]
+
+_VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def volume_mounts(volumes: Iterable | None) -> list[pb.VolumeMount]:
+    if volumes is None:
+        return []
+    if isinstance(volumes, (str, bytes, dict)) or not isinstance(volumes, Iterable):
+        raise TypeError(f"volumes must be a list of (volume, path) pairs, got {volumes!r}")
+    out: list[pb.VolumeMount] = []
+    seen: dict[str, str] = {}
+    for item in volumes:
+        if not isinstance(item, tuple) or len(item) != 2:
+            raise TypeError(f"each entry of volumes must be a (volume, path) pair, got {item!r}")
+        volume, path = item
+        name = volume if isinstance(volume, str) else getattr(volume, "name", None)
+        if not isinstance(name, str):
+            raise TypeError(f"a mount's volume must be a chalkcompute.Volume or a volume name, got {volume!r}")
+        if not _VOLUME_NAME.fullmatch(name):
+            raise ValueError(f"invalid volume name {name!r} in volumes: use 1-63 letters, digits, '.', '_' or '-', "
+                             "starting with a letter or digit")
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ValueError(f"the mount path of volume {name!r} must be an absolute path, got {path!r}")
+        norm = posixpath.normpath(path)
+        if norm == "/" or "\0" in norm or ":" in norm:
+            raise ValueError(f"volume {name!r} cannot be mounted at {path!r}: choose a directory such as '/data'")
+        if norm in seen:
+            raise ValueError(f"two volumes are mounted at {norm!r}: {seen[norm]!r} and {name!r}")
+        seen[norm] = name
+        out.append(pb.VolumeMount(volume=name, path=norm))
+    return out
