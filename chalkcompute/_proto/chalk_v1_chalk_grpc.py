@@ -558,3 +558,111 @@ class VolumesStub:
             chalk_v1_chalk_pb2.RemoveFileRequest,
             chalk_v1_chalk_pb2.RemoveFileResponse,
         )
+
+
+class SecretsBase(abc.ABC):
+
+    @abc.abstractmethod
+    async def SetSecret(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.SetSecretRequest, chalk_v1_chalk_pb2.SetSecretResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def ListSecrets(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.ListSecretsRequest, chalk_v1_chalk_pb2.ListSecretsResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def DeleteSecret(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.DeleteSecretRequest, chalk_v1_chalk_pb2.DeleteSecretResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def SetIntegration(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.SetIntegrationRequest, chalk_v1_chalk_pb2.SetIntegrationResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def ListIntegrations(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.ListIntegrationsRequest, chalk_v1_chalk_pb2.ListIntegrationsResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def DeleteIntegration(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.DeleteIntegrationRequest, chalk_v1_chalk_pb2.DeleteIntegrationResponse]') -> None:
+        pass
+
+    def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
+        return {
+            '/chalk.v1.Secrets/SetSecret': grpclib.const.Handler(
+                self.SetSecret,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                chalk_v1_chalk_pb2.SetSecretRequest,
+                chalk_v1_chalk_pb2.SetSecretResponse,
+            ),
+            '/chalk.v1.Secrets/ListSecrets': grpclib.const.Handler(
+                self.ListSecrets,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                chalk_v1_chalk_pb2.ListSecretsRequest,
+                chalk_v1_chalk_pb2.ListSecretsResponse,
+            ),
+            '/chalk.v1.Secrets/DeleteSecret': grpclib.const.Handler(
+                self.DeleteSecret,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                chalk_v1_chalk_pb2.DeleteSecretRequest,
+                chalk_v1_chalk_pb2.DeleteSecretResponse,
+            ),
+            '/chalk.v1.Secrets/SetIntegration': grpclib.const.Handler(
+                self.SetIntegration,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                chalk_v1_chalk_pb2.SetIntegrationRequest,
+                chalk_v1_chalk_pb2.SetIntegrationResponse,
+            ),
+            '/chalk.v1.Secrets/ListIntegrations': grpclib.const.Handler(
+                self.ListIntegrations,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                chalk_v1_chalk_pb2.ListIntegrationsRequest,
+                chalk_v1_chalk_pb2.ListIntegrationsResponse,
+            ),
+            '/chalk.v1.Secrets/DeleteIntegration': grpclib.const.Handler(
+                self.DeleteIntegration,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                chalk_v1_chalk_pb2.DeleteIntegrationRequest,
+                chalk_v1_chalk_pb2.DeleteIntegrationResponse,
+            ),
+        }
+
+
+class SecretsStub:
+
+    def __init__(self, channel: grpclib.client.Channel) -> None:
+        self.SetSecret = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/chalk.v1.Secrets/SetSecret',
+            chalk_v1_chalk_pb2.SetSecretRequest,
+            chalk_v1_chalk_pb2.SetSecretResponse,
+        )
+        self.ListSecrets = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/chalk.v1.Secrets/ListSecrets',
+            chalk_v1_chalk_pb2.ListSecretsRequest,
+            chalk_v1_chalk_pb2.ListSecretsResponse,
+        )
+        self.DeleteSecret = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/chalk.v1.Secrets/DeleteSecret',
+            chalk_v1_chalk_pb2.DeleteSecretRequest,
+            chalk_v1_chalk_pb2.DeleteSecretResponse,
+        )
+        self.SetIntegration = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/chalk.v1.Secrets/SetIntegration',
+            chalk_v1_chalk_pb2.SetIntegrationRequest,
+            chalk_v1_chalk_pb2.SetIntegrationResponse,
+        )
+        self.ListIntegrations = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/chalk.v1.Secrets/ListIntegrations',
+            chalk_v1_chalk_pb2.ListIntegrationsRequest,
+            chalk_v1_chalk_pb2.ListIntegrationsResponse,
+        )
+        self.DeleteIntegration = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/chalk.v1.Secrets/DeleteIntegration',
+            chalk_v1_chalk_pb2.DeleteIntegrationRequest,
+            chalk_v1_chalk_pb2.DeleteIntegrationResponse,
+        )

@@ -158,7 +158,7 @@ class BatchingSpec(_message.Message):
     def __init__(self, max_batch_size: _Optional[int] = ..., max_buffer_seconds: _Optional[float] = ...) -> None: ...
 
 class FunctionSpec(_message.Message):
-    __slots__ = ("name", "image", "resources", "env", "min_replicas", "max_replicas", "suspend_cooldown_seconds", "code", "input_schema", "output_schema", "is_generator", "is_async", "options", "serialization_format", "parameter_names", "retries", "rate_limit", "rate_limit_key", "concurrency", "queue_policy", "batching", "timeout_seconds", "volumes")
+    __slots__ = ("name", "image", "resources", "env", "min_replicas", "max_replicas", "suspend_cooldown_seconds", "code", "input_schema", "output_schema", "is_generator", "is_async", "options", "serialization_format", "parameter_names", "retries", "rate_limit", "rate_limit_key", "concurrency", "queue_policy", "batching", "timeout_seconds", "volumes", "secrets")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -196,6 +196,7 @@ class FunctionSpec(_message.Message):
     BATCHING_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     VOLUMES_FIELD_NUMBER: _ClassVar[int]
+    SECRETS_FIELD_NUMBER: _ClassVar[int]
     name: str
     image: ImageSpec
     resources: Resources
@@ -219,7 +220,8 @@ class FunctionSpec(_message.Message):
     batching: BatchingSpec
     timeout_seconds: float
     volumes: _containers.RepeatedCompositeFieldContainer[VolumeMount]
-    def __init__(self, name: _Optional[str] = ..., image: _Optional[_Union[ImageSpec, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ..., suspend_cooldown_seconds: _Optional[float] = ..., code: _Optional[_Union[CodeBundle, _Mapping]] = ..., input_schema: _Optional[bytes] = ..., output_schema: _Optional[bytes] = ..., is_generator: _Optional[bool] = ..., is_async: _Optional[bool] = ..., options: _Optional[_Mapping[str, str]] = ..., serialization_format: _Optional[str] = ..., parameter_names: _Optional[_Iterable[str]] = ..., retries: _Optional[_Union[RetrySpec, _Mapping]] = ..., rate_limit: _Optional[_Union[RateLimitSpec, _Mapping]] = ..., rate_limit_key: _Optional[str] = ..., concurrency: _Optional[_Union[ConcurrencySpec, _Mapping]] = ..., queue_policy: _Optional[_Union[QueuePolicySpec, _Mapping]] = ..., batching: _Optional[_Union[BatchingSpec, _Mapping]] = ..., timeout_seconds: _Optional[float] = ..., volumes: _Optional[_Iterable[_Union[VolumeMount, _Mapping]]] = ...) -> None: ...
+    secrets: _containers.RepeatedCompositeFieldContainer[SecretRef]
+    def __init__(self, name: _Optional[str] = ..., image: _Optional[_Union[ImageSpec, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ..., suspend_cooldown_seconds: _Optional[float] = ..., code: _Optional[_Union[CodeBundle, _Mapping]] = ..., input_schema: _Optional[bytes] = ..., output_schema: _Optional[bytes] = ..., is_generator: _Optional[bool] = ..., is_async: _Optional[bool] = ..., options: _Optional[_Mapping[str, str]] = ..., serialization_format: _Optional[str] = ..., parameter_names: _Optional[_Iterable[str]] = ..., retries: _Optional[_Union[RetrySpec, _Mapping]] = ..., rate_limit: _Optional[_Union[RateLimitSpec, _Mapping]] = ..., rate_limit_key: _Optional[str] = ..., concurrency: _Optional[_Union[ConcurrencySpec, _Mapping]] = ..., queue_policy: _Optional[_Union[QueuePolicySpec, _Mapping]] = ..., batching: _Optional[_Union[BatchingSpec, _Mapping]] = ..., timeout_seconds: _Optional[float] = ..., volumes: _Optional[_Iterable[_Union[VolumeMount, _Mapping]]] = ..., secrets: _Optional[_Iterable[_Union[SecretRef, _Mapping]]] = ...) -> None: ...
 
 class FunctionVersion(_message.Message):
     __slots__ = ("id", "function_name", "version", "scaling_group_name", "spec", "created_at", "ready_replicas", "replicas", "state", "error", "latest", "error_code")
@@ -250,10 +252,19 @@ class FunctionVersion(_message.Message):
     def __init__(self, id: _Optional[str] = ..., function_name: _Optional[str] = ..., version: _Optional[int] = ..., scaling_group_name: _Optional[str] = ..., spec: _Optional[_Union[FunctionSpec, _Mapping]] = ..., created_at: _Optional[float] = ..., ready_replicas: _Optional[int] = ..., replicas: _Optional[int] = ..., state: _Optional[str] = ..., error: _Optional[str] = ..., latest: _Optional[bool] = ..., error_code: _Optional[str] = ...) -> None: ...
 
 class RegisterFunctionRequest(_message.Message):
-    __slots__ = ("spec",)
+    __slots__ = ("spec", "local_secrets")
+    class LocalSecretsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     SPEC_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_SECRETS_FIELD_NUMBER: _ClassVar[int]
     spec: FunctionSpec
-    def __init__(self, spec: _Optional[_Union[FunctionSpec, _Mapping]] = ...) -> None: ...
+    local_secrets: _containers.ScalarMap[str, str]
+    def __init__(self, spec: _Optional[_Union[FunctionSpec, _Mapping]] = ..., local_secrets: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RegisterFunctionResponse(_message.Message):
     __slots__ = ("function", "created")
@@ -592,7 +603,14 @@ class ChunkCredit(_message.Message):
     def __init__(self, call_id: _Optional[str] = ..., attempt: _Optional[int] = ..., up_to: _Optional[int] = ...) -> None: ...
 
 class WorkerResponse(_message.Message):
-    __slots__ = ("function", "assignments", "chunk_credits", "cancels", "drain", "heartbeat", "batches")
+    __slots__ = ("function", "assignments", "chunk_credits", "cancels", "drain", "heartbeat", "batches", "secret_env")
+    class SecretEnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
     CHUNK_CREDITS_FIELD_NUMBER: _ClassVar[int]
@@ -600,6 +618,7 @@ class WorkerResponse(_message.Message):
     DRAIN_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     BATCHES_FIELD_NUMBER: _ClassVar[int]
+    SECRET_ENV_FIELD_NUMBER: _ClassVar[int]
     function: FunctionVersion
     assignments: _containers.RepeatedCompositeFieldContainer[Assignment]
     chunk_credits: _containers.RepeatedCompositeFieldContainer[ChunkCredit]
@@ -607,7 +626,8 @@ class WorkerResponse(_message.Message):
     drain: bool
     heartbeat: bool
     batches: _containers.RepeatedCompositeFieldContainer[AssignmentBatch]
-    def __init__(self, function: _Optional[_Union[FunctionVersion, _Mapping]] = ..., assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., chunk_credits: _Optional[_Iterable[_Union[ChunkCredit, _Mapping]]] = ..., cancels: _Optional[_Iterable[_Union[AttemptEvent, _Mapping]]] = ..., drain: _Optional[bool] = ..., heartbeat: _Optional[bool] = ..., batches: _Optional[_Iterable[_Union[AssignmentBatch, _Mapping]]] = ...) -> None: ...
+    secret_env: _containers.ScalarMap[str, str]
+    def __init__(self, function: _Optional[_Union[FunctionVersion, _Mapping]] = ..., assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., chunk_credits: _Optional[_Iterable[_Union[ChunkCredit, _Mapping]]] = ..., cancels: _Optional[_Iterable[_Union[AttemptEvent, _Mapping]]] = ..., drain: _Optional[bool] = ..., heartbeat: _Optional[bool] = ..., batches: _Optional[_Iterable[_Union[AssignmentBatch, _Mapping]]] = ..., secret_env: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class MissingBlobsRequest(_message.Message):
     __slots__ = ("digests",)
@@ -668,8 +688,15 @@ class BuildEvent(_message.Message):
     def __init__(self, lines: _Optional[_Iterable[str]] = ..., result: _Optional[_Union[BuildResult, _Mapping]] = ...) -> None: ...
 
 class ContainerSpec(_message.Message):
-    __slots__ = ("name", "image", "resources", "env", "volumes")
+    __slots__ = ("name", "image", "resources", "env", "volumes", "secrets", "local_secrets")
     class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class LocalSecretsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -681,12 +708,16 @@ class ContainerSpec(_message.Message):
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     ENV_FIELD_NUMBER: _ClassVar[int]
     VOLUMES_FIELD_NUMBER: _ClassVar[int]
+    SECRETS_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_SECRETS_FIELD_NUMBER: _ClassVar[int]
     name: str
     image: ImageSpec
     resources: Resources
     env: _containers.ScalarMap[str, str]
     volumes: _containers.RepeatedCompositeFieldContainer[VolumeMount]
-    def __init__(self, name: _Optional[str] = ..., image: _Optional[_Union[ImageSpec, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., volumes: _Optional[_Iterable[_Union[VolumeMount, _Mapping]]] = ...) -> None: ...
+    secrets: _containers.RepeatedCompositeFieldContainer[SecretRef]
+    local_secrets: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., image: _Optional[_Union[ImageSpec, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., volumes: _Optional[_Iterable[_Union[VolumeMount, _Mapping]]] = ..., secrets: _Optional[_Iterable[_Union[SecretRef, _Mapping]]] = ..., local_secrets: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ContainerInfo(_message.Message):
     __slots__ = ("id", "name", "status", "pod_name", "web_url", "image_uri", "created_at", "error")
@@ -944,3 +975,129 @@ class VolumeMount(_message.Message):
     volume: str
     path: str
     def __init__(self, volume: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+
+class SecretRef(_message.Message):
+    __slots__ = ("kind", "name", "alias", "prefix", "keys", "aliases", "digest")
+    class AliasesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    name: str
+    alias: str
+    prefix: str
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    aliases: _containers.ScalarMap[str, str]
+    digest: str
+    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., alias: _Optional[str] = ..., prefix: _Optional[str] = ..., keys: _Optional[_Iterable[str]] = ..., aliases: _Optional[_Mapping[str, str]] = ..., digest: _Optional[str] = ...) -> None: ...
+
+class SecretInfo(_message.Message):
+    __slots__ = ("name", "created_at", "updated_at")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    created_at: float
+    updated_at: float
+    def __init__(self, name: _Optional[str] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ...) -> None: ...
+
+class IntegrationInfo(_message.Message):
+    __slots__ = ("name", "keys", "created_at", "updated_at")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    created_at: float
+    updated_at: float
+    def __init__(self, name: _Optional[str] = ..., keys: _Optional[_Iterable[str]] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ...) -> None: ...
+
+class SetSecretRequest(_message.Message):
+    __slots__ = ("name", "value")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: str
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
+class SetSecretResponse(_message.Message):
+    __slots__ = ("info", "created")
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    info: SecretInfo
+    created: bool
+    def __init__(self, info: _Optional[_Union[SecretInfo, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class ListSecretsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListSecretsResponse(_message.Message):
+    __slots__ = ("secrets",)
+    SECRETS_FIELD_NUMBER: _ClassVar[int]
+    secrets: _containers.RepeatedCompositeFieldContainer[SecretInfo]
+    def __init__(self, secrets: _Optional[_Iterable[_Union[SecretInfo, _Mapping]]] = ...) -> None: ...
+
+class DeleteSecretRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteSecretResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SetIntegrationRequest(_message.Message):
+    __slots__ = ("name", "values")
+    class ValuesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    values: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., values: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class SetIntegrationResponse(_message.Message):
+    __slots__ = ("info", "created")
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    info: IntegrationInfo
+    created: bool
+    def __init__(self, info: _Optional[_Union[IntegrationInfo, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class ListIntegrationsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListIntegrationsResponse(_message.Message):
+    __slots__ = ("integrations",)
+    INTEGRATIONS_FIELD_NUMBER: _ClassVar[int]
+    integrations: _containers.RepeatedCompositeFieldContainer[IntegrationInfo]
+    def __init__(self, integrations: _Optional[_Iterable[_Union[IntegrationInfo, _Mapping]]] = ...) -> None: ...
+
+class DeleteIntegrationRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteIntegrationResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
