@@ -39,6 +39,19 @@ from chalkcompute.functions import FunctionVersionInfo, RemoteFunction, function
 from chalkcompute.image import Image, LazyLocalFile
 from chalkcompute.policies import ConcurrencyPolicy, QueuePolicy, RateLimitPolicy
 from chalkcompute.retries import RetryPolicy
+from chalkcompute.secret import Secret
+from chalkcompute.volume import (
+    Volume,
+    VolumeBatch,
+    VolumeClient,
+    VolumeClosedError,
+    VolumeEntry,
+    VolumeError,
+    VolumeFileNotFoundError,
+    VolumeInfo,
+    VolumeInvalidArgumentError,
+    VolumeNotFoundError,
+)
 from chalkcompute.worker.cancel import CallCancelled
 
 __version__ = "0.1.0"
@@ -74,7 +87,18 @@ __all__ = [
     "RemoteFunction",
     "ResourceExhaustedError",
     "RetryPolicy",
+    "Secret",
     "SerializationError",
+    "Volume",
+    "VolumeBatch",
+    "VolumeClient",
+    "VolumeClosedError",
+    "VolumeEntry",
+    "VolumeError",
+    "VolumeFileNotFoundError",
+    "VolumeInfo",
+    "VolumeInvalidArgumentError",
+    "VolumeNotFoundError",
     "WorkerLostError",
     "function",
 ]

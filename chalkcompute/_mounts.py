@@ -1,4 +1,4 @@
-"""``volumes=[...]`` on functions and containers: validated once, sent as VolumeMount messages.
+"""``volumes=[...]`` and ``secrets=[...]`` on functions and containers: validated once, sent as messages.
 
     mounts = volume_mounts([(Volume("model-cache"), "/models"), ("scratch", "/tmp/scratch")])
     # -> [VolumeMount(volume="model-cache", path="/models"), VolumeMount(volume="scratch", path="/tmp/scratch")]
@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 
-__all__ = ["volume_mounts"]
+__all__ = ["volume_mounts", "check_secrets", "secret_refs"]
 
 _VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
@@ -49,3 +49,30 @@ def volume_mounts(volumes: Iterable | None) -> list[pb.VolumeMount]:
         seen[norm] = name
         out.append(pb.VolumeMount(volume=name, path=norm))
     return out
+
+
+def check_secrets(secrets: Iterable | None) -> list:
+    """``secrets=`` as a list of :class:`chalkcompute.Secret` (checked now; local ones are read at deploy)."""
+    from chalkcompute.secret import Secret
+
+    if secrets is None:
+        return []
+    if isinstance(secrets, (str, bytes, dict, Secret)) or not isinstance(secrets, Iterable):
+        raise TypeError(f"secrets must be a list of chalkcompute.Secret, got {secrets!r}")
+    out = list(secrets)
+    for s in out:
+        if not isinstance(s, Secret):
+            raise TypeError(f"every entry of secrets must be a chalkcompute.Secret (e.g. Secret.from_name('KEY')), "
+                            f"got {s!r}")
+    return out
+
+
+def secret_refs(secrets: list) -> tuple[list[pb.SecretRef], dict[str, str]]:
+    """The references to send, and the values of local secrets read now (sent apart from the spec)."""
+    refs: list[pb.SecretRef] = []
+    local: dict[str, str] = {}
+    for s in secrets:
+        ref, values = s.to_ref()
+        refs.append(ref)
+        local.update(values)
+    return refs, local

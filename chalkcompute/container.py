@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from chalkcompute._build import ImageBuildFailed, prepare_image
 from chalkcompute._client import Client, run_sync
-from chalkcompute._mounts import volume_mounts
+from chalkcompute._mounts import check_secrets, secret_refs, volume_mounts
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import ContainersStub
 from chalkcompute.exceptions import ChalkError, ContainerError, ImageBuildError
@@ -87,7 +87,7 @@ class Container:
 
     def __init__(self, image: Image | str, name: str | None = None, cpu: str | int | float | None = None,
                  memory: str | int | None = None, env: Mapping[str, str] | None = None, *,
-                 volumes: list | None = None, target: str | None = None) -> None:
+                 volumes: list | None = None, secrets: list | None = None, target: str | None = None) -> None:
         if isinstance(image, str):
             self._ref: str | None = image
             image = Image.base(image)
@@ -109,6 +109,7 @@ class Container:
             if not isinstance(k, str) or not isinstance(v, str):
                 raise TypeError(f"env must map str to str, got {k!r}: {v!r}")
         self.volumes = volume_mounts(volumes)
+        self.secrets = check_secrets(secrets)
         self.target = target
         self.id: str | None = None
         self.info: ContainerInfo | None = None
@@ -156,7 +157,7 @@ class Container:
     def _attached(cls, info: pb.ContainerInfo, target: str | None) -> Container:
         c = cls.__new__(cls)
         c.image, c._ref, c.name, c.cpu_millis, c.memory_bytes, c.env = None, None, info.name, 0, 0, {}
-        c.volumes = []
+        c.volumes, c.secrets = [], []
         c.target, c.id, c.info, c._image_uri = target, None, None, None
         c._adopt(info)
         return c
@@ -208,6 +209,10 @@ class Container:
         spec = pb.ContainerSpec(name=self.name or "", image=self.image.to_proto(),
                                 resources=pb.Resources(cpu_millis=self.cpu_millis, memory_bytes=self.memory_bytes),
                                 env=self.env, volumes=self.volumes)
+        # Local secrets are read now; their values travel beside the spec, stored under the container.
+        refs, local_secrets = secret_refs(self.secrets)
+        spec.secrets.extend(refs)
+        spec.local_secrets.update(local_secrets)
         resp = await self._call("Create", pb.CreateContainerRequest(spec=spec, start_timeout=start_timeout))
         self._adopt(resp.info)
         loop = asyncio.get_running_loop()

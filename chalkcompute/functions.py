@@ -38,7 +38,7 @@ from chalkcompute import _code
 from chalkcompute import calls as _calls
 from chalkcompute._build import ImageBuildFailed, prepare_image
 from chalkcompute._client import CallHandle, Client, run_async, run_sync
-from chalkcompute._mounts import volume_mounts
+from chalkcompute._mounts import check_secrets, secret_refs, volume_mounts
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._serialization import FunctionCodec
 from chalkcompute.exceptions import (
@@ -47,7 +47,6 @@ from chalkcompute.exceptions import (
     FunctionError,
     FunctionSignatureError,
     FunctionTimeoutError,
-    NotSupportedError,
     ResourceExhaustedError,
     remote_error,
 )
@@ -137,9 +136,6 @@ class _Synced:
         return blocking
 
 
-_UNSUPPORTED_YET = {
-    "secrets": "secrets are not implemented yet",
-}
 
 DEFAULT_BATCH_SIZE = 10
 DEFAULT_BUFFER_MS = 1000
@@ -220,10 +216,7 @@ class RemoteFunction:
     ) -> None:
         if fn is None or not callable(fn):
             raise TypeError(f"RemoteFunction needs a function, got {fn!r}")
-        given = {"secrets": secrets}
-        for param, value in given.items():
-            if value is not None and value != []:
-                raise NotSupportedError(f"{param}= is not supported yet: {_UNSUPPORTED_YET[param]}")
+        self.secrets = check_secrets(secrets)
         if serialization_format != "pyarrow":
             raise ValueError(f"serialization_format must be 'pyarrow' (the only format), got {serialization_format!r}")
         self.fn = fn
@@ -364,6 +357,9 @@ class RemoteFunction:
             self.codec, self.is_generator, self._info = fresh.codec, fresh.is_generator, fresh._info
             return self._info
         spec, bundle = self._spec()
+        # Local secrets are read now, at deploy; their values travel beside the spec, not in it.
+        refs, local_secrets = secret_refs(self.secrets)
+        spec.secrets.extend(refs)
         # Functions it calls must exist before it can call them.
         for global_name in bundle.remote_refs:
             dep = _find_global(self.fn, global_name)
@@ -375,7 +371,8 @@ class RemoteFunction:
                 await prepare_image(self.client, self.image, what=f"function {self.name!r}")
             except ImageBuildFailed as exc:
                 raise FunctionBuildError(f"the image of function {self.name!r} failed to build: {exc}") from None
-        resp = await self.client.rpc("RegisterFunction", pb.RegisterFunctionRequest(spec=spec))
+        resp = await self.client.rpc("RegisterFunction",
+                                     pb.RegisterFunctionRequest(spec=spec, local_secrets=local_secrets))
         self._info = _info(resp.function)
         _pending.discard(self)
         return self._info

@@ -7,6 +7,12 @@
     chalkd calls     [--target HOST:PORT] [--function NAME] [--limit N]
     chalkd rate-limit set NAME --rate N [--per second|minute|hour]
     chalkd rate-limit list | delete NAME
+    chalkd secret set NAME [--value V]       # value from stdin or a prompt (kept out of shell history)
+    chalkd secret list | delete NAME         # names and times, never values
+    chalkd integration set NAME KEY=VALUE... [--from-env-file FILE]
+    chalkd integration list | delete NAME    # names and keys, never values
+    chalkd volume ls [NAME [PREFIX]] | get NAME PATH [-o FILE] | put NAME PATH [LOCAL_FILE|-]
+    chalkd volume rm NAME PATH | delete NAME
     chalkd gpus                              # this host's GPUs (NVML); no daemon needed
     chalkd image bootstrap [--python 3.11] [--mirror URL] [--force]   # the base image, from Debian packages
 """
@@ -77,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     rl_del.add_argument("name")
     for p in (rl_set, rl_sub.choices["list"], rl_del):
         p.add_argument("--target", default=_default_target(), help="daemon address")
+    _add_secret_parsers(sub)
+    from chalkd.volumes.cli import add_parsers as add_volume_parsers
+
+    add_volume_parsers(sub, _default_target())
 
     sub.add_parser("gpus", help="list this host's GPUs as chalkd sees them (NVML or $CHALKD_FAKE_GPUS)")
 
@@ -93,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "gpus":
         return _gpus()
+    if args.command == "volume":
+        from chalkd.volumes.cli import volume_command
+
+        return volume_command(args)
     if args.command == "image":
         return _image_bootstrap(args)
     try:
@@ -194,6 +208,14 @@ async def _client_command(args) -> int:
             except GRPCError as exc:
                 print(f"chalkd: {exc.message}", file=sys.stderr)
                 return 1
+        elif args.command in ("secret", "integration"):
+            from chalkd.secrets.cli import SecretCommandError, secret_command
+
+            try:
+                return await secret_command(args, channel, console)
+            except (GRPCError, SecretCommandError) as exc:
+                print(f"chalkd: {getattr(exc, 'message', None) or exc}", file=sys.stderr)
+                return 1
         return 0
     finally:
         channel.close()
@@ -219,6 +241,12 @@ async def _rate_limit_command(args, channel, console: Console) -> int:
         await stub.DeleteRateLimit(pb.DeleteRateLimitRequest(name=args.name))
         console.print(f"rate limit {args.name} deleted")
     return 0
+
+
+def _add_secret_parsers(sub) -> None:
+    from chalkd.secrets.cli import add_parsers
+
+    add_parsers(sub, _default_target())
 
 
 def _gpus() -> int:

@@ -35,14 +35,18 @@ from chalkd.queue.limits import Limits
 from chalkd.queue.retention import expire_results
 from chalkd.runtime.process import ProcessRuntime
 from chalkd.scaling.autoscaler import Autoscaler, HostResources
+from chalkd.secrets.store import SecretStore
 from chalkd.services.catalog import CatalogService
 from chalkd.services.containers import ContainersService
 from chalkd.services.convert import settings_from_bytes
 from chalkd.services.fastpath import FastPathServer, grpc_socket_path, run_dir, socket_path
 from chalkd.services.images import ImagesService
 from chalkd.services.policies import PoliciesService
+from chalkd.services.secrets import SecretsService
 from chalkd.services.streams import QueueService, WorkerService
+from chalkd.services.volumes import VolumesService
 from chalkd.store.db import Store
+from chalkd.volumes.store import VolumeStore
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +92,7 @@ class Server:
         self.catalog.load(settings_from_bytes)
         self.limits = Limits(self.store)
         self.limits.load()
+        self.secrets = SecretStore(self.store)
         for fv in self.catalog.by_id.values():
             if not fv.deleted:
                 self.limits.register(fv)
@@ -110,13 +115,21 @@ class Server:
         )
         info = {"version": chalkd.__version__, "home": str(self.home), "started": self.started,
                 "durability": cfg.durability, "instance_id": self.instance_id, "fast_socket": ""}
+        self.volumes = VolumeStore(self.home, self.store)
+        if self.runtime.name == "docker":
+            # One mount path (volumes) and one secret path (the agent) for replicas and containers.
+            self.runtime.volumes = self.volumes
+            self.containers.volumes = self.volumes
+            self.containers.secrets = self.secrets
         handlers = [
-            CatalogService(self.catalog, self.queue, self.scaler, self.runtime, info),
+            CatalogService(self.catalog, self.queue, self.scaler, self.runtime, info, secrets=self.secrets),
             QueueService(self.queue, self.catalog, max_payload=cfg.max_message_bytes),
-            WorkerService(self.queue, self.scaler, max_payload=cfg.max_message_bytes),
+            WorkerService(self.queue, self.scaler, max_payload=cfg.max_message_bytes, secrets=self.secrets),
             PoliciesService(self.limits, self.catalog, self.queue),
             ImagesService(self.blobs, builder, self.runtime.name),
             ContainersService(self.containers, self.runtime.name),
+            volumes_service := VolumesService(self.volumes),
+            SecretsService(self.secrets),
         ]
         self._grpc = GrpcServer(handlers, codec=LimitedCodec(cfg.max_message_bytes))
         await self._grpc.start(cfg.host, cfg.port)
@@ -135,6 +148,7 @@ class Server:
             socket_path(self.home), session_handler=handlers[1].Session, worker_handler=handlers[2].Connect,
             instance_id=self.instance_id, limit=2 * cfg.max_message_bytes + 2**20,
         )
+        self.fast.handlers.update(volumes_service.framed_handlers())  # bulk file data skips HTTP/2
         await self.fast.start()
         info["fast_socket"] = str(self.fast.path)
         self.runtime.fast_socket = (str(self.fast.path), self.instance_id)

@@ -109,8 +109,11 @@ class Agent:
 
     def __init__(self, socket_path: str, command: list[str] | None = None, *, ready_file: str | None = None,
                  stop_grace: float = 10.0, eof_grace: float = EOF_GRACE, socket_mode: int = 0o600,
-                 socket_owner: tuple[int, int] | None = None) -> None:
+                 socket_owner: tuple[int, int] | None = None, await_env: bool = False) -> None:
         self.socket_path = socket_path
+        # Secrets come over the socket, never in the container's config: the main command
+        # waits for them, and every exec inherits them from our environment.
+        self.await_env = await_env
         self.command = list(command or [])
         self.ready_file = ready_file
         self.stop_grace = stop_grace
@@ -300,7 +303,8 @@ class Agent:
         if os.getpid() != 1:
             _become_subreaper()
         self.reap()  # zombies inherited from whoever exec'd us
-        self._start_main()
+        if not self.await_env:
+            self._start_main()
         try:
             self._server = await self._listen()
         except OSError as exc:
@@ -390,6 +394,17 @@ class _Connection(asyncio.Protocol):
             self.close()
         elif kind == "ping":
             self.send(encode({"t": "pong"}))
+            self.close()
+        elif kind == "env":
+            env = header.get("env")
+            if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                    for k, v in env.items()):
+                raise ProtocolError("an env request needs 'env': a map of str to str")
+            os.environ.update(env)  # never logged: these are secrets
+            if self.agent.await_env:
+                self.agent.await_env = False
+                self.agent._start_main()
+            self.send(encode({"t": "ok"}))
             self.close()
         else:
             raise ProtocolError(f"unknown request {kind!r}")
@@ -656,10 +671,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket-mode", type=lambda s: int(s, 8), default=0o600, help="octal, default 600")
     parser.add_argument("--socket-owner", type=_parse_owner, default=None,
                         help="UID[:GID] to chown the socket to (the daemon's user, when it is not root)")
+    parser.add_argument("--await-env", action="store_true",
+                        help="start the main command only after an env request (secrets) arrives")
     parser.add_argument("--log-level", default=os.environ.get("CHALK_AGENT_LOG_LEVEL", "WARNING"))
     opts = parser.parse_args(args)
     logging.basicConfig(level=opts.log_level.upper(), stream=sys.stderr,
                         format="chalk-agent[%(process)d] %(levelname)s %(message)s")
     agent = Agent(opts.socket, command, ready_file=opts.ready_file, stop_grace=opts.stop_grace,
-                  eof_grace=opts.eof_grace, socket_mode=opts.socket_mode, socket_owner=opts.socket_owner)
+                  eof_grace=opts.eof_grace, socket_mode=opts.socket_mode, socket_owner=opts.socket_owner,
+                  await_env=opts.await_env)
     return asyncio.run(agent.run())

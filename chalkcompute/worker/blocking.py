@@ -90,6 +90,8 @@ class BlockingLink:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         threading.Thread(target=self._monitor, name="chalk-monitor", daemon=True).start()
+        # Secrets: set before the function's module is imported, never written anywhere.
+        os.environ.update(first.secret_env)
         return first.function
 
     # -- the wire ------------------------------------------------------------------------------

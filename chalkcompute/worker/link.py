@@ -214,6 +214,8 @@ class DaemonLink:
         if first is None:
             raise ConnectionError("the daemon closed the worker stream before naming a function")
         self.loop.create_task(self._run())
+        # Secrets: set before the function's module is imported, never written anywhere.
+        os.environ.update(first.secret_env)
         return first.function
 
     async def _run(self) -> None:

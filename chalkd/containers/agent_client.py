@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ExecOutcome", "AgentError", "AgentUnavailableError", "AgentProtocolError", "agent_exec", "agent_status",
-    "wait_agent_ready",
+    "agent_set_env", "wait_agent_ready",
 ]
 
 # sun_path holds 108 bytes with its NUL; a longer path is reached through /proc (see _connect).
@@ -193,6 +193,23 @@ async def agent_status(socket_path: str | os.PathLike) -> dict[str, Any]:
         raise AgentProtocolError(f"expected a status frame, got {h['t']!r}")
     h.pop("t")
     return h
+
+
+async def agent_set_env(socket_path: str | os.PathLike, env: dict[str, str]) -> None:
+    """Add ``env`` to the agent's environment (secrets: never in the container's config).
+    An agent started with ``--await-env`` starts its main command after this."""
+    try:
+        reader, writer = await _request(socket_path, {"t": "env", "v": PROTOCOL_VERSION, "env": dict(env)})
+        try:
+            h, _ = await _read_frame(reader)
+        finally:
+            writer.close()
+    except _GONE as exc:
+        raise AgentUnavailableError(f"the agent at {os.fspath(socket_path)} closed the connection: {exc}") from None
+    if h["t"] == "error":
+        _raise_error_frame(h)
+    if h["t"] != "ok":
+        raise AgentProtocolError(f"expected an ok frame, got {h['t']!r}")
 
 
 async def _ping(socket_path: str | os.PathLike) -> None:

@@ -23,18 +23,24 @@ import contextlib
 import logging
 import os
 import re
-import secrets
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from secrets import token_hex
 
 import aiodocker
 from aiodocker.exceptions import DockerError
 
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute.agent import entrypoint as agent_entrypoint
-from chalkd.containers.agent_client import AgentUnavailableError, ExecOutcome, agent_exec, wait_agent_ready
+from chalkd.containers.agent_client import (
+    AgentUnavailableError,
+    ExecOutcome,
+    agent_exec,
+    agent_set_env,
+    wait_agent_ready,
+)
 from chalkd.images.blobs import BlobError, BlobStore
 from chalkd.images.docker_build import DockerImageBuilder
 from chalkd.runtime.docker import (
@@ -112,6 +118,7 @@ class ContainerManager:
         self.pids_limit = pids_limit
         self.by_id: dict[str, ManagedContainer] = {}
         self.volumes = None  # chalkd.volumes.store.VolumeStore, set by the server
+        self.secrets = None  # chalkd.secrets.store.SecretStore, set by the server
         self._starting: set[asyncio.Task] = set()
         # A daemon not running as root must still be able to open the agent's 0600 socket.
         self._socket_owner = () if os.getuid() == 0 else ("--socket-owner", f"{os.getuid()}:{os.getgid()}")
@@ -138,13 +145,13 @@ class ContainerManager:
 
     async def create(self, *, name: str, image: pb.ImageSpec, cpu_millis: int = 0, memory_bytes: int = 0,
                      env: dict[str, str] | None = None, start_timeout: float = 60.0,
-                     volumes=()) -> ManagedContainer:
+                     volumes=(), secrets=(), local_secrets: dict[str, str] | None = None) -> ManagedContainer:
         if name and not _NAME.fullmatch(name):
             raise ValueError(f"container name {name!r} is not DNS-safe: use lower-case letters, digits and '-', "
                              "starting and ending with a letter or digit, at most 63 characters")
         if name and any(c.name == name and c.status in ("Pending", "Running") for c in self.by_id.values()):
             raise ContainerConflict(f"a container named {name!r} is already running; stop it or pick another name")
-        cid = "ct-" + secrets.token_hex(6)
+        cid = "ct-" + token_hex(6)
         name = name or cid
         try:
             check_mounts(volumes, image)
@@ -152,6 +159,16 @@ class ContainerManager:
         except (BlobError, MountError) as exc:
             raise ValueError(str(exc)) from None
         built = await self.builder.build(image)  # cached: the SDK built it with the log shown
+        secret_env: dict[str, str] = {}
+        if secrets:
+            # Raises SecretNotFound naming what is missing (never a value).
+            self.secrets.check(secrets, set(local_secrets or {}))
+            self.secrets.set_owned(cid, dict(local_secrets or {}))
+            try:
+                secret_env = self.secrets.resolve(secrets, cid)
+            except Exception:
+                self.secrets.delete_owned(cid)
+                raise
         agent_dir = self.agents / cid
         agent_dir.mkdir(parents=True, mode=0o700)
         c = ManagedContainer(id=cid, name=name, engine_name=f"chalkd-{name}-{cid[3:]}", image_uri=built.tag,
@@ -160,7 +177,8 @@ class ContainerManager:
         config = {
             "Image": built.tag,
             # By path, not `-m`: PID 1 need not import the SDK (pyarrow, grpclib): ~0.5 s and ~40 MB less.
-            "Entrypoint": agent_entrypoint(f"{AGENT_MOUNT}/agent.sock", extra=self._socket_owner),
+            "Entrypoint": agent_entrypoint(f"{AGENT_MOUNT}/agent.sock",
+                                           extra=(*self._socket_owner, *(("--await-env",) if secret_env else ()))),
             "Cmd": [*built.entrypoint, *built.cmd],
             "Env": [f"{k}={v}" for k, v in (env or {}).items()],
             "Labels": {LABEL_HOME: home_label(self.home), LABEL_KIND: "container", LABEL_OWNER: "chalkd",
@@ -175,14 +193,21 @@ class ContainerManager:
             await self._fail(c, f"the engine refused to start it: {exc.message}")
             raise ContainerFailed(f"container {name!r} could not start: {exc.message}") from None
         c.watcher = asyncio.get_running_loop().create_task(self._watch(c), name=f"container-{cid}")
-        starter = asyncio.get_running_loop().create_task(self._await_agent(c, start_timeout, built.tag))
+        starter = asyncio.get_running_loop().create_task(self._await_agent(c, start_timeout, built.tag, secret_env))
         self._starting.add(starter)
         starter.add_done_callback(self._starting.discard)
         return c
 
-    async def _await_agent(self, c: ManagedContainer, start_timeout: float, tag: str) -> None:
-        """Pending -> Running once the agent answers, or Failed with the container's output."""
-        ready = asyncio.get_running_loop().create_task(wait_agent_ready(c.socket, start_timeout))
+    async def _await_agent(self, c: ManagedContainer, start_timeout: float, tag: str,
+                           secret_env: dict[str, str]) -> None:
+        """Pending -> Running once the agent answers (and has its secrets), or Failed with the output."""
+
+        async def ready_with_env() -> None:
+            await wait_agent_ready(c.socket, start_timeout)
+            if secret_env:
+                await agent_set_env(c.socket, secret_env)
+
+        ready = asyncio.get_running_loop().create_task(ready_with_env())
         done, _ = await asyncio.wait({ready, c.watcher}, return_when=asyncio.FIRST_COMPLETED)
         if c.stopping:
             ready.cancel()
@@ -225,6 +250,8 @@ class ContainerManager:
         if c.watcher is not None:
             c.watcher.cancel()
         shutil.rmtree(c.agent_dir, ignore_errors=True)
+        if self.secrets is not None:
+            self.secrets.delete_owned(c.id)  # local secrets go with their container
         c.set_status(status, why)
 
     async def stop(self, id: str, grace_period: float = 0.0) -> ManagedContainer:

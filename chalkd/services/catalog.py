@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 
 
 class CatalogService(FunctionCatalogBase):
-    def __init__(self, catalog: Catalog, queue: Queue, scaler: Autoscaler, runtime: Runtime, info: dict) -> None:
+    def __init__(self, catalog: Catalog, queue: Queue, scaler: Autoscaler, runtime: Runtime, info: dict,
+                 secrets=None) -> None:
+        self.secrets = secrets  # chalkd.secrets.store.SecretStore
         self.catalog = catalog
         self.queue = queue
         self.scaler = scaler
@@ -51,12 +53,22 @@ class CatalogService(FunctionCatalogBase):
             self.runtime.check(spec.SerializeToString())
         except RuntimeUnsupported as exc:
             raise GRPCError(Status.FAILED_PRECONDITION, str(exc)) from None
+        if spec.secrets:
+            try:
+                self.secrets.check(spec.secrets, set(req.local_secrets))
+            except LookupError as exc:
+                raise GRPCError(Status.FAILED_PRECONDITION, str(exc)) from None
+            except ValueError as exc:
+                raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
         try:
             fv, created = self.catalog.register(
                 spec_settings(spec), content_hash=content_hash(spec), spec=spec.SerializeToString(),
             )
         except InvalidFunction as exc:
             raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
+        if req.local_secrets:
+            # Stored under the version, apart from its spec (which clients can read back).
+            self.secrets.set_owned(fv.id, dict(req.local_secrets))
         self.queue.limits.register(fv)
         self.queue.limits_changed()  # a raised cap or rate may let waiting calls through
         await self.catalog.store.flush()
@@ -139,6 +151,8 @@ class CatalogService(FunctionCatalogBase):
         fv = self._get(id=req.id)
         self.catalog.delete(fv.id)
         self.scaler.function_deleted(fv)
+        if self.secrets is not None:
+            self.secrets.delete_owned(fv.id)
         await self.catalog.store.flush()
         await stream.send_message(pb.DeleteFunctionResponse())
 

@@ -44,7 +44,10 @@ class ContainersService(ContainersBase):
             c = await self._manager().create(
                 name=spec.name, image=spec.image, cpu_millis=spec.resources.cpu_millis,
                 memory_bytes=spec.resources.memory_bytes, env=dict(spec.env),
-                start_timeout=req.start_timeout or 60.0, volumes=list(spec.volumes))
+                start_timeout=req.start_timeout or 60.0, volumes=list(spec.volumes),
+                secrets=list(spec.secrets), local_secrets=dict(spec.local_secrets))
+        except LookupError as exc:  # a secret or integration that does not exist (named, never a value)
+            raise GRPCError(Status.FAILED_PRECONDITION, str(exc)) from None
         except ContainerConflict as exc:
             raise GRPCError(Status.ALREADY_EXISTS, str(exc)) from None
         except ValueError as exc:

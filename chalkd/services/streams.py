@@ -184,10 +184,26 @@ class WorkerConnection:
 
 
 class WorkerService(WorkerBase):
-    def __init__(self, queue: Queue, scaler: Autoscaler, *, max_payload: int) -> None:
+    def __init__(self, queue: Queue, scaler: Autoscaler, *, max_payload: int, secrets=None) -> None:
         self.queue = queue
         self.scaler = scaler
         self.max_payload = max_payload
+        self.secrets = secrets  # chalkd.secrets.store.SecretStore
+
+    def _secret_env(self, fv) -> dict[str, str]:
+        """The function's secrets as env vars, for the worker to set before user code runs.
+
+        They travel only on this stream: never in the container's config, an image or a log."""
+        spec = pb.FunctionSpec()
+        spec.ParseFromString(fv.spec)
+        if not spec.secrets:
+            return {}
+        if self.secrets is None:
+            raise GRPCError(Status.FAILED_PRECONDITION, "this daemon has no secret store")
+        try:
+            return self.secrets.resolve(spec.secrets, fv.id)
+        except LookupError as exc:  # deleted since deploy: the message names it, never a value
+            raise GRPCError(Status.FAILED_PRECONDITION, f"function {fv.name!r} cannot start: {exc}") from None
 
     async def Connect(self, stream) -> None:
         first = await stream.recv_message()
@@ -199,7 +215,7 @@ class WorkerService(WorkerBase):
             raise GRPCError(Status.UNAUTHENTICATED, str(exc)) from None
         fv = replica.function
         conn = WorkerConnection(stream, replica.id, fv.id)
-        await stream.send_message(pb.WorkerResponse(function=version_to_pb(fv)))
+        await stream.send_message(pb.WorkerResponse(function=version_to_pb(fv), secret_env=self._secret_env(fv)))
         sender = asyncio.get_running_loop().create_task(conn.out.run())
         self.queue.worker_connected(conn)
         self.scaler.replica_ready(replica)

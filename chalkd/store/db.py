@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -84,6 +85,32 @@ CREATE TABLE IF NOT EXISTS rate_limits (
     per TEXT NOT NULL,
     updated_at REAL NOT NULL
 );
+-- Named volumes (chalkd.volumes): their files under <home>/volumes/<name>/ are the truth for contents.
+CREATE TABLE IF NOT EXISTS volumes (
+    name TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+-- Secrets (chalkd.secrets): owner '' for `chalkd secret set`, else the fv-/ct- id whose deploy sent them.
+CREATE TABLE IF NOT EXISTS secrets (
+    name TEXT NOT NULL,
+    owner TEXT NOT NULL DEFAULT '',
+    value TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (name, owner)
+);
+CREATE TABLE IF NOT EXISTS integrations (
+    name TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS integration_keys (
+    integration TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (integration, key)
+);
 """
 
 
@@ -116,6 +143,12 @@ class Store:
     def open_sync(self) -> sqlite3.Connection:
         """Open the database and create the schema (no writer task)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # It holds secrets: readable by the daemon's user only. SQLite gives the -wal and
+        # -shm files the database file's mode; files an older chalkd left are tightened too.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        for p in (self.path, *(self.path.with_name(self.path.name + s) for s in ("-wal", "-shm"))):
+            if p.exists():
+                os.chmod(p, 0o600)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         # chalkd is the only process using the database: an exclusive lock keeps
         # the WAL index in heap memory and saves lock syscalls on every commit.

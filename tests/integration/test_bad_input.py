@@ -14,7 +14,6 @@ from chalkcompute import (
     FunctionSignatureError,
     Image,
     InvalidArgumentError,
-    NotSupportedError,
     RemoteFunction,
     ResourceExhaustedError,
     SerializationError,
@@ -125,13 +124,12 @@ def test_unsupported_image_steps_name_the_step():
         fn.deploy()
 
 
-def test_later_parameters_say_not_supported_yet():
+def test_policy_and_secret_parameters_are_type_checked():
     def f(x: int) -> int:
         return x
 
-    for kwargs in ({"secrets": ["s"]},):
-        with pytest.raises(NotSupportedError, match="not supported yet"):
-            chalkcompute.function(**kwargs)(f)
+    with pytest.raises(TypeError, match="chalkcompute.Secret"):
+        chalkcompute.function(secrets=["s"])(f)
     with pytest.raises(TypeError, match="queue_policy must be a chalkcompute.QueuePolicy"):
         chalkcompute.function(queue_policy=object())(f)
 

@@ -415,3 +415,16 @@ def test_agent_is_standalone_stdlib_py39():
     out = subprocess.run([sys.executable, "-c", code, str(AGENT_DIR / "__main__.py")], capture_output=True,
                          text=True, timeout=60, check=True, cwd="/")
     assert out.stdout.strip() == "[]"
+
+
+def test_await_env_holds_the_main_command_until_the_secrets_arrive(start_agent, tmp_path):
+    from chalkd.containers.agent_client import agent_set_env
+
+    out = tmp_path / "main.out"
+    a = start_agent("sh", "-c", f'echo "$API_KEY" > {out}', extra=("--await-env",))
+    assert run(agent_status(a.socket))["main"] is None  # not started: no secrets yet
+    run(agent_set_env(a.socket, {"API_KEY": "s3cr3t-value"}))
+    run(until(lambda: _main_done(a.socket), what="the main command to exit"))
+    assert out.read_text() == "s3cr3t-value\n"
+    assert run(agent_exec(a.socket, ["sh", "-c", "echo $API_KEY"])).stdout == b"s3cr3t-value\n"
+    assert "s3cr3t-value" not in a.log()  # never logged

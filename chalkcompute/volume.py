@@ -1,0 +1,594 @@
+"""Persistent named volumes on chalkd: ``VolumeClient`` manages them, ``Volume`` holds files.
+
+    from chalkcompute import VolumeClient
+
+    client = VolumeClient()                      # $CHALK_COMPUTE_TARGET, else 127.0.0.1:50051
+    vol = client.create("models")                # an existing volume is returned, not an error
+    vol.put("config.yaml", b"learning_rate: 0.01\\n")
+    vol.get("config.yaml")                       # b'learning_rate: 0.01\\n'
+    [f.path for f in vol.list()]                 # ['config.yaml']
+    with vol.batch_upload() as batch:            # all or nothing: an exception uploads nothing
+        batch.put("a.txt", b"hello")
+        batch.put_file("weights.bin", "./weights.bin")
+
+A volume is a directory on the daemon's disk: functions and containers that
+mount it (``volumes=[(vol, "/models")]``) read and write it directly, and this
+API sees their files. Large files travel in 1 MiB chunks both ways
+(:meth:`Volume.put_file` and :meth:`Volume.get_file` never hold a whole file
+in memory). Every method blocks; each has an async twin, ``await
+vol.get.aio("config.yaml")``; ``async with vol.batch_upload() as batch`` and
+``async for e in vol.iterdir.aio()`` work too.
+
+Differences from the reference, on purpose: ``target`` defaults to the SDK's
+daemon (``$CHALK_COMPUTE_TARGET`` or ``127.0.0.1:50051``, also ``unix:/path``);
+``credentials`` (TLS) raises :class:`NotSupportedError` because chalkd does not
+serve TLS yet; :class:`VolumeInfo`'s ``created_at``/``updated_at`` are aware UTC
+``datetime`` values rather than protobuf Timestamps; ``listdir(recursive=False)``
+lists one directory, its subdirectories as entries ending with '/'.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import BinaryIO
+
+from grpclib import GRPCError
+from grpclib.const import Status
+from grpclib.exceptions import StreamTerminatedError
+
+from chalkcompute._client import _LOOPBACK, Client, default_target, run_async, run_sync
+from chalkcompute._framing import FramedStream, open_framed
+from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
+from chalkcompute._proto.chalk_v1_chalk_grpc import VolumesStub
+from chalkcompute.exceptions import ChalkError, DaemonUnavailableError, InvalidArgumentError, NotSupportedError
+from chalkcompute.functions import _Synced
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Volume",
+    "VolumeBatch",
+    "VolumeClient",
+    "VolumeClosedError",
+    "VolumeEntry",
+    "VolumeError",
+    "VolumeFileNotFoundError",
+    "VolumeInfo",
+    "VolumeInvalidArgumentError",
+    "VolumeNotFoundError",
+]
+
+CHUNK = 1 << 20  # bytes per WriteFiles message
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_UNARY_TIMEOUT = 300.0  # Get/List walk the volume to count its files
+
+
+# -- errors --------------------------------------------------------------------------------
+
+
+class VolumeError(ChalkError):
+    """Base exception for volume errors; ``code`` is the daemon's status name (e.g. ``"NOT_FOUND"``)."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class VolumeNotFoundError(VolumeError, LookupError):
+    """Raised when a volume is not found (the message names it)."""
+
+
+class VolumeFileNotFoundError(VolumeError, LookupError):
+    """Raised when a file is not in the volume (the message names the path and the volume)."""
+
+
+class VolumeClosedError(VolumeError):
+    """The VolumeClient was closed."""
+
+
+class VolumeInvalidArgumentError(VolumeError, InvalidArgumentError):
+    """A bad volume name or path (absolute, ``..``, empty segments); also a ``ValueError``."""
+
+
+def _error(exc: GRPCError) -> VolumeError:
+    message = exc.message or exc.status.name
+    if exc.status is Status.NOT_FOUND:
+        cls = VolumeFileNotFoundError if message.startswith("file ") else VolumeNotFoundError
+        return cls(message, exc.status.name)
+    if exc.status is Status.INVALID_ARGUMENT:
+        return VolumeInvalidArgumentError(message, exc.status.name)
+    return VolumeError(message, exc.status.name)
+
+
+# -- values --------------------------------------------------------------------------------
+
+
+_FRAMED = {"ReadFile": (b"volumes.read", pb.FileChunk), "WriteFiles": (b"volumes.write", pb.WriteFilesResponse),
+           "ListFiles": (b"volumes.list", pb.ListFilesResponse)}
+
+
+async def _send(stream, message, end: bool = False) -> None:
+    """send_message on a gRPC or a framed stream; ``end`` half-closes it."""
+    if isinstance(stream, FramedStream):
+        await stream.send_message(message)
+        if end:
+            await stream.end()
+    else:
+        await stream.send_message(message, end=end)
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    """A volume's metadata: ``created_at`` and ``updated_at`` (the last write through
+    this API) are aware UTC datetimes; size and count are of its regular files now."""
+
+    name: str
+    created_at: datetime
+    updated_at: datetime
+    size_bytes: int
+    file_count: int
+
+    @classmethod
+    def _from_pb(cls, info: pb.VolumeInfo) -> VolumeInfo:
+        return cls(info.name, _utc(info.created_at), _utc(info.updated_at), info.size_bytes, info.file_count)
+
+
+@dataclass(frozen=True)
+class VolumeEntry:
+    """A file in a volume: ``path`` relative to its root, ``size`` in bytes, ``mtime`` in unix seconds."""
+
+    path: str
+    size: int
+    mtime: float
+
+
+# -- the client ----------------------------------------------------------------------------
+
+
+class VolumeClient:
+    """Client for chalkd's Volumes service.
+
+    ``target``: ``"host:port"`` or ``"unix:/path"``; default the SDK's daemon.
+    ``credentials``: TLS is not served by chalkd yet, so anything but None raises
+    :class:`NotSupportedError`. ``metadata``: ``[(key, value), ...]`` sent with every call.
+    The connection is the process's shared one to that daemon; :meth:`close` ends
+    this client (later calls raise :class:`VolumeClosedError`), not the connection.
+    """
+
+    def __init__(self, target: str | None = None, credentials=None,
+                 metadata: list[tuple[str, str]] | None = None) -> None:
+        if credentials is not None:
+            raise NotSupportedError("VolumeClient(credentials=...): chalkd does not serve TLS yet; reach it on "
+                                    "loopback, a unix socket or an SSH tunnel")
+        md = list(metadata or ())
+        for item in md:
+            if not (isinstance(item, tuple) and len(item) == 2 and all(isinstance(s, str) for s in item)):
+                raise TypeError(f"metadata must be a list of (str, str) pairs, got {item!r}")
+        self.target = target or default_target()
+        self._client = Client.get(self.target)
+        self._metadata = md or None
+        self.closed = False
+        self._lane: tuple[str, str] | bool | None = None  # the daemon's unix socket; False: use gRPC
+
+    def _check(self, what: str) -> None:
+        if self.closed:
+            raise VolumeClosedError(f"cannot {what}: the VolumeClient for {self.target} is closed", None)
+
+    async def _call(self, method: str, request, what: str, timeout: float | None = _UNARY_TIMEOUT):
+        self._check(what)
+        try:
+            return await getattr(VolumesStub(self._client.channel), method)(
+                request, timeout=timeout, metadata=self._metadata)
+        except GRPCError as exc:
+            raise _error(exc) from None
+        except (OSError, StreamTerminatedError) as exc:
+            raise self._unavailable(exc) from None
+        except asyncio.TimeoutError:
+            raise DaemonUnavailableError(f"chalkd at {self.target} did not answer {method} "
+                                         f"within {timeout:g}s") from None
+
+    def _unavailable(self, exc: BaseException) -> DaemonUnavailableError:
+        return DaemonUnavailableError(f"no chalkd answers at {self.target} ({exc}); start one with `chalkd serve`")
+
+    @contextlib.asynccontextmanager
+    async def _stream(self, method: str):
+        """A ReadFile/WriteFiles/ListFiles stream: on the daemon's unix socket when it
+        is on this machine (no HTTP/2: ~3x the throughput), else gRPC. Use
+        :func:`_send` on it, the two differ in how a stream's end is said."""
+        framed = await self._open_framed(method)
+        if framed is not None:
+            try:
+                yield framed
+            finally:
+                framed.close()
+            return
+        async with getattr(VolumesStub(self._client.channel), method).open(metadata=self._metadata) as stream:
+            yield stream
+
+    async def _open_framed(self, method: str) -> FramedStream | None:
+        # Metadata is for what sits between us and the daemon (a proxy, an auth
+        # layer): only gRPC carries it. CHALK_TRANSPORT=grpc forces gRPC too.
+        if self._lane is False or self._metadata or os.environ.get("CHALK_TRANSPORT", "auto") == "grpc":
+            return None
+        if self._lane is None:
+            c = self._client
+            if c.path is None and c.host not in _LOOPBACK:
+                self._lane = False
+                return None
+            try:
+                status = await c.catalog.Status(pb.StatusRequest(), timeout=10)
+            except (GRPCError, OSError, StreamTerminatedError, asyncio.TimeoutError):
+                return None  # the gRPC stream will say what is wrong
+            self._lane = (status.fast_socket, status.instance_id) if status.fast_socket else False
+            if self._lane is False:
+                return None
+        path, instance = self._lane
+        name, recv_type = _FRAMED[method]
+        try:
+            return await open_framed(path, name, recv_type, expect_instance=instance)
+        except GRPCError:  # an older daemon without the volume streams
+            self._lane = False
+        except (OSError, ConnectionError) as exc:  # another machine's path, no access, a restarted daemon
+            log.debug("not using chalkd's socket %s: %s", path, exc)
+            self._lane = None
+        return None
+
+    def close(self) -> None:
+        """End this client: every later call (and every Volume from it) raises VolumeClosedError."""
+        self.closed = True
+
+    def __enter__(self) -> VolumeClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    async def __aenter__(self) -> VolumeClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.close()
+
+    async def _create(self, name: str) -> Volume:
+        """Create a named volume; an existing one is returned (not an error)."""
+        resp = await self._call("Create", pb.CreateVolumeRequest(name=name), f"create volume {name!r}")
+        return Volume(name, client=self, _info=VolumeInfo._from_pb(resp.info))
+
+    create = _Synced(_create)
+
+    def get(self, name: str) -> Volume:
+        """A handle to the volume, without asking the daemon (see :meth:`lookup`)."""
+        self._check(f"get volume {name!r}")
+        return Volume(name, client=self)
+
+    async def _lookup(self, name: str) -> Volume:
+        """The volume, its info fetched; raises VolumeNotFoundError when it does not exist."""
+        resp = await self._call("Get", pb.GetVolumeRequest(name=name), f"look up volume {name!r}")
+        return Volume(name, client=self, _info=VolumeInfo._from_pb(resp.info))
+
+    lookup = _Synced(_lookup)
+
+    async def _list(self) -> list[VolumeInfo]:
+        """One VolumeInfo per volume, by name."""
+        resp = await self._call("List", pb.ListVolumesRequest(), "list volumes")
+        return [VolumeInfo._from_pb(i) for i in resp.volumes]
+
+    list = _Synced(_list)
+
+    def __repr__(self) -> str:
+        return f"VolumeClient(target={self.target!r}{', closed' if self.closed else ''})"
+
+
+# -- a volume ------------------------------------------------------------------------------
+
+
+class _IterTwin:
+    """``obj.method(...)`` returns a blocking iterator; ``obj.method.aio(...)`` an async one,
+    both over the async generator ``agen_fn``."""
+
+    def __init__(self, agen_fn) -> None:
+        self.agen_fn = agen_fn
+        self.__doc__ = agen_fn.__doc__
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            return self
+        agen_fn = self.agen_fn.__get__(obj, objtype)
+
+        def blocking(*args, **kwargs) -> Iterator:
+            agen = agen_fn(*args, **kwargs)
+            try:
+                while True:
+                    try:
+                        item = run_sync(agen.__anext__())
+                    except StopAsyncIteration:
+                        return
+                    yield item
+            finally:
+                run_sync(agen.aclose())
+
+        async def aio(*args, **kwargs) -> AsyncIterator:
+            agen = agen_fn(*args, **kwargs)
+            try:
+                while True:
+                    try:
+                        item = await run_async(agen.__anext__())
+                    except StopAsyncIteration:
+                        return
+                    yield item
+            finally:
+                await run_async(agen.aclose())
+
+        blocking.__doc__ = self.__doc__
+        blocking.aio = aio
+        return blocking
+
+
+class Volume:
+    """A handle to a named volume, providing file operations.
+
+    Obtain one with :meth:`VolumeClient.create`, :meth:`VolumeClient.get` or
+    :meth:`VolumeClient.lookup`; ``Volume("name")`` alone uses a default client
+    (and is what ``volumes=[(Volume("name"), "/mnt")]`` needs). Paths are relative
+    and '/'-separated; absolute paths, ``..`` and empty segments are refused.
+    """
+
+    def __init__(self, name: str, client: VolumeClient | None = None, *, _info: VolumeInfo | None = None) -> None:
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise VolumeInvalidArgumentError(f"invalid volume name {name!r}: use 1-63 letters, digits, '.', '_' "
+                                             "or '-', starting with a letter or digit", "INVALID_ARGUMENT")
+        self.name = name
+        self._client_arg = client
+        self._info = _info
+
+    @property
+    def client(self) -> VolumeClient:
+        if self._client_arg is None:
+            self._client_arg = VolumeClient()
+        return self._client_arg
+
+    @property
+    def info(self) -> VolumeInfo:
+        """The volume's info, fetched from the daemon on first use (see :meth:`refresh`)."""
+        if self._info is None:
+            self.refresh()
+        assert self._info is not None
+        return self._info
+
+    async def _refresh(self) -> VolumeInfo:
+        """Fetch the volume's info again (size and file count change as files do)."""
+        resp = await self.client._call("Get", pb.GetVolumeRequest(name=self.name), f"read volume {self.name!r}")
+        self._info = VolumeInfo._from_pb(resp.info)
+        return self._info
+
+    refresh = _Synced(_refresh)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def _chunks(self, path: str) -> AsyncIterator[tuple[bytes, int]]:
+        """(data, whole size) per chunk of the file, as the daemon streams it."""
+        client = self.client
+        client._check(f"read {path!r} from volume {self.name!r}")
+        try:
+            async with client._stream("ReadFile") as stream:
+                await _send(stream, pb.ReadFileRequest(name=self.name, path=path), end=True)
+                first = await stream.recv_message()
+                if first is None:  # only a broken daemon ends without a chunk
+                    raise VolumeError(f"chalkd sent nothing for {path!r} in volume {self.name!r}", "INTERNAL")
+                size = first.size
+                yield first.data, size
+                async for chunk in stream:
+                    yield chunk.data, size
+        except GRPCError as exc:
+            raise _error(exc) from None
+        except (OSError, StreamTerminatedError) as exc:
+            raise client._unavailable(exc) from None
+
+    async def _get(self, path: str) -> bytes:
+        """Read a file's contents (bytes; :meth:`get_file` streams a large one to disk instead)."""
+        parts = [data async for data, _ in self._chunks(path)]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    get = _Synced(_get)
+
+    async def _get_file(self, path: str, local_path: str | os.PathLike) -> int:
+        """Stream a file to ``local_path`` chunk by chunk (never whole in memory); its size.
+
+        ``local_path`` is opened only once the daemon has started sending, so a
+        missing file leaves an existing local file untouched."""
+        out = None
+        n = 0
+        try:
+            async for data, _ in self._chunks(path):
+                if out is None:
+                    out = await asyncio.to_thread(open, local_path, "wb")
+                if data:
+                    await asyncio.to_thread(out.write, data)
+                    n += len(data)
+        finally:
+            if out is not None:
+                await asyncio.to_thread(out.close)
+        return n
+
+    get_file = _Synced(_get_file)
+
+    async def _entries(self, prefix: str = "", recursive: bool = True) -> AsyncIterator[VolumeEntry]:
+        """Iterate over files in the volume, page by page as the daemon walks it.
+
+        Same as listdir() but lazy: ``for e in vol.iterdir("logs/"): ...``."""
+        client = self.client
+        client._check(f"list volume {self.name!r}")
+        try:
+            async with client._stream("ListFiles") as stream:
+                await _send(stream, pb.ListFilesRequest(name=self.name, prefix=prefix, recursive=recursive), end=True)
+                async for page in stream:
+                    for e in page.entries:
+                        yield VolumeEntry(e.path, e.size, e.mtime)
+        except GRPCError as exc:
+            raise _error(exc) from None
+        except (OSError, StreamTerminatedError) as exc:
+            raise client._unavailable(exc) from None
+
+    iterdir = _IterTwin(_entries)
+
+    async def _listdir(self, prefix: str = "", recursive: bool = True) -> list[VolumeEntry]:
+        """Files whose paths start with ``prefix``, in path order. With
+        ``recursive=False``, only the prefix's directory: subdirectories appear as
+        entries whose path ends with '/'."""
+        return [e async for e in self._entries(prefix, recursive)]
+
+    listdir = _Synced(_listdir)
+    list = listdir
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def _upload(self, items: list[tuple[str, bytes | Path | BinaryIO]]) -> pb.WriteFilesResponse:
+        """One WriteFiles stream: every file in chunks, then commit (nothing is
+        visible before the daemon has the whole batch)."""
+        client = self.client
+        client._check(f"write to volume {self.name!r}")
+        try:
+            async with client._stream("WriteFiles") as stream:
+                name = self.name
+                for path, src in items:
+                    async for piece, last in _pieces(src):
+                        await _send(stream, pb.WriteFilesRequest(name=name, path=path, data=piece,
+                                                                 end_of_file=last))
+                        name = ""  # the volume is named by the first message only
+                await _send(stream, pb.WriteFilesRequest(name=name, commit=True), end=True)
+                return await stream.recv_message()
+        except GRPCError as exc:
+            raise _error(exc) from None
+        except (OSError, StreamTerminatedError) as exc:
+            raise client._unavailable(exc) from None
+
+    async def _put(self, path: str, data: bytes | str) -> Volume:
+        """Write a file (bytes, or str as UTF-8), atomically; returns self for chaining."""
+        await self._upload([(path, _as_bytes(data, path))])
+        return self
+
+    put = _Synced(_put)
+
+    async def _put_file(self, path: str, local_path: str | os.PathLike) -> Volume:
+        """Upload a local file, streamed from disk in chunks; returns self."""
+        await self._upload([(path, _local_file(local_path))])
+        return self
+
+    put_file = _Synced(_put_file)
+
+    async def _remove(self, path: str) -> Volume:
+        """Remove a file; returns self. A symlink there is removed itself, never followed."""
+        await self.client._call("RemoveFile", pb.RemoveFileRequest(name=self.name, path=path),
+                                f"remove {path!r} from volume {self.name!r}")
+        return self
+
+    remove = _Synced(_remove)
+
+    def batch_upload(self) -> VolumeBatch:
+        """Context manager for batching uploads: everything staged is uploaded in
+        one stream and made visible together on a clean exit; nothing when the
+        block raises. ``async with vol.batch_upload() as batch`` works too."""
+        return VolumeBatch(self)
+
+    async def _delete(self) -> None:
+        """Delete this volume and all its contents."""
+        await self.client._call("Delete", pb.DeleteVolumeRequest(name=self.name), f"delete volume {self.name!r}")
+        self._info = None
+
+    delete = _Synced(_delete)
+
+    def __repr__(self) -> str:
+        return f"Volume({self.name!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Volume) and other.name == self.name and other.client.target == self.client.target
+
+    def __hash__(self) -> int:
+        return hash(("Volume", self.name))
+
+
+class VolumeBatch:
+    """What ``vol.batch_upload()`` yields: ``put``/``put_file`` stage files, the clean
+    exit uploads them all (a path staged twice keeps the last)."""
+
+    def __init__(self, volume: Volume) -> None:
+        self.volume = volume
+        self.items: list[tuple[str, bytes | Path]] = []
+
+    def put(self, path: str, data: bytes | str) -> VolumeBatch:
+        self.items.append((path, _as_bytes(data, path)))
+        return self
+
+    def put_file(self, path: str, local_path: str | os.PathLike) -> VolumeBatch:
+        """Stage a local file; it is read (in chunks) only at upload."""
+        self.items.append((path, _local_file(local_path)))
+        return self
+
+    def __enter__(self) -> VolumeBatch:
+        self.volume.client._check(f"write to volume {self.volume.name!r}")
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            run_sync(self.volume._upload(self.items))
+
+    async def __aenter__(self) -> VolumeBatch:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            await run_async(self.volume._upload(self.items))
+
+
+def _as_bytes(data, path: str) -> bytes:
+    if isinstance(data, str):
+        return data.encode()
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data) if not isinstance(data, bytes) else data
+    raise TypeError(f"the data for {path!r} must be bytes or str, got {type(data).__name__}")
+
+
+def _local_file(local_path) -> Path:
+    p = Path(local_path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no local file {str(p)!r} to upload")
+    return p
+
+
+async def _pieces(src: bytes | Path | BinaryIO) -> AsyncIterator[tuple[bytes, bool]]:
+    """(chunk, is_last) for a file's contents: at least one piece, even when empty."""
+    if isinstance(src, bytes):
+        if len(src) <= CHUNK:
+            yield src, True
+            return
+        view = memoryview(src)
+        for i in range(0, len(src), CHUNK):
+            yield bytes(view[i:i + CHUNK]), i + CHUNK >= len(src)
+        return
+    own = isinstance(src, Path)  # else a binary file object of the caller's (the CLI's stdin)
+    f = await asyncio.to_thread(open, src, "rb", buffering=0) if own else src
+    try:
+        data = await asyncio.to_thread(f.read, CHUNK)
+        while True:
+            # The next chunk is read while this one is sent; is_last needs it anyway.
+            nxt = await asyncio.to_thread(f.read, CHUNK) if data else b""
+            yield data, not nxt
+            if not nxt:
+                return
+            data = nxt
+    finally:
+        if own:
+            await asyncio.to_thread(f.close)
