@@ -176,11 +176,10 @@ async def agent_exec(socket_path: str | os.PathLike, argv: list[str], *, env: di
         writer.close()
 
 
-async def agent_status(socket_path: str | os.PathLike) -> dict[str, Any]:
-    """The agent's view: ``{"agent_pid", "execs", "stopping", "main": {"argv", "pid", "running",
-    "exit_code", "signal", "error"} or None}`` (``main`` is None when it runs no main command)."""
+async def _one_shot(socket_path: str | os.PathLike, request: dict[str, Any], expect: str | None) -> dict[str, Any]:
+    """Send one request and read its one reply frame (an error frame raises)."""
     try:
-        reader, writer = await _request(socket_path, {"t": "status", "v": PROTOCOL_VERSION})
+        reader, writer = await _request(socket_path, {**request, "v": PROTOCOL_VERSION})
         try:
             h, _ = await _read_frame(reader)
         finally:
@@ -189,8 +188,15 @@ async def agent_status(socket_path: str | os.PathLike) -> dict[str, Any]:
         raise AgentUnavailableError(f"the agent at {os.fspath(socket_path)} closed the connection: {exc}") from None
     if h["t"] == "error":
         _raise_error_frame(h)
-    if h["t"] != "status":
-        raise AgentProtocolError(f"expected a status frame, got {h['t']!r}")
+    if expect is not None and h["t"] != expect:
+        raise AgentProtocolError(f"expected a {expect} frame, got {h['t']!r}")
+    return h
+
+
+async def agent_status(socket_path: str | os.PathLike) -> dict[str, Any]:
+    """The agent's view: ``{"agent_pid", "execs", "stopping", "main": {"argv", "pid", "running",
+    "exit_code", "signal", "error"} or None}`` (``main`` is None when it runs no main command)."""
+    h = await _one_shot(socket_path, {"t": "status"}, "status")
     h.pop("t")
     return h
 
@@ -198,31 +204,11 @@ async def agent_status(socket_path: str | os.PathLike) -> dict[str, Any]:
 async def agent_set_env(socket_path: str | os.PathLike, env: dict[str, str]) -> None:
     """Add ``env`` to the agent's environment (secrets: never in the container's config).
     An agent started with ``--await-env`` starts its main command after this."""
-    try:
-        reader, writer = await _request(socket_path, {"t": "env", "v": PROTOCOL_VERSION, "env": dict(env)})
-        try:
-            h, _ = await _read_frame(reader)
-        finally:
-            writer.close()
-    except _GONE as exc:
-        raise AgentUnavailableError(f"the agent at {os.fspath(socket_path)} closed the connection: {exc}") from None
-    if h["t"] == "error":
-        _raise_error_frame(h)
-    if h["t"] != "ok":
-        raise AgentProtocolError(f"expected an ok frame, got {h['t']!r}")
+    await _one_shot(socket_path, {"t": "env", "env": dict(env)}, "ok")
 
 
 async def _ping(socket_path: str | os.PathLike) -> None:
-    try:
-        reader, writer = await _request(socket_path, {"t": "ping", "v": PROTOCOL_VERSION})
-        try:
-            h, _ = await _read_frame(reader)
-        finally:
-            writer.close()
-    except _GONE as exc:
-        raise AgentUnavailableError(f"the agent closed the connection: {exc}") from None
-    if h["t"] == "error":
-        _raise_error_frame(h)
+    await _one_shot(socket_path, {"t": "ping"}, None)
 
 
 async def wait_agent_ready(socket_path: str | os.PathLike, timeout: float) -> None:
