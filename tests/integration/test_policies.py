@@ -520,7 +520,10 @@ def test_ctrl_c_in_a_blocking_caller_cancels_its_call(daemon, tmp_path):
         assert "interrupted" in out
         wait_for(lambda: (tmp_path / "cancelled").exists(), what="the handler to see the cancellation")
     finally:
+        # Reaped here, so a failure cannot leak a running process into later tests' warnings.
         proc.kill()
+        proc.wait(10)
+        proc.stdout.close()
 
 
 def test_policy_parameters_are_validated():
