@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -497,7 +498,8 @@ def test_cancel_reaches_the_handler(fn, tmp_path):
 
 
 CTRL_C_SCRIPT = """
-import os, sys
+import faulthandler, os, signal, sys
+faulthandler.register(signal.SIGUSR1)  # the test dumps the stacks if the caller hangs
 import chalkcompute
 fn = chalkcompute.RemoteFunction.from_name("sync_waits_for_cancel")
 print("calling", flush=True)
@@ -512,18 +514,24 @@ def test_ctrl_c_in_a_blocking_caller_cancels_its_call(daemon, tmp_path):
     sync_waits_for_cancel.wait_ready()
     env = {**os.environ, "CHALK_COMPUTE_TARGET": daemon.target, "CHALK_REGISTER_AT_EXIT": "0"}
     proc = subprocess.Popen([sys.executable, "-c", CTRL_C_SCRIPT, str(tmp_path)], env=env,
-                            stdout=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: (tmp_path / "started").exists(), what="the call to start")
         proc.send_signal(2)  # SIGINT, as Ctrl-C sends
-        out, _ = proc.communicate(timeout=30)
+        try:
+            out, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(1)
+            proc.kill()
+            _, err = proc.communicate()
+            raise AssertionError(f"the caller did not stop on SIGINT; its threads:\n{err}") from None
         assert "interrupted" in out
         wait_for(lambda: (tmp_path / "cancelled").exists(), what="the handler to see the cancellation")
     finally:
         # Reaped here, so a failure cannot leak a running process into later tests' warnings.
         proc.kill()
-        proc.wait(10)
-        proc.stdout.close()
+        proc.communicate(timeout=10)
 
 
 def test_policy_parameters_are_validated():
