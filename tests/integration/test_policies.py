@@ -500,6 +500,8 @@ def test_cancel_reaches_the_handler(fn, tmp_path):
 CTRL_C_SCRIPT = """
 import faulthandler, os, signal, sys
 faulthandler.register(signal.SIGUSR1)  # the test dumps the stacks if the caller hangs
+# As in a terminal: a test run started in the background inherits SIGINT ignored.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import chalkcompute
 fn = chalkcompute.RemoteFunction.from_name("sync_waits_for_cancel")
 print("calling", flush=True)
