@@ -42,11 +42,9 @@ threads. Database writes are handed to the event loop the store was made on.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import errno
 import logging
 import os
-import re
 import secrets
 import shutil
 import stat
@@ -55,7 +53,28 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
+
+from chalkd.volumes.paths import (
+    DIR_FLAGS,
+    MAX_DEPTH,
+    NAME_RE,
+    SYNCFS_FROM,
+    WRITEBACK_EVERY,
+    FileEntry,
+    InvalidVolumeName,
+    InvalidVolumePath,
+    VolumeFileNotFound,
+    VolumeInfo,
+    VolumeNotFound,
+    VolumePathConflict,
+    VolumeStoreError,
+    check_name,
+    open_dirs,
+    split_path,
+    start_writeback,
+    syncfs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,173 +93,6 @@ __all__ = [
     "split_path",
 ]
 
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_MAX_PATH = 4096
-_MAX_SEGMENT = 255  # NAME_MAX, in bytes
-_MAX_DEPTH = 128    # a container can nest directories without end; listings stop here
-# Fewer staged files than this are fsync'd one by one; more share one syncfs().
-_SYNCFS_FROM = 8
-
-
-class VolumeStoreError(Exception):
-    """Base of the volume store's expected failures."""
-
-
-class VolumeNotFound(VolumeStoreError, LookupError):
-    def __init__(self, name: str) -> None:
-        super().__init__(f"volume {name!r} not found")
-        self.name = name
-
-
-class VolumeFileNotFound(VolumeStoreError, LookupError):
-    def __init__(self, name: str, path: str) -> None:
-        super().__init__(f"file {path!r} not found in volume {name!r}")
-        self.name, self.path = name, path
-
-
-class InvalidVolumeName(VolumeStoreError, ValueError):
-    """A volume name that is not 1-63 letters, digits, '.', '_' or '-' (first a letter or digit)."""
-
-
-class InvalidVolumePath(VolumeStoreError, ValueError):
-    """A file path that is not a plain relative path inside the volume."""
-
-
-class VolumePathConflict(VolumeStoreError):
-    """The tree at a path is not what the operation needs: a symlink (never
-    followed), a directory where a file is meant, a file where a directory is."""
-
-
-@dataclass(frozen=True)
-class VolumeInfo:
-    name: str
-    created_at: float
-    updated_at: float
-    size_bytes: int
-    file_count: int
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    """A regular file (``path`` relative, '/'-separated), or with ``recursive=False``
-    a directory, whose path then ends with '/' and whose size is 0."""
-
-    path: str
-    size: int
-    mtime: float
-
-
-def check_name(name: Any) -> str:
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise InvalidVolumeName(f"invalid volume name {name!r}: use 1-63 letters, digits, '.', '_' or '-', "
-                                "starting with a letter or digit")
-    return name
-
-
-def split_path(path: Any, *, name: str = "") -> list[str]:
-    """``"a/b.txt"`` -> ``["a", "b.txt"]``; anything that could leave the volume or
-    mean two things is refused, naming the path."""
-    where = f" in volume {name!r}" if name else ""
-
-    def bad(why: str) -> InvalidVolumePath:
-        return InvalidVolumePath(f"invalid path {path!r}{where}: {why}")
-
-    if not isinstance(path, str):
-        raise InvalidVolumePath(f"a volume path must be a str, got {path!r}")
-    if not path:
-        raise bad("the path is empty")
-    if "\0" in path:
-        raise bad("NUL characters are not allowed")
-    # Legal on Linux, but a Windows client means a separator by it: refuse rather than guess.
-    if "\\" in path:
-        raise bad("backslashes are not allowed; separate directories with '/'")
-    if path.startswith("/"):
-        raise bad("absolute paths are not allowed; use a path relative to the volume's root")
-    if len(path.encode("utf-8", "surrogatepass")) > _MAX_PATH:
-        raise bad(f"longer than {_MAX_PATH} bytes")
-    parts = path.split("/")
-    for seg in parts:
-        if seg == "":
-            raise bad("empty path segments ('a//b' or a trailing '/') are not allowed")
-        if seg in (".", ".."):
-            raise bad(f"{seg!r} segments are not allowed")
-        if len(seg.encode("utf-8", "surrogatepass")) > _MAX_SEGMENT:
-            raise bad(f"a segment is longer than {_MAX_SEGMENT} bytes")
-    return parts
-
-
-def _conflict(parent_fd: int, seg: str, name: str, path: str, sofar: str) -> VolumePathConflict:
-    """Why ``seg`` could not be opened as a directory, in words."""
-    try:
-        st = os.stat(seg, dir_fd=parent_fd, follow_symlinks=False)
-    except OSError:
-        st = None
-    if st is not None and stat.S_ISLNK(st.st_mode):
-        return VolumePathConflict(f"cannot use {path!r} in volume {name!r}: {sofar!r} is a symbolic link, "
-                                  "which the volume API never follows")
-    return VolumePathConflict(f"cannot use {path!r} in volume {name!r}: {sofar!r} is not a directory")
-
-
-def _open_dirs(root_fd: int, parts: list[str], *, name: str, path: str, create: bool) -> int:
-    """Walk ``parts`` below ``root_fd`` without following symlinks; a new fd for the last.
-
-    Raises FileNotFoundError for a missing directory (unless ``create``)."""
-    fd = os.dup(root_fd)
-    try:
-        for i, seg in enumerate(parts):
-            try:
-                nfd = os.open(seg, _DIR_FLAGS, dir_fd=fd)
-            except FileNotFoundError:
-                if not create:
-                    raise
-                try:
-                    os.mkdir(seg, 0o755, dir_fd=fd)
-                except FileExistsError:  # made meanwhile: opened (and checked) below
-                    pass
-                try:
-                    nfd = os.open(seg, _DIR_FLAGS, dir_fd=fd)
-                except OSError as exc:
-                    if exc.errno in (errno.ENOTDIR, errno.ELOOP):
-                        raise _conflict(fd, seg, name, path, "/".join(parts[:i + 1])) from None
-                    raise
-            except OSError as exc:
-                if exc.errno in (errno.ENOTDIR, errno.ELOOP):
-                    raise _conflict(fd, seg, name, path, "/".join(parts[:i + 1])) from None
-                raise
-            os.close(fd)
-            fd = nfd
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _libc():
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
-    if hasattr(libc, "sync_file_range"):
-        libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    return libc
-
-
-_LIBC = _libc()
-_SYNC_FILE_RANGE_WRITE = 2
-_WRITEBACK_EVERY = 8 << 20
-
-
-def _syncfs(fd: int) -> bool:
-    """One syncfs(2) for many staged files (fsync each costs ~0.5 ms); False where unavailable."""
-    return _LIBC is not None and hasattr(_LIBC, "syncfs") and _LIBC.syncfs(fd) == 0
-
-
-def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
-    """Start writing a range to disk now, without waiting (Linux): the fsync at the end
-    of a large file then waits for its tail only, not for the whole file."""
-    if _LIBC is not None and hasattr(_LIBC, "sync_file_range"):
-        _LIBC.sync_file_range(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)
 
 
 class VolumeStore:
@@ -394,15 +246,15 @@ class VolumeStore:
             if name not in self._records:
                 raise VolumeNotFound(name)
         try:
-            return os.open(root, _DIR_FLAGS)
+            return os.open(root, DIR_FLAGS)
         except FileNotFoundError:
             root.mkdir(mode=0o755, exist_ok=True)
-            return os.open(root, _DIR_FLAGS)
+            return os.open(root, DIR_FLAGS)
 
     def _open_parent(self, name: str, parts: list[str], path: str, *, create: bool = False) -> int:
         root = self._open_root(name)
         try:
-            return _open_dirs(root, parts[:-1], name=name, path=path, create=create)
+            return open_dirs(root, parts[:-1], name=name, path=path, create=create)
         except FileNotFoundError:
             raise VolumeFileNotFound(name, path) from None
         finally:
@@ -424,7 +276,7 @@ class VolumeStore:
         root = self._open_root(name)
         try:
             try:
-                fd = _open_dirs(root, dir_parts, name=name, path=prefix, create=False)
+                fd = open_dirs(root, dir_parts, name=name, path=prefix, create=False)
             except (FileNotFoundError, VolumePathConflict):
                 return  # nothing (safely) under that prefix
         finally:
@@ -522,11 +374,11 @@ def _walk(fd: int, base: str, leaf_prefix: str, recursive: bool, depth: int) -> 
             yield FileEntry(base + entry_name, st.st_size, st.st_mtime)
         elif not recursive:
             yield FileEntry(base + entry_name + "/", 0, st.st_mtime)
-        elif depth >= _MAX_DEPTH:
-            log.warning("not listing below %s%s: deeper than %d directories", base, entry_name, _MAX_DEPTH)
+        elif depth >= MAX_DEPTH:
+            log.warning("not listing below %s%s: deeper than %d directories", base, entry_name, MAX_DEPTH)
         else:
             try:
-                sub = os.open(entry_name, _DIR_FLAGS, dir_fd=fd)
+                sub = os.open(entry_name, DIR_FLAGS, dir_fd=fd)
             except OSError:  # removed, or swapped for a symlink, meanwhile
                 continue
             try:
@@ -556,7 +408,7 @@ class Batch:
         self.volumes, self.name = volumes, name
         self.dir = volumes.staging / f"batch-{secrets.token_hex(8)}"
         self.dir.mkdir(mode=0o700)
-        self._dir_fd = os.open(self.dir, _DIR_FLAGS)
+        self._dir_fd = os.open(self.dir, DIR_FLAGS)
         self._files: dict[str, _Staged] = {}
         self._cur: _Staged | None = None
         self._n = 0
@@ -583,8 +435,8 @@ class Batch:
                 view = view[n:]
             self.bytes += len(data)
             cur.size += len(data)
-            if self.volumes.fsync and cur.size - cur.written_back >= _WRITEBACK_EVERY:
-                _start_writeback(cur.fd, cur.written_back, cur.size - cur.written_back)
+            if self.volumes.fsync and cur.size - cur.written_back >= WRITEBACK_EVERY:
+                start_writeback(cur.fd, cur.written_back, cur.size - cur.written_back)
                 cur.written_back = cur.size
 
     def end_file(self) -> None:
@@ -609,7 +461,7 @@ class Batch:
         if not self.volumes.fsync:
             return
         pending = [f for f in self._files.values() if not f.synced]
-        if len(pending) >= _SYNCFS_FROM and _syncfs(self._dir_fd):
+        if len(pending) >= SYNCFS_FROM and syncfs(self._dir_fd):
             return
         for f in pending:
             fd = os.open(f.tmp, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._dir_fd)
@@ -644,7 +496,7 @@ class Batch:
             try:
                 # Phase 1: every directory made and every destination able to take a file.
                 for dirs, files in groups.items():
-                    fd = _open_dirs(root, list(dirs), name=name, path=files[0].path, create=True)
+                    fd = open_dirs(root, list(dirs), name=name, path=files[0].path, create=True)
                     try:
                         for f in files:
                             try:
@@ -660,7 +512,7 @@ class Batch:
                         os.close(fd)
                 # Phase 2: the renames, each atomic; then the directories' entries made durable.
                 for dirs, files in groups.items():
-                    fd = _open_dirs(root, list(dirs), name=name, path=files[0].path, create=False)
+                    fd = open_dirs(root, list(dirs), name=name, path=files[0].path, create=False)
                     try:
                         for f in files:
                             os.rename(f.tmp, f.parts[-1], src_dir_fd=self._dir_fd, dst_dir_fd=fd)
