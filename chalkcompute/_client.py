@@ -578,6 +578,7 @@ class Client:
         self._channel: Channel | None = None
         self._session: _Session | None = None
         self._runtime: str | None = None
+        self._lane: tuple[str, str] | tuple[()] | None = None  # see _local_lane
 
     @classmethod
     def get(cls, target: str | None = None) -> "Client":
@@ -606,28 +607,41 @@ class Client:
             self._session = _Session(self)
         return self._session
 
-    @contextlib.asynccontextmanager
-    async def open_stream(self, name: bytes, grpc_method, recv_type):
-        """A stream to the daemon: framed on its unix socket when it is on this
-        machine (see :mod:`chalkcompute._framing`), else the gRPC stream."""
-        framed = None
-        local = self.path is not None or self.host in _LOOPBACK
-        if local and os.environ.get("CHALK_TRANSPORT", "auto") != "grpc":
-            # Failing here means no daemon answers: the caller's reconnect loop handles it.
+    async def _local_lane(self, refresh: bool) -> tuple[str, str] | None:
+        """The daemon's unix socket and instance id when it is on this machine (asked
+        once, again with ``refresh``), else None. A failing ask means no daemon answers."""
+        if self.path is None and self.host not in _LOOPBACK:
+            return None
+        if os.environ.get("CHALK_TRANSPORT", "auto") == "grpc":
+            return None
+        if self._lane is None or refresh:
             status = await self.catalog.Status(pb.StatusRequest(), timeout=10)
-            if status.fast_socket:
-                try:
-                    framed = await open_framed(status.fast_socket, name, recv_type,
-                                               expect_instance=status.instance_id)
-                except (OSError, ConnectionError) as exc:  # another machine's path, or no access
-                    log.debug("not using chalkd's socket %s: %s", status.fast_socket, exc)
+            self._lane = (status.fast_socket, status.instance_id) if status.fast_socket else ()
+        return self._lane or None
+
+    @contextlib.asynccontextmanager
+    async def open_stream(self, name: bytes, grpc_method, recv_type, *, metadata=None):
+        """A stream to the daemon: framed on its unix socket when it is on this
+        machine (see :mod:`chalkcompute._framing`), else the gRPC stream.
+        ``metadata`` is only carried by gRPC, so giving it chooses gRPC."""
+        framed = None
+        # A remembered socket may belong to a daemon that restarted: ask again once.
+        for refresh in (False, True) if not metadata else ():
+            lane = await self._local_lane(refresh)
+            if lane is None:
+                break
+            try:
+                framed = await open_framed(lane[0], name, recv_type, expect_instance=lane[1])
+                break
+            except (OSError, ConnectionError) as exc:  # another machine's path, no access, a restart
+                log.debug("not using chalkd's socket %s: %s", lane[0], exc)
         if framed is not None:
             try:
                 yield framed
             finally:
                 framed.close()
             return
-        async with grpc_method.open() as stream:
+        async with grpc_method.open(metadata=metadata) as stream:
             yield stream
 
     async def runtime_name(self) -> str:

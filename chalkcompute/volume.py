@@ -44,8 +44,8 @@ from grpclib import GRPCError
 from grpclib.const import Status
 from grpclib.exceptions import StreamTerminatedError
 
-from chalkcompute._client import _LOOPBACK, Client, default_target, run_async, run_sync
-from chalkcompute._framing import FramedStream, open_framed
+from chalkcompute._client import Client, default_target, run_async, run_sync
+from chalkcompute._framing import FramedStream
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import VolumesStub
 from chalkcompute.exceptions import ChalkError, DaemonUnavailableError, InvalidArgumentError, NotSupportedError
@@ -181,7 +181,6 @@ class VolumeClient:
         self._client = Client.get(self.target)
         self._metadata = md or None
         self.closed = False
-        self._lane: tuple[str, str] | bool | None = None  # the daemon's unix socket; False: use gRPC
 
     def _check(self, what: str) -> None:
         if self.closed:
@@ -206,45 +205,13 @@ class VolumeClient:
     @contextlib.asynccontextmanager
     async def _stream(self, method: str):
         """A ReadFile/WriteFiles/ListFiles stream: on the daemon's unix socket when it
-        is on this machine (no HTTP/2: ~3x the throughput), else gRPC. Use
-        :func:`_send` on it, the two differ in how a stream's end is said."""
-        framed = await self._open_framed(method)
-        if framed is not None:
-            try:
-                yield framed
-            finally:
-                framed.close()
-            return
-        async with getattr(VolumesStub(self._client.channel), method).open(metadata=self._metadata) as stream:
-            yield stream
-
-    async def _open_framed(self, method: str) -> FramedStream | None:
-        # Metadata is for what sits between us and the daemon (a proxy, an auth
-        # layer): only gRPC carries it. CHALK_TRANSPORT=grpc forces gRPC too.
-        if self._lane is False or self._metadata or os.environ.get("CHALK_TRANSPORT", "auto") == "grpc":
-            return None
-        if self._lane is None:
-            c = self._client
-            if c.path is None and c.host not in _LOOPBACK:
-                self._lane = False
-                return None
-            try:
-                status = await c.catalog.Status(pb.StatusRequest(), timeout=10)
-            except (GRPCError, OSError, StreamTerminatedError, asyncio.TimeoutError):
-                return None  # the gRPC stream will say what is wrong
-            self._lane = (status.fast_socket, status.instance_id) if status.fast_socket else False
-            if self._lane is False:
-                return None
-        path, instance = self._lane
+        is on this machine (no HTTP/2: ~3x the throughput), else gRPC (always with
+        ``metadata``, which only gRPC carries). Use :func:`_send` on it, the two differ
+        in how a stream's end is said."""
         name, recv_type = _FRAMED[method]
-        try:
-            return await open_framed(path, name, recv_type, expect_instance=instance)
-        except GRPCError:  # an older daemon without the volume streams
-            self._lane = False
-        except (OSError, ConnectionError) as exc:  # another machine's path, no access, a restarted daemon
-            log.debug("not using chalkd's socket %s: %s", path, exc)
-            self._lane = None
-        return None
+        grpc_method = getattr(VolumesStub(self._client.channel), method)
+        async with self._client.open_stream(name, grpc_method, recv_type, metadata=self._metadata) as stream:
+            yield stream
 
     def close(self) -> None:
         """End this client: every later call (and every Volume from it) raises VolumeClosedError."""
