@@ -29,7 +29,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import os
 from pathlib import Path
 
 import aiodocker
@@ -279,9 +278,3 @@ class DockerRuntime(Runtime):
         # Replicas were stopped by the autoscaler; anything left is a straggler.
         with contextlib.suppress(DockerError, Exception):
             await remove_labelled(self.docker, self.home, "replica")
-
-
-def engine_answers_sync(timeout: float = 2.0) -> bool:
-    """True when a Docker engine answers at DOCKER_HOST or the default socket."""
-    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-    return not host.startswith("unix://") or os.path.exists(host[len("unix://"):])
