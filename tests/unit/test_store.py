@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from chalkd.store.db import SCHEMA_VERSION, Store
+from chalkd.store.db import SCHEMA_VERSION, Store, StoreStopped
 
 INSERT_META = "INSERT INTO meta(key, value) VALUES (?, ?)"
 
@@ -44,7 +44,7 @@ def test_writes_queued_in_one_iteration_share_one_commit(tmp_path: Path) -> None
                 store.write(INSERT_META, (f"k{i}", str(i)))
             await store.flush()
             assert store.commits == 1
-            assert len(meta_keys(store) - {"schema_version"}) == 100
+            assert len(meta_keys(store) - {"schema_version", "clean_shutdown"}) == 100
 
             # A second batch is a second commit.
             store.write(INSERT_META, ("later", "x"))
@@ -92,7 +92,7 @@ def test_write_many_is_one_commit(tmp_path: Path) -> None:
             store.write_many((INSERT_META, (f"m{i}", "v")) for i in range(10))
             await store.flush()
             assert store.commits == 1
-            assert len(meta_keys(store) - {"schema_version"}) == 10
+            assert len(meta_keys(store) - {"schema_version", "clean_shutdown"}) == 10
         finally:
             await store.close()
 
@@ -198,63 +198,102 @@ def test_failing_callback_is_logged_and_later_callbacks_run(tmp_path: Path, capl
 
 
 @pytest.mark.timeout(30)
-def test_failing_statement_is_logged_and_later_commits_go_on(tmp_path: Path, caplog) -> None:
+def test_a_failing_statement_fails_alone_and_the_rest_of_its_group_commits(tmp_path: Path, caplog) -> None:
     async def main() -> None:
         store = Store(tmp_path / "db.sqlite")
         await store.open()
-        released: list[str] = []
+        events: list[str] = []
         try:
-            store.write("INSERT INTO no_such_table VALUES (1)")
-            store.after_commit(lambda: released.append("bad group"))
+            store.write(INSERT_META, ("innocent", "1"), on_commit=lambda: events.append("innocent committed"))
+            store.write("INSERT INTO no_such_table VALUES (1)", on_commit=lambda: events.append("bad committed"),
+                        on_fail=lambda exc: events.append(f"bad failed: {exc}"))
+            store.after_commit(lambda: events.append("barrier"))
+            store.write(INSERT_META, ("after", "1"), on_commit=lambda: events.append("after committed"))
             await store.flush()
-            # The waiters of the failed group are still released.
-            assert released == ["bad group"]
-            assert store.commits == 0
-            assert store.db is not None and not store.db.in_transaction   # rolled back
+            assert events == ["innocent committed", "bad failed: no such table: no_such_table", "barrier",
+                              "after committed"]
+            assert {"innocent", "after"} <= meta_keys(store)
+            assert store.failed_statements == 1
+            assert store.db is not None and not store.db.in_transaction
 
-            store.write(INSERT_META, ("good", "1"))
-            store.after_commit(lambda: released.append("good group"))
+            # A constraint violation (duplicate key) fails only its own statement too.
+            events.clear()
+            store.write(INSERT_META, ("innocent", "again"), on_fail=lambda exc: events.append(type(exc).__name__))
+            store.write(INSERT_META, ("next", "1"), on_commit=lambda: events.append("next committed"))
             await store.flush()
-            assert released == ["bad group", "good group"]
-            assert store.commits == 1
-            assert "good" in meta_keys(store)
-
-            # A constraint violation (duplicate key) is just as survivable.
-            store.write(INSERT_META, ("good", "again"))
-            await store.flush()
-            store.write(INSERT_META, ("after-dup", "1"))
-            await store.flush()
-            assert store.commits == 2
+            assert events == ["IntegrityError", "next committed"]
         finally:
             await store.close()
         meta = read_meta(tmp_path / "db.sqlite")
-        assert meta["good"] == "1" and meta["after-dup"] == "1"
+        assert meta["innocent"] == "1" and meta["next"] == "1"
 
     with caplog.at_level(logging.ERROR, logger="chalkd.store.db"):
         asyncio.run(main())
-    failures = [r for r in caplog.records if "group commit of" in r.getMessage()]
-    assert len(failures) == 2
-    assert "group commit of 1 statements failed" in failures[0].getMessage()
-    assert failures[0].exc_info is not None
+    dropped = [r for r in caplog.records if "statement failed and is dropped" in r.getMessage()]
+    assert len(dropped) == 2 and all(r.exc_info is not None for r in dropped)  # with its traceback
+    assert "INSERT INTO no_such_table" in dropped[0].getMessage()
 
 
 @pytest.mark.timeout(30)
-def test_a_failing_statement_rolls_back_its_whole_group(tmp_path: Path, caplog) -> None:
-    """Documents the current contract: one commit is all or nothing."""
+def test_a_full_disk_holds_writes_refuses_unheld_ones_and_recovers_by_itself(tmp_path: Path, caplog) -> None:
+    """A full disk simulated with PRAGMA max_page_count (SQLite's own SQLITE_FULL)."""
+    async def main() -> None:
+        store = Store(tmp_path / "db.sqlite", full_retry=0.05)
+        await store.open()
+        events: list[str] = []
+        try:
+            assert store.db is not None
+            pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+            store.db.execute(f"PRAGMA max_page_count={pages + 2}")
+            store.write(INSERT_META, ("big", "x" * 100_000), on_commit=lambda: events.append("big committed"),
+                        on_fail=lambda exc: events.append("big failed"))
+            refused = asyncio.get_running_loop().create_future()
+            store.write(INSERT_META, ("new call", "1"), hold=False,
+                        on_commit=lambda: events.append("new call committed"), on_fail=refused.set_result)
+            exc = await refused
+            assert store.full
+            assert str(exc).startswith(f"chalkd's disk is full at {tmp_path}: ") and "MB free" in str(exc)
+            assert events == []  # held, not failed, not committed
+            assert "big" not in meta_keys(store)  # reads go on meanwhile
+
+            done = asyncio.get_running_loop().create_future()
+            store.after_commit(lambda: done.set_result(None))
+            await asyncio.sleep(0.2)   # a few retries, still full
+            assert not done.done() and events == []
+            store.db.execute("PRAGMA max_page_count=1073741823")   # space returns
+            await done
+            assert events == ["big committed"] and not store.full
+            assert "big" in meta_keys(store) and "new call" not in meta_keys(store)
+        finally:
+            await store.close()
+
+    with caplog.at_level(logging.WARNING, logger="chalkd.store.db"):
+        asyncio.run(main())
+    assert any("holding 2 write(s) until space returns" in r.getMessage() for r in caplog.records)
+    assert any("has space again" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.timeout(30)
+def test_a_writer_that_stops_fails_its_waiters_and_every_later_write(tmp_path: Path, caplog) -> None:
     async def main() -> None:
         store = Store(tmp_path / "db.sqlite")
         await store.open()
         try:
-            store.write(INSERT_META, ("innocent", "1"))
-            store.write("INSERT INTO no_such_table VALUES (1)")
-            await store.flush()
-            assert "innocent" not in meta_keys(store)
+            assert store._task is not None
+            store._task.cancel()
+            failed = asyncio.get_running_loop().create_future()
+            store.write(INSERT_META, ("lost", "1"), on_fail=failed.set_result)
+            assert isinstance(await failed, StoreStopped)
+            with pytest.raises(StoreStopped, match="store writer stopped"):
+                store.write(INSERT_META, ("later", "1"))
+            with pytest.raises(StoreStopped):
+                await store.flush()
         finally:
             await store.close()
 
-    with caplog.at_level(logging.ERROR, logger="chalkd.store.db"):
+    with caplog.at_level(logging.CRITICAL, logger="chalkd.store.db"):
         asyncio.run(main())
-    assert any("group commit of 2 statements failed" in r.getMessage() for r in caplog.records)
+    assert any("the store writer stopped" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.timeout(30)
