@@ -202,6 +202,9 @@ class Call:
     error: CallError | None = None
     finished_at: float | None = None
     subscribers: dict = field(default_factory=dict)  # Subscriber -> ref
+    stored: bool | None = None    # its INSERT: None until settled, True committed, False failed (never a call)
+    args_bytes: int = 0           # its arguments' bytes counted in the queue's in-memory budget
+    result_bytes: int = 0         # its result's bytes counted in the finished cache's budget
 
     @property
     def sort_key(self) -> tuple[int, int, int]:

@@ -46,7 +46,7 @@ from chalkd.model import (
 )
 from chalkd.queue.dispatch import Attempt, Dispatcher, _Worker
 from chalkd.queue.limits import Limits
-from chalkd.store.db import Store
+from chalkd.store.db import Store, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,36 @@ class WorkerLink(Protocol):
 
 
 # Seconds a finished call's idempotency key is remembered: a caller resubmits a
-# call it saw no answer for only after a reconnect (CHALK_RECONNECT_TIMEOUT, 60 s).
-IDEMPOTENCY_WINDOW = 900.0
+# call it saw no answer for only after a reconnect, which gives up after
+# CHALK_RECONNECT_TIMEOUT (60 s); twice that covers a reconnect that started late.
+IDEMPOTENCY_WINDOW = 120.0
+
+# About what one remembered idempotency key costs (tuple, strings, dict and deque slots).
+IDEMPOTENCY_KEY_BYTES = 400
+# Bytes a finished call costs in the cache besides its result.
+FINISHED_CALL_BYTES = 600
+
+DEFAULT_MEMORY_BUDGET = 1 << 30
+
+# A call found running at this many daemon crashes in a row is not run again (it may be what kills it).
+POISON_CRASHES = 3
+
+
+class MemoryBudget:
+    """The queue's share of ``--memory-budget``, split between its buffers.
+
+    >>> b = MemoryBudget(1 << 30)
+    >>> b.queued_args, b.finished, b.idempotency_keys
+    (268435456, 268435456, 167772)
+    """
+
+    def __init__(self, total: int = DEFAULT_MEMORY_BUDGET) -> None:
+        if total < 1 << 20:
+            raise ValueError(f"memory budget must be at least 1 MiB, got {total} bytes")
+        self.total = total
+        self.queued_args = total // 4          # arguments of queued calls; the rest stay in the store
+        self.finished = total // 4             # results of recently finished calls; older ones are read back
+        self.idempotency_keys = total // 16 // IDEMPOTENCY_KEY_BYTES   # keys of finished calls remembered
 
 
 class QueueError(Exception):
@@ -103,8 +131,12 @@ class Queue(Dispatcher):
         cancel_grace: float = 5.0,
         rng: random.Random | None = None,
         limits: Limits | None = None,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
     ) -> None:
         self.store = store
+        self.budget = MemoryBudget(memory_budget)
+        self._args_bytes = 0        # queued calls' arguments held in memory
+        self._finished_bytes = 0    # results held in the finished cache
         self.limits = limits or Limits(store)
         self.cancel_grace = cancel_grace
         self.rng = rng or random.Random()
@@ -154,18 +186,26 @@ class Queue(Dispatcher):
 
         Calls that had not streamed are queued again; calls that had streamed
         fail as interrupted, their kept chunks still readable by a re-attaching caller.
+        After a crash (no clean shutdown recorded), a call whose attempt was running
+        at each of the last :data:`POISON_CRASHES` crashes fails instead of running again.
         """
         row = self.store.query("SELECT COALESCE(MAX(seq), 0) AS s FROM calls")
         self._seq = row[0]["s"]
+        crashed = not self.store.clean_shutdown
+        # Arguments past the budget stay in the store: read without them, fetch them at dispatch.
         rows = self.store.query(
-            "SELECT * FROM calls WHERE state IN ('queued','running','streaming') ORDER BY seq"
+            "SELECT seq, id, function_id, parent_id, idempotency_key, priority, root_seq, state, attempt, failures,"
+            " chunks, created_at, crashes, length(args_batch) + length(args_schema) AS args_size"
+            " FROM calls WHERE state IN ('queued','running','streaming') ORDER BY seq"
         )
+        poisoned = 0
         for r in rows:
             fv = functions.get(r["function_id"])
             call = Call(
-                id=r["id"], seq=r["seq"], function=fv, args=Payload(r["args_schema"], r["args_batch"]),
+                id=r["id"], seq=r["seq"], function=fv, args=None,
                 created_at=r["created_at"], parent_id=r["parent_id"], idempotency_key=r["idempotency_key"],
                 priority=r["priority"], root_seq=r["root_seq"], attempt=r["attempt"], failures=r["failures"],
+                stored=True,
             )
             if r["idempotency_key"]:
                 self._idem[(r["function_id"], r["idempotency_key"])] = call.id
@@ -181,20 +221,40 @@ class Queue(Dispatcher):
                     "the daemon restarted while it was streaming",
                 ))
                 continue
+            if crashed:
+                # Consecutive crashes with its attempt running; one it sat out resets the count.
+                crashes = r["crashes"] + 1 if r["state"] == "running" else 0
+                if crashes >= POISON_CRASHES:
+                    poisoned += 1
+                    self._finish(call, error=CallError.platform(
+                        ErrorCode.ABORTED,
+                        f"call {call.id} of {fv.name!r} was running each of the last {crashes} times chalkd "
+                        "died; not running it again"))
+                    continue
+                if crashes != r["crashes"] or r["state"] == "running":
+                    self.store.write("UPDATE calls SET crashes=?, state='queued' WHERE id=?", (crashes, call.id))
+            size = r["args_size"] or 0
+            if self._args_bytes + size <= self.budget.queued_args:
+                call.args = self._load_args(call)
+                call.args_bytes = size
+                self._args_bytes += size
             self.calls[call.id] = call
             self._push(call)
         # Idempotency keys of calls finished lately, so a caller that resubmits
         # after a crash gets its call back, not a second one.
         for r in self.store.query(
             "SELECT id, function_id, idempotency_key, finished_at FROM calls WHERE idempotency_key IS NOT NULL "
-            "AND state NOT IN ('queued','running','streaming') AND finished_at > ? ORDER BY finished_at",
-            (self.clock() - self.idempotency_window,),
-        ):
+            "AND state NOT IN ('queued','running','streaming') AND finished_at > ? ORDER BY finished_at DESC LIMIT ?",
+            (self.clock() - self.idempotency_window, self.budget.idempotency_keys),
+        )[::-1]:
             key = (r["function_id"], r["idempotency_key"])
             self._idem[key] = r["id"]
             self.idem_expiry.append((r["finished_at"], key, r["id"]))
         if rows:
             log.info("recovered %d open call(s) from the database", len(rows))
+        if poisoned:
+            log.error("failed %d call(s) that were running each of the last %d times chalkd died",
+                      poisoned, POISON_CRASHES)
 
     # -- callers ----------------------------------------------------------------------
 
@@ -211,6 +271,10 @@ class Queue(Dispatcher):
                     return self.get(existing)
                 except CallNotFound:  # expired since: the key is free again
                     del self._idem[(function.id, idempotency_key)]
+        if self.store.full:
+            # Never accept what cannot be stored: the caller hears why and retries later.
+            self.reject(sub, ref, CallError.platform(ErrorCode.RESOURCE_EXHAUSTED, str(self.store.disk_full_error())))
+            return None
         pol = function.policies
         waiting = self._queued.get(function.id, 0)
         if waiting >= pol.max_items:
@@ -232,14 +296,20 @@ class Queue(Dispatcher):
         if idempotency_key:
             self._idem[(function.id, idempotency_key)] = call.id
         self.total_submitted += 1
+        size = len(args.batch) + len(args.schema)
+        if self._args_bytes + size <= self.budget.queued_args:
+            call.args_bytes = size
+            self._args_bytes += size
         self.store.write(
             "INSERT OR IGNORE INTO calls (id, seq, function_id, parent_id, idempotency_key, priority, root_seq,"
             " state, args_schema, args_batch, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (call.id, call.seq, function.id, parent_id, idempotency_key, call.priority, call.root_seq,
              "queued", args.schema, args.batch, call.created_at),
+            # "Accepted" only once the row is durable; dispatch need not wait for it, but an
+            # attempt whose row never commits is cancelled and its caller told why.
+            on_commit=lambda: self._stored(call, sub, ref), on_fail=lambda exc: self._not_stored(call, exc),
+            hold=False,
         )
-        # "Accepted" only once the row is durable; dispatch need not wait for it.
-        self.store.after_commit(lambda: sub.send_event(ref, call.id, "accepted"))
         if function.failed:
             self._finish(call, error=CallError.platform(ErrorCode.UNSCHEDULABLE, function.failed))
             return call
@@ -273,6 +343,38 @@ class Queue(Dispatcher):
                     f"max_replicas={fv.max_replicas})")
         return (f"calling {fv.name!r} from {path} would deadlock: its own callers hold all {cap} slot(s) of "
                 f"{what} and wait for this call; raise the limit or do not call it from its own chain")
+
+    def _stored(self, call: Call, sub: Subscriber, ref: int) -> None:
+        call.stored = True
+        if not call.args_bytes and call.state == CallState.QUEUED and call.attempt == 0:
+            # Over the budget for queued arguments: the store has them; dispatch reads them back.
+            call.args = None
+        sub.send_event(ref, call.id, "accepted")
+
+    def _not_stored(self, call: Call, exc: BaseException) -> None:
+        """A call's INSERT failed: it never existed. Stop its attempt and tell its callers."""
+        call.stored = False
+        if is_disk_full(exc):
+            error = CallError.platform(ErrorCode.RESOURCE_EXHAUSTED, str(exc))
+        else:
+            log.error("call %s of %s could not be stored (%r): it fails", call.id, call.function.name, exc)
+            error = CallError.platform(ErrorCode.INTERNAL, f"chalkd could not store the call: {exc}")
+        if call.idempotency_key and self._idem.get((call.function.id, call.idempotency_key)) == call.id:
+            del self._idem[(call.function.id, call.idempotency_key)]
+        att = self._current_attempt(call)
+        if att is not None and not att.abandoned:
+            self._abandon(att)
+        self._unqueue(call)
+        self._release_args(call)
+        self.calls.pop(call.id, None)
+        self.finished.pop(call.id, None)
+        if not call.state.finished:
+            call.state = CallState.FAILED
+        call.args = None
+        subs = list(call.subscribers.items())
+        call.subscribers.clear()
+        for s, r in subs:
+            self.reject(s, r, error)
 
     def reject(self, sub: Subscriber, ref: int, error: CallError) -> None:
         """Refuse a submit that never became a call (unknown function, too large...)."""
@@ -554,21 +656,38 @@ class Queue(Dispatcher):
         chunk = Chunk(first_index, payload)
         call.chunks.append(chunk)
         call.state = CallState.STREAMING
-        self.store.write(
-            "INSERT OR REPLACE INTO chunks (call_id, first_index, rows, schema, batch) VALUES (?,?,?,?,?)",
-            (call.id, first_index, payload.rows, payload.schema, payload.batch),
-        )
-        self.store.write("UPDATE calls SET state='streaming', chunks=?, attempt=? WHERE id=?",
-                         (call.next_index, call.attempt, call.id))
         subs = list(call.subscribers.items())
 
         # Chunks go out once they are durable (the first one marks the call as
         # streamed, so a restarted daemon never re-runs a call whose chunks a
-        # caller saw); later ones follow in order behind it.
+        # caller saw); later ones follow in order behind it. While the disk is
+        # full they wait, unacknowledged, so the chunk window pauses the generator.
         def deliver() -> None:
+            if call.stored is False:
+                return
             for sub, ref in subs:
                 sub.send_event(ref, call.id, "chunk", payload=payload, first_index=first_index)
-        self.store.after_commit(deliver)
+
+        def failed(exc: BaseException) -> None:
+            self._store_failed(call, exc, f"chunk {first_index}")
+        self.store.write(
+            "INSERT OR REPLACE INTO chunks (call_id, first_index, rows, schema, batch) VALUES (?,?,?,?,?)",
+            (call.id, first_index, payload.rows, payload.schema, payload.batch),
+            on_commit=deliver, on_fail=failed,
+        )
+        self.store.write("UPDATE calls SET state='streaming', chunks=?, attempt=? WHERE id=?",
+                         (call.next_index, call.attempt, call.id), on_fail=failed)
+
+    def _store_failed(self, call: Call, exc: BaseException, what: str) -> None:
+        """A statement of a running call failed (a bug, a constraint): that call fails, nothing else."""
+        if call.stored is False or call.state.finished:
+            return
+        log.error("call %s of %s fails: %s could not be stored (%r)", call.id, call.function.name, what, exc)
+        att = self._current_attempt(call)
+        if att is not None and not att.abandoned:
+            self._abandon(att)
+        self._finish(call, error=CallError.platform(
+            ErrorCode.INTERNAL, f"chalkd could not store {what} of call {call.id}: {exc}"))
 
     def _finish(
         self, call: Call, *, result: Payload | None = None, error: CallError | None = None,
@@ -582,37 +701,74 @@ class Queue(Dispatcher):
         call.error = error
         call.finished_at = self.clock()
         if call.idempotency_key:
-            self.idem_expiry.append((call.finished_at, (call.function.id, call.idempotency_key), call.id))
+            self._remember_key(call)
         self.calls.pop(call.id, None)
-        self.finished[call.id] = call
-        if len(self.finished) > self._finished_cap:
-            self.finished.popitem(last=False)
+        self._cache_finished(call, result)
         err = _encode_error(error) if error else None
-        self.store.write(
-            "UPDATE calls SET state=?, attempt=?, failures=?, result_schema=?, result_batch=?, result_rows=?,"
-            " error=?, chunks=?, finished_at=? WHERE id=?",
-            (call.state.value, call.attempt, call.failures, result.schema if result else None,
-             result.batch if result else None, result.rows if result else None, err,
-             call.next_index, call.finished_at, call.id),
-        )
-        subs = list(call.subscribers.items())
-        call.subscribers.clear()
+        self._release_args(call)
         call.args = None
 
         def deliver() -> None:
             # Chunks stay in memory until now: before this commit the store may
             # not have them yet, and a caller attaching meanwhile must see them.
             call.chunks = []
+            subs = list(call.subscribers.items())
+            call.subscribers.clear()
+            if call.stored is False:
+                return  # never a call: its callers were told when its INSERT failed
             for sub, ref in subs:
                 self._send_final(call, sub, ref)
-        if call.next_index:
-            # A stream's end must not overtake its chunks, which wait for their commit.
-            self.store.after_commit(deliver)
-        else:
-            # A result need not be durable before the caller has it: if the daemon
-            # dies before the commit, the call runs again (at-least-once) and the
-            # caller, which already has its answer, never asks.
+
+        def failed(exc: BaseException) -> None:
+            # The row still says running: a restarted daemon runs it again. This caller hears why now.
+            log.error("call %s of %s: its outcome could not be stored (%r)", call.id, call.function.name, exc)
+            call.result = None
+            call.error = CallError.platform(
+                ErrorCode.INTERNAL, f"chalkd could not store the outcome of call {call.id}: {exc}")
             deliver()
+        # Nothing goes out before its row commits: a result delivered first could be
+        # lost with the daemon while the caller already acted on it. Behind its chunks too.
+        self.store.write(
+            "UPDATE calls SET state=?, attempt=?, failures=?, result_schema=?, result_batch=?, result_rows=?,"
+            " error=?, chunks=?, finished_at=? WHERE id=?",
+            (call.state.value, call.attempt, call.failures, result.schema if result else None,
+             result.batch if result else None, result.rows if result else None, err,
+             call.next_index, call.finished_at, call.id),
+            on_commit=deliver, on_fail=failed,
+        )
+
+    def _cache_finished(self, call: Call, result: Payload | None) -> None:
+        """Keep a finished call for attach, within the cache's count and bytes; the store has the rest."""
+        call.result_bytes = FINISHED_CALL_BYTES + (len(result.batch) + len(result.schema) if result else 0)
+        self._finished_bytes += call.result_bytes
+        self.finished[call.id] = call
+        finished = self.finished
+        while len(finished) > self._finished_cap or (self._finished_bytes > self.budget.finished and finished):
+            _, old = finished.popitem(last=False)
+            self._finished_bytes -= old.result_bytes
+            old.result_bytes = 0
+
+    def _remember_key(self, call: Call) -> None:
+        """Remember a finished call's idempotency key for a reconnect's resubmit, no longer and no more."""
+        assert call.finished_at is not None and call.idempotency_key
+        expiry = self.idem_expiry
+        expiry.append((call.finished_at, (call.function.id, call.idempotency_key), call.id))
+        oldest = call.finished_at - self.idempotency_window
+        while expiry and (expiry[0][0] < oldest or len(expiry) > self.budget.idempotency_keys):
+            _, key, call_id = expiry.popleft()
+            if self._idem.get(key) == call_id:
+                del self._idem[key]
+
+    def _release_args(self, call: Call) -> None:
+        self._args_bytes -= call.args_bytes
+        call.args_bytes = 0
+
+    def _load_args(self, call: Call) -> Payload:
+        """Arguments that left memory while the call waited (over the budget): the store has them."""
+        rows = self.store.query("SELECT args_schema, args_batch FROM calls WHERE id=?", (call.id,))
+        if not rows:
+            raise QueueError(f"call {call.id}: its arguments are neither in memory nor in the store")
+        return Payload(rows[0]["args_schema"], rows[0]["args_batch"])
 
     def _send_final(self, call: Call, sub: Subscriber, ref: int) -> None:
         if call.error is not None:

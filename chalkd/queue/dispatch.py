@@ -192,6 +192,9 @@ class Dispatcher:
             self.on_demand(function_id)
 
     def _start_attempt(self, worker: _Worker, call: Call, slots: Slots | None) -> Attempt:
+        if call.args is None:
+            call.args = self._load_args(call)
+        self._release_args(call)  # running: no longer a queued call's arguments
         call.attempt += 1
         call.state = CallState.RUNNING
         call.replica_id = worker.link.replica_id
@@ -203,4 +206,7 @@ class Dispatcher:
         if timeout:
             att.timer = self.loop.call_later(timeout, self._timed_out, att)
         worker.inflight[(call.id, call.attempt)] = att
+        # The durable "attempt started" mark (batched with the group commit, never awaited):
+        # a daemon that dies finds it 'running' and counts the crash against it (poison calls).
+        self.store.write("UPDATE calls SET state='running', attempt=? WHERE id=?", (call.attempt, call.id))
         return att

@@ -42,6 +42,8 @@ def expire_results(queue, now: float) -> int:
         ttl = ttl_of.get(call.function.id, 86_400.0)
         if call.finished_at is not None and call.finished_at < now - ttl:
             del queue.finished[call_id]
+            queue._finished_bytes -= call.result_bytes
+            call.result_bytes = 0
             if call.idempotency_key:
                 queue._idem.pop((call.function.id, call.idempotency_key), None)
             removed += 1

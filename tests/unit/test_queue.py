@@ -642,6 +642,8 @@ def test_cancel_a_queued_call(tmp_path: Path) -> None:
             call = q.submit(sub, 1, fv, ARGS)
             await settle(store)
             q.cancel(call.id, "no longer needed")
+            assert sub.kinds() == ["accepted"]   # the error goes out once it is stored
+            await settle(store)
             assert sub.kinds() == ["accepted", "error"]
             err = sub.error()
             assert err.code == ErrorCode.CANCELLED and err.message == "no longer needed"
@@ -671,6 +673,7 @@ def test_cancel_a_running_call_tells_its_worker(tmp_path: Path) -> None:
             await settle(store)
             q.cancel(call.id)
             assert link.cancels == [(call.id, 1)]
+            await settle(store)
             assert sub.error().code == ErrorCode.CANCELLED
             assert q.inflight(fv.id) == 1   # its slot is held until the worker says it stopped
             q.worker_event(link, call.id, 1, "result", payload=RESULT)   # too late
@@ -696,6 +699,7 @@ def test_submit_to_a_failed_function_and_fail_waiting(tmp_path: Path) -> None:
             waiting = q.submit(sub, 1, fv, ARGS)
             await settle(store)
             q.fail_waiting(fv.id, CallError.platform(ErrorCode.BUILD_FAILED, "pip install failed"))
+            await settle(store)
             assert sub.error().code == ErrorCode.BUILD_FAILED
             assert waiting.state == CallState.FAILED and q.waiting(fv.id) == 0
 
@@ -703,6 +707,8 @@ def test_submit_to_a_failed_function_and_fail_waiting(tmp_path: Path) -> None:
             late_sub = Sub()
             later = q.submit(late_sub, 2, fv, ARGS)
             assert later.state == CallState.FAILED
+            await settle(store)
+            assert late_sub.kinds() == ["accepted", "error"]
             assert late_sub.error().code == ErrorCode.UNSCHEDULABLE and late_sub.error().message == "cannot schedule"
             await settle(store)
             assert row(store, later.id)["state"] == "failed"
@@ -834,6 +840,7 @@ def test_recovery_after_a_restart(tmp_path: Path) -> None:
             await settle(store)
             assert worker.assigned() == [(nested.id, 1), (queued.id, 1), (fresh.id, 1)]
             q.worker_event(worker, queued.id, 1, "result", payload=RESULT)
+            await settle(store)
             assert resub.of("result")[-1][:2] == (20, queued.id)
         finally:
             await store.close()
