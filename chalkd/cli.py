@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from chalkcompute.policies import PERIODS
-from chalkd.config import DEFAULT_HOST, DEFAULT_MAX_MESSAGE, DEFAULT_PORT, Config, default_home
+from chalkd.config import DEFAULT_HOST, DEFAULT_MAX_MESSAGE, DEFAULT_PORT, Config, default_home, parse_size
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--runtime", default=os.environ.get("CHALKD_RUNTIME", "auto"), choices=["auto", "process", "docker"])
     serve.add_argument("--durability", default=os.environ.get("CHALKD_DURABILITY", "normal"), choices=["normal", "full"])
     serve.add_argument("--max-message-size", type=int, default=DEFAULT_MAX_MESSAGE, help="bytes (default 64 MiB)")
+    serve.add_argument("--memory-budget", default=os.environ.get("CHALKD_MEMORY_BUDGET", "1GiB"),
+                       help="bytes for the daemon's buffers, e.g. 512MiB (default 1GiB, or $CHALKD_MEMORY_BUDGET): "
+                            "a quarter for queued calls' arguments (the rest are read from the database at "
+                            "dispatch), a quarter for recently finished results, 1/16 for idempotency keys, "
+                            "and each caller stream's outbox (a caller that stops reading is paused, then dropped)")
     serve.add_argument("--heartbeat-timeout", type=float, default=15.0, help="seconds before a silent worker is lost")
     serve.add_argument("--cancel-grace", type=float, default=5.0,
                        help="seconds a cancelled or timed-out handler has to stop before its replica is killed")
@@ -120,11 +125,17 @@ def _serve(args) -> int:
     from chalkd.server import Server, StartupError
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        memory_budget = parse_size(args.memory_budget, "--memory-budget")
+    except ValueError as exc:
+        print(f"chalkd: {exc}", file=sys.stderr)
+        return 2
     config = Config(
         host=args.host, port=args.port, home=args.home or default_home(), runtime=args.runtime,
         durability=args.durability, max_message_bytes=args.max_message_size,
         heartbeat_timeout=args.heartbeat_timeout, cancel_grace=args.cancel_grace,
         sweep_interval=args.sweep_interval, pids_limit=args.pids_limit,
+        memory_budget=memory_budget,
     )
     if args.build_ca_bundle is not None:
         config.build_ca_bundle = args.build_ca_bundle or None

@@ -14,6 +14,28 @@ import platformdirs
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 50051
 DEFAULT_MAX_MESSAGE = 64 * 2**20
+DEFAULT_MEMORY_BUDGET = 2**30
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
+               "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
+
+
+def parse_size(text: str, what: str = "size") -> int:
+    """Bytes from ``"1073741824"``, ``"512MiB"``, ``"1 GiB"`` or ``"2g"``.
+
+    >>> parse_size("512MiB")
+    536870912
+    """
+    t = str(text).strip().lower().replace(" ", "")
+    num = t.rstrip("kmgtib")
+    unit = t[len(num):]
+    try:
+        value = float(num)
+    except ValueError:
+        value = -1.0
+    if unit not in _SIZE_UNITS or value < 0:
+        raise ValueError(f"{what} must be a size such as 1073741824, 512MiB or 1GiB, got {text!r}")
+    return int(value * _SIZE_UNITS[unit])
 
 
 def default_home() -> Path:
@@ -51,6 +73,10 @@ class Config:
     token: str | None = None
     build_ca_bundle: str | None = field(default_factory=lambda: default_ca_bundle())  # trusted by every image build
     pids_limit: int = 4096                 # per container (Docker runtime)
+    # Bytes for the daemon's buffers (queued arguments, finished results, idempotency keys, outboxes);
+    # CHALKD_MEMORY_BUDGET or --memory-budget. See chalkd.queue.core.MemoryBudget for the split.
+    memory_budget: int = field(default_factory=lambda: parse_size(
+        os.environ.get("CHALKD_MEMORY_BUDGET", str(DEFAULT_MEMORY_BUDGET)), "CHALKD_MEMORY_BUDGET"))
 
     def validate(self) -> None:
         if self.runtime not in ("auto", "process", "docker"):
@@ -72,5 +98,7 @@ class Config:
             raise ValueError(f"--cancel-grace must be positive, got {self.cancel_grace:g}")
         if not self.sweep_interval > 0:
             raise ValueError(f"--sweep-interval must be positive, got {self.sweep_interval:g}")
+        if self.memory_budget < 64 * 2**20:
+            raise ValueError(f"--memory-budget must be at least 64 MiB, got {self.memory_budget} bytes")
         if self.max_message_bytes < 1024:
             raise ValueError(f"--max-message-size must be at least 1024 bytes, got {self.max_message_bytes}")

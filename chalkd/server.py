@@ -97,7 +97,7 @@ class Server:
             if not fv.deleted:
                 self.limits.register(fv)
         self.queue = Queue(self.store, max_attempts=cfg.max_attempts, cancel_grace=cfg.cancel_grace,
-                           limits=self.limits)
+                           limits=self.limits, memory_budget=cfg.memory_budget)
         self.queue.known_functions = lambda: self.catalog.by_id
         self.queue.load(self.catalog.by_id)
         self.blobs = BlobStore(self.home / "blobs")
