@@ -109,6 +109,7 @@ class FastPathServer:
 async def _send_error(writer: asyncio.StreamWriter, status: Status, message: str) -> None:
     try:
         write_frame(writer, 1, f"{status.value}:{message}".encode())
-        await writer.drain()
-    except (ConnectionError, RuntimeError):
+        # A peer that stopped reading (a dropped session) never drains: do not wait for it forever.
+        await asyncio.wait_for(writer.drain(), 5)
+    except (ConnectionError, RuntimeError, TimeoutError):
         pass

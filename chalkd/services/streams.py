@@ -28,20 +28,49 @@ MAX_BYTES_PER_MESSAGE = 4 * 2**20
 
 
 class _Outbox:
-    """Items for one stream, sent by one task, many per message when they pile up."""
+    """Items for one stream, sent by one task, many per message when they pile up.
 
-    def __init__(self, stream, make_message: Callable[[list], object]) -> None:
+    With a ``limit`` (bytes), it is bounded: past half the limit the stream's
+    reader pauses (:meth:`wait_drained`); past the limit the outbox stops taking
+    items and sets :attr:`dropped` with the reason, and its session ends with it.
+
+        out = _Outbox(stream, make_message, limit=128 * 2**20)
+    """
+
+    def __init__(self, stream, make_message: Callable[[list], object], limit: int = 0) -> None:
         self.stream = stream
         self.make_message = make_message
         self.items: list = []
+        self.sizes: list[int] = []
+        self.bytes = 0
+        self.limit = limit
         self.wake = asyncio.Event()
+        self.drained = asyncio.Event()
+        self.drained.set()
+        self.dropped: asyncio.Future | None = asyncio.get_running_loop().create_future() if limit else None
         self.closed = False
 
     def put(self, item) -> None:
         if self.closed:
             return
+        size = item.ByteSize()
         self.items.append(item)
+        self.sizes.append(size)
+        self.bytes += size
+        if self.limit and self.bytes > self.limit // 2:
+            self.drained.clear()
+            if self.bytes > self.limit and self.dropped is not None and not self.dropped.done():
+                # The peer stopped reading: holding more would grow the daemon without bound.
+                self.closed = True
+                self.dropped.set_result(
+                    f"the caller stopped reading its stream: {self.bytes} bytes were waiting for it, over the "
+                    f"limit of {self.limit} (a share of --memory-budget); its calls go on, re-attach to get "
+                    "their results")
         self.wake.set()
+
+    async def wait_drained(self) -> None:
+        """Return once the outbox is back under half its limit (the reader's pause)."""
+        await self.drained.wait()
 
     async def run(self) -> None:
         while not self.closed:
@@ -51,14 +80,18 @@ class _Outbox:
                 # Many items per message when they pile up, but never a message
                 # larger than the peer accepts: cut by count and by bytes.
                 n, size = 0, 0
-                for item in self.items[:MAX_ITEMS_PER_MESSAGE]:
-                    size += item.ByteSize()
-                    if n and size > MAX_BYTES_PER_MESSAGE:
+                for item_size in self.sizes[:MAX_ITEMS_PER_MESSAGE]:
+                    if n and size + item_size > MAX_BYTES_PER_MESSAGE:
                         break
+                    size += item_size
                     n += 1
                 batch = self.items[:n]
                 del self.items[:n]
+                del self.sizes[:n]
                 await self.stream.send_message(self.make_message(batch))
+                self.bytes -= size
+                if self.bytes <= self.limit // 2:
+                    self.drained.set()
 
 
 def _session_message(events: list) -> pb.SessionResponse:
@@ -68,8 +101,8 @@ def _session_message(events: list) -> pb.SessionResponse:
 class CallerSession:
     """One caller stream; the queue's Subscriber for the calls it made."""
 
-    def __init__(self, stream) -> None:
-        self.out = _Outbox(stream, _session_message)
+    def __init__(self, stream, outbox_limit: int = 0) -> None:
+        self.out = _Outbox(stream, _session_message, outbox_limit)
 
     def send_event(self, ref, call_id, kind, *, payload=None, error=None, first_index=0) -> None:
         ev = pb.CallEvent(ref=ref, call_id=call_id, first_index=first_index)
@@ -86,28 +119,47 @@ class CallerSession:
         self.out.put(ev)
 
 
+def session_outbox_limit(memory_budget: int, max_payload: int) -> int:
+    """Bytes one caller stream may have waiting: an eighth of the budget, and room for two of the largest messages."""
+    return max(memory_budget // 8, 2 * max_payload + MAX_BYTES_PER_MESSAGE)
+
+
 class QueueService(QueueBase):
-    def __init__(self, queue: Queue, catalog: Catalog, *, max_payload: int) -> None:
+    def __init__(self, queue: Queue, catalog: Catalog, *, max_payload: int, outbox_limit: int = 0) -> None:
         self.queue = queue
         self.catalog = catalog
         self.max_payload = max_payload
+        self.outbox_limit = outbox_limit or session_outbox_limit(queue.budget.total, max_payload)
 
     async def Session(self, stream) -> None:
-        session = CallerSession(stream)
-        sender = asyncio.get_running_loop().create_task(session.out.run())
+        session = CallerSession(stream, self.outbox_limit)
+        loop = asyncio.get_running_loop()
+        sender = loop.create_task(session.out.run())
+        reader = loop.create_task(self._read(session, stream))
+        assert session.out.dropped is not None
         try:
-            async for req in stream:
-                self._handle(session, req)
-                if sender.done():
-                    break
+            await asyncio.wait((reader, sender, session.out.dropped), return_when=asyncio.FIRST_COMPLETED)
+            if session.out.dropped.done():
+                log.warning("dropping a caller session: %s", session.out.dropped.result())
+                raise GRPCError(Status.RESOURCE_EXHAUSTED, session.out.dropped.result())
+            if reader.done():
+                reader.result()   # its error, if any, ends the stream
         finally:
             session.out.closed = True
             self.queue.unsubscribe(session)
-            sender.cancel()
-            try:
-                await sender
-            except (asyncio.CancelledError, Exception):
-                pass
+            for task in (reader, sender):
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass
+
+    async def _read(self, session: CallerSession, stream) -> None:
+        async for req in stream:
+            self._handle(session, req)
+            if not session.out.drained.is_set():
+                # The caller is not reading what it is sent: take nothing new from it until it does.
+                await session.out.wait_drained()
 
     def _handle(self, session: CallerSession, req: pb.SessionRequest) -> None:
         q = self.queue
