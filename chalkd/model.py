@@ -205,6 +205,7 @@ class Call:
     stored: bool | None = None    # its INSERT: None until settled, True committed, False failed (never a call)
     args_bytes: int = 0           # its arguments' bytes counted in the queue's in-memory budget
     result_bytes: int = 0         # its result's bytes counted in the finished cache's budget
+    settled: bool = False         # its final row committed (or failed) and its callers told
 
     @property
     def sort_key(self) -> tuple[int, int, int]:

@@ -266,6 +266,11 @@ class Queue(Dispatcher):
         if idempotency_key:
             existing = self._idem.get((function.id, idempotency_key))
             if existing is not None:
+                pending = self.calls.get(existing)
+                if pending is not None and pending.stored is None:
+                    # Its row is not committed yet: answer this resubmit once it is (or has failed).
+                    self.store.after_commit(lambda: self._attach_stored(sub, ref, existing))
+                    return pending
                 try:
                     self.attach(sub, ref, existing, after_chunk=-1)
                     return self.get(existing)
@@ -350,6 +355,14 @@ class Queue(Dispatcher):
             # Over the budget for queued arguments: the store has them; dispatch reads them back.
             call.args = None
         sub.send_event(ref, call.id, "accepted")
+
+    def _attach_stored(self, sub: Subscriber, ref: int, call_id: str) -> None:
+        try:
+            self.attach(sub, ref, call_id, after_chunk=-1)
+        except CallNotFound:
+            self.reject(sub, ref, CallError.platform(
+                ErrorCode.UNAVAILABLE, f"call {call_id}, which this idempotency key named, could not be stored; "
+                "submit it again"))
 
     def _not_stored(self, call: Call, exc: BaseException) -> None:
         """A call's INSERT failed: it never existed. Stop its attempt and tell its callers."""
@@ -712,6 +725,7 @@ class Queue(Dispatcher):
             # Chunks stay in memory until now: before this commit the store may
             # not have them yet, and a caller attaching meanwhile must see them.
             call.chunks = []
+            call.settled = True
             subs = list(call.subscribers.items())
             call.subscribers.clear()
             if call.stored is False:
@@ -744,6 +758,10 @@ class Queue(Dispatcher):
         self.finished[call.id] = call
         finished = self.finished
         while len(finished) > self._finished_cap or (self._finished_bytes > self.budget.finished and finished):
+            if not next(iter(finished.values())).settled:
+                # Its row is not committed yet (a full disk): the store cannot answer for it, so
+                # it stays; its bytes are held by the pending write anyway.
+                break
             _, old = finished.popitem(last=False)
             self._finished_bytes -= old.result_bytes
             old.result_bytes = 0

@@ -286,3 +286,29 @@ def test_the_finished_cache_and_idempotency_keys_are_bounded(tmp_path: Path) -> 
             await store.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.timeout(30)
+def test_a_resubmit_before_the_first_commit_is_answered_once_the_row_is_stored(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = await open_store(tmp_path / "db.sqlite")
+        try:
+            q = new_queue(store)
+            fv, sub = make_fv(), Sub()
+            first = q.submit(sub, 1, fv, ARGS, idempotency_key="k")
+            again = q.submit(sub, 2, fv, ARGS, idempotency_key="k")
+            assert again is first and sub.events == []     # nothing before the commit
+            await settle(store)
+            assert [(e[0], e[1], e[2]) for e in sub.events] == [(1, first.id, "accepted"), (2, first.id, "accepted")]
+
+            fail_inserts_of(store, "lost")
+            lost = q.submit(sub, 3, fv, ARGS, idempotency_key="lost")
+            q.submit(sub, 4, fv, ARGS, idempotency_key="lost")
+            await settle(store)
+            errors = {e[0]: e[4] for e in sub.events if e[2] == "error"}
+            assert errors[3].code == ErrorCode.INTERNAL
+            assert errors[4].code == ErrorCode.UNAVAILABLE and lost.id in errors[4].message
+        finally:
+            await store.close()
+
+    asyncio.run(main())
