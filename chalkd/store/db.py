@@ -293,7 +293,12 @@ class Store:
                     if is_disk_full(exc2):
                         self._hold(pending, exc2)
                         return
-                    raise
+                    # Not one statement's fault (an I/O error at COMMIT...): the whole group
+                    # fails, its waiters told, never left hanging.
+                    log.exception("replaying the group of %d statements failed too: they all fail", len(statements))
+                    for entry in pending:
+                        self._settle(entry, exc2)
+                    return
                 for entry in pending:
                     self._settle(entry, failures.get(id(entry)))
                 self._space_back()
