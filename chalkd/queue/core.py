@@ -221,9 +221,10 @@ class Queue(Dispatcher):
                     "the daemon restarted while it was streaming",
                 ))
                 continue
+            crashes = r["crashes"]
             if crashed:
                 # Consecutive crashes with its attempt running; one it sat out resets the count.
-                crashes = r["crashes"] + 1 if r["state"] == "running" else 0
+                crashes = crashes + 1 if r["state"] == "running" else 0
                 if crashes >= POISON_CRASHES:
                     poisoned += 1
                     self._finish(call, error=CallError.platform(
@@ -231,8 +232,9 @@ class Queue(Dispatcher):
                         f"call {call.id} of {fv.name!r} was running each of the last {crashes} times chalkd "
                         "died; not running it again"))
                     continue
-                if crashes != r["crashes"] or r["state"] == "running":
-                    self.store.write("UPDATE calls SET crashes=?, state='queued' WHERE id=?", (crashes, call.id))
+            if crashes != r["crashes"] or r["state"] == "running":
+                # Queued again: only a new attempt's mark may say it runs at the next crash.
+                self.store.write("UPDATE calls SET crashes=?, state='queued' WHERE id=?", (crashes, call.id))
             size = r["args_size"] or 0
             if self._args_bytes + size <= self.budget.queued_args:
                 call.args = self._load_args(call)
