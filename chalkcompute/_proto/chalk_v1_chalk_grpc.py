@@ -666,3 +666,31 @@ class SecretsStub:
             chalk_v1_chalk_pb2.DeleteIntegrationRequest,
             chalk_v1_chalk_pb2.DeleteIntegrationResponse,
         )
+
+
+class AuthBase(abc.ABC):
+
+    @abc.abstractmethod
+    async def Challenge(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.ChallengeRequest, chalk_v1_chalk_pb2.ChallengeResponse]') -> None:
+        pass
+
+    def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
+        return {
+            '/chalk.v1.Auth/Challenge': grpclib.const.Handler(
+                self.Challenge,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                chalk_v1_chalk_pb2.ChallengeRequest,
+                chalk_v1_chalk_pb2.ChallengeResponse,
+            ),
+        }
+
+
+class AuthStub:
+
+    def __init__(self, channel: grpclib.client.Channel) -> None:
+        self.Challenge = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/chalk.v1.Auth/Challenge',
+            chalk_v1_chalk_pb2.ChallengeRequest,
+            chalk_v1_chalk_pb2.ChallengeResponse,
+        )

@@ -1101,3 +1101,19 @@ class DeleteIntegrationRequest(_message.Message):
 class DeleteIntegrationResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class ChallengeRequest(_message.Message):
+    __slots__ = ("client_nonce", "key_id")
+    CLIENT_NONCE_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    client_nonce: bytes
+    key_id: str
+    def __init__(self, client_nonce: _Optional[bytes] = ..., key_id: _Optional[str] = ...) -> None: ...
+
+class ChallengeResponse(_message.Message):
+    __slots__ = ("server_nonce", "server_proof")
+    SERVER_NONCE_FIELD_NUMBER: _ClassVar[int]
+    SERVER_PROOF_FIELD_NUMBER: _ClassVar[int]
+    server_nonce: bytes
+    server_proof: bytes
+    def __init__(self, server_nonce: _Optional[bytes] = ..., server_proof: _Optional[bytes] = ...) -> None: ...
