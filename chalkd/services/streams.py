@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from grpclib import GRPCError
@@ -25,14 +26,19 @@ log = logging.getLogger(__name__)
 
 MAX_ITEMS_PER_MESSAGE = 2048
 MAX_BYTES_PER_MESSAGE = 4 * 2**20
+# A caller whose stream took nothing for this long while over its outbox limit is dropped. The SDK
+# reads its stream on a thread of its own, so only a stopped or stuck caller stalls this long;
+# one merely busy with a burst of large results keeps reading and is only paused.
+STALL_SECONDS = 3.0
 
 
 class _Outbox:
     """Items for one stream, sent by one task, many per message when they pile up.
 
     With a ``limit`` (bytes), it is bounded: past half the limit the stream's
-    reader pauses (:meth:`wait_drained`); past the limit the outbox stops taking
-    items and sets :attr:`dropped` with the reason, and its session ends with it.
+    reader pauses (:meth:`wait_drained`); past the limit, once the peer has
+    taken nothing for :data:`STALL_SECONDS`, the outbox stops taking items and
+    sets :attr:`dropped` with the reason, and its session ends with it.
 
         out = _Outbox(stream, make_message, limit=128 * 2**20)
     """
@@ -48,6 +54,7 @@ class _Outbox:
         self.drained = asyncio.Event()
         self.drained.set()
         self.dropped: asyncio.Future | None = asyncio.get_running_loop().create_future() if limit else None
+        self.sending_since: float | None = None   # monotonic start of the send in progress
         self.closed = False
 
     def put(self, item) -> None:
@@ -59,13 +66,15 @@ class _Outbox:
         self.bytes += size
         if self.limit and self.bytes > self.limit // 2:
             self.drained.clear()
-            if self.bytes > self.limit and self.dropped is not None and not self.dropped.done():
+            since = self.sending_since
+            if (self.bytes > self.limit and since is not None and time.monotonic() - since > STALL_SECONDS
+                    and self.dropped is not None and not self.dropped.done()):
                 # The peer stopped reading: holding more would grow the daemon without bound.
                 self.closed = True
                 self.dropped.set_result(
-                    f"the caller stopped reading its stream: {self.bytes} bytes were waiting for it, over the "
-                    f"limit of {self.limit} (a share of --memory-budget); its calls go on, re-attach to get "
-                    "their results")
+                    f"the caller stopped reading its stream: it took nothing for {STALL_SECONDS:g}s while "
+                    f"{self.bytes} bytes waited for it, over the limit of {self.limit} (a share of "
+                    "--memory-budget); its calls go on, fetch their results by id")
         self.wake.set()
 
     async def wait_drained(self) -> None:
@@ -88,7 +97,9 @@ class _Outbox:
                 batch = self.items[:n]
                 del self.items[:n]
                 del self.sizes[:n]
+                self.sending_since = time.monotonic()
                 await self.stream.send_message(self.make_message(batch))
+                self.sending_since = None
                 self.bytes -= size
                 if self.bytes <= self.limit // 2:
                     self.drained.set()
