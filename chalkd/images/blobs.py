@@ -27,31 +27,100 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
+from chalkd.volumes.paths import DIR_FLAGS
 
-__all__ = ["BlobStore", "BlobError", "mount_groups"]
+__all__ = ["BlobStore", "BlobError", "LazyFileError", "check_lazy_files", "mount_groups", "DEFAULT_MODE",
+           "MAX_MODE"]
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
+DEFAULT_MODE = 0o644
+# Permission bits only: a lazy file is data, so setuid/setgid/sticky are refused
+# (a setuid-root copy made by a root daemon would be a gift to any local user).
+MAX_MODE = 0o777
+_MAX_PATH = 4096
 
 
 class BlobError(ValueError):
     """A blob is missing or does not match its digest (the message says which)."""
 
 
+class LazyFileError(BlobError):
+    """A lazy-file step of an image spec that could never be laid out safely:
+    a path outside its mount root, not absolute or not normalised, or a mode
+    beyond 0o777 (the message names the path)."""
+
+
+def _check_abs(what: str, path: str, where: str) -> None:
+    if not path.startswith("/"):
+        raise LazyFileError(f"{what} {path!r} of {where} must be an absolute path")
+    if "\0" in path or ":" in path:
+        # ':' separates a bind's source, target and options: refuse it rather than escape it.
+        raise LazyFileError(f"{what} {path!r} of {where} must not contain NUL or ':'")
+    if len(path.encode("utf-8", "surrogatepass")) > _MAX_PATH:
+        raise LazyFileError(f"{what} {path[:64]!r}... of {where} is longer than {_MAX_PATH} bytes")
+    if path != "/" and (posixpath.normpath(path) != path or path.startswith("//")):
+        raise LazyFileError(f"{what} {path!r} of {where} is not normalised (no '.', '..', '//' or trailing '/'); "
+                            f"did you mean {posixpath.normpath(path)!r}?")
+
+
+def _lazy_root(step: pb.ImageStep) -> str:
+    return step.mount_root or posixpath.dirname(step.path)
+
+
+def check_lazy_files(spec: pb.ImageSpec) -> None:
+    """Refuse lazy-file steps that could write outside their mount tree or carry
+    more than permission bits; called wherever a spec comes in (register, build,
+    container create) and again before a tree is built.
+
+        check_lazy_files(spec)   # LazyFileError: lazy local file path '/app/../../etc/cron.d/x' of ...
+
+    Each ``path`` must be absolute, normalised and strictly inside its mount root
+    (the ``mount_root`` of an ``add_local_dir`` call, else the file's parent),
+    which must not be '/'; ``mode`` must be 0 (meaning 0o644) or within 0o777; and
+    no path may be a file in one step and a directory in another.
+    """
+    files: dict[str, set[str]] = {}
+    for step in spec.steps:
+        if step.kind != "lazy_file":
+            continue
+        where = f"lazy local file {step.source!r}" if step.source else "a lazy local file"
+        _check_abs("path", step.path, where)
+        root = _lazy_root(step)
+        if step.mount_root:
+            _check_abs("mount_root", step.mount_root, where)
+        if root == "/":
+            raise LazyFileError(f"{where} -> {step.path!r} would need a mount at '/'; "
+                                "put it inside a directory or use strategy='copy'")
+        if not step.path.startswith(root + "/"):
+            raise LazyFileError(f"path {step.path!r} of {where} is outside its mount root {root!r}")
+        if step.mode & ~MAX_MODE:
+            raise LazyFileError(f"mode {oct(step.mode)} of {where} -> {step.path!r} is not allowed: only "
+                                "permission bits (at most 0o777), no setuid, setgid or sticky bit")
+        rel = step.path[len(root) + 1:]
+        parts = rel.split("/")
+        for i in range(1, len(parts)):
+            files.setdefault(root, set()).add("/" + "/".join(parts[:i]) + "/")
+        files.setdefault(root, set()).add("/" + rel)
+    for root, names in files.items():
+        for name in names:
+            if not name.endswith("/") and name + "/" in names:
+                raise LazyFileError(f"lazy local file path {root + name!r} is both a file and a directory "
+                                    "in this image")
+
+
 def mount_groups(spec: pb.ImageSpec) -> dict[str, list[pb.ImageStep]]:
     """The image's lazy files by the directory their tree mounts at: the
-    ``mount_root`` of an ``add_local_dir`` call, else the file's parent."""
+    ``mount_root`` of an ``add_local_dir`` call, else the file's parent.
+    Raises LazyFileError for a spec :func:`check_lazy_files` refuses."""
+    check_lazy_files(spec)
     groups: dict[str, list[pb.ImageStep]] = {}
     for step in spec.steps:
         if step.kind == "lazy_file":
-            root = step.mount_root or posixpath.dirname(step.path)
-            if root == "/":
-                raise BlobError(f"lazy local file {step.source!r} -> {step.path!r} would need a mount at '/'; "
-                                "put it inside a directory or use strategy='copy'")
-            groups.setdefault(root, []).append(step)
+            groups.setdefault(_lazy_root(step), []).append(step)
     return groups
 
 
@@ -95,7 +164,9 @@ class BlobStore:
         whose blob was never uploaded."""
         out = []
         for mount_dir, steps in sorted(mount_groups(spec).items()):
-            entries = sorted((posixpath.relpath(s.path, mount_dir), s.digest, s.mode or 0o644) for s in steps)
+            # A later step for the same path wins, as a later COPY would.
+            latest = {s.path[len(mount_dir) + 1:]: (s.digest, s.mode or DEFAULT_MODE) for s in steps}
+            entries = sorted((rel, digest, mode) for rel, (digest, mode) in latest.items())
             key = hashlib.sha256(json.dumps([mount_dir, entries]).encode()).hexdigest()[:32]
             tree = self.trees / key
             if not tree.is_dir():
@@ -107,18 +178,17 @@ class BlobStore:
         sources = {s.digest: s.source for s in steps}
         tmp = Path(tempfile.mkdtemp(dir=self.trees, prefix=".build-"))
         try:
-            for rel, digest, mode in entries:
-                blob = self.path(digest)
-                if not blob.is_file():
-                    raise BlobError(f"the file {sources.get(digest)!r} (sha256 {digest[:12]}…) was never uploaded")
-                dest = tmp / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                # A copy, not a hard link: modes differ per use, and a container
-                # must never be able to change the shared blob.
-                shutil.copyfile(blob, dest)
-                os.chmod(dest, mode)
-            for d in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
-                os.chmod(d, 0o755)
+            root_fd = os.open(tmp, DIR_FLAGS)
+            try:
+                os.fchmod(root_fd, 0o755)
+                for rel, digest, mode in entries:
+                    blob = self.path(digest)
+                    if not blob.is_file():
+                        raise BlobError(f"the file {sources.get(digest)!r} (sha256 {digest[:12]}…) "
+                                        "was never uploaded")
+                    _place(root_fd, rel.split("/"), blob, mode)
+            finally:
+                os.close(root_fd)
             try:
                 os.rename(tmp, tree)
             except OSError:
@@ -127,6 +197,46 @@ class BlobStore:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _place(root_fd: int, parts: list[str], blob: Path, mode: int) -> None:
+    """Copy ``blob`` to ``parts`` below ``root_fd`` with ``mode``, one component at a
+    time with O_NOFOLLOW: nothing in the walk can lead outside the tree, even
+    if the names were not checked (they are, by :func:`check_lazy_files`)."""
+    if mode & ~MAX_MODE:  # the last line of defence: never chmod beyond permission bits
+        raise LazyFileError(f"mode {oct(mode)} of lazy local file {'/'.join(parts)!r} is beyond 0o777")
+    fd = os.dup(root_fd)
+    try:
+        for seg in parts[:-1]:
+            if seg in ("", ".", ".."):
+                raise LazyFileError(f"lazy local file path {'/'.join(parts)!r} has a {seg!r} segment")
+            with suppress(FileExistsError):
+                os.mkdir(seg, 0o700, dir_fd=fd)
+            nfd = os.open(seg, DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+            os.fchmod(fd, 0o755)  # directories are listable: the files' own modes decide who reads them
+        name = parts[-1]
+        if name in ("", ".", ".."):
+            raise LazyFileError(f"lazy local file path {'/'.join(parts)!r} has a {name!r} segment")
+        # A copy, not a hard link: modes differ per use, and a container must
+        # never be able to change the shared blob. 0o600 until the copy is done.
+        out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
+        try:
+            with open(blob, "rb") as src:
+                while chunk := src.read(1 << 20):
+                    _write_all(out, chunk)
+            os.fchmod(out, mode)
+        finally:
+            os.close(out)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 class _BlobWriter:

@@ -14,6 +14,7 @@ from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import FunctionCatalogBase
 from chalkcompute.gpu import GpuRequest
 from chalkd.catalog import Catalog, InvalidFunction, NotFound
+from chalkd.images.blobs import LazyFileError, check_lazy_files
 from chalkd.queue.core import CallNotFound, Queue, decode_error
 from chalkd.queue.limits import PERIOD_SECONDS
 from chalkd.runtime.base import ReplicaStartError, Runtime, RuntimeUnsupported
@@ -49,6 +50,10 @@ class CatalogService(FunctionCatalogBase):
         req: pb.RegisterFunctionRequest = await stream.recv_message()
         spec = req.spec
         self._validate(spec)
+        try:
+            check_lazy_files(spec.image)  # before anything is stored or built from it
+        except LazyFileError as exc:
+            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
         try:
             self.runtime.check(spec.SerializeToString())
         except RuntimeUnsupported as exc:

@@ -12,6 +12,7 @@ from grpclib.const import Status
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import ContainersBase
 from chalkd.containers.manager import ContainerConflict, ContainerFailed, ContainerNotFound, ManagedContainer
+from chalkd.images.blobs import LazyFileError, check_lazy_files
 
 
 def info_pb(c: ManagedContainer) -> pb.ContainerInfo:
@@ -39,6 +40,10 @@ class ContainersService(ContainersBase):
     async def Create(self, stream) -> None:
         req: pb.CreateContainerRequest = await stream.recv_message()
         spec = req.spec
+        try:
+            check_lazy_files(spec.image)
+        except LazyFileError as exc:
+            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
         from chalkd.images.docker_build import ImageBuildError
         try:
             c = await self._manager().create(

@@ -15,7 +15,7 @@ from grpclib.const import Status
 
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import ImagesBase
-from chalkd.images.blobs import BlobError, BlobStore
+from chalkd.images.blobs import BlobError, BlobStore, LazyFileError, check_lazy_files
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,10 @@ class ImagesService(ImagesBase):
 
     async def Build(self, stream) -> None:
         req: pb.BuildImageRequest = await stream.recv_message()
+        try:
+            check_lazy_files(req.image)
+        except LazyFileError as exc:
+            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
         if self.builder is None:
             raise GRPCError(Status.FAILED_PRECONDITION,
                             f"image builds need the Docker runtime; this daemon runs --runtime {self.runtime_name}")
