@@ -312,3 +312,37 @@ def test_a_resubmit_before_the_first_commit_is_answered_once_the_row_is_stored(t
             await store.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.timeout(30)
+def test_a_result_held_by_a_full_disk_runs_again_if_the_daemon_dies_first(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+
+    async def main() -> None:
+        fv, sub = make_fv(), Sub()
+        store = Store(path, full_retry=0.05)
+        await store.open()
+        q = new_queue(store)
+        link = connect(q, "r-1", credit=1)
+        call = q.submit(sub, 1, fv, ARGS)
+        await settle(store)
+        assert store.db is not None
+        store.db.execute(f"PRAGMA max_page_count={store.db.execute('PRAGMA page_count').fetchone()[0]}")
+        q.worker_event(link, call.id, 1, "result", payload=Payload(b"s", b"r" * 50_000))
+        while not store.full:
+            await asyncio.sleep(0.01)
+        assert sub.kinds() == ["accepted"]       # the caller never saw it
+        crash(store)
+
+        store = await open_store(path)
+        try:
+            q = new_queue(store)
+            q.load({fv.id: fv})
+            assert list(q.calls) == [call.id] and q.calls[call.id].state == CallState.QUEUED   # at least once
+            link = connect(q, "r-2", credit=1)
+            await settle(store)
+            assert link.assigned() == [(call.id, 2)]
+        finally:
+            await store.close()
+
+    asyncio.run(main())
