@@ -43,6 +43,7 @@ from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import StreamTerminatedError
 
+from chalkcompute import _auth
 from chalkcompute._framing import DirectWriter, FramedStream, frame, open_framed
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import FunctionCatalogStub, QueueStub
@@ -571,30 +572,38 @@ class Client:
     _instances: dict[str, "Client"] = {}
     _lock = threading.Lock()
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, ssl_context=None) -> None:
         self.target = target
         self.host, self.port, self.path = parse_target(target)
+        self.ssl = ssl_context
         self.loop = sdk_loop()
+        self.creds = _auth.credentials_for(target)
         self._channel: Channel | None = None
         self._session: _Session | None = None
         self._runtime: str | None = None
         self._lane: tuple[str, str] | tuple[()] | None = None  # see _local_lane
 
     @classmethod
-    def get(cls, target: str | None = None) -> "Client":
+    def get(cls, target: str | None = None, credentials=None) -> "Client":
+        """The client for ``target``; ``credentials`` (TLS: an ``ssl.SSLContext``, a CA bundle
+        path, or True for the system roots) gives a client of its own for that target."""
         target = target or default_target()
+        ctx = _auth.client_ssl_context(credentials)
+        key = target if ctx is None else f"{target}#tls:{credentials if isinstance(credentials, (str, bool)) else id(ctx)}"
         sdk_loop()
         with cls._lock:
-            client = cls._instances.get(target)
+            client = cls._instances.get(key)
             if client is None:
-                client = cls._instances[target] = Client(target)
+                client = cls._instances[key] = Client(target, ctx)
             return client
 
     @property
     def channel(self) -> Channel:
         if self._channel is None:
             # Created on the SDK loop: grpclib binds a channel to the loop it runs on.
-            self._channel = Channel(path=self.path) if self.path else Channel(self.host, self.port)
+            self._channel = (Channel(path=self.path) if self.path
+                             else Channel(self.host, self.port, ssl=self.ssl))
+            self.creds.attach(self._channel)  # one handshake per connection, then a tag on each RPC
         return self._channel
 
     @property
@@ -610,7 +619,7 @@ class Client:
     async def _local_lane(self, refresh: bool) -> tuple[str, str] | None:
         """The daemon's unix socket and instance id when it is on this machine (asked
         once, again with ``refresh``), else None. A failing ask means no daemon answers."""
-        if self.path is None and self.host not in _LOOPBACK:
+        if (self.path is None and self.host not in _LOOPBACK) or self.ssl is not None:
             return None
         if os.environ.get("CHALK_TRANSPORT", "auto") == "grpc":
             return None
@@ -631,7 +640,8 @@ class Client:
             if lane is None:
                 break
             try:
-                framed = await open_framed(lane[0], name, recv_type, expect_instance=lane[1])
+                framed = await open_framed(lane[0], name, recv_type, expect_instance=lane[1],
+                                           credential=await _auth.framed_credential(self.creds, self.channel))
                 break
             except (OSError, ConnectionError) as exc:  # another machine's path, no access, a restart
                 log.debug("not using chalkd's socket %s: %s", lane[0], exc)

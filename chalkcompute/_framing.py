@@ -195,10 +195,11 @@ class FramedStream:
 
 
 async def open_framed(path: str, service: bytes, recv_type, *, expect_instance: str = "",
-                      limit: int = 256 * 2**20) -> FramedStream:
-    """Connect to the daemon's socket and open the named stream."""
+                      limit: int = 256 * 2**20, credential: bytes = b"") -> FramedStream:
+    """Connect to the daemon's socket and open the named stream; the first frame
+    carries the session credential (see :mod:`chalkcompute._auth`), checked once per stream."""
     reader, writer = await asyncio.open_unix_connection(path, limit=2**20)
-    write_frame(writer, MESSAGE, service)
+    write_frame(writer, MESSAGE, service + b" " + credential if credential else service)
     await writer.drain()
     frame = await read_frame(reader, 4096)
     if frame is None:

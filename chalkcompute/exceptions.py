@@ -16,6 +16,8 @@ from __future__ import annotations
 from grpclib.const import Status
 
 __all__ = [
+    "AuthenticationError",
+    "PermissionDeniedError",
     "ChalkError",
     "FunctionError",
     "FunctionBuildError",
@@ -86,6 +88,14 @@ class NotSupportedError(ChalkError, NotImplementedError):
 
 class DaemonUnavailableError(ChalkError, ConnectionError):
     """No chalkd answers at the target address."""
+
+
+class AuthenticationError(ChalkError, PermissionError):
+    """No token, a wrong token, or a daemon that could not prove it knows the token."""
+
+
+class PermissionDeniedError(ChalkError, PermissionError):
+    """The credential is valid but does not allow this (e.g. a replica's scoped credential)."""
 
 
 class RemoteExecutionError(FunctionError, RuntimeError):
@@ -169,8 +179,8 @@ _STATUS_TO_ERROR: dict[Status, type[ChalkError]] = {
     Status.UNAVAILABLE: DaemonUnavailableError,
     Status.DEADLINE_EXCEEDED: FunctionTimeoutError,
     Status.UNIMPLEMENTED: NotSupportedError,
-    Status.UNAUTHENTICATED: ChalkError,
-    Status.PERMISSION_DENIED: ChalkError,
+    Status.UNAUTHENTICATED: AuthenticationError,
+    Status.PERMISSION_DENIED: PermissionDeniedError,
 }
 
 

@@ -70,7 +70,8 @@ class Config:
     cancel_grace: float = 5.0              # seconds a cancelled handler has to stop before its replica is killed
     sweep_interval: float = 60.0           # seconds between sweeps of expired results
     pip_extra_args: list[str] = field(default_factory=list)
-    token: str | None = None
+    tls_cert: str | None = None             # PEM certificate chain; needed (with tls_key) to bind beyond loopback
+    tls_key: str | None = None
     build_ca_bundle: str | None = field(default_factory=lambda: default_ca_bundle())  # trusted by every image build
     pids_limit: int = 4096                 # per container (Docker runtime)
     # Bytes for the daemon's buffers (queued arguments, finished results, idempotency keys, outboxes);
@@ -89,11 +90,16 @@ class Config:
             raise ValueError(f"--durability must be normal or full, got {self.durability!r}")
         if not 0 <= self.port < 65536:
             raise ValueError(f"--port must be 0-65535, got {self.port}")
-        if self.host not in ("127.0.0.1", "localhost", "::1") and not self.token:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("--tls-cert and --tls-key go together: give both or neither")
+        for flag, path in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key)):
+            if path and not os.path.isfile(path):
+                raise ValueError(f"{flag} {path!r} is not a file")
+        if self.host not in ("127.0.0.1", "localhost", "::1") and not self.tls_cert:
             raise ValueError(
-                f"binding {self.host} exposes the daemon beyond this machine: that needs a token, "
-                "and token authentication is not available in this version yet; bind 127.0.0.1"
-            )
+                f"binding {self.host} exposes the daemon beyond this machine: that needs TLS "
+                "(--tls-cert and --tls-key) so the token handshake and your code cannot be read on the way; "
+                "or bind 127.0.0.1")
         if not self.cancel_grace > 0:
             raise ValueError(f"--cancel-grace must be positive, got {self.cancel_grace:g}")
         if not self.sweep_interval > 0:
@@ -102,3 +108,14 @@ class Config:
             raise ValueError(f"--memory-budget must be at least 64 MiB, got {self.memory_budget} bytes")
         if self.max_message_bytes < 1024:
             raise ValueError(f"--max-message-size must be at least 1024 bytes, got {self.max_message_bytes}")
+
+    def ssl_context(self):
+        """The server's TLS context when ``tls_cert``/``tls_key`` are set, else None (plain HTTP/2)."""
+        if not self.tls_cert:
+            return None
+        import ssl
+
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        ctx.set_alpn_protocols(["h2"])
+        return ctx

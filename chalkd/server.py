@@ -26,6 +26,8 @@ from grpclib.encoding.proto import ProtoCodec
 from grpclib.server import Server as GrpcServer
 
 import chalkd
+from chalkcompute import _auth
+from chalkd.auth import Authenticator, load_or_create_token
 from chalkd.catalog import Catalog
 from chalkd.config import Config
 from chalkd.gpus import GpuAllocator, detect_gpus
@@ -85,7 +87,8 @@ class Server:
 
     async def start(self) -> None:
         cfg = self.config
-        self.home.mkdir(parents=True, exist_ok=True)
+        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.token = load_or_create_token(self.home)
         self.store = Store(self.home / "chalkd.db", durability=cfg.durability)
         await self.store.open()
         self.catalog = Catalog(self.store)
@@ -131,22 +134,31 @@ class Server:
             volumes_service := VolumesService(self.volumes),
             SecretsService(self.secrets),
         ]
+        self.auth = Authenticator(self.token, self._replica_key)
+        handlers.append(self.auth)
         self._grpc = GrpcServer(handlers, codec=LimitedCodec(cfg.max_message_bytes))
-        await self._grpc.start(cfg.host, cfg.port)
+        self.auth.install(self._grpc)
+        self._records: list[str] = []
+        if cfg.port:  # before listening, so a client that sees the port also finds the token
+            self._write_records(cfg.port)
+        await self._grpc.start(cfg.host, cfg.port, ssl=cfg.ssl_context())
         # Containers cannot reach the host's loopback: they get the run dir mounted and dial this.
         unix_path = grpc_socket_path(self.home)
         unix_path.unlink(missing_ok=True)
         self._grpc_unix = GrpcServer(handlers, codec=LimitedCodec(cfg.max_message_bytes))
+        self.auth.install(self._grpc_unix)
         await self._grpc_unix.start(path=str(unix_path))
         os.chmod(unix_path, 0o600)
         # Port 0 picks a free port; replicas dial back the one we got.
         self.port = self._grpc._server.sockets[0].getsockname()[1]  # grpclib has no public accessor
         target = f"{cfg.host}:{self.port}" if ":" not in cfg.host else f"[{cfg.host}]:{self.port}"
+        if not cfg.port:
+            self._write_records(self.port)
         self.runtime.target = target
         # Local callers and workers skip HTTP/2: same streams, framed on a unix socket.
         self.fast = FastPathServer(
             socket_path(self.home), session_handler=handlers[1].Session, worker_handler=handlers[2].Connect,
-            instance_id=self.instance_id, limit=2 * cfg.max_message_bytes + 2**20,
+            instance_id=self.instance_id, limit=2 * cfg.max_message_bytes + 2**20, auth=self.auth,
         )
         self.fast.handlers.update(volumes_service.framed_handlers())  # bulk file data skips HTTP/2
         await self.fast.start()
@@ -156,6 +168,27 @@ class Server:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="result-sweeper")
         log.info("chalkd %s listening on %s (home %s, runtime %s, durability %s)",
                  chalkd.__version__, target, self.home, self.runtime.name, cfg.durability)
+
+    def _replica_key(self, replica_id: str) -> str | None:
+        """A running replica's own key (its scoped credential's secret), else None."""
+        replica = self.scaler.replicas.get(replica_id)
+        if replica is None or replica.state == "stopped":
+            return None
+        return replica.token
+
+    def _write_records(self, port: int) -> None:
+        """The per-user records that let the SDK and CLI find this daemon's token by its address."""
+        host = self.config.host
+        targets = [f"{host}:{port}"]
+        if host in ("127.0.0.1", "localhost"):
+            targets = [f"127.0.0.1:{port}", f"localhost:{port}"]
+        targets.append(f"unix:{grpc_socket_path(self.home)}")
+        for target in targets:
+            try:
+                _auth.write_record(target, self.token)
+                self._records.append(target)
+            except OSError as exc:  # the token file in the home still works
+                log.warning("could not write the token record for %s: %s", target, exc)
 
     def _gpus(self) -> list:
         """This host's GPUs, for the Docker runtime (the process runtime refuses ``gpu=``)."""
@@ -254,6 +287,8 @@ class Server:
                 await asyncio.wait_for(grpc.wait_closed(), 5)
             except asyncio.TimeoutError:
                 log.warning("some streams did not close within 5s")
+        for target in getattr(self, "_records", ()):
+            _auth.remove_record(target, self.token)
         await self.store.close()
         await self.runtime.close()
         if self.docker is not None:

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from grpclib.client import Channel
 
 from chalkcompute._client import new_event_loop, parse_target
+from chalkcompute._auth import SessionCredentials
 from chalkcompute._framing import open_framed
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import WorkerStub
@@ -95,6 +96,7 @@ def error_message(exc: BaseException) -> pb.RemoteError:
 class DaemonLink:
     def __init__(self, target: str, replica_id: str, token: str) -> None:
         self.host, self.port, self.path = parse_target(target)
+        self.target = target
         self.replica_id = replica_id
         self.token = token
         self.loop = new_event_loop()
@@ -198,6 +200,9 @@ class DaemonLink:
         self._wake = asyncio.Event()
         self._send_lock = asyncio.Lock()
         self.channel = Channel(path=self.path) if self.path else Channel(self.host, self.port)
+        # gRPC needs a session made with this replica's own key (a scoped credential); the framed
+        # socket's worker stream is authenticated by the hello's key instead (see chalkd.auth).
+        SessionCredentials(self.target, self.token, key_id=self.replica_id).attach(self.channel)
         sock = os.environ.get("CHALK_WORKER_SOCKET")
         self.stream = None
         if sock:

@@ -19,8 +19,12 @@ from grpclib.const import Status
 
 from chalkcompute._framing import MESSAGE, FramedStream, FrameTooLarge, read_frame, write_frame
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
+from chalkd.auth import current_scope
 
 log = logging.getLogger(__name__)
+
+# The gRPC method each framed stream stands for, for the authenticator's scope check.
+_METHODS = {b"session": "/chalk.v1.Queue/Session", b"worker": "/chalk.v1.Worker/Connect"}
 
 
 def run_dir(home: Path) -> Path:
@@ -47,8 +51,10 @@ def grpc_socket_path(home: Path) -> Path:
 
 
 class FastPathServer:
-    def __init__(self, path: Path, *, session_handler, worker_handler, instance_id: str, limit: int) -> None:
+    def __init__(self, path: Path, *, session_handler, worker_handler, instance_id: str, limit: int,
+                 auth=None) -> None:
         self.path = path
+        self.auth = auth  # chalkd.auth.Authenticator: the first frame is b"<stream> <credential>"
         self.handlers = {b"session": (pb.SessionRequest, session_handler),
                          b"worker": (pb.WorkerRequest, worker_handler)}
         self.instance_id = instance_id
@@ -81,12 +87,17 @@ class FastPathServer:
         self.connections.add(task)
         stream = None
         try:
-            first = await read_frame(reader, 64)
+            first = await read_frame(reader, 256)
             if first is None:
                 return
-            entry = self.handlers.get(first[1])
+            name, _, credential = first[1].partition(b" ")
+            entry = self.handlers.get(name)
             if entry is None:
-                raise GRPCError(Status.UNIMPLEMENTED, f"no stream named {first[1]!r}")
+                raise GRPCError(Status.UNIMPLEMENTED, f"no stream named {name!r}")
+            if name == b"worker" and not credential:
+                pass  # a worker's hello carries its replica's key, checked by WorkerService.Connect
+            elif self.auth is not None:  # once per stream: its frames then go unchecked
+                current_scope.set(self.auth.check(_METHODS.get(name, ""), credential.decode(errors="replace")))
             recv_type, handler = entry
             write_frame(writer, MESSAGE, self.instance_id.encode())
             stream = FramedStream(reader, writer, recv_type, limit=self.limit)

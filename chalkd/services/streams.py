@@ -16,6 +16,7 @@ from grpclib.const import Status
 
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import QueueBase, WorkerBase
+from chalkd.auth import current_scope
 from chalkd.catalog import Catalog, NotFound
 from chalkd.model import CallError, ErrorCode, Payload
 from chalkd.queue.core import CallNotFound, Queue
@@ -272,6 +273,10 @@ class WorkerService(WorkerBase):
         first = await stream.recv_message()
         if first is None or not first.HasField("hello"):
             raise GRPCError(Status.INVALID_ARGUMENT, "a worker must say hello first")
+        scope = current_scope.get()
+        if scope is not None and scope.replica_id and scope.replica_id != first.hello.replica_id:
+            raise GRPCError(Status.PERMISSION_DENIED, f"replica {scope.replica_id}'s credential cannot open the "
+                            f"worker stream of replica {first.hello.replica_id!r}")
         try:
             replica = self.scaler.connect(first.hello.replica_id, first.hello.token)
         except ReplicaUnknown as exc:
