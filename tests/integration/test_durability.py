@@ -7,7 +7,6 @@ paths everywhere with SQLite's max_page_count.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import threading
 from pathlib import Path
