@@ -67,6 +67,13 @@ def main(argv: list[str] | None = None) -> int:
                             "or the system bundle)")
     serve.add_argument("--pids-limit", type=int, default=4096, help="process limit per container (Docker runtime)")
     serve.add_argument("--log-level", default=os.environ.get("CHALKD_LOG_LEVEL", "INFO"))
+    serve.add_argument("--tls-cert", default=os.environ.get("CHALKD_TLS_CERT"),
+                       help="PEM certificate (chain) to serve TLS; needed with --tls-key for a --host beyond loopback")
+    serve.add_argument("--tls-key", default=os.environ.get("CHALKD_TLS_KEY"), help="PEM private key for --tls-cert")
+
+    token = sub.add_parser("token", help="show or rotate the daemon's token (<home>/token)")
+    token.add_argument("action", choices=["show", "rotate"])
+    token.add_argument("--home", type=Path, default=None, help="state directory (default: $CHALKD_HOME or the user data dir)")
 
     for name, help_text in (("status", "is a daemon answering?"), ("functions", "list functions"),
                             ("calls", "list recent calls")):
@@ -106,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "token":
+        return _token(args)
     if args.command == "gpus":
         return _gpus()
     if args.command == "volume":
@@ -135,6 +144,7 @@ def _serve(args) -> int:
         durability=args.durability, max_message_bytes=args.max_message_size,
         heartbeat_timeout=args.heartbeat_timeout, cancel_grace=args.cancel_grace,
         sweep_interval=args.sweep_interval, pids_limit=args.pids_limit,
+        tls_cert=args.tls_cert, tls_key=args.tls_key,
         memory_budget=memory_budget,
     )
     if args.build_ca_bundle is not None:
@@ -177,6 +187,7 @@ async def _client_command(args) -> int:
     from grpclib.client import Channel
 
     from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
+    from chalkcompute._auth import credentials_for
     from chalkcompute._proto.chalk_v1_chalk_grpc import FunctionCatalogStub
 
     host, _, port = args.target.rpartition(":")
@@ -184,11 +195,15 @@ async def _client_command(args) -> int:
         print(f"chalkd: --target must be HOST:PORT, got {args.target!r}", file=sys.stderr)
         return 2
     channel = Channel(host.strip("[]"), int(port))
+    credentials_for(args.target).attach(channel)  # the token found as the SDK finds it
     stub = FunctionCatalogStub(channel)
     console = Console()
     try:
         try:
             status = await asyncio.wait_for(stub.Status(pb.StatusRequest()), 5)
+        except GRPCError as exc:  # a wrong or missing token: the message says how to fix it
+            print(f"chalkd: {exc.message}", file=sys.stderr)
+            return 1
         except (OSError, asyncio.TimeoutError) as exc:
             raise ConnectionError(f"no daemon answers at {args.target} ({exc or 'timed out'}); start one with `chalkd serve`") from None
         if args.command == "status":
@@ -317,6 +332,27 @@ def _image_bootstrap(args) -> int:
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("chalkd: image bootstrap interrupted", file=sys.stderr)
         return 130
+    return 0
+
+
+def _token(args) -> int:
+    """``chalkd token show|rotate``: print the token, or replace it (a running daemon keeps the old
+    one until it restarts, and its per-user records are rewritten then)."""
+    from chalkd.auth import load_or_create_token, rotate_token
+
+    home = args.home or default_home()
+    if not (home / "token").exists() and args.action == "show":
+        print(f"chalkd: no token in {home} yet: `chalkd serve --home {home}` makes one at first start",
+              file=sys.stderr)
+        return 1
+    try:
+        token = rotate_token(home) if args.action == "rotate" else load_or_create_token(home)
+    except OSError as exc:
+        print(f"chalkd: {exc}", file=sys.stderr)
+        return 1
+    print(token)
+    if args.action == "rotate":
+        print(f"rotated the token in {home}/token: restart the daemon to use it", file=sys.stderr)
     return 0
 
 

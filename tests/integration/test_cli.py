@@ -42,7 +42,7 @@ def test_status_without_a_daemon():
 @pytest.mark.parametrize("args, message", [
     (("--build-ca-bundle", "/no/such/ca.pem"), "--build-ca-bundle '/no/such/ca.pem' is not a file"),
     (("--pids-limit", "3"), "--pids-limit must be at least 16"),
-    (("--host", "0.0.0.0"), "needs a token"),
+    (("--host", "0.0.0.0"), "needs TLS (--tls-cert and --tls-key)"),
 ])
 def test_serve_refuses_what_it_cannot_do(tmp_path, args, message):
     out = chalkd("serve", "--home", str(tmp_path), "--port", str(free_port()), *args)
