@@ -16,9 +16,11 @@ connection, and the agent then kills the command's process group.
 from __future__ import annotations
 
 import asyncio
+import errno
 import inspect
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -28,12 +30,9 @@ from chalkcompute.agent.protocol import PREFIX, PROTOCOL_VERSION, ProtocolError,
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ExecOutcome", "AgentError", "AgentUnavailableError", "AgentProtocolError", "agent_exec", "agent_status",
+    "ExecOutcome", "AgentError", "AgentUnavailableError", "AgentSocketRefused", "AgentProtocolError", "agent_exec", "agent_status",
     "agent_set_env", "wait_agent_ready",
 ]
-
-# sun_path holds 108 bytes with its NUL; a longer path is reached through /proc (see _connect).
-_SUN_PATH_MAX = 107
 
 OutputCallback = Callable[[str, bytes], "Awaitable[None] | None"]
 
@@ -67,25 +66,66 @@ class AgentProtocolError(AgentError):
     """The agent answered with something this client does not understand, or rejected the request."""
 
 
+class AgentSocketRefused(AgentUnavailableError):
+    """The agent's socket path is not a socket the container's agent made: a
+    symbolic link, another kind of file, or owned by someone else. The agent
+    directory is writable from inside the container, so the daemon checks
+    what it finds there and never follows it (the message names the path)."""
+
+
+def _open_checked(path: str) -> tuple[int, int]:
+    """(directory fd, socket O_PATH fd) for ``path``, verified without following
+    any symlink in the last two components: the socket must be a socket owned by
+    the directory's owner (the uid the container runs as) or by the daemon."""
+    parent, name = os.path.split(path)
+    try:
+        dir_fd = os.open(parent or ".", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise AgentUnavailableError(f"no agent socket at {path}: its directory is gone") from None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise AgentSocketRefused(f"refusing the agent socket {path}: {parent} is not a plain directory "
+                                     "(a symbolic link or a file)") from None
+        raise AgentUnavailableError(f"no agent socket at {path}: {exc.strerror}") from None
+    try:
+        try:
+            sock_fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        except FileNotFoundError:
+            raise AgentUnavailableError(f"no agent listening at {path}: no such file") from None
+        try:
+            st, dst = os.fstat(sock_fd), os.fstat(dir_fd)
+            if stat.S_ISLNK(st.st_mode):
+                raise AgentSocketRefused(f"refusing the agent socket {path}: it is a symbolic link "
+                                         f"(to {os.readlink(name, dir_fd=dir_fd)!r}), which chalkd never follows")
+            if not stat.S_ISSOCK(st.st_mode):
+                raise AgentSocketRefused(f"refusing the agent socket {path}: it is not a socket "
+                                         f"(mode {stat.filemode(st.st_mode)})")
+            if st.st_uid not in (dst.st_uid, os.getuid()):
+                raise AgentSocketRefused(f"refusing the agent socket {path}: it is owned by uid {st.st_uid}, "
+                                         f"not by the container's uid {dst.st_uid} or the daemon's")
+        except BaseException:
+            os.close(sock_fd)
+            raise
+        return dir_fd, sock_fd
+    except BaseException:
+        os.close(dir_fd)
+        raise
+
+
 async def _connect(socket_path: str | os.PathLike) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     path = os.fspath(socket_path)
-    target, dir_fd = path, None
-    if len(os.fsencode(path)) > _SUN_PATH_MAX:
-        # Daemon homes can be deep; connecting through an O_PATH handle on the
-        # directory keeps the address short.
-        parent, name = os.path.split(path)
-        try:
-            dir_fd = os.open(parent or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise AgentUnavailableError(f"no agent socket at {path}: {exc.strerror}") from None
-        target = f"/proc/self/fd/{dir_fd}/{name}"
+    dir_fd, sock_fd = _open_checked(path)
+    # Connect through the verified O_PATH handle: the container cannot swap the
+    # name for a symlink between the check and the connect. (The /proc path is
+    # also short, whatever the depth of the daemon's home: sun_path is 108 bytes.)
+    target = f"/proc/self/fd/{sock_fd}"
     try:
         return await asyncio.open_unix_connection(target)
     except (FileNotFoundError, ConnectionRefusedError, PermissionError, NotADirectoryError) as exc:
         raise AgentUnavailableError(f"no agent listening at {path}: {exc.strerror}") from None
     finally:
-        if dir_fd is not None:
-            os.close(dir_fd)
+        os.close(sock_fd)
+        os.close(dir_fd)
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> tuple[dict[str, Any], bytes]:

@@ -13,7 +13,8 @@ What a replica container gets:
   (``CHALK_*``): the worker dials chalkd through the daemon's socket
   directory, bind-mounted at the same path (no network port, no token);
 * ``cpu`` as ``NanoCpus``, ``memory`` as a hard limit with no extra swap, a
-  pids limit, ``no-new-privileges``, never privileged, an init process
+  pids limit, every capability dropped (``CapDrop: ALL``, nothing added back),
+  ``no-new-privileges``, never privileged, an init process
   (``docker-init``) as PID 1 so signals and orphans are handled;
 * its GPUs, exclusively, as a device request by UUID;
 * the image's lazy local files, mounted read-only (see :mod:`chalkd.images.blobs`).
@@ -53,6 +54,13 @@ LABEL_HOME = "dev.chalkd.home"
 LABEL_KIND = "dev.chalkd.kind"          # replica | container
 LABEL_OWNER = "dev.chalkd.owner"
 DEFAULT_PIDS_LIMIT = 4096
+# Capabilities added back after dropping all. None are needed: the worker and the
+# agent only run, signal and reap their own processes (same uid), bind their
+# socket in a directory they own, and read and write files they own or that
+# are open to them. A root process inside cannot chown, bypass file modes,
+# bind low ports, use raw sockets or change uid (so `apt-get install` in a
+# Container API exec needs an image that already has its packages).
+CAP_ADD: tuple[str, ...] = ()
 
 
 def home_label(home: Path) -> str:
@@ -66,6 +74,10 @@ def host_config(*, binds: list[str], cpu_millis: int = 0, memory_bytes: int = 0,
         "Binds": binds,
         "Init": True,
         "Privileged": False,
+        # No capabilities at all (see CAP_ADD): uid 0 inside is then an ordinary
+        # user that owns the image's files, not a near-root of the host.
+        "CapDrop": ["ALL"],
+        "CapAdd": list(CAP_ADD),
         "SecurityOpt": ["no-new-privileges"],
         "PidsLimit": pids_limit,
     }
