@@ -1,6 +1,6 @@
 """Entry point of a replica: ``python -m chalkcompute.worker``.
 
-Reads ``CHALK_WORKER_TARGET``, ``CHALK_REPLICA_ID`` and ``CHALK_REPLICA_TOKEN``
+Reads ``CHALK_WORKER_TARGET``, ``CHALK_REPLICA_ID`` and ``CHALK_REPLICA_KEY_FILE``
 from the environment (the runtime sets them; optionally
 ``CHALK_WORKER_CAPACITY``, the capacity announced in the hello before the
 function is known). The function version then says the rest: its capacity
@@ -33,9 +33,15 @@ def main() -> int:
     try:
         target = os.environ["CHALK_WORKER_TARGET"]
         replica_id = os.environ["CHALK_REPLICA_ID"]
-        token = os.environ["CHALK_REPLICA_TOKEN"]
+        key_file = os.environ["CHALK_REPLICA_KEY_FILE"]  # a read-only file, never the key in the env
     except KeyError as exc:
         print(f"chalkcompute.worker: {exc.args[0]} is not set; the worker is started by chalkd", file=sys.stderr)
+        return 2
+    try:
+        with open(key_file) as f:
+            token = f.read().strip()
+    except OSError as exc:
+        print(f"chalkcompute.worker: cannot read the replica key {key_file}: {exc}", file=sys.stderr)
         return 2
     sock, instance = os.environ.get("CHALK_WORKER_SOCKET"), os.environ.get("CHALK_DAEMON_INSTANCE", "")
     canceller = Canceller()

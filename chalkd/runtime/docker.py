@@ -30,6 +30,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import aiodocker
@@ -39,6 +40,7 @@ from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkd.images.blobs import BlobError, BlobStore
 from chalkd.images.docker_build import BuiltImage, DockerImageBuilder, ImageBuildError
 from chalkd.model import ReplicaExit
+from chalkd.runtime.keys import CONTAINER_KEY_PATH, KEY_FILE_ENV, remove_key, write_key
 from chalkd.runtime.base import (
     ReplicaHandle,
     ReplicaRequest,
@@ -149,6 +151,7 @@ class DockerReplica(ReplicaHandle):
         self._tail: collections.deque[str] = collections.deque(maxlen=200)
         self._exit: asyncio.Future[ReplicaExit] | None = None
         self._follower = asyncio.get_running_loop().create_task(self._follow_logs())
+        self.cleanup: Callable[[], None] = lambda: None  # removes the replica's key file once it exited
 
     async def _follow_logs(self) -> None:
         with contextlib.suppress(DockerError, asyncio.CancelledError, Exception):
@@ -174,6 +177,7 @@ class DockerReplica(ReplicaHandle):
                 self._follower.cancel()
         with contextlib.suppress(DockerError):
             await self.container.delete(force=True)
+        self.cleanup()
         reason = f"out of memory (over its memory limit of {format_size(self.memory_bytes)})" if oom else ""
         if code > 128 and not oom:
             return ReplicaExit(signal=code - 128, reason=reason)
@@ -250,12 +254,15 @@ class DockerRuntime(Runtime):
                "CHALK_WORKER_SOCKET": str(self.run_dir / "chalkd.sock"),
                "CHALK_DAEMON_INSTANCE": self.instance_id,
                "CHALK_REPLICA_ID": request.replica_id,
-               "CHALK_REPLICA_TOKEN": request.token,
+               # The key by path: the file is bind-mounted read-only, so `docker inspect` shows no secret.
+               KEY_FILE_ENV: CONTAINER_KEY_PATH,
                "CHALK_FUNCTION_KIND": "generator" if fs.is_generator else "async" if fs.is_async else "sync",
                "PYTHONUNBUFFERED": "1"}
         try:
-            binds = [f"{self.run_dir}:{self.run_dir}", *lazy_binds(self.blobs, fs.image),
-                     *volume_binds(self.volumes, fs.volumes)]
+            key_file = write_key(self.home, request.replica_id, request.token, mode=0o444)
+            # Read-only: user code can dial the sockets but not replace them (connect works on a ro mount).
+            binds = [f"{self.run_dir}:{self.run_dir}:ro", f"{key_file}:{CONTAINER_KEY_PATH}:ro",
+                     *lazy_binds(self.blobs, fs.image), *volume_binds(self.volumes, fs.volumes)]
         except (BlobError, MountError, ValueError) as exc:
             raise ReplicaStartError(str(exc), build_failed=False) from None
         name = f"chalkd-{request.replica_id}"
@@ -278,7 +285,9 @@ class DockerRuntime(Runtime):
                 await container.delete(force=True)  # type: ignore[possibly-undefined]
             raise ReplicaStartError(f"starting container {name} failed: {exc.message}", build_failed=False) from None
         log.info("started replica %s of %s (container %s)", request.replica_id, request.function_name, name)
-        return DockerReplica(container, name, self.logs / f"{request.replica_id}.log", request.memory_bytes)
+        handle = DockerReplica(container, name, self.logs / f"{request.replica_id}.log", request.memory_bytes)
+        handle.cleanup = lambda: remove_key(self.home, request.replica_id)
+        return handle
 
     async def remove_leftovers(self) -> int:
         n = await remove_labelled(self.docker, self.home, "replica")

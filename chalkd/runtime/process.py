@@ -35,6 +35,7 @@ from chalkd.runtime.base import (
     RuntimeUnsupported,
     format_size,
 )
+from chalkd.runtime.keys import KEY_FILE_ENV, remove_key, write_key
 from chalkd.runtime.limits import MemoryLimiter
 
 log = logging.getLogger(__name__)
@@ -151,9 +152,11 @@ class ProcessRuntime(Runtime):
             "CHALK_WORKER_TARGET": self.target,
             "CHALK_COMPUTE_TARGET": self.target,
             "CHALK_REPLICA_ID": request.replica_id,
-            "CHALK_REPLICA_TOKEN": request.token,
+            # The key by path, not value: /proc/<pid>/environ of a replica shows no secret.
+            KEY_FILE_ENV: str(write_key(self.home, request.replica_id, request.token)),
             "PYTHONUNBUFFERED": "1",
         })
+        env.pop("CHALK_REPLICA_TOKEN", None)
         if self.fast_socket is not None:
             env["CHALK_WORKER_SOCKET"], env["CHALK_DAEMON_INSTANCE"] = self.fast_socket
         # Lets the worker pick its link before it has loaded the code.
@@ -174,6 +177,7 @@ class ProcessRuntime(Runtime):
             # Read the cgroup's OOM count before the group goes: it says why a SIGKILL came.
             oom = bool(capped and request.memory_bytes) and self.limiter.oom_killed(request.replica_id)
             self.limiter.release(request.replica_id)
+            remove_key(self.home, request.replica_id)
             if oom:
                 return f"out of memory (over its memory limit of {format_size(request.memory_bytes)})"
             return ""
