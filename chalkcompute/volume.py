@@ -21,8 +21,8 @@ vol.get.aio("config.yaml")``; ``async with vol.batch_upload() as batch`` and
 
 Differences from the reference, on purpose: ``target`` defaults to the SDK's
 daemon (``$CHALK_COMPUTE_TARGET`` or ``127.0.0.1:50051``, also ``unix:/path``);
-``credentials`` (TLS) raises :class:`NotSupportedError` because chalkd does not
-serve TLS yet; :class:`VolumeInfo`'s ``created_at``/``updated_at`` are aware UTC
+``credentials`` (TLS) is an ``ssl.SSLContext``, a CA bundle path or True rather
+than ``grpc.ChannelCredentials`` (chalkd does not depend on grpcio); :class:`VolumeInfo`'s ``created_at``/``updated_at`` are aware UTC
 ``datetime`` values rather than protobuf Timestamps; ``listdir(recursive=False)``
 lists one directory, its subdirectories as entries ending with '/'.
 """
@@ -48,7 +48,13 @@ from chalkcompute._client import Client, default_target, run_async, run_sync
 from chalkcompute._framing import FramedStream
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import VolumesStub
-from chalkcompute.exceptions import ChalkError, DaemonUnavailableError, InvalidArgumentError, NotSupportedError
+from chalkcompute.exceptions import (
+    ChalkError,
+    DaemonUnavailableError,
+    InvalidArgumentError,
+    NotSupportedError,
+    error_from_status,
+)
 from chalkcompute.functions import _Synced
 
 log = logging.getLogger(__name__)
@@ -99,8 +105,10 @@ class VolumeInvalidArgumentError(VolumeError, InvalidArgumentError):
     """A bad volume name or path (absolute, ``..``, empty segments); also a ``ValueError``."""
 
 
-def _error(exc: GRPCError) -> VolumeError:
+def _error(exc: GRPCError) -> ChalkError:
     message = exc.message or exc.status.name
+    if exc.status in (Status.UNAUTHENTICATED, Status.PERMISSION_DENIED):
+        return error_from_status(exc.status, message)  # the SDK-wide AuthenticationError / PermissionDeniedError
     if exc.status is Status.NOT_FOUND:
         cls = VolumeFileNotFoundError if message.startswith("file ") else VolumeNotFoundError
         return cls(message, exc.status.name)
@@ -162,23 +170,20 @@ class VolumeClient:
     """Client for chalkd's Volumes service.
 
     ``target``: ``"host:port"`` or ``"unix:/path"``; default the SDK's daemon.
-    ``credentials``: TLS is not served by chalkd yet, so anything but None raises
-    :class:`NotSupportedError`. ``metadata``: ``[(key, value), ...]`` sent with every call.
+    ``credentials``: TLS to a daemon started with ``--tls-cert``: an ``ssl.SSLContext``,
+    a CA bundle path, or True for the system's roots. ``metadata``: ``[(key, value), ...]`` sent with every call.
     The connection is the process's shared one to that daemon; :meth:`close` ends
     this client (later calls raise :class:`VolumeClosedError`), not the connection.
     """
 
     def __init__(self, target: str | None = None, credentials=None,
                  metadata: list[tuple[str, str]] | None = None) -> None:
-        if credentials is not None:
-            raise NotSupportedError("VolumeClient(credentials=...): chalkd does not serve TLS yet; reach it on "
-                                    "loopback, a unix socket or an SSH tunnel")
         md = list(metadata or ())
         for item in md:
             if not (isinstance(item, tuple) and len(item) == 2 and all(isinstance(s, str) for s in item)):
                 raise TypeError(f"metadata must be a list of (str, str) pairs, got {item!r}")
         self.target = target or default_target()
-        self._client = Client.get(self.target)
+        self._client = Client.get(self.target, credentials=credentials)  # TLS when given
         self._metadata = md or None
         self.closed = False
 

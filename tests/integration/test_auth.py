@@ -1,0 +1,204 @@
+"""Authentication against a real daemon: the token, the handshake, discovery, TLS, replica scope."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from grpclib import GRPCError
+from grpclib.client import Channel
+from grpclib.const import Status
+from grpclib.server import Server as GrpcServer
+
+from chalkcompute import _auth
+from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
+from chalkcompute._proto.chalk_v1_chalk_grpc import AuthBase, FunctionCatalogStub, SecretsStub
+from tests.conftest import ROOT, Daemon, free_port
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """This environment without any token hint: the SDK must find it by itself."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CHALK_COMPUTE_TOKEN", "CHALKD_HOME")}
+    env.update(extra)
+    return env
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "chalkd.cli", *args], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT, env=env or _env())
+
+
+def test_token_made_at_first_start_private(fresh_daemon):
+    token_path = fresh_daemon.home / "token"
+    assert stat.S_IMODE(token_path.stat().st_mode) == 0o600
+    record = _auth.record_dir() / _auth.record_name(fresh_daemon.target)
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600
+    assert stat.S_IMODE(record.parent.stat().st_mode) == 0o700
+    assert record.read_text().strip() == token_path.read_text().strip()
+    # `chalkd token show` prints it; rotate writes a new one.
+    shown = _cli("token", "show", "--home", str(fresh_daemon.home))
+    assert shown.returncode == 0 and shown.stdout.strip() == token_path.read_text().strip()
+    rotated = _cli("token", "rotate", "--home", str(fresh_daemon.home))
+    assert rotated.returncode == 0 and rotated.stdout.strip() == token_path.read_text().strip()
+    assert rotated.stdout.strip() != shown.stdout.strip()
+    assert stat.S_IMODE(token_path.stat().st_mode) == 0o600
+
+
+def test_without_a_token_only_a_hint_answers(fresh_daemon):
+    async def run():
+        channel = Channel("127.0.0.1", fresh_daemon.port)
+        try:
+            with pytest.raises(GRPCError) as status:
+                await FunctionCatalogStub(channel).Status(pb.StatusRequest(), timeout=10)
+            with pytest.raises(GRPCError) as listing:
+                await SecretsStub(channel).ListSecrets(pb.ListSecretsRequest(), timeout=10)
+            return status.value, listing.value
+        finally:
+            channel.close()
+
+    status, listing = asyncio.run(run())
+    assert status.status == Status.UNAUTHENTICATED and "a chalkd is here: authenticate" in status.message
+    assert listing.status == Status.UNAUTHENTICATED and "CHALK_COMPUTE_TOKEN" in listing.message
+
+
+def test_wrong_token_is_unauthenticated_with_the_fix(fresh_daemon):
+    out = _cli("status", "--target", fresh_daemon.target, env=_env(CHALK_COMPUTE_TOKEN="x" * 43))
+    assert out.returncode == 1
+    assert "could not prove it knows chalkd's token" in out.stderr and "chalkd token show" in out.stderr
+    # The SDK raises its own exception for it.
+    script = textwrap.dedent(f"""
+        import chalkcompute
+        from chalkcompute import AuthenticationError
+        try:
+            chalkcompute.VolumeClient().list()
+        except AuthenticationError as exc:
+            print("AUTH", exc)
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                         env=_env(CHALK_COMPUTE_TOKEN="x" * 43, CHALK_COMPUTE_TARGET=fresh_daemon.target))
+    assert "AUTH" in run.stdout, run.stderr
+
+
+def test_cli_and_sdk_find_the_token_of_a_daemon_with_its_home_elsewhere(tmp_path):
+    # No CHALKD_HOME, no CHALK_COMPUTE_TOKEN: the per-user record the daemon wrote is enough.
+    d = Daemon(tmp_path / "elsewhere", env={"CHALKD_HOME": ""}).start()
+    try:
+        out = _cli("status", "--target", d.target)
+        assert out.returncode == 0, out.stderr
+        assert str(d.home) in out.stdout
+        script = "import chalkcompute; print(sorted(chalkcompute.VolumeClient().list()))"
+        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                             cwd=ROOT, env=_env(CHALK_COMPUTE_TARGET=d.target))
+        assert run.returncode == 0 and "[]" in run.stdout, run.stderr
+    finally:
+        d.stop()
+    # A stopped daemon removes its record.
+    assert not (_auth.record_dir() / _auth.record_name(d.target)).exists()
+
+
+class _FakeAuth(AuthBase):
+    """Answers the challenge without knowing the token (as any impostor must)."""
+
+    async def Challenge(self, stream) -> None:
+        await stream.recv_message()
+        await stream.send_message(pb.ChallengeResponse(server_nonce=os.urandom(16), server_proof=os.urandom(32)))
+
+
+def test_a_fake_listener_learns_no_token_and_no_secret(tmp_path):
+    token = "tok-" + os.urandom(16).hex()
+    secret_value = "sv-" + os.urandom(16).hex()
+    port = free_port()
+    script = textwrap.dedent("""
+        import chalkcompute
+        from chalkcompute import Secret
+
+        def f():
+            return 1
+
+        fn = chalkcompute.RemoteFunction(f, secrets=[Secret.from_local_env("MY_SECRET")])
+        try:
+            fn()
+        except chalkcompute.AuthenticationError as exc:
+            print("REFUSED", exc)
+    """)
+
+    caller = tmp_path / "caller.py"  # a file: the SDK ships functions' source
+    caller.write_text(script)
+
+    async def run() -> tuple[bytes, subprocess.CompletedProcess]:
+        captured = bytearray()
+        server = GrpcServer([_FakeAuth()])
+        await server.start("127.0.0.1", 0)
+        inner = server._server.sockets[0].getsockname()[1]
+
+        async def proxy(reader, writer):
+            # Every byte the SDK sends passes here on its way to the impostor.
+            r2, w2 = await asyncio.open_connection("127.0.0.1", inner)
+
+            async def pipe(src, dst, keep):
+                try:
+                    while data := await src.read(65536):
+                        if keep:
+                            captured.extend(data)
+                        dst.write(data)
+                        await dst.drain()
+                except ConnectionError:
+                    pass
+                finally:
+                    dst.close()
+
+            await asyncio.gather(pipe(reader, w2, True), pipe(r2, writer, False))
+
+        front = await asyncio.start_server(proxy, "127.0.0.1", port)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(caller), cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=_env(CHALK_COMPUTE_TOKEN=token, MY_SECRET=secret_value, CHALK_COMPUTE_TARGET=f"127.0.0.1:{port}"))
+        out, err = await asyncio.wait_for(proc.communicate(), 90)
+        front.close()
+        server.close()
+        return bytes(captured), subprocess.CompletedProcess([], proc.returncode, out.decode(), err.decode())
+
+    captured, done = asyncio.run(run())
+    assert "REFUSED" in done.stdout and "could not prove" in done.stdout, done.stderr
+    assert captured, "the SDK never reached the fake listener: the test proves nothing"
+    assert token.encode() not in captured
+    assert secret_value.encode() not in captured
+    assert b"RegisterFunction" not in captured
+
+
+def _openssl_cert(tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: cannot make a self-signed certificate for the TLS test")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+def test_tls_on_loopback_with_a_self_signed_cert(tmp_path):
+    cert, key = _openssl_cert(tmp_path)
+    d = Daemon(tmp_path / "home", extra_args=("--tls-cert", str(cert), "--tls-key", str(key))).start()
+    try:
+        script = textwrap.dedent(f"""
+            import chalkcompute
+            vc = chalkcompute.VolumeClient({d.target!r}, credentials={str(cert)!r}, metadata=[("x-test", "1")])
+            vc.create("tls-vol")
+            print(sorted(v.name for v in vc.list()))
+        """)
+        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                             cwd=ROOT, env=_env())
+        assert run.returncode == 0 and "tls-vol" in run.stdout, run.stderr + d.log()
+        # Plain HTTP/2 gets no answer from a TLS daemon.
+        plain = _cli("status", "--target", d.target)
+        assert plain.returncode != 0
+    finally:
+        d.stop()
