@@ -30,7 +30,8 @@ from chalkcompute.agent.protocol import PREFIX, PROTOCOL_VERSION, ProtocolError,
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ExecOutcome", "AgentError", "AgentUnavailableError", "AgentSocketRefused", "AgentProtocolError", "agent_exec", "agent_status",
+    "ExecOutcome", "AgentError", "AgentUnavailableError", "AgentSocketRefused", "AgentSocket", "AgentProtocolError",
+    "agent_exec", "agent_status",
     "agent_set_env", "wait_agent_ready",
 ]
 
@@ -73,10 +74,29 @@ class AgentSocketRefused(AgentUnavailableError):
     what it finds there and never follows it (the message names the path)."""
 
 
-def _open_checked(path: str) -> tuple[int, int]:
+class AgentSocket(os.PathLike):
+    """An agent socket's path and the uid its agent runs as, which must own it.
+
+        await agent_exec(AgentSocket("/run/chalkd/agents/ct-1/agent.sock", uid=1000), ["id"])
+
+    A plain path is accepted too; its socket must then be owned by the uid that
+    owns its directory (or by the daemon's)."""
+
+    def __init__(self, path: str | os.PathLike, uid: int) -> None:
+        self.path, self.uid = os.fspath(path), uid
+
+    def __fspath__(self) -> str:
+        return self.path
+
+    def __str__(self) -> str:
+        return self.path
+
+
+def _open_checked(path: str, uid: int | None = None) -> tuple[int, int]:
     """(directory fd, socket O_PATH fd) for ``path``, verified without following
     any symlink in the last two components: the socket must be a socket owned by
-    the directory's owner (the uid the container runs as) or by the daemon."""
+    ``uid`` (default: the directory's owner, the uid the container runs as) or by
+    the daemon."""
     parent, name = os.path.split(path)
     try:
         dir_fd = os.open(parent or ".", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -100,9 +120,10 @@ def _open_checked(path: str) -> tuple[int, int]:
             if not stat.S_ISSOCK(st.st_mode):
                 raise AgentSocketRefused(f"refusing the agent socket {path}: it is not a socket "
                                          f"(mode {stat.filemode(st.st_mode)})")
-            if st.st_uid not in (dst.st_uid, os.getuid()):
+            expected = dst.st_uid if uid is None else uid
+            if st.st_uid not in (expected, os.getuid()):
                 raise AgentSocketRefused(f"refusing the agent socket {path}: it is owned by uid {st.st_uid}, "
-                                         f"not by the container's uid {dst.st_uid} or the daemon's")
+                                         f"not by the container's uid {expected} or the daemon's")
         except BaseException:
             os.close(sock_fd)
             raise
@@ -114,7 +135,7 @@ def _open_checked(path: str) -> tuple[int, int]:
 
 async def _connect(socket_path: str | os.PathLike) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     path = os.fspath(socket_path)
-    dir_fd, sock_fd = _open_checked(path)
+    dir_fd, sock_fd = _open_checked(path, getattr(socket_path, "uid", None))
     # Connect through the verified O_PATH handle: the container cannot swap the
     # name for a symlink between the check and the connect. (The /proc path is
     # also short, whatever the depth of the daemon's home: sun_path is 108 bytes.)

@@ -35,6 +35,7 @@ from aiodocker.exceptions import DockerError
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute.agent import entrypoint as agent_entrypoint
 from chalkd.containers.agent_client import (
+    AgentSocket,
     AgentUnavailableError,
     ExecOutcome,
     agent_exec,
@@ -55,6 +56,7 @@ from chalkd.runtime.docker import (
     remove_labelled,
     volume_binds,
 )
+from chalkd.runtime.image_user import ImageUserError, image_user
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,7 @@ class ManagedContainer:
     engine_name: str
     image_uri: str
     agent_dir: Path
+    uid: int = 0                     # the image's USER, which the agent runs as
     created_at: float = field(default_factory=time.time)
     status: str = "Pending"          # Pending | Running | Stopped | Failed
     error: str = ""
@@ -103,8 +106,27 @@ class ManagedContainer:
                 await asyncio.wait_for(self.changed.wait(), timeout)
 
     @property
-    def socket(self) -> Path:
-        return self.agent_dir / "agent.sock"
+    def socket(self) -> AgentSocket:
+        return AgentSocket(self.agent_dir / "agent.sock", self.uid)
+
+
+def _hand_agent_dir(agent_dir: Path, uid: int, gid: int) -> int:
+    """Make the agent directory usable by the container's uid; the mode for its socket.
+
+    The agent runs as the image's USER with no capabilities, so it can create
+    its socket only in a directory it owns (or one open to it). A root daemon
+    gives the 0700 directory to that uid: only the container and root reach
+    it, and the 0600 socket is the agent's. A daemon that is not root cannot
+    chown, so unless the container runs as the daemon's own uid the directory
+    is opened up (0777, socket 0666): its parent, the daemon's 0700 run
+    directory, still keeps every other host user out."""
+    if os.geteuid() == 0:
+        os.chown(agent_dir, uid, gid)
+        return 0o600
+    if uid == os.getuid():
+        return 0o600
+    os.chmod(agent_dir, 0o777)
+    return 0o666
 
 
 class ContainerManager:
@@ -120,8 +142,6 @@ class ContainerManager:
         self.volumes = None  # chalkd.volumes.store.VolumeStore, set by the server
         self.secrets = None  # chalkd.secrets.store.SecretStore, set by the server
         self._starting: set[asyncio.Task] = set()
-        # A daemon not running as root must still be able to open the agent's 0600 socket.
-        self._socket_owner = () if os.getuid() == 0 else ("--socket-owner", f"{os.getuid()}:{os.getgid()}")
 
     # -- lookup -------------------------------------------------------------------
 
@@ -155,10 +175,18 @@ class ContainerManager:
         name = name or cid
         try:
             check_mounts(volumes, image)
-            binds = [*lazy_binds(self.blobs, image), *volume_binds(self.volumes, volumes)]
         except (BlobError, MountError) as exc:
             raise ValueError(str(exc)) from None
         built = await self.builder.build(image)  # cached: the SDK built it with the log shown
+        try:
+            # The agent and everything it starts run as the image's USER (root if none).
+            uid, gid = await image_user(self.docker, built.tag)
+        except (ImageUserError, DockerError) as exc:
+            raise ContainerFailed(f"cannot tell which user image {built.tag} runs as: {exc}") from None
+        try:
+            binds = [*lazy_binds(self.blobs, image), *volume_binds(self.volumes, volumes, (uid, gid))]
+        except (BlobError, MountError) as exc:
+            raise ValueError(str(exc)) from None
         secret_env: dict[str, str] = {}
         if secrets:
             # Raises SecretNotFound naming what is missing (never a value).
@@ -171,14 +199,16 @@ class ContainerManager:
                 raise
         agent_dir = self.agents / cid
         agent_dir.mkdir(parents=True, mode=0o700)
+        socket_mode = _hand_agent_dir(agent_dir, uid, gid)
         c = ManagedContainer(id=cid, name=name, engine_name=f"chalkd-{name}-{cid[3:]}", image_uri=built.tag,
-                             agent_dir=agent_dir)
+                             agent_dir=agent_dir, uid=uid)
         self.by_id[cid] = c
         config = {
             "Image": built.tag,
             # By path, not `-m`: PID 1 need not import the SDK (pyarrow, grpclib): ~0.5 s and ~40 MB less.
             "Entrypoint": agent_entrypoint(f"{AGENT_MOUNT}/agent.sock",
-                                           extra=(*self._socket_owner, *(("--await-env",) if secret_env else ()))),
+                                           extra=("--socket-mode", f"{socket_mode:o}",
+                                                  *(("--await-env",) if secret_env else ()))),
             "Cmd": [*built.entrypoint, *built.cmd],
             "Env": [f"{k}={v}" for k, v in (env or {}).items()],
             "Labels": {LABEL_HOME: home_label(self.home), LABEL_KIND: "container", LABEL_OWNER: "chalkd",

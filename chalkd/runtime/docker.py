@@ -30,6 +30,8 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,6 +42,7 @@ from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkd.images.blobs import BlobError, BlobStore
 from chalkd.images.docker_build import BuiltImage, DockerImageBuilder, ImageBuildError
 from chalkd.model import ReplicaExit
+from chalkd.runtime.image_user import ImageUserError, image_user
 from chalkd.runtime.keys import CONTAINER_KEY_PATH, KEY_FILE_ENV, remove_key, write_key
 from chalkd.runtime.base import (
     ReplicaHandle,
@@ -63,6 +66,11 @@ DEFAULT_PIDS_LIMIT = 4096
 # bind low ports, use raw sockets or change uid (so `apt-get install` in a
 # Container API exec needs an image that already has its packages).
 CAP_ADD: tuple[str, ...] = ()
+# The group that may reach the daemon's sockets from a replica that runs as a
+# non-root USER: the socket directory and both sockets are group-owned by it
+# (0710 and 0660) and every replica gets it as a supplementary group. A gid no
+# host account uses, so no other local user gains access through it.
+REPLICA_GID = 1_999_999_001
 
 
 def home_label(home: Path) -> str:
@@ -70,7 +78,8 @@ def home_label(home: Path) -> str:
 
 
 def host_config(*, binds: list[str], cpu_millis: int = 0, memory_bytes: int = 0,
-                pids_limit: int = DEFAULT_PIDS_LIMIT, gpu_uuids: tuple[str, ...] = ()) -> dict:
+                pids_limit: int = DEFAULT_PIDS_LIMIT, gpu_uuids: tuple[str, ...] = (),
+                group_add: tuple[int, ...] = ()) -> dict:
     """The HostConfig every container of ours gets (replicas and the Container API)."""
     hc: dict = {
         "Binds": binds,
@@ -83,6 +92,8 @@ def host_config(*, binds: list[str], cpu_millis: int = 0, memory_bytes: int = 0,
         "SecurityOpt": ["no-new-privileges"],
         "PidsLimit": pids_limit,
     }
+    if group_add:
+        hc["GroupAdd"] = [str(g) for g in group_add]
     if cpu_millis:
         hc["NanoCpus"] = cpu_millis * 1_000_000
     if memory_bytes:
@@ -118,16 +129,54 @@ def check_mounts(mounts, image: pb.ImageSpec) -> None:
         seen.add(m.path)
 
 
-def volume_binds(volumes, mounts) -> list[str]:
+def volume_binds(volumes, mounts, owner: tuple[int, int] | None = None) -> list[str]:
     """Bind specs for ``mounts`` (VolumeMount messages): each volume's directory, read-write.
 
     The one mount path for functions, containers (and later classes and sandboxes);
-    a volume that does not exist yet is created here."""
+    a volume that does not exist yet is created here. ``owner`` (uid, gid), the
+    user the container runs as, is made the owner of each mounted volume's
+    files: with no capabilities, even uid 0 inside can write only what it owns."""
     if not mounts:
         return []
     if volumes is None:
         raise MountError("this daemon has no volume store")
-    return [f"{volumes.ensure(m.volume)}:{m.path}" for m in mounts]
+    binds = []
+    for m in mounts:
+        if ":" in m.path or "," in m.path:
+            raise MountError(f"volume {m.volume!r} cannot be mounted at {m.path!r}: ':' and ',' are not allowed")
+        if owner is not None and os.geteuid() == 0:
+            volumes.hand_to(m.volume, *owner)
+        binds.append(f"{volumes.ensure(m.volume)}:{m.path}")
+    return binds
+
+
+def share_sockets(run_dir: Path, gid: int = REPLICA_GID) -> None:
+    """Let replicas that run as a non-root USER dial the daemon's sockets: the
+    directory and its sockets become group ``gid`` (which every replica gets),
+    0710 and 0660. Idempotent and cheap (called before each replica start,
+    since a restarted listener makes a new socket). Needs a root daemon; a
+    daemon that is not root leaves them as they are (only images running as
+    the daemon's own uid, or root, reach them then)."""
+    if os.geteuid() != 0:
+        return
+    dir_fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchown(dir_fd, -1, gid)
+        os.fchmod(dir_fd, 0o710)  # traverse only: a replica cannot list or create anything here
+        for name in ("chalkd.sock", "grpc.sock"):
+            try:
+                fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            except FileNotFoundError:
+                continue
+            try:
+                if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                    # chmod/chown through /proc: an O_PATH fd takes neither directly.
+                    os.chown(f"/proc/self/fd/{fd}", -1, gid)
+                    os.chmod(f"/proc/self/fd/{fd}", 0o660)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(dir_fd)
 
 
 async def remove_labelled(docker: aiodocker.Docker, home: Path, kind: str | None = None) -> int:
@@ -259,11 +308,18 @@ class DockerRuntime(Runtime):
                "CHALK_FUNCTION_KIND": "generator" if fs.is_generator else "async" if fs.is_async else "sync",
                "PYTHONUNBUFFERED": "1"}
         try:
+            # The replica runs as the image's USER (root if none), as `docker run` would.
+            owner = await image_user(self.docker, built.tag)
+        except (ImageUserError, DockerError) as exc:
+            raise ReplicaStartError(f"cannot tell which user image {built.tag} runs as: {exc}",
+                                    build_failed=False) from None
+        try:
+            share_sockets(self.run_dir)
             key_file = write_key(self.home, request.replica_id, request.token, mode=0o444)
             # Read-only: user code can dial the sockets but not replace them (connect works on a ro mount).
             binds = [f"{self.run_dir}:{self.run_dir}:ro", f"{key_file}:{CONTAINER_KEY_PATH}:ro",
-                     *lazy_binds(self.blobs, fs.image), *volume_binds(self.volumes, fs.volumes)]
-        except (BlobError, MountError, ValueError) as exc:
+                     *lazy_binds(self.blobs, fs.image), *volume_binds(self.volumes, fs.volumes, owner)]
+        except (BlobError, MountError, ValueError, OSError) as exc:
             raise ReplicaStartError(str(exc), build_failed=False) from None
         name = f"chalkd-{request.replica_id}"
         config = {
@@ -275,7 +331,7 @@ class DockerRuntime(Runtime):
                        "dev.chalkd.function": request.function_name, "dev.chalkd.replica": request.replica_id},
             "HostConfig": host_config(binds=binds, cpu_millis=request.cpu_millis,
                                       memory_bytes=request.memory_bytes, pids_limit=self.pids_limit,
-                                      gpu_uuids=request.gpu_uuids),
+                                      gpu_uuids=request.gpu_uuids, group_add=(REPLICA_GID,)),
         }
         try:
             container = await self.docker.containers.create(config, name=name)

@@ -42,6 +42,7 @@ threads. Database writes are handed to the event loop the store was made on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -186,6 +187,49 @@ class VolumeStore:
             # Also when the record exists: someone may have removed the directory.
             root.mkdir(mode=0o755, exist_ok=True)
         return created
+
+    def hand_to(self, name: str, uid: int, gid: int) -> bool:
+        """Make ``uid:gid`` own the volume's whole tree (before a mount into a
+        container that runs as that uid, e.g. an image with ``USER 1000``); False
+        if it already owned the root, so nothing was walked.
+
+            volumes.hand_to("model-cache", 1000, 1000)
+
+        Ownership rather than wider modes: the files stay 0644/0755, writable by
+        exactly the uid the container runs as. The daemon (root) reads and writes
+        them either way. A volume shared by images with different users belongs
+        to the last one mounted. Never follows a symlink (a container may plant
+        them); stops at MAX_DEPTH like the listings."""
+        root = self.ensure(name)
+        fd = os.open(root, DIR_FLAGS)
+        try:
+            st = os.fstat(fd)
+            if (st.st_uid, st.st_gid) == (uid, gid):
+                return False
+            self._chown_tree(fd, uid, gid, 0)
+        finally:
+            os.close(fd)
+        log.info("volume %r handed to uid %d gid %d for a mount", name, uid, gid)
+        return True
+
+    def _chown_tree(self, dir_fd: int, uid: int, gid: int, depth: int) -> None:
+        os.fchown(dir_fd, uid, gid)
+        if depth >= MAX_DEPTH:
+            return
+        for entry in os.scandir(dir_fd):
+            if entry.is_dir(follow_symlinks=False):
+                try:
+                    sub = os.open(entry.name, DIR_FLAGS, dir_fd=dir_fd)
+                except OSError:  # replaced meanwhile (a symlink now): not followed
+                    continue
+                try:
+                    self._chown_tree(sub, uid, gid, depth + 1)
+                finally:
+                    os.close(sub)
+            else:
+                # Files and symlinks themselves (lchown), never what a symlink points to.
+                with contextlib.suppress(FileNotFoundError):
+                    os.chown(entry.name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
 
     def get(self, name: str) -> VolumeInfo:
         check_name(name)
