@@ -202,3 +202,54 @@ def test_tls_on_loopback_with_a_self_signed_cert(tmp_path):
         assert plain.returncode != 0
     finally:
         d.stop()
+
+
+# -- a replica's scoped credential (process runtime) -------------------------------------------
+
+
+def _probe_scope() -> dict:
+    """Runs inside a replica: what its own credential lets it do."""
+    import chalkcompute as cc
+    from chalkcompute._client import Client, run_sync
+    from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
+    from chalkcompute._proto.chalk_v1_chalk_grpc import ContainersStub, SecretsStub
+
+    def thief() -> str:
+        return "stolen"
+
+    out = {}
+    try:
+        cc.RemoteFunction(thief, secrets=[cc.Secret("TOPSECRET")])()
+        out["register"] = "allowed"
+    except cc.PermissionDeniedError as exc:
+        out["register"] = str(exc)
+    channel = Client.get().channel
+    for name, call in (("secrets", lambda: SecretsStub(channel).ListSecrets(pb.ListSecretsRequest(), timeout=10)),
+                       ("containers", lambda: ContainersStub(channel).List(pb.ListContainersRequest(), timeout=10))):
+        try:
+            run_sync(call())
+            out[name] = "allowed"
+        except Exception as exc:  # a GRPCError from the raw stub
+            out[name] = f"{getattr(exc, 'status', '')} {getattr(exc, 'message', exc)}"
+    out["nested"] = _nested_double(21)
+    return out
+
+
+def _double(x: int) -> int:
+    return 2 * x
+
+
+_nested_double = None
+
+
+def test_a_process_replica_is_limited_to_its_scope(daemon):
+    global _nested_double
+    import chalkcompute as cc
+
+    _nested_double = cc.RemoteFunction(_double, name="auth-double")
+    probe = cc.RemoteFunction(_probe_scope, name="auth-probe")
+    result = probe()
+    assert "PERMISSION_DENIED" not in result["register"] and "RegisterFunction" in result["register"], result
+    assert "PERMISSION_DENIED" in result["secrets"] and "ListSecrets" in result["secrets"], result
+    assert "PERMISSION_DENIED" in result["containers"] and "Containers/List" in result["containers"], result
+    assert result["nested"] == 42  # nested calls still work with the scoped credential
