@@ -205,6 +205,7 @@ _CODE_TO_ERROR: dict[str, type[ChalkError]] = {
     "UNAVAILABLE": FunctionError,
     "ABORTED": FunctionError,
     "INTERNAL": FunctionError,
+    "PERMISSION_DENIED": PermissionDeniedError,
 }
 
 

@@ -49,6 +49,7 @@ class ErrorCode(str, enum.Enum):
     DEADLOCK = "DEADLOCK"
     CANCELLED = "CANCELLED"
     INTERNAL = "INTERNAL"
+    PERMISSION_DENIED = "PERMISSION_DENIED"  # a replica's scoped credential reached for another caller's call
 
 
 @dataclass(frozen=True, slots=True)

@@ -136,6 +136,9 @@ class Server:
         ]
         self.auth = Authenticator(self.token, self._replica_key)
         handlers.append(self.auth)
+        handlers[2].on_replica_gone = self._replica_gone
+        handlers[0].replica_owns = handlers[1].owns
+        self._handlers = handlers
         self._grpc = GrpcServer(handlers, codec=LimitedCodec(cfg.max_message_bytes))
         self.auth.install(self._grpc)
         self._records: list[str] = []
@@ -175,6 +178,11 @@ class Server:
         if replica is None or replica.state == "stopped":
             return None
         return replica.token
+
+    def _replica_gone(self, replica_id: str) -> None:
+        """A replica's worker stream ended: its scoped sessions and its started-calls list go."""
+        self.auth.forget_replica(replica_id)
+        self._handlers[1].forget_replica(replica_id)
 
     def _write_records(self, port: int) -> None:
         """The per-user records that let the SDK and CLI find this daemon's token by its address."""

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 
 from grpclib import GRPCError
 from grpclib.const import Status
@@ -13,6 +14,7 @@ from grpclib.const import Status
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import FunctionCatalogBase
 from chalkcompute.gpu import GpuRequest
+from chalkd.auth import current_scope
 from chalkd.catalog import Catalog, InvalidFunction, NotFound
 from chalkd.images.blobs import LazyFileError, check_lazy_files
 from chalkd.queue.core import CallNotFound, Queue, decode_error
@@ -28,6 +30,8 @@ class CatalogService(FunctionCatalogBase):
     def __init__(self, catalog: Catalog, queue: Queue, scaler: Autoscaler, runtime: Runtime, info: dict,
                  secrets=None) -> None:
         self.secrets = secrets  # chalkd.secrets.store.SecretStore
+        # (replica id, call id) -> did that replica start the call; the server points it at QueueService.owns.
+        self.replica_owns: Callable[[str, str], bool] = lambda replica_id, call_id: False
         self.catalog = catalog
         self.queue = queue
         self.scaler = scaler
@@ -198,6 +202,10 @@ class CatalogService(FunctionCatalogBase):
 
     async def GetCall(self, stream) -> None:
         req: pb.GetCallRequest = await stream.recv_message()
+        scope = current_scope.get()
+        if scope is not None and scope.replica_id and not self.replica_owns(scope.replica_id, req.call_id):
+            raise GRPCError(Status.PERMISSION_DENIED, f"replica {scope.replica_id}'s credential cannot read call "
+                            f"{req.call_id!r}: function code may only follow the calls it started")
         try:
             call = self.queue.get(req.call_id)
         except CallNotFound:

@@ -142,9 +142,12 @@ class QueueService(QueueBase):
         self.catalog = catalog
         self.max_payload = max_payload
         self.outbox_limit = outbox_limit or session_outbox_limit(queue.budget.total, max_payload)
+        self.started_by: dict[str, set[str]] = {}  # replica id -> calls its scoped sessions submitted
 
     async def Session(self, stream) -> None:
         session = CallerSession(stream, self.outbox_limit)
+        scope = current_scope.get()
+        session.replica_id = scope.replica_id if scope is not None else ""  # "" : the owner's full access
         loop = asyncio.get_running_loop()
         sender = loop.create_task(session.out.run())
         reader = loop.create_task(self._read(session, stream))
@@ -190,9 +193,14 @@ class QueueService(QueueBase):
                     ErrorCode.RESOURCE_EXHAUSTED,
                     f"arguments of {args.size} bytes exceed the daemon's limit of {self.max_payload} bytes"))
                 continue
-            q.submit(session, s.ref, fv, args, idempotency_key=s.idempotency_key or None,
-                     parent_id=s.parent_call_id or None)
+            call = q.submit(session, s.ref, fv, args, idempotency_key=s.idempotency_key or None,
+                            parent_id=s.parent_call_id or None)
+            if session.replica_id and call is not None:
+                self.started_by.setdefault(session.replica_id, set()).add(call.id)
         for a in req.attaches:
+            if session.replica_id and a.call_id not in self.started_by.get(session.replica_id, ()):
+                q.reject(session, a.ref, CallError.platform(ErrorCode.PERMISSION_DENIED, self._not_yours(session, a.call_id)))
+                continue
             try:
                 q.attach(session, a.ref, a.call_id, after_chunk=a.after_chunk)
             except CallNotFound as exc:
@@ -200,7 +208,22 @@ class QueueService(QueueBase):
         for ack in req.acks:
             q.ack(ack.call_id, ack.index)
         for c in req.cancels:
+            if session.replica_id and c.call_id not in self.started_by.get(session.replica_id, ()):
+                log.warning("refused: %s", self._not_yours(session, c.call_id))
+                continue
             q.cancel(c.call_id)
+
+    def owns(self, replica_id: str, call_id: str) -> bool:
+        """Did replica ``replica_id`` start call ``call_id`` (a replica's credential reaches only those)?"""
+        return call_id in self.started_by.get(replica_id, ())
+
+    def forget_replica(self, replica_id: str) -> None:
+        self.started_by.pop(replica_id, None)
+
+    @staticmethod
+    def _not_yours(session, call_id: str) -> str:
+        return (f"replica {session.replica_id}'s credential cannot reach call {call_id}: "
+                "function code may only follow or cancel the calls it started")
 
 
 def _worker_message(items: list) -> pb.WorkerResponse:
@@ -253,6 +276,8 @@ class WorkerService(WorkerBase):
         self.scaler = scaler
         self.max_payload = max_payload
         self.secrets = secrets  # chalkd.secrets.store.SecretStore
+        # Set by the server: frees what a replica's scoped credential held once its worker stream ends.
+        self.on_replica_gone: Callable[[str], None] = lambda replica_id: None
 
     def _secret_env(self, fv) -> dict[str, str]:
         """The function's secrets as env vars, for the worker to set before user code runs.
@@ -316,3 +341,4 @@ class WorkerService(WorkerBase):
             except (asyncio.CancelledError, Exception):
                 pass
             self.scaler.replica_disconnected(replica)
+            self.on_replica_gone(replica.id)

@@ -207,7 +207,7 @@ def test_tls_on_loopback_with_a_self_signed_cert(tmp_path):
 # -- a replica's scoped credential (process runtime) -------------------------------------------
 
 
-def _probe_scope() -> dict:
+def _probe_scope(others_call: str) -> dict:
     """Runs inside a replica: what its own credential lets it do."""
     import chalkcompute as cc
     from chalkcompute._client import Client, run_sync
@@ -232,6 +232,13 @@ def _probe_scope() -> dict:
         except Exception as exc:  # a GRPCError from the raw stub
             out[name] = f"{getattr(exc, 'status', '')} {getattr(exc, 'message', exc)}"
     out["nested"] = _nested_double(21)
+    mine = _nested_double.spawn(4)
+    out["mine"] = cc.FunctionCall.from_id(mine.object_id).get(timeout=60)  # a call it started: allowed
+    try:
+        cc.FunctionCall.from_id(others_call).get(timeout=60)
+        out["others"] = "allowed"
+    except cc.PermissionDeniedError as exc:
+        out["others"] = str(exc)
     return out
 
 
@@ -248,8 +255,11 @@ def test_a_process_replica_is_limited_to_its_scope(daemon):
 
     _nested_double = cc.RemoteFunction(_double, name="auth-double")
     probe = cc.RemoteFunction(_probe_scope, name="auth-probe")
-    result = probe()
+    others = _nested_double.spawn(1)  # the owner's call: not the replica's to read
+    result = probe(others.object_id)
     assert "PERMISSION_DENIED" not in result["register"] and "RegisterFunction" in result["register"], result
     assert "PERMISSION_DENIED" in result["secrets"] and "ListSecrets" in result["secrets"], result
     assert "PERMISSION_DENIED" in result["containers"] and "Containers/List" in result["containers"], result
     assert result["nested"] == 42  # nested calls still work with the scoped credential
+    assert result["mine"] == 8
+    assert "cannot read call" in result["others"] and others.object_id in result["others"], result
