@@ -484,7 +484,19 @@ class Image:
 
     def validate_lazy_local_files(self) -> None:
         """Raise ValueError if a lazy file would need a volume mounted at ``/``
-        (e.g. ``add_local_file("x.py", "/x.py")``)."""
+        (e.g. ``add_local_file("x.py", "/x.py")``), has a path that is not
+        absolute and normalised, or a mode beyond 0o777 (a mounted file carries
+        permission bits only: no setuid, setgid or sticky bit). chalkd checks
+        the same and refuses such an image with INVALID_ARGUMENT."""
+        for f in self.lazy_local_files:
+            if not f.remote_path.startswith("/") or posixpath.normpath(f.remote_path) != f.remote_path \
+                    or f.remote_path.startswith("//"):
+                raise ValueError(f"lazy local file {f.local_path!r} -> {f.remote_path!r}: the destination must be "
+                                 f"an absolute, normalised path (e.g. {posixpath.normpath('/' + f.remote_path)!r})")
+            if f.mode and f.mode & ~0o777:
+                raise ValueError(f"lazy local file {f.local_path!r} -> {f.remote_path!r} has mode {oct(f.mode)}; "
+                                 "with strategy='volume' only permission bits (at most 0o777) are allowed: no "
+                                 "setuid, setgid or sticky bit (strategy='copy' bakes any mode into the image)")
         for mount_dir, files in self.lazy_local_files_by_mount_dir().items():
             if mount_dir == "/":
                 f = files[0]

@@ -138,3 +138,15 @@ def test_the_daemon_refuses_a_bad_lazy_file_sent_directly(daemon):
                            code=pb.CodeBundle(module_source="def f(): pass", function_name="f"))
     with pytest.raises(InvalidArgumentError, match=r"'/app/\.\./etc/cron\.d/evil'"):
         run_sync(Client.get().rpc("RegisterFunction", pb.RegisterFunctionRequest(spec=spec)))
+
+
+def test_the_sdk_refuses_the_same_before_uploading(tmp_path):
+    from chalkcompute import Image
+
+    local = tmp_path / "tool"
+    local.write_bytes(b"#!/bin/sh\n")
+    # (add_local_file normalises the destination itself; a hand-made spec is refused by chalkd, above.)
+    with pytest.raises(ValueError, match=r"mode 0o4755; with strategy='volume' only permission bits"):
+        Image.debian_slim().add_local_file(local, "/app/tool", mode=0o4755).validate_lazy_local_files()
+    Image.debian_slim().add_local_file(local, "/app/tool", mode=0o755).validate_lazy_local_files()
+    Image.debian_slim().add_local_file(local, "/app/tool", mode=0o4755, strategy="copy").validate_lazy_local_files()
