@@ -184,7 +184,9 @@ class ContainerManager:
         except (ImageUserError, DockerError) as exc:
             raise ContainerFailed(f"cannot tell which user image {built.tag} runs as: {exc}") from None
         try:
-            binds = [*lazy_binds(self.blobs, image), *volume_binds(self.volumes, volumes, (uid, gid))]
+            # In a thread: handing a large volume to a new owner walks all of it.
+            binds = [*lazy_binds(self.blobs, image),
+                     *await asyncio.to_thread(volume_binds, self.volumes, volumes, (uid, gid))]
         except (BlobError, MountError) as exc:
             raise ValueError(str(exc)) from None
         secret_env: dict[str, str] = {}

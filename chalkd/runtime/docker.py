@@ -12,6 +12,9 @@ What a replica container gets:
 * the image's own environment, then the function's ``env``, then ours
   (``CHALK_*``): the worker dials chalkd through the daemon's socket
   directory, bind-mounted at the same path (no network port, no token);
+* the image's ``USER`` as its user (root when the image names none; the
+  volumes it mounts are handed to that uid), plus the supplementary group
+  :data:`REPLICA_GID` that may dial the daemon's sockets;
 * ``cpu`` as ``NanoCpus``, ``memory`` as a hard limit with no extra swap, a
   pids limit, every capability dropped (``CapDrop: ALL``, nothing added back),
   ``no-new-privileges``, never privileged, an init process
@@ -317,8 +320,10 @@ class DockerRuntime(Runtime):
             share_sockets(self.run_dir)
             key_file = write_key(self.home, request.replica_id, request.token, mode=0o444)
             # Read-only: user code can dial the sockets but not replace them (connect works on a ro mount).
+            # In a thread: handing a large volume to a new owner walks all of it.
+            volumes = await asyncio.to_thread(volume_binds, self.volumes, fs.volumes, owner)
             binds = [f"{self.run_dir}:{self.run_dir}:ro", f"{key_file}:{CONTAINER_KEY_PATH}:ro",
-                     *lazy_binds(self.blobs, fs.image), *volume_binds(self.volumes, fs.volumes, owner)]
+                     *lazy_binds(self.blobs, fs.image), *volumes]
         except (BlobError, MountError, ValueError, OSError) as exc:
             raise ReplicaStartError(str(exc), build_failed=False) from None
         name = f"chalkd-{request.replica_id}"
