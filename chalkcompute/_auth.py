@@ -123,27 +123,39 @@ def read_token_file(path: Path) -> str | None:
 
 def find_token(target: str) -> str | None:
     """The token for ``target``, found as the module docstring says; None when there is none."""
+    tokens = find_tokens(target)
+    return tokens[0] if tokens else None
+
+
+def find_tokens(target: str) -> list[str]:
+    """Candidate tokens for ``target``, best first: ``$CHALK_COMPUTE_TOKEN`` alone when set;
+    else ``$CHALKD_HOME/token``, the record for ``target``, this user's other records (a
+    daemon reached through a tunnel or proxy has another address), the default home's token.
+
+    Trying several is safe: the daemon proves which one it knows before the client sends
+    anything derived from any of them (:meth:`SessionCredentials.handshake`)."""
     env = os.environ.get("CHALK_COMPUTE_TOKEN")
     if env:
-        return env.strip()
+        return [env.strip()]
+    found: list[str] = []
     home = os.environ.get("CHALKD_HOME")
     if home:
-        token = read_token_file(Path(home) / "token")
-        if token:
-            return token
+        found.append(read_token_file(Path(home) / "token"))
     rdir = record_dir()
     if _private_dir(rdir):
-        path = rdir / record_name(target)
-        if path.exists() and _private_file(path):
-            token = read_token_file(path)
-            if token:
-                return token
+        own = rdir / record_name(target)
+        others = sorted((p for p in rdir.iterdir() if p != own and not p.name.endswith(".tmp")),
+                        key=lambda p: -p.stat().st_mtime)
+        for path in (own, *others):
+            if path.exists() and _private_file(path):
+                found.append(read_token_file(path))
     try:
         import platformdirs
 
-        return read_token_file(Path(platformdirs.user_data_dir("chalkd")) / "token")
+        found.append(read_token_file(Path(platformdirs.user_data_dir("chalkd")) / "token"))
     except ImportError:  # the SDK alone, without the daemon's dependencies
-        return None
+        pass
+    return list(dict.fromkeys(t for t in found if t))
 
 
 def write_record(target: str, token: str) -> Path:
@@ -178,9 +190,11 @@ class SessionCredentials:
     answers UNAUTHENTICATED with the fix (see :data:`TOKEN_HELP`).
     """
 
-    def __init__(self, target: str, key: str | None, key_id: str = "") -> None:
+    def __init__(self, target: str, key: str | list[str] | None, key_id: str = "") -> None:
         self.target = target
-        self.key = key.encode() if key else None
+        # Candidates, best first (see find_tokens); the daemon's proof picks the one it knows.
+        self.keys = [k.encode() for k in ([key] if isinstance(key, str) else key or []) if k]
+        self.key = self.keys[0] if self.keys else None
         self.key_id = key_id
         self.credential: str | None = None
         self._protocol = None  # the connection the credential belongs to
@@ -213,13 +227,14 @@ class SessionCredentials:
         assert self.key is not None
         cn = os.urandom(NONCE_BYTES)
         resp = await AuthStub(channel).Challenge(pb.ChallengeRequest(client_nonce=cn, key_id=self.key_id), timeout=30)
-        if not hmac.compare_digest(resp.server_proof, server_proof(self.key, cn, resp.server_nonce)):
-            raise GRPCError(
-                Status.UNAUTHENTICATED,
-                f"the server at {self.target} could not prove it knows chalkd's token, so nothing was sent to it: "
-                "it is another chalkd (another home, or its token was rotated) or not chalkd at all; "
-                + TOKEN_HELP)
-        return client_credential(self.key, cn, resp.server_nonce)
+        for key in self.keys:
+            if hmac.compare_digest(resp.server_proof, server_proof(key, cn, resp.server_nonce)):
+                self.key = key
+                return client_credential(key, cn, resp.server_nonce)
+        raise GRPCError(
+            Status.UNAUTHENTICATED,
+            f"the server at {self.target} could not prove it knows chalkd's token, so nothing was sent to it: "
+            "it is another chalkd (another home, or its token was rotated) or not chalkd at all; " + TOKEN_HELP)
 
 
 async def framed_credential(creds: SessionCredentials, channel) -> bytes:
@@ -240,7 +255,7 @@ def credentials_for(target: str) -> SessionCredentials:
     worker_target = os.environ.get("CHALK_WORKER_TARGET")
     if key_file and replica_id and worker_target and normalize_target(target) == normalize_target(worker_target):
         return SessionCredentials(target, read_token_file(Path(key_file)), key_id=replica_id)
-    return SessionCredentials(target, find_token(target))
+    return SessionCredentials(target, find_tokens(target))
 
 
 def client_ssl_context(credentials) -> ssl.SSLContext | None:

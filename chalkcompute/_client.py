@@ -645,6 +645,11 @@ class Client:
                 break
             except (OSError, ConnectionError) as exc:  # another machine's path, no access, a restart
                 log.debug("not using chalkd's socket %s: %s", lane[0], exc)
+            except GRPCError as exc:
+                if exc.status is not Status.UNAUTHENTICATED or refresh:
+                    raise
+                # A restarted daemon on the same socket forgot our session: handshake again, once.
+                self.creds.credential = None
         if framed is not None:
             try:
                 yield framed

@@ -13,7 +13,6 @@ import psutil
 import pytest
 
 from chalkcompute import (
-    NotSupportedError,
     Volume,
     VolumeClient,
     VolumeClosedError,
@@ -160,7 +159,8 @@ def test_a_closed_client_raises(daemon):
                lambda: vol.put("a", b"1"), lambda: vol.listdir(), lambda: vol.delete(), lambda: c.get("x")):
         with pytest.raises(VolumeClosedError, match="closed"):
             op()
-    with pytest.raises(NotSupportedError, match="TLS"):
+    # credentials= is TLS (an SSLContext, a CA bundle path or True); anything else is refused by name.
+    with pytest.raises(TypeError, match="credentials must be an ssl.SSLContext"):
         VolumeClient(credentials=object())
 
 
