@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
                             "or the system bundle)")
     serve.add_argument("--pids-limit", type=int, default=4096, help="process limit per container (Docker runtime)")
     serve.add_argument("--log-level", default=os.environ.get("CHALKD_LOG_LEVEL", "INFO"))
+    serve.add_argument("--replica-env", action="append", default=[], metavar="NAME",
+                       help="process runtime: also pass the daemon's env var NAME to replicas (repeatable); "
+                            "they get only PATH, HOME, TMPDIR, LANG, LC_*, TZ, the CA bundle and proxy "
+                            "variables otherwise, plus their image's env, their own env and their secrets")
     serve.add_argument("--tls-cert", default=os.environ.get("CHALKD_TLS_CERT"),
                        help="PEM certificate (chain) to serve TLS; needed with --tls-key for a --host beyond loopback")
     serve.add_argument("--tls-key", default=os.environ.get("CHALKD_TLS_KEY"), help="PEM private key for --tls-cert")
@@ -145,7 +149,7 @@ def _serve(args) -> int:
         heartbeat_timeout=args.heartbeat_timeout, cancel_grace=args.cancel_grace,
         sweep_interval=args.sweep_interval, pids_limit=args.pids_limit,
         tls_cert=args.tls_cert, tls_key=args.tls_key,
-        memory_budget=memory_budget,
+        memory_budget=memory_budget, replica_env=args.replica_env,
     )
     if args.build_ca_bundle is not None:
         config.build_ca_bundle = args.build_ca_bundle or None

@@ -70,6 +70,9 @@ class Config:
     cancel_grace: float = 5.0              # seconds a cancelled handler has to stop before its replica is killed
     sweep_interval: float = 60.0           # seconds between sweeps of expired results
     pip_extra_args: list[str] = field(default_factory=list)
+    # Names of the daemon's env vars process replicas also get, beyond the documented pass-through set
+    # (chalkd.runtime.replica_env.PASS_THROUGH); --replica-env NAME, repeatable.
+    replica_env: list[str] = field(default_factory=list)
     tls_cert: str | None = None             # PEM certificate chain; needed (with tls_key) to bind beyond loopback
     tls_key: str | None = None
     build_ca_bundle: str | None = field(default_factory=lambda: default_ca_bundle())  # trusted by every image build
@@ -100,6 +103,9 @@ class Config:
                 f"binding {self.host} exposes the daemon beyond this machine: that needs TLS "
                 "(--tls-cert and --tls-key) so the token handshake and your code cannot be read on the way; "
                 "or bind 127.0.0.1")
+        from chalkd.runtime.replica_env import check_env_names
+
+        check_env_names(self.replica_env)
         if not self.cancel_grace > 0:
             raise ValueError(f"--cancel-grace must be positive, got {self.cancel_grace:g}")
         if not self.sweep_interval > 0:

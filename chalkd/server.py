@@ -88,6 +88,7 @@ class Server:
     async def start(self) -> None:
         cfg = self.config
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.home, 0o700)  # an existing home too: it holds the database, token, keys and logs
         self.token = load_or_create_token(self.home)
         self.store = Store(self.home / "chalkd.db", durability=cfg.durability)
         await self.store.open()
@@ -110,7 +111,8 @@ class Server:
         if await self._use_docker():
             builder = await self._start_docker()
         else:
-            self.runtime = ProcessRuntime(self.home, target="", pip_extra_args=cfg.pip_extra_args)
+            self.runtime = ProcessRuntime(self.home, target="", pip_extra_args=cfg.pip_extra_args,
+                                          replica_env=cfg.replica_env)
         self.scaler = Autoscaler(
             self.runtime, self.queue, self.catalog, host=HostResources.detect(),
             heartbeat_timeout=cfg.heartbeat_timeout, drain_timeout=cfg.drain_timeout,

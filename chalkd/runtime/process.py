@@ -37,8 +37,38 @@ from chalkd.runtime.base import (
 )
 from chalkd.runtime.keys import KEY_FILE_ENV, remove_key, write_key
 from chalkd.runtime.limits import MemoryLimiter
+from chalkd.runtime.replica_env import base_environment, check_env_names
 
 log = logging.getLogger(__name__)
+
+ISOLATION_WARNING = (
+    "the process runtime does not isolate functions: replicas run as this daemon's user, so "
+    "function code can act as you (read your files, use your credentials); replicas get a clean "
+    "environment (chalkd serve --replica-env NAME passes more). Use --runtime docker to isolate them.")
+
+
+def private_log(path: Path) -> Path:
+    """``path`` created 0600 if it does not exist yet (logs hold user output: only our user reads them),
+    and tightened to 0600 if an older daemon left it readable."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    return path
+
+
+def _runtime_path() -> str | None:
+    """The directory the daemon imports chalkcompute from, for a replica on the daemon's interpreter;
+    None when that is a site-packages directory, which the interpreter finds by itself."""
+    import site
+
+    import chalkcompute
+
+    path = Path(chalkcompute.__file__).resolve().parent.parent
+    if any(Path(p).resolve() == path for p in site.getsitepackages()):
+        return None
+    return str(path)
 
 
 class ProcessReplica(ReplicaHandle):
@@ -52,7 +82,7 @@ class ProcessReplica(ReplicaHandle):
 
     async def _read_output(self) -> None:
         assert self.proc.stdout is not None
-        with open(self.log_path, "ab") as logfile:
+        with open(private_log(self.log_path), "ab") as logfile:
             while True:
                 line = await self.proc.stdout.readline()
                 if not line:
@@ -92,15 +122,21 @@ class ProcessReplica(ReplicaHandle):
 class ProcessRuntime(Runtime):
     name = "process"
 
-    def __init__(self, home: Path, *, target: str, pip_extra_args: list[str] | None = None) -> None:
+    def __init__(self, home: Path, *, target: str, pip_extra_args: list[str] | None = None,
+                 replica_env: list[str] | None = None) -> None:
         self.home = Path(home)
         self.target = target
+        # Names of the daemon's variables replicas also get (chalkd serve --replica-env), beyond PASS_THROUGH.
+        self.replica_env = check_env_names(replica_env or [])
         self.fast_socket: tuple[str, str] | None = None  # (path, daemon instance id)
         self.builder = ProcessEnvBuilder(self.home, pip_extra_args=pip_extra_args)
         self.envs: dict[str, ProcessEnvironment] = {}
         self.limiter = MemoryLimiter.detect()
         self.logs = self.home / "logs" / "replicas"
-        self.logs.mkdir(parents=True, exist_ok=True)
+        for d in (self.logs.parent, self.logs):  # replicas' output is user data: only our user reads it
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(d, 0o700)
+        log.warning(ISOLATION_WARNING)
 
     @staticmethod
     def _image(spec: bytes) -> pb.ImageSpec:
@@ -127,8 +163,8 @@ class ProcessRuntime(Runtime):
     async def prepare(self, function_id: str, spec: bytes) -> None:
         image = self._image(spec)
         build_log = self.home / "logs" / "builds" / f"{image.content_hash or 'default'}.log"
-        build_log.parent.mkdir(parents=True, exist_ok=True)
-        with open(build_log, "a") as out:
+        build_log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(private_log(build_log), "a") as out:
             def emit(line: str) -> None:
                 out.write(line.rstrip("\n") + "\n")
                 out.flush()
@@ -144,7 +180,13 @@ class ProcessRuntime(Runtime):
             env_info = self.envs[request.function_id]
         fs = pb.FunctionSpec()
         fs.ParseFromString(request.spec)
-        env = dict(os.environ)
+        # Clean: what only the daemon was given (its tokens, cloud keys) stays with it.
+        env = base_environment(self.replica_env)
+        if "VIRTUAL_ENV" not in env_info.env:
+            # The daemon's own interpreter, no venv: import chalkcompute from where the daemon did
+            # (a source checkout or PYTHONPATH would otherwise be lost with the clean environment).
+            if (path := _runtime_path()) is not None:
+                env["PYTHONPATH"] = os.pathsep.join(filter(None, [path, env.get("PYTHONPATH")]))
         env.update(env_info.env)
         env.update(fs.env)
         env.update(request.env)
