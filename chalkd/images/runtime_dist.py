@@ -5,10 +5,12 @@ needs our ``chalkcompute`` package and the worker's dependencies. They come
 from this host, never from a registry (PyPI's "chalkcompute" is a different
 project):
 
-* a wheel of our own distribution (``chalkd``), built from the source tree the
-  daemon runs from (found through the installed distribution's
-  ``direct_url.json``) and cached by a fingerprint of those sources, so an edit
-  to ``chalkcompute`` gives a new wheel (and a new image tag);
+* a wheel of our own distribution (``chalkd``) holding only the ``chalkcompute``
+  package, assembled here (a zip with its dist-info: METADATA, WHEEL, RECORD)
+  straight from the package files this daemon imports, so it works for any
+  install (a wheel, ``pip install -e``, a plain venv with no setuptools or
+  wheel) and needs no source checkout; cached by a fingerprint of those files,
+  so an edit to ``chalkcompute`` gives a new wheel (and a new image tag);
 * a wheelhouse of the worker's dependencies pinned to the versions installed
   on this host (grpclib, protobuf, pyarrow, pathspec, uvloop and what they
   need), for the image's Python version, cached by the pins;
@@ -33,10 +35,12 @@ renamed into place (so an existing directory is complete) under a file lock.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import fcntl
 import hashlib
 import importlib.metadata
+import io
 import json
 import logging
 import os
@@ -45,10 +49,8 @@ import shutil
 import sys
 import tempfile
 import time
-import tomllib
-import urllib.parse
-import urllib.request
 import weakref
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,21 +67,21 @@ logger = logging.getLogger(__name__)
 LogFn = Callable[[str], None]
 
 DIST = "chalkd"
+PACKAGE = "chalkcompute"  # the only package images need: the SDK and the worker
 # What `chalkcompute` (SDK + worker) imports outside the stdlib; the daemon-only
 # dependencies (rich, psutil, aiodocker, ...) stay out of images.
 WORKER_DEPS = ("grpclib", "protobuf", "pyarrow", "pathspec", "uvloop")
 RUNTIME_INFO = "/usr/local/share/chalkd/runtime.json"  # in the image: what install.py installed, for what Python
 DEPS_DIR = "chalkd-runtime/deps"  # build-context folders the Dockerfile copies
 WHEEL_DIR = "chalkd-runtime/wheel"
-_LAYER_VERSION = "1"  # bump when the layer's layout or install.py's behaviour changes
-_TOP_FILES = ("pyproject.toml", "setup.cfg", "setup.py", "MANIFEST.in", "README.md", "README.rst", "LICENSE")
+_LAYER_VERSION = "2"  # bump when the layer's layout or install.py's behaviour changes
 _SKIP_DIRS = frozenset({"__pycache__", ".mypy_cache", ".pytest_cache"})
 _TAIL = 40
 _RETRY_S = 3600.0
 
 
 class RuntimeDistError(RuntimeError):
-    """The runtime layer could not be made (e.g. chalkd is not installed from a source tree)."""
+    """The runtime layer could not be made (e.g. the chalkd distribution is not installed)."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,7 @@ class ContextFile:
 
 @dataclass(frozen=True)
 class RuntimeLayer:
-    fingerprint: str  # sha256 hex of (layer version, sources, pins, python version)
+    fingerprint: str  # sha256 hex of (layer version, package files, version, pins, python version)
     python_version: str  # "3.11": what the wheelhouse is for
     files: tuple[ContextFile, ...]  # under DEPS_DIR and WHEEL_DIR
 
@@ -152,75 +154,51 @@ def _worker_requirements() -> list[str]:
     """chalkd's own requirement lines for the worker's dependencies, e.g. ``pyarrow>=15``."""
     Requirement = _requirement_cls()
     wanted = {_canonical(n) for n in WORKER_DEPS}
-    return [r for r in _installed()[0].requires or []
+    return [r for r in _dist().requires or []
             if _canonical(Requirement(r).name) in wanted and "extra" not in r.partition(";")[2]]
 
 
-_INSTALLED: tuple[importlib.metadata.Distribution, Path] | None = None
+_DIST: importlib.metadata.Distribution | None = None
 
 
-def _installed() -> tuple[importlib.metadata.Distribution, Path]:
-    """chalkd's distribution and the local source tree it was installed from (an editable
-    install in development). Memoised: it does not change under a running daemon."""
-    global _INSTALLED
-    if _INSTALLED is None:
-        seen = []
-        # Installed metadata (with direct_url.json) first: a checkout on sys.path may hold a stale egg-info.
-        dists = sorted(importlib.metadata.distributions(name=DIST),
-                       key=lambda d: d.read_text("direct_url.json") is None)
-        for dist in dists:
-            raw = dist.read_text("direct_url.json")
-            info = json.loads(raw) if raw else {}
-            url = info.get("url", "")
-            meta = Path(str(getattr(dist, "_path", "")))
-            if "dir_info" in info and url.startswith("file:"):
-                src = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
-            elif meta.name.endswith(".egg-info") and (meta.parent / "pyproject.toml").is_file():
-                src = meta.parent.resolve()  # metadata inside a checkout that is itself on sys.path
-            else:
-                seen.append(url or f"{meta} (from an index or a wheel)")
-                continue
-            if (src / "pyproject.toml").is_file() or (src / "setup.py").is_file():
-                _INSTALLED = (dist, src)
-                break
-            seen.append(f"{src}, which is no longer a source tree")
-        else:
-            where = "; ".join(seen) or "nowhere: it is not installed"
+def _dist() -> importlib.metadata.Distribution:
+    """chalkd's installed distribution, however it was installed (a wheel, an editable
+    install, a plain ``pip install <checkout>``). Memoised: it does not change under a
+    running daemon."""
+    global _DIST
+    if _DIST is None:
+        try:
+            _DIST = importlib.metadata.distribution(DIST)
+        except importlib.metadata.PackageNotFoundError:
             raise RuntimeDistError(
-                f"{DIST} was installed from {where}; the Docker runtime builds its worker wheel from "
-                f"chalkd's source tree, so install chalkd with `pip install -e <checkout>`")
-    return _INSTALLED
+                f"the {DIST} distribution is not installed in {sys.prefix}: the Docker runtime ships the "
+                f"installed chalkcompute package into images, so install chalkd (`pip install chalkd-*.whl` "
+                f"or `pip install -e <checkout>`)") from None
+    return _DIST
 
 
-def _source_dir() -> Path:
-    return _installed()[1]
+def _package_dir() -> Path:
+    """The directory of the ``chalkcompute`` package this daemon imports: in site-packages
+    for a wheel install, in the checkout for an editable one."""
+    import chalkcompute
+    return Path(chalkcompute.__file__).resolve().parent
 
 
-def _packages(src: Path) -> list[str]:
-    top = (_installed()[0].read_text("top_level.txt") or "").split()
-    if not top:  # fall back to the setuptools config: [tool.setuptools.packages.find] include
-        with open(src / "pyproject.toml", "rb") as f:
-            include = tomllib.load(f).get("tool", {}).get("setuptools", {}).get("packages", {}) \
-                .get("find", {}).get("include", [])
-        top = sorted({p.rstrip("*").rstrip(".") for p in include})
-    return [p for p in top if (src / p).is_dir()]
-
-
-def _snapshot(src: Path) -> dict[str, bytes]:
-    """The files a wheel is built from, read once so the fingerprint and the build agree."""
+def _snapshot(pkg: Path | None = None) -> dict[str, bytes]:
+    """The package's files as wheel paths (``chalkcompute/...``), read once so that the
+    fingerprint and the wheel agree. Compiled files and caches are left out."""
+    pkg = pkg or _package_dir()
     files: dict[str, bytes] = {}
-    for name in _TOP_FILES:
-        if (src / name).is_file():
-            files[name] = (src / name).read_bytes()
-    for pkg in _packages(src):
-        for root, dirs, names in os.walk(src / pkg):
-            dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.endswith(".egg-info"))
-            for name in sorted(names):
-                if name.endswith((".pyc", ".pyo")):
-                    continue
-                path = Path(root) / name
-                with contextlib.suppress(FileNotFoundError):  # another editor may delete it meanwhile
-                    files[path.relative_to(src).as_posix()] = path.read_bytes()
+    for root, dirs, names in os.walk(pkg):
+        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.endswith((".egg-info", ".dist-info")))
+        for name in sorted(names):
+            if name.endswith((".pyc", ".pyo")):
+                continue
+            path = Path(root) / name
+            with contextlib.suppress(FileNotFoundError):  # an editor may delete it meanwhile
+                files[f"{PACKAGE}/{path.relative_to(pkg).as_posix()}"] = path.read_bytes()
+    if f"{PACKAGE}/worker/__main__.py" not in files:
+        raise RuntimeDistError(f"{pkg} has no worker/__main__.py: it is not a complete chalkcompute package")
     return files
 
 
@@ -228,7 +206,7 @@ def _fingerprint(snapshot: dict[str, bytes], python_version: str) -> str:
     h = hashlib.sha256()
     for rel in sorted(snapshot):
         h.update(rel.encode() + b"\0" + hashlib.sha256(snapshot[rel]).digest())
-    meta = [_LAYER_VERSION, h.hexdigest(), _pins(), _worker_requirements(), python_version,
+    meta = [_LAYER_VERSION, h.hexdigest(), _dist().version, _pins(), _worker_requirements(), python_version,
             hashlib.sha256(INSTALL_SCRIPT.encode()).hexdigest()]
     return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
 
@@ -240,8 +218,45 @@ def _python_version(python_version: str) -> str:
 
 def runtime_fingerprint(python_version: str = "") -> str:
     """The fingerprint :func:`runtime_layer` would give now, without building anything
-    (a few milliseconds: it hashes the package sources)."""
-    return _fingerprint(_snapshot(_source_dir()), _python_version(python_version))
+    (a few milliseconds: it hashes the package's files)."""
+    return _fingerprint(_snapshot(), _python_version(python_version))
+
+
+def wheel_bytes(snapshot: dict[str, bytes], version: str, requires_python: str = "") -> tuple[str, bytes]:
+    """A wheel of ``snapshot`` as ``(file name, bytes)``: the files plus a dist-info
+    (METADATA, WHEEL, RECORD) for distribution ``chalkd``; no setuptools, no build step.
+    Deterministic: the same files give the same bytes.
+
+    Example::
+
+        name, data = wheel_bytes({"chalkcompute/__init__.py": b""}, "0.1.0")
+        name  # 'chalkd-0.1.0-py3-none-any.whl'
+    """
+    safe_version = version.replace("-", "_")
+    info = f"{DIST}-{safe_version}.dist-info"
+    metadata = f"Metadata-Version: 2.1\nName: {DIST}\nVersion: {version}\n"
+    if requires_python:
+        metadata += f"Requires-Python: {requires_python}\n"
+    # No Requires-Dist: install.py installs the dependencies itself and this wheel with --no-deps.
+    entries = dict(sorted(snapshot.items()))
+    entries[f"{info}/METADATA"] = metadata.encode()
+    entries[f"{info}/WHEEL"] = (b"Wheel-Version: 1.0\nGenerator: chalkd.images.runtime_dist\n"
+                                b"Root-Is-Purelib: true\nTag: py3-none-any\n")
+    entries[f"{info}/top_level.txt"] = f"{PACKAGE}\n".encode()
+    record = []
+    for rel, data in entries.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{rel},sha256={digest},{len(data)}")
+    record.append(f"{info}/RECORD,,")
+    entries[f"{info}/RECORD"] = ("\n".join(record) + "\n").encode()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for rel, data in entries.items():
+            zi = zipfile.ZipInfo(rel, date_time=(1980, 1, 1, 0, 0, 0))  # fixed: same files, same bytes
+            zi.external_attr = 0o644 << 16
+            zi.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(zi, data)
+    return f"{DIST}-{safe_version}-py3-none-any.whl", buf.getvalue()
 
 
 # ---------------------------------------------------------------- building
@@ -251,15 +266,14 @@ async def runtime_layer(home: Path, python_version: str, log: LogFn | None = Non
     (``""``: unknown, use this host's), building the wheel and wheelhouse if needed."""
     log = log or (lambda line: None)
     version = _python_version(python_version)
-    src = _source_dir()
-    snapshot = _snapshot(src)
+    snapshot = _snapshot()
     fp = _fingerprint(snapshot, version)
     root = Path(home) / "runtime"
     root.mkdir(parents=True, exist_ok=True)
-    wheel = await _wheel(root, src, snapshot, log)
+    wheel = await _wheel(root, snapshot, log)
     wheels = await _wheelhouse(root, version, log)
     config = {
-        "requires_python": _installed()[0].metadata.get("Requires-Python") or "",
+        "requires_python": _dist().metadata.get("Requires-Python") or "",
         "requires": _worker_requirements(),
         "pins": _pins(),
         "python_version": version,
@@ -295,16 +309,16 @@ async def _locked(path: Path):
             os.close(fd)
 
 
-async def _wheel(root: Path, src: Path, snapshot: dict[str, bytes], log: LogFn) -> Path:
-    h = hashlib.sha256(json.dumps(sorted((k, hashlib.sha256(v).hexdigest()) for k, v in snapshot.items()))
-                       .encode()).hexdigest()[:24]
+async def _wheel(root: Path, snapshot: dict[str, bytes], log: LogFn) -> Path:
+    h = hashlib.sha256(json.dumps([_dist().version, sorted((k, hashlib.sha256(v).hexdigest())
+                                                           for k, v in snapshot.items())]).encode()).hexdigest()[:24]
     base = root / "wheels"
     final = base / h
     if not final.is_dir():
         base.mkdir(parents=True, exist_ok=True)
         async with _locked(base / ".lock"):
             if not final.is_dir():
-                await _build_wheel(base, final, src, snapshot, log)
+                _write_wheel(base, final, snapshot, log)
     found = sorted(final.glob("*.whl"))
     if len(found) != 1:
         raise RuntimeDistError(f"{final} should hold one wheel, it has {len(found)}; remove it to rebuild")
@@ -313,28 +327,18 @@ async def _wheel(root: Path, src: Path, snapshot: dict[str, bytes], log: LogFn) 
     return found[0]
 
 
-async def _build_wheel(base: Path, final: Path, src: Path, snapshot: dict[str, bytes], log: LogFn) -> None:
-    started = time.monotonic()
-    log(f"chalkd runtime: building the {DIST} wheel from {src}")
+def _write_wheel(base: Path, final: Path, snapshot: dict[str, bytes], log: LogFn) -> None:
+    """Assemble the wheel from the installed package's files (a few ms: no build backend)
+    in a temporary directory renamed into place, so an existing ``final`` is complete."""
+    dist = _dist()
+    name, data = wheel_bytes(snapshot, dist.version, dist.metadata.get("Requires-Python") or "")
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=base))
     try:
-        # Build from a copy of exactly the fingerprinted files: the source tree may be
-        # edited meanwhile, and setuptools would leave build/ and stale files in it.
-        tree = tmp / "src"
-        for rel, data in snapshot.items():
-            (tree / rel).parent.mkdir(parents=True, exist_ok=True)
-            (tree / rel).write_bytes(data)
-        out = tmp / "out"
-        argv = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-cache-dir", "-q",
-                "-w", str(out), str(tree)]
-        log(f"$ {' '.join(argv)}")
-        # Its output (setuptools' deprecation notices) only matters when it fails: then it is in the error.
-        await _run(argv, None, f"building the {DIST} wheel")
-        shutil.rmtree(tree)
-        os.rename(out, final)
+        (tmp / name).write_bytes(data)
+        os.rename(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log(f"chalkd runtime: built {next(final.glob('*.whl')).name} in {time.monotonic() - started:.1f}s")
+    log(f"chalkd runtime: assembled {name} from {_package_dir()} ({len(snapshot)} files)")
     _prune(base, keep=8)
 
 

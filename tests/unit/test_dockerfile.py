@@ -272,30 +272,57 @@ def test_runtime_pins_are_the_hosts_worker_closure():
     assert {r.split(">")[0].split(";")[0].strip() for r in reqs} == set(runtime_dist.WORKER_DEPS)
 
 
-def test_runtime_fingerprint_follows_the_sources(monkeypatch):
+def test_runtime_fingerprint_follows_the_package_files():
     from chalkd.images import runtime_dist
 
-    snapshot = runtime_dist._snapshot(runtime_dist._source_dir())
-    assert "pyproject.toml" in snapshot and "chalkcompute/image.py" in snapshot
-    assert not any("__pycache__" in k for k in snapshot)
+    snapshot = runtime_dist._snapshot()
+    assert "chalkcompute/image.py" in snapshot and "chalkcompute/worker/__main__.py" in snapshot
+    assert not any("__pycache__" in k or k.endswith(".pyc") for k in snapshot)
+    assert not any(k.startswith("chalkd/") for k in snapshot)  # the daemon's package stays out of images
     a = runtime_dist._fingerprint(snapshot, "3.11")
     assert a == runtime_dist._fingerprint(dict(snapshot), "3.11")
     assert a != runtime_dist._fingerprint({**snapshot, "chalkcompute/image.py": b"# edited\n"}, "3.11")
     assert a != runtime_dist._fingerprint(snapshot, "3.12")
 
 
-def test_not_installed_from_a_source_tree_is_a_clear_error(monkeypatch):
+def test_runtime_wheel_is_assembled_from_the_installed_files(tmp_path):
+    """No setuptools or source checkout: a zip with a dist-info that pip's format accepts."""
+    import base64
+    import hashlib
+    import zipfile
+
     from chalkd.images import runtime_dist
 
-    class Wheel:  # a chalkd installed from an index: no direct_url.json
-        _path = "/site-packages/chalkd-0.1.0.dist-info"
+    snapshot = runtime_dist._snapshot()
+    name, data = runtime_dist.wheel_bytes(snapshot, "0.1.0", ">=3.11")
+    assert name == "chalkd-0.1.0-py3-none-any.whl"
+    assert runtime_dist.wheel_bytes(snapshot, "0.1.0", ">=3.11") == (name, data)  # deterministic: cacheable
+    (tmp_path / name).write_bytes(data)
+    with zipfile.ZipFile(tmp_path / name) as zf:
+        files = {i.filename: zf.read(i) for i in zf.infolist()}
+    meta = files["chalkd-0.1.0.dist-info/METADATA"].decode()
+    assert "Name: chalkd\nVersion: 0.1.0\n" in meta and "Requires-Python: >=3.11" in meta
+    assert "Root-Is-Purelib: true" in files["chalkd-0.1.0.dist-info/WHEEL"].decode()
+    record = files["chalkd-0.1.0.dist-info/RECORD"].decode().splitlines()
+    assert len(record) == len(files)
+    for line in record:
+        path, digest, size = line.rsplit(",", 2)
+        if path.endswith("RECORD"):
+            continue
+        want = base64.urlsafe_b64encode(hashlib.sha256(files[path]).digest()).rstrip(b"=").decode()
+        assert digest == f"sha256={want}" and int(size) == len(files[path])
+    assert files["chalkcompute/image.py"] == snapshot["chalkcompute/image.py"]
 
-        def read_text(self, name):
-            return None
 
-    monkeypatch.setattr(runtime_dist, "_INSTALLED", None)
-    monkeypatch.setattr(runtime_dist.importlib.metadata, "distributions", lambda name=None: [Wheel()])
-    with pytest.raises(runtime_dist.RuntimeDistError, match="pip install -e"):
+def test_not_installed_is_a_clear_error(monkeypatch):
+    from chalkd.images import runtime_dist
+
+    def missing(name):
+        raise runtime_dist.importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(runtime_dist, "_DIST", None)
+    monkeypatch.setattr(runtime_dist.importlib.metadata, "distribution", missing)
+    with pytest.raises(runtime_dist.RuntimeDistError, match="chalkd distribution is not installed"):
         runtime_dist.runtime_fingerprint("3.11")
 
 
