@@ -72,7 +72,7 @@ class RemoteError(_message.Message):
     def __init__(self, exception_type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., code: _Optional[str] = ..., exception_mro: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CodeBundle(_message.Message):
-    __slots__ = ("module_source", "function_name", "files", "remote_refs")
+    __slots__ = ("module_source", "function_name", "files", "remote_refs", "module")
     class FilesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -91,11 +91,13 @@ class CodeBundle(_message.Message):
     FUNCTION_NAME_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
     REMOTE_REFS_FIELD_NUMBER: _ClassVar[int]
+    MODULE_FIELD_NUMBER: _ClassVar[int]
     module_source: str
     function_name: str
     files: _containers.ScalarMap[str, str]
     remote_refs: _containers.ScalarMap[str, str]
-    def __init__(self, module_source: _Optional[str] = ..., function_name: _Optional[str] = ..., files: _Optional[_Mapping[str, str]] = ..., remote_refs: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    module: str
+    def __init__(self, module_source: _Optional[str] = ..., function_name: _Optional[str] = ..., files: _Optional[_Mapping[str, str]] = ..., remote_refs: _Optional[_Mapping[str, str]] = ..., module: _Optional[str] = ...) -> None: ...
 
 class Resources(_message.Message):
     __slots__ = ("cpu_millis", "memory_bytes", "gpu")
