@@ -27,6 +27,7 @@ from grpclib.server import Server as GrpcServer
 
 import chalkd
 from chalkcompute import _auth
+from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkd.auth import Authenticator, load_or_create_token
 from chalkd.catalog import Catalog
 from chalkd.config import Config
@@ -84,6 +85,7 @@ class Server:
         self.fast: FastPathServer | None = None
         self.started = time.monotonic()
         self.instance_id = secrets.token_hex(8)
+        self._volumes_of: dict[str, frozenset[str]] = {}  # see _replica_volumes
 
     async def start(self) -> None:
         cfg = self.config
@@ -140,6 +142,7 @@ class Server:
         handlers.append(self.auth)
         handlers[2].on_replica_gone = self._replica_gone
         handlers[0].replica_owns = handlers[1].owns
+        volumes_service.replica_volumes = self._replica_volumes
         self._handlers = handlers
         self._grpc = GrpcServer(handlers, codec=LimitedCodec(cfg.max_message_bytes))
         self.auth.install(self._grpc)
@@ -181,10 +184,23 @@ class Server:
             return None
         return replica.token
 
+    def _replica_volumes(self, replica_id: str) -> frozenset[str]:
+        """The volumes a running replica's function mounts (all a replica's credential reaches)."""
+        replica = self.scaler.replicas.get(replica_id)
+        if replica is None or replica.state == "stopped":
+            return frozenset()
+        cached = self._volumes_of.get(replica_id)
+        if cached is None:  # parsed once per replica, dropped with it
+            spec = pb.FunctionSpec()
+            spec.ParseFromString(replica.function.spec)
+            cached = self._volumes_of[replica_id] = frozenset(m.volume for m in spec.volumes)
+        return cached
+
     def _replica_gone(self, replica_id: str) -> None:
         """A replica's worker stream ended: its scoped sessions and its started-calls list go."""
         self.auth.forget_replica(replica_id)
         self._handlers[1].forget_replica(replica_id)
+        self._volumes_of.pop(replica_id, None)
 
     def _write_records(self, port: int) -> None:
         """The per-user records that let the SDK and CLI find this daemon's token by its address."""

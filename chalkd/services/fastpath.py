@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -20,24 +21,46 @@ from grpclib.const import Status
 from chalkcompute._framing import MESSAGE, FramedStream, FrameTooLarge, read_frame, write_frame
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkd.auth import current_scope
+from chalkd.private_dir import ensure_private_dir
 
 log = logging.getLogger(__name__)
 
 # The gRPC method each framed stream stands for, for the authenticator's scope check.
-_METHODS = {b"session": "/chalk.v1.Queue/Session", b"worker": "/chalk.v1.Worker/Connect"}
+_METHODS = {b"session": "/chalk.v1.Queue/Session", b"worker": "/chalk.v1.Worker/Connect",
+            b"volumes.read": "/chalk.v1.Volumes/ReadFile", b"volumes.write": "/chalk.v1.Volumes/WriteFiles",
+            b"volumes.list": "/chalk.v1.Volumes/ListFiles"}
 
 
 def run_dir(home: Path) -> Path:
-    """The directory of the daemon's unix sockets: ``<home>/run``, or a short
-    directory under the temp dir when socket paths there would be too long
-    for AF_UNIX. Containers get this directory bind-mounted at the same path,
-    so every socket path in it means the same inside and out."""
+    """The directory of the daemon's unix sockets, private to the daemon's user: ``<home>/run``,
+    or, when socket paths there would be too long for AF_UNIX, ``$XDG_RUNTIME_DIR/chalkd-<hash>``
+    (when that is ours) else ``<tmp>/chalkd-<uid>/<hash>``; never a shared path another user could
+    make first. Created 0700; one that exists must be ours, no symlink and closed to others, or
+    :class:`~chalkd.private_dir.UnsafeDirectoryError` says why the daemon will not start. Containers
+    get this directory bind-mounted at the same path, so every socket path in it means the same
+    inside and out.
+
+        run_dir(Path("/srv/chalkd"))   # -> /srv/chalkd/run
+    """
     path = Path(home).resolve() / "run"
-    if len(str(path)) > 90:
-        digest = hashlib.sha256(str(path).encode()).hexdigest()[:16]
-        path = Path(tempfile.gettempdir()) / f"chalkd-{digest}"
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
+    if len(str(path)) <= 90:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return ensure_private_dir(path)
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:16]
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and _ours(runtime):
+        return ensure_private_dir(Path(runtime) / f"chalkd-{digest}")
+    base = ensure_private_dir(Path(tempfile.gettempdir()) / f"chalkd-{os.geteuid()}")
+    return ensure_private_dir(base / digest)
+
+
+def _ours(directory: str) -> bool:
+    """True for a real directory of ours that only we can write into (as $XDG_RUNTIME_DIR should be)."""
+    try:
+        st = os.lstat(directory)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
 
 
 def socket_path(home: Path) -> Path:

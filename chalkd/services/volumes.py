@@ -27,6 +27,7 @@ import errno
 import itertools
 import logging
 import os
+from collections.abc import Callable
 
 from grpclib import GRPCError
 from grpclib.const import Status
@@ -34,6 +35,7 @@ from grpclib.const import Status
 from chalkcompute._framing import FramedStream
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import VolumesBase
+from chalkd.auth import current_scope
 from chalkd.volumes.store import (
     InvalidVolumeName,
     InvalidVolumePath,
@@ -83,6 +85,14 @@ def _errors(what: str):
 class VolumesService(VolumesBase):
     def __init__(self, volumes: VolumeStore) -> None:
         self.volumes = volumes
+        # replica id -> the volumes its function mounts (set by the server); a replica reaches only those.
+        self.replica_volumes: Callable[[str], frozenset[str]] = lambda replica_id: frozenset()
+
+    def _check_scope(self, name: str) -> None:
+        scope = current_scope.get()
+        if scope is not None and scope.replica_id and name not in self.replica_volumes(scope.replica_id):
+            raise GRPCError(Status.PERMISSION_DENIED, f"replica {scope.replica_id}'s credential cannot reach volume "
+                            f"{name!r}: function code may use only the volumes its function mounts")
 
     def framed_handlers(self) -> dict[bytes, tuple]:
         """The streams local clients open on the daemon's fast lane
@@ -100,6 +110,7 @@ class VolumesService(VolumesBase):
 
     async def Get(self, stream) -> None:
         req: pb.GetVolumeRequest = await stream.recv_message()
+        self._check_scope(req.name)
         with _errors(f"reading volume {req.name!r}"):
             info = await asyncio.to_thread(self.volumes.get, req.name)
         await stream.send_message(pb.GetVolumeResponse(info=info_pb(info)))
@@ -118,6 +129,7 @@ class VolumesService(VolumesBase):
 
     async def ListFiles(self, stream) -> None:
         req: pb.ListFilesRequest = await stream.recv_message()
+        self._check_scope(req.name)
         entries = self.volumes.list_files(req.name, req.prefix, req.recursive)
         try:
             while True:
@@ -133,6 +145,7 @@ class VolumesService(VolumesBase):
 
     async def ReadFile(self, stream) -> None:
         req: pb.ReadFileRequest = await stream.recv_message()
+        self._check_scope(req.name)
         what = f"reading {req.path!r} in volume {req.name!r}"
         with _errors(what):
             f = await asyncio.to_thread(self.volumes.open_read, req.name, req.path)
@@ -164,6 +177,7 @@ class VolumesService(VolumesBase):
         if msg is None:
             raise GRPCError(Status.INVALID_ARGUMENT, "WriteFiles: the stream ended before its first message")
         name = msg.name
+        self._check_scope(name)
         what = f"writing to volume {name!r}"
         batch = None
         try:
@@ -209,6 +223,7 @@ class VolumesService(VolumesBase):
 
     async def RemoveFile(self, stream) -> None:
         req: pb.RemoveFileRequest = await stream.recv_message()
+        self._check_scope(req.name)
         with _errors(f"removing {req.path!r} from volume {req.name!r}"):
             await asyncio.to_thread(self.volumes.remove, req.name, req.path)
         await stream.send_message(pb.RemoveFileResponse())

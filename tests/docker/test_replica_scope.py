@@ -54,6 +54,11 @@ def beyond_scope() -> dict:
         out["sock_dir"] = "writable"
     except OSError as exc:
         out["sock_dir"] = f"read-only: {exc}"
+    try:
+        cc.VolumeClient().get("dk-scope-other").get("any-file")  # a file read through the API
+        out["volume"] = "allowed"
+    except cc.PermissionDeniedError as exc:
+        out["volume"] = f"denied: {exc}"
     out["nested"] = _nested(5)
     return out
 
@@ -62,6 +67,9 @@ def test_a_docker_replica_cannot_go_beyond_its_scope(on_docker):
     global _nested
     subprocess.run([sys.executable, "-m", "chalkd.cli", "secret", "set", "TOPSECRET", "--target", on_docker.target],
                    input="dk-scope-secret-4242", text=True, check=True, capture_output=True, cwd=ROOT)
+    from chalkcompute import VolumeClient
+
+    VolumeClient().create("dk-scope-other")  # exists, but the function does not mount it
     _nested = RemoteFunction(_triple, name="dk_triple", image=Image.debian_slim())
     out = RemoteFunction(beyond_scope, name="dk_beyond", image=Image.debian_slim())()
     # Refused at its first step on Docker (building the image), naming it; the secret never reached it.
@@ -69,6 +77,7 @@ def test_a_docker_replica_cannot_go_beyond_its_scope(on_docker):
     assert "PERMISSION_DENIED" in out["secrets"] and "ListSecrets" in out["secrets"], out
     assert "PERMISSION_DENIED" in out["containers"] and "Containers/List" in out["containers"], out
     assert out["sock_dir"].startswith("read-only"), out
+    assert out["volume"].startswith("denied:") and "dk-scope-other" in out["volume"], out
     assert out["nested"] == 15  # nested calls work with the scoped credential
     assert not out["env_has_key"]
     # The key is in a read-only file, not in the container's config.
