@@ -59,7 +59,7 @@ from typing import Callable
 
 from .exceptions import FunctionCodeError
 
-__all__ = ["CodeBundleData", "check_function", "build_bundle", "load_bundle"]
+__all__ = ["CodeBundleData", "check_function", "build_bundle", "load_bundle", "caller_module"]
 
 _HINT = "make it a constant, import it inside the function, or create it inside the function"
 # Every module has these; the worker's module supplies its own values.
@@ -80,6 +80,7 @@ class CodeBundleData:
     function_name: str  # name of the function within module_source
     files: dict[str, str]  # relative path -> source, for project modules
     remote_refs: dict[str, str]  # global name -> remote function name
+    module: str = ""  # the caller's module (fn.__module__): what shipped classes are reported as
 
 
 def check_function(fn: Callable, *, remote_name: RemoteName) -> None:
@@ -125,10 +126,30 @@ def load_bundle(bundle: CodeBundleData, dest: str | os.PathLike, *,
     except BaseException:
         sys.modules.pop(name, None)
         raise
+    if bundle.module:
+        _SHIPPED_AS[name] = bundle.module
     fn = module.__dict__.get(bundle.function_name)
     if not callable(fn):
         raise FunctionCodeError(f"bundle does not define function {bundle.function_name!r}")
     return fn
+
+
+# Synthesized module name -> the caller's module name, for every bundle loaded here.
+_SHIPPED_AS: dict[str, str] = {}
+
+
+def caller_module(name: str) -> str:
+    """The module name the caller knows for ``name``: a bundle's synthesized module
+    (``__chalk_fn__<hash>``) maps back to the caller's (``__main__``, ``app.jobs``), so an
+    exception class defined in the caller's script is reported, and matched by
+    ``retry_on``, under the name the caller wrote; any other name is returned as is.
+
+    Example::
+
+        fn = load_bundle(bundle, "/tmp/chalk-code", make_remote=...)  # bundle.module == "__main__"
+        caller_module(type(exc).__module__)  # '__main__' for a class shipped in the bundle
+    """
+    return _SHIPPED_AS.get(name, name)
 
 
 # --- where a module lives -------------------------------------------------------------
@@ -385,7 +406,7 @@ class _Analyzer:
             body += ("\n\n" if 2 in (it.rank, prev) or 3 in (it.rank, prev) else "") + it.text
             prev = it.rank
         return CodeBundleData(head + body, function_name, dict(sorted(self.files.items())),
-                              dict(sorted(self.remote_refs.items())))
+                              dict(sorted(self.remote_refs.items())), self.module)
 
     # state snapshots let a best-effort resolution (annotations, helper decorators) back out cleanly
     def _try(self, action: Callable[[], object]) -> bool:

@@ -340,7 +340,7 @@ class RemoteFunction:
             env=self.env, min_replicas=self.min_replicas, max_replicas=self.max_replicas,
             suspend_cooldown_seconds=self.suspend_cooldown_period,
             code=pb.CodeBundle(module_source=bundle.module_source, function_name=bundle.function_name,
-                               files=bundle.files, remote_refs=bundle.remote_refs),
+                               files=bundle.files, remote_refs=bundle.remote_refs, module=bundle.module),
             input_schema=self.codec.input_schema_bytes, output_schema=self.codec.output_schema_bytes,
             is_generator=self.is_generator, is_async=inspect.iscoroutinefunction(self.fn)
             or inspect.isasyncgenfunction(self.fn),

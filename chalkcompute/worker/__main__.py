@@ -64,7 +64,7 @@ def main() -> int:
     code = version.spec.code
     bundle = _code.CodeBundleData(
         module_source=code.module_source, function_name=code.function_name,
-        files=dict(code.files), remote_refs=dict(code.remote_refs),
+        files=dict(code.files), remote_refs=dict(code.remote_refs), module=code.module,
     )
     from chalkcompute.functions import RemoteFunction
 

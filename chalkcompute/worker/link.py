@@ -27,6 +27,7 @@ from collections.abc import Callable
 from grpclib.client import Channel
 
 from chalkcompute._client import new_event_loop, parse_target
+from chalkcompute._code import caller_module
 from chalkcompute._auth import SessionCredentials
 from chalkcompute._framing import open_framed
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
@@ -86,9 +87,11 @@ def _wake(fut: asyncio.Future) -> None:
 
 def error_message(exc: BaseException) -> pb.RemoteError:
     cls = type(exc)
-    mro = [f"{c.__module__}.{c.__qualname__}" for c in cls.__mro__[1:] if c is not object]
+    # Classes shipped as source live in the bundle's synthesized module: report them under
+    # the caller's module name, which is what retry_on holds.
+    mro = [f"{caller_module(c.__module__)}.{c.__qualname__}" for c in cls.__mro__[1:] if c is not object]
     return pb.RemoteError(
-        exception_type=f"{cls.__module__}.{cls.__qualname__}", message=str(exc),
+        exception_type=f"{caller_module(cls.__module__)}.{cls.__qualname__}", message=str(exc),
         traceback="".join(traceback.format_exception(exc)), exception_mro=mro,
     )
 

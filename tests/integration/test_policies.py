@@ -79,6 +79,43 @@ def test_exception_outside_retry_on_propagates_at_once(tmp_path):
     assert runs(tmp_path) == 1
 
 
+class ScriptError(Exception):
+    """Defined in the caller's module, so shipped as source: the worker must name it as we do."""
+
+
+class ScriptSubError(ScriptError):
+    pass
+
+
+@chalkcompute.function(retries=RetryPolicy.linear(attempts=3, delay=0.01, retry_on=(ScriptError,)))
+def raises_script_errors(path: str, fail_times: int, sub: bool) -> int:
+    import os
+    import uuid
+
+    n = len([f for f in os.listdir(path) if f.startswith("run-")]) + 1
+    open(os.path.join(path, f"run-{uuid.uuid4().hex}"), "w").close()
+    if n <= fail_times:
+        raise (ScriptSubError if sub else ScriptError)(f"failure {n}")
+    return n
+
+
+def test_retry_on_a_class_defined_in_the_callers_module(tmp_path):
+    assert raises_script_errors(str(tmp_path), 2, False) == 3
+    assert runs(tmp_path) == 3
+
+
+def test_retry_on_matches_a_subclass_defined_in_the_callers_module(tmp_path):
+    assert raises_script_errors(str(tmp_path), 1, True) == 2
+    exhausted = tmp_path / "exhausted"
+    exhausted.mkdir()
+    with pytest.raises(RemoteExecutionError, match="failure 4") as info:
+        raises_script_errors(str(exhausted), 10, True)
+    # Reported under the caller's module name (not the worker's __chalk_fn__<hash>), bases included.
+    assert info.value.exception_type == f"{__name__}.ScriptSubError"
+    assert f"{__name__}.ScriptError" in info.value.exception_mro
+    assert runs(exhausted) == 4
+
+
 @chalkcompute.function(retries=2)
 def plain_flaky(path: str) -> int:
     import os
