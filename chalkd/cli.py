@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args) -> int:
+    from chalkd.private_dir import UnsafeDirectoryError
     from chalkd.server import Server, StartupError
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -174,10 +175,12 @@ def _serve(args) -> int:
 
     try:
         import uvloop
-        uvloop.run(run())
+        runner = uvloop.run
     except ImportError:
-        asyncio.run(run())
-    except StartupError as exc:
+        runner = asyncio.run
+    try:  # apart from the import: a start-up error without uvloop gets the same clear message
+        runner(run())
+    except (StartupError, UnsafeDirectoryError) as exc:
         print(f"chalkd: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
