@@ -36,8 +36,11 @@ integrations, keys and env vars, never what they hold.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import re
+import secrets as _random
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -66,6 +69,8 @@ INTEGRATION_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 # process is exec'd; half of that leaves room for the name and keeps the limit round.
 MAX_VALUE_BYTES = 64 * 1024
 KINDS = ("name", "integration", "local")
+DIGEST_PREFIX = "hmac-sha256:"  # a keyed digest; anything else in a stored spec is an older, unkeyed one
+_DIGEST_KEY_META = "secret_digest_key"
 
 
 class SecretNotFound(LookupError):
@@ -140,7 +145,31 @@ class SecretStore:
         self._secrets: dict[str, tuple[str, float, float]] = {}    # name -> (value, created, updated)
         self._owned: dict[str, dict[str, str]] = {}                 # owner -> {env var: value}
         self._integrations: dict[str, tuple[dict[str, str], float, float]] = {}
+        self._digest_key = self._load_digest_key()
         self._load()
+
+    def _load_digest_key(self) -> bytes:
+        """This daemon's key for :meth:`digest`, made once and kept in the database's meta table
+        (the same 0600 file as the values it protects, so it moves with them)."""
+        rows = self.store.query("SELECT value FROM meta WHERE key=?", (_DIGEST_KEY_META,))
+        if rows:
+            return bytes.fromhex(rows[0]["value"])
+        key = _random.token_bytes(32)
+        self.store.write("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (_DIGEST_KEY_META, key.hex()))
+        return key
+
+    def digest(self, values: Mapping[str, str]) -> str:
+        """A keyed digest of ``values`` (HMAC-SHA256 with this daemon's key): equal values give the
+        same digest, so a changed local secret makes a new function version, while a client that
+        reads the digest back cannot test guesses of the values against it.
+
+        >>> store.digest({"API_KEY": "sk-1"})          # doctest: +SKIP
+        'hmac-sha256:5f0c...'
+        """
+        mac = hmac.new(self._digest_key, digestmod=hashlib.sha256)
+        for key in sorted(values):
+            mac.update(f"{key}={values[key]}\0".encode("utf-8", "surrogatepass"))
+        return DIGEST_PREFIX + mac.hexdigest()
 
     def _load(self) -> None:
         for r in self.store.query("SELECT name, owner, value, created_at, updated_at FROM secrets"):

@@ -21,7 +21,7 @@ from chalkd.queue.core import CallNotFound, Queue, decode_error
 from chalkd.queue.limits import PERIOD_SECONDS
 from chalkd.runtime.base import ReplicaStartError, Runtime, RuntimeUnsupported
 from chalkd.scaling.autoscaler import Autoscaler
-from chalkd.services.convert import content_hash, spec_settings, version_to_pb
+from chalkd.services.convert import content_hash, key_local_digests, spec_settings, version_to_pb
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class CatalogService(FunctionCatalogBase):
                 raise GRPCError(Status.FAILED_PRECONDITION, str(exc)) from None
             except ValueError as exc:
                 raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
+            key_local_digests(spec, req.local_secrets, self.secrets.digest)  # clients read specs back
         try:
             fv, created = self.catalog.register(
                 spec_settings(spec), content_hash=content_hash(spec), spec=spec.SerializeToString(),

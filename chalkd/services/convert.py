@@ -7,6 +7,7 @@ import hashlib
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkd.model import CallError, ErrorCode, FunctionVersion, Payload, Policies, Retry
 from chalkd.queue.limits import PERIOD_SECONDS
+from chalkd.secrets.store import DIGEST_PREFIX
 
 
 def spec_policies(spec: pb.FunctionSpec) -> Policies:
@@ -58,6 +59,18 @@ def settings_from_bytes(data: bytes) -> dict:
     return settings
 
 
+def key_local_digests(spec: pb.FunctionSpec, local_secrets, digest) -> None:
+    """Replace the SDK's plain sha256 ``digest`` of each local SecretRef with the daemon's keyed one
+    (``digest(values)``, :meth:`chalkd.secrets.store.SecretStore.digest`), before the spec is hashed
+    and stored: a changed value still makes a new version, but what clients read back is keyed.
+
+        key_local_digests(spec, req.local_secrets, secret_store.digest)
+    """
+    for ref in spec.secrets:
+        if ref.kind == "local":
+            ref.digest = digest({k: local_secrets[k] for k in ref.keys if k in local_secrets})
+
+
 def content_hash(spec: pb.FunctionSpec) -> str:
     return hashlib.sha256(spec.SerializeToString(deterministic=True)).hexdigest()
 
@@ -71,6 +84,9 @@ def version_to_pb(fv: FunctionVersion, *, ready: int = 0, replicas: int = 0, wit
     )
     if with_spec:
         msg.spec.ParseFromString(fv.spec)
+        for ref in msg.spec.secrets:
+            if not ref.digest.startswith(DIGEST_PREFIX):
+                ref.digest = ""  # stored by an older daemon: an unkeyed hash of values is never sent
     return msg
 
 
