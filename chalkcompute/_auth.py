@@ -258,6 +258,15 @@ def credentials_for(target: str) -> SessionCredentials:
     return SessionCredentials(target, find_tokens(target))
 
 
+def tls_from_env() -> str | bool | None:
+    """``$CHALK_COMPUTE_TLS``: ``1``/``true`` for the system's roots, or a CA bundle path; unset: plain
+    HTTP/2 (loopback, unix sockets). A daemon beyond loopback serves TLS only."""
+    value = os.environ.get("CHALK_COMPUTE_TLS", "").strip()
+    if not value or value.lower() in ("0", "false", "no"):
+        return None
+    return True if value.lower() in ("1", "true", "yes") else value
+
+
 def client_ssl_context(credentials) -> ssl.SSLContext | None:
     """``credentials=`` as the SDK takes it: None (plain), an ``ssl.SSLContext``, a CA bundle
     path, or True (the system's roots)."""

@@ -588,6 +588,8 @@ class Client:
         """The client for ``target``; ``credentials`` (TLS: an ``ssl.SSLContext``, a CA bundle
         path, or True for the system roots) gives a client of its own for that target."""
         target = target or default_target()
+        if credentials is None:  # functions and calls take no credentials=: the environment says
+            credentials = _auth.tls_from_env()
         ctx = _auth.client_ssl_context(credentials)
         key = target if ctx is None else f"{target}#tls:{credentials if isinstance(credentials, (str, bool)) else id(ctx)}"
         sdk_loop()

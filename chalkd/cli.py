@@ -194,14 +194,14 @@ async def _client_command(args) -> int:
     from grpclib.client import Channel
 
     from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
-    from chalkcompute._auth import credentials_for
+    from chalkcompute._auth import client_ssl_context, credentials_for, tls_from_env
     from chalkcompute._proto.chalk_v1_chalk_grpc import FunctionCatalogStub
 
     host, _, port = args.target.rpartition(":")
     if not host or not port.isdigit():
         print(f"chalkd: --target must be HOST:PORT, got {args.target!r}", file=sys.stderr)
         return 2
-    channel = Channel(host.strip("[]"), int(port))
+    channel = Channel(host.strip("[]"), int(port), ssl=client_ssl_context(tls_from_env()))  # $CHALK_COMPUTE_TLS
     credentials_for(args.target).attach(channel)  # the token found as the SDK finds it
     stub = FunctionCatalogStub(channel)
     console = Console()
@@ -223,10 +223,17 @@ async def _client_command(args) -> int:
             )
         elif args.command == "functions":
             resp = await stub.ListFunctions(pb.ListFunctionsRequest(include_old_versions=args.all))
-            table = Table("NAME", "VERSION", "ID", "STATE", "REPLICAS", "CREATED")
+            table = Table("NAME", "VERSION", "ID", "STATE", "REPLICAS", "CREATED", "OPTIONS")
             for f in resp.functions:
+                # options= as registered: stored and shown, never interpreted by chalkd. The list
+                # leaves specs out (they can be large), so each version's comes from GetFunction.
+                if f.HasField("spec") or f.state == "deleted":  # a deleted version's spec is not served
+                    spec = f.spec
+                else:
+                    spec = (await stub.GetFunction(pb.GetFunctionRequest(id=f.id))).function.spec
+                options = " ".join(f"{k}={v}" for k, v in sorted(spec.options.items()))
                 table.add_row(f.function_name, str(f.version), f.id, f.state,
-                              f"{f.ready_replicas}/{f.replicas}", _when(f.created_at))
+                              f"{f.ready_replicas}/{f.replicas}", _when(f.created_at), options)
             console.print(table)
         elif args.command == "calls":
             resp = await stub.ListCalls(pb.ListCallsRequest(limit=args.limit, function_name=args.function))

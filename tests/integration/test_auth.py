@@ -197,6 +197,16 @@ def test_tls_on_loopback_with_a_self_signed_cert(tmp_path):
         run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
                              cwd=ROOT, env=_env())
         assert run.returncode == 0 and "tls-vol" in run.stdout, run.stderr + d.log()
+        # Functions and calls take the CA from $CHALK_COMPUTE_TLS.
+        script2 = textwrap.dedent("""
+            import chalkcompute
+            print(sorted(v.name for v in chalkcompute.VolumeClient().list()))
+        """)
+        run2 = subprocess.run([sys.executable, "-c", script2], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                              env=_env(CHALK_COMPUTE_TLS=str(cert), CHALK_COMPUTE_TARGET=d.target))
+        assert run2.returncode == 0 and "tls-vol" in run2.stdout, run2.stderr
+        tls_cli = _cli("status", "--target", d.target, env=_env(CHALK_COMPUTE_TLS=str(cert)))
+        assert tls_cli.returncode == 0, tls_cli.stderr
         # Plain HTTP/2 gets no answer from a TLS daemon.
         plain = _cli("status", "--target", d.target)
         assert plain.returncode != 0
