@@ -31,7 +31,7 @@ import re
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from chalkcompute import _code
@@ -101,12 +101,21 @@ def parse_memory(value: str | int) -> int:
 
 @dataclass(frozen=True)
 class FunctionVersionInfo:
-    """Metadata about a deployed function version."""
+    """Metadata about a deployed function version.
+
+    ``options`` are the ``options=`` the function was registered with, stored with the
+    version and returned as given; chalkd does not interpret them.
+
+    Example::
+
+        fn.deploy(); fn.info.options  # {'team': 'search'}
+    """
 
     id: str
     function_name: str
     version: int
     scaling_group_name: str
+    options: dict[str, str] = field(default_factory=dict)
 
 
 def _remote_name(obj: object) -> str | None:
@@ -529,7 +538,7 @@ def _find_global(fn, name: str):
 
 def _info(v: pb.FunctionVersion) -> FunctionVersionInfo:
     return FunctionVersionInfo(id=v.id, function_name=v.function_name, version=v.version,
-                               scaling_group_name=v.scaling_group_name)
+                               scaling_group_name=v.scaling_group_name, options=dict(v.spec.options))
 
 
 # -- results --------------------------------------------------------------------------------

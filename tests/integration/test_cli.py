@@ -33,6 +33,24 @@ def test_status_functions_calls(daemon):
     assert out.returncode == 0 and "succeeded" in out.stdout
 
 
+@chalkcompute.function(options={"team": "search", "tier": "gold"})
+def cli_with_options(x: int) -> int:
+    return x
+
+
+def test_options_are_stored_and_shown_by_info_and_functions(daemon):
+    """options= is not interpreted, but kept with the version and shown back."""
+    assert cli_with_options(1) == 1
+    assert cli_with_options.info.options == {"team": "search", "tier": "gold"}
+    wide = dict(os.environ, COLUMNS="250")
+    out = subprocess.run([sys.executable, "-m", "chalkd.cli", "functions", "--target", daemon.target],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT, env=wide)
+    assert out.returncode == 0, out.stderr
+    assert "OPTIONS" in out.stdout
+    row = next(line for line in out.stdout.splitlines() if "cli_with_options" in line)
+    assert "team=search tier=gold" in row
+
+
 def test_status_without_a_daemon():
     out = chalkd("status", "--target", f"127.0.0.1:{free_port()}")
     assert out.returncode == 1
