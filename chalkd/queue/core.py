@@ -581,8 +581,9 @@ class Queue(Dispatcher):
                  else self.retry_backoff(call.failures))
         call.state = CallState.QUEUED
         self.store.write("UPDATE calls SET state='queued', failures=? WHERE id=?", (call.failures, call.id))
+        # The exception's type and code only: its message is user text (it may hold data or a secret).
         log.info("retrying %s of %s in %.2fs (attempt %d failed: %s)", call.id, call.function.name, delay,
-                 call.attempt, error.message[:200])
+                 call.attempt, error.code.value or f"raised {error.exception_type or 'an exception'}")
         if still_running:
             call.retry_delay = delay
         else:

@@ -60,3 +60,19 @@ def test_a_bad_replica_env_name_is_refused(tmp_path):
     d = Daemon(tmp_path / "home", extra_args=("--replica-env", "NOT-A-NAME"))
     with pytest.raises(RuntimeError, match=r"--replica-env 'NOT-A-NAME' is not an environment variable name"):
         d.start()
+
+
+def fails_with_user_text() -> None:
+    raise ValueError("user-text-9f3b-must-not-be-logged")
+
+
+def test_retry_logs_name_the_exception_type_not_its_message(isolated_daemon):
+    from chalkcompute import FunctionError, RetryPolicy
+
+    fn = RemoteFunction(fails_with_user_text, name="fails_logged", target=isolated_daemon.target,
+                        retries=RetryPolicy(max_retries=1, initial_wait_seconds=0.0))
+    with pytest.raises(FunctionError, match="user-text-9f3b"):  # the caller still gets the message
+        fn()
+    log = isolated_daemon.log()
+    assert "retrying" in log and "raised builtins.ValueError" in log
+    assert "user-text-9f3b" not in log
