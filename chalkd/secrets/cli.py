@@ -2,10 +2,11 @@
 
     chalkd secret set OPENAI_API_TOKEN                  # prompts (or reads stdin); not in shell history
     printf %s "$TOKEN" | chalkd secret set OPENAI_API_TOKEN
-    chalkd secret set OPENAI_API_TOKEN --value sk-...   # allowed, but lands in shell history
+    chalkd secret set OPENAI_API_TOKEN --value sk-...   # allowed, with a warning: `ps` and shell history show it
     chalkd secret list                                  # names and times, never values
     chalkd secret delete OPENAI_API_TOKEN
-    chalkd integration set prod_postgres HOST=db.internal USER=app --from-env-file pg.env
+    chalkd integration set prod_postgres --from-env-file pg.env      # the safe way: values never on a command line
+    chalkd integration set prod_postgres HOST=db.internal USER=app   # allowed, with a warning (`ps` shows them)
     chalkd integration list                             # names and keys, never values
     chalkd integration delete prod_postgres
 
@@ -36,20 +37,30 @@ class SecretCommandError(Exception):
 def add_parsers(sub: argparse._SubParsersAction, default_target: str) -> None:
     secret = sub.add_parser("secret", help="secrets functions and containers get as env vars")
     s_sub = secret.add_subparsers(dest="action", required=True)
-    s_set = s_sub.add_parser("set", help="create or replace a secret (value from stdin or a prompt)")
+    s_set = s_sub.add_parser(
+        "set", help="create or replace a secret (value from stdin or a prompt)",
+        description="The value is read from stdin (`printf %s \"$TOKEN\" | chalkd secret set NAME`) or a "
+                    "prompt on a terminal: the safe ways. --value puts it on the command line, where "
+                    "other users' `ps` and your shell history can read it.")
     s_set.add_argument("name")
     s_set.add_argument("--value", default=None,
-                       help="the value (it stays in your shell history: prefer stdin or the prompt)")
+                       help="the value on the command line (visible to `ps` and kept in shell history: "
+                            "prefer stdin or the prompt)")
     s_list = s_sub.add_parser("list", help="list secrets (names, never values)")
     s_del = s_sub.add_parser("delete", help="delete a secret")
     s_del.add_argument("name")
 
     integ = sub.add_parser("integration", help="named groups of secrets (Secret.from_integration)")
     i_sub = integ.add_subparsers(dest="action", required=True)
-    i_set = i_sub.add_parser("set", help="create an integration or replace all its keys")
+    i_set = i_sub.add_parser(
+        "set", help="create an integration or replace all its keys",
+        description="--from-env-file FILE (KEY=VALUE lines; # comments, blank lines, `export` and quotes "
+                    "allowed) is the safe way: KEY=VALUE arguments are on the command line, where other "
+                    "users' `ps` and your shell history can read them.")
     i_set.add_argument("name")
     i_set.add_argument("pairs", nargs="*", metavar="KEY=VALUE",
-                       help="keys and values (they stay in your shell history: prefer --from-env-file)")
+                       help="keys and values on the command line (visible to `ps` and kept in shell "
+                            "history: prefer --from-env-file)")
     i_set.add_argument("--from-env-file", default=None, metavar="FILE",
                        help="read KEY=VALUE lines from FILE (KEY=VALUE arguments win)")
     i_list = i_sub.add_parser("list", help="list integrations (names and keys, never values)")
@@ -66,6 +77,8 @@ async def secret_command(args, channel, console: Console) -> int:
     stub = SecretsStub(channel)
     if args.command == "secret":
         if args.action == "set":
+            if args.value is not None:
+                _warn_command_line("--value", "pipe the value on stdin instead")
             value = _read_value(args.name, args.value)
             resp = await stub.SetSecret(pb.SetSecretRequest(name=args.name, value=value))
             console.print(f"secret {escape(args.name)} {'created' if resp.created else 'updated'}", highlight=False)
@@ -80,6 +93,8 @@ async def secret_command(args, channel, console: Console) -> int:
             console.print(f"secret {escape(args.name)} deleted", highlight=False)
         return 0
     if args.action == "set":
+        if args.pairs:
+            _warn_command_line("KEY=VALUE arguments", "use --from-env-file FILE instead")
         values = _integration_values(args.pairs, args.from_env_file)
         resp = await stub.SetIntegration(pb.SetIntegrationRequest(name=args.name, values=values))
         console.print(f"integration {escape(args.name)} {'created' if resp.created else 'updated'} with keys "
@@ -94,6 +109,12 @@ async def secret_command(args, channel, console: Console) -> int:
         await stub.DeleteIntegration(pb.DeleteIntegrationRequest(name=args.name))
         console.print(f"integration {escape(args.name)} deleted", highlight=False)
     return 0
+
+
+def _warn_command_line(what: str, instead: str) -> None:
+    """Say, on stderr, that values given as arguments are readable by anyone who can list processes."""
+    print(f"chalkd: warning: values in {what} are on the command line, where other users can read them "
+          f"(`ps`, /proc) and your shell history keeps them; {instead}", file=sys.stderr)
 
 
 def _read_value(name: str, given: str | None) -> str:
