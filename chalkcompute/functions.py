@@ -357,7 +357,7 @@ class RemoteFunction:
             parameter_names=self.codec.parameter_names, volumes=self.volumes, **self.policy_spec,
         ), bundle
 
-    async def _register(self) -> FunctionVersionInfo:
+    async def _register(self, build_timeout: float | None = None) -> FunctionVersionInfo:
         if self._info is not None:
             return self._info
         if self.fn is None:  # a lazy handle: resolve by name
@@ -377,7 +377,7 @@ class RemoteFunction:
         if await self.client.runtime_name() == "docker":
             # Built before registering, with the log in this terminal; the replicas find it cached.
             try:
-                await prepare_image(self.client, self.image, what=f"function {self.name!r}")
+                await prepare_image(self.client, self.image, what=f"function {self.name!r}", timeout=build_timeout)
             except ImageBuildFailed as exc:
                 raise FunctionBuildError(f"the image of function {self.name!r} failed to build: {exc}") from None
         resp = await self.client.rpc("RegisterFunction",
@@ -432,10 +432,22 @@ class RemoteFunction:
 
     async def _deploy(self, poll_interval: float = 0.5, build_timeout: float = 600,
                       ready_timeout: float = 300) -> "RemoteFunction":
-        """Register this version, then wait for the image build and a ready replica."""
-        await self._register()
-        # The process runtime builds the image as the first replica starts, so the
-        # two budgets add up to one wait.
+        """Register this version, then wait for the image build and a ready replica.
+
+        On Docker ``build_timeout`` bounds the image build (``ImageBuildFailed`` naming it
+        when it runs over) and ``ready_timeout`` the wait for a replica; the process runtime
+        builds its environment as the first replica starts, so there the two add up to one wait.
+
+        Example::
+
+            fn.deploy(build_timeout=900, ready_timeout=120)
+        """
+        for label, value in (("build_timeout", build_timeout), ("ready_timeout", ready_timeout)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{label} must be a positive number of seconds, got {value!r}")
+        await self._register(build_timeout=build_timeout)
+        if await self.client.runtime_name() == "docker":
+            return await self._wait_ready(timeout=ready_timeout, poll_interval=poll_interval)
         return await self._wait_ready(timeout=build_timeout + ready_timeout, poll_interval=poll_interval)
 
     deploy = _Synced(_deploy)

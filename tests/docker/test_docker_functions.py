@@ -139,6 +139,16 @@ def test_failing_build_raises_function_build_error_with_its_step(capfd):
     assert "about to fail" in capfd.readouterr().err  # the log streamed to the terminal as it came
 
 
+def test_build_timeout_bounds_the_image_build():
+    # A step that outlasts the budget: deploy gives up at build_timeout, naming it.
+    slow = IMAGE.run_commands("echo build-timeout-probe && sleep 120")
+    fn = RemoteFunction(whoami, name="dk_slow_build", image=slow)
+    with pytest.raises(FunctionBuildError, match=r"build_timeout=3s"):
+        fn.deploy(build_timeout=3)
+    with pytest.raises(ValueError, match="build_timeout must be a positive number"):
+        fn.deploy(build_timeout=0)
+
+
 def test_unschedulable_gpu_request_says_why():
     fn = RemoteFunction(whoami, name="dk_gpu", image=IMAGE, gpu="2:nvidia-a100")
     with pytest.raises(FunctionError, match=r"no host has 2 x nvidia-a100; hosts have: 1 x NVIDIA L4"):
