@@ -590,13 +590,14 @@ class Client:
         target = target or default_target()
         if credentials is None:  # functions and calls take no credentials=: the environment says
             credentials = _auth.tls_from_env()
-        ctx = _auth.client_ssl_context(credentials)
-        key = target if ctx is None else f"{target}#tls:{credentials if isinstance(credentials, (str, bool)) else id(ctx)}"
+        key = target
+        if credentials is not None:  # a context is keyed by identity; the client keeps it alive
+            key += f"#tls:{credentials if isinstance(credentials, (str, bool)) else id(credentials)}"
         sdk_loop()
         with cls._lock:
             client = cls._instances.get(key)
-            if client is None:
-                client = cls._instances[key] = Client(target, ctx)
+            if client is None:  # the TLS context is made once per client, not per lookup
+                client = cls._instances[key] = Client(target, _auth.client_ssl_context(credentials))
             return client
 
     @property
