@@ -11,7 +11,9 @@ What a replica container gets:
 
 * the image's own environment, then the function's ``env``, then ours
   (``CHALK_*``): the worker dials chalkd through the daemon's socket
-  directory, bind-mounted at the same path (no network port, no token);
+  directory, bind-mounted read-only at the same path (no network port), and
+  authenticates with its own scoped key, a file bind-mounted read-only at
+  :data:`chalkd.runtime.keys.CONTAINER_KEY_PATH` (never in ``Env``);
 * the image's ``USER`` as its user (root when the image names none; the
   volumes it mounts are handed to that uid), plus the supplementary group
   :data:`REPLICA_GID` that may dial the daemon's sockets;
