@@ -199,7 +199,6 @@ class ProcessRuntime(Runtime):
             "PYTHONUNBUFFERED": "1",
         })
         env.pop("CHALK_REPLICA_TOKEN", None)
-        env.pop("CHALK_COMPUTE_TOKEN", None)  # the daemon user's full token: a replica uses its scoped key
         if self.fast_socket is not None:
             env["CHALK_WORKER_SOCKET"], env["CHALK_DAEMON_INSTANCE"] = self.fast_socket
         # Lets the worker pick its link before it has loaded the code.
