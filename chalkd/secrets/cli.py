@@ -77,10 +77,10 @@ async def secret_command(args, channel, console: Console) -> int:
     stub = SecretsStub(channel)
     if args.command == "secret":
         if args.action == "set":
-            if args.value is not None:
-                _warn_command_line("--value", "pipe the value on stdin instead")
             value = _read_value(args.name, args.value)
             resp = await stub.SetSecret(pb.SetSecretRequest(name=args.name, value=value))
+            if args.value is not None:  # after success: a failure prints its one error line alone
+                _warn_command_line("--value", "pipe the value on stdin instead")
             console.print(f"secret {escape(args.name)} {'created' if resp.created else 'updated'}", highlight=False)
         elif args.action == "list":
             resp = await stub.ListSecrets(pb.ListSecretsRequest())
@@ -93,10 +93,10 @@ async def secret_command(args, channel, console: Console) -> int:
             console.print(f"secret {escape(args.name)} deleted", highlight=False)
         return 0
     if args.action == "set":
-        if args.pairs:
-            _warn_command_line("KEY=VALUE arguments", "use --from-env-file FILE instead")
         values = _integration_values(args.pairs, args.from_env_file)
         resp = await stub.SetIntegration(pb.SetIntegrationRequest(name=args.name, values=values))
+        if args.pairs:  # after success: a failure prints its one error line alone
+            _warn_command_line("KEY=VALUE arguments", "use --from-env-file FILE instead")
         console.print(f"integration {escape(args.name)} {'created' if resp.created else 'updated'} with keys "
                       f"{escape(', '.join(resp.info.keys))}", highlight=False)
     elif args.action == "list":
