@@ -535,16 +535,12 @@ class SessionResponse(_message.Message):
     def __init__(self, events: _Optional[_Iterable[_Union[CallEvent, _Mapping]]] = ...) -> None: ...
 
 class WorkerHello(_message.Message):
-    __slots__ = ("replica_id", "token", "pid", "capacity")
+    __slots__ = ("replica_id", "token")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
-    PID_FIELD_NUMBER: _ClassVar[int]
-    CAPACITY_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     token: str
-    pid: int
-    capacity: int
-    def __init__(self, replica_id: _Optional[str] = ..., token: _Optional[str] = ..., pid: _Optional[int] = ..., capacity: _Optional[int] = ...) -> None: ...
+    def __init__(self, replica_id: _Optional[str] = ..., token: _Optional[str] = ...) -> None: ...
 
 class AttemptEvent(_message.Message):
     __slots__ = ("call_id", "attempt", "chunk", "result", "error", "done", "first_index")

@@ -1,9 +1,8 @@
 """Entry point of a replica: ``python -m chalkcompute.worker``.
 
 Reads ``CHALK_WORKER_TARGET``, ``CHALK_REPLICA_ID`` and ``CHALK_REPLICA_KEY_FILE``
-from the environment (the runtime sets them; optionally
-``CHALK_WORKER_CAPACITY``, the capacity announced in the hello before the
-function is known). The function version then says the rest: its capacity
+from the environment (the runtime sets them). The function version then says
+the rest: its capacity
 (``spec.concurrency.max_concurrent``, at least 1) and whether it is batched
 (``spec.batching.max_batch_size`` > 0).
 """

@@ -39,7 +39,7 @@ from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._serialization import BatchCodec, FunctionCodec
 from chalkcompute.worker.batching import as_batch, item_keys, run_batch_sync
 from chalkcompute.worker.cancel import Canceller
-from chalkcompute.worker.link import HEARTBEAT_SECONDS, hello_capacity
+from chalkcompute.worker.link import HEARTBEAT_SECONDS
 from chalkcompute.worker.runner import run_plain
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class BlockingLink:
         if kind != MESSAGE or body.decode() != self.instance_id:
             raise ConnectionError(f"{self.path} belongs to another chalkd instance")
         self.send(pb.WorkerRequest(hello=pb.WorkerHello(
-            replica_id=self.replica_id, token=self.token, pid=os.getpid(), capacity=hello_capacity())))
+            replica_id=self.replica_id, token=self.token)))
         first = self.recv()
         if first is None:
             raise ConnectionError("the daemon closed the worker stream before naming a function")

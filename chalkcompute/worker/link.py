@@ -41,18 +41,6 @@ LOST_GRACE_SECONDS = float(os.environ.get("CHALK_WORKER_GRACE", "3"))
 MAX_CHUNKS_PER_PAYLOAD = 4096
 
 
-def hello_capacity() -> int:
-    """The capacity a replica announces in its hello, before it knows its function.
-
-    The runtime may say it in ``CHALK_WORKER_CAPACITY``; the credits sent once
-    the function is known are what count.
-    """
-    try:
-        return max(1, int(os.environ.get("CHALK_WORKER_CAPACITY", "1")))
-    except ValueError:
-        return 1
-
-
 class ChunkGate:
     """Per attempt: the daemon's chunk window, and the chunks waiting to be sent."""
 
@@ -217,7 +205,7 @@ class DaemonLink:
         if self.stream is None:
             self.stream = await WorkerStub(self.channel).Connect.open().__aenter__()
         await self.stream.send_message(pb.WorkerRequest(hello=pb.WorkerHello(
-            replica_id=self.replica_id, token=self.token, pid=os.getpid(), capacity=hello_capacity())))
+            replica_id=self.replica_id, token=self.token)))
         first = await self.stream.recv_message()
         if first is None:
             raise ConnectionError("the daemon closed the worker stream before naming a function")
