@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 METADATA_KEY = "x-chalk-session"
 CHALLENGE_METHOD = "/chalk.v1.Auth/Challenge"
 NONCE_BYTES = 16
+MAX_OTHER_RECORDS = 32
 
 TOKEN_HELP = (
     "chalkd needs its token: the SDK and CLI read $CHALK_COMPUTE_TOKEN, then $CHALKD_HOME/token, then the "
@@ -146,7 +147,8 @@ def find_tokens(target: str) -> list[str]:
         own = rdir / record_name(target)
         others = sorted((p for p in rdir.iterdir() if p != own and not p.name.endswith(".tmp")),
                         key=lambda p: -p.stat().st_mtime)
-        for path in (own, *others):
+        # Records of daemons killed without a clean stop stay behind: only the newest are tried.
+        for path in (own, *others[:MAX_OTHER_RECORDS]):
             if path.exists() and _private_file(path):
                 found.append(read_token_file(path))
     try:
