@@ -186,7 +186,6 @@ class Call:
     created_at: float
     parent_id: str | None = None
     idempotency_key: str | None = None
-    priority: int = 0
     root_seq: int = 0
     state: CallState = CallState.QUEUED
     attempt: int = 0
@@ -209,10 +208,11 @@ class Call:
     settled: bool = False         # its final row committed (or failed) and its callers told
 
     @property
-    def sort_key(self) -> tuple[int, int, int]:
-        # Priority first, then the arrival of the root call: nested work of an
-        # older outer call runs before newer outer calls (no starvation).
-        return (-self.priority, self.root_seq, self.seq)
+    def sort_key(self) -> tuple[int, int]:
+        # The arrival of the root call first: nested work of an older outer call
+        # runs before newer outer calls (no starvation). There is no user-set priority
+        # (the calls table keeps a `priority` column, always 0, for old databases).
+        return (self.root_seq, self.seq)
 
 
 @dataclass(frozen=True, slots=True)

@@ -194,7 +194,7 @@ class Queue(Dispatcher):
         crashed = not self.store.clean_shutdown
         # Arguments past the budget stay in the store: read without them, fetch them at dispatch.
         rows = self.store.query(
-            "SELECT seq, id, function_id, parent_id, idempotency_key, priority, root_seq, state, attempt, failures,"
+            "SELECT seq, id, function_id, parent_id, idempotency_key, root_seq, state, attempt, failures,"
             " chunks, created_at, crashes, length(args_batch) + length(args_schema) AS args_size"
             " FROM calls WHERE state IN ('queued','running','streaming') ORDER BY seq"
         )
@@ -204,7 +204,7 @@ class Queue(Dispatcher):
             call = Call(
                 id=r["id"], seq=r["seq"], function=fv, args=None,
                 created_at=r["created_at"], parent_id=r["parent_id"], idempotency_key=r["idempotency_key"],
-                priority=r["priority"], root_seq=r["root_seq"], attempt=r["attempt"], failures=r["failures"],
+                root_seq=r["root_seq"], attempt=r["attempt"], failures=r["failures"],
                 stored=True,
             )
             if r["idempotency_key"]:
@@ -295,7 +295,6 @@ class Queue(Dispatcher):
         call = Call(
             id=new_time_id("fc"), seq=self._seq, function=function, args=args, created_at=self.clock(),
             parent_id=parent_id, idempotency_key=idempotency_key,
-            priority=parent.priority if parent else 0,
             root_seq=parent.root_seq if parent else self._seq,
         )
         call.subscribers[sub] = ref
@@ -308,9 +307,9 @@ class Queue(Dispatcher):
             call.args_bytes = size
             self._args_bytes += size
         self.store.write(
-            "INSERT OR IGNORE INTO calls (id, seq, function_id, parent_id, idempotency_key, priority, root_seq,"
-            " state, args_schema, args_batch, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (call.id, call.seq, function.id, parent_id, idempotency_key, call.priority, call.root_seq,
+            "INSERT OR IGNORE INTO calls (id, seq, function_id, parent_id, idempotency_key, root_seq,"
+            " state, args_schema, args_batch, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (call.id, call.seq, function.id, parent_id, idempotency_key, call.root_seq,
              "queued", args.schema, args.batch, call.created_at),
             # "Accepted" only once the row is durable; dispatch need not wait for it, but an
             # attempt whose row never commits is cancelled and its caller told why.

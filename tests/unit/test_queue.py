@@ -542,7 +542,7 @@ def test_nested_call_runs_before_a_newer_top_level_call(tmp_path: Path, nested_b
                 assert link.assigned() == [(a.id, 1)]
                 # A is running (still open): its nested call joins its place in line.
                 c = q.submit(sub, 3, fv, ARGS, parent_id=a.id)
-            # sort_key = (-priority, root_seq, seq): A (0,1,1) < C (0,1,3) < B (0,2,2).
+            # sort_key = (root_seq, seq): A (1,1) < C (1,3) < B (2,2).
             assert (a.seq, b.seq, c.seq) == (1, 2, 3)
             assert (a.root_seq, b.root_seq, c.root_seq) == (1, 2, 1)
             assert a.sort_key < c.sort_key < b.sort_key
