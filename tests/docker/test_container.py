@@ -18,6 +18,7 @@ def test_run_exec_stop(tmp_path):
         assert c.info.status == "Running"
         assert c.info.name == "hello-container"
         assert c.info.pod_name.startswith("chalkd-hello-container")
+        assert c.info.web_url is None  # nothing is published: None, as the reference says, not ""
         assert c.image_uri and c.image_uri.startswith("chalkd-img:")
         result = c.exec("python", "/app/script.py")
         assert (result.exit_code, result.stdout_text) == (0, "hello\n")
