@@ -52,7 +52,6 @@ from chalkcompute.exceptions import (
     ChalkError,
     DaemonUnavailableError,
     InvalidArgumentError,
-    NotSupportedError,
     error_from_status,
 )
 from chalkcompute.functions import _Synced

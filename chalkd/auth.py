@@ -131,7 +131,8 @@ class Authenticator(AuthBase):
         self.pending[client_credential(k, req.client_nonce, sn)] = scope
         while len(self.pending) > MAX_PENDING:
             self.pending.popitem(last=False)
-        await stream.send_message(pb.ChallengeResponse(server_nonce=sn, server_proof=server_proof(k, req.client_nonce, sn)))
+        proof = server_proof(k, req.client_nonce, sn)
+        await stream.send_message(pb.ChallengeResponse(server_nonce=sn, server_proof=proof))
 
     def scope_of(self, credential: str | None) -> Scope | None:
         """The scope of a credential, or None: a dict lookup on the warm path."""

@@ -199,7 +199,8 @@ class QueueService(QueueBase):
                 self.started_by.setdefault(session.replica_id, set()).add(call.id)
         for a in req.attaches:
             if session.replica_id and a.call_id not in self.started_by.get(session.replica_id, ()):
-                q.reject(session, a.ref, CallError.platform(ErrorCode.PERMISSION_DENIED, self._not_yours(session, a.call_id)))
+                refused = self._not_yours(session, a.call_id)
+                q.reject(session, a.ref, CallError.platform(ErrorCode.PERMISSION_DENIED, refused))
                 continue
             try:
                 q.attach(session, a.ref, a.call_id, after_chunk=a.after_chunk)
