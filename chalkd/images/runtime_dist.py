@@ -108,7 +108,7 @@ class RuntimeLayer:
 def _requirement_cls():
     try:
         from packaging.requirements import Requirement
-    except ImportError:  # pip vendors it, and the daemon needs pip anyway to build the wheel
+    except ImportError:  # pip vendors it, and the daemon needs pip anyway for the wheelhouse
         from pip._vendor.packaging.requirements import Requirement
     return Requirement
 
