@@ -273,3 +273,31 @@ def test_a_process_replica_is_limited_to_its_scope(daemon):
     assert result["nested"] == 42  # nested calls still work with the scoped credential
     assert result["mine"] == 8
     assert "cannot read call" in result["others"] and others.object_id in result["others"], result
+
+
+def test_the_quickstart_daemon_with_its_default_home_needs_no_variable(tmp_path):
+    # `chalkd serve` with no --home (the README's quickstart), as a user whose HOME is tmp_path.
+    env = _env(HOME=str(tmp_path))
+    for name in ("XDG_RUNTIME_DIR", "XDG_DATA_HOME", "XDG_CONFIG_HOME"):
+        env.pop(name, None)
+    port = free_port()
+    log = open(tmp_path / "daemon.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "chalkd.cli", "serve", "--port", str(port), "--runtime", "process"],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    try:
+        target = f"127.0.0.1:{port}"
+        status = None
+        for _ in range(200):  # until it listens (the status command says when)
+            status = _cli("status", "--target", target, env=env)
+            if status.returncode == 0 or proc.poll() is not None:
+                break
+        assert status is not None and status.returncode == 0, status.stderr + (tmp_path / "daemon.log").read_text()
+        # Without its per-user record, the default home's token still does it.
+        for record in (tmp_path / ".config" / "chalkd" / "daemons").iterdir():
+            record.unlink()
+        again = _cli("status", "--target", target, env=env)
+        assert again.returncode == 0, again.stderr
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
