@@ -14,6 +14,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from chalkcompute._code import caller_module
+
 __all__ = ["RetryPolicy"]
 
 
@@ -91,5 +93,7 @@ class RetryPolicy:
             "jitter": self.jitter,
         }
         if self.retry_on != (Exception,):
-            d["retry_on"] = [f"{t.__module__}.{t.__qualname__}" for t in self.retry_on]
+            # Named as the worker reports them: a class shipped in a bundle (a policy made
+            # inside a worker) under its caller's module, not __chalk_fn__<hash>.
+            d["retry_on"] = [f"{caller_module(t.__module__)}.{t.__qualname__}" for t in self.retry_on]
         return d
