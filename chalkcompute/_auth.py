@@ -228,7 +228,15 @@ class SessionCredentials:
         """Challenge the daemon; return our credential only if it proved it knows the key."""
         assert self.key is not None
         cn = os.urandom(NONCE_BYTES)
-        resp = await AuthStub(channel).Challenge(pb.ChallengeRequest(client_nonce=cn, key_id=self.key_id), timeout=30)
+        try:
+            resp = await AuthStub(channel).Challenge(pb.ChallengeRequest(client_nonce=cn, key_id=self.key_id),
+                                                     timeout=30)
+        except GRPCError as exc:
+            if exc.status is not Status.UNIMPLEMENTED:
+                raise
+            raise GRPCError(Status.UNAUTHENTICATED,
+                            f"the server at {self.target} has no chalkd authentication: a chalkd older than this "
+                            "SDK (upgrade it) or not chalkd; nothing was sent to it") from None
         for key in self.keys:
             if hmac.compare_digest(resp.server_proof, server_proof(key, cn, resp.server_nonce)):
                 self.key = key
