@@ -1,7 +1,7 @@
 """The ``chalkd`` command line.
 
     chalkd serve [--host 127.0.0.1] [--port 50051] [--home DIR] [--runtime auto|process|docker]
-                 [--durability normal|full] [--max-message-size BYTES]
+                 [--durability normal|full] [--max-message-size BYTES] [--replica-env NAME ...]
     chalkd status    [--target HOST:PORT]   # exit 0 with a summary, 1 when no daemon answers
     chalkd functions [--target HOST:PORT] [--all]
     chalkd calls     [--target HOST:PORT] [--function NAME] [--limit N]
@@ -168,6 +168,11 @@ def _serve(args) -> int:
         server = Server(config)
         await server.start()
         print(f"chalkd listening on {config.host}:{server.port} (home {config.home})", flush=True)
+        if config.replica_env and server.runtime.name != "process":
+            # Containers start from their image's env alone: say so rather than ignore the flag.
+            print(f"chalkd: warning: --replica-env {' '.join(config.replica_env)} has no effect on the "
+                  f"{server.runtime.name} runtime (containers get their image's env, their function's "
+                  "env and their secrets)", file=sys.stderr, flush=True)
         try:
             await server.serve_forever()
         finally:

@@ -2,7 +2,9 @@
 
 It is the embedded default when no Docker engine answers. It says plainly
 what it cannot do (no isolation, no ``run_commands``): see
-:mod:`chalkd.images.process_env` for how images become virtualenvs.
+:mod:`chalkd.images.process_env` for how images become virtualenvs. Replicas run
+as the daemon's user (a warning says so at start), but with a clean environment
+(:mod:`chalkd.runtime.replica_env`), and their logs are 0600 in 0700 directories.
 
     runtime = ProcessRuntime(home, target="127.0.0.1:50051")
     await runtime.prepare(function_id, spec_bytes)
