@@ -31,7 +31,7 @@ PASS_THROUGH = frozenset({
     "http_proxy", "https_proxy", "no_proxy", "all_proxy",
     "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY",
     # The chalkcompute worker's own settings (log level, grace, transport): not user data.
-    "CHALK_WORKER_LOG_LEVEL", "CHALK_WORKER_GRACE", "CHALK_WORKER_CAPACITY",
+    "CHALK_WORKER_LOG_LEVEL", "CHALK_WORKER_GRACE",
     "CHALK_RECONNECT_TIMEOUT", "CHALK_TRANSPORT", "CHALK_MAX_MESSAGE_SIZE",
 })
 PASS_THROUGH_PREFIXES = ("LC_",)  # LC_ALL, LC_CTYPE, ...
