@@ -92,27 +92,24 @@ def record_name(target: str) -> str:
     return re.sub(r"[^A-Za-z0-9.-]", "_", target)[:120] + "-" + hashlib.sha256(target.encode()).hexdigest()[:8]
 
 
-def _private_file(path: Path) -> bool:
-    """True when ``path`` is a regular file (no symlink) owned by us, not readable by others."""
+def _private(path: Path, is_kind, kind: str, mode: str) -> bool:
+    """True when ``path`` is a ``kind`` (no symlink) owned by us and closed to others."""
     try:
         st = path.lstat()
     except OSError:
         return False
-    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-        log.warning("ignoring %s: it must be a file owned by uid %d with mode 0600", path, os.getuid())
+    if not is_kind(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        log.warning("ignoring %s: it must be a %s owned by uid %d with mode %s", path, kind, os.getuid(), mode)
         return False
     return True
+
+
+def _private_file(path: Path) -> bool:
+    return _private(path, stat.S_ISREG, "file", "0600")
 
 
 def _private_dir(path: Path) -> bool:
-    try:
-        st = path.lstat()
-    except OSError:
-        return False
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-        log.warning("ignoring %s: it must be a directory owned by uid %d with mode 0700", path, os.getuid())
-        return False
-    return True
+    return _private(path, stat.S_ISDIR, "directory", "0700")
 
 
 def read_token_file(path: Path) -> str | None:
