@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import uuid
 
 import pytest
 
@@ -140,8 +141,10 @@ def test_failing_build_raises_function_build_error_with_its_step(capfd):
 
 
 def test_build_timeout_bounds_the_image_build():
-    # A step that outlasts the budget: deploy gives up at build_timeout, naming it.
-    slow = IMAGE.run_commands("echo build-timeout-probe && sleep 120")
+    # A step that outlasts the budget: deploy gives up at build_timeout, naming it. The daemon's
+    # build goes on (other callers may share it) and a finished one is cached by the engine, so
+    # each run uses a step of its own: on a reused machine the image must not be there yet.
+    slow = IMAGE.run_commands(f"echo build-timeout-probe-{uuid.uuid4().hex} && sleep 120")
     fn = RemoteFunction(whoami, name="dk_slow_build", image=slow)
     with pytest.raises(FunctionBuildError, match=r"build_timeout=3s"):
         fn.deploy(build_timeout=3)
