@@ -67,7 +67,9 @@ def main() -> int:
     )
     from chalkcompute.functions import RemoteFunction
 
-    dest = tempfile.mkdtemp(prefix=f"chalk-{version.function_name}-")
+    # The runtime names a directory it removes when the replica ends (the worker leaves through
+    # os._exit, and may be killed: it cannot clean up after itself); else a temp dir.
+    dest = os.environ.get("CHALK_WORKER_CODE_DIR") or tempfile.mkdtemp(prefix=f"chalk-{version.function_name}-")
     fn = _code.load_bundle(bundle, dest, make_remote=RemoteFunction._lazy)
     capacity = max(1, version.spec.concurrency.max_concurrent)
     batched = version.spec.batching.max_batch_size > 0

@@ -17,6 +17,7 @@ import asyncio
 import collections
 import logging
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -201,6 +202,11 @@ class ProcessRuntime(Runtime):
             "PYTHONUNBUFFERED": "1",
         })
         env.pop("CHALK_REPLICA_TOKEN", None)
+        # The replica's shipped code, removed with the replica (one temp dir per start piled up).
+        code_dir = self.home / "replicas" / request.replica_id
+        shutil.rmtree(code_dir, ignore_errors=True)
+        code_dir.mkdir(mode=0o700, parents=True)
+        env["CHALK_WORKER_CODE_DIR"] = str(code_dir)
         if self.fast_socket is not None:
             env["CHALK_WORKER_SOCKET"], env["CHALK_DAEMON_INSTANCE"] = self.fast_socket
         # Lets the worker pick its link before it has loaded the code.
@@ -222,6 +228,7 @@ class ProcessRuntime(Runtime):
             oom = bool(capped and request.memory_bytes) and self.limiter.oom_killed(request.replica_id)
             self.limiter.release(request.replica_id)
             remove_key(self.home, request.replica_id)
+            shutil.rmtree(code_dir, ignore_errors=True)
             if oom:
                 return f"out of memory (over its memory limit of {format_size(request.memory_bytes)})"
             return ""

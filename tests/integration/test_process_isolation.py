@@ -9,7 +9,7 @@ import stat
 import pytest
 
 from chalkcompute import RemoteFunction
-from tests.conftest import Daemon
+from tests.conftest import Daemon, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -76,3 +76,21 @@ def test_retry_logs_name_the_exception_type_not_its_message(isolated_daemon):
     log = isolated_daemon.log()
     assert "retrying" in log and "raised builtins.ValueError" in log
     assert "user-text-9f3b" not in log
+
+
+def code_dir() -> dict:
+    import os
+
+    path = os.environ.get("CHALK_WORKER_CODE_DIR", "")
+    return {"path": path, "files": sorted(os.listdir(path)) if path else []}
+
+
+def test_a_replicas_code_dir_goes_with_the_replica(isolated_daemon):
+    # One temp dir per replica start used to pile up: the runtime now names it and removes it.
+    fn = RemoteFunction(code_dir, name="code_dir_owner", target=isolated_daemon.target)
+    out = fn()
+    path = out["path"]
+    assert path.startswith(str(isolated_daemon.home / "replicas")) and out["files"]
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
+    fn.delete()  # stops its replicas
+    wait_for(lambda: not os.path.exists(path), what=f"{path} to be removed")
