@@ -60,6 +60,9 @@ from chalkd.runtime.image_user import ImageUserError, image_user
 
 log = logging.getLogger(__name__)
 
+# Ended containers remembered for lookups; the oldest beyond this are forgotten.
+KEEP_ENDED = 256
+
 __all__ = ["ContainerManager", "ManagedContainer", "ContainerNotFound", "ContainerConflict", "ContainerFailed"]
 
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -285,6 +288,14 @@ class ContainerManager:
         if self.secrets is not None:
             self.secrets.delete_owned(c.id)  # local secrets go with their container
         c.set_status(status, why)
+        self._forget_ended()
+
+    def _forget_ended(self) -> None:
+        """Keep the newest KEEP_ENDED stopped or failed containers (for ``from_id`` and ``info``
+        after the fact); older ones are forgotten, so a long-lived daemon's memory stays flat."""
+        ended = [c for c in self.by_id.values() if c.stopping and c.status in ("Stopped", "Failed")]
+        for c in sorted(ended, key=lambda c: c.created_at)[:-KEEP_ENDED or None]:
+            del self.by_id[c.id]
 
     async def stop(self, id: str, grace_period: float = 0.0) -> ManagedContainer:
         """Stop (SIGTERM, then SIGKILL after ``grace_period``) and remove the container."""

@@ -87,7 +87,6 @@ class Autoscaler:
         self._task: asyncio.Task | None = None
         self._closing = False
         self._watchers: set[asyncio.Task] = set()
-        self.cold_starts: list[float] = []
         queue.on_demand = lambda fid: self._wake.set()
         queue.prefetch = self._prefetch
         queue.on_stuck = self._kill_stuck
@@ -137,7 +136,6 @@ class Autoscaler:
         replica.state = "ready"
         replica.ready_at = time.monotonic()
         replica.last_seen = replica.ready_at
-        self.cold_starts.append(replica.ready_at - replica.created_at)
         self._startup_failures.pop(replica.function.id, None)
         self._notify_changed()
 
