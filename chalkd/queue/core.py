@@ -403,6 +403,11 @@ class Queue(Dispatcher):
             raise CallNotFound(f"call {call_id!r} not found")
         return self._call_from_row(rows[0])
 
+    def running_on(self, call_id: str, replica_id: str) -> bool:
+        """Is ``call_id`` open and dispatched to replica ``replica_id`` (a nested call's parent)?"""
+        call = self.calls.get(call_id)
+        return call is not None and call.replica_id == replica_id
+
     def attach(self, sub: Subscriber, ref: int, call_id: str, *, after_chunk: int = -1) -> None:
         """Subscribe ``sub`` to a call and replay what it has not seen yet."""
         call = self.get(call_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 from grpclib import GRPCError
@@ -24,6 +25,9 @@ from chalkd.scaling.autoscaler import Autoscaler, ReplicaUnknown
 from chalkd.services.convert import error_from_pb, error_to_pb, payload_from_pb, payload_to_pb, version_to_pb
 
 log = logging.getLogger(__name__)
+
+# Calls a replica started that it may still attach to or cancel (FunctionCall.from_id in user code).
+STARTED_KEPT = 100_000
 
 MAX_ITEMS_PER_MESSAGE = 2048
 MAX_BYTES_PER_MESSAGE = 4 * 2**20
@@ -142,7 +146,8 @@ class QueueService(QueueBase):
         self.catalog = catalog
         self.max_payload = max_payload
         self.outbox_limit = outbox_limit or session_outbox_limit(queue.budget.total, max_payload)
-        self.started_by: dict[str, set[str]] = {}  # replica id -> calls its scoped sessions submitted
+        # replica id -> the calls its scoped sessions submitted (the newest STARTED_KEPT)
+        self.started_by: dict[str, OrderedDict[str, None]] = {}
 
     async def Session(self, stream) -> None:
         session = CallerSession(stream, self.outbox_limit)
@@ -193,10 +198,20 @@ class QueueService(QueueBase):
                     ErrorCode.RESOURCE_EXHAUSTED,
                     f"arguments of {args.size} bytes exceed the daemon's limit of {self.max_payload} bytes"))
                 continue
+            parent_id = s.parent_call_id or None
+            if session.replica_id and parent_id and not q.running_on(parent_id, session.replica_id):
+                # A replica names as parent only a call it is running: another's would borrow its
+                # place in the queue's order and its deadlock chain.
+                log.warning("replica %s named call %s as a parent it is not running; submitted as top-level",
+                            session.replica_id, parent_id[:40])
+                parent_id = None
             call = q.submit(session, s.ref, fv, args, idempotency_key=s.idempotency_key or None,
-                            parent_id=s.parent_call_id or None)
+                            parent_id=parent_id)
             if session.replica_id and call is not None:
-                self.started_by.setdefault(session.replica_id, set()).add(call.id)
+                started = self.started_by.setdefault(session.replica_id, OrderedDict())
+                started[call.id] = None
+                if len(started) > STARTED_KEPT:  # a long-lived replica's record stays bounded
+                    started.popitem(last=False)
         for a in req.attaches:
             if session.replica_id and a.call_id not in self.started_by.get(session.replica_id, ()):
                 refused = self._not_yours(session, a.call_id)

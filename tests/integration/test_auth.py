@@ -242,6 +242,13 @@ def _probe_scope(others_call: str) -> dict:
         except Exception as exc:  # a GRPCError from the raw stub
             out[name] = f"{getattr(exc, 'status', '')} {getattr(exc, 'message', exc)}"
     out["nested"] = _nested_double(21)
+    # Naming another caller's call as the parent borrows nothing: the call runs as a top-level one.
+    from chalkcompute._client import current_call_id
+    borrowed = current_call_id.set(others_call)
+    try:
+        out["foreign_parent"] = _nested_double(5)
+    finally:
+        current_call_id.reset(borrowed)
     mine = _nested_double.spawn(4)
     out["mine"] = cc.FunctionCall.from_id(mine.object_id).get(timeout=60)  # a call it started: allowed
     try:
@@ -271,6 +278,8 @@ def test_a_process_replica_is_limited_to_its_scope(daemon):
     assert "PERMISSION_DENIED" in result["secrets"] and "ListSecrets" in result["secrets"], result
     assert "PERMISSION_DENIED" in result["containers"] and "Containers/List" in result["containers"], result
     assert result["nested"] == 42  # nested calls still work with the scoped credential
+    assert result["foreign_parent"] == 10
+    assert "as a parent it is not running; submitted as top-level" in daemon.log()
     assert result["mine"] == 8
     assert "cannot read call" in result["others"] and others.object_id in result["others"], result
 
