@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.stats import percentile  # noqa: E402
-from tests.conftest import Daemon  # noqa: E402  (the same daemon harness the tests use)
+from benchmarks.harness import start_daemon  # noqa: E402
+from benchmarks.stats import emit, percentile  # noqa: E402
 
 
 def main() -> None:
@@ -35,10 +33,7 @@ def main() -> None:
     parser.add_argument("--out", default="")
     args = parser.parse_args()
 
-    home = Path(tempfile.mkdtemp(prefix="chalkd-bench-"))
-    daemon = Daemon(home, extra_args=("--durability", args.durability, "--log-level", "WARNING")).start()
-    os.environ["CHALK_COMPUTE_TARGET"] = daemon.target
-    os.environ["CHALK_REGISTER_AT_EXIT"] = "0"
+    daemon = start_daemon("--durability", args.durability)
     import chalkcompute
     from chalkcompute import RemoteFunction
 
@@ -113,10 +108,7 @@ def main() -> None:
         results["cold_start_seconds"] = {"p50": round(statistics.median(cold), 3), "max": round(max(cold), 3)}
     finally:
         daemon.stop()
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(results, args.out)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +25,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.conftest import Daemon  # noqa: E402  (the same daemon harness the tests use)
+from benchmarks.harness import start_daemon  # noqa: E402
+from benchmarks.stats import emit  # noqa: E402
 
 
 def _mib(n: int) -> float:
@@ -41,10 +41,8 @@ def main() -> None:
     parser.add_argument("--out", default="")
     args = parser.parse_args()
 
-    home = Path(tempfile.mkdtemp(prefix="chalkd-bench-mem-"))
-    daemon = Daemon(home, extra_args=("--log-level", "WARNING")).start()
-    os.environ["CHALK_COMPUTE_TARGET"] = daemon.target
-    os.environ["CHALK_REGISTER_AT_EXIT"] = "0"
+    daemon = start_daemon(prefix="chalkd-bench-mem-")
+    home = daemon.home
     import chalkcompute
 
     @chalkcompute.function
@@ -101,10 +99,7 @@ def main() -> None:
                        calls_per_second=round(args.calls / elapsed), samples=samples, after_10s_idle=idle)
     finally:
         daemon.stop()
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(results, args.out)
 
 
 if __name__ == "__main__":

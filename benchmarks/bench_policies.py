@@ -22,14 +22,13 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.stats import emit  # noqa: E402
-from tests.conftest import Daemon  # noqa: E402  (the same daemon harness the tests use)
+from benchmarks.harness import start_daemon  # noqa: E402
 
 
 def main() -> None:
@@ -40,10 +39,7 @@ def main() -> None:
     parser.add_argument("--out", default="")
     args = parser.parse_args()
 
-    home = Path(tempfile.mkdtemp(prefix="chalkd-bench-"))
-    daemon = Daemon(home, extra_args=("--log-level", "WARNING")).start()
-    os.environ["CHALK_COMPUTE_TARGET"] = daemon.target
-    os.environ["CHALK_REGISTER_AT_EXIT"] = "0"
+    daemon = start_daemon()
     import chalkcompute
     from chalkcompute import ConcurrencyPolicy, RateLimitPolicy, RemoteFunction, RetryPolicy
 
