@@ -11,9 +11,9 @@ result event per item, in order::
     link.send(pb.WorkerRequest(events=events, credit=1))
 
 An item whose arguments cannot be decoded gets its own error and is left out
-of the invocation; an exception from the handler becomes every item's error;
-a result list of the wrong length (or no list at all) is a
-``chalkcompute.BatchSizeMismatch`` error for every item. A cancel of one item
+of the invocation; what the invocation's end becomes for each item (its
+result, the handler's exception, a ``chalkcompute.BatchSizeMismatch``) is the
+worker's one rule in :class:`~chalkcompute.worker.outcome.Outcome`. A cancel of one item
 stops the invocation only once every item of it has been cancelled (the
 others still want their results; see :meth:`Canceller.group`); until then the
 cancelled item's result is reported like the others and the daemon drops it.
@@ -23,20 +23,17 @@ Nested calls made by the handler name the batch's first item as their parent.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-
-import pyarrow as pa
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from chalkcompute._client import current_call_id
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._serialization import BatchCodec
-from chalkcompute.worker.cancel import CallCancelled, Canceller, cancelled_error
-from chalkcompute.worker.link import error_message
+from chalkcompute.worker.cancel import Canceller
+from chalkcompute.worker.outcome import CANCELS_ON_LOOP, Key, Outcome
 
 log = logging.getLogger(__name__)
-
-_VALUE_ERROR_MRO = ["builtins.ValueError", "builtins.Exception", "builtins.BaseException"]
 
 
 def as_batch(work: pb.Assignment | pb.AssignmentBatch) -> pb.AssignmentBatch:
@@ -44,112 +41,65 @@ def as_batch(work: pb.Assignment | pb.AssignmentBatch) -> pb.AssignmentBatch:
     return pb.AssignmentBatch(items=[work]) if isinstance(work, pb.Assignment) else work
 
 
-def item_keys(items) -> tuple:
+def item_keys(items: Sequence[pb.Assignment]) -> tuple[Key, ...]:
     """The attempt keys of a batch's items; as a tuple, also the key of its invocation."""
     return tuple((a.call_id, a.attempt) for a in items)
 
 
-def batch_size_mismatch(fname: str, value, n: int) -> pb.RemoteError | None:
-    """The error for a handler result that is not a list of ``n`` results; None if it is."""
-    if not isinstance(value, (list, tuple)):
-        message = f"{fname} returned {type(value).__name__}, not a list of {n} results (one per input)"
-    elif len(value) != n:
-        message = f"{fname} returned {len(value)} results for a batch of {n} inputs"
-    else:
-        return None
-    return pb.RemoteError(exception_type="chalkcompute.BatchSizeMismatch", message=message,
-                          exception_mro=_VALUE_ERROR_MRO)
+def decode_batch(codec: BatchCodec, items: Sequence[pb.Assignment],
+                 out: Outcome) -> tuple[dict | None, list[pb.Assignment]]:
+    """The handler's keyword arguments and the items they hold (``out.live``); the others fail in ``out``.
 
-
-def decode_batch(codec: BatchCodec, items) -> tuple[dict | None, list, list[pb.AttemptEvent]]:
-    """The handler's keyword arguments, the items they hold, and error events for the others.
-
-    The kwargs are None when no item could be decoded (or the rows of a
-    Table handler share no type: then every item has an error event).
+    The kwargs are None when no item could be decoded (or the rows of a Table
+    handler share no type: then every item has failed).
     """
-    rows, live, events = [], [], []
+    rows, live = [], []
     for a in items:
         try:
             rows.append(codec.decode_item(a.args.schema, a.args.batch))
             live.append(a)
         except Exception as exc:  # noqa: BLE001 - this item's own error; the rest go on
-            events.append(pb.AttemptEvent(call_id=a.call_id, attempt=a.attempt, error=error_message(exc)))
-    if not live:
-        return None, [], events
-    try:
-        return codec.assemble(rows), live, events
-    except Exception as exc:  # noqa: BLE001
-        return None, [], events + error_events(live, error_message(exc))
-
-
-def error_events(items, error: pb.RemoteError) -> list[pb.AttemptEvent]:
-    """The same error as the final event of every item."""
-    return [pb.AttemptEvent(call_id=a.call_id, attempt=a.attempt, error=error) for a in items]
-
-
-def result_events(fname: str, codec: BatchCodec, items, value) -> list[pb.AttemptEvent]:
-    """One result event per item from the handler's list of results, in order."""
-    if isinstance(value, (pa.Array, pa.ChunkedArray)):  # a Table handler may answer with a column
-        value = value.to_pylist()
-    mismatch = batch_size_mismatch(fname, value, len(items))
-    if mismatch is not None:
-        return error_events(items, mismatch)
-    events = []
-    for a, v in zip(items, value):
-        event = pb.AttemptEvent(call_id=a.call_id, attempt=a.attempt)
+            out.failed([a], exc)
+    kwargs = None
+    if live:
         try:
-            schema, batch = codec.encode_result(v)
-            event.result.CopyFrom(pb.Payload(schema=schema, batch=batch, rows=1))
-        except Exception as exc:  # noqa: BLE001 - only this item's result cannot travel
-            event.error.CopyFrom(error_message(exc))
-        events.append(event)
-    return events
+            kwargs = codec.assemble(rows)
+        except Exception as exc:  # noqa: BLE001
+            out.failed(live, exc)
+            live = []
+    out.live = item_keys(live)
+    return kwargs, live
 
 
-def run_batch_sync(fn, codec: BatchCodec, items, canceller: Canceller | None = None
-                   ) -> tuple[list[pb.AttemptEvent], str]:
+def run_batch_sync(fn: Callable[..., Any], codec: BatchCodec, items: Sequence[pb.Assignment],
+                   canceller: Canceller | None = None) -> tuple[list[pb.AttemptEvent], str]:
     """Run one batch of a sync handler on this thread: an event per item, and why to stop ("" to go on).
 
     With a canceller, the batch must have been registered with
     ``canceller.group(item_keys(items))``; it is unregistered here.
     """
     key = item_keys(items)
-    kwargs, live, events = decode_batch(codec, items)
-    stop = ""
+    out = Outcome(key)
     token = current_call_id.set(items[0].call_id)
     try:
-        if kwargs is not None:
-            value = fn(**kwargs) if canceller is None else canceller.call(key, fn, **kwargs)
-            events += result_events(fn.__name__, codec, live, value)
-    except CallCancelled:
-        events = _cancelled(items)
-    except BaseException as exc:  # the user's exception travels to every caller
-        events += error_events(live, error_message(exc))
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            stop = f"the handler raised {type(exc).__name__}"
+        with out:
+            kwargs, live = decode_batch(codec, items, out)
+            if kwargs is not None:
+                value = fn(**kwargs) if canceller is None else canceller.call(key, fn, **kwargs)
+                out.results(fn.__name__, codec, live, value)
     finally:
         current_call_id.reset(token)
         if canceller is not None:
             canceller.ungroup(key)
-    return events, stop
+    return out.events, out.stop
 
 
-async def run_batch_async(fn, codec: BatchCodec, items) -> tuple[list[pb.AttemptEvent], str]:
+async def run_batch_async(fn: Callable[..., Any], codec: BatchCodec,
+                          items: Sequence[pb.Assignment]) -> tuple[list[pb.AttemptEvent], str]:
     """Run one batch of a coroutine handler; cancelling the task cancels every item."""
-    kwargs, live, events = decode_batch(codec, items)
-    stop = ""
-    try:
+    out = Outcome(item_keys(items), CANCELS_ON_LOOP)
+    with out:
+        kwargs, live = decode_batch(codec, items, out)
         if kwargs is not None:
-            value = await fn(**kwargs)
-            events += result_events(fn.__name__, codec, live, value)
-    except asyncio.CancelledError:
-        events = _cancelled(items)
-    except BaseException as exc:  # the user's exception travels to every caller
-        events += error_events(live, error_message(exc))
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            stop = f"the handler raised {type(exc).__name__}"
-    return events, stop
-
-
-def _cancelled(items) -> list[pb.AttemptEvent]:
-    return error_events(items, cancelled_error())
+            out.results(fn.__name__, codec, live, await fn(**kwargs))
+    return out.events, out.stop

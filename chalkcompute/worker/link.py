@@ -20,19 +20,18 @@ import logging
 import os
 import threading
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable
 
 from grpclib.client import Channel
 
-from chalkcompute._client import new_event_loop, parse_target
-from chalkcompute._code import caller_module
 from chalkcompute._auth import SessionCredentials
+from chalkcompute._client import new_event_loop, parse_target
 from chalkcompute._framing import open_framed
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import WorkerStub
 from chalkcompute.exceptions import SerializationError
+from chalkcompute.worker.outcome import fail_late
 
 log = logging.getLogger(__name__)
 
@@ -71,17 +70,6 @@ class ChunkGate:
 def _wake(fut: asyncio.Future) -> None:
     if not fut.done():
         fut.set_result(None)
-
-
-def error_message(exc: BaseException) -> pb.RemoteError:
-    cls = type(exc)
-    # Classes shipped as source live in the bundle's synthesized module: report them under
-    # the caller's module name, which is what retry_on holds.
-    mro = [f"{caller_module(c.__module__)}.{c.__qualname__}" for c in cls.__mro__[1:] if c is not object]
-    return pb.RemoteError(
-        exception_type=f"{caller_module(cls.__module__)}.{cls.__qualname__}", message=str(exc),
-        traceback="".join(traceback.format_exception(exc)), exception_mro=mro,
-    )
 
 
 class DaemonLink:
@@ -283,7 +271,7 @@ class DaemonLink:
             exc = failed.get((ev.call_id, ev.attempt))
             if exc is not None and ev.WhichOneof("event") == "done":
                 # A value yielded at the very end could not be encoded: no success.
-                ev.error.CopyFrom(error_message(exc))
+                fail_late(ev, exc)
         # Chunks before the final event of the same call: they were yielded first.
         return pb.WorkerRequest(events=chunk_events + events, credit=credit)
 

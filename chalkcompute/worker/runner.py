@@ -16,7 +16,9 @@ Every yielded value waits for room in the daemon's chunk window first, so a
 slow caller pauses the generator instead of growing memory. A cancel stops
 the attempt wherever it runs (a task is cancelled; a thread gets
 :class:`~chalkcompute.worker.cancel.CallCancelled`) and its end is reported
-with the ``CANCELLED`` error event, which tells the daemon the slot is free::
+with the ``CANCELLED`` error event, which tells the daemon the slot is free.
+Every engine here turns the handler's end into its final events through the
+one :class:`~chalkcompute.worker.outcome.Outcome`::
 
     runner = Runner(fn, codec, link, capacity=4, batched=False)
     reason = runner.run_sync_handlers() if runner.plain_sync else asyncio.run(runner.run())
@@ -29,14 +31,17 @@ import contextvars
 import inspect
 import logging
 import queue
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from chalkcompute._client import current_call_id
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._serialization import FunctionCodec
 from chalkcompute.worker.batching import as_batch, item_keys, run_batch_async, run_batch_sync
-from chalkcompute.worker.cancel import CallCancelled, Canceller, cancelled_error, cancelled_event
-from chalkcompute.worker.link import ChunkGate, DaemonLink, error_message
+from chalkcompute.worker.cancel import CallCancelled, Canceller
+from chalkcompute.worker.link import ChunkGate, DaemonLink
+from chalkcompute.worker.outcome import CANCELS_ON_LOOP, Outcome, fail_late
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +157,11 @@ class Runner:
             # Cancelled before its first step (or a bug of ours): _run_slot did not
             # report, but the daemon still needs each attempt's end and the credit.
             exc = None if task.cancelled() else task.exception()
-            error = cancelled_error() if exc is None else error_message(exc)
+            out = Outcome(keys, CANCELS_ON_LOOP)
+            out.raised(asyncio.CancelledError() if exc is None else exc)
             self.canceller.ungroup(keys)
             self._finish_gates(keys)
-            self.link.send_events([pb.AttemptEvent(call_id=c, attempt=n, error=error) for c, n in keys], credit=1)
+            self.link.send_events(out.events, credit=1)
 
     def _cancel(self, key: tuple[str, int]) -> None:
         target = self.canceller.resolve(key)
@@ -182,8 +188,10 @@ class Runner:
                     events, stop = await self._run_batch(list(work.items))
                 else:
                     events, stop = await self._run_one(work)
-        except asyncio.CancelledError:  # cancelled while it waited for a slot
-            events, stop = [cancelled_event(c, n) for c, n in keys], ""
+        except asyncio.CancelledError as exc:  # cancelled while it waited for a slot
+            waited = Outcome(keys, CANCELS_ON_LOOP)
+            waited.raised(exc)
+            events, stop = waited.events, ""
         finally:
             if isinstance(work, pb.AssignmentBatch):
                 self.canceller.ungroup(keys)
@@ -220,37 +228,23 @@ class Runner:
             event, stop = await self._in_thread(key, run_plain, self.fn, self.codec, a, self.canceller)
             return [event], stop
         gate = self.link.gate(a.call_id, a.attempt)
-        event = pb.AttemptEvent(call_id=a.call_id, attempt=a.attempt)
-        stop = ""
-        try:
+        out = Outcome.of(a.call_id, a.attempt, CANCELS_ON_LOOP)
+        with out:
             kwargs = self.codec.decode_args(a.args.schema, a.args.batch)
             if self.is_async_gen:
                 async for value in self.fn(**kwargs):
                     await self._room_async(gate)
                     self.link.emit_chunk(gate, value)
                     self._check(gate)
-                event.done = True
+                out.done()
             elif self.is_gen:
                 await self._in_thread(key, self.canceller.call, key, self._drive_sync_gen, gate, kwargs)
-                event.done = True
+                out.done()
             else:
-                value = await self.fn(**kwargs)
-                event.result.CopyFrom(self._encode_result(value))
-        except (asyncio.CancelledError, CallCancelled):
-            event.ClearField("result")
-            event.error.CopyFrom(cancelled_error())
-        except BaseException as exc:  # the user's exception travels to the caller
-            event.ClearField("result")
-            event.error.CopyFrom(error_message(exc))
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                stop = f"the handler raised {type(exc).__name__}"
-        if gate.failed is not None and not event.HasField("error"):
-            event.error.CopyFrom(error_message(gate.failed))
-        return [event], stop
-
-    def _encode_result(self, value) -> pb.Payload:
-        schema, batch = self.codec.encode_result(value)
-        return pb.Payload(schema=schema, batch=batch, rows=1)
+                out.result(self.codec, await self.fn(**kwargs))
+        if gate.failed is not None:
+            fail_late(out.events[0], gate.failed)
+        return out.events, out.stop
 
     @staticmethod
     def _check(gate: ChunkGate) -> None:
@@ -281,7 +275,7 @@ class Runner:
             gen.close()  # runs the generator's own cleanup (finally blocks, context managers)
 
 
-def run_plain(fn, codec: FunctionCodec, a: pb.Assignment,
+def run_plain(fn: Callable[..., Any], codec: FunctionCodec, a: pb.Assignment,
               canceller: Canceller | None = None) -> tuple[pb.AttemptEvent, str]:
     """Run one input of a plain sync handler on this thread: its final event, and why to stop ("" to go on).
 
@@ -289,24 +283,15 @@ def run_plain(fn, codec: FunctionCodec, a: pb.Assignment,
     thread stops the handler with CallCancelled; the event is then the
     ``CANCELLED`` error.
     """
-    event = pb.AttemptEvent(call_id=a.call_id, attempt=a.attempt)
+    out = Outcome.of(a.call_id, a.attempt)
     token = current_call_id.set(a.call_id)
     try:
-        kwargs = codec.decode_args(a.args.schema, a.args.batch)
-        if canceller is None:
-            value = fn(**kwargs)
-        else:
-            value = canceller.call((a.call_id, a.attempt), fn, **kwargs)
-        schema, batch = codec.encode_result(value)
-        event.result.CopyFrom(pb.Payload(schema=schema, batch=batch, rows=1))
-    except CallCancelled:
-        event.ClearField("result")
-        event.error.CopyFrom(cancelled_error())
-    except BaseException as exc:  # the user's exception travels to the caller
-        event.ClearField("result")
-        event.error.CopyFrom(error_message(exc))
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            return event, f"the handler raised {type(exc).__name__}"
+        with out:
+            kwargs = codec.decode_args(a.args.schema, a.args.batch)
+            if canceller is None:
+                out.result(codec, fn(**kwargs))
+            else:
+                out.result(codec, canceller.call((a.call_id, a.attempt), fn, **kwargs))
     finally:
         current_call_id.reset(token)
-    return event, ""
+    return out.events[0], out.stop

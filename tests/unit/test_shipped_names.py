@@ -13,7 +13,7 @@ import pytest
 
 from chalkcompute import RetryPolicy
 from chalkcompute._code import build_bundle, caller_module, load_bundle
-from chalkcompute.worker.link import error_message
+from chalkcompute.worker.outcome import error_message
 
 
 class BaseShippedError(Exception):

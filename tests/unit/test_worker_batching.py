@@ -14,14 +14,9 @@ import pytest
 from chalkcompute._client import current_call_id
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._serialization import FunctionCodec
-from chalkcompute.worker.batching import (
-    batch_size_mismatch,
-    item_keys,
-    result_events,
-    run_batch_async,
-    run_batch_sync,
-)
+from chalkcompute.worker.batching import item_keys, run_batch_async, run_batch_sync
 from chalkcompute.worker.blocking import DRAINED, BlockingLink, serve_blocking
+from chalkcompute.worker.outcome import Outcome, batch_size_mismatch
 from chalkcompute.worker.runner import Runner
 from tests.unit.worker_fakes import (
     WAIT,
@@ -117,7 +112,9 @@ def test_an_undecodable_item_gets_its_own_error_and_the_rest_run():
 def test_a_result_that_cannot_travel_fails_only_its_item():
     codec = FunctionCodec.for_function(too_few, batched=True)
     items = items_of(codec, "a", "b")
-    events = result_events("f", codec, items, [1, "not an int"])
+    out = Outcome(item_keys(items))
+    out.results("f", codec, items, [1, "not an int"])
+    events = out.events
     assert result_of(codec, events[0]) == 1
     assert events[1].WhichOneof("event") == "error"
 
