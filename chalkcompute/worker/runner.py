@@ -283,7 +283,7 @@ def run_plain(fn: Callable[..., Any], codec: FunctionCodec, a: pb.Assignment,
     thread stops the handler with CallCancelled; the event is then the
     ``CANCELLED`` error.
     """
-    out = Outcome.of(a.call_id, a.attempt)
+    out = Outcome(((a.call_id, a.attempt),))  # not Outcome.of: one call less on the warm path
     token = current_call_id.set(a.call_id)
     try:
         with out:
