@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.stats import emit  # noqa: E402
 from benchmarks.harness import start_daemon  # noqa: E402
+from benchmarks.stats import emit  # noqa: E402
 
 
 def main() -> None:

@@ -32,8 +32,8 @@ statements (a script's ``print``, a notebook's setup) never run there::
 """
 
 from __future__ import annotations
-
 import __future__
+
 import ast
 import builtins
 import collections.abc
@@ -53,9 +53,9 @@ import sysconfig
 import textwrap
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
 from .exceptions import FunctionCodeError
 
@@ -503,8 +503,9 @@ class _Analyzer:
                 # only when every name in it can travel (@dataclass, @functools.cache).
                 names = sorted({n.id for n in ast.walk(dec) if isinstance(n, ast.Name)})
                 ns = self._namespaces(obj)
-                if top or not self._try(lambda: [self._resolve(n, ns, defined, True, required=True)
-                                                 for n in names]):
+                # _try calls the lambda at once, inside this iteration: ns and names are this loop's.
+                if top or not self._try(lambda: [self._resolve(n, ns, defined, True, required=True)  # noqa: B023
+                                                 for n in names]):  # noqa: B023
                     lines[dec.lineno - 1: dec.end_lineno] = [""] * (dec.end_lineno - dec.lineno + 1)
             text = "".join(lines)
         flags = __future__.annotations.compiler_flag if self.future else 0
@@ -517,7 +518,8 @@ class _Analyzer:
         for n in sorted(deftime | runtime):
             self._resolve(n, ns, defined, False)
         for n in sorted(hinted - deftime - runtime):
-            self._try(lambda: self._resolve(n, ns, defined, True))  # hints only: best effort
+            # Hints only: best effort. _try calls the lambda at once, so n is this iteration's.
+            self._try(lambda: self._resolve(n, ns, defined, True))  # noqa: B023
         self._add(defined, text if text.endswith("\n") else text + "\n", 2 if is_class else 3,
                   frozenset(deftime), line)
         return defined
@@ -526,7 +528,7 @@ class _Analyzer:
         target = obj if isinstance(obj, type) else inspect.unwrap(obj)
         if isinstance(target, types.FunctionType):
             # Free variables become globals of the synthesized module, so resolve them alike.
-            cells = zip(target.__code__.co_freevars, target.__closure__ or ())
+            cells = zip(target.__code__.co_freevars, target.__closure__ or (), strict=False)
             closure = {n: v for n, c in cells if (v := _cell_value(c)) is not _MISSING}
             return [closure, target.__globals__]
         return [vars(sys.modules[target.__module__]) if target.__module__ in sys.modules else {}]

@@ -179,9 +179,9 @@ class _Node:
         any_dec = any(c.dec for _, c in ch)
         if kind == "record":  # fixed-size tuple as struct f0..fN; pyarrow takes tuples
             enc = any_enc and (lambda v: None if v is None else tuple(
-                [e(x) for (_, e), x in zip(encs, v)]))
+                [e(x) for (_, e), x in zip(encs, v, strict=False)]))
             return enc or None, lambda v: None if v is None else tuple(
-                [d(x) for (_, d), x in zip(decs, v.values())])
+                [d(x) for (_, d), x in zip(decs, v.values(), strict=False)])
         cls, is_dataclass = self.cls, dataclasses.is_dataclass(self.cls)
 
         def enc(v):
@@ -321,7 +321,7 @@ def _coerce(node: _Node, v):
     if kind == "record":
         if not isinstance(v, abc.Sequence) or isinstance(v, (str, bytes)) or len(v) != len(ch):
             raise TypeError(f"expected a tuple of {len(ch)} items, got {type(v).__name__}")
-        return {n: _coerce(c, x) for (n, c), x in zip(ch, v)}
+        return {n: _coerce(c, x) for (n, c), x in zip(ch, v, strict=False)}
     get = _fields_of(v, node.cls)
     return {n: _coerce(c, get(n)) for n, c in ch}
 
@@ -448,7 +448,7 @@ class _Side:
                      else (n.enc if n is not None else None) for n in nodes]
         self.schema = None
         if all(n is not None for n in nodes):
-            self.schema = schema or pa.schema([n.field(name) for name, n in zip(names, nodes)])
+            self.schema = schema or pa.schema([n.field(name) for name, n in zip(names, nodes, strict=False)])
         self.schema_bytes = schema_to_bytes(self.schema) if self.schema is not None else b""
         self._inferred_schemas: dict[tuple, tuple[pa.Schema, bytes]] = {}
         self._plans: dict[bytes, tuple[pa.Schema, list]] = {}
@@ -457,21 +457,21 @@ class _Side:
         if self.schema is not None:  # hot path: one from_pydict, no per-column arrays
             try:
                 data = {name: col if enc is None else [enc(v) for v in col]
-                        for name, enc, col in zip(self.names, self.encs, columns)}
+                        for name, enc, col in zip(self.names, self.encs, columns, strict=False)}
                 batch = pa.RecordBatch.from_pydict(data, schema=self.schema)
                 return self.schema_bytes, batch.serialize().to_pybytes()
             except Exception:  # noqa: BLE001 - the slow path names the failing column
                 pass
         whats = whats or self.whats
         arrays = [_inferred_array(col, what) if node is None else _hinted_array(node, enc, col, what)
-                  for node, enc, col, what in zip(self.nodes, self.encs, columns, whats)]
+                  for node, enc, col, what in zip(self.nodes, self.encs, columns, whats, strict=False)]
         schema, schema_bytes = self.schema, self.schema_bytes
         if schema is None:
-            key = tuple(a.type for a, n in zip(arrays, self.nodes) if n is None)
+            key = tuple(a.type for a, n in zip(arrays, self.nodes, strict=False) if n is None)
             hit = self._inferred_schemas.get(key)
             if hit is None:
                 schema = pa.schema([pa.field(name, a.type) if n is None else n.field(name)
-                                    for name, n, a in zip(self.names, self.nodes, arrays)])
+                                    for name, n, a in zip(self.names, self.nodes, arrays, strict=False)])
                 hit = (schema, schema.serialize().to_pybytes())
                 _remember(self._inferred_schemas, key, hit)
             schema, schema_bytes = hit
@@ -488,14 +488,14 @@ class _Side:
         except (pa.ArrowException, ValueError) as e:
             raise SerializationError(f"malformed Arrow record batch: {e}") from None
         columns = []
-        for column, dec in zip(record.columns, decs):
+        for column, dec in zip(record.columns, decs, strict=False):
             values = column.to_pylist()
             columns.append(values if dec is None else [dec(v) for v in values])
         return schema.names, columns
 
     def _plan(self, schema_bytes: bytes) -> tuple[pa.Schema, list]:
         schema = schema_from_bytes(schema_bytes)
-        hinted = {name: n for name, n in zip(self.names, self.nodes) if n is not None}
+        hinted = {name: n for name, n in zip(self.names, self.nodes, strict=False) if n is not None}
         decs = []
         for field in schema:
             node = hinted.get(field.name)
@@ -589,7 +589,7 @@ class FunctionCodec:
     def decode_args(self, schema: bytes, batch: bytes) -> dict[str, object]:
         """Arguments by name, rebuilt as their hinted types where the codec knows them."""
         names, columns = self._in.decode(schema, batch)
-        return {n: c[0] if c else None for n, c in zip(names, columns)}
+        return {n: c[0] if c else None for n, c in zip(names, columns, strict=False)}
 
     def encode_result(self, value) -> tuple[bytes, bytes]:
         """The return value as one row of column ``"result"``."""

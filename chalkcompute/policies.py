@@ -69,7 +69,7 @@ class RateLimitPolicy:
         return self.rate / PERIODS[self.per]
 
     @classmethod
-    def normalize(cls, value: "int | float | RateLimitPolicy") -> "RateLimitPolicy":
+    def normalize(cls, value: int | float | RateLimitPolicy) -> RateLimitPolicy:
         """A number n means ``RateLimitPolicy(rate=n, per="second")``."""
         if isinstance(value, RateLimitPolicy):
             return value
@@ -94,7 +94,7 @@ class ConcurrencyPolicy:
         check_key(self.key, "concurrency")
 
     @classmethod
-    def normalize(cls, value: "int | ConcurrencyPolicy") -> "ConcurrencyPolicy":
+    def normalize(cls, value: int | ConcurrencyPolicy) -> ConcurrencyPolicy:
         """An int n means ``ConcurrencyPolicy(max_concurrent=n)``."""
         if isinstance(value, ConcurrencyPolicy):
             return value

@@ -45,7 +45,7 @@ class RetryPolicy:
     def exponential(
         cls, attempts: int = 3, initial: float = 1.0, multiplier: float = 2.0, max_wait: float = 60.0,
         jitter: bool = True, retry_on: tuple[type[BaseException], ...] = (Exception,),
-    ) -> "RetryPolicy":
+    ) -> RetryPolicy:
         """Waits grow geometrically: initial, initial*multiplier, ... capped at max_wait.
 
         >>> RetryPolicy.exponential(attempts=5, initial=0.5, max_wait=30.0).max_retries
@@ -57,7 +57,7 @@ class RetryPolicy:
     def linear(
         cls, attempts: int = 3, delay: float = 1.0, jitter: bool = False,
         retry_on: tuple[type[BaseException], ...] = (Exception,),
-    ) -> "RetryPolicy":
+    ) -> RetryPolicy:
         """A fixed wait of ``delay`` seconds between retries.
 
         >>> RetryPolicy.linear(attempts=3, delay=2.0).wait_before(3, rng=None)
@@ -66,7 +66,7 @@ class RetryPolicy:
         return cls(attempts, float(delay), 1.0, float(delay), jitter, tuple(retry_on))
 
     @classmethod
-    def normalize(cls, value: "int | RetryPolicy") -> "RetryPolicy":
+    def normalize(cls, value: int | RetryPolicy) -> RetryPolicy:
         """An int n means ``RetryPolicy.exponential(attempts=n)``."""
         if isinstance(value, RetryPolicy):
             return value

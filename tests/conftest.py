@@ -53,7 +53,7 @@ class Daemon:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20.0) -> "Daemon":
+    def start(self, timeout: float = 20.0) -> Daemon:
         self.home.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(

@@ -15,7 +15,7 @@ class CuttableProxy:
         self.connections = 0
         self.port = 0
 
-    def start(self) -> "CuttableProxy":
+    def start(self) -> CuttableProxy:
         self.thread.start()
         self.port = asyncio.run_coroutine_threadsafe(self._listen(), self.loop).result(5)
         return self

@@ -39,7 +39,8 @@ import signal
 import stat
 import subprocess
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .protocol import PREFIX, PROTOCOL_VERSION, FrameParser, ProtocolError, encode
 
@@ -172,12 +173,8 @@ class Agent:
         if not self.command:
             return
         argv = self.command
-        kwargs: dict[str, Any] = {}
-        # Its own process group, so a stop reaches its whole tree; process_group is 3.11+.
-        if sys.version_info >= (3, 11):
-            kwargs["process_group"] = 0
-        else:
-            kwargs["preexec_fn"] = os.setpgrp
+        # Its own process group, so a stop reaches its whole tree.
+        kwargs: dict[str, Any] = {"process_group": 0}
         self.main_status = {"argv": argv, "pid": None, "running": False, "exit_code": None, "signal": None,
                             "error": None}
         try:
@@ -235,7 +232,7 @@ class Agent:
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         return True
 

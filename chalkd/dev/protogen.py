@@ -45,7 +45,8 @@ def generate(dest: Path) -> None:
             rel = path.relative_to(tmp)
             flat = "_".join(rel.with_suffix("").parts) + rel.suffix  # chalk/v1/chalk_pb2.py -> chalk_v1_chalk_pb2.py
             text = path.read_text()
-            # `import chalk.v1.chalk_pb2` -> `from chalkcompute._proto import chalk_v1_chalk_pb2 as chalk_dot_v1_dot_chalk__pb2`
+            # `import chalk.v1.chalk_pb2` ->
+            # `from chalkcompute._proto import chalk_v1_chalk_pb2 as chalk_dot_v1_dot_chalk__pb2`
             text = re.sub(
                 r"^import (\w+(?:\.\w+)*)\.(\w+_pb2)$",
                 lambda m: f"from chalkcompute._proto import {m.group(1).replace('.', '_')}_{m.group(2)}"
@@ -58,7 +59,8 @@ def generate(dest: Path) -> None:
                 text,
             ) if flat.endswith("_grpc.py") else text
             (dest / flat).write_text(text)
-    (dest / "__init__.py").write_text('"""Generated protobuf and grpclib code. Do not edit: run python -m chalkd.dev.protogen."""\n')
+    (dest / "__init__.py").write_text(
+        '"""Generated protobuf and grpclib code. Do not edit: run python -m chalkd.dev.protogen."""\n')
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,7 +78,7 @@ def _run(args) -> int:
     if args.action == "ls":
         table = Table("PATH", "SIZE", "MODIFIED")
         for e in vol.iterdir(args.prefix):
-            table.add_row(escape(e.path), _size(e.size), _when(dt.datetime.fromtimestamp(e.mtime, dt.timezone.utc)))
+            table.add_row(escape(e.path), _size(e.size), _when(dt.datetime.fromtimestamp(e.mtime, dt.UTC)))
         console.print(table)
     elif args.action == "get":
         if args.output:

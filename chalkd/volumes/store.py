@@ -389,7 +389,7 @@ class VolumeStore:
             os.close(dfd)
         self.touch(name)
 
-    def begin_batch(self, name: str) -> "Batch":
+    def begin_batch(self, name: str) -> Batch:
         with self._lock:
             if check_name(name) not in self._records:
                 raise VolumeNotFound(name)
@@ -584,7 +584,7 @@ class Batch:
         os.close(self._dir_fd)
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def __enter__(self) -> "Batch":
+    def __enter__(self) -> Batch:
         return self
 
     def __exit__(self, *exc) -> None:

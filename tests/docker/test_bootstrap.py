@@ -84,8 +84,10 @@ def test_pip_install_into_the_system_python(docker_engine, tmp_path):
     # The official image lets pip install as root into its Python: no PEP 668 refusal here either.
     wheel = _tiny_wheel(tmp_path)
     out = run_in_image(
-        "sh", "-c", f"pip install --no-index /wheels/{wheel.name} && python -c 'import chalktiny; print(chalktiny.VALUE)'",
-        opts=("-v", f"{tmp_path}:/wheels:ro", "-e", "PIP_DISABLE_PIP_VERSION_CHECK=1", "-e", "PIP_ROOT_USER_ACTION=ignore"))
+        "sh", "-c",
+        f"pip install --no-index /wheels/{wheel.name} && python -c 'import chalktiny; print(chalktiny.VALUE)'",
+        opts=("-v", f"{tmp_path}:/wheels:ro", "-e", "PIP_DISABLE_PIP_VERSION_CHECK=1",
+              "-e", "PIP_ROOT_USER_ACTION=ignore"))
     assert "Successfully installed chalktiny-0.1" in out
     assert out.splitlines()[-1] == "42"
 

@@ -74,7 +74,7 @@ def test_wrong_token_is_unauthenticated_with_the_fix(fresh_daemon):
     assert out.returncode == 1
     assert "could not prove it knows chalkd's token" in out.stderr and "chalkd token show" in out.stderr
     # The SDK raises its own exception for it.
-    script = textwrap.dedent(f"""
+    script = textwrap.dedent("""
         import chalkcompute
         from chalkcompute import AuthenticationError
         try:

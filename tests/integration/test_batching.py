@@ -26,7 +26,7 @@ def test_a_full_batch_goes_at_once():
 
 @chalkcompute.function(max_batching_size=100, max_buffer_duration=200)
 def by_time(words: list[str], counts: list[int]) -> list[str]:
-    return [f"{w}x{c}/{len(words)}" for w, c in zip(words, counts)]
+    return [f"{w}x{c}/{len(words)}" for w, c in zip(words, counts, strict=True)]
 
 
 def test_a_short_batch_goes_when_its_window_closes():
@@ -86,7 +86,7 @@ def test_batch_size_must_be_positive():
 @chalkcompute.function(max_batching_size=3, max_buffer_duration=100)
 def score(rows: pa.Table) -> list[float]:
     # One Arrow table per batch: a row per caller, a column per key of the caller's dict.
-    return [t * w for t, w in zip(rows.column("t").to_pylist(), rows.column("w").to_pylist())]
+    return [t * w for t, w in zip(rows.column("t").to_pylist(), rows.column("w").to_pylist(), strict=True)]
 
 
 def test_a_table_handler_gets_one_row_per_caller():

@@ -133,7 +133,8 @@ def test_a_call_running_each_time_the_daemon_dies_fails_after_three(tmp_path):
         fn.wait_ready()
         call = fn.spawn(str(gate))
         for n in range(1, 4):
-            wait_for(lambda: len(list(gate.glob("started-*"))) == n, what=f"attempt {n} to start")
+            # wait_for calls the predicate before this iteration ends: n is the current one.
+            wait_for(lambda: len(list(gate.glob("started-*"))) == n, what=f"attempt {n} to start")  # noqa: B023
             # Its "attempt started" mark commits right after dispatch, before the worker can start it.
             d.kill9()
             d.start()

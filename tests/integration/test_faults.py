@@ -14,8 +14,6 @@ from chalkcompute import CallInterruptedError, RemoteFunction, WorkerLostError
 from tests.conftest import wait_for
 
 
-
-
 def gated_double(x: int, gate_dir: str) -> int:
     import os
     import time

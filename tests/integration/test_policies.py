@@ -280,7 +280,8 @@ def test_named_rate_limit_defined_in_the_daemon(daemon, tmp_path):
     with pytest.raises(FunctionTimeoutError):
         blocked.get(timeout=1.0)
     # Raising the limit lets the waiting call through.
-    assert cli(daemon, "rate-limit", "set", "test-provider-api-limit", "--rate", "3600", "--per", "hour").returncode == 0
+    assert cli(daemon, "rate-limit", "set", "test-provider-api-limit",
+               "--rate", "3600", "--per", "hour").returncode == 0
     assert blocked.get(timeout=30) == 6
     bad = cli(daemon, "rate-limit", "set", "x", "--rate", "0")
     assert bad.returncode == 1 and "--rate must be a positive number" in bad.stderr
@@ -437,7 +438,8 @@ def test_a_full_queue_refuses_new_calls(tmp_path):
     first = gated.spawn(str(tmp_path), 0)
     wait_for(lambda: (tmp_path / "started-0").exists(), what="the first call to run")
     queued = [gated.spawn(str(tmp_path), n) for n in (1, 2)]
-    with pytest.raises(ResourceExhaustedError, match=r"queue of 'gated' is full: 2 calls waiting \(queue_policy max_items=2\)"):
+    with pytest.raises(ResourceExhaustedError,
+                       match=r"queue of 'gated' is full: 2 calls waiting \(queue_policy max_items=2\)"):
         gated.spawn(str(tmp_path), 3)
     (tmp_path / "open").touch()
     assert [c.get(timeout=30) for c in [first, *queued]] == [0, 1, 2]
@@ -462,7 +464,8 @@ async def too_slow(path: str) -> int:
 
 
 def test_timeout_is_retried_then_fails_clearly(tmp_path):
-    with pytest.raises(FunctionTimeoutError, match=r"did not finish within its timeout of 0.5s; gave up after 2 attempt"):
+    with pytest.raises(FunctionTimeoutError,
+                       match=r"did not finish within its timeout of 0.5s; gave up after 2 attempt"):
         too_slow(str(tmp_path))
     assert runs(tmp_path) == 2
     # Each timed-out attempt saw its cancellation before the next one started.

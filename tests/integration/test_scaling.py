@@ -18,8 +18,6 @@ from chalkd.scaling.autoscaler import HostResources
 from tests.conftest import wait_for
 
 
-
-
 def replicas(name: str, target: str | None = None) -> tuple[int, int]:
     """(ready, total) replicas of the latest version of ``name``, as the daemon reports them."""
     resp = run_sync(Client.get(target).rpc("GetFunction", pb.GetFunctionRequest(name=name)))

@@ -24,7 +24,7 @@ def batch_embed(texts: list[str]) -> list[list[float]]:
 
 
 def scale(xs: list[int], factors: Sequence[float]) -> list[float]:
-    return [x * f for x, f in zip(xs, factors)]
+    return [x * f for x, f in zip(xs, factors, strict=True)]
 
 
 def loose(values: list, other) -> list:

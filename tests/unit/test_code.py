@@ -18,6 +18,7 @@ from chalkcompute._code import CodeBundleData, build_bundle, check_function, loa
 from chalkcompute.exceptions import FunctionCodeError
 from tests.unit.codeship_samples import _sidefx, app, fakesdk
 
+
 def _remote(name):
     return lambda *args: ("remote", name, args)
 
@@ -58,7 +59,8 @@ def test_worker_types_are_the_shipped_ones_and_hints_resolve(tmp_path):
     with pytest.raises(ns["TooBig"]):
         ns["_checked"](99)
     assert typing.get_type_hints(fn)["return"] is ns["Report"]
-    assert typing.get_type_hints(ns["Report"])["points"] == list[ns["Point"]]
+    # ruff reads the "Point" key inside list[...] as a forward reference.
+    assert typing.get_type_hints(ns["Report"])["points"] == list[ns["Point"]]  # noqa: F821
     assert ns["_square"].cache_info().maxsize is None  # an importable helper decorator is kept
     assert ns["other"](1) == ("remote", "samples-other", (1,))  # bound before the module ran
 

@@ -35,7 +35,7 @@ class Shape:
     labels: dict[str, Point]
     tags: tuple[str, ...]
     pair: tuple[int, str]
-    center: Optional[Point] = None
+    center: Optional[Point] = None  # noqa: UP045 - typing.Optional hints are decoded too
 
 
 class Movie(TypedDict):
@@ -91,7 +91,8 @@ def test_scalar_round_trips():
 
 def test_schema_types_follow_hints():
     def f(a: int, b: float, c: str, d: bytes, e: bool, t: datetime.datetime,
-          day: datetime.date, xs: list[int], m: dict[str, float], o: Optional[str]) -> str: ...
+          day: datetime.date, xs: list[int], m: dict[str, float],
+          o: Optional[str]) -> str: ...  # noqa: UP045 - typing.Optional is a hint users write
 
     schema = schema_from_bytes(FunctionCodec.for_function(f).input_schema_bytes)
     assert [f.type for f in schema] == [
@@ -120,7 +121,7 @@ def test_none_for_non_optional_hint_encodes():
 
 
 def test_optional_and_union_none():
-    def f(a: Optional[int], b: int | None, c: list[int | None]) -> str | None: ...
+    def f(a: Optional[int], b: int | None, c: list[int | None]) -> str | None: ...  # noqa: UP045 - both spellings
 
     assert roundtrip(f, a=None, b=4, c=[1, None]) == {"a": None, "b": 4, "c": [1, None]}
     assert result_roundtrip(f, None) == [None]
@@ -452,7 +453,7 @@ def test_zero_parameter_function():
 def test_inferred_aware_datetime_keeps_its_zone():
     def f(t): ...
 
-    t = datetime.datetime(2024, 1, 2, 3, 4, tzinfo=datetime.timezone.utc)
+    t = datetime.datetime(2024, 1, 2, 3, 4, tzinfo=datetime.UTC)
     out = roundtrip(f, t=t)["t"]
     assert out == t and out.tzinfo is not None
 

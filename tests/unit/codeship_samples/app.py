@@ -64,7 +64,7 @@ def _checked(v: int) -> int:
     return v
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=None)  # noqa: UP033 - user code as written: a kept decorator
 def _square(v: int) -> int:
     return v * v
 

@@ -6,7 +6,7 @@ from enum import IntEnum
 from typing import NamedTuple, Optional
 
 Vector = list[float]
-MaybeInt = Optional[int]
+MaybeInt = Optional[int]  # noqa: UP045 - the typing alias a user may write, shipped as such
 
 
 class Level(IntEnum):
