@@ -135,7 +135,7 @@ def find_tokens(target: str) -> list[str]:
     env = os.environ.get("CHALK_COMPUTE_TOKEN")
     if env:
         return [env.strip()]
-    found: list[str] = []
+    found: list[str | None] = []  # a missing or empty file is None, dropped below
     home = os.environ.get("CHALKD_HOME")
     if home:
         found.append(read_token_file(Path(home) / "token"))

@@ -115,6 +115,7 @@ def load_bundle(bundle: CodeBundleData, dest: str | os.PathLike, *,
         sys.path.insert(0, str(root))
     importlib.invalidate_caches()
     spec = importlib.util.spec_from_file_location(name, file)
+    assert spec is not None  # a .py file always has one
     module = importlib.util.module_from_spec(spec)
     # Bound before exec: module-level code (decorators, defaults) may already use them.
     for global_name, remote in bundle.remote_refs.items():
@@ -310,13 +311,13 @@ def _literal_source(value: object, depth: int = 0) -> str | None:
     if value is None or t in (bool, str, bytes):
         return repr(value)
     if t is int:  # hex() when repr() refuses (over sys.get_int_max_str_digits)
-        return repr(value) if value.bit_length() < 13000 else hex(value)
+        return repr(value) if value.bit_length() < 13000 else hex(value)  # type: ignore[attr-defined, arg-type]  # an int (t is int)
     if t in (float, complex):
-        finite = all(map(math.isfinite, (value.real, value.imag)))
+        finite = all(map(math.isfinite, (value.real, value.imag)))  # type: ignore[attr-defined]  # a complex
         return repr(value) if finite else f"{t.__name__}({repr(value)!r})"
     if t not in (tuple, list, set, frozenset, dict) or depth > 100:
         return None
-    pairs = value.items() if t is dict else ((v, _MISSING) for v in value)
+    pairs = value.items() if t is dict else ((v, _MISSING) for v in value)  # type: ignore[attr-defined]  # a container (t checked above)
     items = []
     for k, v in pairs:
         k_src, v_src = _literal_source(k, depth + 1), v is _MISSING or _literal_source(v, depth + 1)
@@ -453,7 +454,7 @@ class _Analyzer:
 
     def _ship(self, obj: object, name: str, *, top: bool = False, via: str = "") -> str:
         """Ship ``obj`` (a function or class of the function's module) as source."""
-        target = obj if isinstance(obj, type) else inspect.unwrap(obj)
+        target = obj if isinstance(obj, type) else inspect.unwrap(obj)  # type: ignore[arg-type]  # a function
         if id(target) in self.shipped:
             return self._alias(name, self.shipped[id(target)], obj)
         is_class = isinstance(target, type)
@@ -478,7 +479,7 @@ class _Analyzer:
                 tree = ast.parse(text)
             except SyntaxError as e:
                 raise FunctionCodeError(f"cannot parse the source of {what}: {e}") from e
-            body = tree.body[0].body
+            body = tree.body[0].body  # type: ignore[attr-defined]  # a def or class statement
         node = body[0] if body else None
         if getattr(target, "__name__", "") == "<lambda>":
             # Only `name = lambda ...` has a source that defines just this lambda.
@@ -504,9 +505,9 @@ class _Analyzer:
                 names = sorted({n.id for n in ast.walk(dec) if isinstance(n, ast.Name)})
                 ns = self._namespaces(obj)
                 # _try calls the lambda at once, inside this iteration: ns and names are this loop's.
-                if top or not self._try(lambda: [self._resolve(n, ns, defined, True, required=True)  # noqa: B023
+                if top or not self._try(lambda: [self._resolve(n, ns, defined, True, required=True)  # type: ignore[func-returns-value]  # noqa: B023
                                                  for n in names]):  # noqa: B023
-                    lines[dec.lineno - 1: dec.end_lineno] = [""] * (dec.end_lineno - dec.lineno + 1)
+                    lines[dec.lineno - 1: dec.end_lineno] = [""] * (dec.end_lineno - dec.lineno + 1)  # type: ignore[operator]  # a decorator has an end line
             text = "".join(lines)
         flags = __future__.annotations.compiler_flag if self.future else 0
         code = compile(text, f"<{defined}>", "exec", flags=flags, dont_inherit=True)
@@ -525,7 +526,7 @@ class _Analyzer:
         return defined
 
     def _namespaces(self, obj: object) -> list[dict]:
-        target = obj if isinstance(obj, type) else inspect.unwrap(obj)
+        target = obj if isinstance(obj, type) else inspect.unwrap(obj)  # type: ignore[arg-type]  # a function
         if isinstance(target, types.FunctionType):
             # Free variables become globals of the synthesized module, so resolve them alike.
             cells = zip(target.__code__.co_freevars, target.__closure__ or (), strict=False)
@@ -566,7 +567,7 @@ class _Analyzer:
             if self.bound.get(cls_name) is not cls:
                 self._resolve(cls_name, [{cls_name: cls}], via, False)
             self._bind(name, value)
-            return self._add(name, f"{name} = {cls_name}.{value.name}\n", 1, frozenset({cls_name}))
+            return self._add(name, f"{name} = {cls_name}.{value.name}\n", 1, frozenset({cls_name}))  # type: ignore[union-attr]  # an enum member
         src = _literal_source(value)
         if src is None and not isinstance(value, type) and (src := _type_alias_source(value)) is not None:
             for mod in (typing, collections):
@@ -665,7 +666,7 @@ class _Analyzer:
             mod, current = self.bound.get(root), self.bound.get(root)
             for i, attr in enumerate(attrs if isinstance(mod, types.ModuleType) else ()):
                 current = getattr(current, attr, None)
-                full = ".".join((mod.__name__, *attrs[: i + 1]))
+                full = ".".join((mod.__name__, *attrs[: i + 1]))  # type: ignore[attr-defined]  # a module (checked two lines up)
                 if not isinstance(current, types.ModuleType) or current.__name__ != full:
                     break  # os.path is posixpath, already imported by os itself
                 wanted.add(full)

@@ -150,8 +150,10 @@ class _Node:
             return pa.map_(ch[0][1].field("key", nullable=False), ch[1][1].field("value"))
         return pa.struct([c.field(n) for n, c in ch])
 
-    def _compile(self):
+    def _compile(self) -> tuple[Any, Any]:
+        """The (encode, decode) converters of this node's values; None where Arrow's own is right."""
         kind, ch = self.kind, self.children
+        enc: Any
         if kind == "scalar":
             return None, None
         if kind in ("list", "tuple"):
@@ -166,11 +168,12 @@ class _Node:
             ke, ie, kd, idec = k.enc or _ident, i.enc or _ident, k.dec or _ident, i.dec or _ident
             enc = None
             if k.enc or i.enc:
-                def enc(v):
+                def enc_pairs(v: Any) -> Any:
                     if v is None:
                         return None
                     pairs = v.items() if isinstance(v, abc.Mapping) else v
                     return [(ke(a), ie(b)) for a, b in pairs]
+                enc = enc_pairs
             # to_pylist() gives maps as (key, value) pairs; always rebuild the dict
             return enc, lambda v: None if v is None else {kd(a): idec(b) for a, b in v}
         encs = [(n, c.enc or _ident) for n, c in ch]
@@ -184,13 +187,12 @@ class _Node:
                 [d(x) for (_, d), x in zip(decs, v.values(), strict=False)])
         cls, is_dataclass = self.cls, dataclasses.is_dataclass(self.cls)
 
-        def enc(v):
+        def enc_fields(v: Any) -> Any:
             if v is None:
                 return None
             get = _fields_of(v, cls)
             return {n: e(get(n)) for n, e in encs}
-        if not (is_dataclass or any_enc):  # pyarrow takes dicts as they are
-            enc = None
+        enc = enc_fields if is_dataclass or any_enc else None  # pyarrow takes dicts as they are
         if is_dataclass:
             def dec(v):
                 if v is None:
@@ -209,7 +211,7 @@ class _Node:
                 out = {n: d(v[n]) for n, d in decs}
                 return {n: x for n, x in out.items() if x is not None or n in req}
             return enc, dec
-        return enc, any_dec and (lambda v: None if v is None else {n: d(v[n]) for n, d in decs}) or None
+        return enc, (lambda v: None if v is None else {n: d(v[n]) for n, d in decs}) if any_dec else None
 
 
 def _node_from_hint(hint, seen: tuple = ()) -> _Node | None:
@@ -230,10 +232,10 @@ def _node_from_hint(hint, seen: tuple = ()) -> _Node | None:
         raise _Unsupported("a union of several types has no single Arrow type")
     if origin in _LISTS or origin is tuple:
         if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
-            kids = [_node_from_hint(a, seen) for a in args]
-            if any(k is None for k in kids):
+            items = [_node_from_hint(a, seen) for a in args]
+            if any(k is None for k in items):
                 return None
-            return _Node("record", children=[(f"f{i}", k) for i, k in enumerate(kids)], meta=_TUPLE)
+            return _Node("record", children=[(f"f{i}", k) for i, k in enumerate(items)], meta=_TUPLE)
         elem = _node_from_hint(args[0] if args else Any, seen)
         if elem is None:
             return None
@@ -249,7 +251,7 @@ def _node_from_hint(hint, seen: tuple = ()) -> _Node | None:
             raise _Unsupported(f"recursive type {_name(hint)} has no fixed Arrow shape")
         hints = typing.get_type_hints(hint)
         if typing.is_typeddict(hint):
-            names, tag, required = list(hints), "typeddict", set(hint.__required_keys__)
+            names, tag, required = list(hints), "typeddict", set(hint.__required_keys__)  # type: ignore[attr-defined]
             # Under `from __future__ import annotations` 3.11 misses NotRequired[...]
             # in __required_keys__, so read the markers ourselves.
             for n, h in typing.get_type_hints(hint, include_extras=True).items():
@@ -448,7 +450,8 @@ class _Side:
                      else (n.enc if n is not None else None) for n in nodes]
         self.schema = None
         if all(n is not None for n in nodes):
-            self.schema = schema or pa.schema([n.field(name) for name, n in zip(names, nodes, strict=False)])
+            self.schema = schema or pa.schema([n.field(name) for name, n in zip(names, nodes, strict=False)
+                                               if n is not None])  # all are (checked above): for mypy
         self.schema_bytes = schema_to_bytes(self.schema) if self.schema is not None else b""
         self._inferred_schemas: dict[tuple, tuple[pa.Schema, bytes]] = {}
         self._plans: dict[bytes, tuple[pa.Schema, list]] = {}
@@ -718,7 +721,7 @@ class BatchCodec(FunctionCodec):
             raise FunctionSignatureError(
                 f"argument '{name}': this batched function takes a pyarrow.Table, so each call "
                 f"passes one row: a dict of column values, e.g. {{'text': 'a'}}; got {got}")
-        if not is_dataclass and not all(isinstance(k, str) for k in row):
+        if not is_dataclass and not all(isinstance(k, str) for k in row):  # type: ignore[attr-defined]  # a Mapping
             raise FunctionSignatureError(f"argument '{name}': the row's keys (its column names) must be str")
         return self._in.encode([[row]])
 

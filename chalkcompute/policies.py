@@ -39,7 +39,7 @@ def check_key(key: str | None, what: str) -> None:
         raise ValueError(f"{what} key must be 1-128 letters, digits, '_', '-', '.' or ':', got {key!r}")
 
 
-def _positive_int(value, what: str) -> int:
+def _positive_int(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{what} must be a positive int, got {value!r}")
     return value

@@ -85,7 +85,7 @@ class RetryPolicy:
 
     def to_dict(self) -> dict:
         """A JSON-serializable dict; ``retry_on`` only when not the default ``(Exception,)``."""
-        d = {
+        d: dict[str, object] = {
             "max_retries": self.max_retries,
             "initial_wait_seconds": self.initial_wait_seconds,
             "backoff_multiplier": self.backoff_multiplier,

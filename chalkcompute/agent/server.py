@@ -294,9 +294,9 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
         for name in FORWARDED:
-            sig = getattr(signal, name, None)
-            if sig is not None:
-                loop.add_signal_handler(sig, self._forward, sig)
+            forwarded = getattr(signal, name, None)
+            if forwarded is not None:
+                loop.add_signal_handler(forwarded, self._forward, forwarded)
         if os.getpid() != 1:
             _become_subreaper()
         self.reap()  # zombies inherited from whoever exec'd us
@@ -393,11 +393,11 @@ class _Connection(asyncio.Protocol):
             self.send(encode({"t": "pong"}))
             self.close()
         elif kind == "env":
-            env = header.get("env")
-            if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                    for k, v in env.items()):
+            given = header.get("env")
+            if not isinstance(given, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                      for k, v in given.items()):
                 raise ProtocolError("an env request needs 'env': a map of str to str")
-            os.environ.update(env)  # never logged: these are secrets
+            os.environ.update(given)  # never logged: these are secrets
             if self.agent.await_env:
                 self.agent.await_env = False
                 self.agent._start_main()

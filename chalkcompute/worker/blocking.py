@@ -59,7 +59,7 @@ class BlockingLink:
         self.replica_id = replica_id
         self.token = token
         self.canceller = canceller or Canceller()
-        self.sock: socket.socket | None = None
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # connected by connect()
         self.lock = threading.Lock()       # writes
         self.recv_lock = threading.Lock()  # reads: the main thread between calls, the monitor during long ones
         self.last_send = time.monotonic()
@@ -75,9 +75,7 @@ class BlockingLink:
         self._stop = threading.Event()
 
     def connect(self) -> pb.FunctionVersion:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.connect(self.path)
-        self.sock = sock
+        self.sock.connect(self.path)
         self._send_raw(MESSAGE, b"worker")
         kind, body = self._recv_frame()
         if kind != MESSAGE or body.decode() != self.instance_id:
@@ -198,7 +196,8 @@ class BlockingLink:
             if self.canceller.started != started or not self.canceller.running:
                 return
             timeout = max(0.0, self.last_send + HEARTBEAT_SECONDS - time.monotonic())
-            readable, _, _ = select.select([self.sock, self._wake_r], [], [], timeout)
+            watched: list[socket.socket | int] = [self.sock, self._wake_r]
+            readable, _, _ = select.select(watched, [], [], timeout)
             if self._wake_r in readable:
                 self._drain_wakes()
             if self.sock in readable:  # the daemon writes whole frames: read one
@@ -212,12 +211,12 @@ class BlockingLink:
     def close(self) -> None:
         self.closed = True
         self._stop.set()
-        if self.sock is not None:
-            self.sock.close()
+        self.sock.close()
 
 
 def _run(fn, codec: FunctionCodec, work, canceller: Canceller) -> tuple[list[pb.AttemptEvent], str]:
     if isinstance(work, pb.AssignmentBatch):
+        assert isinstance(codec, BatchCodec)  # batches come only for a batched function
         return run_batch_sync(fn, codec, work.items, canceller)
     event, stop = run_plain(fn, codec, work, canceller)
     return [event], stop
@@ -312,7 +311,8 @@ def _serve_pool(link: BlockingLink, fn, codec: FunctionCodec, capacity: int) -> 
             if link.lost:
                 return link.lost
             # This thread only reads: cancels reach running handlers at once.
-            readable, _, _ = select.select([link.sock, link._wake_r], [], [])
+            watched: list[socket.socket | int] = [link.sock, link._wake_r]
+            readable, _, _ = select.select(watched, [], [])
             if link._wake_r in readable:
                 link._drain_wakes()
             if link.sock in readable:

@@ -22,6 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from grpclib.client import Channel
 
@@ -153,7 +154,12 @@ class DaemonLink:
 
         if self.loop.is_running():
             done = threading.Event()
-            self.loop.call_soon_threadsafe(lambda: (swap(), done.set()))
+
+            def swap_then_tell() -> None:
+                swap()
+                done.set()
+
+            self.loop.call_soon_threadsafe(swap_then_tell)
             done.wait()
         else:
             swap()
@@ -183,7 +189,8 @@ class DaemonLink:
         # socket's worker stream is authenticated by the hello's key instead (see chalkd.auth).
         SessionCredentials(self.target, self.token, key_id=self.replica_id).attach(self.channel)
         sock = os.environ.get("CHALK_WORKER_SOCKET")
-        self.stream = None
+        # chalkd's framed socket (FramedStream) or a grpclib stream: the same send/recv/iterate.
+        self.stream: Any = None
         if sock:
             try:
                 self.stream = await open_framed(sock, b"worker", pb.WorkerResponse,
@@ -276,12 +283,14 @@ class DaemonLink:
         return pb.WorkerRequest(events=chunk_events + events, credit=credit)
 
     def _encode_pending(self, gate: ChunkGate) -> list[pb.AttemptEvent]:
+        encode = self.encode_chunks
+        assert encode is not None, "chunks before the runner installed its codec"
         out = []
         while gate.pending:
             n = min(len(gate.pending), MAX_CHUNKS_PER_PAYLOAD, gate.batch_hint)
             values = [gate.pending.popleft() for _ in range(n)]
             try:
-                encoded = self.encode_chunks(values)
+                encoded = encode(values)
                 if n > 1 and len(encoded[1]) > MAX_BYTES_PER_MESSAGE:
                     # Big values: fewer per payload, so no message outgrows the limit.
                     gate.pending.extendleft(reversed(values))
@@ -293,7 +302,7 @@ class DaemonLink:
                 payloads = []
                 for v in values:
                     try:
-                        payloads.append((self.encode_chunks([v]), 1))
+                        payloads.append((encode([v]), 1))
                     except SerializationError as exc:
                         gate.failed = exc
                         break

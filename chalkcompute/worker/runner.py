@@ -37,7 +37,7 @@ from typing import Any
 
 from chalkcompute._client import current_call_id
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
-from chalkcompute._serialization import FunctionCodec
+from chalkcompute._serialization import BatchCodec, FunctionCodec
 from chalkcompute.worker.batching import as_batch, item_keys, run_batch_async, run_batch_sync
 from chalkcompute.worker.cancel import CallCancelled, Canceller
 from chalkcompute.worker.link import ChunkGate, DaemonLink
@@ -58,11 +58,12 @@ class Runner:
         self.is_async_gen = inspect.isasyncgenfunction(fn)
         self.is_gen = inspect.isgeneratorfunction(fn)
         self.is_coro = inspect.iscoroutinefunction(fn)
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.stopped: asyncio.Event | None = None
+        # Set by run(), on the loop it runs on (the plain sync path never makes them).
+        self.loop: asyncio.AbstractEventLoop
+        self.stopped: asyncio.Event
         self.stop_reason = ""
         self.tasks: dict[tuple[str, int], asyncio.Task] = {}  # per attempt; a batch's items share one
-        self.slots: asyncio.Semaphore | None = None
+        self.slots: asyncio.Semaphore
         self.pool: ThreadPoolExecutor | None = None
         # Canceller keys (an attempt, or a batch's item keys) whose handler runs
         # on a pool thread: cancelling their task would abandon a running thread.
@@ -102,6 +103,7 @@ class Runner:
             if isinstance(work, str):
                 return work
             if isinstance(work, pb.AssignmentBatch):
+                assert isinstance(self.codec, BatchCodec)  # batches come only for a batched function
                 events, stop = run_batch_sync(self.fn, self.codec, work.items, self.canceller)
                 self._finish_gates(item_keys(work.items))
                 self.link.send_events(events, credit=1)
@@ -218,9 +220,11 @@ class Runner:
             self.threaded.discard(key)
 
     async def _run_batch(self, items: list[pb.Assignment]) -> tuple[list[pb.AttemptEvent], str]:
+        codec = self.codec
+        assert isinstance(codec, BatchCodec)  # batches come only for a batched function
         if self.is_coro:
-            return await run_batch_async(self.fn, self.codec, items)
-        return await self._in_thread(item_keys(items), run_batch_sync, self.fn, self.codec, items, self.canceller)
+            return await run_batch_async(self.fn, codec, items)
+        return await self._in_thread(item_keys(items), run_batch_sync, self.fn, codec, items, self.canceller)
 
     async def _run_one(self, a: pb.Assignment) -> tuple[list[pb.AttemptEvent], str]:
         key = (a.call_id, a.attempt)
