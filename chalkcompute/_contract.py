@@ -1,0 +1,150 @@
+"""The small contract the SDK, the worker and the daemon import on purpose.
+
+Wire limits, the one message batcher and the name rules that both sides
+check. The daemon already imports ``chalkcompute`` (the protobuf module, the
+codecs), so these live here once instead of being written on each side; this
+module imports nothing but the standard library so that it stays cheap to
+import from anywhere.
+
+    >>> [len(g) for g in batches([3, 3, 3], size=lambda n: n, limit=6)]
+    [2, 1]
+    >>> valid_volume_name("my-vol"), valid_volume_name("-bad")
+    (True, False)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
+
+__all__ = [
+    "MAX_BATCH_BYTES",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "MAX_MESSAGE_ENV",
+    "sdk_max_payload",
+    "batches",
+    "FUNCTION_NAME_RE",
+    "VOLUME_NAME_RE",
+    "INTEGRATION_NAME_RE",
+    "ENV_NAME_RE",
+    "CONTAINER_NAME_RE",
+    "valid_function_name",
+    "valid_volume_name",
+    "valid_integration_name",
+    "valid_env_name",
+    "valid_container_name",
+]
+
+T = TypeVar("T")
+
+# -- wire limits ------------------------------------------------------------------------
+
+#: Where several items share one gRPC message (submits in a SessionRequest, events
+#: in a SessionResponse or WorkerRequest), the message is cut at this many bytes:
+#: well under any ``--max-message-size`` the daemon accepts in practice, and small
+#: enough that one big batch never holds up the stream for long.
+MAX_BATCH_BYTES = 4 * 2**20
+
+#: The daemon's default ``--max-message-size``: larger messages are refused with
+#: RESOURCE_EXHAUSTED. The SDK checks a call's arguments against the same figure
+#: (or ``$CHALK_MAX_MESSAGE_SIZE``) before sending, for a clear error at the caller.
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20
+
+#: The environment variable that tells the SDK the daemon's message limit.
+MAX_MESSAGE_ENV = "CHALK_MAX_MESSAGE_SIZE"
+
+
+def sdk_max_payload() -> int:
+    """The largest argument payload the SDK sends: ``$CHALK_MAX_MESSAGE_SIZE`` or 64 MiB.
+
+    >>> sdk_max_payload() > 0
+    True
+    """
+    return int(os.environ.get(MAX_MESSAGE_ENV, DEFAULT_MAX_MESSAGE_BYTES))
+
+
+def batches(items: Sequence[T], size: Callable[[T], int], limit: int = MAX_BATCH_BYTES,
+            max_items: int | None = None) -> Iterator[list[T]]:
+    """Cut ``items`` into consecutive groups whose ``size`` sum stays within ``limit``.
+
+    Order is kept. A group holds at least one item, so one item larger than the
+    limit travels alone (the receiver's own limit then decides); ``max_items``
+    also caps how many items share a group. Sizes are asked once per item.
+
+    >>> [g for g in batches([5, 1, 1, 9, 2], size=lambda n: n, limit=6)]
+    [[5, 1], [1], [9], [2]]
+    >>> [g for g in batches("abcde", size=lambda c: 1, limit=10, max_items=2)]
+    [['a', 'b'], ['c', 'd'], ['e']]
+    """
+    if limit <= 0:
+        raise ValueError(f"limit must be a positive number of bytes, got {limit}")
+    if max_items is not None and max_items <= 0:
+        raise ValueError(f"max_items must be positive or None, got {max_items}")
+    cap = len(items) if max_items is None else max_items
+    start, total = 0, 0
+    for i, item in enumerate(items):
+        n = size(item)
+        if i > start and (total + n > limit or i - start >= cap):
+            yield list(items[start:i])
+            start, total = i, 0
+        total += n
+    if start < len(items):
+        yield list(items[start:])
+
+
+# -- name rules both sides check ----------------------------------------------------------
+
+#: Function names (``@function(name=...)``, the catalog). ``match`` semantics, as both
+#: sides have always used them.
+FUNCTION_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
+#: Volume names: the SDK's ``Volume``/mounts and the daemon's volume store.
+VOLUME_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+#: Integration secret names (the same shape as volume names, a separate rule).
+INTEGRATION_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+#: Environment variable names a secret may set.
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
+#: Container names: one DNS label.
+CONTAINER_NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def valid_function_name(name: object) -> bool:
+    """Whether ``name`` may name a function.
+
+    >>> valid_function_name("etl.load-v2"), valid_function_name("2fast")
+    (True, False)
+    """
+    return isinstance(name, str) and FUNCTION_NAME_RE.match(name) is not None
+
+
+def valid_volume_name(name: object) -> bool:
+    """Whether ``name`` may name a volume (1-63 of letters, digits, ``._-``; not starting with ``._-``)."""
+    return isinstance(name, str) and VOLUME_NAME_RE.fullmatch(name) is not None
+
+
+def valid_integration_name(name: object) -> bool:
+    """Whether ``name`` may name an integration secret.
+
+    >>> valid_integration_name("github.main")
+    True
+    """
+    return isinstance(name, str) and INTEGRATION_NAME_RE.fullmatch(name) is not None
+
+
+def valid_env_name(name: object) -> bool:
+    """Whether ``name`` may be set as an environment variable by a secret.
+
+    >>> valid_env_name("API_KEY"), valid_env_name("1X")
+    (True, False)
+    """
+    return isinstance(name, str) and ENV_NAME_RE.fullmatch(name) is not None
+
+
+def valid_container_name(name: object) -> bool:
+    """Whether ``name`` may name a container (one lowercase DNS label).
+
+    >>> valid_container_name("web-1"), valid_container_name("Web")
+    (True, False)
+    """
+    return isinstance(name, str) and CONTAINER_NAME_RE.fullmatch(name) is not None
