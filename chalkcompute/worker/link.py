@@ -28,6 +28,7 @@ from grpclib.client import Channel
 
 from chalkcompute._auth import SessionCredentials
 from chalkcompute._client import new_event_loop, parse_target
+from chalkcompute._contract import MAX_BATCH_BYTES, batches
 from chalkcompute._framing import open_framed
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import WorkerStub
@@ -291,7 +292,7 @@ class DaemonLink:
             values = [gate.pending.popleft() for _ in range(n)]
             try:
                 encoded = encode(values)
-                if n > 1 and len(encoded[1]) > MAX_BYTES_PER_MESSAGE:
+                if n > 1 and len(encoded[1]) > MAX_BATCH_BYTES:
                     # Big values: fewer per payload, so no message outgrows the limit.
                     gate.pending.extendleft(reversed(values))
                     gate.batch_hint = max(1, n // 2)
@@ -333,23 +334,16 @@ def exit_after_grace(reason: str) -> None:
     os._exit(3)
 
 
-MAX_BYTES_PER_MESSAGE = 4 * 2**20
-
-
 def _split(msg: pb.WorkerRequest) -> list[pb.WorkerRequest]:
-    """Cut a request into messages under the daemon's size limit (events stay in order)."""
-    if msg.ByteSize() <= MAX_BYTES_PER_MESSAGE:
+    """Cut a request into messages under the shared batch limit (events stay in order; the credit
+    and heartbeat ride on the last part, after the events they follow)."""
+    if msg.ByteSize() <= MAX_BATCH_BYTES:
         return [msg]
-    parts: list[pb.WorkerRequest] = []
-    current, size = pb.WorkerRequest(), 0
-    for ev in msg.events:
-        n = ev.ByteSize()
-        if current.events and size + n > MAX_BYTES_PER_MESSAGE:
-            parts.append(current)
-            current, size = pb.WorkerRequest(), 0
-        current.events.append(ev)
-        size += n
-    current.credit = msg.credit
-    current.heartbeat = msg.heartbeat
-    parts.append(current)
+    parts = [pb.WorkerRequest(events=group) for group in batches(msg.events, size=_event_size)]
+    parts[-1].credit = msg.credit
+    parts[-1].heartbeat = msg.heartbeat
     return parts
+
+
+def _event_size(event: pb.AttemptEvent) -> int:
+    return event.ByteSize()
