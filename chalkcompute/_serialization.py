@@ -11,16 +11,17 @@ Types come from the function's hints (``int`` -> int64, ``list[T]`` -> list,
 missing hint infers the type from the value at call time. Field metadata under
 :data:`META_KEY` records what Python type to rebuild (``b"tuple"``,
 ``b"dataclass:mod.Qual"``), so a decoder holding only the schema bytes still
-returns tuples, and dicts for maps and structs::
+returns tuples, and dicts for maps and structs:
 
-    def add(x: int, y: int) -> int: ...
-
-    codec = FunctionCodec.for_function(add)
-    schema, batch = codec.encode_args({"x": 1, "y": 2})
-    assert codec.decode_args(schema, batch) == {"x": 1, "y": 2}
-    remote = FunctionCodec.from_schemas(["x", "y"], codec.input_schema_bytes,
-                                        codec.output_schema_bytes)
-    assert remote.decode_results(*codec.encode_result(3)) == [3]
+>>> def add(x: int, y: int) -> int: ...
+>>> codec = FunctionCodec.for_function(add)
+>>> schema, batch = codec.encode_args({"x": 1, "y": 2})
+>>> codec.decode_args(schema, batch)
+{'x': 1, 'y': 2}
+>>> remote = FunctionCodec.from_schemas(["x", "y"], codec.input_schema_bytes,
+...                                     codec.output_schema_bytes)
+>>> remote.decode_results(*codec.encode_result(3))
+[3]
 
 A batched handler (``def f(xs: list[int]) -> list[str]``) is called with one
 item at a time; ``FunctionCodec.for_function(f, batched=True)`` builds the
