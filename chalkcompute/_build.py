@@ -17,13 +17,15 @@ import hashlib
 import os
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from grpclib import GRPCError
-
+from chalkcompute import _rpc
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import ImagesStub
-from chalkcompute.exceptions import DaemonUnavailableError, error_from_status
 from chalkcompute.image import Image
+
+if TYPE_CHECKING:
+    from chalkcompute._client import Client
 
 __all__ = ["prepare_image", "upload_lazy_files", "ImageBuildFailed", "BuildOutcome"]
 
@@ -43,20 +45,21 @@ class BuildOutcome:
     cached: bool
 
 
-async def upload_lazy_files(client, image: Image) -> int:
+async def upload_lazy_files(client: Client, image: Image) -> int:
     """Upload the image's lazy local files the daemon does not have yet; returns how many."""
     files = {f.digest: f.local_path for f in image.lazy_local_files}
     if not files:
         return 0
     image.validate_lazy_local_files()
     stub = ImagesStub(client.channel)
-    missing = (await _rpc(stub.MissingBlobs(pb.MissingBlobsRequest(digests=sorted(files))))).digests
+    request = pb.MissingBlobsRequest(digests=sorted(files))
+    missing = (await _rpc.unary(stub.MissingBlobs, request, target=client.target, timeout=None)).digests
     for digest in missing:
-        await _put(stub, digest, files[digest])
+        await _put(client, stub, digest, files[digest])
     return len(missing)
 
 
-async def _put(stub: ImagesStub, digest: str, path: str) -> None:
+async def _put(client: Client, stub: ImagesStub, digest: str, path: str) -> None:
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -64,7 +67,7 @@ async def _put(stub: ImagesStub, digest: str, path: str) -> None:
         raise FileNotFoundError(f"lazy local file {path!r} cannot be read for upload: {exc}") from None
     if hashlib.sha256(data).hexdigest() != digest:
         raise ValueError(f"lazy local file {path!r} changed since it was added to the Image; build the Image again")
-    try:
+    with _rpc.guarded(client.target):
         async with stub.PutBlob.open() as stream:
             for start in range(0, max(len(data), 1), PIECE):
                 piece = data[start:start + PIECE]
@@ -72,11 +75,9 @@ async def _put(stub: ImagesStub, digest: str, path: str) -> None:
                                                             last=start + PIECE >= len(data)))
             await stream.end()
             await stream.recv_message()
-    except GRPCError as exc:
-        raise error_from_status(exc.status, exc.message) from None
 
 
-async def prepare_image(client, image: Image, *, what: str, timeout: float | None = None) -> BuildOutcome:
+async def prepare_image(client: Client, image: Image, *, what: str, timeout: float | None = None) -> BuildOutcome:
     """Upload lazy files, then build ``image`` on the daemon (or find it cached)."""
     await upload_lazy_files(client, image)
     stub = ImagesStub(client.channel)
@@ -86,39 +87,28 @@ async def prepare_image(client, image: Image, *, what: str, timeout: float | Non
 
     async def run() -> None:
         nonlocal announced, result
-        async with stub.Build.open() as stream:
-            await stream.send_message(pb.BuildImageRequest(image=image.to_proto()), end=True)
-            async for event in stream:
-                if event.lines and show:
-                    if not announced:
-                        print(f"chalkd: building image {image.content_hash[:12]} for {what}", file=sys.stderr)
-                        announced = True
-                    for line in event.lines:
-                        print(line, file=sys.stderr)
-                    sys.stderr.flush()
-                if event.HasField("result"):
-                    result = event.result
+        with _rpc.guarded(client.target):
+            async with stub.Build.open() as stream:
+                await stream.send_message(pb.BuildImageRequest(image=image.to_proto()), end=True)
+                async for event in stream:
+                    if event.lines and show:
+                        if not announced:
+                            print(f"chalkd: building image {image.content_hash[:12]} for {what}", file=sys.stderr)
+                            announced = True
+                        for line in event.lines:
+                            print(line, file=sys.stderr)
+                        sys.stderr.flush()
+                    if event.HasField("result"):
+                        result = event.result
 
     try:
         await asyncio.wait_for(run(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise ImageBuildFailed(f"the image build for {what} did not finish within build_timeout={timeout:g}s") \
             from None
-    except GRPCError as exc:
-        raise error_from_status(exc.status, exc.message) from None
-    except (OSError, ConnectionError) as exc:
-        raise DaemonUnavailableError(f"no chalkd answers at {client.target} ({exc})") from None
     if result is None:
         raise ImageBuildFailed(f"the daemon ended the image build for {what} without a result")
     if not result.ok:
         raise ImageBuildFailed(result.error, result.failed_step, result.log_tail)
     return BuildOutcome(result.image_ref, result.cached)
 
-
-async def _rpc(awaitable):
-    try:
-        return await awaitable
-    except GRPCError as exc:
-        raise error_from_status(exc.status, exc.message) from None
-    except (OSError, ConnectionError) as exc:
-        raise DaemonUnavailableError(f"no chalkd answers ({exc})") from None

@@ -39,11 +39,11 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from grpclib import GRPCError
-from grpclib.client import Channel
+from grpclib.client import Channel, UnaryUnaryMethod
 from grpclib.const import Status
 from grpclib.exceptions import StreamTerminatedError
 
-from chalkcompute import _auth
+from chalkcompute import _auth, _rpc
 from chalkcompute._framing import DirectWriter, FramedStream, frame, open_framed
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import FunctionCatalogStub, QueueStub
@@ -52,6 +52,8 @@ from chalkcompute.exceptions import ChalkError, DaemonUnavailableError, error_fr
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -668,18 +670,13 @@ class Client:
             self._runtime = (await self.rpc("Status", pb.StatusRequest(), timeout=10)).runtime
         return self._runtime
 
-    async def rpc(self, method: str, request, timeout: float | None = 30.0):
-        """A unary catalog call; gRPC failures become the SDK's exceptions."""
-        try:
-            return await getattr(self.catalog, method)(request, timeout=timeout)
-        except GRPCError as exc:
-            raise error_from_status(exc.status, exc.message) from None
-        except (OSError, StreamTerminatedError, ConnectionError) as exc:
-            raise DaemonUnavailableError(
-                f"no chalkd answers at {self.target} ({exc}); start one with `chalkd serve`"
-            ) from None
-        except asyncio.TimeoutError:
-            raise DaemonUnavailableError(f"chalkd at {self.target} did not answer {method} within {timeout}s") from None
+    async def rpc(self, method: UnaryUnaryMethod[_Req, _Resp] | str, request: _Req,
+                  timeout: float | None = 30.0) -> _Resp:
+        """A unary RPC through the SDK's one typed wrapper (:func:`chalkcompute._rpc.unary`):
+        ``await client.rpc(client.catalog.GetFunction, pb.GetFunctionRequest(name="add"))``.
+        A catalog method's name (``"GetFunction"``) is accepted too, for scripts and tests."""
+        call: UnaryUnaryMethod[_Req, _Resp] = getattr(self.catalog, method) if isinstance(method, str) else method
+        return await _rpc.unary(call, request, target=self.target, timeout=timeout)
 
     def _new_submit(self, session: _Session, function_id: str, function_name: str, args: tuple[bytes, bytes],
                     idempotency_key: str | None, parent: str) -> pb.Submit:

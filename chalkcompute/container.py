@@ -19,22 +19,27 @@ own entrypoint/cmd, if any, and keeps the container up so ``exec`` works.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
+from grpclib.client import UnaryUnaryMethod
+
+from chalkcompute import _rpc
 from chalkcompute._build import ImageBuildFailed, prepare_image
 from chalkcompute._client import Client, run_sync
+from chalkcompute._contract import valid_container_name
 from chalkcompute._mounts import check_secrets, secret_refs, volume_mounts
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import ContainersStub
-from chalkcompute.exceptions import ChalkError, ContainerError, ImageBuildError
+from chalkcompute.exceptions import ChalkError, ContainerError, ErrorKind, ImageBuildError
 from chalkcompute.functions import _Synced, parse_cpu, parse_memory
 from chalkcompute.image import Image
 
 __all__ = ["Container", "ContainerInfo", "ExecResult"]
 
-_DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+S = TypeVar("S")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -97,7 +102,7 @@ class Container:
             raise TypeError(f"image must be a chalkcompute.Image or an image reference string, got {image!r}")
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str, got {name!r}")
-        if name is not None and not _DNS_NAME.fullmatch(name):
+        if name is not None and not valid_container_name(name):
             raise ValueError(f"name {name!r} is not DNS-safe: use lower-case letters, digits and '-', "
                              "starting and ending with a letter or digit, at most 63 characters")
         self.image = image
@@ -131,20 +136,15 @@ class Container:
     def _client(self) -> Client:
         return Client.get(self.target)
 
-    async def _call(self, method: str, request, timeout: float | None = 60.0):
-        try:
-            return await getattr(ContainersStub(self._client.channel), method)(request, timeout=timeout)
-        except Exception as exc:
-            from grpclib import GRPCError
+    @property
+    def _stub(self) -> ContainersStub:
+        # Made on use, on the SDK loop: the channel belongs to it.
+        return ContainersStub(self._client.channel)
 
-            from chalkcompute.exceptions import error_from_status
-            if isinstance(exc, GRPCError):
-                raise ContainerError(str(error_from_status(exc.status, exc.message))) from None
-            if isinstance(exc, asyncio.TimeoutError):
-                raise ContainerError(f"chalkd did not answer {method} within {timeout}s") from None
-            if isinstance(exc, (OSError, ConnectionError)):
-                raise ContainerError(f"no chalkd answers at {self._client.target} ({exc})") from None
-            raise
+    async def _call(self, method: UnaryUnaryMethod[S, R], request: S, timeout: float | None = 60.0) -> R:
+        """A Containers RPC: every failure is a ContainerError (the table's CONTAINER rows)."""
+        client = self._client
+        return await _rpc.unary(method, request, target=client.target, timeout=timeout, kind=ErrorKind.CONTAINER)
 
     def _adopt(self, info: pb.ContainerInfo) -> None:
         self.id, self.name = info.id, info.name
@@ -177,7 +177,7 @@ class Container:
         if not (request.id or request.name):
             raise ValueError("give a container id or name")
         probe = cls._attached(pb.ContainerInfo(), target)
-        resp = await probe._call("Get", request)
+        resp = await probe._call(probe._stub.Get, request)
         return cls._attached(resp.info, target)
 
     # -- lifecycle ----------------------------------------------------------------
@@ -213,7 +213,7 @@ class Container:
         refs, local_secrets = secret_refs(self.secrets)
         spec.secrets.extend(refs)
         spec.local_secrets.update(local_secrets)
-        resp = await self._call("Create", pb.CreateContainerRequest(spec=spec, start_timeout=start_timeout))
+        resp = await self._call(self._stub.Create, pb.CreateContainerRequest(spec=spec, start_timeout=start_timeout))
         self._adopt(resp.info)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + start_timeout + 5
@@ -222,7 +222,8 @@ class Container:
             if left <= 0:
                 raise ContainerError(f"{what} was not Running within start_timeout={start_timeout:g}s")
             wait = min(poll_interval, left)
-            resp = await self._call("Get", pb.GetContainerRequest(id=self.id, wait_seconds=wait), timeout=wait + 30)
+            resp = await self._call(self._stub.Get, pb.GetContainerRequest(id=self.id, wait_seconds=wait),
+                                    timeout=wait + 30)
             self._adopt(resp.info)
         if self.info.status != "Running":
             raise ContainerError(f"{what} {self.info.error or 'did not start'} (status {self.info.status})")
@@ -243,8 +244,8 @@ class Container:
                                     or timeout <= 0):
             raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
         rpc_timeout = None if timeout is None else timeout + 30
-        resp = await self._call("Exec", pb.ExecRequest(container_id=self.id, argv=list(cmd), timeout=timeout or 0),
-                                timeout=rpc_timeout)
+        request = pb.ExecRequest(container_id=self.id, argv=list(cmd), timeout=timeout or 0)
+        resp = await self._call(self._stub.Exec, request, timeout=rpc_timeout)
         return ExecResult(
             stdout_text=resp.stdout.decode(errors="replace"), stderr_text=resp.stderr.decode(errors="replace"),
             exit_code=resp.exit_code if resp.HasField("exit_code") else None,
@@ -260,7 +261,7 @@ class Container:
         if grace_period is not None and (isinstance(grace_period, bool) or not isinstance(grace_period, (int, float))
                                          or grace_period < 0):
             raise ValueError(f"grace_period must be a non-negative number of seconds, got {grace_period!r}")
-        resp = await self._call("Stop", pb.StopContainerRequest(id=self.id, grace_period=grace_period or 0),
+        resp = await self._call(self._stub.Stop, pb.StopContainerRequest(id=self.id, grace_period=grace_period or 0),
                                 timeout=(grace_period or 0) + 60)
         self._adopt(resp.info)
 
@@ -270,7 +271,7 @@ class Container:
         """Fetch the latest state from chalkd."""
         if self.id is None:
             raise ContainerError("no container id: run() was never called")
-        resp = await self._call("Get", pb.GetContainerRequest(id=self.id))
+        resp = await self._call(self._stub.Get, pb.GetContainerRequest(id=self.id))
         self._adopt(resp.info)
         return self.info
 

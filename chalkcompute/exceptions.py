@@ -13,6 +13,10 @@ exceptions arrive as :class:`RemoteExecutionError`, which is both a
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Callable
+from typing import Any
+
 from grpclib.const import Status
 
 __all__ = [
@@ -37,7 +41,15 @@ __all__ = [
     "ConcurrencyDeadlockError",
     "ContainerError",
     "ImageBuildError",
+    "VolumeError",
+    "VolumeNotFoundError",
+    "VolumeFileNotFoundError",
+    "VolumeClosedError",
+    "VolumeInvalidArgumentError",
+    "ErrorKind",
     "error_from_status",
+    "unavailable_error",
+    "timeout_error",
     "remote_error",
 ]
 
@@ -125,7 +137,7 @@ class RemoteExecutionError(FunctionError, RuntimeError):
         self.exception_mro = exception_mro
         self.code = code
 
-    def __reduce__(self):  # keep it picklable with its keyword-only fields
+    def __reduce__(self) -> tuple[Any, ...]:  # keep it picklable with its keyword-only fields
         return (
             _rebuild_remote_error,
             (self.message, self.function_name, self.exception_type, self.remote_traceback,
@@ -133,7 +145,7 @@ class RemoteExecutionError(FunctionError, RuntimeError):
         )
 
 
-def _rebuild_remote_error(*args) -> RemoteExecutionError:
+def _rebuild_remote_error(*args: Any) -> RemoteExecutionError:
     message, function_name, exception_type, tb, call_id, mro, code = args
     return RemoteExecutionError(
         message, function_name=function_name, exception_type=exception_type,
@@ -170,24 +182,121 @@ class ImageBuildError(ContainerError):
         self.log_tail = log_tail
 
 
-# The one table from gRPC status to SDK exception.
-_STATUS_TO_ERROR: dict[Status, type[ChalkError]] = {
-    Status.NOT_FOUND: FunctionNotFoundError,
-    Status.INVALID_ARGUMENT: InvalidArgumentError,
-    Status.FAILED_PRECONDITION: FunctionError,
-    Status.RESOURCE_EXHAUSTED: ResourceExhaustedError,
-    Status.UNAVAILABLE: DaemonUnavailableError,
-    Status.DEADLINE_EXCEEDED: FunctionTimeoutError,
-    Status.UNIMPLEMENTED: NotSupportedError,
-    Status.UNAUTHENTICATED: AuthenticationError,
-    Status.PERMISSION_DENIED: PermissionDeniedError,
+class VolumeError(ChalkError):
+    """Base exception for volume errors; ``code`` is the daemon's status name (e.g. ``"NOT_FOUND"``)."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class VolumeNotFoundError(VolumeError, LookupError):
+    """Raised when a volume is not found (the message names it)."""
+
+
+class VolumeFileNotFoundError(VolumeError, LookupError):
+    """Raised when a file is not in the volume (the message names the path and the volume)."""
+
+
+class VolumeClosedError(VolumeError):
+    """The VolumeClient was closed."""
+
+
+class VolumeInvalidArgumentError(VolumeError, InvalidArgumentError):
+    """A bad volume name or path (absolute, ``..``, empty segments); also a ``ValueError``."""
+
+
+# -- the one table from gRPC status to SDK exception ---------------------------------------
+
+
+class ErrorKind(enum.Enum):
+    """Which SDK object made the RPC: a row of the table is chosen by (kind, status).
+
+    Functions and calls (and anything without a row of its own) use ``SDK``;
+    the Volumes service answers with the ``Volume*Error`` family; the
+    Containers service with :class:`ContainerError` (its message is the SDK's).
+    """
+
+    SDK = "sdk"
+    VOLUME = "volume"
+    CONTAINER = "container"
+
+
+_Row = Callable[[Status, str], ChalkError]
+
+
+def _sdk(cls: type[ChalkError]) -> _Row:
+    return lambda status, message: cls(message)
+
+
+def _volume(cls: type[VolumeError]) -> _Row:
+    return lambda status, message: cls(message, status.name)
+
+
+def _volume_not_found(status: Status, message: str) -> ChalkError:
+    # The daemon says "file 'x' is not in volume 'v'" for a path, "volume 'v' ..." for a volume.
+    cls = VolumeFileNotFoundError if message.startswith("file ") else VolumeNotFoundError
+    return cls(message, status.name)
+
+
+def _container(status: Status, message: str) -> ChalkError:
+    # Every Containers failure is a ContainerError whose message is the SDK-wide one.
+    return ContainerError(str(error_from_status(status, message)))
+
+
+# ``(kind, None)`` is the kind's row for any status it has no row of its own for.
+_TABLE: dict[tuple[ErrorKind, Status | None], _Row] = {
+    (ErrorKind.SDK, Status.NOT_FOUND): _sdk(FunctionNotFoundError),
+    (ErrorKind.SDK, Status.INVALID_ARGUMENT): _sdk(InvalidArgumentError),
+    (ErrorKind.SDK, Status.FAILED_PRECONDITION): _sdk(FunctionError),
+    (ErrorKind.SDK, Status.RESOURCE_EXHAUSTED): _sdk(ResourceExhaustedError),
+    (ErrorKind.SDK, Status.UNAVAILABLE): _sdk(DaemonUnavailableError),
+    (ErrorKind.SDK, Status.DEADLINE_EXCEEDED): _sdk(FunctionTimeoutError),
+    (ErrorKind.SDK, Status.UNIMPLEMENTED): _sdk(NotSupportedError),
+    (ErrorKind.SDK, Status.UNAUTHENTICATED): _sdk(AuthenticationError),
+    (ErrorKind.SDK, Status.PERMISSION_DENIED): _sdk(PermissionDeniedError),
+    (ErrorKind.SDK, None): _sdk(ChalkError),
+    # Volumes: the SDK-wide AuthenticationError / PermissionDeniedError, else the Volume family.
+    (ErrorKind.VOLUME, Status.UNAUTHENTICATED): _sdk(AuthenticationError),
+    (ErrorKind.VOLUME, Status.PERMISSION_DENIED): _sdk(PermissionDeniedError),
+    (ErrorKind.VOLUME, Status.NOT_FOUND): _volume_not_found,
+    (ErrorKind.VOLUME, Status.INVALID_ARGUMENT): _volume(VolumeInvalidArgumentError),
+    (ErrorKind.VOLUME, None): _volume(VolumeError),
+    (ErrorKind.CONTAINER, None): _container,
 }
 
 
-def error_from_status(status: Status, message: str | None) -> ChalkError:
-    """Turn a gRPC status from the daemon into the SDK's exception."""
-    cls = _STATUS_TO_ERROR.get(status, ChalkError)
-    return cls(message or status.name)
+def error_from_status(status: Status, message: str | None, kind: ErrorKind = ErrorKind.SDK) -> ChalkError:
+    """Turn a gRPC status from the daemon (and its message) into the SDK's exception.
+
+    >>> error_from_status(Status.NOT_FOUND, "no function 'f'")
+    FunctionNotFoundError("no function 'f'")
+    >>> error_from_status(Status.NOT_FOUND, "file 'a' is not in volume 'v'", ErrorKind.VOLUME).code
+    'NOT_FOUND'
+    """
+    row = _TABLE.get((kind, status)) or _TABLE[(kind, None)]
+    return row(status, message or status.name)
+
+
+def unavailable_error(target: str, exc: BaseException, kind: ErrorKind = ErrorKind.SDK) -> ChalkError:
+    """No daemon answers at ``target`` (``exc`` is the connection failure).
+
+    >>> unavailable_error("127.0.0.1:1", ConnectionRefusedError("refused"))
+    DaemonUnavailableError('no chalkd answers at 127.0.0.1:1 (refused); start one with `chalkd serve`')
+    """
+    message = f"no chalkd answers at {target} ({exc}); start one with `chalkd serve`"
+    return ContainerError(message) if kind is ErrorKind.CONTAINER else DaemonUnavailableError(message)
+
+
+def timeout_error(target: str, method: str, timeout: float | None, kind: ErrorKind = ErrorKind.SDK) -> ChalkError:
+    """The daemon at ``target`` did not answer ``method`` within the RPC's ``timeout``.
+
+    >>> timeout_error("h:1", "GetFunction", 30.0)
+    DaemonUnavailableError('chalkd at h:1 did not answer GetFunction within 30s')
+    """
+    message = f"chalkd at {target} did not answer {method} within {timeout:g}s"
+    return ContainerError(message) if kind is ErrorKind.CONTAINER else DaemonUnavailableError(message)
 
 
 # Platform failures of a call (RemoteError.code) and the exception each becomes.
@@ -209,7 +318,7 @@ _CODE_TO_ERROR: dict[str, type[ChalkError]] = {
 }
 
 
-def remote_error(err, *, function_name: str = "", call_id: str = "") -> ChalkError:
+def remote_error(err: Any, *, function_name: str = "", call_id: str = "") -> ChalkError:
     """The exception for a call's error event (a ``RemoteError`` message)."""
     cls = _CODE_TO_ERROR.get(err.code)
     if cls is None or issubclass(cls, RemoteExecutionError):

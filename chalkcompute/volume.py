@@ -22,9 +22,9 @@ vol.get.aio("config.yaml")``; ``async with vol.batch_upload() as batch`` and
 Differences from the reference, on purpose: ``target`` defaults to the SDK's
 daemon (``$CHALK_COMPUTE_TARGET`` or ``127.0.0.1:50051``, also ``unix:/path``);
 ``credentials`` (TLS) is an ``ssl.SSLContext``, a CA bundle path or True rather
-than ``grpc.ChannelCredentials`` (chalkd does not depend on grpcio); :class:`VolumeInfo`'s ``created_at``/``updated_at`` are aware UTC
-``datetime`` values rather than protobuf Timestamps; ``listdir(recursive=False)``
-lists one directory, its subdirectories as entries ending with '/'.
+than ``grpc.ChannelCredentials`` (chalkd does not depend on grpcio); :class:`VolumeInfo`'s
+``created_at``/``updated_at`` are aware UTC ``datetime`` values rather than
+protobuf Timestamps; ``listdir(recursive=False)`` lists one directory, its subdirectories as entries ending with '/'.
 """
 
 from __future__ import annotations
@@ -33,30 +33,34 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
-from grpclib import GRPCError
-from grpclib.const import Status
-from grpclib.exceptions import StreamTerminatedError
+from grpclib.client import UnaryUnaryMethod
 
+from chalkcompute import _rpc
 from chalkcompute._client import Client, default_target, run_async, run_sync
+from chalkcompute._contract import valid_volume_name
 from chalkcompute._framing import FramedStream
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import VolumesStub
 from chalkcompute.exceptions import (
-    ChalkError,
-    DaemonUnavailableError,
-    InvalidArgumentError,
-    error_from_status,
+    ErrorKind,
+    VolumeClosedError,
+    VolumeError,
+    VolumeFileNotFoundError,
+    VolumeInvalidArgumentError,
+    VolumeNotFoundError,
 )
 from chalkcompute.functions import _Synced
 
 log = logging.getLogger(__name__)
+
+S = TypeVar("S")
+R = TypeVar("R")
 
 __all__ = [
     "Volume",
@@ -72,48 +76,7 @@ __all__ = [
 ]
 
 CHUNK = 1 << 20  # bytes per WriteFiles message
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _UNARY_TIMEOUT = 300.0  # Get/List walk the volume to count its files
-
-
-# -- errors --------------------------------------------------------------------------------
-
-
-class VolumeError(ChalkError):
-    """Base exception for volume errors; ``code`` is the daemon's status name (e.g. ``"NOT_FOUND"``)."""
-
-    def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-
-
-class VolumeNotFoundError(VolumeError, LookupError):
-    """Raised when a volume is not found (the message names it)."""
-
-
-class VolumeFileNotFoundError(VolumeError, LookupError):
-    """Raised when a file is not in the volume (the message names the path and the volume)."""
-
-
-class VolumeClosedError(VolumeError):
-    """The VolumeClient was closed."""
-
-
-class VolumeInvalidArgumentError(VolumeError, InvalidArgumentError):
-    """A bad volume name or path (absolute, ``..``, empty segments); also a ``ValueError``."""
-
-
-def _error(exc: GRPCError) -> ChalkError:
-    message = exc.message or exc.status.name
-    if exc.status in (Status.UNAUTHENTICATED, Status.PERMISSION_DENIED):
-        return error_from_status(exc.status, message)  # the SDK-wide AuthenticationError / PermissionDeniedError
-    if exc.status is Status.NOT_FOUND:
-        cls = VolumeFileNotFoundError if message.startswith("file ") else VolumeNotFoundError
-        return cls(message, exc.status.name)
-    if exc.status is Status.INVALID_ARGUMENT:
-        return VolumeInvalidArgumentError(message, exc.status.name)
-    return VolumeError(message, exc.status.name)
 
 
 # -- values --------------------------------------------------------------------------------
@@ -134,7 +97,7 @@ async def _send(stream, message, end: bool = False) -> None:
 
 
 def _utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, tz=timezone.utc)
+    return datetime.fromtimestamp(ts, tz=UTC)
 
 
 @dataclass(frozen=True)
@@ -190,21 +153,20 @@ class VolumeClient:
         if self.closed:
             raise VolumeClosedError(f"cannot {what}: the VolumeClient for {self.target} is closed", None)
 
-    async def _call(self, method: str, request, what: str, timeout: float | None = _UNARY_TIMEOUT):
-        self._check(what)
-        try:
-            return await getattr(VolumesStub(self._client.channel), method)(
-                request, timeout=timeout, metadata=self._metadata)
-        except GRPCError as exc:
-            raise _error(exc) from None
-        except (OSError, StreamTerminatedError) as exc:
-            raise self._unavailable(exc) from None
-        except asyncio.TimeoutError:
-            raise DaemonUnavailableError(f"chalkd at {self.target} did not answer {method} "
-                                         f"within {timeout:g}s") from None
+    @property
+    def _stub(self) -> VolumesStub:
+        # Made on use, on the SDK loop: the channel belongs to it.
+        return VolumesStub(self._client.channel)
 
-    def _unavailable(self, exc: BaseException) -> DaemonUnavailableError:
-        return DaemonUnavailableError(f"no chalkd answers at {self.target} ({exc}); start one with `chalkd serve`")
+    async def _call(self, method: UnaryUnaryMethod[S, R], request: S, what: str,
+                    timeout: float | None = _UNARY_TIMEOUT) -> R:
+        self._check(what)
+        return await _rpc.unary(method, request, target=self.target, timeout=timeout, metadata=self._metadata,
+                                kind=ErrorKind.VOLUME)
+
+    def _guarded(self) -> contextlib.AbstractContextManager[None]:
+        """Around a volume stream: its failures mapped as :meth:`_call` maps them."""
+        return _rpc.guarded(self.target, ErrorKind.VOLUME)
 
     @contextlib.asynccontextmanager
     async def _stream(self, method: str):
@@ -235,7 +197,7 @@ class VolumeClient:
 
     async def _create(self, name: str) -> Volume:
         """Create a named volume; an existing one is returned (not an error)."""
-        resp = await self._call("Create", pb.CreateVolumeRequest(name=name), f"create volume {name!r}")
+        resp = await self._call(self._stub.Create, pb.CreateVolumeRequest(name=name), f"create volume {name!r}")
         return Volume(name, client=self, _info=VolumeInfo._from_pb(resp.info))
 
     create = _Synced(_create)
@@ -247,14 +209,14 @@ class VolumeClient:
 
     async def _lookup(self, name: str) -> Volume:
         """The volume, its info fetched; raises VolumeNotFoundError when it does not exist."""
-        resp = await self._call("Get", pb.GetVolumeRequest(name=name), f"look up volume {name!r}")
+        resp = await self._call(self._stub.Get, pb.GetVolumeRequest(name=name), f"look up volume {name!r}")
         return Volume(name, client=self, _info=VolumeInfo._from_pb(resp.info))
 
     lookup = _Synced(_lookup)
 
     async def _list(self) -> list[VolumeInfo]:
         """One VolumeInfo per volume, by name."""
-        resp = await self._call("List", pb.ListVolumesRequest(), "list volumes")
+        resp = await self._call(self._stub.List, pb.ListVolumesRequest(), "list volumes")
         return [VolumeInfo._from_pb(i) for i in resp.volumes]
 
     list = _Synced(_list)
@@ -318,7 +280,7 @@ class Volume:
     """
 
     def __init__(self, name: str, client: VolumeClient | None = None, *, _info: VolumeInfo | None = None) -> None:
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
+        if not valid_volume_name(name):
             raise VolumeInvalidArgumentError(f"invalid volume name {name!r}: use 1-63 letters, digits, '.', '_' "
                                              "or '-', starting with a letter or digit", "INVALID_ARGUMENT")
         self.name = name
@@ -341,7 +303,8 @@ class Volume:
 
     async def _refresh(self) -> VolumeInfo:
         """Fetch the volume's info again (size and file count change as files do)."""
-        resp = await self.client._call("Get", pb.GetVolumeRequest(name=self.name), f"read volume {self.name!r}")
+        client = self.client
+        resp = await client._call(client._stub.Get, pb.GetVolumeRequest(name=self.name), f"read volume {self.name!r}")
         self._info = VolumeInfo._from_pb(resp.info)
         return self._info
 
@@ -353,7 +316,7 @@ class Volume:
         """(data, whole size) per chunk of the file, as the daemon streams it."""
         client = self.client
         client._check(f"read {path!r} from volume {self.name!r}")
-        try:
+        with client._guarded():
             async with client._stream("ReadFile") as stream:
                 await _send(stream, pb.ReadFileRequest(name=self.name, path=path), end=True)
                 first = await stream.recv_message()
@@ -363,10 +326,6 @@ class Volume:
                 yield first.data, size
                 async for chunk in stream:
                     yield chunk.data, size
-        except GRPCError as exc:
-            raise _error(exc) from None
-        except (OSError, StreamTerminatedError) as exc:
-            raise client._unavailable(exc) from None
 
     async def _get(self, path: str) -> bytes:
         """Read a file's contents (bytes; :meth:`get_file` streams a large one to disk instead)."""
@@ -402,16 +361,12 @@ class Volume:
         Same as listdir() but lazy: ``for e in vol.iterdir("logs/"): ...``."""
         client = self.client
         client._check(f"list volume {self.name!r}")
-        try:
+        with client._guarded():
             async with client._stream("ListFiles") as stream:
                 await _send(stream, pb.ListFilesRequest(name=self.name, prefix=prefix, recursive=recursive), end=True)
                 async for page in stream:
                     for e in page.entries:
                         yield VolumeEntry(e.path, e.size, e.mtime)
-        except GRPCError as exc:
-            raise _error(exc) from None
-        except (OSError, StreamTerminatedError) as exc:
-            raise client._unavailable(exc) from None
 
     iterdir = _IterTwin(_entries)
 
@@ -431,7 +386,7 @@ class Volume:
         visible before the daemon has the whole batch)."""
         client = self.client
         client._check(f"write to volume {self.name!r}")
-        try:
+        with client._guarded():
             async with client._stream("WriteFiles") as stream:
                 name = self.name
                 for path, src in items:
@@ -441,10 +396,6 @@ class Volume:
                         name = ""  # the volume is named by the first message only
                 await _send(stream, pb.WriteFilesRequest(name=name, commit=True), end=True)
                 return await stream.recv_message()
-        except GRPCError as exc:
-            raise _error(exc) from None
-        except (OSError, StreamTerminatedError) as exc:
-            raise client._unavailable(exc) from None
 
     async def _put(self, path: str, data: bytes | str) -> Volume:
         """Write a file (bytes, or str as UTF-8), atomically; returns self for chaining."""
@@ -462,8 +413,9 @@ class Volume:
 
     async def _remove(self, path: str) -> Volume:
         """Remove a file; returns self. A symlink there is removed itself, never followed."""
-        await self.client._call("RemoveFile", pb.RemoveFileRequest(name=self.name, path=path),
-                                f"remove {path!r} from volume {self.name!r}")
+        client = self.client
+        await client._call(client._stub.RemoveFile, pb.RemoveFileRequest(name=self.name, path=path),
+                           f"remove {path!r} from volume {self.name!r}")
         return self
 
     remove = _Synced(_remove)
@@ -476,7 +428,8 @@ class Volume:
 
     async def _delete(self) -> None:
         """Delete this volume and all its contents."""
-        await self.client._call("Delete", pb.DeleteVolumeRequest(name=self.name), f"delete volume {self.name!r}")
+        client = self.client
+        await client._call(client._stub.Delete, pb.DeleteVolumeRequest(name=self.name), f"delete volume {self.name!r}")
         self._info = None
 
     delete = _Synced(_delete)
