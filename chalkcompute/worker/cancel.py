@@ -45,8 +45,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 
-from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
-
 log = logging.getLogger(__name__)
 _get_ident = threading.get_ident
 
@@ -71,17 +69,6 @@ class CallCancelled(BaseException):
     that swallows it and returns normally has its result reported as usual
     (the daemon drops results of attempts it abandoned).
     """
-
-
-def cancelled_error() -> pb.RemoteError:
-    """The error that tells the daemon an attempt stopped because it was cancelled."""
-    return pb.RemoteError(exception_type="chalkd.CancelledError", message="the call was cancelled",
-                          code="CANCELLED")
-
-
-def cancelled_event(call_id: str, attempt: int) -> pb.AttemptEvent:
-    """The final event of a cancelled attempt: the daemon's confirmation that its slot is free."""
-    return pb.AttemptEvent(call_id=call_id, attempt=attempt, error=cancelled_error())
 
 
 class _Entry:

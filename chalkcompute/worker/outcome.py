@@ -52,7 +52,7 @@ import pyarrow as pa
 
 from chalkcompute._code import caller_module
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
-from chalkcompute.worker.cancel import CallCancelled, cancelled_error
+from chalkcompute.worker.cancel import CallCancelled
 
 Key = tuple[str, int]  # (call_id, attempt)
 
@@ -78,6 +78,17 @@ def error_message(exc: BaseException) -> pb.RemoteError:
         exception_type=f"{caller_module(cls.__module__)}.{cls.__qualname__}", message=str(exc),
         traceback="".join(traceback.format_exception(exc)), exception_mro=mro,
     )
+
+
+def cancelled_error() -> pb.RemoteError:
+    """The error that tells the daemon an attempt stopped because it was cancelled."""
+    return pb.RemoteError(exception_type="chalkd.CancelledError", message="the call was cancelled",
+                          code="CANCELLED")
+
+
+def cancelled_event(call_id: str, attempt: int) -> pb.AttemptEvent:
+    """The final event of a cancelled attempt: the daemon's confirmation that its slot is free."""
+    return pb.AttemptEvent(call_id=call_id, attempt=attempt, error=cancelled_error())
 
 
 def batch_size_mismatch(fname: str, value: object, n: int) -> pb.RemoteError | None:

@@ -18,7 +18,8 @@ from chalkcompute._client import current_call_id
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._serialization import FunctionCodec
 from chalkcompute.worker.blocking import DRAINED, BlockingLink, serve_blocking
-from chalkcompute.worker.cancel import CallCancelled, cancelled_event
+from chalkcompute.worker.cancel import CallCancelled
+from chalkcompute.worker.outcome import cancelled_event
 from chalkcompute.worker.runner import Runner, run_plain
 from tests.unit.worker_fakes import (
     WAIT,

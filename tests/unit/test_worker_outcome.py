@@ -11,8 +11,8 @@ import pytest
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._serialization import FunctionCodec
 from chalkcompute.worker.batching import item_keys, run_batch_async, run_batch_sync
-from chalkcompute.worker.cancel import CallCancelled, cancelled_event
-from chalkcompute.worker.outcome import CANCELS_ON_LOOP, Outcome, error_message, fail_late
+from chalkcompute.worker.cancel import CallCancelled
+from chalkcompute.worker.outcome import CANCELS_ON_LOOP, Outcome, cancelled_event, error_message, fail_late
 from chalkcompute.worker.runner import Runner, run_plain
 from tests.unit.worker_fakes import FakeLink, assignment, result_of, run_loop_in_thread
 
