@@ -667,14 +667,15 @@ class Client:
     async def runtime_name(self) -> str:
         """The daemon's runtime ("process" or "docker"), asked once per client."""
         if self._runtime is None:
-            self._runtime = (await self.rpc("Status", pb.StatusRequest(), timeout=10)).runtime
+            self._runtime = (await self.rpc(self.catalog.Status, pb.StatusRequest(), timeout=10)).runtime
         return self._runtime
 
     async def rpc(self, method: UnaryUnaryMethod[_Req, _Resp] | str, request: _Req,
                   timeout: float | None = 30.0) -> _Resp:
         """A unary RPC through the SDK's one typed wrapper (:func:`chalkcompute._rpc.unary`):
         ``await client.rpc(client.catalog.GetFunction, pb.GetFunctionRequest(name="add"))``.
-        A catalog method's name (``"GetFunction"``) is accepted too, for scripts and tests."""
+        From another thread (``run_sync(client.rpc(...))``) name a catalog method instead,
+        ``"GetFunction"``: it is looked up on the SDK loop, where the channel must be made."""
         call: UnaryUnaryMethod[_Req, _Resp] = getattr(self.catalog, method) if isinstance(method, str) else method
         return await _rpc.unary(call, request, target=self.target, timeout=timeout)
 

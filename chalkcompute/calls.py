@@ -197,9 +197,9 @@ class FunctionCall:
     @classmethod
     async def _resolve(cls, call_id: str, target: str | None) -> "FunctionCall":
         client = Client.get(target)
-        info = (await client.rpc("GetCall", pb.GetCallRequest(call_id=call_id))).call
+        info = (await client.rpc(client.catalog.GetCall, pb.GetCallRequest(call_id=call_id))).call
         try:
-            fv = (await client.rpc("GetFunction", pb.GetFunctionRequest(id=info.function_id))).function
+            fv = (await client.rpc(client.catalog.GetFunction, pb.GetFunctionRequest(id=info.function_id))).function
         except FunctionNotFoundError:
             # The version was deleted since: its result still decodes, inferred
             # from the schema the payload carries.

@@ -361,7 +361,7 @@ class RemoteFunction:
         if self._info is not None:
             return self._info
         if self.fn is None:  # a lazy handle: resolve by name
-            resp = await self.client.rpc("GetFunction", pb.GetFunctionRequest(name=self.name))
+            resp = await self.client.rpc(self.client.catalog.GetFunction, pb.GetFunctionRequest(name=self.name))
             fresh = RemoteFunction._from_version(resp.function, self.target)
             self.codec, self.is_generator, self._info = fresh.codec, fresh.is_generator, fresh._info
             return self._info
@@ -380,7 +380,7 @@ class RemoteFunction:
                 await prepare_image(self.client, self.image, what=f"function {self.name!r}", timeout=build_timeout)
             except ImageBuildFailed as exc:
                 raise FunctionBuildError(f"the image of function {self.name!r} failed to build: {exc}") from None
-        resp = await self.client.rpc("RegisterFunction",
+        resp = await self.client.rpc(self.client.catalog.RegisterFunction,
                                      pb.RegisterFunctionRequest(spec=spec, local_secrets=local_secrets))
         self._info = _info(resp.function)
         _pending.discard(self)
@@ -416,7 +416,7 @@ class RemoteFunction:
                     f"no replica of {self.name!r} became ready within {timeout:g}s" + (f": {why}" if why else ""))
             try:
                 resp = await self.client.rpc(
-                    "WaitReady", pb.WaitReadyRequest(id=info.id, timeout=min(left, rounds_timeout)),
+                    self.client.catalog.WaitReady, pb.WaitReadyRequest(id=info.id, timeout=min(left, rounds_timeout)),
                     timeout=min(left, rounds_timeout) + 30)
             except FunctionTimeoutError as exc:
                 reason = str(exc)
@@ -455,7 +455,7 @@ class RemoteFunction:
     async def _refresh(self) -> FunctionVersionInfo:
         if self._info is None:
             raise FunctionError(f"function {self.name!r} has not been deployed: call deploy() first")
-        resp = await self.client.rpc("GetFunction", pb.GetFunctionRequest(id=self._info.id))
+        resp = await self.client.rpc(self.client.catalog.GetFunction, pb.GetFunctionRequest(id=self._info.id))
         self._info = _info(resp.function)
         return self._info
 
@@ -464,7 +464,7 @@ class RemoteFunction:
     async def _delete(self) -> None:
         if self._info is None:
             raise FunctionError(f"function {self.name!r} has not been deployed: nothing to delete")
-        await self.client.rpc("DeleteFunction", pb.DeleteFunctionRequest(id=self._info.id))
+        await self.client.rpc(self.client.catalog.DeleteFunction, pb.DeleteFunctionRequest(id=self._info.id))
         self._info = None
 
     delete = _Synced(_delete)
