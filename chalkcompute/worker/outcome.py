@@ -6,7 +6,8 @@ and sends :attr:`Outcome.events`. The rule, written only here:
 
 - a returned value is encoded with the function's codec into a ``result``
   event (a value that cannot be encoded is that attempt's error); a generator
-  that finished is a ``done`` event;
+  that finished is a ``done`` event, unless one of its yielded values could
+  not be encoded (:func:`fail_late`, also applied by the link as it sends);
 - a cancel (:class:`~chalkcompute.worker.cancel.CallCancelled` in a thread,
   ``asyncio.CancelledError`` on the loop) is the ``CANCELLED`` error event of
   every attempt the invocation served, which tells the daemon the slot is free;
