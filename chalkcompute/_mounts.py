@@ -12,15 +12,12 @@ created at deploy when it does not exist. Mounts need chalkd's Docker runtime.
 from __future__ import annotations
 
 import posixpath
-import re
 from collections.abc import Iterable
 
+from chalkcompute._contract import valid_volume_name
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 
 __all__ = ["volume_mounts", "check_secrets", "secret_refs"]
-
-_VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-
 
 def volume_mounts(volumes: Iterable | None) -> list[pb.VolumeMount]:
     if volumes is None:
@@ -36,7 +33,7 @@ def volume_mounts(volumes: Iterable | None) -> list[pb.VolumeMount]:
         name = volume if isinstance(volume, str) else getattr(volume, "name", None)
         if not isinstance(name, str):
             raise TypeError(f"a mount's volume must be a chalkcompute.Volume or a volume name, got {volume!r}")
-        if not _VOLUME_NAME.fullmatch(name):
+        if not valid_volume_name(name):
             raise ValueError(f"invalid volume name {name!r} in volumes: use 1-63 letters, digits, '.', '_' or '-', "
                              "starting with a letter or digit")
         if not isinstance(path, str) or not path.startswith("/"):

@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from chalkcompute._contract import valid_env_name, valid_integration_name
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute.exceptions import InvalidArgumentError
 
@@ -39,14 +40,12 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Secret", "parse_env_file"]
 
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 _PREFIX = re.compile(r"[A-Za-z0-9_]{0,254}")
-_INTEGRATION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _EXPORT = re.compile(r"export\s+")
 
 
 def _env_name(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not _ENV_NAME.fullmatch(value):
+    if not valid_env_name(value):
         raise InvalidArgumentError(f"invalid {what} {value!r}: use 1-255 letters, digits or '_', "
                                    "not starting with a digit")
     return value
@@ -112,7 +111,7 @@ class Secret:
         those listed, ``aliases`` renames keys (``{"HOST": "PG_HOST"}``), ``prefix`` goes
         in front of every env var."""
         s = cls._blank("integration")
-        if not isinstance(name, str) or not _INTEGRATION_NAME.fullmatch(name):
+        if not valid_integration_name(name):
             raise InvalidArgumentError(f"invalid integration name {name!r}: use 1-63 letters, digits, '.', '_' "
                                        "or '-', starting with a letter or digit")
         s._name = name
@@ -298,7 +297,7 @@ def parse_env_file(path: str | os.PathLike) -> dict[str, str]:
             line = line[m.end():]
         key, eq, raw = line.partition("=")
         key = key.strip()
-        if not eq or not _ENV_NAME.fullmatch(key):
+        if not eq or not valid_env_name(key):
             raise InvalidArgumentError(f"{path}, line {lineno}: expected KEY=VALUE with KEY made of letters, "
                                        "digits or '_'")
         value = _parse_value(raw.strip())
