@@ -105,7 +105,7 @@ class Container:
         if name is not None and not valid_container_name(name):
             raise ValueError(f"name {name!r} is not DNS-safe: use lower-case letters, digits and '-', "
                              "starting and ending with a letter or digit, at most 63 characters")
-        self.image = image
+        self.image: Image | None = image
         self.name = name
         self.cpu_millis = parse_cpu(cpu) if cpu is not None else 0
         self.memory_bytes = parse_memory(memory) if memory is not None else 0
@@ -146,10 +146,11 @@ class Container:
         client = self._client
         return await _rpc.unary(method, request, target=client.target, timeout=timeout, kind=ErrorKind.CONTAINER)
 
-    def _adopt(self, info: pb.ContainerInfo) -> None:
+    def _adopt(self, info: pb.ContainerInfo) -> ContainerInfo:
         self.id, self.name = info.id, info.name
         self._image_uri = info.image_uri or self._image_uri
-        self.info = ContainerInfo._from_pb(info)
+        self.info = adopted = ContainerInfo._from_pb(info)
+        return adopted
 
     # -- attaching ----------------------------------------------------------------
 
@@ -214,19 +215,19 @@ class Container:
         spec.secrets.extend(refs)
         spec.local_secrets.update(local_secrets)
         resp = await self._call(self._stub.Create, pb.CreateContainerRequest(spec=spec, start_timeout=start_timeout))
-        self._adopt(resp.info)
+        info = self._adopt(resp.info)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + start_timeout + 5
-        while self.info.status == "Pending":
+        while info.status == "Pending":
             left = deadline - loop.time()
             if left <= 0:
                 raise ContainerError(f"{what} was not Running within start_timeout={start_timeout:g}s")
             wait = min(poll_interval, left)
             resp = await self._call(self._stub.Get, pb.GetContainerRequest(id=self.id, wait_seconds=wait),
                                     timeout=wait + 30)
-            self._adopt(resp.info)
-        if self.info.status != "Running":
-            raise ContainerError(f"{what} {self.info.error or 'did not start'} (status {self.info.status})")
+            info = self._adopt(resp.info)
+        if info.status != "Running":
+            raise ContainerError(f"{what} {info.error or 'did not start'} (status {info.status})")
         return self
 
     run = _Synced(_run)
@@ -272,8 +273,7 @@ class Container:
         if self.id is None:
             raise ContainerError("no container id: run() was never called")
         resp = await self._call(self._stub.Get, pb.GetContainerRequest(id=self.id))
-        self._adopt(resp.info)
-        return self.info
+        return self._adopt(resp.info)
 
     refresh_info = _Synced(_refresh_info)
 

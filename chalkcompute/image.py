@@ -135,10 +135,12 @@ def _check_mode(mode: object) -> int | None:
     return mode
 
 
-def _check_strategy(strategy: object) -> str:
-    if strategy not in ("copy", "volume"):
-        raise ValueError(f"strategy must be 'copy' or 'volume', got {strategy!r}")
-    return str(strategy)
+def _check_strategy(strategy: object) -> Strategy:
+    if strategy == "copy":
+        return "copy"
+    if strategy == "volume":
+        return "volume"
+    raise ValueError(f"strategy must be 'copy' or 'volume', got {strategy!r}")
 
 
 def _sha256_file(path: str) -> str:
@@ -262,6 +264,11 @@ class Image:
     """
 
     __slots__ = ("_base", "_python_version", "_steps", "_hash")
+    # Set once by _init (through object.__setattr__: instances are immutable).
+    _base: str
+    _python_version: str | None
+    _steps: tuple[_Step, ...]
+    _hash: str
 
     def __init__(self, base: str = "", python_version: str | None = None) -> None:
         """An image with no steps; prefer :meth:`base` / :meth:`debian_slim`."""
@@ -425,7 +432,8 @@ class Image:
             return self._extend(_Step("copy_dir", path=dest, content=_tar(files), source=local))
         if archive:
             if dest == "/":
-                raise ValueError("remote_path must not be '/' with archive=True (the archive goes to '<remote_path>.tar')")
+                raise ValueError("remote_path must not be '/' with archive=True "
+                                 "(the archive goes to '<remote_path>.tar')")
             tar_path, digest = _cache_archive(_tar(files))
             return self._extend(_Step("lazy_file", path=dest + ".tar", source=tar_path, digest=digest))
         return self._extend(*(

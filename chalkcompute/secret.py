@@ -228,6 +228,7 @@ class Secret:
             if value is None:
                 raise InvalidArgumentError(f"Secret.from_local_env: the local environment variable {self._name!r} "
                                            "is not set")
+            assert self._env_var_name is not None  # set by from_local_env with the name
             values = {self._env_var_name: value}
         digest = hashlib.sha256()
         for key in sorted(values):
