@@ -33,13 +33,14 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Iterator
+import ssl
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
-from grpclib.client import UnaryUnaryMethod
+from grpclib.client import ServiceMethod, UnaryUnaryMethod
 
 from chalkcompute import _rpc
 from chalkcompute._client import Client, default_target, run_async, run_sync
@@ -82,11 +83,11 @@ _UNARY_TIMEOUT = 300.0  # Get/List walk the volume to count its files
 # -- values --------------------------------------------------------------------------------
 
 
-_FRAMED = {"ReadFile": (b"volumes.read", pb.FileChunk), "WriteFiles": (b"volumes.write", pb.WriteFilesResponse),
-           "ListFiles": (b"volumes.list", pb.ListFilesResponse)}
+# The framed lane's name of each stream RPC (see Client.open_stream).
+_FRAMED = {"ReadFile": b"volumes.read", "WriteFiles": b"volumes.write", "ListFiles": b"volumes.list"}
 
 
-async def _send(stream, message, end: bool = False) -> None:
+async def _send(stream: Any, message: Any, end: bool = False) -> None:
     """send_message on a gRPC or a framed stream; ``end`` half-closes it."""
     if isinstance(stream, FramedStream):
         await stream.send_message(message)
@@ -138,7 +139,7 @@ class VolumeClient:
     this client (later calls raise :class:`VolumeClosedError`), not the connection.
     """
 
-    def __init__(self, target: str | None = None, credentials=None,
+    def __init__(self, target: str | None = None, credentials: ssl.SSLContext | str | bool | None = None,
                  metadata: list[tuple[str, str]] | None = None) -> None:
         md = list(metadata or ())
         for item in md:
@@ -169,14 +170,13 @@ class VolumeClient:
         return _rpc.guarded(self.target, ErrorKind.VOLUME)
 
     @contextlib.asynccontextmanager
-    async def _stream(self, method: str):
+    async def _stream(self, method: ServiceMethod[Any, Any]) -> AsyncIterator[Any]:
         """A ReadFile/WriteFiles/ListFiles stream: on the daemon's unix socket when it
         is on this machine (no HTTP/2: ~3x the throughput), else gRPC (always with
         ``metadata``, which only gRPC carries). Use :func:`_send` on it, the two differ
         in how a stream's end is said."""
-        name, recv_type = _FRAMED[method]
-        grpc_method = getattr(VolumesStub(self._client.channel), method)
-        async with self._client.open_stream(name, grpc_method, recv_type, metadata=self._metadata) as stream:
+        name = _FRAMED[method.name.rsplit("/", 1)[-1]]
+        async with self._client.open_stream(name, method, method.reply_type, metadata=self._metadata) as stream:
             yield stream
 
     def close(self) -> None:
@@ -186,13 +186,13 @@ class VolumeClient:
     def __enter__(self) -> VolumeClient:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     async def __aenter__(self) -> VolumeClient:
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         self.close()
 
     async def _create(self, name: str) -> Volume:
@@ -317,7 +317,7 @@ class Volume:
         client = self.client
         client._check(f"read {path!r} from volume {self.name!r}")
         with client._guarded():
-            async with client._stream("ReadFile") as stream:
+            async with client._stream(client._stub.ReadFile) as stream:
                 await _send(stream, pb.ReadFileRequest(name=self.name, path=path), end=True)
                 first = await stream.recv_message()
                 if first is None:  # only a broken daemon ends without a chunk
@@ -362,7 +362,7 @@ class Volume:
         client = self.client
         client._check(f"list volume {self.name!r}")
         with client._guarded():
-            async with client._stream("ListFiles") as stream:
+            async with client._stream(client._stub.ListFiles) as stream:
                 await _send(stream, pb.ListFilesRequest(name=self.name, prefix=prefix, recursive=recursive), end=True)
                 async for page in stream:
                     for e in page.entries:
@@ -381,13 +381,13 @@ class Volume:
 
     # -- writing ---------------------------------------------------------------------------
 
-    async def _upload(self, items: list[tuple[str, bytes | Path | BinaryIO]]) -> pb.WriteFilesResponse:
+    async def _upload(self, items: Sequence[tuple[str, bytes | Path | BinaryIO]]) -> pb.WriteFilesResponse:
         """One WriteFiles stream: every file in chunks, then commit (nothing is
         visible before the daemon has the whole batch)."""
         client = self.client
         client._check(f"write to volume {self.name!r}")
         with client._guarded():
-            async with client._stream("WriteFiles") as stream:
+            async with client._stream(client._stub.WriteFiles) as stream:
                 name = self.name
                 for path, src in items:
                     async for piece, last in _pieces(src):
@@ -437,7 +437,7 @@ class Volume:
     def __repr__(self) -> str:
         return f"Volume({self.name!r})"
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, Volume) and other.name == self.name and other.client.target == self.client.target
 
     def __hash__(self) -> int:
@@ -465,19 +465,20 @@ class VolumeBatch:
         self.volume.client._check(f"write to volume {self.volume.name!r}")
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         if exc_type is None:
             run_sync(self.volume._upload(self.items))
 
     async def __aenter__(self) -> VolumeBatch:
         return self.__enter__()
 
-    async def __aexit__(self, exc_type, exc, tb) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: object) -> None:
         if exc_type is None:
             await run_async(self.volume._upload(self.items))
 
 
-def _as_bytes(data, path: str) -> bytes:
+def _as_bytes(data: object, path: str) -> bytes:
     if isinstance(data, str):
         return data.encode()
     if isinstance(data, (bytes, bytearray, memoryview)):
@@ -485,11 +486,15 @@ def _as_bytes(data, path: str) -> bytes:
     raise TypeError(f"the data for {path!r} must be bytes or str, got {type(data).__name__}")
 
 
-def _local_file(local_path) -> Path:
+def _local_file(local_path: str | os.PathLike[str]) -> Path:
     p = Path(local_path)
     if not p.is_file():
         raise FileNotFoundError(f"no local file {str(p)!r} to upload")
     return p
+
+
+def _open_binary(path: Path) -> BinaryIO:
+    return open(path, "rb", buffering=0)
 
 
 async def _pieces(src: bytes | Path | BinaryIO) -> AsyncIterator[tuple[bytes, bool]]:
@@ -503,7 +508,7 @@ async def _pieces(src: bytes | Path | BinaryIO) -> AsyncIterator[tuple[bytes, bo
             yield bytes(view[i:i + CHUNK]), i + CHUNK >= len(src)
         return
     own = isinstance(src, Path)  # else a binary file object of the caller's (the CLI's stdin)
-    f = await asyncio.to_thread(open, src, "rb", buffering=0) if own else src
+    f: BinaryIO = await asyncio.to_thread(_open_binary, src) if isinstance(src, Path) else src
     try:
         data = await asyncio.to_thread(f.read, CHUNK)
         while True:
