@@ -46,6 +46,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from chalkcompute._contract import ENV_NAME_RE, INTEGRATION_NAME_RE
 from chalkd.store.db import Store
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,7 @@ __all__ = [
     "check_integration_name",
 ]
 
-ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
-INTEGRATION_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+# ENV_NAME_RE and INTEGRATION_NAME_RE: the rules the SDK checks too (chalkcompute._contract).
 # Linux refuses a single environment string over 128 KiB (MAX_ARG_STRLEN) when a
 # process is exec'd; half of that leaves room for the name and keeps the limit round.
 MAX_VALUE_BYTES = 64 * 1024

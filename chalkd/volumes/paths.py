@@ -15,10 +15,11 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import re
 import stat
 from dataclasses import dataclass
 from typing import Any
+
+from chalkcompute._contract import VOLUME_NAME_RE
 
 __all__ = [
     "NAME_RE", "DIR_FLAGS", "MAX_DEPTH", "SYNCFS_FROM", "WRITEBACK_EVERY",
@@ -27,7 +28,7 @@ __all__ = [
     "start_writeback",
 ]
 
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+NAME_RE = VOLUME_NAME_RE  # the rule the SDK checks too (chalkcompute._contract)
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_PATH = 4096
 _MAX_SEGMENT = 255  # NAME_MAX, in bytes
