@@ -24,13 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from grpclib import GRPCError
-from grpclib.const import Status
 from grpclib.events import RecvRequest, listen
 
 from chalkcompute._auth import METADATA_KEY, TOKEN_HELP, client_credential, server_proof
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import AuthBase
+from chalkd.errors import ChalkdError, InvalidArgument, PermissionDenied, Unauthenticated
+from chalkd.services.errors import grpc_errors, to_grpc
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +82,12 @@ def load_or_create_token(home: Path) -> str:
         if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o077 or st.st_uid != os.getuid():
             raise PermissionError(
                 f"{path} must be a regular file owned by uid {os.getuid()} with mode 0600 "
-                f"(is mode {stat.S_IMODE(st.st_mode):o}, uid {st.st_uid}); fix it or remove it to make a new token")
+                f"(is mode {stat.S_IMODE(st.st_mode):o}, uid {st.st_uid}); fix it or remove it to make a new token"
+            ) from None
         token = path.read_text().strip()
         if len(token) < 16:
-            raise PermissionError(f"{path} holds no usable token; remove it to make a new one (`chalkd token rotate`)")
+            raise PermissionError(
+                f"{path} holds no usable token; remove it to make a new one (`chalkd token rotate`)") from None
         return token
     token = secrets.token_urlsafe(32)
     with os.fdopen(fd, "w") as f:
@@ -115,14 +117,15 @@ class Authenticator(AuthBase):
         self.pending: OrderedDict[str, Scope] = OrderedDict()
         self.sessions: OrderedDict[str, Scope] = OrderedDict()
 
+    @grpc_errors
     async def Challenge(self, stream) -> None:
         req = await stream.recv_message()
         if len(req.client_nonce) < 16:
-            raise GRPCError(Status.INVALID_ARGUMENT, "client_nonce must be at least 16 random bytes")
+            raise InvalidArgument("client_nonce must be at least 16 random bytes")
         if req.key_id:
             key = self.replica_key(req.key_id)
             if key is None:
-                raise GRPCError(Status.UNAUTHENTICATED, f"no running replica {req.key_id!r} on this daemon")
+                raise Unauthenticated(f"no running replica {req.key_id!r} on this daemon")
             scope = Scope(req.key_id)
         else:
             key, scope = self.token, FULL
@@ -157,18 +160,18 @@ class Authenticator(AuthBase):
                 del table[cred]
 
     def check(self, method_name: str, credential: str | None) -> Scope:
-        """The scope for one RPC, or the GRPCError that refuses it."""
+        """The scope for one RPC, or the Unauthenticated/PermissionDenied that refuses it."""
         scope = self.scope_of(credential)
         if scope is None:
             if credential:
-                raise GRPCError(Status.UNAUTHENTICATED,
-                                "this connection's chalkd session is unknown (the daemon restarted, or the token "
-                                "was rotated): reconnect; " + TOKEN_HELP)
-            raise GRPCError(Status.UNAUTHENTICATED, "a chalkd is here: authenticate. " + TOKEN_HELP)
+                raise Unauthenticated(
+                    "this connection's chalkd session is unknown (the daemon restarted, or the token "
+                    "was rotated): reconnect; " + TOKEN_HELP)
+            raise Unauthenticated("a chalkd is here: authenticate. " + TOKEN_HELP)
         if scope.replica_id and method_name not in REPLICA_METHODS:
-            raise GRPCError(Status.PERMISSION_DENIED,
-                            f"replica {scope.replica_id}'s credential does not allow {method_name} "
-                            "(function code may call functions, read its calls and use volumes, nothing more)")
+            raise PermissionDenied(
+                f"replica {scope.replica_id}'s credential does not allow {method_name} "
+                "(function code may call functions, read its calls and use volumes, nothing more)")
         return scope
 
     def install(self, server) -> None:
@@ -179,6 +182,10 @@ class Authenticator(AuthBase):
                 return
             values = event.metadata.getall(METADATA_KEY, ()) if hasattr(event.metadata, "getall") else ()
             # grpclib runs this listener in the request's own task, right before the handler.
-            current_scope.set(self.check(event.method_name, values[0] if values else None))
+            try:
+                scope = self.check(event.method_name, values[0] if values else None)
+            except ChalkdError as exc:  # grpclib answers a listener's GRPCError as the RPC's status
+                raise to_grpc(exc) from None
+            current_scope.set(scope)
 
         listen(server, RecvRequest, on_request)

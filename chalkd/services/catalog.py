@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
 from collections.abc import Callable
 
-from grpclib import GRPCError
-from grpclib.const import Status
-
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import FunctionCatalogBase
 from chalkcompute.gpu import GpuRequest
 from chalkd.auth import current_scope
-from chalkd.catalog import Catalog, InvalidFunction, NotFound
-from chalkd.images.blobs import LazyFileError, check_lazy_files
+from chalkd.catalog import Catalog, InvalidFunction
+from chalkd.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from chalkd.images.blobs import check_lazy_files
 from chalkd.queue.core import CallNotFound, Queue, decode_error
 from chalkd.queue.limits import PERIOD_SECONDS
-from chalkd.runtime.base import ReplicaStartError, Runtime, RuntimeUnsupported
+from chalkd.runtime.base import ReplicaStartError, Runtime
 from chalkd.scaling.autoscaler import Autoscaler
 from chalkd.services.convert import content_hash, key_local_digests, spec_settings, version_to_pb
+from chalkd.services.errors import grpc_errors
 
 log = logging.getLogger(__name__)
 
@@ -43,39 +41,29 @@ class CatalogService(FunctionCatalogBase):
         return version_to_pb(fv, ready=ready, replicas=total, with_spec=with_spec)
 
     def _get(self, name: str = "", id: str = ""):
-        try:
-            return self.catalog.get(name=name, id=id)
-        except NotFound as exc:
-            raise GRPCError(Status.NOT_FOUND, str(exc)) from None
-        except InvalidFunction as exc:
-            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
+        return self.catalog.get(name=name, id=id)  # NotFound, InvalidFunction: rows of the error table
 
+    @grpc_errors
     async def RegisterFunction(self, stream) -> None:
         req: pb.RegisterFunctionRequest = await stream.recv_message()
         spec = req.spec
         self._validate(spec)
-        try:
-            check_lazy_files(spec.image)  # before anything is stored or built from it
-        except LazyFileError as exc:
-            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
-        try:
-            self.runtime.check(spec.SerializeToString())
-        except RuntimeUnsupported as exc:
-            raise GRPCError(Status.FAILED_PRECONDITION, str(exc)) from None
+        check_lazy_files(spec.image)  # before anything is stored or built from it (LazyFileError: INVALID_ARGUMENT)
+        self.runtime.check(spec.SerializeToString())  # RuntimeUnsupported: FAILED_PRECONDITION
         if spec.secrets:
             try:
                 self.secrets.check(spec.secrets, set(req.local_secrets))
-            except LookupError as exc:
-                raise GRPCError(Status.FAILED_PRECONDITION, str(exc)) from None
+            except LookupError as exc:  # a secret not defined (yet): the daemon's state, not the request
+                raise FailedPrecondition(str(exc)) from None
             except ValueError as exc:
-                raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
+                raise InvalidArgument(str(exc)) from None
             key_local_digests(spec, req.local_secrets, self.secrets.digest)  # clients read specs back
         try:
             fv, created = self.catalog.register(
                 spec_settings(spec), content_hash=content_hash(spec), spec=spec.SerializeToString(),
             )
         except InvalidFunction as exc:
-            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
+            raise InvalidArgument(str(exc)) from None
         if req.local_secrets:
             # Stored under the version, apart from its spec (which clients can read back).
             self.secrets.set_owned(fv.id, dict(req.local_secrets))
@@ -89,7 +77,7 @@ class CatalogService(FunctionCatalogBase):
 
     def _validate(self, spec: pb.FunctionSpec) -> None:
         def bad(msg: str) -> None:
-            raise GRPCError(Status.INVALID_ARGUMENT, msg)
+            raise InvalidArgument(msg)
 
         if spec.serialization_format not in ("", "pyarrow"):
             bad(f"serialization_format {spec.serialization_format!r} is not supported: only 'pyarrow' is")
@@ -115,7 +103,7 @@ class CatalogService(FunctionCatalogBase):
                 bad(str(exc))
             reason = self.scaler.gpus.unschedulable_reason(want)
             if reason:
-                raise GRPCError(Status.FAILED_PRECONDITION, f"function {spec.name!r} is unschedulable: {reason}")
+                raise FailedPrecondition(f"function {spec.name!r} is unschedulable: {reason}")
         if not spec.code.module_source or not spec.code.function_name:
             bad("the function spec carries no code")
         self._validate_policies(spec, bad)
@@ -131,13 +119,13 @@ class CatalogService(FunctionCatalogBase):
             if spec.rate_limit.per not in PERIOD_SECONDS:
                 bad(f"rate_limit per must be second, minute or hour, got {spec.rate_limit.per!r}")
         if spec.rate_limit_key and spec.rate_limit_key not in self.queue.limits.named:
-            raise GRPCError(
-                Status.FAILED_PRECONDITION,
+            raise FailedPrecondition(
                 f"rate_limit_key {spec.rate_limit_key!r} names no rate limit defined in this daemon; define it "
                 f"with `chalkd rate-limit set {spec.rate_limit_key} --rate N --per minute`")
         if spec.concurrency.max_concurrent < 0:
             bad(f"concurrency max_concurrent must be >= 1, got {spec.concurrency.max_concurrent}")
-        if spec.HasField("queue_policy") and (spec.queue_policy.max_items < 0 or spec.queue_policy.result_ttl_seconds < 0):
+        qp = spec.queue_policy
+        if spec.HasField("queue_policy") and (qp.max_items < 0 or qp.result_ttl_seconds < 0):
             bad("queue_policy max_items and result_ttl_seconds must be positive")
         if spec.batching.max_batch_size < 0 or spec.batching.max_buffer_seconds < 0:
             bad("max_batching_size and max_buffer_duration must be >= 0")
@@ -146,16 +134,19 @@ class CatalogService(FunctionCatalogBase):
         if spec.timeout_seconds < 0:
             bad(f"timeout must be positive, got {spec.timeout_seconds:g}")
 
+    @grpc_errors
     async def GetFunction(self, stream) -> None:
         req: pb.GetFunctionRequest = await stream.recv_message()
         fv = self._get(req.name, req.id)
         await stream.send_message(pb.GetFunctionResponse(function=self._pb(fv)))
 
+    @grpc_errors
     async def ListFunctions(self, stream) -> None:
         req: pb.ListFunctionsRequest = await stream.recv_message()
         fns = [self._pb(fv, with_spec=False) for fv in self.catalog.list(include_old=req.include_old_versions)]
         await stream.send_message(pb.ListFunctionsResponse(functions=fns))
 
+    @grpc_errors
     async def DeleteFunction(self, stream) -> None:
         req: pb.DeleteFunctionRequest = await stream.recv_message()
         fv = self._get(id=req.id)
@@ -166,6 +157,7 @@ class CatalogService(FunctionCatalogBase):
         await self.catalog.store.flush()
         await stream.send_message(pb.DeleteFunctionResponse())
 
+    @grpc_errors
     async def WaitReady(self, stream) -> None:
         req: pb.WaitReadyRequest = await stream.recv_message()
         fv = self._get(id=req.id)
@@ -174,10 +166,11 @@ class CatalogService(FunctionCatalogBase):
             await self.scaler.wait_ready(fv, timeout)
         except ReplicaStartError:
             pass  # the response carries state "failed" and the reason
-        except asyncio.TimeoutError as exc:
-            raise GRPCError(Status.DEADLINE_EXCEEDED, str(exc)) from None
+        except TimeoutError as exc:
+            raise DeadlineExceeded(str(exc)) from None
         await stream.send_message(pb.WaitReadyResponse(function=self._pb(fv)))
 
+    @grpc_errors
     async def ListCalls(self, stream) -> None:
         req: pb.ListCallsRequest = await stream.recv_message()
         limit = req.limit or 50
@@ -201,16 +194,17 @@ class CatalogService(FunctionCatalogBase):
             ))
         await stream.send_message(pb.ListCallsResponse(calls=calls))
 
+    @grpc_errors
     async def GetCall(self, stream) -> None:
         req: pb.GetCallRequest = await stream.recv_message()
         scope = current_scope.get()
         if scope is not None and scope.replica_id and not self.replica_owns(scope.replica_id, req.call_id):
-            raise GRPCError(Status.PERMISSION_DENIED, f"replica {scope.replica_id}'s credential cannot read call "
-                            f"{req.call_id!r}: function code may only follow the calls it started")
+            raise PermissionDenied(f"replica {scope.replica_id}'s credential cannot read call "
+                                   f"{req.call_id!r}: function code may only follow the calls it started")
         try:
             call = self.queue.get(req.call_id)
         except CallNotFound:
-            raise GRPCError(Status.NOT_FOUND, f"call {req.call_id!r} not found (unknown, or its result expired)") from None
+            raise NotFound(f"call {req.call_id!r} not found (unknown, or its result expired)") from None
         await stream.send_message(pb.GetCallResponse(call=pb.CallInfo(
             id=call.id, function_id=call.function.id, function_name=call.function.name, state=call.state.value,
             attempt=call.attempt, chunks=call.next_index, created_at=call.created_at,
@@ -218,6 +212,7 @@ class CatalogService(FunctionCatalogBase):
             error=f"{call.error.exception_type.rsplit('.', 1)[-1]}: {call.error.message}" if call.error else "",
         )))
 
+    @grpc_errors
     async def Status(self, stream) -> None:
         await stream.recv_message()
         queued, running = self.queue.counts()

@@ -6,13 +6,12 @@
 
 from __future__ import annotations
 
-from grpclib import GRPCError
-from grpclib.const import Status
-
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import ContainersBase
-from chalkd.containers.manager import ContainerConflict, ContainerFailed, ContainerNotFound, ManagedContainer
-from chalkd.images.blobs import LazyFileError, check_lazy_files
+from chalkd.containers.manager import ContainerConflict, ManagedContainer
+from chalkd.errors import FailedPrecondition, InvalidArgument
+from chalkd.images.blobs import check_lazy_files
+from chalkd.services.errors import grpc_errors
 
 
 def info_pb(c: ManagedContainer) -> pb.ContainerInfo:
@@ -27,24 +26,18 @@ class ContainersService(ContainersBase):
 
     def _manager(self):
         if self.manager is None:
-            raise GRPCError(Status.FAILED_PRECONDITION,
-                            f"containers need the Docker runtime; this daemon runs --runtime {self.runtime_name}")
+            raise FailedPrecondition(
+                f"containers need the Docker runtime; this daemon runs --runtime {self.runtime_name}")
         return self.manager
 
     def _get(self, id: str = "", name: str = "") -> ManagedContainer:
-        try:
-            return self._manager().get(id=id, name=name)
-        except ContainerNotFound as exc:
-            raise GRPCError(Status.NOT_FOUND, str(exc)) from None
+        return self._manager().get(id=id, name=name)  # ContainerNotFound: NOT_FOUND by the error table
 
+    @grpc_errors
     async def Create(self, stream) -> None:
         req: pb.CreateContainerRequest = await stream.recv_message()
         spec = req.spec
-        try:
-            check_lazy_files(spec.image)
-        except LazyFileError as exc:
-            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
-        from chalkd.images.docker_build import ImageBuildError
+        check_lazy_files(spec.image)  # LazyFileError: INVALID_ARGUMENT by the error table
         try:
             c = await self._manager().create(
                 name=spec.name, image=spec.image, cpu_millis=spec.resources.cpu_millis,
@@ -52,38 +45,36 @@ class ContainersService(ContainersBase):
                 start_timeout=req.start_timeout or 60.0, volumes=list(spec.volumes),
                 secrets=list(spec.secrets), local_secrets=dict(spec.local_secrets))
         except LookupError as exc:  # a secret or integration that does not exist (named, never a value)
-            raise GRPCError(Status.FAILED_PRECONDITION, str(exc)) from None
-        except ContainerConflict as exc:
-            raise GRPCError(Status.ALREADY_EXISTS, str(exc)) from None
-        except ValueError as exc:
-            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
-        except ImageBuildError as exc:
-            raise GRPCError(Status.FAILED_PRECONDITION, f"image build failed: {exc}") from None
-        except ContainerFailed as exc:
-            raise GRPCError(Status.FAILED_PRECONDITION, str(exc)) from None
+            raise FailedPrecondition(str(exc)) from None
+        except ContainerConflict:
+            raise  # ALREADY_EXISTS by the error table (before the ValueError below catches it)
+        except ValueError as exc:  # the spec's values, as the manager checks them
+            raise InvalidArgument(str(exc)) from None
+        # ImageBuildError ("image build failed: ...") and ContainerFailed: FAILED_PRECONDITION by the table
         await stream.send_message(pb.CreateContainerResponse(info=info_pb(c)))
 
+    @grpc_errors
     async def Get(self, stream) -> None:
         req: pb.GetContainerRequest = await stream.recv_message()
         c = self._get(req.id, req.name)
         await c.wait_change(min(req.wait_seconds, 60.0))
         await stream.send_message(pb.GetContainerResponse(info=info_pb(c)))
 
+    @grpc_errors
     async def List(self, stream) -> None:
         await stream.recv_message()
         items = [info_pb(c) for c in self._manager().list()] if self.manager is not None else []
         await stream.send_message(pb.ListContainersResponse(containers=items))
 
+    @grpc_errors
     async def Exec(self, stream) -> None:
         req: pb.ExecRequest = await stream.recv_message()
         c = self._get(req.container_id)
         try:
             out = await self._manager().exec(c.id, list(req.argv), env=dict(req.env), cwd=req.cwd,
                                              timeout=req.timeout or None, stdin=req.stdin)
-        except ValueError as exc:
-            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
-        except ContainerFailed as exc:
-            raise GRPCError(Status.FAILED_PRECONDITION, str(exc)) from None
+        except ValueError as exc:  # argv, env or cwd the manager refused
+            raise InvalidArgument(str(exc)) from None
         resp = pb.ExecResponse(stdout=out.stdout, stderr=out.stderr, pid=out.pid or 0, error=out.error or "")
         if out.exit_code is not None:
             resp.exit_code = out.exit_code
@@ -91,6 +82,7 @@ class ContainersService(ContainersBase):
             resp.signal = out.signal
         await stream.send_message(resp)
 
+    @grpc_errors
     async def Stop(self, stream) -> None:
         req: pb.StopContainerRequest = await stream.recv_message()
         c = self._get(req.id)

@@ -21,7 +21,9 @@ from grpclib.const import Status
 from chalkcompute._framing import MESSAGE, FramedStream, FrameTooLarge, read_frame, write_frame
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkd.auth import current_scope
+from chalkd.errors import ChalkdError
 from chalkd.private_dir import ensure_private_dir
+from chalkd.services.errors import status_of
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +129,8 @@ class FastPathServer:
             await handler(stream)
         except GRPCError as exc:
             await _send_error(writer, exc.status, exc.message or "")
+        except ChalkdError as exc:  # the auth check, or a handler without the grpc_errors decorator
+            await _send_error(writer, *status_of(exc))
         except FrameTooLarge as exc:
             await _send_error(writer, Status.RESOURCE_EXHAUSTED, str(exc))
         except (ConnectionError, asyncio.IncompleteReadError):

@@ -10,12 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from grpclib import GRPCError
-from grpclib.const import Status
-
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import ImagesBase
-from chalkd.images.blobs import BlobError, BlobStore, LazyFileError, check_lazy_files
+from chalkd.errors import FailedPrecondition, InvalidArgument
+from chalkd.images.blobs import BlobStore, check_lazy_files
+from chalkd.services.errors import grpc_errors
 
 log = logging.getLogger(__name__)
 
@@ -28,41 +27,35 @@ class ImagesService(ImagesBase):
         self.builder = builder  # a DockerImageBuilder on the Docker runtime, else None
         self.runtime_name = runtime_name
 
+    @grpc_errors
     async def MissingBlobs(self, stream) -> None:
         req: pb.MissingBlobsRequest = await stream.recv_message()
-        try:
-            missing = self.blobs.missing(list(req.digests))
-        except BlobError as exc:
-            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
+        missing = self.blobs.missing(list(req.digests))  # BlobError: INVALID_ARGUMENT by the error table
         await stream.send_message(pb.MissingBlobsResponse(digests=missing))
 
+    @grpc_errors
     async def PutBlob(self, stream) -> None:
         first: pb.PutBlobRequest | None = await stream.recv_message()
         if first is None:
-            raise GRPCError(Status.INVALID_ARGUMENT, "PutBlob got no data")
-        try:
-            with self.blobs.writer(first.digest) as w:
-                piece: pb.PutBlobRequest | None = first
-                while piece is not None:
-                    w.write(piece.data)
-                    if piece.last:
-                        break
-                    piece = await stream.recv_message()
-                else:
-                    raise GRPCError(Status.INVALID_ARGUMENT, "the upload ended before its last piece")
-        except BlobError as exc:
-            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
+            raise InvalidArgument("PutBlob got no data")
+        with self.blobs.writer(first.digest) as w:  # BlobError: INVALID_ARGUMENT by the error table
+            piece: pb.PutBlobRequest | None = first
+            while piece is not None:
+                w.write(piece.data)
+                if piece.last:
+                    break
+                piece = await stream.recv_message()
+            else:
+                raise InvalidArgument("the upload ended before its last piece")
         await stream.send_message(pb.PutBlobResponse(size=w.size))
 
+    @grpc_errors
     async def Build(self, stream) -> None:
         req: pb.BuildImageRequest = await stream.recv_message()
-        try:
-            check_lazy_files(req.image)
-        except LazyFileError as exc:
-            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
+        check_lazy_files(req.image)  # LazyFileError: INVALID_ARGUMENT by the error table
         if self.builder is None:
-            raise GRPCError(Status.FAILED_PRECONDITION,
-                            f"image builds need the Docker runtime; this daemon runs --runtime {self.runtime_name}")
+            raise FailedPrecondition(
+                f"image builds need the Docker runtime; this daemon runs --runtime {self.runtime_name}")
         from chalkd.images.docker_build import ImageBuildError
 
         lines: asyncio.Queue[str | None] = asyncio.Queue()

@@ -7,14 +7,13 @@
 
 from __future__ import annotations
 
-from grpclib import GRPCError
-from grpclib.const import Status
-
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import PoliciesBase
 from chalkcompute.policies import KEY_RE
 from chalkd.catalog import Catalog
+from chalkd.errors import FailedPrecondition, InvalidArgument, NotFound
 from chalkd.queue.limits import LimitError, Limits
+from chalkd.services.errors import grpc_errors
 
 
 class PoliciesService(PoliciesBase):
@@ -27,35 +26,38 @@ class PoliciesService(PoliciesBase):
         return sorted({fv.name for fv in self.catalog.by_id.values()
                        if not fv.deleted and fv.policies.rate_limit_key == name})
 
+    @grpc_errors
     async def SetRateLimit(self, stream) -> None:
         req: pb.SetRateLimitRequest = await stream.recv_message()
         lim = req.limit
         if not KEY_RE.match(lim.name):
-            raise GRPCError(Status.INVALID_ARGUMENT,
-                            f"invalid rate limit name {lim.name!r}: use 1-128 letters, digits, '_', '-', '.' or ':'")
+            raise InvalidArgument(
+                f"invalid rate limit name {lim.name!r}: use 1-128 letters, digits, '_', '-', '.' or ':'")
         try:
             limit, created = self.limits.set_named(lim.name, lim.rate, lim.per or "second")
-        except LimitError as exc:
-            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
+        except LimitError as exc:  # a bad definition here; a limit still in use on delete
+            raise InvalidArgument(str(exc)) from None
         self.queue.limits_changed()
         await self.limits.store.flush()
         await stream.send_message(pb.SetRateLimitResponse(
             limit=pb.RateLimit(name=limit.name, rate=limit.rate, per=limit.per, used_by=self._used_by(limit.name)),
             created=created))
 
+    @grpc_errors
     async def ListRateLimits(self, stream) -> None:
         await stream.recv_message()
         limits = [pb.RateLimit(name=n.name, rate=n.rate, per=n.per, used_by=self._used_by(n.name))
                   for n in sorted(self.limits.named.values(), key=lambda n: n.name)]
         await stream.send_message(pb.ListRateLimitsResponse(limits=limits))
 
+    @grpc_errors
     async def DeleteRateLimit(self, stream) -> None:
         req: pb.DeleteRateLimitRequest = await stream.recv_message()
         try:
             self.limits.delete_named(req.name, self._used_by(req.name))
         except KeyError:
-            raise GRPCError(Status.NOT_FOUND, f"no rate limit named {req.name!r}") from None
+            raise NotFound(f"no rate limit named {req.name!r}") from None
         except LimitError as exc:
-            raise GRPCError(Status.FAILED_PRECONDITION, str(exc)) from None
+            raise FailedPrecondition(str(exc)) from None
         await self.limits.store.flush()
         await stream.send_message(pb.DeleteRateLimitResponse())

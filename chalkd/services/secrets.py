@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import logging
 
-from grpclib import GRPCError
-from grpclib.const import Status
-
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import SecretsBase
-from chalkd.secrets.store import IntegrationMeta, InvalidSecret, SecretMeta, SecretNotFound, SecretStore
+from chalkd.secrets.store import IntegrationMeta, SecretMeta, SecretStore
+from chalkd.services.errors import grpc_errors
 
 log = logging.getLogger(__name__)
 
@@ -34,53 +32,48 @@ def _integration_pb(m: IntegrationMeta) -> pb.IntegrationInfo:
 
 
 class SecretsService(SecretsBase):
+    # The store's InvalidSecret and SecretNotFound are answered by the error table (chalkd.services.errors).
     def __init__(self, secrets: SecretStore) -> None:
         self.secrets = secrets
 
+    @grpc_errors
     async def SetSecret(self, stream) -> None:
         req: pb.SetSecretRequest = await stream.recv_message()
-        try:
-            created = self.secrets.set(req.name, req.value)
-        except InvalidSecret as exc:
-            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
+        created = self.secrets.set(req.name, req.value)
         # Answer once it is durable: a deploy right after `secret set` must find it after a crash too.
         await self.secrets.store.flush()
         await stream.send_message(pb.SetSecretResponse(info=_secret_pb(self.secrets.get_meta(req.name)),
                                                        created=created))
 
+    @grpc_errors
     async def ListSecrets(self, stream) -> None:
         await stream.recv_message()
         await stream.send_message(pb.ListSecretsResponse(secrets=[_secret_pb(m) for m in self.secrets.list()]))
 
+    @grpc_errors
     async def DeleteSecret(self, stream) -> None:
         req: pb.DeleteSecretRequest = await stream.recv_message()
-        try:
-            self.secrets.delete(req.name)
-        except SecretNotFound as exc:
-            raise GRPCError(Status.NOT_FOUND, str(exc)) from None
+        self.secrets.delete(req.name)
         await self.secrets.store.flush()
         await stream.send_message(pb.DeleteSecretResponse())
 
+    @grpc_errors
     async def SetIntegration(self, stream) -> None:
         req: pb.SetIntegrationRequest = await stream.recv_message()
-        try:
-            created = self.secrets.set_integration(req.name, dict(req.values))
-        except InvalidSecret as exc:
-            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
+        created = self.secrets.set_integration(req.name, dict(req.values))
         await self.secrets.store.flush()
         await stream.send_message(pb.SetIntegrationResponse(
             info=_integration_pb(self.secrets.get_integration_meta(req.name)), created=created))
 
+    @grpc_errors
     async def ListIntegrations(self, stream) -> None:
         await stream.recv_message()
         await stream.send_message(pb.ListIntegrationsResponse(
             integrations=[_integration_pb(m) for m in self.secrets.list_integrations()]))
 
+    @grpc_errors
     async def DeleteIntegration(self, stream) -> None:
         req: pb.DeleteIntegrationRequest = await stream.recv_message()
-        try:
-            self.secrets.delete_integration(req.name)
-        except SecretNotFound as exc:
-            raise GRPCError(Status.NOT_FOUND, str(exc)) from None
+        self.secrets.delete_integration(req.name)
         await self.secrets.store.flush()
         await stream.send_message(pb.DeleteIntegrationResponse())

@@ -27,24 +27,23 @@ import errno
 import itertools
 import logging
 import os
-from collections.abc import Callable
-
-from grpclib import GRPCError
-from grpclib.const import Status
+from collections.abc import Callable, Iterator
 
 from chalkcompute._framing import FramedStream
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import VolumesBase
 from chalkd.auth import current_scope
-from chalkd.volumes.store import (
-    InvalidVolumeName,
-    InvalidVolumePath,
-    VolumeFileNotFound,
-    VolumeInfo,
-    VolumeNotFound,
-    VolumePathConflict,
-    VolumeStore,
+from chalkd.errors import (
+    ChalkdError,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    PermissionDenied,
+    ResourceExhausted,
 )
+from chalkd.services.errors import grpc_errors
+from chalkd.volumes.paths import VolumeStoreError
+from chalkd.volumes.store import VolumeInfo, VolumeStore
 
 log = logging.getLogger(__name__)
 
@@ -61,25 +60,19 @@ def info_pb(info: VolumeInfo) -> pb.VolumeInfo:
 
 
 @contextlib.contextmanager
-def _errors(what: str):
-    """The store's expected failures as gRPC statuses with their messages."""
+def _errors(what: str) -> Iterator[None]:
+    """The disk's failures as domain errors that say what was being done; the store's own
+    (VolumeNotFound, InvalidVolumePath, VolumePathConflict...) pass on to the error table."""
     try:
         yield
-    except (VolumeNotFound, VolumeFileNotFound) as exc:
-        raise GRPCError(Status.NOT_FOUND, str(exc)) from None
-    except (InvalidVolumeName, InvalidVolumePath) as exc:
-        raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
-    except VolumePathConflict as exc:
-        raise GRPCError(Status.FAILED_PRECONDITION, str(exc)) from None
     except PermissionError as exc:
         # A file a container made with another owner, when chalkd is not root.
-        raise GRPCError(Status.PERMISSION_DENIED, f"{what}: chalkd may not access {exc.filename or 'it'} "
-                                                  f"({exc.strerror})") from None
+        raise PermissionDenied(f"{what}: chalkd may not access {exc.filename or 'it'} ({exc.strerror})") from None
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise GRPCError(Status.RESOURCE_EXHAUSTED, f"{what}: the daemon's disk is full ({exc.strerror})") from None
+            raise ResourceExhausted(f"{what}: the daemon's disk is full ({exc.strerror})") from None
         log.exception("%s failed", what)
-        raise GRPCError(Status.INTERNAL, f"{what} failed: {exc}") from None
+        raise Internal(f"{what} failed: {exc}") from None
 
 
 class VolumesService(VolumesBase):
@@ -91,8 +84,8 @@ class VolumesService(VolumesBase):
     def _check_scope(self, name: str) -> None:
         scope = current_scope.get()
         if scope is not None and scope.replica_id and name not in self.replica_volumes(scope.replica_id):
-            raise GRPCError(Status.PERMISSION_DENIED, f"replica {scope.replica_id}'s credential cannot reach volume "
-                            f"{name!r}: function code may use only the volumes its function mounts")
+            raise PermissionDenied(f"replica {scope.replica_id}'s credential cannot reach volume "
+                                   f"{name!r}: function code may use only the volumes its function mounts")
 
     def framed_handlers(self) -> dict[bytes, tuple]:
         """The streams local clients open on the daemon's fast lane
@@ -102,12 +95,14 @@ class VolumesService(VolumesBase):
                 b"volumes.write": (pb.WriteFilesRequest, self.WriteFiles),
                 b"volumes.list": (pb.ListFilesRequest, self.ListFiles)}
 
+    @grpc_errors
     async def Create(self, stream) -> None:
         req: pb.CreateVolumeRequest = await stream.recv_message()
         with _errors(f"creating volume {req.name!r}"):
             info, created = await asyncio.to_thread(self.volumes.create, req.name)
         await stream.send_message(pb.CreateVolumeResponse(info=info_pb(info), created=created))
 
+    @grpc_errors
     async def Get(self, stream) -> None:
         req: pb.GetVolumeRequest = await stream.recv_message()
         self._check_scope(req.name)
@@ -115,18 +110,21 @@ class VolumesService(VolumesBase):
             info = await asyncio.to_thread(self.volumes.get, req.name)
         await stream.send_message(pb.GetVolumeResponse(info=info_pb(info)))
 
+    @grpc_errors
     async def List(self, stream) -> None:
         await stream.recv_message()
         with _errors("listing volumes"):
             infos = await asyncio.to_thread(self.volumes.list)
         await stream.send_message(pb.ListVolumesResponse(volumes=[info_pb(i) for i in infos]))
 
+    @grpc_errors
     async def Delete(self, stream) -> None:
         req: pb.DeleteVolumeRequest = await stream.recv_message()
         with _errors(f"deleting volume {req.name!r}"):
             await asyncio.to_thread(self.volumes.delete, req.name)
         await stream.send_message(pb.DeleteVolumeResponse())
 
+    @grpc_errors
     async def ListFiles(self, stream) -> None:
         req: pb.ListFilesRequest = await stream.recv_message()
         self._check_scope(req.name)
@@ -143,6 +141,7 @@ class VolumesService(VolumesBase):
         finally:
             entries.close()
 
+    @grpc_errors
     async def ReadFile(self, stream) -> None:
         req: pb.ReadFileRequest = await stream.recv_message()
         self._check_scope(req.name)
@@ -172,10 +171,11 @@ class VolumesService(VolumesBase):
                 await asyncio.wait([pending])
             f.close()
 
+    @grpc_errors
     async def WriteFiles(self, stream) -> None:
         msg: pb.WriteFilesRequest | None = await stream.recv_message()
         if msg is None:
-            raise GRPCError(Status.INVALID_ARGUMENT, "WriteFiles: the stream ended before its first message")
+            raise InvalidArgument("WriteFiles: the stream ended before its first message")
         name = msg.name
         self._check_scope(name)
         what = f"writing to volume {name!r}"
@@ -188,7 +188,7 @@ class VolumesService(VolumesBase):
                 file_bytes = 0  # of the file being written: its end is synced in a thread when big
                 while msg is not None:
                     if commit:
-                        raise GRPCError(Status.INVALID_ARGUMENT, f"{what}: messages after the one with commit")
+                        raise InvalidArgument(f"{what}: messages after the one with commit")
                     with _errors(what):
                         if msg.path or msg.data or msg.end_of_file:  # a file's piece (an empty path is refused)
                             if len(msg.data) > _INLINE_WRITE:
@@ -204,7 +204,7 @@ class VolumesService(VolumesBase):
                             file_bytes = 0
                     commit = commit or msg.commit
                     msg = await stream.recv_message()
-            except GRPCError:
+            except (ChalkdError, VolumeStoreError):  # a refusal, not a broken stream
                 if isinstance(stream, FramedStream):
                     # A unix socket closed under a writing client loses the error frame
                     # to EPIPE: read the stream to its end, then say why it was refused.
@@ -212,8 +212,7 @@ class VolumesService(VolumesBase):
                         pass
                 raise
             if not commit:
-                raise GRPCError(Status.FAILED_PRECONDITION,
-                                f"{what}: the batch ended without commit, so nothing was written")
+                raise FailedPrecondition(f"{what}: the batch ended without commit, so nothing was written")
             with _errors(what):
                 paths, nbytes = await asyncio.to_thread(batch.commit)
         finally:
@@ -221,6 +220,7 @@ class VolumesService(VolumesBase):
                 await asyncio.to_thread(batch.abort)
         await stream.send_message(pb.WriteFilesResponse(paths=paths, bytes=nbytes))
 
+    @grpc_errors
     async def RemoveFile(self, stream) -> None:
         req: pb.RemoveFileRequest = await stream.recv_message()
         self._check_scope(req.name)

@@ -6,12 +6,13 @@ import asyncio
 import os
 
 import pytest
-from grpclib import GRPCError
 from grpclib.const import Status
 
 from chalkcompute import _auth
 from chalkd import auth
 from chalkd.auth import FULL, Authenticator, Scope, load_or_create_token, rotate_token
+from chalkd.errors import PermissionDenied, Unauthenticated
+from chalkd.services.errors import status_of
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -58,14 +59,16 @@ def test_a_credential_is_a_dict_lookup_and_scopes_replicas():
     assert a.check("/chalk.v1.Secrets/ListSecrets", owner) is FULL
     rep = _challenge(a, keys["r-1"], key_id="r-1")
     assert a.check("/chalk.v1.Queue/Session", rep) == Scope("r-1")
-    with pytest.raises(GRPCError) as denied:
+    with pytest.raises(PermissionDenied) as denied:
         a.check("/chalk.v1.Secrets/ListSecrets", rep)
-    assert denied.value.status == Status.PERMISSION_DENIED and "ListSecrets" in denied.value.message
-    with pytest.raises(GRPCError) as unknown:
+    status, message = status_of(denied.value)
+    assert status == Status.PERMISSION_DENIED and "ListSecrets" in message
+    with pytest.raises(Unauthenticated) as unknown:
         a.check("/chalk.v1.Queue/Session", "f" * 64)
-    assert unknown.value.status == Status.UNAUTHENTICATED and "reconnect" in unknown.value.message
+    status, message = status_of(unknown.value)
+    assert status == Status.UNAUTHENTICATED and "reconnect" in message
     del keys["r-1"]  # the replica stopped: its credential dies with it
-    with pytest.raises(GRPCError):
+    with pytest.raises(Unauthenticated):
         a.check("/chalk.v1.Queue/Session", rep)
 
 
