@@ -166,17 +166,17 @@ def _serve(args) -> int:
         except ImportError:
             pass
         server = Server(config)
-        await server.start()
-        print(f"chalkd listening on {config.host}:{server.port} (home {config.home})", flush=True)
-        if config.replica_env and server.runtime.name != "process":
-            # Containers start from their image's env alone: say so rather than ignore the flag.
-            print(f"chalkd: warning: --replica-env {' '.join(config.replica_env)} has no effect on the "
-                  f"{server.runtime.name} runtime (containers get their image's env, their function's "
-                  "env and their secrets)", file=sys.stderr, flush=True)
+        await server.startup()  # a failed start has closed what it opened when this raises
         try:
-            await server.serve_forever()
+            print(f"chalkd listening on {config.host}:{server.port} (home {config.home})", flush=True)
+            if config.replica_env and server.runtime.name != "process":
+                # Containers start from their image's env alone: say so rather than ignore the flag.
+                print(f"chalkd: warning: --replica-env {' '.join(config.replica_env)} has no effect on the "
+                      f"{server.runtime.name} runtime (containers get their image's env, their function's "
+                      "env and their secrets)", file=sys.stderr, flush=True)
+            await server.main_loop()
         finally:
-            await server.stop()
+            await server.shutdown()
 
     try:
         import uvloop

@@ -1,24 +1,35 @@
-"""The daemon: one ``Server(config)`` owning every subsystem.
+"""The daemon: one ``Server(config)`` owning every subsystem, in uvicorn's shape.
 
     server = Server(Config(port=0, home=tmp))
-    await server.start()          # store open, memory rebuilt, gRPC listening
+    await server.startup()        # socket bound, store open, memory rebuilt, gRPC listening
     print(server.port)
-    await server.serve_forever()  # until stop() or a signal
-    await server.stop()           # stop accepting, drain, close the store
+    await server.main_loop()      # until request_stop() or SIGTERM/SIGINT
+    await server.shutdown()       # stop accepting, drain, close the store
+    # or all three: await server.serve()
 
-Start-up order: store -> catalog -> queue recovery -> runtime -> autoscaler ->
-gRPC. Shutdown runs it backwards, draining in-flight calls first.
+Everything is declared and wired in :meth:`Server._startup`, in start-up order,
+each part given its collaborators in its constructor (nothing rebinds another's
+hooks afterwards): listening socket -> store -> catalog, limits, secrets ->
+queue (with the autoscaler's :class:`~chalkd.scaling.hooks.ScalerHooks`) ->
+runtime (Docker engine, containers) -> autoscaler -> services -> gRPC (TCP and
+unix) -> fast path -> autoscaler loop -> result sweeper. Each resource's close
+is pushed on one :class:`contextlib.AsyncExitStack` as it opens, so shutdown
+runs backwards, and a start that fails half-way closes what it had opened.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
 import signal
+import socket
 import sys
 import time
+from collections.abc import Iterator
+from typing import Any
 
 from grpclib import GRPCError
 from grpclib.const import Status
@@ -38,6 +49,7 @@ from chalkd.queue.limits import Limits
 from chalkd.queue.retention import expire_results
 from chalkd.runtime.process import ProcessRuntime
 from chalkd.scaling.autoscaler import Autoscaler, HostResources
+from chalkd.scaling.hooks import ScalerHooks
 from chalkd.secrets.store import SecretStore
 from chalkd.services.catalog import CatalogService
 from chalkd.services.containers import ContainersService
@@ -53,18 +65,23 @@ from chalkd.volumes.store import VolumeStore
 
 log = logging.getLogger(__name__)
 
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
 
 class StartupError(RuntimeError):
     """The daemon cannot start as configured (no engine for --runtime docker, a bad GPU inventory)."""
 
 
 class LimitedCodec(ProtoCodec):
-    """grpclib has no message size limit: refuse oversized messages at the edge."""
+    """grpclib has no message size limit: refuse oversized messages at the edge.
+
+    This is grpclib's codec hook, called while a handler reads its request: it answers with
+    grpclib's own error (the one place outside chalkd.services.errors that makes a status)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
 
-    def decode(self, data: bytes, message_type):
+    def decode(self, data: bytes, message_type: Any) -> Any:
         if len(data) > self.limit:
             raise GRPCError(
                 Status.RESOURCE_EXHAUSTED,
@@ -74,26 +91,128 @@ class LimitedCodec(ProtoCodec):
         return super().decode(data, message_type)
 
 
+def bind_socket(host: str, port: int) -> socket.socket:
+    """The daemon's TCP listening socket, bound by us (as uvicorn's ``Config.bind_socket``) so that the
+    port is known before anything starts and grpclib is handed the socket (``Server.start(sock=...)``).
+
+    >>> s = bind_socket("127.0.0.1", 0); s.getsockname()[1] > 0
+    True
+    >>> s.close()
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart right after a stop
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+@contextlib.contextmanager
+def captured_signals(loop: asyncio.AbstractEventLoop, on_signal: Any) -> Iterator[None]:
+    """SIGTERM/SIGINT call ``on_signal`` while inside; the handlers found are put back on the way out
+    (the pattern of grpclib's ``utils.graceful_exit`` and uvicorn's ``capture_signals``)."""
+    installed: list[tuple[int, Any]] = []
+    for sig in HANDLED_SIGNALS:
+        previous = signal.getsignal(sig)
+        try:
+            loop.add_signal_handler(sig, on_signal)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
+            continue
+        installed.append((sig, previous))
+    try:
+        yield
+    finally:
+        for sig, previous in installed:
+            loop.remove_signal_handler(sig)
+            if previous is not None:
+                signal.signal(sig, previous)
+
+
 class Server:
+    """See the module docstring. ``services`` holds the gRPC services by name once started."""
+
     def __init__(self, config: Config) -> None:
         config.validate()
         self.config = config
         self.home = config.home
         self.port: int | None = None
-        self._stopped = asyncio.Event()
-        self._grpc: GrpcServer | None = None
-        self.fast: FastPathServer | None = None
         self.started = time.monotonic()
         self.instance_id = secrets.token_hex(8)
+        self.services: dict[str, Any] = {}
+        self.fast: FastPathServer | None = None
+        self.docker: Any = None
+        self.containers: Any = None
+        self._should_exit = asyncio.Event()
+        self._stack: contextlib.AsyncExitStack | None = None
         self._volumes_of: dict[str, frozenset[str]] = {}  # see _replica_volumes
+        self._records: list[str] = []
 
-    async def start(self) -> None:
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Start, run until asked to stop (or a signal), then shut down."""
+        await self.startup()
+        try:
+            await self.main_loop()
+        finally:
+            await self.shutdown()
+
+    async def startup(self) -> None:
+        """Open everything in order; when a step fails, what was opened is closed (backwards) and the
+        error is raised: no listening socket, task, open store or container is left behind."""
+        stack = contextlib.AsyncExitStack()
+        try:
+            await self._startup(stack)
+        except BaseException:
+            log.info("chalkd start failed: closing what was opened")
+            await stack.aclose()
+            raise
+        self._stack = stack
+
+    async def main_loop(self) -> None:
+        """Wait for :meth:`request_stop` or SIGTERM/SIGINT (their previous handlers restored after)."""
+        with captured_signals(asyncio.get_running_loop(), self._should_exit.set):
+            await self._should_exit.wait()
+
+    def request_stop(self) -> None:
+        self._should_exit.set()
+
+    async def shutdown(self) -> None:
+        """Stop accepting, drain in-flight calls, stop replicas, close the store (startup's order, backwards)."""
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return
+        log.info("chalkd shutting down")
+        await stack.aclose()
+        log.info("chalkd stopped")
+
+    # The names the daemon had before startup/main_loop/shutdown.
+    start = startup
+    serve_forever = main_loop
+    stop = shutdown
+
+    # -- wiring ---------------------------------------------------------------------
+
+    async def _startup(self, stack: contextlib.AsyncExitStack) -> None:
         cfg = self.config
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.home, 0o700)  # an existing home too: it holds the database, token, keys and logs
         self.token = load_or_create_token(self.home)
+
+        # The port first: a taken one fails before anything is opened, and port 0's pick is known to all.
+        sock = bind_socket(cfg.host, cfg.port)
+        stack.callback(sock.close)
+        self.port = sock.getsockname()[1]
+        target = f"{cfg.host}:{self.port}" if ":" not in cfg.host else f"[{cfg.host}]:{self.port}"
+        stack.callback(self._remove_records)
+        self._write_records(self.port)  # before listening, so a client that sees the port finds the token
+
         self.store = Store(self.home / "chalkd.db", durability=cfg.durability)
         await self.store.open()
+        stack.push_async_callback(self.store.close)
         self.catalog = Catalog(self.store)
         self.catalog.load(settings_from_bytes)
         self.limits = Limits(self.store)
@@ -102,78 +221,74 @@ class Server:
         for fv in self.catalog.by_id.values():
             if not fv.deleted:
                 self.limits.register(fv)
+        hooks = ScalerHooks(self.catalog.by_id)  # the queue's calls into scaling (see chalkd.scaling.hooks)
         self.queue = Queue(self.store, max_attempts=cfg.max_attempts, cancel_grace=cfg.cancel_grace,
-                           limits=self.limits, memory_budget=cfg.memory_budget)
-        self.queue.known_functions = lambda: self.catalog.by_id
+                           limits=self.limits, memory_budget=cfg.memory_budget, hooks=hooks,
+                           known_functions=lambda: self.catalog.by_id)
         self.queue.load(self.catalog.by_id)
         self.blobs = BlobStore(self.home / "blobs")
-        self.docker = None
-        self.containers = None
+        self.volumes = VolumeStore(self.home, self.store)
+        fast_path = socket_path(self.home)
+
         builder = None
         if await self._use_docker():
-            builder = await self._start_docker()
+            builder = await self._start_docker(stack)
         else:
-            self.runtime = ProcessRuntime(self.home, target="", pip_extra_args=cfg.pip_extra_args,
-                                          replica_env=cfg.replica_env)
+            self.runtime = ProcessRuntime(self.home, target=target, pip_extra_args=cfg.pip_extra_args,
+                                          replica_env=cfg.replica_env,
+                                          fast_socket=(str(fast_path), self.instance_id))
+            stack.push_async_callback(self.runtime.close)
         self.scaler = Autoscaler(
             self.runtime, self.queue, self.catalog, host=HostResources.detect(),
             heartbeat_timeout=cfg.heartbeat_timeout, drain_timeout=cfg.drain_timeout,
-            gpus=GpuAllocator(self._gpus()),
+            gpus=GpuAllocator(self._gpus()), hooks=hooks,
         )
         info = {"version": chalkd.__version__, "home": str(self.home), "started": self.started,
-                "durability": cfg.durability, "instance_id": self.instance_id, "fast_socket": ""}
-        self.volumes = VolumeStore(self.home, self.store)
-        if self.runtime.name == "docker":
-            # One mount path (volumes) and one secret path (the agent) for replicas and containers.
-            self.runtime.volumes = self.volumes
-            self.containers.volumes = self.volumes
-            self.containers.secrets = self.secrets
-        handlers = [
-            CatalogService(self.catalog, self.queue, self.scaler, self.runtime, info, secrets=self.secrets),
-            QueueService(self.queue, self.catalog, max_payload=cfg.max_message_bytes),
-            WorkerService(self.queue, self.scaler, max_payload=cfg.max_message_bytes, secrets=self.secrets),
-            PoliciesService(self.limits, self.catalog, self.queue),
-            ImagesService(self.blobs, builder, self.runtime.name),
-            ContainersService(self.containers, self.runtime.name),
-            volumes_service := VolumesService(self.volumes),
-            SecretsService(self.secrets),
-        ]
+                "durability": cfg.durability, "instance_id": self.instance_id, "fast_socket": str(fast_path)}
+
+        queue_service = QueueService(self.queue, self.catalog, max_payload=cfg.max_message_bytes)
+        volumes_service = VolumesService(self.volumes, replica_volumes=self._replica_volumes)
         self.auth = Authenticator(self.token, self._replica_key)
-        handlers.append(self.auth)
-        handlers[2].on_replica_gone = self._replica_gone
-        handlers[0].replica_owns = handlers[1].owns
-        volumes_service.replica_volumes = self._replica_volumes
-        self._handlers = handlers
-        self._grpc = GrpcServer(handlers, codec=LimitedCodec(cfg.max_message_bytes))
-        self.auth.install(self._grpc)
-        self._records: list[str] = []
-        if cfg.port:  # before listening, so a client that sees the port also finds the token
-            self._write_records(cfg.port)
-        await self._grpc.start(cfg.host, cfg.port, ssl=cfg.ssl_context())
+        self.services = {
+            "catalog": CatalogService(self.catalog, self.queue, self.scaler, self.runtime, info,
+                                      secrets=self.secrets, replica_owns=queue_service.owns),
+            "queue": queue_service,
+            "worker": WorkerService(self.queue, self.scaler, max_payload=cfg.max_message_bytes,
+                                    secrets=self.secrets, on_replica_gone=self._replica_gone),
+            "policies": PoliciesService(self.limits, self.catalog, self.queue),
+            "images": ImagesService(self.blobs, builder, self.runtime.name),
+            "containers": ContainersService(self.containers, self.runtime.name),
+            "volumes": volumes_service,
+            "secrets": SecretsService(self.secrets),
+            "auth": self.auth,
+        }
+
+        grpc_tcp = GrpcServer(list(self.services.values()), codec=LimitedCodec(cfg.max_message_bytes))
+        self.auth.install(grpc_tcp)
+        await grpc_tcp.start(sock=sock, ssl=cfg.ssl_context())
+        stack.push_async_callback(_close_grpc, grpc_tcp)
         # Containers cannot reach the host's loopback: they get the run dir mounted and dial this.
         unix_path = grpc_socket_path(self.home)
         unix_path.unlink(missing_ok=True)
-        self._grpc_unix = GrpcServer(handlers, codec=LimitedCodec(cfg.max_message_bytes))
-        self.auth.install(self._grpc_unix)
-        await self._grpc_unix.start(path=str(unix_path))
+        grpc_unix = GrpcServer(list(self.services.values()), codec=LimitedCodec(cfg.max_message_bytes))
+        self.auth.install(grpc_unix)
+        await grpc_unix.start(path=str(unix_path))
+        stack.push_async_callback(_close_grpc, grpc_unix)
         os.chmod(unix_path, 0o600)
-        # Port 0 picks a free port; replicas dial back the one we got.
-        self.port = self._grpc._server.sockets[0].getsockname()[1]  # grpclib has no public accessor
-        target = f"{cfg.host}:{self.port}" if ":" not in cfg.host else f"[{cfg.host}]:{self.port}"
-        if not cfg.port:
-            self._write_records(self.port)
-        self.runtime.target = target
+
         # Local callers and workers skip HTTP/2: same streams, framed on a unix socket.
         self.fast = FastPathServer(
-            socket_path(self.home), session_handler=handlers[1].Session, worker_handler=handlers[2].Connect,
+            fast_path, session_handler=queue_service.Session, worker_handler=self.services["worker"].Connect,
             instance_id=self.instance_id, limit=2 * cfg.max_message_bytes + 2**20, auth=self.auth,
         )
         self.fast.handlers.update(volumes_service.framed_handlers())  # bulk file data skips HTTP/2
         await self.fast.start()
-        info["fast_socket"] = str(self.fast.path)
-        self.runtime.fast_socket = (str(self.fast.path), self.instance_id)
+        stack.push_async_callback(self.fast.close)
+
         await self.scaler.start()
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="result-sweeper")
+        stack.push_async_callback(self.scaler.shutdown)  # drains calls before the fast path and gRPC close
+        sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="result-sweeper")
+        stack.push_async_callback(_cancel, sweeper)
         log.info("chalkd %s listening on %s (home %s, runtime %s, durability %s)",
                  chalkd.__version__, target, self.home, self.runtime.name, cfg.durability)
 
@@ -199,7 +314,7 @@ class Server:
     def _replica_gone(self, replica_id: str) -> None:
         """A replica's worker stream ended: its scoped sessions and its started-calls list go."""
         self.auth.forget_replica(replica_id)
-        self._handlers[1].forget_replica(replica_id)
+        self.services["queue"].forget_replica(replica_id)
         self._volumes_of.pop(replica_id, None)
 
     def _write_records(self, port: int) -> None:
@@ -228,6 +343,11 @@ class Server:
             log.info("GPUs: %s", ", ".join(f"{d.index}: {d.name}" for d in devices))
         return devices
 
+    def _remove_records(self) -> None:
+        for target in self._records:
+            _auth.remove_record(target, self.token)
+        self._records.clear()
+
     async def _use_docker(self) -> bool:
         """``docker``: yes (an engine must answer); ``auto``: only when an engine
         answers and has the default base image; ``process``: no."""
@@ -254,7 +374,7 @@ class Server:
         finally:
             await docker.close()
 
-    async def _start_docker(self):
+    async def _start_docker(self, stack: contextlib.AsyncExitStack) -> Any:
         import aiodocker
 
         from chalkd.containers.manager import ContainerManager
@@ -263,12 +383,17 @@ class Server:
 
         cfg = self.config
         self.docker = aiodocker.Docker()
+        stack.push_async_callback(self.docker.close)
         builder = DockerImageBuilder(self.docker, self.home, ca_bundle=cfg.build_ca_bundle)
         rdir = run_dir(self.home)
+        # One mount path (volumes) and one secret path (the agent) for replicas and containers.
         self.runtime = DockerRuntime(self.home, docker=self.docker, builder=builder, run_dir=rdir,
-                                     instance_id=self.instance_id, blobs=self.blobs, pids_limit=cfg.pids_limit)
+                                     instance_id=self.instance_id, blobs=self.blobs, pids_limit=cfg.pids_limit,
+                                     volumes=self.volumes)
+        stack.push_async_callback(self.runtime.close)
         self.containers = ContainerManager(self.docker, builder, self.blobs, home=self.home, run_dir=rdir,
-                                           pids_limit=cfg.pids_limit)
+                                           pids_limit=cfg.pids_limit, volumes=self.volumes, secrets=self.secrets)
+        stack.push_async_callback(self.containers.close)
         # What an earlier run left: its calls were re-queued by queue recovery above.
         await self.runtime.remove_leftovers()
         await self.containers.remove_leftovers()
@@ -283,40 +408,16 @@ class Server:
             except Exception:
                 log.exception("expiring old results failed")
 
-    async def serve_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, self._stopped.set)
-            except (NotImplementedError, RuntimeError):
-                pass
-        await self._stopped.wait()
 
-    def request_stop(self) -> None:
-        self._stopped.set()
+async def _close_grpc(server: GrpcServer) -> None:
+    server.close()
+    try:
+        await asyncio.wait_for(server.wait_closed(), 5)
+    except TimeoutError:
+        log.warning("some streams did not close within 5s")
 
-    async def stop(self) -> None:
-        """Stop accepting, drain in-flight calls, stop replicas, close the store."""
-        log.info("chalkd shutting down")
-        if getattr(self, "_sweeper", None) is not None:
-            self._sweeper.cancel()
-        await self.scaler.shutdown()
-        if self.fast is not None:
-            await self.fast.close()
-        if self.containers is not None:
-            await self.containers.close()
-        for grpc in (self._grpc, getattr(self, "_grpc_unix", None)):
-            if grpc is None:
-                continue
-            grpc.close()
-            try:
-                await asyncio.wait_for(grpc.wait_closed(), 5)
-            except asyncio.TimeoutError:
-                log.warning("some streams did not close within 5s")
-        for target in getattr(self, "_records", ()):
-            _auth.remove_record(target, self.token)
-        await self.store.close()
-        await self.runtime.close()
-        if self.docker is not None:
-            await self.docker.close()
-        log.info("chalkd stopped")
+
+async def _cancel(task: asyncio.Task) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -134,7 +134,7 @@ def _hand_agent_dir(agent_dir: Path, uid: int, gid: int) -> int:
 
 class ContainerManager:
     def __init__(self, docker: aiodocker.Docker, builder: DockerImageBuilder, blobs: BlobStore, *,
-                 home: Path, run_dir: Path, pids_limit: int = 4096) -> None:
+                 home: Path, run_dir: Path, pids_limit: int = 4096, volumes=None, secrets=None) -> None:
         self.docker = docker
         self.builder = builder
         self.blobs = blobs
@@ -142,8 +142,8 @@ class ContainerManager:
         self.agents = Path(run_dir) / "agents"
         self.pids_limit = pids_limit
         self.by_id: dict[str, ManagedContainer] = {}
-        self.volumes = None  # chalkd.volumes.store.VolumeStore, set by the server
-        self.secrets = None  # chalkd.secrets.store.SecretStore, set by the server
+        self.volumes = volumes  # chalkd.volumes.store.VolumeStore (the server's: mounts)
+        self.secrets = secrets  # chalkd.secrets.store.SecretStore (the server's: the agent's env)
         self._starting: set[asyncio.Task] = set()
 
     # -- lookup -------------------------------------------------------------------

@@ -132,7 +132,11 @@ class Queue(Dispatcher):
         rng: random.Random | None = None,
         limits: Limits | None = None,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        hooks=None,
+        known_functions: Callable[[], dict[str, FunctionVersion]] = dict,
     ) -> None:
+        # hooks: the autoscaler's side (a chalkd.scaling.hooks.ScalerHooks: on_demand, prefetch, on_stuck),
+        # made before both and passed to both; without it the queue scales nothing (tests).
         self.store = store
         self.budget = MemoryBudget(memory_budget)
         self._args_bytes = 0        # queued calls' arguments held in memory
@@ -168,9 +172,11 @@ class Queue(Dispatcher):
         # worker has not stopped within cancel_grace: the autoscaler kills it.
         self.on_stuck: Callable[[str, str, str], None] = lambda function_id, replica_id, reason: None
         self._durations: dict[str, float] = {}
-        # Every version by id (the server points it at the catalog's): names for calls read
+        # Every version by id (the server passes the catalog's): names for calls read
         # back from the store, TTLs for the result sweep.
-        self.known_functions: Callable[[], dict[str, FunctionVersion]] = dict
+        self.known_functions = known_functions
+        if hooks is not None:
+            self.on_demand, self.prefetch, self.on_stuck = hooks.on_demand, hooks.prefetch, hooks.on_stuck
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property

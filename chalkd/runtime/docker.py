@@ -259,7 +259,7 @@ class DockerRuntime(Runtime):
     name = "docker"
 
     def __init__(self, home: Path, *, docker: aiodocker.Docker, builder: DockerImageBuilder, run_dir: Path,
-                 instance_id: str, blobs: BlobStore, pids_limit: int = DEFAULT_PIDS_LIMIT) -> None:
+                 instance_id: str, blobs: BlobStore, pids_limit: int = DEFAULT_PIDS_LIMIT, volumes=None) -> None:
         self.home = Path(home)
         self.docker = docker
         self.builder = builder
@@ -268,7 +268,7 @@ class DockerRuntime(Runtime):
         self.blobs = blobs
         self.pids_limit = pids_limit
         self.images: dict[str, BuiltImage] = {}
-        self.volumes = None  # chalkd.volumes.store.VolumeStore, set by the server
+        self.volumes = volumes  # chalkd.volumes.store.VolumeStore (the server's: volume mounts)
         self.logs = self.home / "logs" / "replicas"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.target = ""  # unused: containers dial the unix sockets in run_dir

@@ -126,12 +126,12 @@ class ProcessRuntime(Runtime):
     name = "process"
 
     def __init__(self, home: Path, *, target: str, pip_extra_args: list[str] | None = None,
-                 replica_env: list[str] | None = None) -> None:
+                 replica_env: list[str] | None = None, fast_socket: tuple[str, str] | None = None) -> None:
         self.home = Path(home)
         self.target = target
         # Names of the daemon's variables replicas also get (chalkd serve --replica-env), beyond PASS_THROUGH.
         self.replica_env = check_env_names(replica_env or [])
-        self.fast_socket: tuple[str, str] | None = None  # (path, daemon instance id)
+        self.fast_socket = fast_socket  # (path, daemon instance id): workers dial the framed socket
         self.builder = ProcessEnvBuilder(self.home, pip_extra_args=pip_extra_args)
         self.envs: dict[str, ProcessEnvironment] = {}
         self.limiter = MemoryLimiter.detect()

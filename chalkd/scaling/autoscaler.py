@@ -24,15 +24,16 @@ import psutil
 
 from chalkcompute.gpu import GpuRequest
 from chalkd.catalog import Catalog
+from chalkd.errors import Unauthenticated
 from chalkd.gpus import GpuAllocator
 from chalkd.model import CallError, ErrorCode, FunctionVersion, ReplicaExit, new_id
 from chalkd.queue.core import Queue
 from chalkd.runtime.base import ReplicaHandle, ReplicaRequest, ReplicaStartError, Runtime
+from chalkd.scaling.hooks import ScalerHooks
 
 log = logging.getLogger(__name__)
 
 STARTUP_FAILURES_BEFORE_GIVING_UP = 3
-PREFETCH = 512  # inputs a replica may hold ahead, at most (see queue.dispatch)
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class HostResources:
     memory_bytes: int
 
     @classmethod
-    def detect(cls) -> "HostResources":
+    def detect(cls) -> HostResources:
         return cls(cpu_millis=(os.cpu_count() or 1) * 1000, memory_bytes=psutil.virtual_memory().total)
 
 
@@ -60,7 +61,7 @@ class Replica:
     gpu_uuids: tuple[str, ...] = ()
 
 
-class ReplicaUnknown(Exception):
+class ReplicaUnknown(Unauthenticated):  # UNAUTHENTICATED by the error table (chalkd.services.errors)
     pass
 
 
@@ -68,7 +69,7 @@ class Autoscaler:
     def __init__(
         self, runtime: Runtime, queue: Queue, catalog: Catalog, *, host: HostResources,
         heartbeat_timeout: float = 15.0, interval: float = 0.25, drain_timeout: float = 30.0,
-        gpus: GpuAllocator | None = None,
+        gpus: GpuAllocator | None = None, hooks: ScalerHooks | None = None,
     ) -> None:
         self.runtime = runtime
         self.gpus = gpus if gpus is not None else GpuAllocator([])
@@ -78,18 +79,18 @@ class Autoscaler:
         self.heartbeat_timeout = heartbeat_timeout
         self.interval = interval
         self.drain_timeout = drain_timeout
-        self.replicas: dict[str, Replica] = {}
+        # The hooks the queue was made with (see chalkd.scaling.hooks): their replica table and wake-up
+        # event are this autoscaler's own, so the queue's demand and prefetch questions see its state.
+        self.hooks = hooks if hooks is not None else ScalerHooks(catalog.by_id)
+        self.replicas: dict[str, Replica] = self.hooks.replicas
         self._warm_until: dict[str, float] = {}
         self._startup_failures: dict[str, int] = {}
         self._prepared: dict[str, asyncio.Task] = {}
-        self._wake = asyncio.Event()
+        self._wake = self.hooks.wake
         self._changed = asyncio.Condition()
         self._task: asyncio.Task | None = None
         self._closing = False
         self._watchers: set[asyncio.Task] = set()
-        queue.on_demand = lambda fid: self._wake.set()
-        queue.prefetch = self._prefetch
-        queue.on_stuck = self._kill_stuck
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -164,13 +165,13 @@ class Autoscaler:
                     return
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise asyncio.TimeoutError(
+                    raise TimeoutError(
                         f"no replica of {fv.name!r} became ready within {timeout:g}s"
                         + self._pending_reason(fv)
                     )
                 try:
                     await asyncio.wait_for(self._changed.wait(), left)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
 
     def counts(self, fv: FunctionVersion) -> tuple[int, int]:
@@ -185,26 +186,6 @@ class Autoscaler:
                 self._stop(r, "function deleted")
         self._notify_changed()
 
-    def _kill_stuck(self, function_id: str, replica_id: str, reason: str) -> None:
-        """A cancelled handler would not stop: kill its replica (a new one replaces it)."""
-        replica = self.replicas.get(replica_id)
-        if replica is None or replica.handle is None or replica.state == "stopped":
-            return
-        log.warning("killing replica %s of %s: %s", replica_id, replica.function.name, reason)
-        replica.stop_reason = reason
-        replica.handle.kill()
-
-    def _prefetch(self, function_id: str) -> int:
-        fv = self.catalog.by_id.get(function_id)
-        if fv is None:
-            return 0
-        mine = [r for r in self.replicas.values() if r.function is fv and r.state in ("starting", "ready")]
-        # Only once no replica can be added and none is still starting: before that,
-        # waiting work must stay in the queue, where the autoscaler and new replicas see it.
-        if len(mine) < fv.max_replicas or any(r.state == "starting" for r in mine):
-            return 0
-        return PREFETCH
-
     # -- the loop -------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -215,7 +196,7 @@ class Autoscaler:
                 log.exception("autoscaler pass failed")
             try:
                 await asyncio.wait_for(self._wake.wait(), self.interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._wake.clear()
 

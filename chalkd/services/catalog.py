@@ -26,10 +26,11 @@ log = logging.getLogger(__name__)
 
 class CatalogService(FunctionCatalogBase):
     def __init__(self, catalog: Catalog, queue: Queue, scaler: Autoscaler, runtime: Runtime, info: dict,
-                 secrets=None) -> None:
+                 secrets=None,
+                 replica_owns: Callable[[str, str], bool] = lambda replica_id, call_id: False) -> None:
         self.secrets = secrets  # chalkd.secrets.store.SecretStore
-        # (replica id, call id) -> did that replica start the call; the server points it at QueueService.owns.
-        self.replica_owns: Callable[[str, str], bool] = lambda replica_id, call_id: False
+        # (replica id, call id) -> did that replica start the call (the server passes QueueService.owns).
+        self.replica_owns = replica_owns
         self.catalog = catalog
         self.queue = queue
         self.scaler = scaler

@@ -287,13 +287,14 @@ class WorkerConnection:
 
 
 class WorkerService(WorkerBase):
-    def __init__(self, queue: Queue, scaler: Autoscaler, *, max_payload: int, secrets=None) -> None:
+    def __init__(self, queue: Queue, scaler: Autoscaler, *, max_payload: int, secrets=None,
+                 on_replica_gone: Callable[[str], None] | None = None) -> None:
         self.queue = queue
         self.scaler = scaler
         self.max_payload = max_payload
         self.secrets = secrets  # chalkd.secrets.store.SecretStore
-        # Set by the server: frees what a replica's scoped credential held once its worker stream ends.
-        self.on_replica_gone: Callable[[str], None] = lambda replica_id: None
+        # Given by the server: frees what a replica's scoped credential held once its worker stream ends.
+        self.on_replica_gone: Callable[[str], None] = on_replica_gone or (lambda replica_id: None)
 
     def _secret_env(self, fv) -> dict[str, str]:
         """The function's secrets as env vars, for the worker to set before user code runs.

@@ -76,10 +76,11 @@ def _errors(what: str) -> Iterator[None]:
 
 
 class VolumesService(VolumesBase):
-    def __init__(self, volumes: VolumeStore) -> None:
+    def __init__(self, volumes: VolumeStore,
+                 replica_volumes: Callable[[str], frozenset[str]] = lambda replica_id: frozenset()) -> None:
         self.volumes = volumes
-        # replica id -> the volumes its function mounts (set by the server); a replica reaches only those.
-        self.replica_volumes: Callable[[str], frozenset[str]] = lambda replica_id: frozenset()
+        # replica id -> the volumes its function mounts (the server's lookup); a replica reaches only those.
+        self.replica_volumes = replica_volumes
 
     def _check_scope(self, name: str) -> None:
         scope = current_scope.get()
