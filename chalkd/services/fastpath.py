@@ -77,11 +77,12 @@ def grpc_socket_path(home: Path) -> Path:
 
 class FastPathServer:
     def __init__(self, path: Path, *, session_handler, worker_handler, instance_id: str, limit: int,
-                 auth=None) -> None:
+                 auth=None, streams: dict[bytes, tuple] | None = None) -> None:
         self.path = path
         self.auth = auth  # chalkd.auth.Authenticator: the first frame is b"<stream> <credential>"
         self.handlers = {b"session": (pb.SessionRequest, session_handler),
-                         b"worker": (pb.WorkerRequest, worker_handler)}
+                         b"worker": (pb.WorkerRequest, worker_handler),
+                         **(streams or {})}  # more framed streams: name -> (request type, handler)
         self.instance_id = instance_id
         self.limit = limit
         self.server: asyncio.AbstractServer | None = None
