@@ -47,6 +47,7 @@ from chalkd.images.blobs import BlobStore
 from chalkd.queue.core import Queue
 from chalkd.queue.limits import Limits
 from chalkd.queue.retention import expire_results
+from chalkd.runtime.base import Runtime
 from chalkd.runtime.process import ProcessRuntime
 from chalkd.scaling.autoscaler import Autoscaler, HostResources
 from chalkd.scaling.hooks import ScalerHooks
@@ -114,7 +115,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
 def captured_signals(loop: asyncio.AbstractEventLoop, on_signal: Any) -> Iterator[None]:
     """SIGTERM/SIGINT call ``on_signal`` while inside; the handlers found are put back on the way out
     (the pattern of grpclib's ``utils.graceful_exit`` and uvicorn's ``capture_signals``)."""
-    installed: list[tuple[int, Any]] = []
+    installed: list[tuple[signal.Signals, Any]] = []
     for sig in HANDLED_SIGNALS:
         previous = signal.getsignal(sig)
         try:
@@ -234,7 +235,7 @@ class Server:
         if await self._use_docker():
             builder = await self._start_docker(stack)
         else:
-            self.runtime = ProcessRuntime(self.home, target=target, pip_extra_args=cfg.pip_extra_args,
+            self.runtime: Runtime = ProcessRuntime(self.home, target=target, pip_extra_args=cfg.pip_extra_args,
                                           replica_env=cfg.replica_env,
                                           fast_socket=(str(fast_path), self.instance_id))
             stack.push_async_callback(self.runtime.close)
@@ -387,15 +388,16 @@ class Server:
         builder = DockerImageBuilder(self.docker, self.home, ca_bundle=cfg.build_ca_bundle)
         rdir = run_dir(self.home)
         # One mount path (volumes) and one secret path (the agent) for replicas and containers.
-        self.runtime = DockerRuntime(self.home, docker=self.docker, builder=builder, run_dir=rdir,
-                                     instance_id=self.instance_id, blobs=self.blobs, pids_limit=cfg.pids_limit,
-                                     volumes=self.volumes)
-        stack.push_async_callback(self.runtime.close)
+        runtime = DockerRuntime(self.home, docker=self.docker, builder=builder, run_dir=rdir,
+                                instance_id=self.instance_id, blobs=self.blobs, pids_limit=cfg.pids_limit,
+                                volumes=self.volumes)
+        self.runtime = runtime
+        stack.push_async_callback(runtime.close)
         self.containers = ContainerManager(self.docker, builder, self.blobs, home=self.home, run_dir=rdir,
                                            pids_limit=cfg.pids_limit, volumes=self.volumes, secrets=self.secrets)
         stack.push_async_callback(self.containers.close)
         # What an earlier run left: its calls were re-queued by queue recovery above.
-        await self.runtime.remove_leftovers()
+        await runtime.remove_leftovers()
         await self.containers.remove_leftovers()
         return builder
 

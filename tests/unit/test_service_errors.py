@@ -121,3 +121,28 @@ def test_decorator_leaves_timeouts_and_success_to_grpclib() -> None:
     with pytest.raises(TimeoutError):
         asyncio.run(_Service(TimeoutError()).Method([]))
     assert asyncio.run(_Service(None).Method([])) is None
+
+
+def test_volume_disk_errors_say_what_was_being_done(caplog: pytest.LogCaptureFixture) -> None:
+    import errno
+
+    from chalkd.services.volumes import _errors
+    from chalkd.volumes.paths import VolumeNotFound
+
+    def answer(exc: BaseException) -> tuple[Status, str]:
+        try:
+            with _errors("writing to volume 'm'"):
+                raise exc
+        except Exception as raised:
+            return status_of(raised)
+        raise AssertionError("_errors swallowed the error")
+
+    assert answer(PermissionError(errno.EACCES, "Permission denied", "/v/m/a.txt")) == (
+        Status.PERMISSION_DENIED, "writing to volume 'm': chalkd may not access /v/m/a.txt (Permission denied)")
+    assert answer(OSError(errno.ENOSPC, "No space left on device")) == (
+        Status.RESOURCE_EXHAUSTED, "writing to volume 'm': the daemon's disk is full (No space left on device)")
+    assert answer(VolumeNotFound("m")) == (Status.NOT_FOUND, str(VolumeNotFound("m")))  # the store's own, as is
+    caplog.set_level(logging.ERROR, logger="chalkd.services.volumes")
+    status, message = answer(OSError(errno.EIO, "Input/output error"))
+    assert status == Status.INTERNAL and message.startswith("writing to volume 'm' failed: ")
+    assert "Input/output error" in caplog.text and "Traceback" in caplog.text
