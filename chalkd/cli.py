@@ -48,9 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run the daemon in the foreground")
     serve.add_argument("--host", default=os.environ.get("CHALKD_HOST", DEFAULT_HOST))
     serve.add_argument("--port", type=int, default=int(os.environ.get("CHALKD_PORT", DEFAULT_PORT)))
-    serve.add_argument("--home", type=Path, default=None, help="state directory (default: $CHALKD_HOME or the user data dir)")
-    serve.add_argument("--runtime", default=os.environ.get("CHALKD_RUNTIME", "auto"), choices=["auto", "process", "docker"])
-    serve.add_argument("--durability", default=os.environ.get("CHALKD_DURABILITY", "normal"), choices=["normal", "full"])
+    serve.add_argument("--home", type=Path, default=None,
+                       help="state directory (default: $CHALKD_HOME or the user data dir)")
+    serve.add_argument("--runtime", default=os.environ.get("CHALKD_RUNTIME", "auto"),
+                       choices=["auto", "process", "docker"])
+    serve.add_argument("--durability", default=os.environ.get("CHALKD_DURABILITY", "normal"),
+                       choices=["normal", "full"])
     serve.add_argument("--max-message-size", type=int, default=DEFAULT_MAX_MESSAGE, help="bytes (default 64 MiB)")
     serve.add_argument("--memory-budget", default=os.environ.get("CHALKD_MEMORY_BUDGET", "1GiB"),
                        help="bytes for the daemon's buffers, e.g. 512MiB (default 1GiB, or $CHALKD_MEMORY_BUDGET): "
@@ -77,12 +80,14 @@ def main(argv: list[str] | None = None) -> int:
 
     token = sub.add_parser("token", help="show or rotate the daemon's token (<home>/token)")
     token.add_argument("action", choices=["show", "rotate"])
-    token.add_argument("--home", type=Path, default=None, help="state directory (default: $CHALKD_HOME or the user data dir)")
+    token.add_argument("--home", type=Path, default=None,
+                       help="state directory (default: $CHALKD_HOME or the user data dir)")
 
     for name, help_text in (("status", "is a daemon answering?"), ("functions", "list functions"),
                             ("calls", "list recent calls")):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--target", default=_default_target(), help="daemon address (default $CHALK_COMPUTE_TARGET or 127.0.0.1:50051)")
+        p.add_argument("--target", default=_default_target(),
+                       help="daemon address (default $CHALK_COMPUTE_TARGET or 127.0.0.1:50051)")
         if name == "functions":
             p.add_argument("--all", action="store_true", help="include older versions")
         if name == "calls":
@@ -198,8 +203,8 @@ async def _client_command(args) -> int:
     from grpclib import GRPCError
     from grpclib.client import Channel
 
-    from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
     from chalkcompute._auth import client_ssl_context, credentials_for, tls_from_env
+    from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
     from chalkcompute._proto.chalk_v1_chalk_grpc import FunctionCatalogStub
 
     host, _, port = args.target.rpartition(":")
@@ -216,8 +221,9 @@ async def _client_command(args) -> int:
         except GRPCError as exc:  # a wrong or missing token: the message says how to fix it
             print(f"chalkd: {exc.message}", file=sys.stderr)
             return 1
-        except (OSError, asyncio.TimeoutError) as exc:
-            raise ConnectionError(f"no daemon answers at {args.target} ({exc or 'timed out'}); start one with `chalkd serve`") from None
+        except (TimeoutError, OSError) as exc:
+            raise ConnectionError(
+                f"no daemon answers at {args.target} ({exc or 'timed out'}); start one with `chalkd serve`") from None
         if args.command == "status":
             console.print(
                 f"chalkd {status.version} at {args.target} (pid {status.pid}), up {status.uptime_seconds:.0f}s\n"
