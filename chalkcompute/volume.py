@@ -34,7 +34,7 @@ import contextlib
 import logging
 import os
 import ssl
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -232,16 +232,16 @@ class _IterTwin:
     """``obj.method(...)`` returns a blocking iterator; ``obj.method.aio(...)`` an async one,
     both over the async generator ``agen_fn``."""
 
-    def __init__(self, agen_fn) -> None:
+    def __init__(self, agen_fn: Callable[..., AsyncIterator[Any]]) -> None:
         self.agen_fn = agen_fn
         self.__doc__ = agen_fn.__doc__
 
-    def __get__(self, obj, objtype=None):
+    def __get__(self, obj: object, objtype: type | None = None) -> Any:
         if obj is None:
             return self
-        agen_fn = self.agen_fn.__get__(obj, objtype)
+        agen_fn = self.agen_fn.__get__(obj, objtype)  # type: ignore[attr-defined]
 
-        def blocking(*args, **kwargs) -> Iterator:
+        def blocking(*args: Any, **kwargs: Any) -> Iterator[Any]:
             agen = agen_fn(*args, **kwargs)
             try:
                 while True:
@@ -253,7 +253,7 @@ class _IterTwin:
             finally:
                 run_sync(agen.aclose())
 
-        async def aio(*args, **kwargs) -> AsyncIterator:
+        async def aio(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
             agen = agen_fn(*args, **kwargs)
             try:
                 while True:
@@ -266,7 +266,7 @@ class _IterTwin:
                 await run_async(agen.aclose())
 
         blocking.__doc__ = self.__doc__
-        blocking.aio = aio
+        blocking.aio = aio  # type: ignore[attr-defined]
         return blocking
 
 
