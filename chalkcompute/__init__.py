@@ -15,6 +15,7 @@ Set ``CHALK_COMPUTE_TARGET`` (default ``127.0.0.1:50051``) to reach another daem
 from chalkcompute.calls import FunctionCall
 from chalkcompute.container import Container, ContainerInfo, ExecResult
 from chalkcompute.exceptions import (
+    AuthenticationError,
     CallCancelledError,
     CallInterruptedError,
     ChalkError,
@@ -30,7 +31,6 @@ from chalkcompute.exceptions import (
     ImageBuildError,
     InvalidArgumentError,
     NotSupportedError,
-    AuthenticationError,
     PermissionDeniedError,
     RemoteExecutionError,
     ResourceExhaustedError,

@@ -35,8 +35,8 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from grpclib import GRPCError
 from grpclib.client import Channel, UnaryUnaryMethod
@@ -44,6 +44,15 @@ from grpclib.const import Status
 from grpclib.exceptions import StreamTerminatedError
 
 from chalkcompute import _auth, _rpc
+from chalkcompute._bridge import (
+    Mailbox,
+    in_sdk_thread,
+    on_new_loop,
+    on_sdk_loop,
+    run_async,
+    run_sync,
+    sdk_loop,
+)
 from chalkcompute._framing import DirectWriter, FramedStream, frame, open_framed
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import FunctionCatalogStub, QueueStub
@@ -89,65 +98,9 @@ def parse_target(target: str) -> tuple[str, int, str | None]:
     return host.strip("[]"), int(port), None
 
 
-# -- the background loop ------------------------------------------------------------
+# -- the background loop: chalkcompute._bridge (one bridge for the whole SDK) --------------
 
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop where available: it halves the per-message cost of the streams."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
-class _LoopThread:
-    def __init__(self) -> None:
-        self.loop = new_event_loop()
-        self.thread = threading.Thread(target=self._run, name="chalkcompute-loop", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
-
-_loop_lock = threading.Lock()
-_loop_thread: _LoopThread | None = None
-_loop_pid: int | None = None
-
-
-def sdk_loop() -> asyncio.AbstractEventLoop:
-    global _loop_thread, _loop_pid
-    with _loop_lock:
-        if _loop_thread is None or _loop_pid != os.getpid():  # a forked child needs its own
-            _loop_thread = _LoopThread()
-            _loop_pid = os.getpid()
-            Client._instances.clear()
-        return _loop_thread.loop
-
-
-def on_sdk_loop() -> bool:
-    """True on the SDK's own event-loop thread, where nothing may block."""
-    sdk_loop()
-    return threading.current_thread() is _loop_thread.thread  # type: ignore[union-attr]
-
-
-def run_sync(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-    """Run an SDK coroutine from blocking code (any thread but the SDK's own)."""
-    loop = sdk_loop()
-    if threading.current_thread() is _loop_thread.thread:  # type: ignore[union-attr]
-        coro.close()
-        raise RuntimeError("a blocking chalkcompute call was made on the SDK's own event loop; use .aio")
-    return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
-
-
-async def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """Await an SDK coroutine from the caller's event loop."""
-    loop = sdk_loop()
-    if asyncio.get_running_loop() is loop:
-        return await coro
-    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+on_new_loop(lambda: Client._instances.clear())
 
 
 # -- one call's events, handed from the SDK loop to whichever thread waits ------------
@@ -161,7 +114,7 @@ class CallHandle:
     overriding :meth:`on_accepted`; both run on the SDK loop.
     """
 
-    def __init__(self, session: "_Session", submit: pb.Submit, function_name: str,
+    def __init__(self, session: _Session, submit: pb.Submit, function_name: str,
                  decode: Callable[[bytes, bytes], list]) -> None:
         self.session = session
         self.submit = submit
@@ -174,10 +127,7 @@ class CallHandle:
         self._acked = -1
         self.finished = False
         self.cancel_requested = False
-        self._items: deque = deque()
-        self._lock = threading.Lock()
-        self._sync_waiter: threading.Lock | None = None
-        self._async_waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future] | None = None
+        self.events: Mailbox[tuple] = Mailbox()
 
     # SDK loop side
     def on_accepted(self) -> None:
@@ -191,36 +141,17 @@ class CallHandle:
         return self.submit
 
     def put(self, item: tuple) -> None:
-        with self._lock:
-            self._items.append(item)
-            waiter, self._sync_waiter = self._sync_waiter, None
-            async_waiter, self._async_waiter = self._async_waiter, None
-        if waiter is not None:
-            waiter.release()
-        if async_waiter is not None:
-            _waker.wake(*async_waiter)
+        self.events.put(item)
 
     # consumer side
     def next_event(self, timeout: float | None = None) -> tuple:
-        while True:
-            with self._lock:
-                if self._items:
-                    return self._items.popleft()
-                waiter = threading.Lock()
-                waiter.acquire()
-                self._sync_waiter = waiter
-            if not waiter.acquire(timeout=-1 if timeout is None else timeout):
-                raise TimeoutError(f"no result from {self.function_name!r} within {timeout:g}s")
+        try:
+            return self.events.get(timeout)
+        except TimeoutError:
+            raise TimeoutError(f"no result from {self.function_name!r} within {timeout:g}s") from None
 
     async def next_event_async(self) -> tuple:
-        loop = asyncio.get_running_loop()
-        while True:
-            with self._lock:
-                if self._items:
-                    return self._items.popleft()
-                fut = loop.create_future()
-                self._async_waiter = (loop, fut)
-            await fut
+        return await self.events.get_async()
 
     def consumed_up_to(self, index: int) -> None:
         self.consumed = index
@@ -238,56 +169,11 @@ class CallHandle:
             self.cancel_requested = True
 
 
-def _wake(fut: asyncio.Future) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
-def _wake_all(futs: list[asyncio.Future]) -> None:
-    for fut in futs:
-        if not fut.done():
-            fut.set_result(None)
-
-
-class _LoopWaker:
-    """Wakes awaiting callers in other loops: one cross-thread call per loop per
-    SDK-loop iteration, however many of their calls finished in it."""
-
-    def __init__(self) -> None:
-        self.pending: dict[asyncio.AbstractEventLoop, list[asyncio.Future]] = {}
-
-    def wake(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future) -> None:
-        # Always called on the SDK loop's thread.
-        if not self.pending:
-            asyncio.get_running_loop().call_soon(self.flush)
-        self.pending.setdefault(loop, []).append(fut)
-
-    def flush(self) -> None:
-        pending, self.pending = self.pending, {}
-        for loop, futs in pending.items():
-            try:
-                loop.call_soon_threadsafe(_wake_all, futs)
-            except RuntimeError:  # that loop is closed: nobody is waiting any more
-                pass
-
-
-_waker = _LoopWaker()
-
-
-def _after_fork_in_child() -> None:
-    # The child has no SDK loop thread: whatever the parent had pending is not ours.
-    _waker.pending = {}
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
 # -- the session stream ---------------------------------------------------------------
 
 
 class _Session:
-    def __init__(self, client: "Client") -> None:
+    def __init__(self, client: Client) -> None:
         self.client = client
         self.stub = QueueStub(client.channel)
         self.handles: dict[int, CallHandle] = {}
@@ -571,7 +457,7 @@ def _requests(items: list):
 class Client:
     """One per daemon target per process; use :meth:`Client.get`."""
 
-    _instances: dict[str, "Client"] = {}
+    _instances: dict[str, Client] = {}
     _lock = threading.Lock()
 
     def __init__(self, target: str, ssl_context=None) -> None:
@@ -586,7 +472,7 @@ class Client:
         self._lane: tuple[str, str] | tuple[()] | None = None  # see _local_lane
 
     @classmethod
-    def get(cls, target: str | None = None, credentials=None) -> "Client":
+    def get(cls, target: str | None = None, credentials=None) -> Client:
         """The client for ``target``; ``credentials`` (TLS: an ``ssl.SSLContext``, a CA bundle
         path, or True for the system roots) gives a client of its own for that target."""
         target = target or default_target()
@@ -698,7 +584,7 @@ class Client:
         submit = self._new_submit(session, function_id, function_name, args, idempotency_key,
                                   current_call_id.get() or "")
         handle = handle_type(session, submit, display_name or function_name or function_id, decode)
-        if threading.current_thread() is _loop_thread.thread:  # type: ignore[union-attr]
+        if in_sdk_thread():
             session.start(handle)
         else:
             session.from_thread(handle)
@@ -761,7 +647,7 @@ class Client:
     def cancel_calls(self, handles: list[CallHandle]) -> None:
         """Cancel the unfinished calls among ``handles``, from any thread (one message)."""
         session = self.session
-        if threading.current_thread() is _loop_thread.thread:  # type: ignore[union-attr]
+        if in_sdk_thread():
             session.cancel_batch(handles)
         else:
             # On the SDK loop, where acceptance is recorded: a call not accepted
@@ -771,7 +657,7 @@ class Client:
     @staticmethod
     def _send(session: _Session, handles: list[CallHandle], messages: list,
               requests: list[pb.SessionRequest] | None = None) -> None:
-        if threading.current_thread() is _loop_thread.thread:  # type: ignore[union-attr]
+        if in_sdk_thread():
             session.start_batch(handles, messages)
         else:
             session.send_batch(handles, messages, requests)

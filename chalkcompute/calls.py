@@ -40,14 +40,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
-import inspect
 import itertools
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from chalkcompute._client import CallHandle, Client, _waker, on_sdk_loop, run_async, run_sync
+from chalkcompute._bridge import Mailbox, Twin, on_sdk_loop, run_async, run_sync
+from chalkcompute._client import CallHandle, Client
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._serialization import FunctionCodec
 from chalkcompute.exceptions import ChalkError, FunctionNotFoundError, FunctionSignatureError, FunctionTimeoutError
@@ -85,44 +85,6 @@ def _unary_value(handle: CallHandle, event: tuple):
 
 
 # -- sync + async twins --------------------------------------------------------------------
-
-
-class _Twin:
-    """``obj.name(...)`` runs ``sync(obj, ...)``; ``obj.name.aio(...)`` returns
-    ``async_(obj, ...)`` (a coroutine to await, or an async iterator). With
-    ``on_class`` they bind to the class, as a classmethod does."""
-
-    def __init__(self, name: str, sync, async_, *, on_class: bool = False) -> None:
-        self.name, self.sync, self.async_, self.on_class = name, sync, async_, on_class
-        sig = inspect.signature(sync)
-        # What help() shows: the signature without the bound first parameter.
-        self.signature = sig.replace(parameters=list(sig.parameters.values())[1:])
-        functools.update_wrapper(self, sync)
-        self.__name__ = self.__qualname__ = name
-
-    def __call__(self, obj, *args, **kwargs):
-        """Unbound use, as with a plain method: ``RemoteFunction.map(rf, xs)``."""
-        return self.sync(obj, *args, **kwargs)
-
-    def __get__(self, obj, objtype=None):
-        target = objtype if self.on_class else obj
-        if target is None:
-            return self
-        sync, async_ = self.sync, self.async_
-
-        def blocking(*args, **kwargs):
-            return sync(target, *args, **kwargs)
-
-        def aio(*args, **kwargs):
-            return async_(target, *args, **kwargs)
-
-        functools.update_wrapper(blocking, sync)
-        del blocking.__wrapped__  # so the signature below is the one shown
-        blocking.__signature__ = self.signature
-        blocking.__name__ = blocking.__qualname__ = aio.__name__ = self.name
-        aio.__doc__ = f"Async twin of ``{self.name}``: await it (``async for`` over a map)."
-        blocking.aio = aio
-        return blocking
 
 
 # -- one call, followed by id -----------------------------------------------------------------
@@ -195,7 +157,7 @@ class FunctionCall:
     # -- resolving by id --------------------------------------------------------------------
 
     @classmethod
-    async def _resolve(cls, call_id: str, target: str | None) -> "FunctionCall":
+    async def _resolve(cls, call_id: str, target: str | None) -> FunctionCall:
         client = Client.get(target)
         info = (await client.rpc(client.catalog.GetCall, pb.GetCallRequest(call_id=call_id))).call
         try:
@@ -216,15 +178,15 @@ class FunctionCall:
             name = info.function_name or fv.function_name
         return cls(info.id or call_id, client=client, function_name=name, decode=codec.decode_results)
 
-    def _from_id(cls, call_id: str, target: str | None = None) -> "FunctionCall":
+    def _from_id(cls, call_id: str, target: str | None = None) -> FunctionCall:
         """The call with this id (``"fc-..."``), resolved at once; raises
         FunctionNotFoundError for an unknown id (or one whose result expired)."""
         return run_sync(cls._resolve(call_id, target))
 
-    async def _from_id_async(cls, call_id: str, target: str | None = None) -> "FunctionCall":
+    async def _from_id_async(cls, call_id: str, target: str | None = None) -> FunctionCall:
         return await run_async(cls._resolve(call_id, target))
 
-    from_id = _Twin("from_id", _from_id, _from_id_async, on_class=True)
+    from_id = Twin.pair("from_id", _from_id, _from_id_async, on_class=True)
 
     # -- the subscription -------------------------------------------------------------------
 
@@ -269,11 +231,11 @@ class FunctionCall:
         if not h.outcome.done():
             try:
                 await asyncio.wait_for(asyncio.wrap_future(h.outcome), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise self._timeout(timeout) from None
         return _unary_value(h, h.outcome.result())
 
-    get = _Twin("get", _get, _get_async)
+    get = Twin.pair("get", _get, _get_async)
 
     def _cancel(self) -> None:
         """Cancel the call (a no-op if it has finished); returns once chalkd has
@@ -291,36 +253,36 @@ class FunctionCall:
         h = self._attached(cancel=True)
         try:
             await asyncio.wait_for(asyncio.wrap_future(h.outcome), _CANCEL_CONFIRM_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
-    cancel = _Twin("cancel", _cancel, _cancel_async)
+    cancel = Twin.pair("cancel", _cancel, _cancel_async)
 
 
 # -- spawn -------------------------------------------------------------------------------------
 
 
-def _refuse_generator(rf: "RemoteFunction", what: str) -> None:
+def _refuse_generator(rf: RemoteFunction, what: str) -> None:
     if rf.is_generator:
         raise FunctionSignatureError(
             f"{rf.name} is a generator function and cannot be {what}: its chunks stream to the caller "
             f"as they are made, so iterate the call instead (for chunk in {rf.name}(...))")
 
 
-def _start_spawn(rf: "RemoteFunction", info, args: tuple, kwargs: dict) -> _CallHandle:
+def _start_spawn(rf: RemoteFunction, info, args: tuple, kwargs: dict) -> _CallHandle:
     _refuse_generator(rf, "spawned")
     payload = rf._encode(args, kwargs)
     return rf.client.start_call(function_id=info.id, args=payload, decode=rf.codec.decode_results,
                                 display_name=rf.name, handle_type=_CallHandle)
 
 
-def _spawned(rf: "RemoteFunction", h: _CallHandle) -> FunctionCall:
+def _spawned(rf: RemoteFunction, h: _CallHandle) -> FunctionCall:
     if not h.call_id:  # refused: no such function, arguments too large...
         _unary_value(h, h.outcome.result())
     return FunctionCall(h.call_id, client=rf.client, function_name=rf.name, decode=h.decode, handle=h)
 
 
-def spawn(rf: "RemoteFunction", args: tuple, kwargs: dict) -> FunctionCall:
+def spawn(rf: RemoteFunction, args: tuple, kwargs: dict) -> FunctionCall:
     """Submit ``rf(*args, **kwargs)`` and return once chalkd has accepted it."""
     info = rf._ensure_registered()
     h = _start_spawn(rf, info, args, kwargs)
@@ -332,7 +294,7 @@ def spawn(rf: "RemoteFunction", args: tuple, kwargs: dict) -> FunctionCall:
     return _spawned(rf, h)
 
 
-async def spawn_async(rf: "RemoteFunction", args: tuple, kwargs: dict) -> FunctionCall:
+async def spawn_async(rf: RemoteFunction, args: tuple, kwargs: dict) -> FunctionCall:
     """Async twin of :func:`spawn`."""
     info = await rf._ensure_registered_async()
     h = _start_spawn(rf, info, args, kwargs)
@@ -344,85 +306,39 @@ async def spawn_async(rf: "RemoteFunction", args: tuple, kwargs: dict) -> Functi
     return _spawned(rf, h)
 
 
-def _spawn_method(rf: "RemoteFunction", *args, **kwargs) -> FunctionCall:
+def _spawn_method(rf: RemoteFunction, *args, **kwargs) -> FunctionCall:
     """Start a call that outlives this one: returns a :class:`FunctionCall` once
     chalkd has accepted it (``.get()`` its result, now or from another process)."""
     return spawn(rf, args, kwargs)
 
 
-def _spawn_method_async(rf: "RemoteFunction", *args, **kwargs):
+def _spawn_method_async(rf: RemoteFunction, *args, **kwargs):
     return spawn_async(rf, args, kwargs)
 
 
-spawn_method = _Twin("spawn", _spawn_method, _spawn_method_async)
+spawn_method = Twin.pair("spawn", _spawn_method, _spawn_method_async)
 
 
 # -- map ---------------------------------------------------------------------------------------
 
 
-class _MapSink:
-    """The final events of every input of one map, in arrival order: filled on
-    the SDK loop, drained a batch at a time by the map's consumer."""
-
-    __slots__ = ("items", "lock", "sync_waiter", "async_waiter")
-
-    def __init__(self) -> None:
-        self.items: deque = deque()
-        self.lock = threading.Lock()
-        self.sync_waiter: threading.Lock | None = None
-        self.async_waiter: tuple | None = None
-
-    def put(self, handle: CallHandle, item: tuple) -> None:
-        with self.lock:
-            self.items.append((handle, item))
-            waiter, self.sync_waiter = self.sync_waiter, None
-            async_waiter, self.async_waiter = self.async_waiter, None
-        if waiter is not None:
-            waiter.release()
-        if async_waiter is not None:
-            _waker.wake(*async_waiter)
-
-    def take(self) -> deque:
-        """Everything that has arrived, waiting for at least one event."""
-        while True:
-            with self.lock:
-                if self.items:
-                    items, self.items = self.items, deque()
-                    return items
-                waiter = threading.Lock()
-                waiter.acquire()
-                self.sync_waiter = waiter
-            waiter.acquire()
-
-    async def take_async(self) -> deque:
-        loop = asyncio.get_running_loop()
-        while True:
-            with self.lock:
-                if self.items:
-                    items, self.items = self.items, deque()
-                    return items
-                fut = loop.create_future()
-                self.async_waiter = (loop, fut)
-            await fut
-
-
 class _MapHandle(CallHandle):
     """One input of a map: its events go to the map's sink, tagged with its index."""
 
-    def __init__(self, run: "_MapRun", *args) -> None:
+    def __init__(self, run: _MapRun, *args) -> None:
         super().__init__(*args)
         self.sink = run.sink
         self.index = run.submitted
         run.submitted += 1
 
     def put(self, item: tuple) -> None:
-        self.sink.put(self, item)
+        self.sink.put((self, item))
 
 
 class _MapRun:
     """The state of one map: what is submitted, finished, and handed out."""
 
-    def __init__(self, rf: "RemoteFunction", info, inputs: Iterator, kwargs: dict,
+    def __init__(self, rf: RemoteFunction, info, inputs: Iterator, kwargs: dict,
                  order_outputs: bool, return_exceptions: bool) -> None:
         self.rf = rf
         self.client = rf.client
@@ -432,7 +348,8 @@ class _MapRun:
         self.kwargs = kwargs
         self.order_outputs = order_outputs
         self.return_exceptions = return_exceptions
-        self.sink = _MapSink()
+        # The final events of every input, in arrival order: drained a batch at a time.
+        self.sink: Mailbox[tuple[CallHandle, tuple]] = Mailbox()
         self.make_handle = functools.partial(_MapHandle, self)
         self.window = MAP_MAX_INFLIGHT
         # Inputs are topped up once a quarter of the window is free, so they go
@@ -542,12 +459,12 @@ def _arg_tuples(iterable: Iterable) -> Iterator[tuple]:
         yield args
 
 
-def _check(rf: "RemoteFunction", what: str) -> None:
+def _check(rf: RemoteFunction, what: str) -> None:
     if rf.is_generator:  # known without the daemon for a decorated function
         _refuse_generator(rf, what)
 
 
-def map_inputs(rf: "RemoteFunction", inputs: Iterable, kwargs: dict | None = None, *,
+def map_inputs(rf: RemoteFunction, inputs: Iterable, kwargs: dict | None = None, *,
                order_outputs: bool = True, return_exceptions: bool = False) -> Iterator:
     """Results of ``rf(*args, **kwargs)`` for each ``args`` tuple of ``inputs``, streamed."""
     _check(rf, "mapped")
@@ -568,14 +485,14 @@ def _map_sync(rf, inputs: Iterator, kwargs: dict, order_outputs: bool, return_ex
         while not run.done:
             item = run.pop()
             if item is None:
-                run.absorb(run.sink.take())
+                run.absorb(run.sink.take_all())
                 continue
             yield run.value(*item)
     finally:
         run.close()
 
 
-def map_inputs_async(rf: "RemoteFunction", inputs: Iterable, kwargs: dict | None = None, *,
+def map_inputs_async(rf: RemoteFunction, inputs: Iterable, kwargs: dict | None = None, *,
                      order_outputs: bool = True, return_exceptions: bool = False) -> AsyncIterator:
     """Async twin of :func:`map_inputs`: ``async for result in ...``."""
     _check(rf, "mapped")
@@ -595,14 +512,14 @@ async def _map_async(rf, inputs: Iterator, kwargs: dict, order_outputs: bool,
         while not run.done:
             item = run.pop()
             if item is None:
-                run.absorb(await run.sink.take_async())
+                run.absorb(await run.sink.take_all_async())
                 continue
             yield run.value(*item)
     finally:
         run.close()
 
 
-def _map_method(rf: "RemoteFunction", *iterables: Iterable, kwargs: dict | None = None,
+def _map_method(rf: RemoteFunction, *iterables: Iterable, kwargs: dict | None = None,
                 order_outputs: bool = True, return_exceptions: bool = False) -> Iterator:
     """``rf(a, b, **kwargs)`` for each ``(a, b)`` of ``zip(*iterables)``, run in
     parallel; an iterator of the results, in input order (``order_outputs=False``:
@@ -616,23 +533,23 @@ def _map_method(rf: "RemoteFunction", *iterables: Iterable, kwargs: dict | None 
                       order_outputs=order_outputs, return_exceptions=return_exceptions)
 
 
-def _map_method_async(rf: "RemoteFunction", *iterables: Iterable, kwargs: dict | None = None,
+def _map_method_async(rf: RemoteFunction, *iterables: Iterable, kwargs: dict | None = None,
                       order_outputs: bool = True, return_exceptions: bool = False) -> AsyncIterator:
     return map_inputs_async(rf, _inputs(iterables, "map"), kwargs,
                             order_outputs=order_outputs, return_exceptions=return_exceptions)
 
 
-def _starmap_method(rf: "RemoteFunction", iterable: Iterable, kwargs: dict | None = None, *,
+def _starmap_method(rf: RemoteFunction, iterable: Iterable, kwargs: dict | None = None, *,
                     order_outputs: bool = True, return_exceptions: bool = False) -> Iterator:
     """Like ``map``, each item being the argument tuple: ``add.starmap([(1, 2), (3, 4)])``."""
     return map_inputs(rf, _arg_tuples(iterable), kwargs, order_outputs=order_outputs, return_exceptions=return_exceptions)
 
 
-def _starmap_method_async(rf: "RemoteFunction", iterable: Iterable, kwargs: dict | None = None, *,
+def _starmap_method_async(rf: RemoteFunction, iterable: Iterable, kwargs: dict | None = None, *,
                           order_outputs: bool = True, return_exceptions: bool = False) -> AsyncIterator:
     return map_inputs_async(rf, _arg_tuples(iterable), kwargs, order_outputs=order_outputs,
                             return_exceptions=return_exceptions)
 
 
-map_method = _Twin("map", _map_method, _map_method_async)
-starmap_method = _Twin("starmap", _starmap_method, _starmap_method_async)
+map_method = Twin.pair("map", _map_method, _map_method_async)
+starmap_method = Twin.pair("starmap", _starmap_method, _starmap_method_async)

@@ -26,14 +26,15 @@ from typing import TypeVar
 from grpclib.client import UnaryUnaryMethod
 
 from chalkcompute import _rpc
+from chalkcompute._bridge import Twin, run_sync
 from chalkcompute._build import ImageBuildFailed, prepare_image
-from chalkcompute._client import Client, run_sync
+from chalkcompute._client import Client
 from chalkcompute._contract import valid_container_name
 from chalkcompute._mounts import check_secrets, secret_refs, volume_mounts
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import ContainersStub
 from chalkcompute.exceptions import ChalkError, ContainerError, ErrorKind, ImageBuildError
-from chalkcompute.functions import _Synced, parse_cpu, parse_memory
+from chalkcompute.functions import parse_cpu, parse_memory
 from chalkcompute.image import Image
 
 __all__ = ["Container", "ContainerInfo", "ExecResult"]
@@ -230,7 +231,7 @@ class Container:
             raise ContainerError(f"{what} {info.error or 'did not start'} (status {info.status})")
         return self
 
-    run = _Synced(_run)
+    run = Twin(_run)
 
     async def _exec(self, *cmd: str, timeout: float | None = None) -> ExecResult:
         """Run a command in the container and return its whole output (like ``docker exec``)."""
@@ -253,7 +254,7 @@ class Container:
             signal=resp.signal if resp.HasField("signal") else None,
             pid=resp.pid or None, error=resp.error or None)
 
-    exec = _Synced(_exec)
+    exec = Twin(_exec)
 
     async def _stop(self, grace_period: float | None = None) -> None:
         """Stop the container (SIGTERM, then SIGKILL after ``grace_period`` seconds) and remove what run created."""
@@ -266,7 +267,7 @@ class Container:
                                 timeout=(grace_period or 0) + 60)
         self._adopt(resp.info)
 
-    stop = _Synced(_stop)
+    stop = Twin(_stop)
 
     async def _refresh_info(self) -> ContainerInfo:
         """Fetch the latest state from chalkd."""
@@ -275,7 +276,7 @@ class Container:
         resp = await self._call(self._stub.Get, pb.GetContainerRequest(id=self.id))
         return self._adopt(resp.info)
 
-    refresh_info = _Synced(_refresh_info)
+    refresh_info = Twin(_refresh_info)
 
     def __repr__(self) -> str:
         status = self.info.status if self.info else "not started"

@@ -31,13 +31,15 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from chalkcompute import _code
 from chalkcompute import calls as _calls
+from chalkcompute._bridge import Twin, run_async, run_sync
 from chalkcompute._build import ImageBuildFailed, prepare_image
-from chalkcompute._client import CallHandle, Client, run_async, run_sync
+from chalkcompute._client import CallHandle, Client
 from chalkcompute._mounts import check_secrets, secret_refs, volume_mounts
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._serialization import FunctionCodec
@@ -120,30 +122,6 @@ class FunctionVersionInfo:
 
 def _remote_name(obj: object) -> str | None:
     return obj.name if isinstance(obj, RemoteFunction) else None
-
-
-class _Synced:
-    """``obj.method(...)`` blocks; ``await obj.method.aio(...)`` is its async twin."""
-
-    def __init__(self, coro_fn):
-        self.coro_fn = coro_fn
-        functools.update_wrapper(self, coro_fn)
-
-    def __get__(self, obj, objtype=None):
-        if obj is None:
-            return self
-        coro_fn = self.coro_fn.__get__(obj, objtype)
-
-        @functools.wraps(coro_fn)
-        def blocking(*args, **kwargs):
-            return run_sync(coro_fn(*args, **kwargs))
-
-        async def aio(*args, **kwargs):
-            return await run_async(coro_fn(*args, **kwargs))
-
-        blocking.aio = aio
-        return blocking
-
 
 
 DEFAULT_BATCH_SIZE = 10
@@ -287,7 +265,7 @@ class RemoteFunction:
     # -- attaching to existing versions -------------------------------------------------
 
     @classmethod
-    def _from_version(cls, version: pb.FunctionVersion, target: str | None) -> "RemoteFunction":
+    def _from_version(cls, version: pb.FunctionVersion, target: str | None) -> RemoteFunction:
         self = cls.__new__(cls)
         spec = version.spec
         self.fn = None
@@ -302,21 +280,21 @@ class RemoteFunction:
         return self
 
     @classmethod
-    def from_name(cls, name: str, *, target: str | None = None) -> "RemoteFunction":
+    def from_name(cls, name: str, *, target: str | None = None) -> RemoteFunction:
         """Attach to the latest version of a function by name; raises FunctionNotFoundError."""
         client = Client.get(target)
         resp = run_sync(client.rpc("GetFunction", pb.GetFunctionRequest(name=name)))
         return cls._from_version(resp.function, target)
 
     @classmethod
-    def from_id(cls, id: str, *, target: str | None = None) -> "RemoteFunction":
+    def from_id(cls, id: str, *, target: str | None = None) -> RemoteFunction:
         """Attach to an exact function version by id; raises FunctionNotFoundError."""
         client = Client.get(target)
         resp = run_sync(client.rpc("GetFunction", pb.GetFunctionRequest(id=id)))
         return cls._from_version(resp.function, target)
 
     @classmethod
-    def _lazy(cls, name: str) -> "RemoteFunction":
+    def _lazy(cls, name: str) -> RemoteFunction:
         """A handle by name that resolves on first call (how nested calls are bound in workers)."""
         self = cls.__new__(cls)
         self.fn = None
@@ -399,7 +377,7 @@ class RemoteFunction:
             return self._info
         return await run_async(self._register())
 
-    async def _wait_ready(self, timeout: float = 120.0, poll_interval: float = 0.5) -> "RemoteFunction":
+    async def _wait_ready(self, timeout: float = 120.0, poll_interval: float = 0.5) -> RemoteFunction:
         info = await self._register()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -428,10 +406,10 @@ class RemoteFunction:
             if fv.ready_replicas > 0:
                 return self
 
-    wait_ready = _Synced(_wait_ready)
+    wait_ready = Twin(_wait_ready)
 
     async def _deploy(self, poll_interval: float = 0.5, build_timeout: float = 600,
-                      ready_timeout: float = 300) -> "RemoteFunction":
+                      ready_timeout: float = 300) -> RemoteFunction:
         """Register this version, then wait for the image build and a ready replica.
 
         On Docker ``build_timeout`` bounds the image build (``ImageBuildFailed`` naming it
@@ -450,7 +428,7 @@ class RemoteFunction:
             return await self._wait_ready(timeout=ready_timeout, poll_interval=poll_interval)
         return await self._wait_ready(timeout=build_timeout + ready_timeout, poll_interval=poll_interval)
 
-    deploy = _Synced(_deploy)
+    deploy = Twin(_deploy)
 
     async def _refresh(self) -> FunctionVersionInfo:
         if self._info is None:
@@ -459,7 +437,7 @@ class RemoteFunction:
         self._info = _info(resp.function)
         return self._info
 
-    refresh = _Synced(_refresh)
+    refresh = Twin(_refresh)
 
     async def _delete(self) -> None:
         if self._info is None:
@@ -467,7 +445,7 @@ class RemoteFunction:
         await self.client.rpc(self.client.catalog.DeleteFunction, pb.DeleteFunctionRequest(id=self._info.id))
         self._info = None
 
-    delete = _Synced(_delete)
+    delete = Twin(_delete)
 
     # -- calling ---------------------------------------------------------------------------
 
@@ -708,7 +686,7 @@ def function(fn: Callable | None = None, **kwargs) -> Any:
 
 # Functions decorated but not yet used are registered when the script exits
 # ("deploy by running the script").
-_pending: "set[RemoteFunction]" = set()
+_pending: set[RemoteFunction] = set()
 
 
 def _register_pending() -> None:

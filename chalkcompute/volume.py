@@ -34,7 +34,7 @@ import contextlib
 import logging
 import os
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,7 +43,8 @@ from typing import Any, BinaryIO, TypeVar
 from grpclib.client import ServiceMethod, UnaryUnaryMethod
 
 from chalkcompute import _rpc
-from chalkcompute._client import Client, default_target, run_async, run_sync
+from chalkcompute._bridge import Twin, run_async, run_sync
+from chalkcompute._client import Client, default_target
 from chalkcompute._contract import valid_volume_name
 from chalkcompute._framing import FramedStream
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
@@ -56,7 +57,6 @@ from chalkcompute.exceptions import (
     VolumeInvalidArgumentError,
     VolumeNotFoundError,
 )
-from chalkcompute.functions import _Synced
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ class VolumeClient:
         resp = await self._call(self._stub.Create, pb.CreateVolumeRequest(name=name), f"create volume {name!r}")
         return Volume(name, client=self, _info=VolumeInfo._from_pb(resp.info))
 
-    create = _Synced(_create)
+    create = Twin(_create)
 
     def get(self, name: str) -> Volume:
         """A handle to the volume, without asking the daemon (see :meth:`lookup`)."""
@@ -212,62 +212,20 @@ class VolumeClient:
         resp = await self._call(self._stub.Get, pb.GetVolumeRequest(name=name), f"look up volume {name!r}")
         return Volume(name, client=self, _info=VolumeInfo._from_pb(resp.info))
 
-    lookup = _Synced(_lookup)
+    lookup = Twin(_lookup)
 
     async def _list(self) -> list[VolumeInfo]:
         """One VolumeInfo per volume, by name."""
         resp = await self._call(self._stub.List, pb.ListVolumesRequest(), "list volumes")
         return [VolumeInfo._from_pb(i) for i in resp.volumes]
 
-    list = _Synced(_list)
+    list = Twin(_list)
 
     def __repr__(self) -> str:
         return f"VolumeClient(target={self.target!r}{', closed' if self.closed else ''})"
 
 
 # -- a volume ------------------------------------------------------------------------------
-
-
-class _IterTwin:
-    """``obj.method(...)`` returns a blocking iterator; ``obj.method.aio(...)`` an async one,
-    both over the async generator ``agen_fn``."""
-
-    def __init__(self, agen_fn: Callable[..., AsyncIterator[Any]]) -> None:
-        self.agen_fn = agen_fn
-        self.__doc__ = agen_fn.__doc__
-
-    def __get__(self, obj: object, objtype: type | None = None) -> Any:
-        if obj is None:
-            return self
-        agen_fn = self.agen_fn.__get__(obj, objtype)  # type: ignore[attr-defined]
-
-        def blocking(*args: Any, **kwargs: Any) -> Iterator[Any]:
-            agen = agen_fn(*args, **kwargs)
-            try:
-                while True:
-                    try:
-                        item = run_sync(agen.__anext__())
-                    except StopAsyncIteration:
-                        return
-                    yield item
-            finally:
-                run_sync(agen.aclose())
-
-        async def aio(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-            agen = agen_fn(*args, **kwargs)
-            try:
-                while True:
-                    try:
-                        item = await run_async(agen.__anext__())
-                    except StopAsyncIteration:
-                        return
-                    yield item
-            finally:
-                await run_async(agen.aclose())
-
-        blocking.__doc__ = self.__doc__
-        blocking.aio = aio  # type: ignore[attr-defined]
-        return blocking
 
 
 class Volume:
@@ -308,7 +266,7 @@ class Volume:
         self._info = VolumeInfo._from_pb(resp.info)
         return self._info
 
-    refresh = _Synced(_refresh)
+    refresh = Twin(_refresh)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -332,7 +290,7 @@ class Volume:
         parts = [data async for data, _ in self._chunks(path)]
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    get = _Synced(_get)
+    get = Twin(_get)
 
     async def _get_file(self, path: str, local_path: str | os.PathLike) -> int:
         """Stream a file to ``local_path`` chunk by chunk (never whole in memory); its size.
@@ -353,7 +311,7 @@ class Volume:
                 await asyncio.to_thread(out.close)
         return n
 
-    get_file = _Synced(_get_file)
+    get_file = Twin(_get_file)
 
     async def _entries(self, prefix: str = "", recursive: bool = True) -> AsyncIterator[VolumeEntry]:
         """Iterate over files in the volume, page by page as the daemon walks it.
@@ -368,7 +326,7 @@ class Volume:
                     for e in page.entries:
                         yield VolumeEntry(e.path, e.size, e.mtime)
 
-    iterdir = _IterTwin(_entries)
+    iterdir = Twin(_entries, iterator=True)
 
     async def _listdir(self, prefix: str = "", recursive: bool = True) -> list[VolumeEntry]:
         """Files whose paths start with ``prefix``, in path order. With
@@ -376,7 +334,7 @@ class Volume:
         entries whose path ends with '/'."""
         return [e async for e in self._entries(prefix, recursive)]
 
-    listdir = _Synced(_listdir)
+    listdir = Twin(_listdir)
     list = listdir
 
     # -- writing ---------------------------------------------------------------------------
@@ -402,14 +360,14 @@ class Volume:
         await self._upload([(path, _as_bytes(data, path))])
         return self
 
-    put = _Synced(_put)
+    put = Twin(_put)
 
     async def _put_file(self, path: str, local_path: str | os.PathLike) -> Volume:
         """Upload a local file, streamed from disk in chunks; returns self."""
         await self._upload([(path, _local_file(local_path))])
         return self
 
-    put_file = _Synced(_put_file)
+    put_file = Twin(_put_file)
 
     async def _remove(self, path: str) -> Volume:
         """Remove a file; returns self. A symlink there is removed itself, never followed."""
@@ -418,7 +376,7 @@ class Volume:
                            f"remove {path!r} from volume {self.name!r}")
         return self
 
-    remove = _Synced(_remove)
+    remove = Twin(_remove)
 
     def batch_upload(self) -> VolumeBatch:
         """Context manager for batching uploads: everything staged is uploaded in
@@ -432,7 +390,7 @@ class Volume:
         await client._call(client._stub.Delete, pb.DeleteVolumeRequest(name=self.name), f"delete volume {self.name!r}")
         self._info = None
 
-    delete = _Synced(_delete)
+    delete = Twin(_delete)
 
     def __repr__(self) -> str:
         return f"Volume({self.name!r})"

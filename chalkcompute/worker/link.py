@@ -27,7 +27,8 @@ from typing import Any
 from grpclib.client import Channel
 
 from chalkcompute._auth import SessionCredentials
-from chalkcompute._client import new_event_loop, parse_target
+from chalkcompute._bridge import new_event_loop
+from chalkcompute._client import parse_target
 from chalkcompute._contract import MAX_BATCH_BYTES, batches
 from chalkcompute._framing import open_framed
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb

@@ -62,7 +62,7 @@ def volume_command(args) -> int:
 
 
 def _run(args) -> int:
-    from chalkcompute._client import run_sync
+    from chalkcompute._bridge import run_sync
     from chalkcompute.volume import VolumeClient
 
     console = Console()
