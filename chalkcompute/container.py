@@ -26,7 +26,7 @@ from typing import TypeVar
 from grpclib.client import UnaryUnaryMethod
 
 from chalkcompute import _rpc
-from chalkcompute._bridge import Twin, run_sync
+from chalkcompute._bridge import Twin
 from chalkcompute._build import ImageBuildFailed, prepare_image
 from chalkcompute._client import Client
 from chalkcompute._contract import valid_container_name
@@ -164,15 +164,17 @@ class Container:
         c._adopt(info)
         return c
 
-    @classmethod
-    def from_id(cls, container_id: str, *, target: str | None = None) -> Container:
+    async def _from_id(cls, container_id: str, *, target: str | None = None) -> Container:
         """Attach to an existing container by id; raises ContainerError if there is none."""
-        return run_sync(cls._lookup(pb.GetContainerRequest(id=container_id), target))
+        return await cls._lookup(pb.GetContainerRequest(id=container_id), target)
 
-    @classmethod
-    def from_name(cls, name: str, *, target: str | None = None) -> Container:
+    async def _from_name(cls, name: str, *, target: str | None = None) -> Container:
         """Attach to an existing container by name; raises ContainerError if there is none."""
-        return run_sync(cls._lookup(pb.GetContainerRequest(name=name), target))
+        return await cls._lookup(pb.GetContainerRequest(name=name), target)
+
+    # Class-bound twins: ``Container.from_id(id)`` blocks, ``await Container.from_id.aio(id)``.
+    from_id = Twin(_from_id, name="from_id", on_class=True)
+    from_name = Twin(_from_name, name="from_name", on_class=True)
 
     @classmethod
     async def _lookup(cls, request: pb.GetContainerRequest, target: str | None) -> Container:
