@@ -36,7 +36,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from grpclib import GRPCError
 from grpclib.client import Channel, UnaryUnaryMethod
@@ -53,10 +53,11 @@ from chalkcompute._bridge import (
     run_sync,
     sdk_loop,
 )
+from chalkcompute._events import DONE, Broken, CallEvent, Chunk, Done, Failed, Result
 from chalkcompute._framing import DirectWriter, FramedStream, frame, open_framed
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import FunctionCatalogStub, QueueStub
-from chalkcompute.exceptions import ChalkError, DaemonUnavailableError, error_from_status
+from chalkcompute.exceptions import ChalkError, DaemonUnavailableError, error_from_status, remote_error
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ class CallHandle:
         self._acked = -1
         self.finished = False
         self.cancel_requested = False
-        self.events: Mailbox[tuple] = Mailbox()
+        self.events: Mailbox[CallEvent] = Mailbox()
 
     # SDK loop side
     def on_accepted(self) -> None:
@@ -140,17 +141,40 @@ class CallHandle:
             return pb.Attach(ref=self.ref, call_id=self.call_id, after_chunk=self.received)
         return self.submit
 
-    def put(self, item: tuple) -> None:
+    def put(self, item: CallEvent) -> None:
         self.events.put(item)
 
+    # what an event means to the caller: the one decoding of a call's outcome
+    def value_of(self, event: CallEvent) -> Any:
+        """A plain call's final event as its value, or raised as its exception."""
+        if type(event) is Result:
+            payload = event.payload
+            return self.decode(payload.schema, payload.batch)[0]
+        if type(event) is Done:
+            return None
+        self.raise_for(event)
+
+    def chunk_values(self, event: Chunk) -> list:
+        """A generator chunk's rows not seen before (a reconnect may resend some)."""
+        payload = event.payload
+        return self.decode(payload.schema, payload.batch)[event.skip:]
+
+    def raise_for(self, event: CallEvent) -> NoReturn:
+        """Raise what a failed call's event says: the remote error, or a local breakage."""
+        if type(event) is Failed:
+            raise remote_error(event.error, function_name=self.function_name, call_id=event.call_id or "")
+        if type(event) is Broken:
+            raise event.exc
+        raise ChalkError(f"unexpected event {type(event).__name__} for a call to {self.function_name!r}")
+
     # consumer side
-    def next_event(self, timeout: float | None = None) -> tuple:
+    def next_event(self, timeout: float | None = None) -> CallEvent:
         try:
             return self.events.get(timeout)
         except TimeoutError:
             raise TimeoutError(f"no result from {self.function_name!r} within {timeout:g}s") from None
 
-    async def next_event_async(self) -> tuple:
+    async def next_event_async(self) -> CallEvent:
         return await self.events.get_async()
 
     def consumed_up_to(self, index: int) -> None:
@@ -402,7 +426,7 @@ class _Session:
                 return  # already seen before a reconnect
             skip = max(0, h.received + 1 - ev.first_index)
             h.received = last
-            h.put(("chunk", ev.chunk, ev.first_index, skip))
+            h.put(Chunk(ev.chunk, ev.first_index, skip))
             return
         h.finished = True
         del self.handles[ev.ref]
@@ -411,16 +435,16 @@ class _Session:
             # commit): its id comes with its result.
             h.call_id = ev.call_id
         if kind == "result":
-            h.put(("result", ev.result))
+            h.put(Result(ev.result))
         elif kind == "error":
-            h.put(("error", ev.error, ev.call_id or h.call_id))
+            h.put(Failed(ev.error, ev.call_id or h.call_id or ""))
         else:
-            h.put(("done",))
+            h.put(DONE)
 
     def _fail_all(self, exc: Exception) -> None:
         for h in list(self.handles.values()):
             h.finished = True
-            h.put(("exception", exc))
+            h.put(Broken(exc))
         self.handles.clear()
 
 

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from chalkcompute._bridge import Mailbox, Twin, on_sdk_loop, run_async, run_sync
 from chalkcompute._client import CallHandle, Client
+from chalkcompute._events import Broken, CallEvent, Chunk, Failed, Result
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._serialization import FunctionCodec
 from chalkcompute.exceptions import ChalkError, FunctionNotFoundError, FunctionSignatureError, FunctionTimeoutError
@@ -77,13 +78,6 @@ MAP_MAX_INFLIGHT = 1000
 _CANCEL_CONFIRM_TIMEOUT = 30.0
 
 
-def _unary_value(handle: CallHandle, event: tuple):
-    # The one decode path of plain calls (imported late: functions imports this module).
-    from chalkcompute.functions import _unary_value as unary_value
-
-    return unary_value(handle, event)
-
-
 # -- sync + async twins --------------------------------------------------------------------
 
 
@@ -110,8 +104,8 @@ class _CallHandle(CallHandle):
         if not self.accepted.done():
             self.accepted.set_result(self.call_id)
 
-    def put(self, item: tuple) -> None:
-        if item[0] == "chunk":
+    def put(self, item: CallEvent) -> None:
+        if type(item) is Chunk:
             return  # generator calls are refused before they get here
         if not self.outcome.done():
             self.outcome.set_result(item)
@@ -195,7 +189,7 @@ class FunctionCall:
         the call is cancelled too, in the same message as the attach)."""
         with self._lock:
             h = self._handle
-            if h is not None and h.outcome.done() and h.outcome.result()[0] == "exception":
+            if h is not None and h.outcome.done() and type(h.outcome.result()) is Broken:
                 h = None  # the connection gave up on it (no daemon): follow the call afresh
             if h is None:
                 h = self._handle = self._client.attach_call(
@@ -223,7 +217,7 @@ class FunctionCall:
             event = h.outcome.result(timeout)
         except concurrent.futures.TimeoutError:
             raise self._timeout(timeout) from None
-        return _unary_value(h, event)
+        return h.value_of(event)
 
     async def _get_async(self, timeout: float | None = None) -> Any:
         _check_timeout(timeout)
@@ -233,7 +227,7 @@ class FunctionCall:
                 await asyncio.wait_for(asyncio.wrap_future(h.outcome), timeout)
             except TimeoutError:
                 raise self._timeout(timeout) from None
-        return _unary_value(h, h.outcome.result())
+        return h.value_of(h.outcome.result())
 
     get = Twin.pair("get", _get, _get_async)
 
@@ -278,7 +272,7 @@ def _start_spawn(rf: RemoteFunction, info, args: tuple, kwargs: dict) -> _CallHa
 
 def _spawned(rf: RemoteFunction, h: _CallHandle) -> FunctionCall:
     if not h.call_id:  # refused: no such function, arguments too large...
-        _unary_value(h, h.outcome.result())
+        h.value_of(h.outcome.result())
     return FunctionCall(h.call_id, client=rf.client, function_name=rf.name, decode=h.decode, handle=h)
 
 
@@ -380,8 +374,8 @@ class _MapRun:
         self.finished += len(events)
         if not self.return_exceptions:
             for h, event in events:
-                if event[0] != "result":
-                    _unary_value(h, event)  # raises the first failure now, not in its turn
+                if type(event) is not Result:
+                    h.value_of(event)  # raises the first failure now, not in its turn
         if self.order_outputs:
             by_index = self.by_index
             for item in events:
@@ -395,16 +389,16 @@ class _MapRun:
             return self.by_index.pop(self.handed, None)
         return self.ready.popleft() if self.ready else None
 
-    def value(self, h: CallHandle, event: tuple) -> Any:
+    def value(self, h: CallHandle, event: CallEvent) -> Any:
         self.handed += 1
-        if event[0] == "result":
-            payload = event[1]
+        if type(event) is Result:
+            payload = event.payload
             value = h.decode(payload.schema, payload.batch)[0]
         else:
             try:
-                value = _unary_value(h, event)
+                value = h.value_of(event)
             except ChalkError as exc:
-                if not (self.return_exceptions and event[0] == "error"):
+                if not (self.return_exceptions and type(event) is Failed):
                     raise
                 value = exc
         if not self.exhausted and self.window - (self.submitted - self.handed) >= self.refill_at:

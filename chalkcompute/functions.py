@@ -40,17 +40,16 @@ from chalkcompute import calls as _calls
 from chalkcompute._bridge import Twin, run_async, run_sync
 from chalkcompute._build import ImageBuildFailed, prepare_image
 from chalkcompute._client import CallHandle, Client
+from chalkcompute._events import CallEvent, Chunk, Done, Result
 from chalkcompute._mounts import check_secrets, secret_refs, volume_mounts
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._serialization import FunctionCodec
 from chalkcompute.exceptions import (
-    ChalkError,
     FunctionBuildError,
     FunctionError,
     FunctionSignatureError,
     FunctionTimeoutError,
     ResourceExhaustedError,
-    remote_error,
 )
 from chalkcompute.image import Image
 from chalkcompute.policies import ConcurrencyPolicy, QueuePolicy, RateLimitPolicy, check_key
@@ -534,24 +533,6 @@ def _info(v: pb.FunctionVersion) -> FunctionVersionInfo:
 # -- results --------------------------------------------------------------------------------
 
 
-def _raise_event(handle: CallHandle, event: tuple):
-    kind = event[0]
-    if kind == "error":
-        raise remote_error(event[1], function_name=handle.function_name, call_id=event[2] or "")
-    if kind == "exception":
-        raise event[1]
-    raise ChalkError(f"unexpected event {kind!r} for a call to {handle.function_name!r}")
-
-
-def _unary_value(handle: CallHandle, event: tuple):
-    if event[0] == "result":
-        payload = event[1]
-        return handle.decode(payload.schema, payload.batch)[0]
-    if event[0] == "done":
-        return None
-    _raise_event(handle, event)
-
-
 def _cancel_and_wait(handle: CallHandle, timeout: float = 2.0) -> None:
     """Ctrl-C in a blocking caller: cancel its call, and wait (briefly) until the
     daemon has acted on it, so a script that exits at once does not leave it running."""
@@ -559,7 +540,7 @@ def _cancel_and_wait(handle: CallHandle, timeout: float = 2.0) -> None:
     deadline = time.monotonic() + timeout
     try:
         while (left := deadline - time.monotonic()) > 0:
-            if handle.next_event(timeout=left)[0] != "chunk":
+            if type(handle.next_event(timeout=left)) is not Chunk:
                 return
     except Exception:  # noqa: BLE001 - best effort: the cancel is on its way regardless
         pass
@@ -567,7 +548,7 @@ def _cancel_and_wait(handle: CallHandle, timeout: float = 2.0) -> None:
 
 def _result_sync(handle: CallHandle):
     try:
-        return _unary_value(handle, handle.next_event())
+        return handle.value_of(handle.next_event())
     except KeyboardInterrupt:
         _cancel_and_wait(handle)
         raise
@@ -575,7 +556,7 @@ def _result_sync(handle: CallHandle):
 
 async def _result_async(handle: CallHandle):
     try:
-        return _unary_value(handle, await handle.next_event_async())
+        return handle.value_of(await handle.next_event_async())
     except asyncio.CancelledError:
         handle.cancel()
         raise
@@ -592,20 +573,18 @@ class ChunkStream:
         self._index = -1
         self._done = False
 
-    def _take(self, event: tuple):
+    def _take(self, event: CallEvent) -> bool:
         """Turn one event into buffered values; returns False at the end."""
         h = self._handle
-        kind = event[0]
-        if kind == "chunk":
-            payload, first_index, skip = event[1], event[2], event[3]
-            values = h.decode(payload.schema, payload.batch)[skip:]
-            self._buffer, self._pos = values, 0
-            self._index = first_index + skip - 1
+        assert h is not None
+        if type(event) is Chunk:
+            self._buffer, self._pos = h.chunk_values(event), 0
+            self._index = event.first_index + event.skip - 1
             return True
         self._done = True
-        if kind in ("done", "result"):
+        if type(event) is Done or type(event) is Result:
             return False
-        _raise_event(h, event)
+        h.raise_for(event)
 
     def _next_buffered(self):
         value = self._buffer[self._pos]

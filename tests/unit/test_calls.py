@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from chalkcompute import calls
+from chalkcompute._events import Failed, Result
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._serialization import FunctionCodec
 from chalkcompute.exceptions import FunctionSignatureError, RemoteExecutionError
@@ -39,10 +40,10 @@ class FakeClient:
             del self.session.handles[h.ref]
             h.finished = True
             if x in self.fail:
-                h.put(("error", pb.RemoteError(exception_type="builtins.ValueError", message=f"bad {x}"), "fc-x"))
+                h.put(Failed(pb.RemoteError(exception_type="builtins.ValueError", message=f"bad {x}"), "fc-x"))
             else:
                 schema, batch = CODEC.encode_result(x * 10)
-                h.put(("result", pb.Payload(schema=schema, batch=batch, rows=1)))
+                h.put(Result(pb.Payload(schema=schema, batch=batch, rows=1)))
         return [h for h, _ in handles]
 
     def _cancel_batch(self, handles):
