@@ -44,7 +44,7 @@ import itertools
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from chalkcompute._bridge import Mailbox, Twin, on_sdk_loop, run_async, run_sync
 from chalkcompute._client import CallHandle, Client
@@ -53,8 +53,24 @@ from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._serialization import FunctionCodec
 from chalkcompute.exceptions import ChalkError, FunctionNotFoundError, FunctionSignatureError, FunctionTimeoutError
 
-if TYPE_CHECKING:
-    from chalkcompute.functions import RemoteFunction
+
+class Callee(Protocol):
+    """What spawn and map need of a function handle (``RemoteFunction`` is one). A
+    protocol rather than an import: functions.py attaches these as its methods, so
+    this module must not import it back (the SDK's import graph has no cycle)."""
+
+    name: str
+    codec: FunctionCodec | None
+    is_generator: bool
+
+    @property
+    def client(self) -> Client: ...
+
+    def _encode(self, args: tuple, kwargs: dict) -> tuple[bytes, bytes]: ...
+
+    def _ensure_registered(self) -> Any: ...
+
+    async def _ensure_registered_async(self) -> Any: ...
 
 __all__ = [
     "FunctionCall",
@@ -256,27 +272,27 @@ class FunctionCall:
 # -- spawn -------------------------------------------------------------------------------------
 
 
-def _refuse_generator(rf: RemoteFunction, what: str) -> None:
+def _refuse_generator(rf: Callee, what: str) -> None:
     if rf.is_generator:
         raise FunctionSignatureError(
             f"{rf.name} is a generator function and cannot be {what}: its chunks stream to the caller "
             f"as they are made, so iterate the call instead (for chunk in {rf.name}(...))")
 
 
-def _start_spawn(rf: RemoteFunction, info, args: tuple, kwargs: dict) -> _CallHandle:
+def _start_spawn(rf: Callee, info, args: tuple, kwargs: dict) -> _CallHandle:
     _refuse_generator(rf, "spawned")
     payload = rf._encode(args, kwargs)
     return rf.client.start_call(function_id=info.id, args=payload, decode=rf.codec.decode_results,
                                 display_name=rf.name, handle_type=_CallHandle)
 
 
-def _spawned(rf: RemoteFunction, h: _CallHandle) -> FunctionCall:
+def _spawned(rf: Callee, h: _CallHandle) -> FunctionCall:
     if not h.call_id:  # refused: no such function, arguments too large...
         h.value_of(h.outcome.result())
     return FunctionCall(h.call_id, client=rf.client, function_name=rf.name, decode=h.decode, handle=h)
 
 
-def spawn(rf: RemoteFunction, args: tuple, kwargs: dict) -> FunctionCall:
+def spawn(rf: Callee, args: tuple, kwargs: dict) -> FunctionCall:
     """Submit ``rf(*args, **kwargs)`` and return once chalkd has accepted it."""
     info = rf._ensure_registered()
     h = _start_spawn(rf, info, args, kwargs)
@@ -288,7 +304,7 @@ def spawn(rf: RemoteFunction, args: tuple, kwargs: dict) -> FunctionCall:
     return _spawned(rf, h)
 
 
-async def spawn_async(rf: RemoteFunction, args: tuple, kwargs: dict) -> FunctionCall:
+async def spawn_async(rf: Callee, args: tuple, kwargs: dict) -> FunctionCall:
     """Async twin of :func:`spawn`."""
     info = await rf._ensure_registered_async()
     h = _start_spawn(rf, info, args, kwargs)
@@ -300,13 +316,13 @@ async def spawn_async(rf: RemoteFunction, args: tuple, kwargs: dict) -> Function
     return _spawned(rf, h)
 
 
-def _spawn_method(rf: RemoteFunction, *args, **kwargs) -> FunctionCall:
+def _spawn_method(rf: Callee, *args, **kwargs) -> FunctionCall:
     """Start a call that outlives this one: returns a :class:`FunctionCall` once
     chalkd has accepted it (``.get()`` its result, now or from another process)."""
     return spawn(rf, args, kwargs)
 
 
-def _spawn_method_async(rf: RemoteFunction, *args, **kwargs):
+def _spawn_method_async(rf: Callee, *args, **kwargs):
     return spawn_async(rf, args, kwargs)
 
 
@@ -332,7 +348,7 @@ class _MapHandle(CallHandle):
 class _MapRun:
     """The state of one map: what is submitted, finished, and handed out."""
 
-    def __init__(self, rf: RemoteFunction, info, inputs: Iterator, kwargs: dict,
+    def __init__(self, rf: Callee, info, inputs: Iterator, kwargs: dict,
                  order_outputs: bool, return_exceptions: bool) -> None:
         self.rf = rf
         self.client = rf.client
@@ -453,12 +469,12 @@ def _arg_tuples(iterable: Iterable) -> Iterator[tuple]:
         yield args
 
 
-def _check(rf: RemoteFunction, what: str) -> None:
+def _check(rf: Callee, what: str) -> None:
     if rf.is_generator:  # known without the daemon for a decorated function
         _refuse_generator(rf, what)
 
 
-def map_inputs(rf: RemoteFunction, inputs: Iterable, kwargs: dict | None = None, *,
+def map_inputs(rf: Callee, inputs: Iterable, kwargs: dict | None = None, *,
                order_outputs: bool = True, return_exceptions: bool = False) -> Iterator:
     """Results of ``rf(*args, **kwargs)`` for each ``args`` tuple of ``inputs``, streamed."""
     _check(rf, "mapped")
@@ -486,7 +502,7 @@ def _map_sync(rf, inputs: Iterator, kwargs: dict, order_outputs: bool, return_ex
         run.close()
 
 
-def map_inputs_async(rf: RemoteFunction, inputs: Iterable, kwargs: dict | None = None, *,
+def map_inputs_async(rf: Callee, inputs: Iterable, kwargs: dict | None = None, *,
                      order_outputs: bool = True, return_exceptions: bool = False) -> AsyncIterator:
     """Async twin of :func:`map_inputs`: ``async for result in ...``."""
     _check(rf, "mapped")
@@ -513,7 +529,7 @@ async def _map_async(rf, inputs: Iterator, kwargs: dict, order_outputs: bool,
         run.close()
 
 
-def _map_method(rf: RemoteFunction, *iterables: Iterable, kwargs: dict | None = None,
+def _map_method(rf: Callee, *iterables: Iterable, kwargs: dict | None = None,
                 order_outputs: bool = True, return_exceptions: bool = False) -> Iterator:
     """``rf(a, b, **kwargs)`` for each ``(a, b)`` of ``zip(*iterables)``, run in
     parallel; an iterator of the results, in input order (``order_outputs=False``:
@@ -527,19 +543,19 @@ def _map_method(rf: RemoteFunction, *iterables: Iterable, kwargs: dict | None = 
                       order_outputs=order_outputs, return_exceptions=return_exceptions)
 
 
-def _map_method_async(rf: RemoteFunction, *iterables: Iterable, kwargs: dict | None = None,
+def _map_method_async(rf: Callee, *iterables: Iterable, kwargs: dict | None = None,
                       order_outputs: bool = True, return_exceptions: bool = False) -> AsyncIterator:
     return map_inputs_async(rf, _inputs(iterables, "map"), kwargs,
                             order_outputs=order_outputs, return_exceptions=return_exceptions)
 
 
-def _starmap_method(rf: RemoteFunction, iterable: Iterable, kwargs: dict | None = None, *,
+def _starmap_method(rf: Callee, iterable: Iterable, kwargs: dict | None = None, *,
                     order_outputs: bool = True, return_exceptions: bool = False) -> Iterator:
     """Like ``map``, each item being the argument tuple: ``add.starmap([(1, 2), (3, 4)])``."""
     return map_inputs(rf, _arg_tuples(iterable), kwargs, order_outputs=order_outputs, return_exceptions=return_exceptions)
 
 
-def _starmap_method_async(rf: RemoteFunction, iterable: Iterable, kwargs: dict | None = None, *,
+def _starmap_method_async(rf: Callee, iterable: Iterable, kwargs: dict | None = None, *,
                           order_outputs: bool = True, return_exceptions: bool = False) -> AsyncIterator:
     return map_inputs_async(rf, _arg_tuples(iterable), kwargs, order_outputs=order_outputs,
                             return_exceptions=return_exceptions)
