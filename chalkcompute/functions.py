@@ -496,7 +496,9 @@ class RemoteFunction:
     def aio(self, *args, **kwargs):
         """Async twin of calling: ``await fn.aio(x)``, or ``async for c in fn.aio(x)``."""
         if self.is_generator is None:
-            self._ensure_registered()
+            # A lazy handle (by name, not hydrated yet): hydrating is a round trip, done
+            # on the caller's loop when it awaits or iterates, never blocking it here.
+            return _PendingCall(self, args, kwargs)
         if self.is_generator:
             return ChunkStream(None, start=lambda: self._start_async(args, kwargs))
         return self._call_async(args, kwargs)
@@ -560,6 +562,38 @@ async def _result_async(handle: CallHandle):
     except asyncio.CancelledError:
         handle.cancel()
         raise
+
+
+class _PendingCall:
+    """``fn.aio(...)`` on a handle whose kind is not known yet: awaitable (a plain
+    function's value) and async-iterable (a generator's chunks). The handle hydrates
+    when the caller awaits or iterates, on the caller's loop, without blocking it."""
+
+    __slots__ = ("rf", "args", "kwargs")
+
+    def __init__(self, rf: RemoteFunction, args: tuple, kwargs: dict) -> None:
+        self.rf, self.args, self.kwargs = rf, args, kwargs
+
+    def __await__(self) -> Any:
+        return self._value().__await__()
+
+    async def _value(self) -> Any:
+        rf = self.rf
+        await rf._ensure_registered_async()
+        if rf.is_generator:
+            raise TypeError(f"{rf.name!r} is a generator function: iterate its call with `async for`")
+        return await rf._call_async(self.args, self.kwargs)
+
+    def __aiter__(self) -> ChunkStream:
+        rf = self.rf
+
+        async def start() -> CallHandle:
+            await rf._ensure_registered_async()
+            if not rf.is_generator:
+                raise TypeError(f"{rf.name!r} is not a generator function: await its call")
+            return await rf._start_async(self.args, self.kwargs)
+
+        return ChunkStream(None, start=start)
 
 
 class ChunkStream:

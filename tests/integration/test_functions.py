@@ -295,3 +295,43 @@ def test_large_chunks_are_split_under_the_message_limit():
     # 40 chunks of 1 MiB would be one 40 MiB message if coalesced blindly.
     got = list(big_chunks(40, 2**20))
     assert len(got) == 40 and all(len(c) == 2**20 and c[0] == i for i, c in enumerate(got))
+
+
+@chalkcompute.function
+def numbers(n: int):
+    yield from range(n)
+
+
+def test_aio_on_a_lazy_handle_never_blocks_the_loop():
+    # A handle by name (how nested calls are bound in workers) hydrates with a round trip;
+    # `.aio` does it on the caller's loop, which keeps running meanwhile.
+    add.deploy()
+    numbers.deploy()
+    lazy_add, lazy_count = RemoteFunction._lazy("add"), RemoteFunction._lazy("numbers")
+    ticks = []
+
+    async def main():
+        async def ticker():
+            while not done.is_set():
+                ticks.append(1)
+                await asyncio.sleep(0)
+
+        done = asyncio.Event()
+        tick = asyncio.ensure_future(ticker())
+        pending = lazy_add.aio(2, 3)  # returns at once: no round trip before the await
+        assert lazy_add.info is None and ticks == []
+        value = await pending
+        chunks = [c async for c in lazy_count.aio(3)]
+        done.set()
+        await tick
+        return value, chunks
+
+    value, chunks = asyncio.run(main())
+    assert (value, chunks) == (5, [0, 1, 2])
+    assert len(ticks) > 1  # the loop ran while the handles hydrated
+    with pytest.raises(TypeError, match="generator function"):
+        asyncio.run(_await(RemoteFunction._lazy("numbers").aio(1)))
+
+
+async def _await(x):
+    return await x
