@@ -27,7 +27,6 @@ import functools
 import inspect
 import logging
 import os
-import re
 import sys
 import threading
 import time
@@ -40,8 +39,10 @@ from chalkcompute import calls as _calls
 from chalkcompute._bridge import Twin, run_async, run_sync
 from chalkcompute._build import ImageBuildFailed, prepare_image
 from chalkcompute._client import CallHandle, Client
+from chalkcompute._contract import FUNCTION_NAME_RE, sdk_max_payload
 from chalkcompute._events import CallEvent, Chunk, Done, Result
-from chalkcompute._mounts import check_secrets, secret_refs, volume_mounts
+from chalkcompute._mounts import secret_refs
+from chalkcompute._options import FunctionOptions, parse_cpu, parse_memory
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._serialization import FunctionCodec
 from chalkcompute.exceptions import (
@@ -52,15 +53,15 @@ from chalkcompute.exceptions import (
     ResourceExhaustedError,
 )
 from chalkcompute.image import Image
-from chalkcompute.policies import ConcurrencyPolicy, QueuePolicy, RateLimitPolicy, check_key
+from chalkcompute.policies import ConcurrencyPolicy, QueuePolicy, RateLimitPolicy
 from chalkcompute.retries import RetryPolicy
 
 log = logging.getLogger(__name__)
 
 __all__ = ["function", "RemoteFunction", "FunctionVersionInfo", "parse_cpu", "parse_memory"]
 
-NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
-MAX_PAYLOAD = int(os.environ.get("CHALK_MAX_MESSAGE_SIZE", 64 * 2**20))
+NAME_RE = FUNCTION_NAME_RE  # the rule the daemon checks too (chalkcompute._contract)
+MAX_PAYLOAD = sdk_max_payload()
 _MEMORY_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
                  "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
 
@@ -68,36 +69,6 @@ _MEMORY_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
 def in_worker() -> bool:
     """True inside a chalkd replica."""
     return bool(os.environ.get("CHALK_REPLICA_ID"))
-
-
-def parse_cpu(value: str | int | float) -> int:
-    """CPU request in millicores: ``"1"`` -> 1000, ``"500m"`` -> 500, ``2`` -> 2000."""
-    if isinstance(value, bool):
-        raise ValueError(f"cpu must be a number or a string like '500m', got {value!r}")
-    if isinstance(value, (int, float)):
-        millis = value * 1000
-    elif isinstance(value, str) and (m := re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(m?)\s*", value)):
-        millis = float(m.group(1)) * (1 if m.group(2) else 1000)
-    else:
-        raise ValueError(f"cpu must be a number or a string like '2' or '500m', got {value!r}")
-    if millis <= 0:
-        raise ValueError(f"cpu must be positive, got {value!r}")
-    return int(round(millis))
-
-
-def parse_memory(value: str | int) -> int:
-    """Memory request in bytes: ``"2Gi"``, ``"512Mi"``, ``"1G"`` or an int of bytes."""
-    if isinstance(value, bool):
-        raise ValueError(f"memory must be a size like '2Gi', got {value!r}")
-    if isinstance(value, int):
-        size = value
-    elif isinstance(value, str) and (m := re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGTkmgt]i?)?\s*", value)):
-        size = int(float(m.group(1)) * _MEMORY_UNITS[(m.group(2) or "").lower()])
-    else:
-        raise ValueError(f"memory must be a size like '2Gi', '512Mi' or a number of bytes, got {value!r}")
-    if size <= 0:
-        raise ValueError(f"memory must be positive, got {value!r}")
-    return size
 
 
 @dataclass(frozen=True)
@@ -121,53 +92,6 @@ class FunctionVersionInfo:
 
 def _remote_name(obj: object) -> str | None:
     return obj.name if isinstance(obj, RemoteFunction) else None
-
-
-DEFAULT_BATCH_SIZE = 10
-DEFAULT_BUFFER_MS = 1000
-
-
-def _policies_spec(*, retries, rate_limit, rate_limit_key, concurrency, queue_policy, timeout,
-                   max_batching_size, max_buffer_duration, is_generator: bool) -> dict:
-    """Validate the queue-policy parameters; the FunctionSpec fields they become."""
-    spec: dict = {}
-    if retries is not None:
-        policy = RetryPolicy.normalize(retries)
-        spec["retries"] = pb.RetrySpec(
-            max_retries=policy.max_retries, initial_wait_seconds=policy.initial_wait_seconds,
-            backoff_multiplier=policy.backoff_multiplier, max_wait_seconds=policy.max_wait_seconds,
-            jitter=policy.jitter, retry_on=[f"{t.__module__}.{t.__qualname__}" for t in policy.retry_on])
-    if rate_limit is not None:
-        rl = RateLimitPolicy.normalize(rate_limit)
-        spec["rate_limit"] = pb.RateLimitSpec(rate=float(rl.rate), per=rl.per, key=rl.key or "")
-    if rate_limit_key is not None:
-        check_key(rate_limit_key, "rate_limit_key")
-        spec["rate_limit_key"] = rate_limit_key
-    if concurrency is not None:
-        cp = ConcurrencyPolicy.normalize(concurrency)
-        spec["concurrency"] = pb.ConcurrencySpec(max_concurrent=cp.max_concurrent, key=cp.key or "")
-    if queue_policy is not None:
-        if not isinstance(queue_policy, QueuePolicy):
-            raise TypeError(f"queue_policy must be a chalkcompute.QueuePolicy, got {queue_policy!r}")
-        spec["queue_policy"] = pb.QueuePolicySpec(
-            max_items=queue_policy.max_items, result_ttl_seconds=float(queue_policy.result_ttl_seconds))
-    if timeout is not None:
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        spec["timeout_seconds"] = float(timeout)
-    if max_batching_size is not None or max_buffer_duration is not None:
-        if is_generator:
-            raise FunctionSignatureError(
-                "a generator function cannot be batched: drop max_batching_size/max_buffer_duration "
-                "or return a list instead of yielding")
-        size = DEFAULT_BATCH_SIZE if max_batching_size is None else max_batching_size
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"max_batching_size must be a positive int, got {max_batching_size!r}")
-        wait_ms = DEFAULT_BUFFER_MS if max_buffer_duration is None else max_buffer_duration
-        if isinstance(wait_ms, bool) or not isinstance(wait_ms, (int, float)) or wait_ms < 0:
-            raise ValueError(f"max_buffer_duration must be a number of milliseconds >= 0, got {max_buffer_duration!r}")
-        spec["batching"] = pb.BatchingSpec(max_batch_size=size, max_buffer_seconds=wait_ms / 1000.0)
-    return spec
 
 
 class RemoteFunction:
@@ -202,81 +126,61 @@ class RemoteFunction:
     ) -> None:
         if fn is None or not callable(fn):
             raise TypeError(f"RemoteFunction needs a function, got {fn!r}")
-        self.secrets = check_secrets(secrets)
-        if serialization_format != "pyarrow":
-            raise ValueError(f"serialization_format must be 'pyarrow' (the only format), got {serialization_format!r}")
-        self.fn = fn
-        self.name = name or fn.__name__
-        if not NAME_RE.match(self.name):
-            raise ValueError(
-                f"invalid function name {self.name!r}: use 1-128 letters, digits, '_', '-' or '.', "
-                "starting with a letter or '_'")
-        if image is not None and not isinstance(image, Image):
-            raise TypeError(f"image must be a chalkcompute.Image, got {type(image).__name__}")
-        self.image = image or Image.debian_slim()
-        self.cpu_millis = parse_cpu(cpu) if cpu is not None else 0
-        self.memory_bytes = parse_memory(memory) if memory is not None else 0
-        if gpu is not None:
-            from chalkcompute.gpu import GpuRequest
-            self.gpu = str(GpuRequest.parse(gpu))
-        else:
-            self.gpu = ""
-        self.env = dict(env or {})
-        for k, v in self.env.items():
-            if not isinstance(k, str) or not isinstance(v, str):
-                raise TypeError(f"env must map str to str, got {k!r}: {v!r}")
-        self.volumes = volume_mounts(volumes)
-        for label, value in (("min_replicas", min_replicas), ("max_replicas", max_replicas)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise ValueError(f"{label} must be a non-negative int, got {value!r}")
-        self.min_replicas = 1 if min_replicas is None else min_replicas
-        self.max_replicas = max_replicas if max_replicas is not None else max(1, self.min_replicas)
-        if self.max_replicas < 1:
-            raise ValueError(f"max_replicas must be at least 1, got {self.max_replicas}")
-        if self.min_replicas > self.max_replicas:
-            raise ValueError(f"min_replicas ({self.min_replicas}) is greater than max_replicas ({self.max_replicas})")
-        self.suspend_cooldown_period = 60.0 if suspend_cooldown_period is None else float(suspend_cooldown_period)
-        if self.suspend_cooldown_period < 0:
-            raise ValueError(f"suspend_cooldown_period must be >= 0, got {suspend_cooldown_period!r}")
-        self.options = {str(k): str(v) for k, v in (options or {}).items()}
-        self.serialization_format = serialization_format
-        self.target = target
-        is_gen = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
-        self.policy_spec = _policies_spec(
-            retries=retries, rate_limit=rate_limit, rate_limit_key=rate_limit_key, concurrency=concurrency,
-            queue_policy=queue_policy, timeout=timeout, max_batching_size=max_batching_size,
-            max_buffer_duration=max_buffer_duration, is_generator=is_gen)
-        self.batched = "batching" in self.policy_spec
-        # A batched handler takes lists; its callers pass (and get back) one item.
-        self.codec = FunctionCodec.for_function(fn, batched=True) if self.batched else FunctionCodec.for_function(fn)
-        self.is_generator = self.codec.is_generator
-        self.signature = inspect.signature(fn)
-        params = list(self.signature.parameters.values())
-        self._positional = tuple(p.name for p in params) if all(
-            p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params) else None
-        self._info: FunctionVersionInfo | None = None
-        self._lock = threading.Lock()
+        opts = FunctionOptions.validate(
+            fn, image=image, cpu=cpu, memory=memory, gpu=gpu, name=name, env=env, min_replicas=min_replicas,
+            max_replicas=max_replicas, volumes=volumes, secrets=secrets, serialization_format=serialization_format,
+            suspend_cooldown_period=suspend_cooldown_period, options=options,
+            max_buffer_duration=max_buffer_duration, max_batching_size=max_batching_size, retries=retries,
+            rate_limit_key=rate_limit_key, rate_limit=rate_limit, concurrency=concurrency,
+            queue_policy=queue_policy, timeout=timeout)
+        self._init(opts.name, target, fn=fn, opts=opts)
         functools.update_wrapper(self, fn)
         if not in_worker():
             _code.check_function(fn, remote_name=_remote_name)
             _pending.add(self)
+
+    def _init(self, name: str, target: str | None, *, fn: Callable | None = None,
+              opts: FunctionOptions | None = None) -> None:
+        """The one construction path (the decorator, from_name/from_id, lazy handles):
+        a handle knows its name and target; with ``fn`` (and its validated options) it can
+        register itself. It is *hydrated* once it knows its version (:meth:`_hydrate`)."""
+        self.fn, self.name, self.target, self._opts = fn, name, target, opts
+        self._info: FunctionVersionInfo | None = None
+        self._lock = threading.Lock()
+        if fn is not None and opts is not None:
+            # A batched handler takes lists; its callers pass (and get back) one item.
+            self.codec: FunctionCodec | None = FunctionCodec.for_function(fn, batched=opts.batched)
+            self.is_generator: bool | None = self.codec.is_generator
+            self.signature: inspect.Signature | None = inspect.signature(fn)
+            params = list(self.signature.parameters.values())
+            self._positional: tuple[str, ...] | None = tuple(p.name for p in params) if all(
+                p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params) else None
+        else:
+            # Known once hydrated: the codec comes from the version's schemas.
+            self.codec, self.is_generator, self.signature, self._positional = None, None, None, None
+
+    def _hydrate(self, version: pb.FunctionVersion) -> RemoteFunction:
+        """Learn the registered version: its id, and (for a handle without ``fn``) how to
+        encode arguments and decode results."""
+        if self.fn is None:
+            spec = version.spec
+            self.codec = FunctionCodec.from_schemas(list(spec.parameter_names), spec.input_schema, spec.output_schema)
+            self.is_generator = spec.is_generator
+        self._info = _info(version)
+        return self
+
+    @property
+    def is_hydrated(self) -> bool:
+        """True once this handle knows its registered version."""
+        return self._info is not None
 
     # -- attaching to existing versions -------------------------------------------------
 
     @classmethod
     def _from_version(cls, version: pb.FunctionVersion, target: str | None) -> RemoteFunction:
         self = cls.__new__(cls)
-        spec = version.spec
-        self.fn = None
-        self.name = version.function_name
-        self.target = target
-        self.codec = FunctionCodec.from_schemas(list(spec.parameter_names), spec.input_schema, spec.output_schema)
-        self.is_generator = spec.is_generator
-        self.signature = None
-        self._positional = None
-        self._info = _info(version)
-        self._lock = threading.Lock()
-        return self
+        self._init(version.function_name, target)
+        return self._hydrate(version)
 
     @classmethod
     def from_name(cls, name: str, *, target: str | None = None) -> RemoteFunction:
@@ -294,17 +198,9 @@ class RemoteFunction:
 
     @classmethod
     def _lazy(cls, name: str) -> RemoteFunction:
-        """A handle by name that resolves on first call (how nested calls are bound in workers)."""
+        """A handle by name that hydrates on first call (how nested calls are bound in workers)."""
         self = cls.__new__(cls)
-        self.fn = None
-        self.name = name
-        self.target = None
-        self.codec = None
-        self.is_generator = None
-        self.signature = None
-        self._positional = None
-        self._info = None
-        self._lock = threading.Lock()
+        self._init(name, None)
         return self
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -318,33 +214,35 @@ class RemoteFunction:
         """The registered version, or None before deploy/first call."""
         return self._info
 
-    def _spec(self) -> pb.FunctionSpec:
+    def _spec(self) -> tuple[pb.FunctionSpec, _code.CodeBundleData]:
+        opts, codec = self._opts, self.codec
+        assert opts is not None and codec is not None, "only a handle made from a function registers it"
         bundle = _code.build_bundle(self.fn, remote_name=_remote_name)
         return pb.FunctionSpec(
-            name=self.name, image=self.image.to_proto(),
-            resources=pb.Resources(cpu_millis=self.cpu_millis, memory_bytes=self.memory_bytes, gpu=self.gpu),
-            env=self.env, min_replicas=self.min_replicas, max_replicas=self.max_replicas,
-            suspend_cooldown_seconds=self.suspend_cooldown_period,
+            name=self.name, image=opts.image.to_proto(),
+            resources=pb.Resources(cpu_millis=opts.cpu_millis, memory_bytes=opts.memory_bytes, gpu=opts.gpu),
+            env=dict(opts.env), min_replicas=opts.min_replicas, max_replicas=opts.max_replicas,
+            suspend_cooldown_seconds=opts.suspend_cooldown_period,
             code=pb.CodeBundle(module_source=bundle.module_source, function_name=bundle.function_name,
                                files=bundle.files, remote_refs=bundle.remote_refs, module=bundle.module),
-            input_schema=self.codec.input_schema_bytes, output_schema=self.codec.output_schema_bytes,
+            input_schema=codec.input_schema_bytes, output_schema=codec.output_schema_bytes,
             is_generator=self.is_generator, is_async=inspect.iscoroutinefunction(self.fn)
             or inspect.isasyncgenfunction(self.fn),
-            options=self.options, serialization_format=self.serialization_format,
-            parameter_names=self.codec.parameter_names, volumes=self.volumes, **self.policy_spec,
+            options=dict(opts.options), serialization_format=opts.serialization_format,
+            parameter_names=codec.parameter_names, volumes=opts.volumes, **opts.policy_spec,
         ), bundle
 
     async def _register(self, build_timeout: float | None = None) -> FunctionVersionInfo:
         if self._info is not None:
             return self._info
-        if self.fn is None:  # a lazy handle: resolve by name
+        if self._opts is None:  # a handle by name: hydrate from the daemon
             resp = await self.client.rpc(self.client.catalog.GetFunction, pb.GetFunctionRequest(name=self.name))
-            fresh = RemoteFunction._from_version(resp.function, self.target)
-            self.codec, self.is_generator, self._info = fresh.codec, fresh.is_generator, fresh._info
+            self._hydrate(resp.function)
+            assert self._info is not None
             return self._info
         spec, bundle = self._spec()
         # Local secrets are read now, at deploy; their values travel beside the spec, not in it.
-        refs, local_secrets = secret_refs(self.secrets)
+        refs, local_secrets = secret_refs(self._opts.secrets)
         spec.secrets.extend(refs)
         # Functions it calls must exist before it can call them.
         for global_name in bundle.remote_refs:
@@ -354,7 +252,8 @@ class RemoteFunction:
         if await self.client.runtime_name() == "docker":
             # Built before registering, with the log in this terminal; the replicas find it cached.
             try:
-                await prepare_image(self.client, self.image, what=f"function {self.name!r}", timeout=build_timeout)
+                await prepare_image(self.client, self._opts.image, what=f"function {self.name!r}",
+                                    timeout=build_timeout)
             except ImageBuildFailed as exc:
                 raise FunctionBuildError(f"the image of function {self.name!r} failed to build: {exc}") from None
         resp = await self.client.rpc(self.client.catalog.RegisterFunction,
@@ -452,7 +351,7 @@ class RemoteFunction:
         positional = self._positional
         if positional is not None and not kwargs and len(args) == len(positional):
             # The common call shape: every parameter given by position (no bind needed).
-            arguments = dict(zip(positional, args))
+            arguments = dict(zip(positional, args, strict=False))  # lengths checked above
         elif self.signature is not None:
             try:
                 bound = self.signature.bind(*args, **kwargs)
@@ -465,7 +364,7 @@ class RemoteFunction:
             if len(args) > len(names):
                 raise FunctionSignatureError(
                     f"{self.name}() takes {len(names)} positional argument(s) but {len(args)} were given")
-            arguments = dict(zip(names, args))
+            arguments = dict(zip(names, args, strict=False))
             for k, v in kwargs.items():
                 if k not in names:
                     raise FunctionSignatureError(f"{self.name}() got an unexpected keyword argument {k!r}")
