@@ -46,7 +46,6 @@ from chalkd.gpus import GpuAllocator, detect_gpus
 from chalkd.images.blobs import BlobStore
 from chalkd.queue.core import Queue
 from chalkd.queue.limits import Limits
-from chalkd.queue.retention import expire_results
 from chalkd.runtime.base import Runtime
 from chalkd.runtime.process import ProcessRuntime
 from chalkd.scaling.autoscaler import Autoscaler, HostResources
@@ -406,7 +405,7 @@ class Server:
         while True:
             await asyncio.sleep(self.config.sweep_interval)
             try:
-                expire_results(self.queue, time.time())
+                self.queue.expire_results(time.time())
             except Exception:
                 log.exception("expiring old results failed")
 

@@ -24,11 +24,10 @@ worker that does not stop within ``cancel_grace`` seconds is killed
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable
 from typing import Protocol
 
@@ -46,6 +45,7 @@ from chalkd.model import (
 )
 from chalkd.queue.dispatch import Attempt, Dispatcher, _Worker
 from chalkd.queue.limits import Limits
+from chalkd.queue.storage import CallStore, decode_error
 from chalkd.store.db import Store, is_disk_full
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,7 @@ class Queue(Dispatcher):
         # hooks: the autoscaler's side (a chalkd.scaling.hooks.ScalerHooks: on_demand, prefetch, on_stuck),
         # made before both and passed to both; without it the queue scales nothing (tests).
         self.store = store
+        self.rows = CallStore(store)  # every SQL statement on calls and chunks
         self.budget = MemoryBudget(memory_budget)
         self._args_bytes = 0        # queued calls' arguments held in memory
         self._finished_bytes = 0    # results held in the finished cache
@@ -195,15 +196,10 @@ class Queue(Dispatcher):
         After a crash (no clean shutdown recorded), a call whose attempt was running
         at each of the last :data:`POISON_CRASHES` crashes fails instead of running again.
         """
-        row = self.store.query("SELECT COALESCE(MAX(seq), 0) AS s FROM calls")
-        self._seq = row[0]["s"]
+        self._seq = self.rows.max_seq()
         crashed = not self.store.clean_shutdown
         # Arguments past the budget stay in the store: read without them, fetch them at dispatch.
-        rows = self.store.query(
-            "SELECT seq, id, function_id, parent_id, idempotency_key, root_seq, state, attempt, failures,"
-            " chunks, created_at, crashes, length(args_batch) + length(args_schema) AS args_size"
-            " FROM calls WHERE state IN ('queued','running','streaming') ORDER BY seq"
-        )
+        rows = self.rows.open_calls()
         poisoned = 0
         for r in rows:
             fv = functions.get(r["function_id"])
@@ -240,7 +236,7 @@ class Queue(Dispatcher):
                     continue
             if crashes != r["crashes"] or r["state"] == "running":
                 # Queued again: only a new attempt's mark may say it runs at the next crash.
-                self.store.write("UPDATE calls SET crashes=?, state='queued' WHERE id=?", (crashes, call.id))
+                self.rows.requeue_after_crash(call.id, crashes)
             size = r["args_size"] or 0
             if self._args_bytes + size <= self.budget.queued_args:
                 call.args = self._load_args(call)
@@ -250,11 +246,8 @@ class Queue(Dispatcher):
             self._push(call)
         # Idempotency keys of calls finished lately, so a caller that resubmits
         # after a crash gets its call back, not a second one.
-        for r in self.store.query(
-            "SELECT id, function_id, idempotency_key, finished_at FROM calls WHERE idempotency_key IS NOT NULL "
-            "AND state NOT IN ('queued','running','streaming') AND finished_at > ? ORDER BY finished_at DESC LIMIT ?",
-            (self.clock() - self.idempotency_window, self.budget.idempotency_keys),
-        )[::-1]:
+        for r in self.rows.recent_idempotency_keys(self.clock() - self.idempotency_window,
+                                                   self.budget.idempotency_keys):
             key = (r["function_id"], r["idempotency_key"])
             self._idem[key] = r["id"]
             self.idem_expiry.append((r["finished_at"], key, r["id"]))
@@ -312,11 +305,8 @@ class Queue(Dispatcher):
         if self._args_bytes + size <= self.budget.queued_args:
             call.args_bytes = size
             self._args_bytes += size
-        self.store.write(
-            "INSERT OR IGNORE INTO calls (id, seq, function_id, parent_id, idempotency_key, root_seq,"
-            " state, args_schema, args_batch, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (call.id, call.seq, function.id, parent_id, idempotency_key, call.root_seq,
-             "queued", args.schema, args.batch, call.created_at),
+        self.rows.insert(
+            call, args,
             # "Accepted" only once the row is durable; dispatch need not wait for it, but an
             # attempt whose row never commits is cancelled and its caller told why.
             on_commit=lambda: self._stored(call, sub, ref), on_fail=lambda exc: self._not_stored(call, exc),
@@ -404,10 +394,10 @@ class Queue(Dispatcher):
         call = self.calls.get(call_id) or self.finished.get(call_id)
         if call is not None:
             return call
-        rows = self.store.query("SELECT * FROM calls WHERE id=?", (call_id,))
-        if not rows:
+        row = self.rows.get(call_id)
+        if row is None:
             raise CallNotFound(f"call {call_id!r} not found")
-        return self._call_from_row(rows[0])
+        return self._call_from_row(row)
 
     def running_on(self, call_id: str, replica_id: str) -> bool:
         """Is ``call_id`` open and dispatched to replica ``replica_id`` (a nested call's parent)?"""
@@ -590,7 +580,7 @@ class Queue(Dispatcher):
         delay = (pol.retry.wait_before(call.failures, self.rng) if pol.retry is not None
                  else self.retry_backoff(call.failures))
         call.state = CallState.QUEUED
-        self.store.write("UPDATE calls SET state='queued', failures=? WHERE id=?", (call.failures, call.id))
+        self.rows.requeue(call.id, call.failures)
         # The exception's type and code only: its message is user text (it may hold data or a secret).
         log.info("retrying %s of %s in %.2fs (attempt %d failed: %s)", call.id, call.function.name, delay,
                  call.attempt, error.code.value or f"raised {error.exception_type or 'an exception'}")
@@ -696,13 +686,7 @@ class Queue(Dispatcher):
 
         def failed(exc: BaseException) -> None:
             self._store_failed(call, exc, f"chunk {first_index}")
-        self.store.write(
-            "INSERT OR REPLACE INTO chunks (call_id, first_index, rows, schema, batch) VALUES (?,?,?,?,?)",
-            (call.id, first_index, payload.rows, payload.schema, payload.batch),
-            on_commit=deliver, on_fail=failed,
-        )
-        self.store.write("UPDATE calls SET state='streaming', chunks=?, attempt=? WHERE id=?",
-                         (call.next_index, call.attempt, call.id), on_fail=failed)
+        self.rows.add_chunk(call, first_index, payload, on_commit=deliver, on_fail=failed)
 
     def _store_failed(self, call: Call, exc: BaseException, what: str) -> None:
         """A statement of a running call failed (a bug, a constraint): that call fails, nothing else."""
@@ -730,7 +714,6 @@ class Queue(Dispatcher):
             self._remember_key(call)
         self.calls.pop(call.id, None)
         self._cache_finished(call, result)
-        err = _encode_error(error) if error else None
         self._release_args(call)
         call.args = None
 
@@ -755,14 +738,7 @@ class Queue(Dispatcher):
             deliver()
         # Nothing goes out before its row commits: a result delivered first could be
         # lost with the daemon while the caller already acted on it. Behind its chunks too.
-        self.store.write(
-            "UPDATE calls SET state=?, attempt=?, failures=?, result_schema=?, result_batch=?, result_rows=?,"
-            " error=?, chunks=?, finished_at=? WHERE id=?",
-            (call.state.value, call.attempt, call.failures, result.schema if result else None,
-             result.batch if result else None, result.rows if result else None, err,
-             call.next_index, call.finished_at, call.id),
-            on_commit=deliver, on_fail=failed,
-        )
+        self.rows.finish(call, result, error, on_commit=deliver, on_fail=failed)
 
     def _cache_finished(self, call: Call, result: Payload | None) -> None:
         """Keep a finished call for attach, within the cache's count and bytes; the store has the rest."""
@@ -796,10 +772,10 @@ class Queue(Dispatcher):
 
     def _load_args(self, call: Call) -> Payload:
         """Arguments that left memory while the call waited (over the budget): the store has them."""
-        rows = self.store.query("SELECT args_schema, args_batch FROM calls WHERE id=?", (call.id,))
-        if not rows:
+        args = self.rows.args(call.id)
+        if args is None:
             raise QueueError(f"call {call.id}: its arguments are neither in memory nor in the store")
-        return Payload(rows[0]["args_schema"], rows[0]["args_batch"])
+        return args
 
     def _send_final(self, call: Call, sub: Subscriber, ref: int) -> None:
         if call.error is not None:
@@ -810,9 +786,42 @@ class Queue(Dispatcher):
             sub.send_event(ref, call.id, "done")
 
     def _load_chunks(self, call: Call) -> list[Chunk]:
-        rows = self.store.query(
-            "SELECT first_index, rows, schema, batch FROM chunks WHERE call_id=? ORDER BY first_index", (call.id,))
-        return [Chunk(r["first_index"], Payload(r["schema"], r["batch"], r["rows"])) for r in rows]
+        return self.rows.chunks(call.id)
+
+    def expire_results(self, now: float) -> int:
+        """Drop finished calls older than their function's ``result_ttl_seconds`` (the server
+        runs this every sweep interval); returns how many left memory.
+
+        Rows go from the database (calls and their chunks), one pass per distinct TTL
+        through the index on ``finished_at``, and from the memory of recently finished
+        calls. Idempotency keys of finished calls are kept for ``idempotency_window``
+        seconds (a caller resubmits only after a reconnect), then dropped.
+        """
+        by_ttl: dict[float, list[str]] = defaultdict(list)
+        ttl_of: dict[str, float] = {}
+        for fv in self.known_functions().values():
+            by_ttl[fv.policies.result_ttl].append(fv.id)
+            ttl_of[fv.id] = fv.policies.result_ttl
+        for ttl, ids in by_ttl.items():
+            self.rows.expire(ids, finished_before=now - ttl)
+        expiry = self.idem_expiry
+        while expiry and expiry[0][0] < now - self.idempotency_window:
+            _, key, call_id = expiry.popleft()
+            if self._idem.get(key) == call_id:
+                del self._idem[key]
+        removed = 0
+        for call_id, call in list(self.finished.items()):
+            ttl = ttl_of.get(call.function.id, 86_400.0)
+            if call.finished_at is not None and call.finished_at < now - ttl:
+                del self.finished[call_id]
+                self._finished_bytes -= call.result_bytes
+                call.result_bytes = 0
+                if call.idempotency_key:
+                    self._idem.pop((call.function.id, call.idempotency_key), None)
+                removed += 1
+        if removed:
+            log.debug("expired %d finished call(s)", removed)
+        return removed
 
     def _call_from_row(self, r) -> Call:
         fv = self.known_functions().get(r["function_id"]) or FunctionVersion(
@@ -826,15 +835,3 @@ class Queue(Dispatcher):
             call.error = decode_error(r["error"])
         return call
 
-
-def _encode_error(error: CallError) -> bytes:
-    return json.dumps({
-        "type": error.exception_type, "message": error.message, "traceback": error.traceback,
-        "code": error.code.value, "mro": list(error.exception_mro),
-    }).encode()
-
-
-def decode_error(data: bytes) -> CallError:
-    """A call's error as the store keeps it."""
-    d = json.loads(data)
-    return CallError(d["type"], d["message"], d["traceback"], ErrorCode(d["code"]), tuple(d["mro"]))

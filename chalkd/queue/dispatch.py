@@ -208,5 +208,5 @@ class Dispatcher:
         worker.inflight[(call.id, call.attempt)] = att
         # The durable "attempt started" mark (batched with the group commit, never awaited):
         # a daemon that dies finds it 'running' and counts the crash against it (poison calls).
-        self.store.write("UPDATE calls SET state='running', attempt=? WHERE id=?", (call.attempt, call.id))
+        self.rows.mark_running(call.id, call.attempt)
         return att

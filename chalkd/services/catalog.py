@@ -14,8 +14,9 @@ from chalkd.auth import current_scope
 from chalkd.catalog import Catalog, InvalidFunction
 from chalkd.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from chalkd.images.blobs import check_lazy_files
-from chalkd.queue.core import CallNotFound, Queue, decode_error
+from chalkd.queue.core import CallNotFound, Queue
 from chalkd.queue.limits import PERIOD_SECONDS
+from chalkd.queue.storage import decode_error
 from chalkd.runtime.base import ReplicaStartError, Runtime
 from chalkd.scaling.autoscaler import Autoscaler
 from chalkd.services.convert import content_hash, key_local_digests, spec_settings, version_to_pb
@@ -175,14 +176,7 @@ class CatalogService(FunctionCatalogBase):
     async def ListCalls(self, stream) -> None:
         req: pb.ListCallsRequest = await stream.recv_message()
         limit = req.limit or 50
-        sql = "SELECT c.*, f.name AS fname FROM calls c LEFT JOIN functions f ON f.id = c.function_id"
-        params: tuple = ()
-        if req.function_name:
-            sql += " WHERE f.name = ?"
-            params = (req.function_name,)
-        sql += " ORDER BY c.seq DESC LIMIT ?"
-        await self.catalog.store.flush()
-        rows = self.catalog.store.query(sql, params + (limit,))
+        rows = await self.queue.rows.list_recent(req.function_name, limit)
         calls = []
         for r in rows:
             live = self.queue.calls.get(r["id"])

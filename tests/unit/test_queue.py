@@ -207,7 +207,8 @@ def test_final_event_of_the_current_attempt_reaches_the_subscriber(tmp_path: Pat
             call = q.submit(sub, 7, fv, ARGS)
             await settle(store)
             assert link.assigned() == [(call.id, 1)]
-            user_error = CallError("ValueError", "bad input", "Traceback...", ErrorCode.USER, ("ValueError", "Exception"))
+            user_error = CallError("ValueError", "bad input", "Traceback...", ErrorCode.USER,
+                                   ("ValueError", "Exception"))
             if kind == "result":
                 q.worker_event(link, call.id, 1, "result", payload=RESULT)
             elif kind == "done":
@@ -218,7 +219,8 @@ def test_final_event_of_the_current_attempt_reaches_the_subscriber(tmp_path: Pat
             assert sub.kinds() == ["accepted", kind]
             final = sub.events[-1]
             assert final[0] == 7 and final[1] == call.id
-            expected_state = {"result": CallState.SUCCEEDED, "done": CallState.SUCCEEDED, "error": CallState.FAILED}[kind]
+            expected_state = {"result": CallState.SUCCEEDED, "done": CallState.SUCCEEDED,
+                              "error": CallState.FAILED}[kind]
             assert q.get(call.id).state == expected_state
             assert call.id not in q.calls and q.inflight(fv.id) == 0
             r = row(store, call.id)
@@ -1032,3 +1034,43 @@ def test_a_new_version_sets_its_functions_rate(tmp_path: Path) -> None:
     limits.register(v2)
     (bucket,) = limits.buckets_for(v1)
     assert bucket is limits.buckets_for(v2)[0] and bucket.rate == 100.0
+
+
+# -- retention ------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_expire_results_drops_finished_calls_past_their_ttl(tmp_path: Path) -> None:
+    from chalkd.model import Policies
+
+    async def main() -> None:
+        store = await open_store(tmp_path / "db.sqlite")
+        now = [1000.0]
+        try:
+            short, long = make_fv("fv-1", policies=Policies(result_ttl=10.0)), make_fv(
+                "fv-2", name="g", policies=Policies(result_ttl=1000.0))
+            q = new_queue(store, clock=lambda: now[0], known_functions=lambda: {"fv-1": short, "fv-2": long})
+            sub = Sub()
+            link1, link2 = connect(q, "r-1", credit=1), connect(q, "r-2", credit=1, function_id="fv-2")
+            a = q.submit(sub, 1, short, ARGS, idempotency_key="k-a")
+            b = q.submit(sub, 2, long, ARGS)
+            await settle(store)
+            q.worker_event(link1, a.id, 1, "result", payload=RESULT)
+            q.worker_event(link2, b.id, 1, "result", payload=RESULT)
+            await settle(store)
+            assert q.expire_results(now[0] + 5) == 0  # within both TTLs
+            await settle(store)
+            now[0] += 500  # past the short TTL and the idempotency window; within the long one
+            assert q.expire_results(now[0]) == 1
+            await settle(store)
+            with pytest.raises(CallNotFound):
+                q.get(a.id)
+            assert store.query("SELECT id FROM calls WHERE id=?", (a.id,)) == []
+            assert q.get(b.id).state == CallState.SUCCEEDED
+            # The key is gone with it: the same key now makes a new call.
+            again = q.submit(sub, 3, short, ARGS, idempotency_key="k-a")
+            assert again.id != a.id
+        finally:
+            await store.close()
+
+    asyncio.run(main())
