@@ -8,8 +8,8 @@ worker stream); the services implement both.
     queue = Queue(store, catalog)
     call = queue.submit(session, ref=1, function=fv, args=payload)
     # ... a worker link announces credit, gets an assignment, reports events:
-    queue.worker_event(link, call.id, attempt=1, kind="result", payload=result)
-    # the session receives ("accepted", ...) then ("result", ...), each after its commit.
+    queue.worker_event(link, call.id, attempt=1, event=Result(payload))
+    # the session receives Accepted() then Result(payload), each after its commit.
 
 Delivery is at-least-once before a call's first chunk: a failed attempt that
 had not streamed runs again while the retry budget lasts (infrastructure
@@ -43,6 +43,7 @@ from chalkd.model import (
     ReplicaExit,
     new_time_id,
 )
+from chalkd.queue import events as ev
 from chalkd.queue.dispatch import Attempt, Dispatcher, _Worker
 from chalkd.queue.limits import Limits
 from chalkd.queue.storage import CallStore, decode_error
@@ -54,10 +55,7 @@ log = logging.getLogger(__name__)
 class Subscriber(Protocol):
     """A caller session: receives events for the calls it submitted or attached to."""
 
-    def send_event(
-        self, ref: int, call_id: str, kind: str, *,
-        payload: Payload | None = None, error: CallError | None = None, first_index: int = 0,
-    ) -> None: ...
+    def send_event(self, ref: int, call_id: str, event: ev.CallEvent) -> None: ...
 
 
 class WorkerLink(Protocol):
@@ -351,7 +349,7 @@ class Queue(Dispatcher):
         if not call.args_bytes and call.state == CallState.QUEUED and call.attempt == 0:
             # Over the budget for queued arguments: the store has them; dispatch reads them back.
             call.args = None
-        sub.send_event(ref, call.id, "accepted")
+        sub.send_event(ref, call.id, ev.ACCEPTED)
 
     def _attach_stored(self, sub: Subscriber, ref: int, call_id: str) -> None:
         try:
@@ -388,7 +386,7 @@ class Queue(Dispatcher):
 
     def reject(self, sub: Subscriber, ref: int, error: CallError) -> None:
         """Refuse a submit that never became a call (unknown function, too large...)."""
-        sub.send_event(ref, "", "error", error=error)
+        sub.send_event(ref, "", ev.Failed(error))
 
     def get(self, call_id: str) -> Call:
         call = self.calls.get(call_id) or self.finished.get(call_id)
@@ -407,7 +405,7 @@ class Queue(Dispatcher):
     def attach(self, sub: Subscriber, ref: int, call_id: str, *, after_chunk: int = -1) -> None:
         """Subscribe ``sub`` to a call and replay what it has not seen yet."""
         call = self.get(call_id)
-        sub.send_event(ref, call.id, "accepted")
+        sub.send_event(ref, call.id, ev.ACCEPTED)
         chunks = call.chunks
         in_memory_from = call.chunks[0].first_index if call.chunks else call.next_index
         if after_chunk + 1 < in_memory_from:
@@ -418,7 +416,7 @@ class Queue(Dispatcher):
         for chunk in chunks:
             last = chunk.first_index + chunk.payload.rows - 1
             if last > after_chunk:
-                sub.send_event(ref, call.id, "chunk", payload=chunk.payload, first_index=chunk.first_index)
+                sub.send_event(ref, call.id, ev.Chunk(chunk.payload, chunk.first_index))
         if call.state.finished:
             self._send_final(call, sub, ref)
         else:
@@ -505,24 +503,20 @@ class Queue(Dispatcher):
         worker = self._workers.get(function_id, {}).get(replica_id)
         return len(worker.inflight) if worker else 0
 
-    def worker_event(
-        self, link: WorkerLink, call_id: str, attempt: int, kind: str, *,
-        payload: Payload | None = None, error: CallError | None = None, first_index: int = 0,
-    ) -> None:
+    def worker_event(self, link: WorkerLink, call_id: str, attempt: int, event: ev.CallEvent) -> None:
         call = self.calls.get(call_id)
-        if kind == "chunk":
+        if type(event) is ev.Chunk:
             # Fencing: only the current attempt on the replica it was given to counts.
             if call is None or call.attempt != attempt or call.replica_id != link.replica_id:
                 return
-            assert payload is not None
-            self._on_chunk(call, payload, first_index)
+            self._on_chunk(call, event.payload, event.first_index)
             return
         worker = self._workers.get(link.function_id, {}).get(link.replica_id)
         att = worker.inflight.pop((call_id, attempt), None) if worker is not None else None
         if att is not None:
             self._attempt_ended(att)
         if call is None or call.attempt != attempt or call.replica_id != link.replica_id:
-            log.debug("dropping %s for %s attempt %s from %s (stale)", kind, call_id, attempt, link.replica_id)
+            log.debug("dropping %s for %s attempt %s from %s (stale)", event.kind, call_id, attempt, link.replica_id)
             return
         # A moving average of how long calls take decides whether prefetching pays.
         # An input handed over ahead of time started when the one before it ended:
@@ -533,13 +527,12 @@ class Queue(Dispatcher):
         if worker is not None:
             worker.last_done = now
         self._durations[fid] = 0.8 * self._durations.get(fid, took) + 0.2 * took
-        if kind == "result":
-            self._finish(call, result=payload)
-        elif kind == "done":
+        if type(event) is ev.Result:
+            self._finish(call, result=event.payload)
+        elif type(event) is ev.Done:
             self._finish(call)
-        elif kind == "error":
-            assert error is not None
-            self._attempt_failed(call, error)
+        elif type(event) is ev.Failed:
+            self._attempt_failed(call, event.error)
 
     def _attempt_ended(self, att: Attempt) -> None:
         """The worker is done with an attempt (or gone): free what it held."""
@@ -682,7 +675,7 @@ class Queue(Dispatcher):
             if call.stored is False:
                 return
             for sub, ref in subs:
-                sub.send_event(ref, call.id, "chunk", payload=payload, first_index=first_index)
+                sub.send_event(ref, call.id, ev.Chunk(payload, first_index))
 
         def failed(exc: BaseException) -> None:
             self._store_failed(call, exc, f"chunk {first_index}")
@@ -779,11 +772,11 @@ class Queue(Dispatcher):
 
     def _send_final(self, call: Call, sub: Subscriber, ref: int) -> None:
         if call.error is not None:
-            sub.send_event(ref, call.id, "error", error=call.error)
+            sub.send_event(ref, call.id, ev.Failed(call.error))
         elif call.result is not None:
-            sub.send_event(ref, call.id, "result", payload=call.result)
+            sub.send_event(ref, call.id, ev.Result(call.result))
         else:
-            sub.send_event(ref, call.id, "done")
+            sub.send_event(ref, call.id, ev.DONE)
 
     def _load_chunks(self, call: Call) -> list[Chunk]:
         return self.rows.chunks(call.id)

@@ -21,6 +21,7 @@ from chalkd.auth import current_scope
 from chalkd.catalog import Catalog, NotFound
 from chalkd.model import CallError, ErrorCode, Payload
 from chalkd.queue.core import CallNotFound, Queue
+from chalkd.queue.events import DONE, Accepted, CallEvent, Chunk, Done, Failed, Result
 from chalkd.scaling.autoscaler import Autoscaler, ReplicaUnknown
 from chalkd.services.convert import error_from_pb, error_to_pb, payload_from_pb, payload_to_pb, version_to_pb
 
@@ -120,19 +121,41 @@ class CallerSession:
     def __init__(self, stream, outbox_limit: int = 0) -> None:
         self.out = _Outbox(stream, _session_message, outbox_limit)
 
-    def send_event(self, ref, call_id, kind, *, payload=None, error=None, first_index=0) -> None:
-        ev = pb.CallEvent(ref=ref, call_id=call_id, first_index=first_index)
-        if kind == "accepted":
-            ev.accepted = True
-        elif kind == "chunk":
-            ev.chunk.CopyFrom(payload_to_pb(payload))
-        elif kind == "result":
-            ev.result.CopyFrom(payload_to_pb(payload))
-        elif kind == "error":
-            ev.error.CopyFrom(error_to_pb(error))
-        elif kind == "done":
-            ev.done = True
-        self.out.put(ev)
+    def send_event(self, ref: int, call_id: str, event: CallEvent) -> None:
+        self.out.put(event_to_pb(ref, call_id, event))
+
+
+def event_to_pb(ref: int, call_id: str, event: CallEvent) -> pb.CallEvent:
+    """A queue event as the caller's wire message (the one place this is written)."""
+    msg = pb.CallEvent(ref=ref, call_id=call_id)
+    if type(event) is Chunk:
+        msg.first_index = event.first_index
+        msg.chunk.CopyFrom(payload_to_pb(event.payload))
+    elif type(event) is Result:
+        msg.result.CopyFrom(payload_to_pb(event.payload))
+    elif type(event) is Failed:
+        msg.error.CopyFrom(error_to_pb(event.error))
+    elif type(event) is Done:
+        msg.done = True
+    elif type(event) is Accepted:
+        msg.accepted = True
+    else:
+        raise TypeError(f"no wire form for {event!r}")
+    return msg
+
+
+def event_from_pb(msg: pb.AttemptEvent) -> CallEvent | None:
+    """A worker's wire message as a queue event (None: one this daemon does not know)."""
+    kind = msg.WhichOneof("event")
+    if kind == "chunk":
+        return Chunk(payload_from_pb(msg.chunk), msg.first_index)
+    if kind == "result":
+        return Result(payload_from_pb(msg.result))
+    if kind == "error":
+        return Failed(error_from_pb(msg.error))
+    if kind == "done":
+        return DONE
+    return None
 
 
 def session_outbox_limit(memory_budget: int, max_payload: int) -> int:
@@ -337,17 +360,10 @@ class WorkerService(WorkerBase):
                 self.scaler.seen(replica)
                 if req.credit:
                     q.worker_credit(conn, req.credit)
-                for ev in req.events:
-                    kind = ev.WhichOneof("event")
-                    if kind == "chunk":
-                        q.worker_event(conn, ev.call_id, ev.attempt, "chunk",
-                                       payload=payload_from_pb(ev.chunk), first_index=ev.first_index)
-                    elif kind == "result":
-                        q.worker_event(conn, ev.call_id, ev.attempt, "result", payload=payload_from_pb(ev.result))
-                    elif kind == "error":
-                        q.worker_event(conn, ev.call_id, ev.attempt, "error", error=error_from_pb(ev.error))
-                    elif kind == "done":
-                        q.worker_event(conn, ev.call_id, ev.attempt, "done")
+                for msg in req.events:
+                    event = event_from_pb(msg)
+                    if event is not None:
+                        q.worker_event(conn, msg.call_id, msg.attempt, event)
                 if replica.state == "stopping" and not conn.out.closed:
                     conn.send_drain()
         finally:

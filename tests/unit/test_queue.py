@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from chalkd.model import CallError, CallState, ErrorCode, FunctionVersion, Payload, ReplicaExit
+from chalkd.queue import events as ev
 from chalkd.queue.core import CallNotFound, Queue
 from chalkd.store.db import Store
 
@@ -37,8 +38,10 @@ class Sub:
     def __init__(self) -> None:
         self.events: list[tuple] = []
 
-    def send_event(self, ref, call_id, kind, *, payload=None, error=None, first_index=0) -> None:
-        self.events.append((ref, call_id, kind, payload, error, first_index))
+    def send_event(self, ref, call_id, event) -> None:
+        # Recorded flat: (ref, call_id, kind, payload, error, first_index).
+        self.events.append((ref, call_id, event.kind, getattr(event, "payload", None), getattr(event, "error", None),
+                            getattr(event, "first_index", 0)))
 
     def kinds(self, call_id: str | None = None) -> list[str]:
         return [e[2] for e in self.events if call_id is None or e[1] == call_id]
@@ -210,11 +213,11 @@ def test_final_event_of_the_current_attempt_reaches_the_subscriber(tmp_path: Pat
             user_error = CallError("ValueError", "bad input", "Traceback...", ErrorCode.USER,
                                    ("ValueError", "Exception"))
             if kind == "result":
-                q.worker_event(link, call.id, 1, "result", payload=RESULT)
+                q.worker_event(link, call.id, 1, ev.Result(RESULT))
             elif kind == "done":
-                q.worker_event(link, call.id, 1, "done")
+                q.worker_event(link, call.id, 1, ev.DONE)
             else:
-                q.worker_event(link, call.id, 1, "error", error=user_error)
+                q.worker_event(link, call.id, 1, ev.Failed(user_error))
             await settle(store)
             assert sub.kinds() == ["accepted", kind]
             final = sub.events[-1]
@@ -232,7 +235,7 @@ def test_final_event_of_the_current_attempt_reaches_the_subscriber(tmp_path: Pat
                 assert final[4] == user_error
                 assert json.loads(r["error"])["message"] == "bad input"
             # A late duplicate of the final event changes nothing.
-            q.worker_event(link, call.id, 1, "result", payload=RESULT)
+            q.worker_event(link, call.id, 1, ev.Result(RESULT))
             await settle(store)
             assert len(sub.events) == 2
         finally:
@@ -255,19 +258,19 @@ def test_stale_events_are_dropped(tmp_path: Path) -> None:
             assert a.assigned() == [(call.id, 1)]
 
             # Wrong attempt number, from the right replica.
-            q.worker_event(a, call.id, 2, "result", payload=RESULT)
-            q.worker_event(a, call.id, 0, "chunk", payload=chunk(0), first_index=0)
+            q.worker_event(a, call.id, 2, ev.Result(RESULT))
+            q.worker_event(a, call.id, 0, ev.Chunk(chunk(0), 0))
             # Right attempt number, from another replica.
-            q.worker_event(b, call.id, 1, "result", payload=RESULT)
-            q.worker_event(b, call.id, 1, "chunk", payload=chunk(0), first_index=0)
+            q.worker_event(b, call.id, 1, ev.Result(RESULT))
+            q.worker_event(b, call.id, 1, ev.Chunk(chunk(0), 0))
             # An unknown call.
-            q.worker_event(a, "fc-nope", 1, "result", payload=RESULT)
+            q.worker_event(a, "fc-nope", 1, ev.Result(RESULT))
             await settle(store)
             assert sub.kinds() == ["accepted"]
             assert call.state == CallState.RUNNING and call.next_index == 0
             assert store.query("SELECT * FROM chunks") == []
 
-            q.worker_event(a, call.id, 1, "result", payload=RESULT)
+            q.worker_event(a, call.id, 1, ev.Result(RESULT))
             await settle(store)
             assert sub.kinds() == ["accepted", "result"]
         finally:
@@ -301,11 +304,11 @@ def test_worker_lost_before_any_chunk_requeues_to_another_worker(tmp_path: Path)
             assert row(store, call.id)["failures"] == 1
 
             # The old attempt is fenced off, even if the old replica's stream still talks.
-            q.worker_event(a, call.id, 1, "result", payload=Payload(b"s", b"stale"))
-            q.worker_event(b, call.id, 1, "result", payload=Payload(b"s", b"stale"))
+            q.worker_event(a, call.id, 1, ev.Result(Payload(b"s", b"stale")))
+            q.worker_event(b, call.id, 1, ev.Result(Payload(b"s", b"stale")))
             await settle(store)
             assert sub.kinds() == ["accepted"]
-            q.worker_event(b, call.id, 2, "result", payload=RESULT)
+            q.worker_event(b, call.id, 2, ev.Result(RESULT))
             await settle(store)
             assert sub.kinds() == ["accepted", "result"] and sub.events[-1][3] == RESULT
             r = row(store, call.id)
@@ -406,7 +409,7 @@ def test_worker_lost_after_a_chunk_fails_as_interrupted(tmp_path: Path) -> None:
             await settle(store)
             assert a.assigned() == [(call.id, 1)]
             q.worker_credit(other, 1)
-            q.worker_event(a, call.id, 1, "chunk", payload=chunk(0), first_index=0)
+            q.worker_event(a, call.id, 1, ev.Chunk(chunk(0), 0))
             await settle(store)
             assert sub.kinds() == ["accepted", "chunk"]
 
@@ -441,14 +444,14 @@ def test_chunks_in_order_and_acks_widen_the_window(tmp_path: Path, caplog) -> No
             await settle(store)
             assert link.assignments == [(call.id, 1, ARGS, 4)]
 
-            q.worker_event(link, call.id, 1, "chunk", payload=chunk(0), first_index=0)
+            q.worker_event(link, call.id, 1, ev.Chunk(chunk(0), 0))
             # Chunks go out only once committed.
             assert sub.kinds() == ["accepted"]
             assert call.state == CallState.STREAMING
-            q.worker_event(link, call.id, 1, "chunk", payload=chunk(1, rows=2), first_index=1)
-            q.worker_event(link, call.id, 1, "chunk", payload=chunk(9), first_index=9)   # a gap: dropped
-            q.worker_event(link, call.id, 1, "chunk", payload=chunk(0), first_index=0)   # a repeat: dropped
-            q.worker_event(link, call.id, 1, "chunk", payload=chunk(3), first_index=3)
+            q.worker_event(link, call.id, 1, ev.Chunk(chunk(1, rows=2), 1))
+            q.worker_event(link, call.id, 1, ev.Chunk(chunk(9), 9))   # a gap: dropped
+            q.worker_event(link, call.id, 1, ev.Chunk(chunk(0), 0))   # a repeat: dropped
+            q.worker_event(link, call.id, 1, ev.Chunk(chunk(3), 3))
             await settle(store)
             got = [(e[0], e[2], e[3], e[5]) for e in sub.of("chunk")]
             assert got == [(3, "chunk", chunk(0), 0), (3, "chunk", chunk(1, rows=2), 1), (3, "chunk", chunk(3), 3)]
@@ -470,7 +473,7 @@ def test_chunks_in_order_and_acks_widen_the_window(tmp_path: Path, caplog) -> No
             assert call.acked == 2
 
             # The end of the stream comes after its chunks.
-            q.worker_event(link, call.id, 1, "done")
+            q.worker_event(link, call.id, 1, ev.DONE)
             assert sub.kinds() == ["accepted", "chunk", "chunk", "chunk"]   # waits for the commit
             await settle(store)
             assert sub.kinds() == ["accepted", "chunk", "chunk", "chunk", "done"]
@@ -496,14 +499,14 @@ def test_attach_replays_chunks_after_the_given_index(tmp_path: Path) -> None:
             call = q.submit(sub, 1, fv, ARGS)
             await settle(store)
             for i in range(3):
-                q.worker_event(link, call.id, 1, "chunk", payload=chunk(i), first_index=i)
+                q.worker_event(link, call.id, 1, ev.Chunk(chunk(i), i))
             await settle(store)
 
             late = Sub()
             q.attach(late, 9, call.id, after_chunk=0)
             assert [(e[2], e[5]) for e in late.events] == [("accepted", 0), ("chunk", 1), ("chunk", 2)]
-            q.worker_event(link, call.id, 1, "chunk", payload=chunk(3), first_index=3)
-            q.worker_event(link, call.id, 1, "done")
+            q.worker_event(link, call.id, 1, ev.Chunk(chunk(3), 3))
+            q.worker_event(link, call.id, 1, ev.DONE)
             await settle(store)
             assert [(e[0], e[2], e[5]) for e in late.events[3:]] == [(9, "chunk", 3), (9, "done", 0)]
             assert sub.kinds() == ["accepted"] + ["chunk"] * 4 + ["done"]
@@ -557,7 +560,7 @@ def test_nested_call_runs_before_a_newer_top_level_call(tmp_path: Path, nested_b
                 assert len(link.assignments) == n
                 call_id = link.assignments[-1][0]
                 order.append(call_id)
-                q.worker_event(link, call_id, 1, "result", payload=RESULT)
+                q.worker_event(link, call_id, 1, ev.Result(RESULT))
                 if n < 3:
                     q.worker_credit(link, 1)
                     await settle(store)
@@ -613,7 +616,7 @@ def test_idempotency_key_resubmit_attaches_to_the_same_call(tmp_path: Path) -> N
             link = connect(q, "r-1", credit=5)
             await settle(store)
             assert link.assigned() == [(call.id, 1)]       # runs once
-            q.worker_event(link, call.id, 1, "result", payload=RESULT)
+            q.worker_event(link, call.id, 1, ev.Result(RESULT))
             await settle(store)
             assert first.of("result")[0][:3] == (1, call.id, "result")
             assert second.of("result")[0][:3] == (5, call.id, "result")
@@ -678,7 +681,7 @@ def test_cancel_a_running_call_tells_its_worker(tmp_path: Path) -> None:
             await settle(store)
             assert sub.error().code == ErrorCode.CANCELLED
             assert q.inflight(fv.id) == 1   # its slot is held until the worker says it stopped
-            q.worker_event(link, call.id, 1, "result", payload=RESULT)   # too late
+            q.worker_event(link, call.id, 1, ev.Result(RESULT))   # too late
             await settle(store)
             assert q.inflight(fv.id) == 0
             assert sub.kinds() == ["accepted", "error"]
@@ -755,7 +758,7 @@ def test_prefetch_only_for_short_calls_and_when_allowed(tmp_path: Path) -> None:
             assert len(link.assignments) == 3
 
             q._durations[fv.id] = 1.0      # long calls: no prefetch
-            q.worker_event(link, calls[0].id, 1, "result", payload=RESULT)
+            q.worker_event(link, calls[0].id, 1, ev.Result(RESULT))
             q._durations[fv.id] = 1.0      # (the result just fed the average)
             q.worker_lost(fv.id, "r-loading", ReplicaExit(code=0))
             q.worker_credit(link, 0)             # (a no-op credit: just a dispatch pass)
@@ -784,9 +787,9 @@ def test_recovery_after_a_restart(tmp_path: Path) -> None:
         finished = q.submit(sub, 2, fv, ARGS, idempotency_key="done-key")
         await settle(store)
         assert link.assigned() == [(streamed.id, 1), (finished.id, 1)]
-        q.worker_event(link, streamed.id, 1, "chunk", payload=chunk(0), first_index=0)
-        q.worker_event(link, streamed.id, 1, "chunk", payload=chunk(1), first_index=1)
-        q.worker_event(link, finished.id, 1, "result", payload=RESULT)
+        q.worker_event(link, streamed.id, 1, ev.Chunk(chunk(0), 0))
+        q.worker_event(link, streamed.id, 1, ev.Chunk(chunk(1), 1))
+        q.worker_event(link, finished.id, 1, ev.Result(RESULT))
         queued = q.submit(sub, 3, fv, Payload(b"q-schema", b"q-batch"), idempotency_key="queued-key")
         nested = q.submit(sub, 4, fv, ARGS, parent_id=streamed.id)
         await settle(store)
@@ -841,7 +844,7 @@ def test_recovery_after_a_restart(tmp_path: Path) -> None:
             worker = connect(q, "r-new", credit=3)
             await settle(store)
             assert worker.assigned() == [(nested.id, 1), (queued.id, 1), (fresh.id, 1)]
-            q.worker_event(worker, queued.id, 1, "result", payload=RESULT)
+            q.worker_event(worker, queued.id, 1, ev.Result(RESULT))
             await settle(store)
             assert resub.of("result")[-1][:2] == (20, queued.id)
         finally:
@@ -890,7 +893,7 @@ def test_attach_after_acks_replays_every_chunk(tmp_path: Path) -> None:
             call = q.submit(sub, 1, fv, ARGS)
             await settle(store)
             for i in range(3):
-                q.worker_event(link, call.id, 1, "chunk", payload=chunk(i), first_index=i)
+                q.worker_event(link, call.id, 1, ev.Chunk(chunk(i), i))
             await settle(store)
             q.ack(call.id, 1)                       # the first caller consumed chunks 0 and 1
             second = Sub()
@@ -1055,8 +1058,8 @@ def test_expire_results_drops_finished_calls_past_their_ttl(tmp_path: Path) -> N
             a = q.submit(sub, 1, short, ARGS, idempotency_key="k-a")
             b = q.submit(sub, 2, long, ARGS)
             await settle(store)
-            q.worker_event(link1, a.id, 1, "result", payload=RESULT)
-            q.worker_event(link2, b.id, 1, "result", payload=RESULT)
+            q.worker_event(link1, a.id, 1, ev.Result(RESULT))
+            q.worker_event(link2, b.id, 1, ev.Result(RESULT))
             await settle(store)
             assert q.expire_results(now[0] + 5) == 0  # within both TTLs
             await settle(store)

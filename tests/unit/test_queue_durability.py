@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from chalkd.model import CallState, ErrorCode, Payload
+from chalkd.queue import events as ev
 from chalkd.queue.core import POISON_CRASHES, Queue
 from chalkd.store.db import Store
 from tests.unit.test_queue import ARGS, RESULT, Sub, connect, make_fv, new_queue, open_store, row, settle
@@ -39,7 +40,7 @@ def test_a_result_goes_out_only_once_its_row_commits(tmp_path: Path) -> None:
             link = connect(q, "r-1", credit=1)
             call = q.submit(sub, 1, fv, ARGS)
             await settle(store)
-            q.worker_event(link, call.id, 1, "result", payload=RESULT)
+            q.worker_event(link, call.id, 1, ev.Result(RESULT))
             assert sub.kinds() == ["accepted"]       # not before the commit
             await store.flush()
             assert sub.kinds() == ["accepted", "result"]
@@ -73,8 +74,8 @@ def test_a_call_whose_insert_fails_is_cancelled_and_fails_alone(tmp_path: Path, 
             assert store.query("SELECT id FROM calls WHERE id=?", (bad.id,)) == []
             assert bad.id not in q.calls
             # Its late result counts for nothing; the other call is untouched.
-            q.worker_event(link, bad.id, 1, "result", payload=RESULT)
-            q.worker_event(link, good.id, 1, "result", payload=RESULT)
+            q.worker_event(link, bad.id, 1, ev.Result(RESULT))
+            q.worker_event(link, good.id, 1, ev.Result(RESULT))
             await settle(store)
             assert sub.kinds() == ["error", "accepted", "result"]
             assert row(store, good.id)["state"] == "succeeded"
@@ -105,8 +106,8 @@ def test_a_failing_result_update_fails_only_its_call(tmp_path: Path, caplog) -> 
             store.db.execute(
                 f"CREATE TEMP TRIGGER fail_result BEFORE UPDATE OF result_batch ON calls WHEN NEW.id = '{a.id}' "
                 "BEGIN SELECT RAISE(ABORT, 'forced failure'); END")
-            q.worker_event(link, a.id, 1, "result", payload=RESULT)
-            q.worker_event(link, b.id, 1, "result", payload=RESULT)   # same group
+            q.worker_event(link, a.id, 1, ev.Result(RESULT))
+            q.worker_event(link, b.id, 1, ev.Result(RESULT))   # same group
             await settle(store)
             (err_a,) = [e[4] for e in sub.events if e[1] == a.id and e[2] == "error"]
             assert err_a.code == ErrorCode.INTERNAL and "could not store the outcome" in err_a.message
@@ -135,7 +136,7 @@ def test_a_full_disk_refuses_new_calls_and_holds_running_ones(tmp_path: Path) ->
             pages = store.db.execute("PRAGMA page_count").fetchone()[0]
             store.db.execute(f"PRAGMA max_page_count={pages + 1}")
             big = Payload(b"s", b"x" * 50_000)
-            q.worker_event(link, running.id, 1, "chunk", payload=big, first_index=0)
+            q.worker_event(link, running.id, 1, ev.Chunk(big, 0))
             # A submit racing the first failure fails once the disk is found full.
             racing = q.submit(sub, 2, fv, ARGS)
             await asyncio.sleep(0)
@@ -145,15 +146,16 @@ def test_a_full_disk_refuses_new_calls_and_holds_running_ones(tmp_path: Path) ->
             # New calls are refused at once, never accepted.
             late = Sub()
             assert q.submit(late, 3, fv, ARGS) is None
-            (ev,) = late.events
-            assert ev[2] == "error" and ev[4].code == ErrorCode.RESOURCE_EXHAUSTED
-            assert ev[4].message.startswith(f"chalkd's disk is full at {tmp_path}: ") and "MB free" in ev[4].message
+            (refused,) = late.events
+            assert refused[2] == "error" and refused[4].code == ErrorCode.RESOURCE_EXHAUSTED
+            message = refused[4].message
+            assert message.startswith(f"chalkd's disk is full at {tmp_path}: ") and "MB free" in message
             while racing.stored is None:
                 await asyncio.sleep(0.01)
             assert [e[2] for e in sub.events if e[0] == 2] == ["error"]
             assert [e[4].code for e in sub.events if e[0] == 2] == [ErrorCode.RESOURCE_EXHAUSTED]
             # The running call's chunk and result wait; reads go on.
-            q.worker_event(link, running.id, 1, "done")
+            q.worker_event(link, running.id, 1, ev.DONE)
             await asyncio.sleep(0.2)
             assert sub.kinds(running.id) == ["accepted"]
             assert q.get(running.id).state == CallState.SUCCEEDED
@@ -263,7 +265,7 @@ def test_the_finished_cache_and_idempotency_keys_are_bounded(tmp_path: Path) -> 
             for i in range(400):
                 c = q.submit(sub, i, fv, ARGS, idempotency_key=f"k{i}")
                 await settle(store)
-                q.worker_event(link, c.id, 1, "result", payload=big if i < 5 else RESULT)
+                q.worker_event(link, c.id, 1, ev.Result(big if i < 5 else RESULT))
                 q.worker_credit(link, 1)
                 ids.append(c.id)
             await settle(store)
@@ -279,7 +281,7 @@ def test_the_finished_cache_and_idempotency_keys_are_bounded(tmp_path: Path) -> 
             now[0] += q.idempotency_window + 1
             c = q.submit(sub, 1000, fv, ARGS, idempotency_key="late")
             await settle(store)
-            q.worker_event(link, c.id, 1, "result", payload=RESULT)
+            q.worker_event(link, c.id, 1, ev.Result(RESULT))
             await settle(store)
             assert set(q._idem) == {(fv.id, "late")}
         finally:
@@ -328,7 +330,7 @@ def test_a_result_held_by_a_full_disk_runs_again_if_the_daemon_dies_first(tmp_pa
         await settle(store)
         assert store.db is not None
         store.db.execute(f"PRAGMA max_page_count={store.db.execute('PRAGMA page_count').fetchone()[0]}")
-        q.worker_event(link, call.id, 1, "result", payload=Payload(b"s", b"r" * 50_000))
+        q.worker_event(link, call.id, 1, ev.Result(Payload(b"s", b"r" * 50_000)))
         while not store.full:
             await asyncio.sleep(0.01)
         assert sub.kinds() == ["accepted"]       # the caller never saw it
