@@ -15,15 +15,17 @@ from collections.abc import Callable
 from grpclib import GRPCError
 from grpclib.const import Status
 
+from chalkcompute._contract import MAX_BATCH_BYTES, batches
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import QueueBase, WorkerBase
 from chalkd.auth import current_scope
-from chalkd.catalog import Catalog, NotFound
+from chalkd.catalog import Catalog
 from chalkd.model import CallError, ErrorCode, Payload
-from chalkd.queue.core import CallNotFound, Queue
+from chalkd.queue.core import Queue
 from chalkd.queue.events import DONE, Accepted, CallEvent, Chunk, Done, Failed, Result
 from chalkd.scaling.autoscaler import Autoscaler, ReplicaUnknown
 from chalkd.services.convert import error_from_pb, error_to_pb, payload_from_pb, payload_to_pb, version_to_pb
+from chalkd.services.errors import status_of
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,6 @@ log = logging.getLogger(__name__)
 STARTED_KEPT = 100_000
 
 MAX_ITEMS_PER_MESSAGE = 2048
-MAX_BYTES_PER_MESSAGE = 4 * 2**20
 # A caller whose stream took nothing for this long while over its outbox limit is dropped. The SDK
 # reads its stream on a thread of its own, so only a stopped or stuck caller stalls this long;
 # one merely busy with a burst of large results keeps reading and is only paused.
@@ -94,12 +95,8 @@ class _Outbox:
             while self.items:
                 # Many items per message when they pile up, but never a message
                 # larger than the peer accepts: cut by count and by bytes.
-                n, size = 0, 0
-                for item_size in self.sizes[:MAX_ITEMS_PER_MESSAGE]:
-                    if n and size + item_size > MAX_BYTES_PER_MESSAGE:
-                        break
-                    size += item_size
-                    n += 1
+                first = next(batches(self.sizes, size=int, limit=MAX_BATCH_BYTES, max_items=MAX_ITEMS_PER_MESSAGE))
+                n, size = len(first), sum(first)
                 batch = self.items[:n]
                 del self.items[:n]
                 del self.sizes[:n]
@@ -158,9 +155,19 @@ def event_from_pb(msg: pb.AttemptEvent) -> CallEvent | None:
     return None
 
 
+def refusal(exc: BaseException) -> CallError:
+    """Why one item on a caller's stream was refused, through the daemon's one error table
+    (an exception the table does not know is logged with its traceback and answered INTERNAL)."""
+    status, message = status_of(exc)
+    if status is Status.INTERNAL:
+        return CallError.platform(ErrorCode.INTERNAL, message)
+    # Statuses without a call error code of their own are the caller's to fix.
+    return CallError.platform(ErrorCode.__members__.get(status.name, ErrorCode.INVALID_ARGUMENT), message)
+
+
 def session_outbox_limit(memory_budget: int, max_payload: int) -> int:
     """Bytes one caller stream may have waiting: an eighth of the budget, and room for two of the largest messages."""
-    return max(memory_budget // 8, 2 * max_payload + MAX_BYTES_PER_MESSAGE)
+    return max(memory_budget // 8, 2 * max_payload + MAX_BATCH_BYTES)
 
 
 class QueueService(QueueBase):
@@ -208,33 +215,9 @@ class QueueService(QueueBase):
         q = self.queue
         for s in req.submits:
             try:
-                fv = self.catalog.get(name=s.function_name, id=s.function_id)
-            except NotFound as exc:
-                q.reject(session, s.ref, CallError.platform(ErrorCode.NOT_FOUND, str(exc)))
-                continue
-            except Exception as exc:
-                q.reject(session, s.ref, CallError.platform(ErrorCode.INVALID_ARGUMENT, str(exc)))
-                continue
-            args = payload_from_pb(s.args)
-            if args.size > self.max_payload:
-                q.reject(session, s.ref, CallError.platform(
-                    ErrorCode.RESOURCE_EXHAUSTED,
-                    f"arguments of {args.size} bytes exceed the daemon's limit of {self.max_payload} bytes"))
-                continue
-            parent_id = s.parent_call_id or None
-            if session.replica_id and parent_id and not q.running_on(parent_id, session.replica_id):
-                # A replica names as parent only a call it is running: another's would borrow its
-                # place in the queue's order and its deadlock chain.
-                log.warning("replica %s named call %s as a parent it is not running; submitted as top-level",
-                            session.replica_id, parent_id[:40])
-                parent_id = None
-            call = q.submit(session, s.ref, fv, args, idempotency_key=s.idempotency_key or None,
-                            parent_id=parent_id)
-            if session.replica_id and call is not None:
-                started = self.started_by.setdefault(session.replica_id, OrderedDict())
-                started[call.id] = None
-                if len(started) > STARTED_KEPT:  # a long-lived replica's record stays bounded
-                    started.popitem(last=False)
+                self._submit(session, s)
+            except Exception as exc:  # noqa: BLE001 - one bad submit is refused with its own code; the rest go on
+                q.reject(session, s.ref, refusal(exc))
         for a in req.attaches:
             if session.replica_id and a.call_id not in self.started_by.get(session.replica_id, ()):
                 refused = self._not_yours(session, a.call_id)
@@ -242,8 +225,8 @@ class QueueService(QueueBase):
                 continue
             try:
                 q.attach(session, a.ref, a.call_id, after_chunk=a.after_chunk)
-            except CallNotFound as exc:
-                q.reject(session, a.ref, CallError.platform(ErrorCode.NOT_FOUND, str(exc)))
+            except Exception as exc:  # noqa: BLE001 - per item, as submits
+                q.reject(session, a.ref, refusal(exc))
         for ack in req.acks:
             q.ack(ack.call_id, ack.index)
         for c in req.cancels:
@@ -251,6 +234,30 @@ class QueueService(QueueBase):
                 log.warning("refused: %s", self._not_yours(session, c.call_id))
                 continue
             q.cancel(c.call_id)
+
+    def _submit(self, session: CallerSession, s: pb.Submit) -> None:
+        q = self.queue
+        fv = self.catalog.get(name=s.function_name, id=s.function_id)
+        args = payload_from_pb(s.args)
+        if args.size > self.max_payload:
+            q.reject(session, s.ref, CallError.platform(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                f"arguments of {args.size} bytes exceed the daemon's limit of {self.max_payload} bytes"))
+            return
+        parent_id = s.parent_call_id or None
+        if session.replica_id and parent_id and not q.running_on(parent_id, session.replica_id):
+            # A replica names as parent only a call it is running: another's would borrow its
+            # place in the queue's order and its deadlock chain.
+            log.warning("replica %s named call %s as a parent it is not running; submitted as top-level",
+                        session.replica_id, parent_id[:40])
+            parent_id = None
+        call = q.submit(session, s.ref, fv, args, idempotency_key=s.idempotency_key or None,
+                        parent_id=parent_id)
+        if session.replica_id and call is not None:
+            started = self.started_by.setdefault(session.replica_id, OrderedDict())
+            started[call.id] = None
+            if len(started) > STARTED_KEPT:  # a long-lived replica's record stays bounded
+                started.popitem(last=False)
 
     def owns(self, replica_id: str, call_id: str) -> bool:
         """Did replica ``replica_id`` start call ``call_id`` (a replica's credential reaches only those)?"""

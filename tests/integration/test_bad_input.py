@@ -173,3 +173,26 @@ def test_volumes_need_the_docker_runtime():
     fn = RemoteFunction(f, name="volumes_on_process", volumes=[("cache", "/cache")])
     with pytest.raises(FunctionError, match="volumes= is not supported on the process runtime.*--runtime docker"):
         fn.deploy()
+
+
+def test_one_bad_submit_is_refused_with_its_own_code_and_the_stream_goes_on(daemon):
+    # Three submits in one message on one session stream: a good one, one naming no
+    # function at all, one naming a function that does not exist, then more good ones.
+    from chalkcompute._client import Client
+    from chalkcompute.exceptions import FunctionNotFoundError, FunctionSignatureError
+
+    add2.deploy()
+    client = Client.get()
+    payload = add2._encode((1, 2), {})
+    decode = add2.codec.decode_results
+    handles = client.start_calls(function_id=add2.info.id, payloads=[payload], decode=decode, display_name="add2")
+    nameless = client.start_call(function_name="", args=payload, decode=decode)
+    missing = client.start_call(function_name="no-such-function", args=payload, decode=decode)
+    handles += client.start_calls(function_id=add2.info.id, payloads=[payload] * 3, decode=decode,
+                                  display_name="add2")
+    with pytest.raises(FunctionSignatureError, match="give a function name or a version id"):
+        nameless.value_of(nameless.next_event(timeout=30))
+    with pytest.raises(FunctionNotFoundError, match="no-such-function"):
+        missing.value_of(missing.next_event(timeout=30))
+    assert [h.value_of(h.next_event(timeout=30)) for h in handles] == [3, 3, 3, 3]
+    assert add2(2, 2) == 4  # the session stream is still the one in use, and it works
