@@ -21,7 +21,7 @@ from grpclib.const import Status
 from chalkcompute._framing import MESSAGE, FramedStream, FrameTooLarge, read_frame, write_frame
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkd.auth import current_scope
-from chalkd.errors import ChalkdError
+from chalkd.errors import ChalkdError, Unimplemented
 from chalkd.private_dir import ensure_private_dir
 from chalkd.services.errors import status_of
 
@@ -119,7 +119,7 @@ class FastPathServer:
             name, _, credential = first[1].partition(b" ")
             entry = self.handlers.get(name)
             if entry is None:
-                raise GRPCError(Status.UNIMPLEMENTED, f"no stream named {name!r}")
+                raise Unimplemented(f"no stream named {name!r}")
             if name == b"worker" and not credential:
                 pass  # a worker's hello carries its replica's key, checked by WorkerService.Connect
             elif self.auth is not None:  # once per stream: its frames then go unchecked
@@ -138,8 +138,8 @@ class FastPathServer:
             pass  # the peer went away: its calls are handled by the queue
         except asyncio.CancelledError:
             pass
-        except Exception:
-            log.exception("fast-path stream failed")
+        except Exception as exc:  # noqa: BLE001 - logged with its traceback by status_of, answered INTERNAL
+            await _send_error(writer, *status_of(exc))
         finally:
             self.connections.discard(task)
             writer.close()

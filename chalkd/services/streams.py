@@ -12,20 +12,20 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from grpclib import GRPCError
 from grpclib.const import Status
 
 from chalkcompute._contract import MAX_BATCH_BYTES, batches
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import QueueBase, WorkerBase
+from chalkd import errors
 from chalkd.auth import current_scope
 from chalkd.catalog import Catalog
 from chalkd.model import CallError, ErrorCode, Payload
 from chalkd.queue.core import Queue
 from chalkd.queue.events import DONE, Accepted, CallEvent, Chunk, Done, Failed, Result
-from chalkd.scaling.autoscaler import Autoscaler, ReplicaUnknown
+from chalkd.scaling.autoscaler import Autoscaler
 from chalkd.services.convert import error_from_pb, error_to_pb, payload_from_pb, payload_to_pb, version_to_pb
-from chalkd.services.errors import status_of
+from chalkd.services.errors import grpc_errors, status_of
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,7 @@ class QueueService(QueueBase):
         # replica id -> the calls its scoped sessions submitted (the newest STARTED_KEPT)
         self.started_by: dict[str, OrderedDict[str, None]] = {}
 
+    @grpc_errors
     async def Session(self, stream) -> None:
         session = CallerSession(stream, self.outbox_limit)
         scope = current_scope.get()
@@ -191,7 +192,7 @@ class QueueService(QueueBase):
             await asyncio.wait((reader, sender, session.out.dropped), return_when=asyncio.FIRST_COMPLETED)
             if session.out.dropped.done():
                 log.warning("dropping a caller session: %s", session.out.dropped.result())
-                raise GRPCError(Status.RESOURCE_EXHAUSTED, session.out.dropped.result())
+                raise errors.ResourceExhausted(session.out.dropped.result())
             if reader.done():
                 reader.result()   # its error, if any, ends the stream
         finally:
@@ -335,24 +336,22 @@ class WorkerService(WorkerBase):
         if not spec.secrets:
             return {}
         if self.secrets is None:
-            raise GRPCError(Status.FAILED_PRECONDITION, "this daemon has no secret store")
+            raise errors.FailedPrecondition("this daemon has no secret store")
         try:
             return self.secrets.resolve(spec.secrets, fv.id)
         except LookupError as exc:  # deleted since deploy: the message names it, never a value
-            raise GRPCError(Status.FAILED_PRECONDITION, f"function {fv.name!r} cannot start: {exc}") from None
+            raise errors.FailedPrecondition(f"function {fv.name!r} cannot start: {exc}") from None
 
+    @grpc_errors
     async def Connect(self, stream) -> None:
         first = await stream.recv_message()
         if first is None or not first.HasField("hello"):
-            raise GRPCError(Status.INVALID_ARGUMENT, "a worker must say hello first")
+            raise errors.InvalidArgument("a worker must say hello first")
         scope = current_scope.get()
         if scope is not None and scope.replica_id and scope.replica_id != first.hello.replica_id:
-            raise GRPCError(Status.PERMISSION_DENIED, f"replica {scope.replica_id}'s credential cannot open the "
-                            f"worker stream of replica {first.hello.replica_id!r}")
-        try:
-            replica = self.scaler.connect(first.hello.replica_id, first.hello.token)
-        except ReplicaUnknown as exc:
-            raise GRPCError(Status.UNAUTHENTICATED, str(exc)) from None
+            raise errors.PermissionDenied(f"replica {scope.replica_id}'s credential cannot open the "
+                                          f"worker stream of replica {first.hello.replica_id!r}")
+        replica = self.scaler.connect(first.hello.replica_id, first.hello.token)  # ReplicaUnknown: UNAUTHENTICATED
         fv = replica.function
         conn = WorkerConnection(stream, replica.id, fv.id)
         await stream.send_message(pb.WorkerResponse(function=version_to_pb(fv), secret_env=self._secret_env(fv)))
