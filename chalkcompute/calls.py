@@ -457,7 +457,7 @@ def _inputs(iterables: tuple, what: str) -> Iterator:
     for n, it in enumerate(iterables, 1):
         if not isinstance(it, Iterable):
             raise TypeError(f"{what}() argument {n} must be an iterable of inputs, got {type(it).__name__}")
-    return zip(*iterables)
+    return zip(*iterables)  # noqa: B905 - map stops at the shortest input, as the builtin does
 
 
 def _arg_tuples(iterable: Iterable) -> Iterator[tuple]:
@@ -483,7 +483,8 @@ def map_inputs(rf: Callee, inputs: Iterable, kwargs: dict | None = None, *,
 
 def _map_sync(rf, inputs: Iterator, kwargs: dict, order_outputs: bool, return_exceptions: bool) -> Iterator:
     if on_sdk_loop():
-        raise RuntimeError("a blocking map() was iterated on the SDK's own event loop; use `async for ... in .map.aio()`")
+        raise RuntimeError(
+            "a blocking map() was iterated on the SDK's own event loop; use `async for ... in .map.aio()`")
     first = next(inputs, _END)
     if first is _END:
         return  # an empty map asks the daemon nothing
@@ -552,7 +553,8 @@ def _map_method_async(rf: Callee, *iterables: Iterable, kwargs: dict | None = No
 def _starmap_method(rf: Callee, iterable: Iterable, kwargs: dict | None = None, *,
                     order_outputs: bool = True, return_exceptions: bool = False) -> Iterator:
     """Like ``map``, each item being the argument tuple: ``add.starmap([(1, 2), (3, 4)])``."""
-    return map_inputs(rf, _arg_tuples(iterable), kwargs, order_outputs=order_outputs, return_exceptions=return_exceptions)
+    return map_inputs(rf, _arg_tuples(iterable), kwargs, order_outputs=order_outputs,
+                      return_exceptions=return_exceptions)
 
 
 def _starmap_method_async(rf: Callee, iterable: Iterable, kwargs: dict | None = None, *,

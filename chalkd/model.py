@@ -32,7 +32,7 @@ def new_time_id(prefix: str) -> str:
     return f"{prefix}-{now:014x}{random.getrandbits(24):06x}"
 
 
-class ErrorCode(str, enum.Enum):
+class ErrorCode(str, enum.Enum):  # noqa: UP042 - str() and format() keep the Enum spelling logs rely on
     """Why the platform (not the user's code) failed a call."""
 
     USER = ""                      # the function raised
@@ -76,7 +76,7 @@ class CallError:
     exception_mro: tuple[str, ...] = ()
 
     @classmethod
-    def platform(cls, code: ErrorCode, message: str) -> "CallError":
+    def platform(cls, code: ErrorCode, message: str) -> CallError:
         return cls(exception_type=f"chalkd.{code.value.title().replace('_', '')}Error", message=message, code=code)
 
 
@@ -104,7 +104,7 @@ class Retry:
         wait = min(self.initial_wait * self.multiplier ** (retry - 1), self.max_wait)
         return rng.uniform(wait / 2, wait) if self.jitter else wait
 
-    def matches(self, error: "CallError") -> bool:
+    def matches(self, error: CallError) -> bool:
         """Whether a user exception is retryable: its type or one of its bases is in retry_on."""
         return error.exception_type in self.retry_on or any(t in self.retry_on for t in error.exception_mro)
 
@@ -156,7 +156,7 @@ class FunctionVersion:
         return f"{self.name}-v{self.version}"
 
 
-class CallState(str, enum.Enum):
+class CallState(str, enum.Enum):  # noqa: UP042 - as ErrorCode
     QUEUED = "queued"
     RUNNING = "running"
     STREAMING = "streaming"

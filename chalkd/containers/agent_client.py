@@ -21,9 +21,10 @@ import inspect
 import logging
 import os
 import stat
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from chalkcompute.agent.protocol import PREFIX, PROTOCOL_VERSION, ProtocolError, decode_header, encode, split_prefix
 
@@ -291,7 +292,7 @@ async def wait_agent_ready(socket_path: str | os.PathLike, timeout: float) -> No
             return
         except AgentUnavailableError as exc:
             last = exc
-        except asyncio.TimeoutError:
+        except TimeoutError:
             last = None
             break
         await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))

@@ -232,7 +232,7 @@ async def _stop_group(proc: asyncio.subprocess.Process) -> None:
         try:
             await asyncio.shield(asyncio.wait_for(proc.wait(), wait))
             return
-        except (asyncio.TimeoutError, asyncio.CancelledError):
+        except (TimeoutError, asyncio.CancelledError):
             continue
 
 

@@ -47,8 +47,6 @@ from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkd.images.blobs import BlobError, BlobStore
 from chalkd.images.docker_build import BuiltImage, DockerImageBuilder, ImageBuildError
 from chalkd.model import ReplicaExit
-from chalkd.runtime.image_user import ImageUserError, image_user
-from chalkd.runtime.keys import CONTAINER_KEY_PATH, KEY_FILE_ENV, remove_key, write_key
 from chalkd.runtime.base import (
     ReplicaHandle,
     ReplicaRequest,
@@ -57,6 +55,8 @@ from chalkd.runtime.base import (
     RuntimeUnsupported,
     format_size,
 )
+from chalkd.runtime.image_user import ImageUserError, image_user
+from chalkd.runtime.keys import CONTAINER_KEY_PATH, KEY_FILE_ENV, remove_key, write_key
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ class DockerReplica(ReplicaHandle):
         finally:
             try:
                 await asyncio.wait_for(asyncio.shield(self._follower), 2.0)
-            except (asyncio.TimeoutError, Exception):
+            except (TimeoutError, Exception):
                 self._follower.cancel()
         with contextlib.suppress(DockerError):
             await self.container.delete(force=True)

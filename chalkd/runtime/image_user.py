@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import tarfile
 
 import aiodocker
 from aiodocker.exceptions import DockerError

@@ -30,7 +30,7 @@ class MemoryLimiter:
         return self.base is not None
 
     @classmethod
-    def detect(cls, name: str = "chalkd") -> "MemoryLimiter":
+    def detect(cls, name: str = "chalkd") -> MemoryLimiter:
         candidates = []
         if (_ROOT / "cgroup.controllers").exists():
             candidates.append((_ROOT / name, "memory.max"))

@@ -98,7 +98,7 @@ class ProcessReplica(ReplicaHandle):
         rc = await self.proc.wait()
         try:
             await asyncio.wait_for(self._reader, 2.0)
-        except (asyncio.TimeoutError, Exception):
+        except (TimeoutError, Exception):
             self._reader.cancel()
         reason = self._on_exit() or ""
         if rc < 0:

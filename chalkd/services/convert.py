@@ -75,7 +75,8 @@ def content_hash(spec: pb.FunctionSpec) -> str:
     return hashlib.sha256(spec.SerializeToString(deterministic=True)).hexdigest()
 
 
-def version_to_pb(fv: FunctionVersion, *, ready: int = 0, replicas: int = 0, with_spec: bool = True) -> pb.FunctionVersion:
+def version_to_pb(fv: FunctionVersion, *, ready: int = 0, replicas: int = 0,
+                  with_spec: bool = True) -> pb.FunctionVersion:
     msg = pb.FunctionVersion(
         id=fv.id, function_name=fv.name, version=fv.version, scaling_group_name=fv.scaling_group_name,
         created_at=fv.created_at, ready_replicas=ready, replicas=replicas,

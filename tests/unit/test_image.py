@@ -69,7 +69,8 @@ def test_debian_slim_rejects_float() -> None:
 
 
 def test_from_dockerfile(tmp_path: Path) -> None:
-    df = write(tmp_path / "Dockerfile", "FROM ubuntu:22.04\n\n# tools\nRUN apt-get update && \\\n    apt-get install -y git\n")
+    df = write(tmp_path / "Dockerfile",
+               "FROM ubuntu:22.04\n\n# tools\nRUN apt-get update && \\\n    apt-get install -y git\n")
     spec = Image.from_dockerfile(df).pip_install(["rich"]).to_proto()
     assert spec.base == ""
     assert spec.steps[0].kind == "dockerfile_commands"
@@ -225,7 +226,8 @@ def test_hash_stable_and_sensitive(tmp_path: Path) -> None:
         build().pip_install(["x"]),
         Image.debian_slim("3.12").pip_install(["requests"]).add_local_file(f, "/app/b.py").workdir("/app"),
         Image.debian_slim("3.12").pip_install(["requests"]).add_local_file(f, "/app/a.py", mode=0o755).workdir("/app"),
-        Image.debian_slim("3.12").pip_install(["requests"]).add_local_file(f, "/app/a.py", strategy="copy").workdir("/app"),
+        Image.debian_slim("3.12").pip_install(["requests"])
+        .add_local_file(f, "/app/a.py", strategy="copy").workdir("/app"),
         Image.debian_slim("3.12").add_local_file(f, "/app/a.py").pip_install(["requests"]).workdir("/app"),
     ]
     hashes = {v.content_hash for v in variants} | {a.content_hash}
