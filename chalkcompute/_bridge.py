@@ -34,7 +34,7 @@ import inspect
 import os
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -319,7 +319,8 @@ class Twin:
                 return async_(target, *args, **kwargs)
 
             return blocking, aio
-        fn = functools.partial(self.async_fn, target)  # type: ignore[arg-type]
+        assert self.async_fn is not None
+        fn = functools.partial(self.async_fn, target)
         if self.iterator:
             return _iter_faces(fn)
 
@@ -332,7 +333,7 @@ class Twin:
         return blocking_call, aio_call
 
 
-def _iter_faces(agen_fn: Callable[..., AsyncIterator[Any]]) -> tuple[Callable[..., Any], Callable[..., Any]]:
+def _iter_faces(agen_fn: Callable[..., AsyncGenerator[Any, None]]) -> tuple[Callable[..., Any], Callable[..., Any]]:
     """A blocking iterator and an async one over an async generator run on the SDK loop."""
 
     def blocking(*args: Any, **kwargs: Any) -> Iterator[Any]:
@@ -340,26 +341,30 @@ def _iter_faces(agen_fn: Callable[..., AsyncIterator[Any]]) -> tuple[Callable[..
         try:
             while True:
                 try:
-                    item = run_sync(agen.__anext__())
+                    item: Any = run_sync(_next(agen))
                 except StopAsyncIteration:
                     return
                 yield item
         finally:
-            run_sync(agen.aclose())  # type: ignore[attr-defined]
+            run_sync(agen.aclose())
 
     async def aio(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         agen = agen_fn(*args, **kwargs)
         try:
             while True:
                 try:
-                    item = await run_async(agen.__anext__())
+                    item: Any = await run_async(_next(agen))
                 except StopAsyncIteration:
                     return
                 yield item
         finally:
-            await run_async(agen.aclose())  # type: ignore[attr-defined]
+            await run_async(agen.aclose())
 
     return blocking, aio
+
+
+async def _next(agen: AsyncGenerator[Any, None]) -> Any:
+    return await agen.__anext__()
 
 
 def twin(async_fn: Callable[..., Any]) -> Twin:

@@ -35,7 +35,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeVar
 
 from grpclib import GRPCError
@@ -234,7 +234,7 @@ class _Session:
         self._wake.set()
         self._ensure_running()
 
-    def send_batch(self, handles: list[CallHandle], messages: list = (),
+    def send_batch(self, handles: list[CallHandle], messages: Sequence[Any] = (),
                    requests: list[pb.SessionRequest] | None = None) -> None:
         """From any thread but the SDK loop's: start ``handles`` and send ``messages``
         (cancels, acks) with them, in as few stream messages as their size allows

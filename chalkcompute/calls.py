@@ -43,8 +43,8 @@ import functools
 import itertools
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Iterator
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
+from typing import Any, Protocol, cast
 
 from chalkcompute._bridge import Mailbox, Twin, on_sdk_loop, run_async, run_sync
 from chalkcompute._client import CallHandle, Client
@@ -111,7 +111,7 @@ def _new_future() -> concurrent.futures.Future:
 class _CallHandle(CallHandle):
     """A handle whose acceptance and final event land in futures any thread or loop can wait on."""
 
-    def __init__(self, *args) -> None:
+    def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.accepted = _new_future()  # resolves with the call id (None if refused)
         self.outcome = _new_future()   # resolves with the final event
@@ -153,7 +153,7 @@ class FunctionCall:
     """
 
     def __init__(self, call_id: str, *, client: Client, function_name: str,
-                 decode, handle: _CallHandle | None = None) -> None:
+                 decode: Callable[[bytes, bytes], list], handle: _CallHandle | None = None) -> None:
         self.object_id = call_id
         self.function_name = function_name
         self._client = client
@@ -208,14 +208,14 @@ class FunctionCall:
             if h is not None and h.outcome.done() and type(h.outcome.result()) is Broken:
                 h = None  # the connection gave up on it (no daemon): follow the call afresh
             if h is None:
-                h = self._handle = self._client.attach_call(
+                h = self._handle = cast(_CallHandle, self._client.attach_call(
                     self.object_id, decode=self._decode, display_name=self.function_name, cancel=cancel,
-                    handle_type=_CallHandle)
+                    handle_type=_CallHandle))
             elif cancel and not h.outcome.done():
                 self._client.cancel_calls([h])
             return h
 
-    def _timeout(self, timeout: float) -> FunctionTimeoutError:
+    def _timeout(self, timeout: float | None) -> FunctionTimeoutError:
         return FunctionTimeoutError(
             f"call {self.object_id} to {self.function_name!r} did not finish within {timeout:g}s "
             "(it goes on: get() again later, or cancel() it)")
@@ -279,16 +279,24 @@ def _refuse_generator(rf: Callee, what: str) -> None:
             f"as they are made, so iterate the call instead (for chunk in {rf.name}(...))")
 
 
-def _start_spawn(rf: Callee, info, args: tuple, kwargs: dict) -> _CallHandle:
+def _codec(rf: Callee) -> FunctionCodec:
+    codec = rf.codec
+    assert codec is not None, f"{rf.name!r} is not hydrated"  # _ensure_registered* ran first
+    return codec
+
+
+def _start_spawn(rf: Callee, info: Any, args: tuple, kwargs: dict) -> _CallHandle:
     _refuse_generator(rf, "spawned")
     payload = rf._encode(args, kwargs)
-    return rf.client.start_call(function_id=info.id, args=payload, decode=rf.codec.decode_results,
-                                display_name=rf.name, handle_type=_CallHandle)
+    return cast(_CallHandle, rf.client.start_call(function_id=info.id, args=payload,
+                                                  decode=_codec(rf).decode_results, display_name=rf.name,
+                                                  handle_type=_CallHandle))
 
 
 def _spawned(rf: Callee, h: _CallHandle) -> FunctionCall:
     if not h.call_id:  # refused: no such function, arguments too large...
         h.value_of(h.outcome.result())
+    assert h.call_id is not None
     return FunctionCall(h.call_id, client=rf.client, function_name=rf.name, decode=h.decode, handle=h)
 
 
@@ -316,13 +324,13 @@ async def spawn_async(rf: Callee, args: tuple, kwargs: dict) -> FunctionCall:
     return _spawned(rf, h)
 
 
-def _spawn_method(rf: Callee, *args, **kwargs) -> FunctionCall:
+def _spawn_method(rf: Callee, *args: Any, **kwargs: Any) -> FunctionCall:
     """Start a call that outlives this one: returns a :class:`FunctionCall` once
     chalkd has accepted it (``.get()`` its result, now or from another process)."""
     return spawn(rf, args, kwargs)
 
 
-def _spawn_method_async(rf: Callee, *args, **kwargs):
+def _spawn_method_async(rf: Callee, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, FunctionCall]:
     return spawn_async(rf, args, kwargs)
 
 
@@ -335,31 +343,31 @@ spawn_method = Twin.pair("spawn", _spawn_method, _spawn_method_async)
 class _MapHandle(CallHandle):
     """One input of a map: its events go to the map's sink, tagged with its index."""
 
-    def __init__(self, run: _MapRun, *args) -> None:
+    def __init__(self, run: _MapRun, *args: Any) -> None:
         super().__init__(*args)
         self.sink = run.sink
         self.index = run.submitted
         run.submitted += 1
 
-    def put(self, item: tuple) -> None:
+    def put(self, item: CallEvent) -> None:
         self.sink.put((self, item))
 
 
 class _MapRun:
     """The state of one map: what is submitted, finished, and handed out."""
 
-    def __init__(self, rf: Callee, info, inputs: Iterator, kwargs: dict,
+    def __init__(self, rf: Callee, info: Any, inputs: Iterator, kwargs: dict,
                  order_outputs: bool, return_exceptions: bool) -> None:
         self.rf = rf
         self.client = rf.client
         self.function_id = info.id
-        self.decode = rf.codec.decode_results
+        self.decode = _codec(rf).decode_results
         self.inputs = inputs
         self.kwargs = kwargs
         self.order_outputs = order_outputs
         self.return_exceptions = return_exceptions
         # The final events of every input, in arrival order: drained a batch at a time.
-        self.sink: Mailbox[tuple[CallHandle, tuple]] = Mailbox()
+        self.sink: Mailbox[tuple[CallHandle, CallEvent]] = Mailbox()
         self.make_handle = functools.partial(_MapHandle, self)
         self.window = MAP_MAX_INFLIGHT
         # Inputs are topped up once a quarter of the window is free, so they go
@@ -481,7 +489,7 @@ def map_inputs(rf: Callee, inputs: Iterable, kwargs: dict | None = None, *,
     return _map_sync(rf, iter(inputs), dict(kwargs or {}), order_outputs, return_exceptions)
 
 
-def _map_sync(rf, inputs: Iterator, kwargs: dict, order_outputs: bool, return_exceptions: bool) -> Iterator:
+def _map_sync(rf: Callee, inputs: Iterator, kwargs: dict, order_outputs: bool, return_exceptions: bool) -> Iterator:
     if on_sdk_loop():
         raise RuntimeError(
             "a blocking map() was iterated on the SDK's own event loop; use `async for ... in .map.aio()`")
@@ -510,7 +518,7 @@ def map_inputs_async(rf: Callee, inputs: Iterable, kwargs: dict | None = None, *
     return _map_async(rf, iter(inputs), dict(kwargs or {}), order_outputs, return_exceptions)
 
 
-async def _map_async(rf, inputs: Iterator, kwargs: dict, order_outputs: bool,
+async def _map_async(rf: Callee, inputs: Iterator, kwargs: dict, order_outputs: bool,
                      return_exceptions: bool) -> AsyncIterator:
     first = next(inputs, _END)
     if first is _END:

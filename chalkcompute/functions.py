@@ -30,7 +30,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -186,14 +186,14 @@ class RemoteFunction:
     def from_name(cls, name: str, *, target: str | None = None) -> RemoteFunction:
         """Attach to the latest version of a function by name; raises FunctionNotFoundError."""
         client = Client.get(target)
-        resp = run_sync(client.rpc("GetFunction", pb.GetFunctionRequest(name=name)))
+        resp: pb.GetFunctionResponse = run_sync(client.rpc("GetFunction", pb.GetFunctionRequest(name=name)))
         return cls._from_version(resp.function, target)
 
     @classmethod
     def from_id(cls, id: str, *, target: str | None = None) -> RemoteFunction:
         """Attach to an exact function version by id; raises FunctionNotFoundError."""
         client = Client.get(target)
-        resp = run_sync(client.rpc("GetFunction", pb.GetFunctionRequest(id=id)))
+        resp: pb.GetFunctionResponse = run_sync(client.rpc("GetFunction", pb.GetFunctionRequest(id=id)))
         return cls._from_version(resp.function, target)
 
     @classmethod
@@ -215,9 +215,9 @@ class RemoteFunction:
         return self._info
 
     def _spec(self) -> tuple[pb.FunctionSpec, _code.CodeBundleData]:
-        opts, codec = self._opts, self.codec
-        assert opts is not None and codec is not None, "only a handle made from a function registers it"
-        bundle = _code.build_bundle(self.fn, remote_name=_remote_name)
+        opts, codec, fn = self._opts, self.codec, self.fn
+        assert opts is not None and codec is not None and fn is not None, "only a handle made from fn registers"
+        bundle = _code.build_bundle(fn, remote_name=_remote_name)
         return pb.FunctionSpec(
             name=self.name, image=opts.image.to_proto(),
             resources=pb.Resources(cpu_millis=opts.cpu_millis, memory_bytes=opts.memory_bytes, gpu=opts.gpu),
@@ -267,7 +267,7 @@ class RemoteFunction:
             return self._info
         with self._lock:
             if self._info is None:
-                run_sync(self._register())
+                return run_sync(self._register())
         return self._info
 
     async def _ensure_registered_async(self) -> FunctionVersionInfo:
@@ -360,6 +360,7 @@ class RemoteFunction:
             bound.apply_defaults()
             arguments = dict(bound.arguments)
         else:
+            assert self.codec is not None
             names = self.codec.parameter_names
             if len(args) > len(names):
                 raise FunctionSignatureError(
@@ -371,6 +372,7 @@ class RemoteFunction:
                 if k in arguments:
                     raise FunctionSignatureError(f"{self.name}() got multiple values for argument {k!r}")
                 arguments[k] = v
+        assert self.codec is not None  # hydrated: _ensure_registered* ran first
         schema, batch = self.codec.encode_args(arguments)
         size = len(schema) + len(batch)
         if size > MAX_PAYLOAD:
@@ -382,17 +384,17 @@ class RemoteFunction:
     def _start(self, args: tuple, kwargs: dict) -> CallHandle:
         info = self._ensure_registered()
         payload = self._encode(args, kwargs)
-        return self.client.start_call(function_id=info.id, args=payload, decode=self.codec.decode_results,
+        return self.client.start_call(function_id=info.id, args=payload, decode=self.codec.decode_results,  # type: ignore[union-attr]
                                       display_name=self.name)
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the remote function: its value, or an iterator of chunks for a generator."""
         handle = self._start(args, kwargs)
         if self.is_generator:
             return ChunkStream(handle)
         return _result_sync(handle)
 
-    def aio(self, *args, **kwargs):
+    def aio(self, *args: Any, **kwargs: Any) -> Any:
         """Async twin of calling: ``await fn.aio(x)``, or ``async for c in fn.aio(x)``."""
         if self.is_generator is None:
             # A lazy handle (by name, not hydrated yet): hydrating is a round trip, done
@@ -407,13 +409,13 @@ class RemoteFunction:
     map = _calls.map_method          # rf.map(*iterables, kwargs=None, order_outputs=True, return_exceptions=False)
     starmap = _calls.starmap_method  # rf.starmap([(a, b), ...], ...); `async for r in rf.map.aio(...)` too
 
-    async def _start_async(self, args, kwargs) -> CallHandle:
+    async def _start_async(self, args: tuple, kwargs: dict) -> CallHandle:
         info = await self._ensure_registered_async()
         payload = self._encode(args, kwargs)
-        return self.client.start_call(function_id=info.id, args=payload, decode=self.codec.decode_results,
+        return self.client.start_call(function_id=info.id, args=payload, decode=self.codec.decode_results,  # type: ignore[union-attr]
                                       display_name=self.name)
 
-    async def _call_async(self, args, kwargs):
+    async def _call_async(self, args: tuple, kwargs: dict) -> Any:
         handle = await self._start_async(args, kwargs)
         return await _result_async(handle)
 
@@ -422,7 +424,7 @@ class RemoteFunction:
         return f"<RemoteFunction {self.name}{version}>"
 
 
-def _find_global(fn, name: str):
+def _find_global(fn: Callable | None, name: str) -> Any:
     return getattr(fn, "__globals__", {}).get(name)
 
 
@@ -447,7 +449,7 @@ def _cancel_and_wait(handle: CallHandle, timeout: float = 2.0) -> None:
         pass
 
 
-def _result_sync(handle: CallHandle):
+def _result_sync(handle: CallHandle) -> Any:
     try:
         return handle.value_of(handle.next_event())
     except KeyboardInterrupt:
@@ -455,7 +457,7 @@ def _result_sync(handle: CallHandle):
         raise
 
 
-async def _result_async(handle: CallHandle):
+async def _result_async(handle: CallHandle) -> Any:
     try:
         return handle.value_of(await handle.next_event_async())
     except asyncio.CancelledError:
@@ -498,7 +500,8 @@ class _PendingCall:
 class ChunkStream:
     """The chunks of a generator call, for ``for`` and ``async for`` alike."""
 
-    def __init__(self, handle: CallHandle | None, start=None) -> None:
+    def __init__(self, handle: CallHandle | None,
+                 start: Callable[[], Coroutine[Any, Any, CallHandle]] | None = None) -> None:
         self._handle = handle
         self._start = start
         self._buffer: list = []
@@ -519,17 +522,17 @@ class ChunkStream:
             return False
         h.raise_for(event)
 
-    def _next_buffered(self):
+    def _next_buffered(self) -> Any:
         value = self._buffer[self._pos]
         self._pos += 1
         self._index += 1
-        self._handle.consumed_up_to(self._index)
+        self._handle.consumed_up_to(self._index)  # type: ignore[union-attr]  # set once iterating
         return value
 
-    def __iter__(self):
+    def __iter__(self) -> ChunkStream:
         return self
 
-    def __next__(self):
+    def __next__(self) -> Any:
         if self._handle is None:
             raise TypeError("this stream was started with .aio(): iterate it with `async for`")
         while self._pos >= len(self._buffer):
@@ -544,11 +547,12 @@ class ChunkStream:
                 raise
         return self._next_buffered()
 
-    def __aiter__(self):
+    def __aiter__(self) -> ChunkStream:
         return self
 
-    async def __anext__(self):
+    async def __anext__(self) -> Any:
         if self._handle is None:
+            assert self._start is not None  # made by .aio(): it starts the call on first use
             self._handle = await self._start()
         while self._pos >= len(self._buffer):
             if self._done:
@@ -562,7 +566,7 @@ class ChunkStream:
                 raise StopAsyncIteration
         return self._next_buffered()
 
-    def __del__(self):
+    def __del__(self) -> None:
         h = self._handle
         if h is not None and not self._done and not h.finished:
             try:
@@ -574,7 +578,7 @@ class ChunkStream:
 # -- the decorator ----------------------------------------------------------------------------
 
 
-def function(fn: Callable | None = None, **kwargs) -> Any:
+def function(fn: Callable | None = None, **kwargs: Any) -> Any:
     """Decorator that deploys a function as a versioned remote function.
 
     ``@chalkcompute.function`` bare or with the parameters of :class:`RemoteFunction`::
@@ -586,7 +590,7 @@ def function(fn: Callable | None = None, **kwargs) -> Any:
     if fn is not None and not callable(fn):
         raise TypeError(f"@function takes a function, got {fn!r}")
 
-    def wrap(f: Callable):
+    def wrap(f: Callable) -> RemoteFunction:
         if in_worker():
             # Inside a replica a decorated function the worker did not ship as the
             # running function is a handle by name: its calls ride the queue.
