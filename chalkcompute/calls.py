@@ -358,6 +358,7 @@ class _MapRun:
 
     def __init__(self, rf: Callee, info: Any, inputs: Iterator, kwargs: dict,
                  order_outputs: bool, return_exceptions: bool) -> None:
+        _refuse_generator(rf, "mapped")
         self.rf = rf
         self.client = rf.client
         self.function_id = info.id
@@ -429,6 +430,25 @@ class _MapRun:
             self.fill()  # before the caller takes its time with this value
         return value
 
+    def available(self) -> Iterator[Any]:
+        """The values that can be handed out now, in turn; stops when the next must be waited for."""
+        while not self.done:
+            item = self.pop()
+            if item is None:
+                return
+            yield self.value(*item)
+
+    def __enter__(self) -> _MapRun:
+        try:
+            self.fill()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @property
     def done(self) -> bool:
         return self.exhausted and self.handed == self.submitted
@@ -496,19 +516,13 @@ def _map_sync(rf: Callee, inputs: Iterator, kwargs: dict, order_outputs: bool, r
     first = next(inputs, _END)
     if first is _END:
         return  # an empty map asks the daemon nothing
-    info = rf._ensure_registered()
-    _refuse_generator(rf, "mapped")
-    run = _MapRun(rf, info, itertools.chain((first,), inputs), kwargs, order_outputs, return_exceptions)
-    try:
-        run.fill()
+    run = _MapRun(rf, rf._ensure_registered(), itertools.chain((first,), inputs), kwargs, order_outputs,
+                  return_exceptions)
+    with run:
         while not run.done:
-            item = run.pop()
-            if item is None:
+            yield from run.available()
+            if not run.done:
                 run.absorb(run.sink.take_all())
-                continue
-            yield run.value(*item)
-    finally:
-        run.close()
 
 
 def map_inputs_async(rf: Callee, inputs: Iterable, kwargs: dict | None = None, *,
@@ -520,22 +534,18 @@ def map_inputs_async(rf: Callee, inputs: Iterable, kwargs: dict | None = None, *
 
 async def _map_async(rf: Callee, inputs: Iterator, kwargs: dict, order_outputs: bool,
                      return_exceptions: bool) -> AsyncIterator:
+    # The same driver as _map_sync (the _MapRun does the work); only the wait differs.
     first = next(inputs, _END)
     if first is _END:
         return
-    info = await rf._ensure_registered_async()
-    _refuse_generator(rf, "mapped")
-    run = _MapRun(rf, info, itertools.chain((first,), inputs), kwargs, order_outputs, return_exceptions)
-    try:
-        run.fill()
+    run = _MapRun(rf, await rf._ensure_registered_async(), itertools.chain((first,), inputs), kwargs,
+                  order_outputs, return_exceptions)
+    with run:
         while not run.done:
-            item = run.pop()
-            if item is None:
+            for value in run.available():
+                yield value
+            if not run.done:
                 run.absorb(await run.sink.take_all_async())
-                continue
-            yield run.value(*item)
-    finally:
-        run.close()
 
 
 def _map_method(rf: Callee, *iterables: Iterable, kwargs: dict | None = None,
