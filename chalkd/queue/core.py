@@ -1,15 +1,19 @@
-"""The function queue: durable calls, per-function priority heaps, credit-based
-dispatch to workers, attempts with fencing, chunk streaming with flow control.
+"""The function queue: durable calls, one heap per function version (nested calls
+before newer top-level ones, by their root call's order), credit-based dispatch
+to workers, attempts with fencing, chunk streaming with flow control.
 
 The queue knows nothing of gRPC. Callers are :class:`Subscriber` objects (one
 per caller session) and workers are :class:`WorkerLink` objects (one per
 worker stream); the services implement both.
 
-    queue = Queue(store, catalog)
-    call = queue.submit(session, ref=1, function=fv, args=payload)
+    queue = Queue(store, hooks=scaler_hooks, known_functions=lambda: catalog.by_id)
+    call = queue.submit(session, 1, fv, payload)          # session: a Subscriber
     # ... a worker link announces credit, gets an assignment, reports events:
-    queue.worker_event(link, call.id, attempt=1, event=Result(payload))
-    # the session receives Accepted() then Result(payload), each after its commit.
+    queue.worker_credit(link, 1)
+    queue.worker_event(link, call.id, 1, events.Result(result))
+    # the session receives events.Accepted() then events.Result(result), each after its commit.
+
+SQL on calls and their chunks goes through :class:`chalkd.queue.storage.CallStore`.
 
 Delivery is at-least-once before a call's first chunk: a failed attempt that
 had not streamed runs again while the retry budget lasts (infrastructure
