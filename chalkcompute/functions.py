@@ -182,19 +182,22 @@ class RemoteFunction:
         self._init(version.function_name, target)
         return self._hydrate(version)
 
-    @classmethod
-    def from_name(cls, name: str, *, target: str | None = None) -> RemoteFunction:
+    async def _from_name(cls, name: str, *, target: str | None = None) -> RemoteFunction:
         """Attach to the latest version of a function by name; raises FunctionNotFoundError."""
         client = Client.get(target)
-        resp: pb.GetFunctionResponse = run_sync(client.rpc("GetFunction", pb.GetFunctionRequest(name=name)))
+        resp = await client.rpc(client.catalog.GetFunction, pb.GetFunctionRequest(name=name))
         return cls._from_version(resp.function, target)
 
-    @classmethod
-    def from_id(cls, id: str, *, target: str | None = None) -> RemoteFunction:
+    async def _from_id(cls, id: str, *, target: str | None = None) -> RemoteFunction:
         """Attach to an exact function version by id; raises FunctionNotFoundError."""
         client = Client.get(target)
-        resp: pb.GetFunctionResponse = run_sync(client.rpc("GetFunction", pb.GetFunctionRequest(id=id)))
+        resp = await client.rpc(client.catalog.GetFunction, pb.GetFunctionRequest(id=id))
         return cls._from_version(resp.function, target)
+
+    # Class-bound twins: ``RemoteFunction.from_name("add")`` blocks; ``await
+    # RemoteFunction.from_name.aio("add")`` does not. Both run on the SDK loop, where the stub lives.
+    from_name = Twin(_from_name, name="from_name", on_class=True)
+    from_id = Twin(_from_id, name="from_id", on_class=True)
 
     @classmethod
     def _lazy(cls, name: str) -> RemoteFunction:

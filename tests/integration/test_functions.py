@@ -335,3 +335,17 @@ def test_aio_on_a_lazy_handle_never_blocks_the_loop():
 
 async def _await(x):
     return await x
+
+
+def test_from_name_and_from_id_have_async_twins():
+    add.deploy()
+
+    async def main():
+        by_name = await RemoteFunction.from_name.aio("add")
+        by_id = await RemoteFunction.from_id.aio(by_name.info.id)
+        return await by_name.aio(1, 2), by_id.info.id == by_name.info.id
+
+    assert asyncio.run(main()) == (3, True)
+    assert RemoteFunction.from_name("add")(2, 2) == 4
+    with pytest.raises(chalkcompute.FunctionNotFoundError):
+        RemoteFunction.from_name("never-deployed-anywhere")
