@@ -53,6 +53,7 @@ from chalkcompute._bridge import (
     run_sync,
     sdk_loop,
 )
+from chalkcompute._contract import batches
 from chalkcompute._events import DONE, Broken, CallEvent, Chunk, Done, Failed, Result
 from chalkcompute._framing import DirectWriter, FramedStream, frame, open_framed
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
@@ -68,7 +69,6 @@ _Resp = TypeVar("_Resp")
 DEFAULT_TARGET = "127.0.0.1:50051"
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 ACK_EVERY = 1024
-MAX_BATCH_BYTES = 4 * 2**20
 
 # Set by the worker while a call runs, so nested calls name their parent.
 current_call_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("chalk_current_call_id", default=None)
@@ -464,15 +464,16 @@ def _request(items: list) -> pb.SessionRequest:
 
 def _requests(items: list):
     """``items`` as SessionRequests, each well under the daemon's message limit."""
-    start, size = 0, 0
-    for i, item in enumerate(items):
-        n = item.args.ByteSize() + 64 if isinstance(item, pb.Submit) else 64
-        if i > start and size + n > MAX_BATCH_BYTES:
-            yield _request(items[start:i])
-            start, size = i, 0
-        size += n
-    if start < len(items):
-        yield _request(items[start:])
+    for group in batches(items, size=_item_size):
+        yield _request(group)
+
+
+def _item_size(item: Any) -> int:
+    return item.args.ByteSize() + 64 if isinstance(item, pb.Submit) else 64
+
+
+def _payload_size(payload: tuple[bytes, bytes]) -> int:
+    return len(payload[0]) + len(payload[1]) + 96  # + the submit's other fields
 
 
 # -- the client -------------------------------------------------------------------------
@@ -623,27 +624,26 @@ class Client:
         ``handle_type(session, submit, display_name, decode)`` makes each handle:
         a :class:`CallHandle` subclass that routes its events elsewhere.
         """
+        if not payloads:
+            return []
         session = self.session
         name = display_name or function_name or function_id
         parent = current_call_id.get() or ""
         next_ref, key = session.next_ref, random.getrandbits
         handles: list[CallHandle] = []
-        requests = [pb.SessionRequest()]
-        add, size = requests[0].submits.add, 0
-        for schema, batch in payloads:
-            n = len(schema) + len(batch) + 96
-            if size and size + n > MAX_BATCH_BYTES:
-                requests.append(pb.SessionRequest())
-                add, size = requests[-1].submits.add, 0
-            size += n
-            # Built in place in the batch's message (half the cost of building a
-            # Submit and copying it in); each handle keeps its submit, a view into
-            # that message, to resubmit after a reconnect.
-            submit = add(ref=next_ref(), function_id=function_id, function_name=function_name,
-                         idempotency_key=f"{key(96):024x}", parent_call_id=parent)
-            args = submit.args
-            args.schema, args.batch, args.rows = schema, batch, 1
-            handles.append(handle_type(session, submit, name, decode))
+        requests: list[pb.SessionRequest] = []
+        for group in batches(payloads, size=_payload_size):
+            requests.append(pb.SessionRequest())
+            add = requests[-1].submits.add
+            for schema, batch in group:
+                # Built in place in the batch's message (half the cost of building a
+                # Submit and copying it in); each handle keeps its submit, a view into
+                # that message, to resubmit after a reconnect.
+                submit = add(ref=next_ref(), function_id=function_id, function_name=function_name,
+                             idempotency_key=f"{key(96):024x}", parent_call_id=parent)
+                args = submit.args
+                args.schema, args.batch, args.rows = schema, batch, 1
+                handles.append(handle_type(session, submit, name, decode))
         self._send(session, handles, [], requests)
         return handles
 

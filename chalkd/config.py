@@ -11,9 +11,11 @@ from pathlib import Path
 
 import platformdirs
 
+from chalkcompute._contract import DEFAULT_MAX_MESSAGE_BYTES
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 50051
-DEFAULT_MAX_MESSAGE = 64 * 2**20
+DEFAULT_MAX_MESSAGE = DEFAULT_MAX_MESSAGE_BYTES  # the contract both sides share
 DEFAULT_MEMORY_BUDGET = 2**30
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
