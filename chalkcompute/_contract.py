@@ -14,6 +14,8 @@ import from anywhere.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -35,6 +37,9 @@ __all__ = [
     "valid_integration_name",
     "valid_env_name",
     "valid_container_name",
+    "IMAGE_STEP_KINDS",
+    "image_step_canonical",
+    "image_content_hash",
 ]
 
 T = TypeVar("T")
@@ -148,3 +153,33 @@ def valid_container_name(name: object) -> bool:
     (True, False)
     """
     return isinstance(name, str) and CONTAINER_NAME_RE.fullmatch(name) is not None
+
+
+# -- image identity both sides compute ---------------------------------------------------
+
+#: The step kinds of ``chalkcompute.Image`` (its builders make them, the daemon's builders honour them).
+IMAGE_STEP_KINDS = frozenset({
+    "pip_install", "uv_pip_install", "pip_install_from_requirements", "run_commands",
+    "dockerfile_commands", "env", "workdir", "copy_file", "copy_dir", "lazy_file",
+    "entrypoint", "cmd",
+})
+
+
+def image_step_canonical(kind: str, args: Sequence[str], env: Sequence[tuple[str, str]], path: str,
+                         content: bytes, mode: int, mount_root: str, digest: str) -> str:
+    """One image step's canonical text, as :func:`image_content_hash` hashes it: ``env`` sorted by
+    key, file content by its sha256, the local source path left out (same content, same image)."""
+    return json.dumps([kind, list(args), [list(kv) for kv in env], path, hashlib.sha256(content).hexdigest(),
+                       mode or 0, mount_root, digest])
+
+
+def image_content_hash(base: str, python_version: str, step_canonicals: Sequence[str]) -> str:
+    """``Image.content_hash``: the SDK computes it when it builds an Image, the daemon recomputes
+    it from a spec (its image cache key; a client's claim is not trusted). Never change it: built
+    images are cached under it.
+
+    >>> image_content_hash("python:3.11-slim-bookworm", "3.11", [])[:12]
+    '0fd443bb9538'
+    """
+    canonical = [1, base, python_version or "", list(step_canonicals)]
+    return hashlib.sha256(json.dumps(canonical).encode()).hexdigest()

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import posixpath
 import re
@@ -38,6 +37,7 @@ from typing import Literal
 
 import pathspec
 
+from chalkcompute._contract import IMAGE_STEP_KINDS, image_content_hash, image_step_canonical
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 
 __all__ = ["Image", "LazyLocalFile"]
@@ -45,11 +45,7 @@ __all__ = ["Image", "LazyLocalFile"]
 Strategy = Literal["copy", "volume"]
 _IGNORE_FILES = (".gitignore", ".chalkignore")  # both read; .chalkignore lines come last
 _PY_VERSION_RE = re.compile(r"^3\.\d+$")
-_KINDS = frozenset({
-    "pip_install", "uv_pip_install", "pip_install_from_requirements", "run_commands",
-    "dockerfile_commands", "env", "workdir", "copy_file", "copy_dir", "lazy_file",
-    "entrypoint", "cmd",
-})
+_KINDS = IMAGE_STEP_KINDS
 
 
 @dataclass(frozen=True)
@@ -83,9 +79,8 @@ class _Step:
 
     def __post_init__(self) -> None:
         # `source` (a local path) is left out: same content, same image.
-        object.__setattr__(self, "canonical", json.dumps([
-            self.kind, self.args, self.env, self.path, hashlib.sha256(self.content).hexdigest(),
-            self.mode or 0, self.mount_root, self.digest]))
+        object.__setattr__(self, "canonical", image_step_canonical(
+            self.kind, self.args, self.env, self.path, self.content, self.mode or 0, self.mount_root, self.digest))
 
 
 # ---------------------------------------------------------------- validation helpers
@@ -275,8 +270,8 @@ class Image:
         self._init(base, python_version, ())
 
     def _init(self, base: str, python_version: str | None, steps: tuple[_Step, ...]) -> None:
-        canonical = [1, base, python_version or "", [s.canonical for s in steps]]
-        digest = hashlib.sha256(json.dumps(canonical).encode()).hexdigest()
+        # The daemon recomputes the same hash from a spec (chalkd.specs.image_identity): one formula.
+        digest = image_content_hash(base, python_version or "", [s.canonical for s in steps])
         for name, value in (("_base", base), ("_python_version", python_version or None),
                             ("_steps", steps), ("_hash", digest)):
             object.__setattr__(self, name, value)

@@ -3,18 +3,22 @@
 Registering the same content again returns the existing version; changed
 content under the same name becomes the next version number::
 
-    fv, created = catalog.register(settings, content_hash="ab12...", spec=b"...")
+    fv, created = catalog.register(spec, content_hash="ab12...", wire=b"...")  # spec: chalkd.specs.FunctionSpec
     catalog.get(name="add")        # the latest version of "add"
     catalog.get(id=fv.id)          # that exact version
+
+Specs are stored as the protobuf bytes the client sent (``wire``); the catalog
+never parses them itself: :meth:`Catalog.load` is given the services' decoder.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from dataclasses import replace
+from collections.abc import Callable
 
 from chalkd.model import FunctionVersion, new_id
+from chalkd.specs import FunctionSpec
 from chalkd.store.db import Store
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
@@ -40,6 +44,18 @@ def validate_name(name: str) -> None:
         )
 
 
+def _version(id: str, name: str, version: int, spec: FunctionSpec, *, content_hash: str, wire: bytes,
+             created_at: float, deleted: bool = False) -> FunctionVersion:
+    """A FunctionVersion with the settings the queue and autoscaler read copied out of ``spec``."""
+    return FunctionVersion(
+        id=id, name=name, version=version, content_hash=content_hash, spec=spec, wire=wire,
+        created_at=created_at, deleted=deleted, min_replicas=spec.min_replicas, max_replicas=spec.max_replicas,
+        cooldown=spec.cooldown, cpu_millis=spec.resources.cpu_millis, memory_bytes=spec.resources.memory_bytes,
+        gpu=spec.resources.gpu, image_hash=spec.image.content_hash, is_generator=spec.is_generator,
+        policies=spec.policies,
+    )
+
+
 class Catalog:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -47,15 +63,12 @@ class Catalog:
         self.latest: dict[str, FunctionVersion] = {}
         self._max_version: dict[str, int] = {}
 
-    def load(self, parse) -> None:
-        """Rebuild memory from the database; ``parse(spec_bytes)`` gives the settings."""
+    def load(self, decode: Callable[[bytes], FunctionSpec]) -> None:
+        """Rebuild memory from the database; ``decode(spec_bytes)`` is the services' codec
+        (:func:`chalkd.services.convert.decode_function_bytes`), the one every spec goes through."""
         for row in self.store.query("SELECT * FROM functions ORDER BY name, version"):
-            fv = FunctionVersion(
-                id=row["id"], name=row["name"], version=row["version"],
-                content_hash=row["content_hash"], spec=row["spec"], created_at=row["created_at"],
-                deleted=bool(row["deleted"]),
-            )
-            fv = replace(fv, **parse(row["spec"]))
+            fv = _version(row["id"], row["name"], row["version"], decode(row["spec"]), content_hash=row["content_hash"],
+                          wire=row["spec"], created_at=row["created_at"], deleted=bool(row["deleted"]))
             self.by_id[fv.id] = fv
             self._max_version[fv.name] = max(self._max_version.get(fv.name, 0), fv.version)
             if not fv.deleted:
@@ -66,8 +79,9 @@ class Catalog:
         for fv in self.by_id.values():
             fv.latest = self.latest.get(fv.name) is fv
 
-    def register(self, settings: dict, *, content_hash: str, spec: bytes) -> tuple[FunctionVersion, bool]:
-        name = settings["name"]
+    def register(self, spec: FunctionSpec, *, content_hash: str, wire: bytes) -> tuple[FunctionVersion, bool]:
+        """The version for ``spec`` (``wire``: its protobuf bytes, stored), and whether it is new."""
+        name = spec.name
         validate_name(name)
         current = self.latest.get(name)
         if current is not None and current.content_hash == content_hash and not current.deleted:
@@ -76,10 +90,7 @@ class Catalog:
                 current.failed = ""
             return current, False
         version = self._max_version.get(name, 0) + 1
-        fv = FunctionVersion(
-            id=new_id("fv"), name=name, version=version, content_hash=content_hash,
-            spec=spec, created_at=time.time(), **{k: v for k, v in settings.items() if k != "name"},
-        )
+        fv = _version(new_id("fv"), name, version, spec, content_hash=content_hash, wire=wire, created_at=time.time())
         self._max_version[name] = version
         if current is not None:
             current.latest = False
@@ -88,7 +99,7 @@ class Catalog:
         self.by_id[fv.id] = fv
         self.store.write(
             "INSERT INTO functions (id, name, version, content_hash, spec, created_at) VALUES (?,?,?,?,?,?)",
-            (fv.id, fv.name, fv.version, fv.content_hash, fv.spec, fv.created_at),
+            (fv.id, fv.name, fv.version, fv.content_hash, fv.wire, fv.created_at),
         )
         return fv, True
 

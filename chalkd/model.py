@@ -11,6 +11,10 @@ import random
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # chalkd.specs imports Policies from here
+    from chalkd.specs import FunctionSpec
 
 
 def new_id(prefix: str) -> str:
@@ -129,14 +133,21 @@ class Policies:
 
 @dataclass(slots=True)
 class FunctionVersion:
-    """One registered version of a function (what the catalog holds)."""
+    """One registered version of a function (what the catalog holds).
+
+    ``spec`` is the decoded spec (:class:`chalkd.specs.FunctionSpec`); the fields
+    below ``created_at`` are copied out of it by the catalog, flat for the queue
+    and autoscaler. ``wire`` is the spec as the client sent it (the database
+    column): the services hand it back to clients and workers as it is.
+    """
 
     id: str
     name: str
     version: int
     content_hash: str
-    spec: bytes                   # the FunctionSpec as sent; the services parse it
+    spec: FunctionSpec
     created_at: float
+    wire: bytes = b""             # the protobuf FunctionSpec as stored (never parsed below the services)
     min_replicas: int = 1
     max_replicas: int = 1
     cooldown: float = 60.0

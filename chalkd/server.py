@@ -38,7 +38,6 @@ from grpclib.server import Server as GrpcServer
 
 import chalkd
 from chalkcompute import _auth
-from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkd.auth import Authenticator, load_or_create_token
 from chalkd.catalog import Catalog
 from chalkd.config import Config
@@ -53,7 +52,7 @@ from chalkd.scaling.hooks import ScalerHooks
 from chalkd.secrets.store import SecretStore
 from chalkd.services.catalog import CatalogService
 from chalkd.services.containers import ContainersService
-from chalkd.services.convert import settings_from_bytes
+from chalkd.services.convert import decode_function_bytes
 from chalkd.services.fastpath import FastPathServer, grpc_socket_path, run_dir, socket_path
 from chalkd.services.images import ImagesService
 from chalkd.services.policies import PoliciesService
@@ -214,7 +213,7 @@ class Server:
         await self.store.open()
         stack.push_async_callback(self.store.close)
         self.catalog = Catalog(self.store)
-        self.catalog.load(settings_from_bytes)
+        self.catalog.load(decode_function_bytes)  # stored specs through the services' one codec
         self.limits = Limits(self.store)
         self.limits.load()
         self.secrets = SecretStore(self.store)
@@ -305,10 +304,8 @@ class Server:
         if replica is None or replica.state == "stopped":
             return frozenset()
         cached = self._volumes_of.get(replica_id)
-        if cached is None:  # parsed once per replica, dropped with it
-            spec = pb.FunctionSpec()
-            spec.ParseFromString(replica.function.spec)
-            cached = self._volumes_of[replica_id] = frozenset(m.volume for m in spec.volumes)
+        if cached is None:  # made once per replica, dropped with it
+            cached = self._volumes_of[replica_id] = frozenset(m.volume for m in replica.function.spec.volumes)
         return cached
 
     def _replica_gone(self, replica_id: str) -> None:

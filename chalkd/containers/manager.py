@@ -1,7 +1,7 @@
 """Long-running containers for the SDK's ``Container`` API, on the Docker engine.
 
     manager = ContainerManager(docker, builder, blobs, home=home, run_dir=run_dir(home))
-    c = await manager.create(name="web", image=image_spec, cpu_millis=1000, memory_bytes=2**30)
+    c = await manager.create(ContainerSpec(name="web", image=image, resources=Resources(cpu_millis=1000)))
     out = await manager.exec(c.id, ["ls", "/does-not-exist"])   # exit_code 2, stderr from ls
     await manager.stop(c.id, grace_period=5)
 
@@ -32,7 +32,6 @@ from secrets import token_hex
 import aiodocker
 from aiodocker.exceptions import DockerError
 
-from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute.agent import entrypoint as agent_entrypoint
 from chalkd.containers.agent_client import (
     AgentSocket,
@@ -57,6 +56,7 @@ from chalkd.runtime.docker import (
     volume_binds,
 )
 from chalkd.runtime.image_user import ImageUserError, image_user
+from chalkd.specs import ContainerSpec
 
 log = logging.getLogger(__name__)
 
@@ -166,9 +166,11 @@ class ContainerManager:
 
     # -- lifecycle ----------------------------------------------------------------
 
-    async def create(self, *, name: str, image: pb.ImageSpec, cpu_millis: int = 0, memory_bytes: int = 0,
-                     env: dict[str, str] | None = None, start_timeout: float = 60.0,
-                     volumes=(), secrets=(), local_secrets: dict[str, str] | None = None) -> ManagedContainer:
+    async def create(self, spec: ContainerSpec, *, start_timeout: float = 60.0,
+                     local_secrets: dict[str, str] | None = None) -> ManagedContainer:
+        """Start a container for ``spec``: Pending at once, Running (or Failed) within ``start_timeout``.
+        ``local_secrets`` are the values of its ``local`` secret refs (stored under the container)."""
+        name, image, volumes, secrets = spec.name, spec.image, spec.volumes, spec.secrets
         if name and not _NAME.fullmatch(name):
             raise ValueError(f"container name {name!r} is not DNS-safe: use lower-case letters, digits and '-', "
                              "starting and ending with a letter or digit, at most 63 characters")
@@ -215,11 +217,12 @@ class ContainerManager:
                                            extra=("--socket-mode", f"{socket_mode:o}",
                                                   *(("--await-env",) if secret_env else ()))),
             "Cmd": [*built.entrypoint, *built.cmd],
-            "Env": [f"{k}={v}" for k, v in (env or {}).items()],
+            "Env": [f"{k}={v}" for k, v in spec.env.items()],
             "Labels": {LABEL_HOME: home_label(self.home), LABEL_KIND: "container", LABEL_OWNER: "chalkd",
                        "dev.chalkd.container": cid, "dev.chalkd.name": name},
-            "HostConfig": host_config(binds=[f"{agent_dir}:{AGENT_MOUNT}", *binds], cpu_millis=cpu_millis,
-                                      memory_bytes=memory_bytes, pids_limit=self.pids_limit),
+            "HostConfig": host_config(binds=[f"{agent_dir}:{AGENT_MOUNT}", *binds],
+                                      cpu_millis=spec.resources.cpu_millis,
+                                      memory_bytes=spec.resources.memory_bytes, pids_limit=self.pids_limit),
         }
         try:
             c.engine = await self.docker.containers.create(config, name=c.engine_name)

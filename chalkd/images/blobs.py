@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
+from chalkd.specs import ImageSpec, ImageStep
 from chalkd.volumes.paths import DIR_FLAGS
 
 __all__ = ["BlobStore", "BlobError", "LazyFileError", "check_lazy_files", "mount_groups", "DEFAULT_MODE",
@@ -67,11 +67,11 @@ def _check_abs(what: str, path: str, where: str) -> None:
                             f"did you mean {posixpath.normpath(path)!r}?")
 
 
-def _lazy_root(step: pb.ImageStep) -> str:
+def _lazy_root(step: ImageStep) -> str:
     return step.mount_root or posixpath.dirname(step.path)
 
 
-def check_lazy_files(spec: pb.ImageSpec) -> None:
+def check_lazy_files(spec: ImageSpec) -> None:
     """Refuse lazy-file steps that could write outside their mount tree or carry
     more than permission bits; called wherever a spec comes in (register, build,
     container create) and again before a tree is built.
@@ -112,12 +112,12 @@ def check_lazy_files(spec: pb.ImageSpec) -> None:
                                     "in this image")
 
 
-def mount_groups(spec: pb.ImageSpec) -> dict[str, list[pb.ImageStep]]:
+def mount_groups(spec: ImageSpec) -> dict[str, list[ImageStep]]:
     """The image's lazy files by the directory their tree mounts at: the
     ``mount_root`` of an ``add_local_dir`` call, else the file's parent.
     Raises LazyFileError for a spec :func:`check_lazy_files` refuses."""
     check_lazy_files(spec)
-    groups: dict[str, list[pb.ImageStep]] = {}
+    groups: dict[str, list[ImageStep]] = {}
     for step in spec.steps:
         if step.kind == "lazy_file":
             groups.setdefault(_lazy_root(step), []).append(step)
@@ -158,7 +158,7 @@ class BlobStore:
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
-    def mounts(self, spec: pb.ImageSpec) -> list[tuple[str, str]]:
+    def mounts(self, spec: ImageSpec) -> list[tuple[str, str]]:
         """(host directory, mount directory) for each lazy-file group of ``spec``;
         builds the trees that do not exist yet. Raises BlobError naming a file
         whose blob was never uploaded."""
@@ -174,7 +174,7 @@ class BlobStore:
             out.append((str(tree), mount_dir))
         return out
 
-    def _build_tree(self, tree: Path, entries: list[tuple[str, str, int]], steps: list[pb.ImageStep]) -> None:
+    def _build_tree(self, tree: Path, entries: list[tuple[str, str, int]], steps: list[ImageStep]) -> None:
         sources = {s.digest: s.source for s in steps}
         tmp = Path(tempfile.mkdtemp(dir=self.trees, prefix=".build-"))
         try:

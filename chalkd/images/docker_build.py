@@ -6,8 +6,9 @@ engine's classic builder through aiodocker::
 
     docker = aiodocker.Docker()
     builder = DockerImageBuilder(docker, Path("~/.chalkd").expanduser())
-    spec = Image.debian_slim("3.11").pip_install(["six"]).workdir("/app").to_proto()
-    built = await builder.build(spec, log=print)   # streams the build log
+    spec = ImageSpec(base="python:3.11-slim-bookworm", python_version="3.11",   # chalkd.specs
+                     steps=(ImageStep("pip_install", args=("six",)), ImageStep("workdir", path="/app")))
+    built = await builder.build(spec, log=print)   # spec: a chalkd.specs.ImageSpec; streams the build log
     built.tag                                      # 'chalkd-img:5c0f...' (24 hex)
     await builder.cached(spec)                     # the same image, cached=True, no build
 
@@ -40,8 +41,6 @@ import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError, DockerStreamError
 
-from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
-from chalkcompute.image import Image
 from chalkd.images.dockerfile import (
     NEEDS_PYTHON,
     NO_PIP,
@@ -62,6 +61,7 @@ from chalkd.images.runtime_dist import (
     runtime_fingerprint,
     runtime_layer,
 )
+from chalkd.specs import ImageSpec, image_identity
 
 __all__ = [
     "ImageBuildError", "BuiltImage", "DockerImageBuilder", "ContextFile", "RuntimeLayer",
@@ -98,7 +98,7 @@ class BuiltImage:
 
 # ---------------------------------------------------------------- the builder
 
-def _python_version(spec: pb.ImageSpec) -> str:
+def _python_version(spec: ImageSpec) -> str:
     """The image's Python "X.Y" when the spec says it ("" when only the build can tell)."""
     if spec.python_version:
         return ".".join(spec.python_version.strip().split(".")[:2])
@@ -106,10 +106,10 @@ def _python_version(spec: pb.ImageSpec) -> str:
     return m[1] if m else ""
 
 
-def _identity(spec: pb.ImageSpec) -> str:
+def _identity(spec: ImageSpec) -> str:
     """The spec's content hash, recomputed (a client's claim is not trusted)."""
     try:
-        return Image.from_proto(spec).content_hash
+        return image_identity(spec)  # the SDK's Image.content_hash formula: built images stay cached
     except ValueError as exc:
         raise ImageBuildError(f"invalid image spec: {exc}") from None
 
@@ -218,18 +218,18 @@ class DockerImageBuilder:
         self._slots = asyncio.Semaphore(max(1, max_parallel))
         self._flights: dict[str, _Flight] = {}
 
-    async def cached(self, spec: pb.ImageSpec) -> BuiltImage | None:
+    async def cached(self, spec: ImageSpec) -> BuiltImage | None:
         """The image for ``spec`` if the engine has it; never builds (one inspect, ~10 ms)."""
         return await self._cached(_identity(spec), spec)
 
-    async def _cached(self, key: str, spec: pb.ImageSpec) -> BuiltImage | None:
+    async def _cached(self, key: str, spec: ImageSpec) -> BuiltImage | None:
         try:
             fp = runtime_fingerprint(_python_version(spec))
         except RuntimeDistError as exc:
             raise ImageBuildError(str(exc), step="chalkd runtime layer") from None
         return await self._inspect(_tag(key, fp), cached=True)
 
-    async def build(self, spec: pb.ImageSpec, log: LogFn | None = None) -> BuiltImage:
+    async def build(self, spec: ImageSpec, log: LogFn | None = None) -> BuiltImage:
         """The image for ``spec``, built unless the engine has it; ``log`` gets each build line."""
         key = _identity(spec)
         if (hit := await self._cached(key, spec)) is not None:
@@ -257,7 +257,7 @@ class DockerImageBuilder:
         if not task.cancelled():
             task.exception()  # retrieved: every waiter re-raises it
 
-    async def _build_once(self, key: str, spec: pb.ImageSpec, flight: _Flight) -> BuiltImage:
+    async def _build_once(self, key: str, spec: ImageSpec, flight: _Flight) -> BuiltImage:
         logs = self.home / "logs" / "builds"
         logs.mkdir(parents=True, exist_ok=True)
         with open(logs / f"{key}.log", "a", encoding="utf-8") as logfile:
@@ -282,7 +282,7 @@ class DockerImageBuilder:
                 emit(f"build failed: the Docker engine: {exc}")
                 raise ImageBuildError(f"image build failed: the Docker engine: {exc}") from exc
 
-    async def _build(self, key: str, spec: pb.ImageSpec, emit: LogFn) -> BuiltImage:
+    async def _build(self, key: str, spec: ImageSpec, emit: LogFn) -> BuiltImage:
         started = time.monotonic()
         base, base_user = await self._resolve_bases(spec, emit)
         try:
@@ -330,7 +330,7 @@ class DockerImageBuilder:
                 return None
             raise ImageBuildError(f"the Docker engine failed to inspect {ref}: {exc.message}") from None
 
-    async def _resolve_bases(self, spec: pb.ImageSpec, emit: LogFn) -> tuple[str, str]:
+    async def _resolve_bases(self, spec: ImageSpec, emit: LogFn) -> tuple[str, str]:
         """(the base to build FROM, its USER); every base must be local or pullable."""
         version = spec.python_version.strip()
         refs = [spec.base.strip()] if spec.base.strip() else from_refs(spec)

@@ -5,7 +5,8 @@ step) and the build-context files it copies from; :func:`plan_for` also says whi
 user step each instruction came from, so an engine's "Step N/M" maps back to it
 (:mod:`chalkd.images.docker_build` builds the result)::
 
-    spec = Image.debian_slim("3.11").pip_install(["six"]).workdir("/app").to_proto()
+    spec = ImageSpec(base="python:3.11-slim-bookworm", python_version="3.11",   # chalkd.specs
+                     steps=(ImageStep("pip_install", args=("six",)), ImageStep("workdir", path="/app")))
     text, files = dockerfile_for(spec, base="python:3.11-slim", runtime=layer, ca_pem=pem)
     with open("context.tar", "wb") as f:
         write_context(f, text, files)          # the tar an engine builds from
@@ -42,9 +43,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import IO
 
-from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkd.images import process_env
 from chalkd.images.runtime_dist import DEPS_DIR, WHEEL_DIR, ContextFile, RuntimeLayer
+from chalkd.specs import ImageSpec
 
 __all__ = [
     "ImageBuildError", "Instr", "Plan", "dockerfile_for", "plan_for", "from_refs", "write_context",
@@ -228,7 +229,7 @@ def _safe_name(path: str, fallback: str) -> str:
     return name if re.fullmatch(r"[A-Za-z0-9._-]{1,100}", name or "") and name not in (".", "..") else fallback
 
 
-def plan_for(spec: pb.ImageSpec, *, base: str, runtime: RuntimeLayer, ca_pem: bytes | None = None,
+def plan_for(spec: ImageSpec, *, base: str, runtime: RuntimeLayer, ca_pem: bytes | None = None,
              base_user: str = "") -> Plan:
     """:func:`dockerfile_for`, with what each instruction is to the user (for build errors)."""
     w = _Writer(ca=ca_pem is not None, base_user=base_user)
@@ -321,7 +322,7 @@ def _runtime_section(w: _Writer, runtime: RuntimeLayer) -> None:
     w.files += runtime.files
 
 
-def dockerfile_for(spec: pb.ImageSpec, *, base: str, runtime: RuntimeLayer, ca_pem: bytes | None = None,
+def dockerfile_for(spec: ImageSpec, *, base: str, runtime: RuntimeLayer, ca_pem: bytes | None = None,
                    base_user: str = "") -> tuple[str, list[ContextFile]]:
     """The Dockerfile and build-context files (the Dockerfile itself not included) for
     ``spec`` on the resolved ``base`` ("" for a spec whose Dockerfile lines carry
@@ -331,7 +332,7 @@ def dockerfile_for(spec: pb.ImageSpec, *, base: str, runtime: RuntimeLayer, ca_p
     return plan.dockerfile, plan.files
 
 
-def from_refs(spec: pb.ImageSpec) -> list[str]:
+def from_refs(spec: ImageSpec) -> list[str]:
     """Image references in the spec's own FROM lines (not earlier stages, not scratch)."""
     refs, stages = [], set()
     for step in spec.steps:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl  # the process runtime is POSIX-only
-import hashlib
 import importlib.metadata
 import io
 import json
@@ -50,8 +49,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkd.images.commands import run_streamed
+from chalkd.specs import ImageSpec, ImageStep
 
 __all__ = [
     "ProcessEnvironment", "ImageNotSupportedError", "ImageBuildError",
@@ -138,7 +137,7 @@ def _min_python() -> tuple[str, tuple[int, ...]] | None:
     return None
 
 
-def _check_step(step: pb.ImageStep) -> None:
+def _check_step(step: ImageStep) -> None:
     kind = step.kind
     if kind in _DOCKER_ONLY:
         first = (repr(step.args[0]) if step.args else "") + (", ..." if len(step.args) > 1 else "")
@@ -155,7 +154,7 @@ def _check_step(step: pb.ImageStep) -> None:
         raise ImageNotSupportedError(f"unknown image step kind {kind!r} (is the SDK newer than chalkd?)")
 
 
-def _plan(spec: pb.ImageSpec) -> _Plan:
+def _plan(spec: ImageSpec) -> _Plan:
     base = spec.base.strip()
     version = spec.python_version.strip()
     if version:
@@ -195,19 +194,20 @@ def _plan(spec: pb.ImageSpec) -> _Plan:
     return _Plan(version, python, own, needs_venv, needs_venv or bool(kinds & _FILE_KINDS))
 
 
-def check_image(spec: pb.ImageSpec) -> None:
+def check_image(spec: ImageSpec) -> None:
     """Raise :class:`ImageNotSupportedError` unless the process runtime can run ``spec``."""
     _plan(spec)
 
 
-def _env_key(spec: pb.ImageSpec) -> str:
+def _env_key(spec: ImageSpec) -> str:
     if _KEY.fullmatch(spec.content_hash):
         return spec.content_hash
-    # no (or an unsafe-as-a-dir-name) hash from the SDK: derive one from the spec itself
-    copy = pb.ImageSpec()
-    copy.CopyFrom(spec)
-    copy.content_hash = ""
-    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
+    # No (or an unsafe-as-a-dir-name) hash from the SDK: the one the codec derived from the spec itself
+    # (its wire form without content_hash, as this key has always been: existing envs stay valid).
+    if not _KEY.fullmatch(spec.wire_digest):
+        raise ValueError("an ImageSpec without a content_hash must come from the codec "
+                         "(chalkd.services.convert.decode_image), which sets its wire_digest")
+    return spec.wire_digest
 
 
 def _image_path(path: str, cwd: str) -> str:
@@ -220,7 +220,7 @@ def _on_host(root: Path, image_path: str) -> Path:
     return root.joinpath(*[p for p in image_path.split("/") if p])
 
 
-def _image_env(spec: pb.ImageSpec) -> tuple[dict[str, str], str | None]:
+def _image_env(spec: ImageSpec) -> tuple[dict[str, str], str | None]:
     env: dict[str, str] = {}
     workdir: str | None = None
     for step in spec.steps:
@@ -244,7 +244,7 @@ def _extract(content: bytes, dest: Path) -> None:
             tar.extractall(dest, members)
 
 
-def _apply_files(spec: pb.ImageSpec, root: Path) -> None:
+def _apply_files(spec: ImageSpec, root: Path) -> None:
     cwd = "/"
     for step in spec.steps:
         if step.kind == "workdir":
@@ -325,7 +325,7 @@ class ProcessEnvBuilder:
         self._pip_extra_args = list(pip_extra_args or [])
         self._inflight: dict[str, tuple[asyncio.Task[None], list[LogFn]]] = {}
 
-    async def ensure(self, spec: pb.ImageSpec, *, log: LogFn | None = None) -> ProcessEnvironment:
+    async def ensure(self, spec: ImageSpec, *, log: LogFn | None = None) -> ProcessEnvironment:
         """The environment for ``spec``, building it first unless it already exists."""
         plan = _plan(spec)
         key = _env_key(spec)
@@ -346,7 +346,7 @@ class ProcessEnvBuilder:
         cwd = str(_on_host(root, workdir)) if workdir else None
         return ProcessEnvironment(python, {**extra, **env, "CHALK_IMAGE_ROOT": str(root)}, cwd, str(root), key)
 
-    async def _build_once(self, key: str, plan: _Plan, spec: pb.ImageSpec, log: LogFn | None) -> None:
+    async def _build_once(self, key: str, plan: _Plan, spec: ImageSpec, log: LogFn | None) -> None:
         # One build task per hash; later callers join it (and its log) instead of starting another.
         loop = asyncio.get_running_loop()
         entry = self._inflight.get(key)
@@ -380,7 +380,7 @@ class ProcessEnvBuilder:
                 with contextlib.suppress(ValueError):
                     entry[1].remove(log)
 
-    async def _locked_build(self, key: str, plan: _Plan, spec: pb.ImageSpec, log: LogFn) -> None:
+    async def _locked_build(self, key: str, plan: _Plan, spec: ImageSpec, log: LogFn) -> None:
         self._envs.mkdir(parents=True, exist_ok=True)
         fd = await _flock(self._envs / f".{key}.lock")
         try:
@@ -389,7 +389,7 @@ class ProcessEnvBuilder:
         finally:
             os.close(fd)  # releases the lock
 
-    async def _build(self, key: str, plan: _Plan, spec: pb.ImageSpec, log: LogFn) -> None:
+    async def _build(self, key: str, plan: _Plan, spec: ImageSpec, log: LogFn) -> None:
         final = self._envs / key
         for stale in self._envs.glob(f".build-{key}-*"):  # left by a crashed daemon; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
@@ -418,7 +418,7 @@ class ProcessEnvBuilder:
         logger.info("built image %s in %.1fs", key, time.monotonic() - started)
         log(f"built image {key} in {time.monotonic() - started:.1f}s")
 
-    async def _make_venv(self, tmp: Path, final: Path, plan: _Plan, spec: pb.ImageSpec, log: LogFn) -> None:
+    async def _make_venv(self, tmp: Path, final: Path, plan: _Plan, spec: ImageSpec, log: LogFn) -> None:
         venv = tmp / "venv"
         await self._run([plan.python, "-m", "venv", str(venv)], log, "creating the virtualenv")
         py = str(venv / "bin" / "python")

@@ -13,6 +13,7 @@ import abc
 from dataclasses import dataclass, field
 
 from chalkd.model import ReplicaExit
+from chalkd.specs import FunctionSpec
 
 
 class RuntimeUnsupported(Exception):
@@ -34,7 +35,7 @@ class ReplicaRequest:
     token: str
     function_id: str
     function_name: str
-    spec: bytes                      # FunctionSpec as registered
+    spec: FunctionSpec               # as registered (decoded by the services)
     env: dict[str, str] = field(default_factory=dict)
     cpu_millis: int = 0
     memory_bytes: int = 0
@@ -61,11 +62,11 @@ class Runtime(abc.ABC):
     name: str = ""
 
     @abc.abstractmethod
-    def check(self, spec: bytes) -> None:
+    def check(self, spec: FunctionSpec) -> None:
         """Fast check at registration; raise RuntimeUnsupported naming the problem."""
 
     @abc.abstractmethod
-    async def prepare(self, function_id: str, spec: bytes) -> None:
+    async def prepare(self, function_id: str, spec: FunctionSpec) -> None:
         """Build what the function's replicas need (cached); raise ReplicaStartError."""
 
     @abc.abstractmethod

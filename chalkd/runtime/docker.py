@@ -37,13 +37,12 @@ import contextlib
 import logging
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import aiodocker
 from aiodocker.exceptions import DockerError
 
-from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkd.images.blobs import BlobError, BlobStore
 from chalkd.images.docker_build import BuiltImage, DockerImageBuilder, ImageBuildError
 from chalkd.model import ReplicaExit
@@ -57,6 +56,7 @@ from chalkd.runtime.base import (
 )
 from chalkd.runtime.image_user import ImageUserError, image_user
 from chalkd.runtime.keys import CONTAINER_KEY_PATH, KEY_FILE_ENV, remove_key, write_key
+from chalkd.specs import FunctionSpec, ImageSpec, VolumeMount
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def host_config(*, binds: list[str], cpu_millis: int = 0, memory_bytes: int = 0,
     return hc
 
 
-def lazy_binds(blobs: BlobStore, image: pb.ImageSpec) -> list[str]:
+def lazy_binds(blobs: BlobStore, image: ImageSpec) -> list[str]:
     return [f"{host}:{mount}:ro" for host, mount in blobs.mounts(image)]
 
 
@@ -117,7 +117,7 @@ class MountError(ValueError):
     """A volume mount cannot be made (the message names the volume and path)."""
 
 
-def check_mounts(mounts, image: pb.ImageSpec) -> None:
+def check_mounts(mounts: Sequence[VolumeMount], image: ImageSpec) -> None:
     """Refuse mounts at '/', twice at one path, or over a lazy-file directory of the image."""
     from chalkd.images.blobs import mount_groups
 
@@ -134,8 +134,8 @@ def check_mounts(mounts, image: pb.ImageSpec) -> None:
         seen.add(m.path)
 
 
-def volume_binds(volumes, mounts, owner: tuple[int, int] | None = None) -> list[str]:
-    """Bind specs for ``mounts`` (VolumeMount messages): each volume's directory, read-write.
+def volume_binds(volumes, mounts: Sequence[VolumeMount], owner: tuple[int, int] | None = None) -> list[str]:
+    """Bind specs for ``mounts``: each volume's directory, read-write.
 
     The one mount path for functions, containers (and later classes and sandboxes);
     a volume that does not exist yet is created here. ``owner`` (uid, gid), the
@@ -273,24 +273,20 @@ class DockerRuntime(Runtime):
         self.logs.mkdir(parents=True, exist_ok=True)
         self.target = ""  # unused: containers dial the unix sockets in run_dir
 
-    def check(self, spec: bytes) -> None:
-        fs = pb.FunctionSpec()
-        fs.ParseFromString(spec)
-        if not fs.image.base and not any(s.kind == "dockerfile_commands" for s in fs.image.steps):
+    def check(self, spec: FunctionSpec) -> None:
+        if not spec.image.base and not any(s.kind == "dockerfile_commands" for s in spec.image.steps):
             # The SDK always sends a base; an empty one would only fail later, in the build.
-            raise RuntimeUnsupported(f"function {fs.name!r} has an image with no base")
+            raise RuntimeUnsupported(f"function {spec.name!r} has an image with no base")
         try:
-            check_mounts(fs.volumes, fs.image)
+            check_mounts(spec.volumes, spec.image)
             # Volumes named in mounts are created at deploy, so a typo shows up in `chalkd volume ls`.
-            volume_binds(self.volumes, fs.volumes)
+            volume_binds(self.volumes, spec.volumes)
         except (BlobError, MountError, ValueError) as exc:
             raise RuntimeUnsupported(str(exc)) from None
 
-    async def prepare(self, function_id: str, spec: bytes) -> None:
-        fs = pb.FunctionSpec()
-        fs.ParseFromString(spec)
+    async def prepare(self, function_id: str, spec: FunctionSpec) -> None:
         try:
-            self.images[function_id] = await self.builder.build(fs.image)
+            self.images[function_id] = await self.builder.build(spec.image)
         except ImageBuildError as exc:
             raise ReplicaStartError(f"image build failed: {exc}") from None
 
@@ -299,8 +295,7 @@ class DockerRuntime(Runtime):
         if built is None:
             await self.prepare(request.function_id, request.spec)
             built = self.images[request.function_id]
-        fs = pb.FunctionSpec()
-        fs.ParseFromString(request.spec)
+        fs = request.spec
         target = f"unix:{self.run_dir / 'grpc.sock'}"
         env = {**fs.env, **request.env,
                "CHALK_WORKER_TARGET": target,
@@ -310,7 +305,7 @@ class DockerRuntime(Runtime):
                "CHALK_REPLICA_ID": request.replica_id,
                # The key by path: the file is bind-mounted read-only, so `docker inspect` shows no secret.
                KEY_FILE_ENV: CONTAINER_KEY_PATH,
-               "CHALK_FUNCTION_KIND": "generator" if fs.is_generator else "async" if fs.is_async else "sync",
+               "CHALK_FUNCTION_KIND": fs.kind,
                "PYTHONUNBUFFERED": "1"}
         try:
             # The replica runs as the image's USER (root if none), as `docker run` would.

@@ -7,7 +7,7 @@ as the daemon's user (a warning says so at start), but with a clean environment
 (:mod:`chalkd.runtime.replica_env`), and their logs are 0600 in 0700 directories.
 
     runtime = ProcessRuntime(home, target="127.0.0.1:50051")
-    await runtime.prepare(function_id, spec_bytes)
+    await runtime.prepare(function_id, spec)   # a chalkd.specs.FunctionSpec
     handle = await runtime.start(ReplicaRequest(...))
 """
 
@@ -21,7 +21,6 @@ import shutil
 import signal
 from pathlib import Path
 
-from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkd.images.process_env import (
     ImageBuildError,
     ImageNotSupportedError,
@@ -41,6 +40,7 @@ from chalkd.runtime.base import (
 from chalkd.runtime.keys import KEY_FILE_ENV, remove_key, write_key
 from chalkd.runtime.limits import MemoryLimiter
 from chalkd.runtime.replica_env import base_environment, check_env_names
+from chalkd.specs import FunctionSpec
 
 log = logging.getLogger(__name__)
 
@@ -141,30 +141,22 @@ class ProcessRuntime(Runtime):
             os.chmod(d, 0o700)
         log.warning(ISOLATION_WARNING)
 
-    @staticmethod
-    def _image(spec: bytes) -> pb.ImageSpec:
-        fs = pb.FunctionSpec()
-        fs.ParseFromString(spec)
-        return fs.image
-
-    def check(self, spec: bytes) -> None:
-        fs = pb.FunctionSpec()
-        fs.ParseFromString(spec)
-        if fs.volumes:
+    def check(self, spec: FunctionSpec) -> None:
+        if spec.volumes:
             raise RuntimeUnsupported(
-                f"volumes= is not supported on the process runtime (function {fs.name!r} mounts "
-                f"{', '.join(repr(m.volume) for m in fs.volumes)}): run chalkd with --runtime docker")
-        if fs.resources.gpu:
+                f"volumes= is not supported on the process runtime (function {spec.name!r} mounts "
+                f"{', '.join(repr(m.volume) for m in spec.volumes)}): run chalkd with --runtime docker")
+        if spec.resources.gpu:
             raise RuntimeUnsupported(
-                f"gpu={fs.resources.gpu!r} is not supported on the process runtime: run chalkd with --runtime docker"
+                f"gpu={spec.resources.gpu!r} is not supported on the process runtime: run chalkd with --runtime docker"
             )
         try:
-            check_image(fs.image)
+            check_image(spec.image)
         except ImageNotSupportedError as exc:
             raise RuntimeUnsupported(str(exc)) from None
 
-    async def prepare(self, function_id: str, spec: bytes) -> None:
-        image = self._image(spec)
+    async def prepare(self, function_id: str, spec: FunctionSpec) -> None:
+        image = spec.image
         build_log = self.home / "logs" / "builds" / f"{image.content_hash or 'default'}.log"
         build_log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with open(private_log(build_log), "a") as out:
@@ -181,8 +173,7 @@ class ProcessRuntime(Runtime):
         if env_info is None:
             await self.prepare(request.function_id, request.spec)
             env_info = self.envs[request.function_id]
-        fs = pb.FunctionSpec()
-        fs.ParseFromString(request.spec)
+        fs = request.spec
         # Clean: what only the daemon was given (its tokens, cloud keys) stays with it.
         env = base_environment(self.replica_env)
         if "VIRTUAL_ENV" not in env_info.env:
@@ -210,7 +201,7 @@ class ProcessRuntime(Runtime):
         if self.fast_socket is not None:
             env["CHALK_WORKER_SOCKET"], env["CHALK_DAEMON_INSTANCE"] = self.fast_socket
         # Lets the worker pick its link before it has loaded the code.
-        env["CHALK_FUNCTION_KIND"] = "generator" if fs.is_generator else "async" if fs.is_async else "sync"
+        env["CHALK_FUNCTION_KIND"] = fs.kind
         cwd = env_info.cwd
         if cwd:
             Path(cwd).mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import FunctionCatalogBase
@@ -19,7 +20,13 @@ from chalkd.queue.limits import PERIOD_SECONDS
 from chalkd.queue.storage import decode_error
 from chalkd.runtime.base import ReplicaStartError, Runtime
 from chalkd.scaling.autoscaler import Autoscaler
-from chalkd.services.convert import content_hash, key_local_digests, spec_settings, version_to_pb
+from chalkd.services.convert import (
+    content_hash,
+    decode_function,
+    decode_secrets,
+    key_local_digests,
+    version_to_pb,
+)
 from chalkd.services.errors import grpc_errors
 
 log = logging.getLogger(__name__)
@@ -50,20 +57,20 @@ class CatalogService(FunctionCatalogBase):
         req: pb.RegisterFunctionRequest = await stream.recv_message()
         spec = req.spec
         self._validate(spec)
-        check_lazy_files(spec.image)  # before anything is stored or built from it (LazyFileError: INVALID_ARGUMENT)
-        self.runtime.check(spec.SerializeToString())  # RuntimeUnsupported: FAILED_PRECONDITION
+        fs = decode_function(spec)  # what the domain reads from here on
+        check_lazy_files(fs.image)  # before anything is stored or built from it (LazyFileError: INVALID_ARGUMENT)
+        self.runtime.check(fs)  # RuntimeUnsupported: FAILED_PRECONDITION
         if spec.secrets:
             try:
-                self.secrets.check(spec.secrets, set(req.local_secrets))
+                self.secrets.check(fs.secrets, set(req.local_secrets))
             except LookupError as exc:  # a secret not defined (yet): the daemon's state, not the request
                 raise FailedPrecondition(str(exc)) from None
             except ValueError as exc:
                 raise InvalidArgument(str(exc)) from None
             key_local_digests(spec, req.local_secrets, self.secrets.digest)  # clients read specs back
+            fs = replace(fs, secrets=decode_secrets(spec.secrets))  # with the keyed digests, as stored
         try:
-            fv, created = self.catalog.register(
-                spec_settings(spec), content_hash=content_hash(spec), spec=spec.SerializeToString(),
-            )
+            fv, created = self.catalog.register(fs, content_hash=content_hash(spec), wire=spec.SerializeToString())
         except InvalidFunction as exc:
             raise InvalidArgument(str(exc)) from None
         if req.local_secrets:

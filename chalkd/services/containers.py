@@ -11,6 +11,7 @@ from chalkcompute._proto.chalk_v1_chalk_grpc import ContainersBase
 from chalkd.containers.manager import ContainerConflict, ManagedContainer
 from chalkd.errors import FailedPrecondition, InvalidArgument
 from chalkd.images.blobs import check_lazy_files
+from chalkd.services.convert import decode_container
 from chalkd.services.errors import grpc_errors
 
 
@@ -36,14 +37,11 @@ class ContainersService(ContainersBase):
     @grpc_errors
     async def Create(self, stream) -> None:
         req: pb.CreateContainerRequest = await stream.recv_message()
-        spec = req.spec
+        spec = decode_container(req.spec)
         check_lazy_files(spec.image)  # LazyFileError: INVALID_ARGUMENT by the error table
         try:
-            c = await self._manager().create(
-                name=spec.name, image=spec.image, cpu_millis=spec.resources.cpu_millis,
-                memory_bytes=spec.resources.memory_bytes, env=dict(spec.env),
-                start_timeout=req.start_timeout or 60.0, volumes=list(spec.volumes),
-                secrets=list(spec.secrets), local_secrets=dict(spec.local_secrets))
+            c = await self._manager().create(spec, start_timeout=req.start_timeout or 60.0,
+                                             local_secrets=dict(req.spec.local_secrets))
         except LookupError as exc:  # a secret or integration that does not exist (named, never a value)
             raise FailedPrecondition(str(exc)) from None
         except ContainerConflict:

@@ -1,16 +1,27 @@
-"""Translations between protobuf messages and domain objects, in one place."""
+"""Translations between protobuf messages and domain objects, in one place: the daemon's wire codecs.
+
+Specs are decoded here once, where they come in (a request, or the catalog
+loading the bytes it stored), into :mod:`chalkd.specs`; below the services
+nothing reads protobuf::
+
+    fs = decode_function(req.spec)               # chalkd.specs.FunctionSpec
+    catalog.load(decode_function_bytes)          # stored specs, through the same codec
+    msg = version_to_pb(fv)                      # and back to the wire
+"""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkd.model import CallError, ErrorCode, FunctionVersion, Payload, Policies, Retry
 from chalkd.queue.limits import PERIOD_SECONDS
 from chalkd.secrets.store import DIGEST_PREFIX
+from chalkd.specs import ContainerSpec, FunctionSpec, ImageSpec, ImageStep, Resources, SecretRef, VolumeMount
 
 
-def spec_policies(spec: pb.FunctionSpec) -> Policies:
+def _policies(spec: pb.FunctionSpec) -> Policies:
     """The queue policies a FunctionSpec declares (validated by the catalog service)."""
     retry = None
     if spec.HasField("retries"):
@@ -35,28 +46,60 @@ def spec_policies(spec: pb.FunctionSpec) -> Policies:
     )
 
 
-def spec_settings(spec: pb.FunctionSpec) -> dict:
-    """The fields of a FunctionSpec the daemon's domain needs."""
-    return {
-        "name": spec.name,
-        "min_replicas": spec.min_replicas,
-        "max_replicas": spec.max_replicas,
-        "cooldown": spec.suspend_cooldown_seconds,
-        "cpu_millis": spec.resources.cpu_millis,
-        "memory_bytes": spec.resources.memory_bytes,
-        "gpu": spec.resources.gpu,
-        "image_hash": spec.image.content_hash,
-        "is_generator": spec.is_generator,
-        "policies": spec_policies(spec),
-    }
+# -- specs: decoded once, here; the domain (chalkd.specs) never sees protobuf ----------------------
+
+def decode_image(image: pb.ImageSpec) -> ImageSpec:
+    """``chalk.v1.ImageSpec`` -> :class:`chalkd.specs.ImageSpec`, every field kept."""
+    keyless = pb.ImageSpec()
+    keyless.CopyFrom(image)
+    keyless.content_hash = ""
+    return ImageSpec(
+        base=image.base, python_version=image.python_version, content_hash=image.content_hash,
+        steps=tuple(ImageStep(kind=s.kind, args=tuple(s.args), env=dict(s.env), path=s.path, content=s.content,
+                              mode=s.mode, source=s.source, mount_root=s.mount_root, digest=s.digest)
+                    for s in image.steps),
+        # Computed as chalkd 0.1 did in process_env._env_key, so existing virtualenvs keep their key.
+        wire_digest=hashlib.sha256(keyless.SerializeToString(deterministic=True)).hexdigest(),
+    )
 
 
-def settings_from_bytes(data: bytes) -> dict:
-    spec = pb.FunctionSpec()
-    spec.ParseFromString(data)
-    settings = spec_settings(spec)
-    settings.pop("name")
-    return settings
+def decode_resources(r: pb.Resources) -> Resources:
+    return Resources(cpu_millis=r.cpu_millis, memory_bytes=r.memory_bytes, gpu=r.gpu)
+
+
+def decode_mounts(mounts: Iterable[pb.VolumeMount]) -> tuple[VolumeMount, ...]:
+    return tuple(VolumeMount(volume=m.volume, path=m.path) for m in mounts)
+
+
+def decode_secrets(refs: Iterable[pb.SecretRef]) -> tuple[SecretRef, ...]:
+    return tuple(SecretRef(kind=r.kind, name=r.name, alias=r.alias, prefix=r.prefix, keys=tuple(r.keys),
+                           aliases=dict(r.aliases), digest=r.digest) for r in refs)
+
+
+def decode_function(spec: pb.FunctionSpec) -> FunctionSpec:
+    """``chalk.v1.FunctionSpec`` -> :class:`chalkd.specs.FunctionSpec` (what the daemon's domain reads)::
+
+        fs = decode_function(req.spec)
+        runtime.check(fs)
+    """
+    return FunctionSpec(
+        name=spec.name, image=decode_image(spec.image), resources=decode_resources(spec.resources),
+        env=dict(spec.env), min_replicas=spec.min_replicas, max_replicas=spec.max_replicas,
+        cooldown=spec.suspend_cooldown_seconds, is_generator=spec.is_generator, is_async=spec.is_async,
+        policies=_policies(spec), volumes=decode_mounts(spec.volumes), secrets=decode_secrets(spec.secrets),
+    )
+
+
+def decode_function_bytes(data: bytes) -> FunctionSpec:
+    """A FunctionSpec as stored (the catalog's ``functions.spec`` column): the catalog's loader."""
+    return decode_function(pb.FunctionSpec.FromString(data))
+
+
+def decode_container(spec: pb.ContainerSpec) -> ContainerSpec:
+    """``chalk.v1.ContainerSpec`` -> :class:`chalkd.specs.ContainerSpec` (its local secret values stay apart)."""
+    return ContainerSpec(name=spec.name, image=decode_image(spec.image), resources=decode_resources(spec.resources),
+                         env=dict(spec.env), volumes=decode_mounts(spec.volumes),
+                         secrets=decode_secrets(spec.secrets))
 
 
 def key_local_digests(spec: pb.FunctionSpec, local_secrets, digest) -> None:
@@ -84,7 +127,7 @@ def version_to_pb(fv: FunctionVersion, *, ready: int = 0, replicas: int = 0,
         error=fv.failed, latest=fv.latest, error_code=fv.failed_code,
     )
     if with_spec:
-        msg.spec.ParseFromString(fv.spec)
+        msg.spec.ParseFromString(fv.wire)  # as the client sent it (keyed digests), never re-encoded
         for ref in msg.spec.secrets:
             if not ref.digest.startswith(DIGEST_PREFIX):
                 ref.digest = ""  # stored by an older daemon: an unkeyed hash of values is never sent

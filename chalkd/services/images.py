@@ -14,6 +14,7 @@ from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import ImagesBase
 from chalkd.errors import FailedPrecondition, InvalidArgument
 from chalkd.images.blobs import BlobStore, check_lazy_files
+from chalkd.services.convert import decode_image
 from chalkd.services.errors import grpc_errors
 
 log = logging.getLogger(__name__)
@@ -52,14 +53,15 @@ class ImagesService(ImagesBase):
     @grpc_errors
     async def Build(self, stream) -> None:
         req: pb.BuildImageRequest = await stream.recv_message()
-        check_lazy_files(req.image)  # LazyFileError: INVALID_ARGUMENT by the error table
+        image = decode_image(req.image)
+        check_lazy_files(image)  # LazyFileError: INVALID_ARGUMENT by the error table
         if self.builder is None:
             raise FailedPrecondition(
                 f"image builds need the Docker runtime; this daemon runs --runtime {self.runtime_name}")
         from chalkd.images.docker_build import ImageBuildError
 
         lines: asyncio.Queue[str | None] = asyncio.Queue()
-        task = asyncio.get_running_loop().create_task(self.builder.build(req.image, log=lines.put_nowait))
+        task = asyncio.get_running_loop().create_task(self.builder.build(image, log=lines.put_nowait))
         task.add_done_callback(lambda _: lines.put_nowait(None))
         # A caller that goes away does not stop the build: others may share it, and the cache keeps it.
         done = False

@@ -331,14 +331,12 @@ class WorkerService(WorkerBase):
         """The function's secrets as env vars, for the worker to set before user code runs.
 
         They travel only on this stream: never in the container's config, an image or a log."""
-        spec = pb.FunctionSpec()
-        spec.ParseFromString(fv.spec)
-        if not spec.secrets:
+        if not fv.spec.secrets:
             return {}
         if self.secrets is None:
             raise errors.FailedPrecondition("this daemon has no secret store")
         try:
-            return self.secrets.resolve(spec.secrets, fv.id)
+            return self.secrets.resolve(fv.spec.secrets, fv.id)
         except LookupError as exc:  # deleted since deploy: the message names it, never a value
             raise errors.FailedPrecondition(f"function {fv.name!r} cannot start: {exc}") from None
 

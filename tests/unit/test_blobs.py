@@ -12,6 +12,7 @@ import pytest
 
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkd.images.blobs import BlobStore, LazyFileError, check_lazy_files, mount_groups
+from chalkd.specs import ImageSpec, ImageStep
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -24,13 +25,13 @@ def _store(tmp_path, data: bytes = b"payload\n") -> tuple[BlobStore, str]:
     return blobs, digest
 
 
-def _spec(*steps: pb.ImageStep) -> pb.ImageSpec:
-    return pb.ImageSpec(base="python:3.11-slim", steps=list(steps))
+def _spec(*steps: ImageStep) -> ImageSpec:
+    return ImageSpec(base="python:3.11-slim", steps=steps)
 
 
-def _lazy(path: str, digest: str, mode: int = 0, mount_root: str = "") -> pb.ImageStep:
-    return pb.ImageStep(kind="lazy_file", path=path, digest=digest, mode=mode, mount_root=mount_root,
-                        source="/local/src.txt")
+def _lazy(path: str, digest: str, mode: int = 0, mount_root: str = "") -> ImageStep:
+    return ImageStep(kind="lazy_file", path=path, digest=digest, mode=mode, mount_root=mount_root,
+                     source="/local/src.txt")
 
 
 def _all_files(root) -> set[str]:
@@ -133,7 +134,8 @@ def test_the_daemon_refuses_a_bad_lazy_file_sent_directly(daemon):
     from chalkcompute.exceptions import InvalidArgumentError
 
     digest = "0" * 64
-    image = _spec(_lazy("/app/../etc/cron.d/evil", digest, 0o4755, mount_root="/app"))
+    image = pb.ImageSpec(base="python:3.11-slim", steps=[pb.ImageStep(
+        kind="lazy_file", path="/app/../etc/cron.d/evil", digest=digest, mode=0o4755, mount_root="/app")])
     spec = pb.FunctionSpec(name="lazy-escape", max_replicas=1, image=image,
                            code=pb.CodeBundle(module_source="def f(): pass", function_name="f"))
     with pytest.raises(InvalidArgumentError, match=r"'/app/\.\./etc/cron\.d/evil'"):

@@ -12,6 +12,7 @@ import pytest
 from chalkcompute import Image
 from chalkd.images.blobs import BlobError, BlobStore, mount_groups
 from chalkd.runtime.docker import host_config
+from chalkd.services.convert import decode_image
 
 
 def test_host_config_limits_and_gpus():
@@ -46,7 +47,7 @@ def test_mount_trees_group_files_and_keep_modes(tmp_path):
     (tmp_path / "conf.yaml").write_text("c")
     img = (Image.debian_slim().add_local_dir(tmp_path / "src", "/app/src")
            .add_local_file(tmp_path / "conf.yaml", "/etc/app/conf.yaml", mode=0o600))
-    spec = img.to_proto()
+    spec = decode_image(img.to_proto())
     assert sorted(mount_groups(spec)) == ["/app/src", "/etc/app"]
     store = BlobStore(tmp_path / "home" / "blobs")
     with pytest.raises(BlobError, match="never uploaded"):

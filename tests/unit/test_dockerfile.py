@@ -2,7 +2,7 @@
 
 Example of what is checked::
 
-    text, files = dockerfile_for(Image.debian_slim("3.11").pip_install(["six"]).to_proto(),
+    text, files = dockerfile_for(decode_image(Image.debian_slim("3.11").pip_install(["six"]).to_proto()),
                                  base="python:3.11-slim", runtime=FAKE_RUNTIME)
     assert "RUN python3 -m pip install --no-cache-dir six" in text
 """
@@ -26,12 +26,13 @@ from chalkd.images.dockerfile import (
     plan_for,
 )
 from chalkd.images.runtime_dist import ContextFile, RuntimeLayer
+from chalkd.services.convert import decode_image
 
 FAKE_RUNTIME = RuntimeLayer("f" * 64, "3.11", (ContextFile("chalkd-runtime/deps/install.py", b"#"),))
 
 
 def render(img: Image, base: str = "python:3.11-slim", **kw) -> tuple[str, list[ContextFile]]:
-    return dockerfile_for(img.to_proto(), base=base, runtime=FAKE_RUNTIME, **kw)
+    return dockerfile_for(decode_image(img.to_proto()), base=base, runtime=FAKE_RUNTIME, **kw)
 
 
 def instructions(text: str) -> list[str]:
@@ -141,7 +142,7 @@ def test_lazy_files_are_not_baked_in(tmp_path):
     assert "lazy" not in text
     assert all(b"x = 1" not in f.data for f in files)
     # steps are numbered without the lazy files
-    plan = plan_for(img.to_proto(), base="python:3.11-slim", runtime=FAKE_RUNTIME)
+    plan = plan_for(decode_image(img.to_proto()), base="python:3.11-slim", runtime=FAKE_RUNTIME)
     assert any(i.desc == "step 1/1: RUN true" for i in plan.instrs)
 
 
@@ -157,7 +158,7 @@ def test_from_dockerfile_keeps_its_own_from(tmp_path):
         "# syntax=docker/dockerfile:1\nARG V=3.11\nFROM python:${V}-slim AS build\nRUN echo a \\\n"
         "  && echo b\nFROM python:3.11-slim\nUSER nobody\n")
     img = Image.from_dockerfile(tmp_path / "Dockerfile").pip_install(["six"])
-    spec = img.to_proto()
+    spec = decode_image(img.to_proto())
     assert spec.base == ""
     text, files = dockerfile_for(spec, base="", runtime=FAKE_RUNTIME, ca_pem=b"CA")
     lines = text.splitlines()
@@ -179,16 +180,17 @@ def test_from_dockerfile_keeps_its_own_from(tmp_path):
 
 def test_from_refs_skip_stages_scratch_and_args():
     img = Image().dockerfile_commands(["FROM alpine:3 AS a", "FROM a", "FROM scratch", "FROM $X", "FROM b:1"])
-    assert from_refs(img.to_proto()) == ["alpine:3", "b:1"]
+    assert from_refs(decode_image(img.to_proto())) == ["alpine:3", "b:1"]
 
 
 def test_no_base_and_no_from_is_an_error():
     with pytest.raises(ImageBuildError, match="no base"):
-        dockerfile_for(Image().pip_install(["six"]).to_proto(), base="", runtime=FAKE_RUNTIME)
+        dockerfile_for(decode_image(Image().pip_install(["six"]).to_proto()), base="", runtime=FAKE_RUNTIME)
     with pytest.raises(ImageBuildError, match="no base"):
-        dockerfile_for(Image().to_proto(), base="", runtime=FAKE_RUNTIME)
+        dockerfile_for(decode_image(Image().to_proto()), base="", runtime=FAKE_RUNTIME)
     with pytest.raises(ImageBuildError, match="no base"):
-        dockerfile_for(Image().dockerfile_commands(["RUN true"]).to_proto(), base="", runtime=FAKE_RUNTIME)
+        dockerfile_for(decode_image(Image().dockerfile_commands(["RUN true"]).to_proto()), base="",
+                       runtime=FAKE_RUNTIME)
 
 
 def test_runtime_layer_is_last_and_after_the_python_check():
@@ -232,7 +234,7 @@ def test_non_root_base_user_is_switched_and_restored():
 
 def test_instruction_descriptions_map_engine_steps_to_user_steps():
     img = Image.debian_slim("3.11").pip_install(["nosuchpkg"]).run_commands("true", "exit 3")
-    plan = plan_for(img.to_proto(), base="python:3.11-slim", runtime=FAKE_RUNTIME, ca_pem=b"x")
+    plan = plan_for(decode_image(img.to_proto()), base="python:3.11-slim", runtime=FAKE_RUNTIME, ca_pem=b"x")
     assert len(plan.instrs) == len(instructions(plan.dockerfile))
     descs = [i.desc for i in plan.instrs if i.role == "user"]
     assert descs == ["step 1/2: RUN pip install nosuchpkg", "step 2/2: RUN true", "step 2/2: RUN exit 3"]
@@ -248,6 +250,7 @@ def test_tag_depends_on_spec_runtime_and_is_short():
 def test_unknown_step_kind_is_an_error():
     spec = Image.debian_slim("3.11").to_proto()
     spec.steps.add(kind="teleport")
+    spec = decode_image(spec)
     with pytest.raises(ImageBuildError, match="unknown image step kind"):
         dockerfile_for(spec, base="python:3.11-slim", runtime=FAKE_RUNTIME)
 

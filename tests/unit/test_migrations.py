@@ -18,7 +18,7 @@ import pytest
 from chalkd.catalog import Catalog
 from chalkd.model import CallState, ErrorCode
 from chalkd.queue.core import Queue
-from chalkd.services.convert import settings_from_bytes
+from chalkd.services.convert import decode_function_bytes
 from chalkd.store import migrations
 from chalkd.store.db import SCHEMA_VERSION, Store
 from chalkd.volumes.store import VolumeStore
@@ -49,7 +49,7 @@ def test_a_database_from_7de325e_opens_and_keeps_its_functions_calls_and_volumes
             assert version["value"] == str(SCHEMA_VERSION) == "2"
             assert store.clean_shutdown      # the old daemon stopped with SIGTERM; no marker means clean
             catalog = Catalog(store)
-            catalog.load(settings_from_bytes)
+            catalog.load(decode_function_bytes)
             assert sorted(fv.name for fv in catalog.by_id.values()) == ["add", "boom", "count"]
             queue = Queue(store)
             queue.known_functions = lambda: catalog.by_id

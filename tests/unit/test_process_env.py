@@ -23,6 +23,8 @@ from chalkd.images.process_env import (
     available_pythons,
     check_image,
 )
+from chalkd.services.convert import decode_image
+from chalkd.specs import ImageSpec, ImageStep
 
 OWN = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
@@ -37,9 +39,10 @@ def step(kind: str, *args: str, env: dict[str, str] | None = None, **fields) -> 
     return pb.ImageStep(kind=kind, args=list(args), env=env or {}, **fields)
 
 
-def spec(*steps: pb.ImageStep, python: str = OWN, base: str | None = None, content_hash: str = "") -> pb.ImageSpec:
+def spec(*steps: pb.ImageStep, python: str = OWN, base: str | None = None, content_hash: str = "") -> ImageSpec:
+    """An image spec as a client sends it, through the daemon's codec (as every spec comes in)."""
     base = f"python:{python}-slim-bookworm" if base is None else base
-    return pb.ImageSpec(base=base, python_version=python, steps=list(steps), content_hash=content_hash)
+    return decode_image(pb.ImageSpec(base=base, python_version=python, steps=list(steps), content_hash=content_hash))
 
 
 def tar_of(files: dict[str, bytes]) -> bytes:
@@ -93,13 +96,13 @@ def test_volume_strategy_files_are_refused() -> None:
 @pytest.mark.parametrize("base", ["ubuntu:22.04", "nvidia/cuda:12.4.1-runtime-ubuntu22.04", "python:3.12"])
 def test_other_bases_are_refused(base: str) -> None:
     with pytest.raises(ImageNotSupportedError) as e:
-        check_image(pb.ImageSpec(base=base))
+        check_image(ImageSpec(base=base))
     assert repr(base) in str(e.value) and "--runtime docker" in str(e.value)
 
 
 def test_image_without_base_is_refused() -> None:  # what Image.from_dockerfile(...) sends
     with pytest.raises(ImageNotSupportedError, match="no base.*--runtime docker"):
-        check_image(pb.ImageSpec(steps=[step("dockerfile_commands", "FROM ubuntu")]))
+        check_image(ImageSpec(steps=(ImageStep("dockerfile_commands", args=("FROM ubuntu",)),)))
 
 
 def test_missing_python_version_names_what_the_host_has() -> None:
@@ -123,9 +126,9 @@ def test_available_pythons_uses_the_daemons_own_interpreter() -> None:
 
 
 def test_python_version_may_come_from_the_base_tag() -> None:
-    check_image(pb.ImageSpec(base=f"python:{OWN}.1-slim-bookworm"))
-    check_image(pb.ImageSpec(base=f"docker.io/library/python:{OWN}-slim"))
-    check_image(pb.ImageSpec())  # the default image: the daemon's Python
+    check_image(ImageSpec(base=f"python:{OWN}.1-slim-bookworm"))
+    check_image(ImageSpec(base=f"docker.io/library/python:{OWN}-slim"))
+    check_image(ImageSpec())  # the default image: the daemon's Python
 
 
 # ---------------------------------------------------------------- no venv
@@ -207,6 +210,28 @@ def test_missing_content_hash_is_derived_from_the_spec(tmp_path: Path) -> None:
         [ra.content_hash, rb.content_hash]
     )
 
+
+
+def _known(content_hash: str = "") -> pb.ImageSpec:
+    return pb.ImageSpec(base="python:3.11-slim-bookworm", python_version="3.11", content_hash=content_hash, steps=[
+        pb.ImageStep(kind="env", env={"B": "2", "A": "1"}),
+        pb.ImageStep(kind="pip_install", args=["six==1.16.0", "attrs"]),
+        pb.ImageStep(kind="workdir", path="/app"),
+        pb.ImageStep(kind="copy_file", path="/app/c.txt", content=b"copied\n", mode=0o640, source="/home/me/c.txt"),
+    ])
+
+
+def test_venv_keys_are_the_ones_chalkd_used_before_the_spec_dataclasses() -> None:
+    # Pinned with c2704aa's _env_key (which hashed the protobuf spec itself): <home>/envs/<key>
+    # of an existing daemon must still be found, or every venv would be rebuilt after an upgrade.
+    derived = "556f2d0c854bfeb801929a54748c59841bc195a6f47d1cc54eb174f2824957e5"
+    assert process_env._env_key(decode_image(_known())) == derived
+    assert process_env._env_key(decode_image(_known("../escape"))) == derived  # unsafe as a dir name
+    assert process_env._env_key(decode_image(_known("claimed-by-client"))) == "claimed-by-client"
+    assert process_env._env_key(decode_image(pb.ImageSpec())) == (
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")  # sha256 of no bytes
+    with pytest.raises(ValueError, match="must come from the codec"):
+        process_env._env_key(ImageSpec(base="python:3.11-slim-bookworm"))  # made by hand: no wire digest
 
 # ---------------------------------------------------------------- venvs
 

@@ -18,6 +18,7 @@ import pytest
 from chalkd.model import CallError, CallState, ErrorCode, FunctionVersion, Payload, ReplicaExit
 from chalkd.queue import events as ev
 from chalkd.queue.core import CallNotFound, Queue
+from chalkd.specs import FunctionSpec
 from chalkd.store.db import Store
 
 ARGS = Payload(b"args-schema", b"args-batch")
@@ -29,7 +30,8 @@ def chunk(i: int, rows: int = 1) -> Payload:
 
 
 def make_fv(fid: str = "fv-1", name: str = "f", **kw) -> FunctionVersion:
-    return FunctionVersion(id=fid, name=name, version=1, content_hash="h", spec=b"", created_at=0.0, **kw)
+    return FunctionVersion(id=fid, name=name, version=1, content_hash="h", spec=FunctionSpec(name), created_at=0.0,
+                           **kw)
 
 
 class Sub:

@@ -10,6 +10,7 @@ import pytest
 from chalkd.model import FunctionVersion
 from chalkd.scaling.autoscaler import Autoscaler, HostResources, Replica
 from chalkd.scaling.hooks import PREFETCH, ScalerHooks
+from chalkd.specs import FunctionSpec
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -25,8 +26,8 @@ class KillRecorder:
 
 
 def version(max_replicas: int = 2) -> FunctionVersion:
-    return FunctionVersion(id="f-1", name="f", version=1, content_hash="h", spec=b"", created_at=time.time(),
-                           max_replicas=max_replicas)
+    return FunctionVersion(id="f-1", name="f", version=1, content_hash="h", spec=FunctionSpec("f"),
+                           created_at=time.time(), max_replicas=max_replicas)
 
 
 def test_prefetch_only_once_the_function_cannot_add_replicas() -> None:

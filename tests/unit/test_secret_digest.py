@@ -12,7 +12,7 @@ import pytest
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkd.model import FunctionVersion
 from chalkd.secrets import SecretStore
-from chalkd.services.convert import key_local_digests, version_to_pb
+from chalkd.services.convert import decode_function, key_local_digests, version_to_pb
 from chalkd.store.db import Store
 
 pytestmark = pytest.mark.timeout(30)
@@ -52,7 +52,7 @@ def test_key_local_digests_replaces_only_local_refs():
 def test_an_older_unkeyed_digest_is_not_sent_to_clients():
     spec = pb.FunctionSpec(name="f", secrets=[pb.SecretRef(kind="local", keys=["A"], digest="ab" * 32),
                                               pb.SecretRef(kind="local", keys=["B"], digest="hmac-sha256:cd")])
-    fv = FunctionVersion(id="fv-1", name="f", version=1, content_hash="h", spec=spec.SerializeToString(),
-                         created_at=0.0)
+    fv = FunctionVersion(id="fv-1", name="f", version=1, content_hash="h", spec=decode_function(spec),
+                         created_at=0.0, wire=spec.SerializeToString())
     out = version_to_pb(fv)
     assert [r.digest for r in out.spec.secrets] == ["", "hmac-sha256:cd"]
