@@ -25,6 +25,7 @@ import pytest
 
 from chalkcompute.image import Image
 from chalkd.images.docker_build import DockerImageBuilder, ImageBuildError
+from chalkd.services.convert import decode_image
 
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"  # the bootstrapped base's version
 TRUST_ARGS = ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "PIP_ROOT_USER_ACTION",
@@ -98,7 +99,7 @@ class Builds:
         return asyncio.run(main())
 
     def build(self, img: Image, lines: list[str] | None = None, **kw):
-        spec = img.to_proto()
+        spec = decode_image(img.to_proto())  # as the Images service hands it to the builder
         seen: list[str] = []
 
         def log(line: str) -> None:
@@ -165,7 +166,7 @@ def test_second_build_is_a_cache_hit_even_after_a_restart(builds):
 
     async def timed(b):
         t = time.monotonic()
-        hit = await b.cached(BASIC.to_proto())
+        hit = await b.cached(decode_image(BASIC.to_proto()))
         return hit, time.monotonic() - t
 
     hit, cached_s = builds.run(timed)
@@ -189,10 +190,10 @@ def test_concurrent_builds_of_one_spec_share_one_build(builds, tmp_path):
             first_lines.append(line)
             started.set()
 
-        a = asyncio.create_task(b.build(img.to_proto(), log=first_log))
+        a = asyncio.create_task(b.build(decode_image(img.to_proto()), log=first_log))
         # the second caller joins a build that has already logged (or fails with it)
         await asyncio.wait([a, asyncio.ensure_future(started.wait())], return_when=asyncio.FIRST_COMPLETED)
-        late = asyncio.create_task(b.build(img.to_proto(), log=late_lines.append))
+        late = asyncio.create_task(b.build(decode_image(img.to_proto()), log=late_lines.append))
         return await asyncio.gather(a, late)
 
     one, two = builds.run(both)
