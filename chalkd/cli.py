@@ -77,6 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--tls-cert", default=os.environ.get("CHALKD_TLS_CERT"),
                        help="PEM certificate (chain) to serve TLS; needed with --tls-key for a --host beyond loopback")
     serve.add_argument("--tls-key", default=os.environ.get("CHALKD_TLS_KEY"), help="PEM private key for --tls-cert")
+    serve.add_argument("--auth-timeout", type=float, default=float(os.environ.get("CHALKD_AUTH_TIMEOUT", "5")),
+                       help="seconds a connection may stay open without authenticating (default 5)")
+    serve.add_argument("--idle-timeout", type=float, default=float(os.environ.get("CHALKD_IDLE_TIMEOUT", "300")),
+                       help="seconds a connection with no open stream and no traffic stays open (default 300; "
+                            "0: forever); clients reconnect by themselves")
+    serve.add_argument("--max-unauthenticated-per-peer", type=int,
+                       default=int(os.environ.get("CHALKD_MAX_UNAUTHENTICATED_PER_PEER", "64")),
+                       help="connections not yet authenticated, per remote IP (TCP) or uid (unix socket), default "
+                            "64; a new one closes that peer's oldest. Authenticated connections are not counted")
 
     token = sub.add_parser("token", help="show or rotate the daemon's token (<home>/token)")
     token.add_argument("action", choices=["show", "rotate"])
@@ -156,6 +165,8 @@ def _serve(args) -> int:
         sweep_interval=args.sweep_interval, pids_limit=args.pids_limit,
         tls_cert=args.tls_cert, tls_key=args.tls_key,
         memory_budget=memory_budget, replica_env=args.replica_env,
+        auth_timeout=args.auth_timeout, idle_timeout=args.idle_timeout,
+        max_unauthenticated_per_peer=args.max_unauthenticated_per_peer,
     )
     if args.build_ca_bundle is not None:
         config.build_ca_bundle = args.build_ca_bundle or None

@@ -83,6 +83,11 @@ class Config:
     # CHALKD_MEMORY_BUDGET or --memory-budget. See chalkd.queue.core.MemoryBudget for the split.
     memory_budget: int = field(default_factory=lambda: parse_size(
         os.environ.get("CHALKD_MEMORY_BUDGET", str(DEFAULT_MEMORY_BUDGET)), "CHALKD_MEMORY_BUDGET"))
+    # Connections (chalkd.connections): closed when not authenticated within auth_timeout seconds, or idle
+    # (no stream, no data) for idle_timeout seconds (0: never); unauthenticated ones capped per peer.
+    auth_timeout: float = 5.0
+    idle_timeout: float = 300.0
+    max_unauthenticated_per_peer: int = 64
 
     def validate(self) -> None:
         if self.runtime not in ("auto", "process", "docker"):
@@ -114,6 +119,13 @@ class Config:
             raise ValueError(f"--sweep-interval must be positive, got {self.sweep_interval:g}")
         if self.memory_budget < 64 * 2**20:
             raise ValueError(f"--memory-budget must be at least 64 MiB, got {self.memory_budget} bytes")
+        if not self.auth_timeout > 0:
+            raise ValueError(f"--auth-timeout must be positive, got {self.auth_timeout:g}")
+        if self.idle_timeout < 0:
+            raise ValueError(f"--idle-timeout must be 0 (never) or positive, got {self.idle_timeout:g}")
+        if self.max_unauthenticated_per_peer < 1:
+            raise ValueError(
+                f"--max-unauthenticated-per-peer must be at least 1, got {self.max_unauthenticated_per_peer}")
         if self.max_message_bytes < 1024:
             raise ValueError(f"--max-message-size must be at least 1024 bytes, got {self.max_message_bytes}")
 

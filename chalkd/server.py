@@ -41,6 +41,7 @@ from chalkcompute import _auth
 from chalkd.auth import Authenticator, load_or_create_token
 from chalkd.catalog import Catalog
 from chalkd.config import Config
+from chalkd.connections import ConnectionGuard, raise_fd_limit
 from chalkd.gpus import GpuAllocator, detect_gpus
 from chalkd.images.blobs import BlobStore
 from chalkd.queue.core import Queue
@@ -200,6 +201,7 @@ class Server:
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.home, 0o700)  # an existing home too: it holds the database, token, keys and logs
         self.token = load_or_create_token(self.home)
+        fd_limit = raise_fd_limit()  # before anything opens: every connection and replica pipe is a descriptor
 
         # The port first: a taken one fails before anything is opened, and port 0's pick is known to all.
         sock = bind_socket(cfg.host, cfg.port)
@@ -262,8 +264,13 @@ class Server:
             "auth": self.auth,
         }
 
+        # Unauthenticated and idle connections are closed, capped per peer (see chalkd.connections).
+        self.connections = ConnectionGuard(auth_timeout=cfg.auth_timeout, idle_timeout=cfg.idle_timeout,
+                                           max_unauthenticated_per_peer=cfg.max_unauthenticated_per_peer,
+                                           fd_limit=fd_limit)
         grpc_tcp = GrpcServer(list(self.services.values()), codec=LimitedCodec(cfg.max_message_bytes))
         self.auth.install(grpc_tcp)
+        self.connections.install(grpc_tcp)  # after auth: it marks the connections whose RPCs passed
         await grpc_tcp.start(sock=sock, ssl=cfg.ssl_context())
         stack.push_async_callback(_close_grpc, grpc_tcp)
         # Containers cannot reach the host's loopback: they get the run dir mounted and dial this.
@@ -271,8 +278,11 @@ class Server:
         unix_path.unlink(missing_ok=True)
         grpc_unix = GrpcServer(list(self.services.values()), codec=LimitedCodec(cfg.max_message_bytes))
         self.auth.install(grpc_unix)
+        self.connections.install(grpc_unix)
         await grpc_unix.start(path=str(unix_path))
         stack.push_async_callback(_close_grpc, grpc_unix)
+        await self.connections.start()
+        stack.push_async_callback(self.connections.close)
         os.chmod(unix_path, 0o600)
 
         # Local callers and workers skip HTTP/2: same streams, framed on a unix socket.

@@ -41,8 +41,9 @@ class Daemon:
     """A `chalkd serve` subprocess; restartable on the same port and home."""
 
     def __init__(self, home: Path, port: int | None = None, extra_args: tuple[str, ...] = (),
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, preexec_fn=None) -> None:
         self.home = home
+        self.preexec_fn = preexec_fn  # e.g. lower the daemon's rlimits (run in the child before exec)
         self.env = env
         self.port = port or free_port()
         self.extra_args = extra_args
@@ -62,7 +63,7 @@ class Daemon:
                  # Pinned: `auto` would pick Docker on a machine with an engine and the base image.
                  *(() if "--runtime" in self.extra_args else ("--runtime", "process")), *self.extra_args],
                 stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                env={**os.environ, **self.env} if self.env else None,
+                env={**os.environ, **self.env} if self.env else None, preexec_fn=self.preexec_fn,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
