@@ -63,6 +63,8 @@ from typing import Any
 
 from grpclib.events import RecvRequest, listen
 
+from chalkd.auth import current_scope
+
 log = logging.getLogger(__name__)
 
 LOW_FD_LIMIT = 4096
@@ -207,6 +209,10 @@ class ConnectionGuard:
         server._protocol_factory = factory
 
         async def on_request(event: RecvRequest) -> None:
+            # The Authenticator's listener ran first in this request's task: it sets the scope only for an
+            # RPC whose credential checked out (Auth.Challenge passes it without one, and without a scope).
+            if current_scope.get() is None:
+                return
             # Peer keeps the transport the connection was made with (grpclib.protocol.Peer).
             conn = self.conns.get(getattr(event.peer, "_transport", None))  # type: ignore[arg-type]
             if conn is not None and not conn.authenticated:
