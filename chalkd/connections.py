@@ -71,6 +71,7 @@ LOW_FD_LIMIT = 4096
 DEFAULT_AUTH_TIMEOUT = 5.0
 DEFAULT_IDLE_TIMEOUT = 300.0
 DEFAULT_MAX_UNAUTHENTICATED_PER_PEER = 64
+REPORT_INTERVAL = 60.0  # seconds between log lines summing up what the rules closed
 MIN_UNAUTHENTICATED_TOTAL = 16  # the global cap never goes below this, however low the fd limit
 
 
@@ -193,6 +194,8 @@ class ConnectionGuard:
         shortest = min(t for t in (auth_timeout, idle_timeout) if t > 0)
         self.sweep_interval = max(0.05, min(1.0, shortest / 4))
         self._clock: Callable[[], float] = time.monotonic
+        self._reported = dict(self.closed)
+        self._reported_at = self._clock()
 
     # -- wiring -----------------------------------------------------------------------------
 
@@ -297,10 +300,22 @@ class ConnectionGuard:
             elif now - conn.active_at >= self.idle_timeout:
                 self._close(conn, "idle")
 
+    def report(self, now: float, every: float = REPORT_INTERVAL) -> None:
+        """Log what the rules closed since the last report, at most once per ``every`` seconds (a flood
+        is one line a minute, not one per connection)."""
+        if now - self._reported_at < every or self.closed == self._reported:
+            return
+        delta = {k: v - self._reported[k] for k, v in self.closed.items() if v != self._reported[k]}
+        log.info("closed connections in the last %.0fs: %s (%d open, %d not authenticated)", now - self._reported_at,
+                 ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in delta.items()), len(self.conns), len(self.pending))
+        self._reported, self._reported_at = dict(self.closed), now
+
     async def _sweep_forever(self) -> None:
         while True:
             await asyncio.sleep(self.sweep_interval)
             try:
-                self.sweep()
+                now = self._clock()
+                self.sweep(now)
+                self.report(now)
             except Exception:
                 log.exception("the connection sweep failed")

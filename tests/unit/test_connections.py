@@ -190,3 +190,15 @@ def test_fd_limit_warning_names_the_figure(caplog):
             resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if hard != resource.RLIM_INFINITY:
         assert f"at most {hard} files" in caplog.text and "ulimit -Hn" in caplog.text
+
+
+def test_closes_are_summed_up_in_one_line_a_minute(caplog):
+    guard = ConnectionGuard()
+    t0 = guard._reported_at
+    guard.closed["auth_timeout"] += 300
+    with caplog.at_level("INFO", logger="chalkd.connections"):
+        guard.report(t0 + 1)  # too soon
+        assert "closed connections" not in caplog.text
+        guard.report(t0 + 61)
+        guard.report(t0 + 200)  # nothing new
+    assert caplog.text.count("closed connections") == 1 and "300 auth timeout" in caplog.text
