@@ -202,3 +202,38 @@ def test_closes_are_summed_up_in_one_line_a_minute(caplog):
         guard.report(t0 + 61)
         guard.report(t0 + 200)  # nothing new
     assert caplog.text.count("closed connections") == 1 and "300 auth timeout" in caplog.text
+
+
+def test_tls_connections_are_tracked_and_authenticated(tmp_path):
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: cannot make a self-signed certificate for the TLS test")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=60)
+
+    async def run() -> None:
+        guard = ConnectionGuard(auth_timeout=5, idle_timeout=0)
+        auth = Authenticator(TOKEN, lambda replica_id: None)
+        server = GrpcServer([auth, Health()])
+        auth.install(server)
+        guard.install(server)
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_ctx.load_cert_chain(str(cert), str(key))
+        server_ctx.set_alpn_protocols(["h2"])
+        await server.start("127.0.0.1", 0, ssl=server_ctx)
+        client_ctx = _auth.client_ssl_context(str(cert))
+        channel = Channel("127.0.0.1", server._server.sockets[0].getsockname()[1], ssl=client_ctx)  # type: ignore[union-attr]
+        _authenticate(channel)
+        try:
+            await HealthStub(channel).Check(HealthCheckRequest(), timeout=10)
+            assert guard.stats()["open"] == 1 and guard.stats()["unauthenticated"] == 0
+            assert next(iter(guard.conns.values())).peer == "ip:127.0.0.1"
+        finally:
+            await _close(server, channel)
+
+    asyncio.run(run())
