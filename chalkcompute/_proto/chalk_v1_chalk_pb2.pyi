@@ -457,20 +457,22 @@ class DeleteRateLimitResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class Submit(_message.Message):
-    __slots__ = ("ref", "function_id", "function_name", "args", "idempotency_key", "parent_call_id")
+    __slots__ = ("ref", "function_id", "function_name", "args", "idempotency_key", "parent_call_id", "detach")
     REF_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_ID_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_NAME_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     PARENT_CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    DETACH_FIELD_NUMBER: _ClassVar[int]
     ref: int
     function_id: str
     function_name: str
     args: Payload
     idempotency_key: str
     parent_call_id: str
-    def __init__(self, ref: _Optional[int] = ..., function_id: _Optional[str] = ..., function_name: _Optional[str] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., parent_call_id: _Optional[str] = ...) -> None: ...
+    detach: bool
+    def __init__(self, ref: _Optional[int] = ..., function_id: _Optional[str] = ..., function_name: _Optional[str] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., parent_call_id: _Optional[str] = ..., detach: _Optional[bool] = ...) -> None: ...
 
 class Attach(_message.Message):
     __slots__ = ("ref", "call_id", "after_chunk")
@@ -591,17 +593,19 @@ class AssignmentBatch(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ...) -> None: ...
 
 class ChunkCredit(_message.Message):
-    __slots__ = ("call_id", "attempt", "up_to")
+    __slots__ = ("call_id", "attempt", "up_to", "bytes_up_to")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     UP_TO_FIELD_NUMBER: _ClassVar[int]
+    BYTES_UP_TO_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     attempt: int
     up_to: int
-    def __init__(self, call_id: _Optional[str] = ..., attempt: _Optional[int] = ..., up_to: _Optional[int] = ...) -> None: ...
+    bytes_up_to: int
+    def __init__(self, call_id: _Optional[str] = ..., attempt: _Optional[int] = ..., up_to: _Optional[int] = ..., bytes_up_to: _Optional[int] = ...) -> None: ...
 
 class WorkerResponse(_message.Message):
-    __slots__ = ("function", "assignments", "chunk_credits", "cancels", "drain", "heartbeat", "batches", "secret_env")
+    __slots__ = ("function", "assignments", "chunk_credits", "cancels", "drain", "heartbeat", "batches", "secret_env", "max_payload")
     class SecretEnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -617,6 +621,7 @@ class WorkerResponse(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     BATCHES_FIELD_NUMBER: _ClassVar[int]
     SECRET_ENV_FIELD_NUMBER: _ClassVar[int]
+    MAX_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     function: FunctionVersion
     assignments: _containers.RepeatedCompositeFieldContainer[Assignment]
     chunk_credits: _containers.RepeatedCompositeFieldContainer[ChunkCredit]
@@ -625,7 +630,8 @@ class WorkerResponse(_message.Message):
     heartbeat: bool
     batches: _containers.RepeatedCompositeFieldContainer[AssignmentBatch]
     secret_env: _containers.ScalarMap[str, str]
-    def __init__(self, function: _Optional[_Union[FunctionVersion, _Mapping]] = ..., assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., chunk_credits: _Optional[_Iterable[_Union[ChunkCredit, _Mapping]]] = ..., cancels: _Optional[_Iterable[_Union[AttemptEvent, _Mapping]]] = ..., drain: _Optional[bool] = ..., heartbeat: _Optional[bool] = ..., batches: _Optional[_Iterable[_Union[AssignmentBatch, _Mapping]]] = ..., secret_env: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    max_payload: int
+    def __init__(self, function: _Optional[_Union[FunctionVersion, _Mapping]] = ..., assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., chunk_credits: _Optional[_Iterable[_Union[ChunkCredit, _Mapping]]] = ..., cancels: _Optional[_Iterable[_Union[AttemptEvent, _Mapping]]] = ..., drain: _Optional[bool] = ..., heartbeat: _Optional[bool] = ..., batches: _Optional[_Iterable[_Union[AssignmentBatch, _Mapping]]] = ..., secret_env: _Optional[_Mapping[str, str]] = ..., max_payload: _Optional[int] = ...) -> None: ...
 
 class MissingBlobsRequest(_message.Message):
     __slots__ = ("digests",)
