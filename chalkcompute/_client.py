@@ -177,11 +177,23 @@ class CallHandle:
     async def next_event_async(self) -> CallEvent:
         return await self.events.get_async()
 
-    def consumed_up_to(self, index: int) -> None:
+    def consumed_up_to(self, index: int, end_of_payload: bool = False) -> None:
+        """The user took chunk ``index``. Acknowledged every :data:`ACK_EVERY` chunks, and at the
+        end of a payload once nothing more waits here: the daemon's window counts bytes too, so a
+        reader of large chunks must say so long before a thousand of them (it would never get them)."""
         self.consumed = index
-        if index - self._acked >= ACK_EVERY:
+        if index - self._acked >= ACK_EVERY or (end_of_payload and index >= self.received and index > self._acked):
             self._acked = index
             self.session.send_threadsafe(ack=pb.ChunkAck(call_id=self.call_id or "", index=index))
+
+    def detach(self) -> None:
+        """Stop following the call without cancelling it (a reader that left a spawned call)."""
+        if self.finished:
+            return
+        self.finished = True
+        self.session.handles.pop(self.ref, None)
+        if self.call_id:
+            self.session.send_threadsafe(cancel=pb.CancelCall(call_id=self.call_id, detach=True))
 
     def cancel(self) -> None:
         if self.finished:
@@ -292,8 +304,20 @@ class _Session:
         self.from_thread(ack or cancel)
 
     def from_thread(self, item) -> None:
-        """Queue a handle (a new call) or a message from any thread; one loop wake-up per burst."""
+        """Queue a handle (a new call) or a message from any thread; one loop wake-up per burst.
+
+        On the local socket the caller's thread writes it itself: a submit without a hop, and
+        a cancel (a loop left with ``break``) on its way before the next line of the program,
+        even if that line ends the process."""
         direct = self.direct
+        if direct is not None and isinstance(item, (pb.CancelCall, pb.ChunkAck)):
+            with direct.lock:
+                if self.direct is direct and not direct.closed:
+                    try:
+                        direct.write_locked(frame(0, _request([item]).SerializeToString()))
+                        return
+                    except ConnectionError:
+                        pass  # queued below: the reconnect sends it
         if direct is not None and isinstance(item, CallHandle):
             # On the local socket the caller's thread sends its submit itself.
             with direct.lock:
@@ -418,6 +442,9 @@ class _Session:
                 h.call_id = ev.call_id
                 if h.cancel_requested:
                     self._queue_item(pb.CancelCall(call_id=ev.call_id))
+                if h.submit.detach:  # spawned: nothing more comes for it on this session
+                    h.finished = True
+                    del self.handles[ev.ref]
                 h.on_accepted()
             return
         if kind == "chunk":
@@ -603,11 +630,14 @@ class Client:
     def start_call(self, *, function_id: str = "", function_name: str = "", args: tuple[bytes, bytes],
                    decode: Callable[[bytes, bytes], list], display_name: str = "",
                    idempotency_key: str | None = None,
-                   handle_type: Callable[..., CallHandle] = CallHandle) -> CallHandle:
-        """Queue a call from any thread; returns at once with its handle."""
+                   handle_type: Callable[..., CallHandle] = CallHandle, detach: bool = False) -> CallHandle:
+        """Queue a call from any thread; returns at once with its handle (with ``detach``, a
+        spawned generator's: it hears the acceptance only, and the call runs unfollowed)."""
         session = self.session
         submit = self._new_submit(session, function_id, function_name, args, idempotency_key,
                                   current_call_id.get() or "")
+        if detach:
+            submit.detach = True
         handle = handle_type(session, submit, display_name or function_name or function_id, decode)
         if in_sdk_thread():
             session.start(handle)
@@ -648,7 +678,8 @@ class Client:
         return handles
 
     def attach_call(self, call_id: str, *, decode: Callable[[bytes, bytes], list], display_name: str = "",
-                    cancel: bool = False, handle_type: Callable[..., CallHandle] = CallHandle) -> CallHandle:
+                    cancel: bool = False, handle_type: Callable[..., CallHandle] = CallHandle,
+                    after_chunk: int | None = None) -> CallHandle:
         """Follow a call made elsewhere (another process, an earlier run) by id:
         its events replay from the start. With ``cancel``, a CancelCall for it goes
         in the same message, so the handle's first event comes after the cancel
@@ -656,15 +687,24 @@ class Client:
 
         A call this session already follows with a ``handle_type`` handle (say,
         one it spawned) gets that handle back rather than a second subscription.
+        With ``after_chunk`` (a generator's reader), a new handle replays the chunks
+        after that index and takes the place of any older one (chalkd keeps one
+        subscription per session and call).
         """
         session = self.session
         existing = session.following(call_id)
-        if existing is not None and type(existing) is handle_type:
+        if after_chunk is not None:
+            if existing is not None:
+                existing.finished = True
+                session.handles.pop(existing.ref, None)
+        elif existing is not None and type(existing) is handle_type:
             if cancel:
                 self.cancel_calls([existing])
             return existing
         handle = handle_type(session, pb.Submit(ref=session.next_ref()), display_name or call_id, decode)
         handle.call_id = call_id  # so its opening (now and after a reconnect) is an Attach
+        if after_chunk is not None:
+            handle.received = handle.consumed = handle._acked = after_chunk
         self._send(session, [handle], [pb.CancelCall(call_id=call_id)] if cancel else [])
         return handle
 
@@ -686,6 +726,21 @@ class Client:
         else:
             session.send_batch(handles, messages, requests)
 
+    def flush(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` seconds) until the session's queued messages went out."""
+        session = self._session
+        if session is None or in_sdk_thread() or not self.loop.is_running():
+            return
+
+        async def drained() -> None:
+            while session._out or session._incoming:
+                await asyncio.sleep(0.005)
+
+        try:
+            asyncio.run_coroutine_threadsafe(asyncio.wait_for(drained(), timeout), self.loop).result(timeout + 0.5)
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+
     def close(self) -> None:
         if self._channel is not None:
             self.loop.call_soon_threadsafe(self._channel.close)
@@ -695,6 +750,7 @@ class Client:
 def _close_all() -> None:
     for client in list(Client._instances.values()):
         try:
+            client.flush(timeout=1.0)  # a cancel from a loop left just before exit still goes out
             client.close()
         except Exception:  # interpreter shutdown: nothing useful to report
             pass

@@ -26,6 +26,8 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "MAX_MESSAGE_ENV",
     "sdk_max_payload",
+    "set_max_payload",
+    "too_large",
     "batches",
     "FUNCTION_NAME_RE",
     "VOLUME_NAME_RE",
@@ -61,13 +63,34 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20
 MAX_MESSAGE_ENV = "CHALK_MAX_MESSAGE_SIZE"
 
 
+_max_payload = [int(os.environ.get(MAX_MESSAGE_ENV, DEFAULT_MAX_MESSAGE_BYTES))]
+
+
 def sdk_max_payload() -> int:
-    """The largest argument payload the SDK sends: ``$CHALK_MAX_MESSAGE_SIZE`` or 64 MiB.
+    """The largest payload (arguments, a result, one chunk) this process makes:
+    ``$CHALK_MAX_MESSAGE_SIZE`` or 64 MiB; in a worker, the daemon's own limit.
 
     >>> sdk_max_payload() > 0
     True
     """
-    return int(os.environ.get(MAX_MESSAGE_ENV, DEFAULT_MAX_MESSAGE_BYTES))
+    return _max_payload[0]
+
+
+def set_max_payload(limit: int) -> None:
+    """Adopt the daemon's limit (the worker learns it when it connects)."""
+    if limit > 0:
+        _max_payload[0] = limit
+
+
+def too_large(what: str, size: int, limit: int) -> str:
+    """The one message for a payload over the limit, wherever it is made.
+
+    >>> too_large("the result of f()", 200, 100)[:49]
+    'the result of f() is 200 bytes, over the 100-byte'
+    """
+    return (f"{what} is {size} bytes, over the {limit}-byte limit on arguments, results and chunks "
+            f"(chalkd serve --max-message-size; {MAX_MESSAGE_ENV} tells the SDK); "
+            "pass large data through a volume instead")
 
 
 def batches(items: Sequence[T], size: Callable[[T], int], limit: int = MAX_BATCH_BYTES,

@@ -51,6 +51,7 @@ from chalkcompute._client import CallHandle, Client
 from chalkcompute._events import Broken, CallEvent, Chunk, Failed, Result
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._serialization import FunctionCodec
+from chalkcompute._stream import ChunkStream
 from chalkcompute.exceptions import ChalkError, FunctionNotFoundError, FunctionSignatureError, FunctionTimeoutError
 
 
@@ -150,12 +151,26 @@ class FunctionCall:
     for the function's own exception, ``CallCancelledError`` after a cancel).
     One object follows its call on one subscription, however often ``get`` is
     called; it re-attaches by itself after a lost connection.
+
+    A generator's call is read by iterating it, from any process, as often as
+    wanted; leaving the loop does not cancel it::
+
+        call = countdown.spawn(5)
+        for chunk in FunctionCall.from_id(call.object_id):   # 5, 4, ...
+            ...
+        for chunk in call.iter(start=0):                     # again, from the start
+            ...
+        async for chunk in call:                             # or with async for
+            ...
     """
 
     def __init__(self, call_id: str, *, client: Client, function_name: str,
-                 decode: Callable[[bytes, bytes], list], handle: _CallHandle | None = None) -> None:
+                 decode: Callable[[bytes, bytes], list], handle: _CallHandle | None = None,
+                 is_generator: bool = False) -> None:
         self.object_id = call_id
         self.function_name = function_name
+        self.is_generator = is_generator
+        self.next_chunk = 0  # a generator's: where the next iter() resumes (after the last chunk read)
         self._client = client
         self._decode = decode
         self._handle = handle
@@ -179,14 +194,11 @@ class FunctionCall:
             name = info.function_name or info.function_id
         else:
             spec = fv.spec
-            if spec.is_generator:
-                raise FunctionSignatureError(
-                    f"call {call_id} is to generator function {fv.function_name!r}: its chunks stream to "
-                    "its caller and cannot be fetched as one result")
             codec = FunctionCodec.from_schemas(list(spec.parameter_names), spec.input_schema, spec.output_schema,
                                                is_generator=spec.is_generator)
             name = info.function_name or fv.function_name
-        return cls(info.id or call_id, client=client, function_name=name, decode=codec.decode_results)
+        return cls(info.id or call_id, client=client, function_name=name, decode=codec.decode_results,
+                   is_generator=codec.is_generator)
 
     def _from_id(cls, call_id: str, target: str | None = None) -> FunctionCall:
         """The call with this id (``"fc-..."``), resolved at once; raises
@@ -220,6 +232,29 @@ class FunctionCall:
             f"call {self.object_id} to {self.function_name!r} did not finish within {timeout:g}s "
             "(it goes on: get() again later, or cancel() it)")
 
+    # -- a generator's chunks ----------------------------------------------------------------
+
+    def iter(self, start: int | None = None) -> ChunkStream:
+        """A generator call's chunks, for ``for`` and ``async for``: from chunk ``start``
+        (0: from the first), or by default after the last chunk this object handed out.
+        Chunks the daemon kept are replayed; leaving the loop stops reading, and the call goes on."""
+        if not self.is_generator:
+            raise FunctionSignatureError(
+                f"call {self.object_id} is to {self.function_name!r}, which is not a generator: get() its result")
+        if start is None:
+            start = self.next_chunk
+        elif isinstance(start, bool) or not isinstance(start, int) or start < 0:
+            raise ValueError(f"iter(start=...) must be a chunk index >= 0, got {start!r}")
+        h = self._client.attach_call(self.object_id, decode=self._decode, display_name=self.function_name,
+                                     after_chunk=start - 1)
+        return ChunkStream(h, owns_call=False, progress=self)
+
+    def __iter__(self) -> ChunkStream:
+        return self.iter()
+
+    def __aiter__(self) -> ChunkStream:
+        return self.iter()
+
     # -- get / cancel -----------------------------------------------------------------------
 
     def _get(self, timeout: float | None = None) -> Any:
@@ -227,6 +262,7 @@ class FunctionCall:
         raises FunctionTimeoutError then, and the call goes on."""
         if on_sdk_loop():
             raise RuntimeError("a blocking FunctionCall.get() was made on the SDK's own event loop; use .aio")
+        self._refuse_get()
         _check_timeout(timeout)
         h = self._attached()
         try:
@@ -236,6 +272,7 @@ class FunctionCall:
         return h.value_of(event)
 
     async def _get_async(self, timeout: float | None = None) -> Any:
+        self._refuse_get()
         _check_timeout(timeout)
         h = self._attached()
         if not h.outcome.done():
@@ -246,6 +283,12 @@ class FunctionCall:
         return h.value_of(h.outcome.result())
 
     get = Twin.pair("get", _get, _get_async)
+
+    def _refuse_get(self) -> None:
+        if self.is_generator:
+            raise FunctionSignatureError(
+                f"call {self.object_id} is to generator function {self.function_name!r}: its chunks are not one "
+                "result; iterate the call instead (for chunk in call: ...)")
 
     def _cancel(self) -> None:
         """Cancel the call (a no-op if it has finished); returns once chalkd has
@@ -286,17 +329,19 @@ def _codec(rf: Callee) -> FunctionCodec:
 
 
 def _start_spawn(rf: Callee, info: Any, args: tuple, kwargs: dict) -> _CallHandle:
-    _refuse_generator(rf, "spawned")
     payload = rf._encode(args, kwargs)
+    # A spawned generator runs unfollowed: its chunks wait in the daemon's store for a reader.
     return cast(_CallHandle, rf.client.start_call(function_id=info.id, args=payload,
                                                   decode=_codec(rf).decode_results, display_name=rf.name,
-                                                  handle_type=_CallHandle))
+                                                  handle_type=_CallHandle, detach=bool(rf.is_generator)))
 
 
 def _spawned(rf: Callee, h: _CallHandle) -> FunctionCall:
     if not h.call_id:  # refused: no such function, arguments too large...
         h.value_of(h.outcome.result())
     assert h.call_id is not None
+    if rf.is_generator:
+        return FunctionCall(h.call_id, client=rf.client, function_name=rf.name, decode=h.decode, is_generator=True)
     return FunctionCall(h.call_id, client=rf.client, function_name=rf.name, decode=h.decode, handle=h)
 
 

@@ -308,6 +308,7 @@ _CODE_TO_ERROR: dict[str, type[ChalkError]] = {
     "UNSCHEDULABLE": FunctionError,
     "INVALID_ARGUMENT": FunctionSignatureError,
     "RESOURCE_EXHAUSTED": ResourceExhaustedError,
+    "TOO_LARGE": ResourceExhaustedError,  # a result or chunk over the size limit (never retried)
     "CANCELLED": CallCancelledError,
     "DEADLINE_EXCEEDED": FunctionTimeoutError,
     "DEADLOCK": ConcurrencyDeadlockError,

@@ -29,8 +29,7 @@ import logging
 import os
 import sys
 import threading
-import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,12 +38,12 @@ from chalkcompute import calls as _calls
 from chalkcompute._bridge import Twin, run_async, run_sync
 from chalkcompute._build import ImageBuildFailed, prepare_image
 from chalkcompute._client import CallHandle, Client
-from chalkcompute._contract import FUNCTION_NAME_RE, sdk_max_payload
-from chalkcompute._events import CallEvent, Chunk, Done, Result
+from chalkcompute._contract import FUNCTION_NAME_RE, sdk_max_payload, too_large
 from chalkcompute._mounts import secret_refs
 from chalkcompute._options import FunctionOptions, parse_cpu, parse_memory
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._serialization import FunctionCodec
+from chalkcompute._stream import ChunkStream, _cancel_and_wait
 from chalkcompute.exceptions import (
     FunctionBuildError,
     FunctionError,
@@ -61,7 +60,6 @@ log = logging.getLogger(__name__)
 __all__ = ["function", "RemoteFunction", "FunctionVersionInfo", "parse_cpu", "parse_memory"]
 
 NAME_RE = FUNCTION_NAME_RE  # the rule the daemon checks too (chalkcompute._contract)
-MAX_PAYLOAD = sdk_max_payload()
 _MEMORY_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
                  "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
 
@@ -378,10 +376,8 @@ class RemoteFunction:
         assert self.codec is not None  # hydrated: _ensure_registered* ran first
         schema, batch = self.codec.encode_args(arguments)
         size = len(schema) + len(batch)
-        if size > MAX_PAYLOAD:
-            raise ResourceExhaustedError(
-                f"arguments to {self.name}() are {size} bytes, over the {MAX_PAYLOAD}-byte message limit "
-                "(CHALK_MAX_MESSAGE_SIZE); pass large data through a volume or file instead")
+        if size > (limit := sdk_max_payload()):
+            raise ResourceExhaustedError(too_large(f"the arguments of {self.name}()", size, limit))
         return schema, batch
 
     def _start(self, args: tuple, kwargs: dict) -> CallHandle:
@@ -439,19 +435,6 @@ def _info(v: pb.FunctionVersion) -> FunctionVersionInfo:
 # -- results --------------------------------------------------------------------------------
 
 
-def _cancel_and_wait(handle: CallHandle, timeout: float = 2.0) -> None:
-    """Ctrl-C in a blocking caller: cancel its call, and wait (briefly) until the
-    daemon has acted on it, so a script that exits at once does not leave it running."""
-    handle.cancel()
-    deadline = time.monotonic() + timeout
-    try:
-        while (left := deadline - time.monotonic()) > 0:
-            if type(handle.next_event(timeout=left)) is not Chunk:
-                return
-    except Exception:  # noqa: BLE001 - best effort: the cancel is on its way regardless
-        pass
-
-
 def _result_sync(handle: CallHandle) -> Any:
     try:
         return handle.value_of(handle.next_event())
@@ -498,84 +481,6 @@ class _PendingCall:
             return await rf._start_async(self.args, self.kwargs)
 
         return ChunkStream(None, start=start)
-
-
-class ChunkStream:
-    """The chunks of a generator call, for ``for`` and ``async for`` alike."""
-
-    def __init__(self, handle: CallHandle | None,
-                 start: Callable[[], Coroutine[Any, Any, CallHandle]] | None = None) -> None:
-        self._handle = handle
-        self._start = start
-        self._buffer: list = []
-        self._pos = 0
-        self._index = -1
-        self._done = False
-
-    def _take(self, event: CallEvent) -> bool:
-        """Turn one event into buffered values; returns False at the end."""
-        h = self._handle
-        assert h is not None
-        if type(event) is Chunk:
-            self._buffer, self._pos = h.chunk_values(event), 0
-            self._index = event.first_index + event.skip - 1
-            return True
-        self._done = True
-        if type(event) is Done or type(event) is Result:
-            return False
-        h.raise_for(event)
-
-    def _next_buffered(self) -> Any:
-        value = self._buffer[self._pos]
-        self._pos += 1
-        self._index += 1
-        self._handle.consumed_up_to(self._index)  # type: ignore[union-attr]  # set once iterating
-        return value
-
-    def __iter__(self) -> ChunkStream:
-        return self
-
-    def __next__(self) -> Any:
-        if self._handle is None:
-            raise TypeError("this stream was started with .aio(): iterate it with `async for`")
-        while self._pos >= len(self._buffer):
-            if self._done:
-                raise StopIteration
-            try:
-                if not self._take(self._handle.next_event()):
-                    raise StopIteration
-            except KeyboardInterrupt:
-                self._done = True
-                _cancel_and_wait(self._handle)
-                raise
-        return self._next_buffered()
-
-    def __aiter__(self) -> ChunkStream:
-        return self
-
-    async def __anext__(self) -> Any:
-        if self._handle is None:
-            assert self._start is not None  # made by .aio(): it starts the call on first use
-            self._handle = await self._start()
-        while self._pos >= len(self._buffer):
-            if self._done:
-                raise StopAsyncIteration
-            try:
-                event = await self._handle.next_event_async()
-            except asyncio.CancelledError:
-                self._handle.cancel()
-                raise
-            if not self._take(event):
-                raise StopAsyncIteration
-        return self._next_buffered()
-
-    def __del__(self) -> None:
-        h = self._handle
-        if h is not None and not self._done and not h.finished:
-            try:
-                h.cancel()
-            except Exception:  # interpreter teardown
-                pass
 
 
 # -- the decorator ----------------------------------------------------------------------------

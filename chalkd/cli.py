@@ -60,6 +60,16 @@ def main(argv: list[str] | None = None) -> int:
                             "a quarter for queued calls' arguments (the rest are read from the database at "
                             "dispatch), a quarter for recently finished results, 1/16 for idempotency keys, "
                             "and each caller stream's outbox (a caller that stops reading is paused, then dropped)")
+    serve.add_argument("--chunk-window-bytes", default=os.environ.get("CHALKD_CHUNK_WINDOW_BYTES", "16MiB"),
+                       help="bytes of a generator's chunks that may wait for its reader (default 16MiB); the "
+                            "generator pauses beyond them (and beyond 8192 chunks)")
+    serve.add_argument("--detached-stream-timeout", type=float,
+                       default=float(os.environ.get("CHALKD_DETACHED_STREAM_TIMEOUT", "60")),
+                       help="seconds a generator call may stream with no reader attached before it is cancelled "
+                            "and its replica freed (default 60); a spawned one counts once its budget is full")
+    serve.add_argument("--spawned-stream-budget", default=os.environ.get("CHALKD_SPAWNED_STREAM_BUDGET", "256MiB"),
+                       help="bytes of a spawned generator's chunks stored for a later reader before it pauses "
+                            "(default 256MiB)")
     serve.add_argument("--heartbeat-timeout", type=float, default=15.0, help="seconds before a silent worker is lost")
     serve.add_argument("--cancel-grace", type=float, default=5.0,
                        help="seconds a cancelled or timed-out handler has to stop before its replica is killed")
@@ -155,6 +165,8 @@ def _serve(args) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         memory_budget = parse_size(args.memory_budget, "--memory-budget")
+        chunk_window_bytes = parse_size(args.chunk_window_bytes, "--chunk-window-bytes")
+        spawned_stream_budget = parse_size(args.spawned_stream_budget, "--spawned-stream-budget")
     except ValueError as exc:
         print(f"chalkd: {exc}", file=sys.stderr)
         return 2
@@ -165,6 +177,8 @@ def _serve(args) -> int:
         sweep_interval=args.sweep_interval, pids_limit=args.pids_limit,
         tls_cert=args.tls_cert, tls_key=args.tls_key,
         memory_budget=memory_budget, replica_env=args.replica_env,
+        chunk_window_bytes=chunk_window_bytes, detached_stream_timeout=args.detached_stream_timeout,
+        spawned_stream_budget=spawned_stream_budget,
         auth_timeout=args.auth_timeout, idle_timeout=args.idle_timeout,
         max_unauthenticated_per_peer=args.max_unauthenticated_per_peer,
     )

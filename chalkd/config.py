@@ -86,6 +86,12 @@ class Config:
     # Connections (chalkd.connections): closed when not authenticated within auth_timeout seconds, or idle
     # (no stream, no data) for idle_timeout seconds (0: never); unauthenticated ones capped per peer.
     auth_timeout: float = 5.0
+    # Streams (chalkd.queue.core): a generator may have chunk_window_bytes of chunks no reader has consumed;
+    # one nobody reads for detached_stream_timeout seconds is cancelled; a spawned one's chunks are kept
+    # for a later reader up to spawned_stream_budget bytes, then it is paused like any other.
+    chunk_window_bytes: int = 16 * 2**20
+    detached_stream_timeout: float = 60.0
+    spawned_stream_budget: int = 256 * 2**20
     idle_timeout: float = 300.0
     max_unauthenticated_per_peer: int = 64
 
@@ -119,6 +125,12 @@ class Config:
             raise ValueError(f"--sweep-interval must be positive, got {self.sweep_interval:g}")
         if self.memory_budget < 64 * 2**20:
             raise ValueError(f"--memory-budget must be at least 64 MiB, got {self.memory_budget} bytes")
+        if self.chunk_window_bytes < 64 * 1024:
+            raise ValueError(f"--chunk-window-bytes must be at least 64 KiB, got {self.chunk_window_bytes} bytes")
+        if not self.detached_stream_timeout > 0:
+            raise ValueError(f"--detached-stream-timeout must be positive, got {self.detached_stream_timeout:g}")
+        if self.spawned_stream_budget < 0:
+            raise ValueError(f"--spawned-stream-budget must be 0 or more bytes, got {self.spawned_stream_budget}")
         if not self.auth_timeout > 0:
             raise ValueError(f"--auth-timeout must be positive, got {self.auth_timeout:g}")
         if self.idle_timeout < 0:

@@ -54,6 +54,7 @@ class ErrorCode(str, enum.Enum):  # noqa: UP042 - str() and format() keep the En
     CANCELLED = "CANCELLED"
     INTERNAL = "INTERNAL"
     PERMISSION_DENIED = "PERMISSION_DENIED"  # a replica's scoped credential reached for another caller's call
+    TOO_LARGE = "TOO_LARGE"        # a result or chunk over --max-message-size: the same every run, never retried
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +218,11 @@ class Call:
     args_bytes: int = 0           # its arguments' bytes counted in the queue's in-memory budget
     result_bytes: int = 0         # its result's bytes counted in the finished cache's budget
     settled: bool = False         # its final row committed (or failed) and its callers told
+    detached: bool = False        # spawned: no caller follows it (a generator's chunks wait in the store)
+    bytes_in: int = 0             # bytes of the chunks received so far (schema + batch of each payload)
+    acked_bytes: int = 0          # bytes of the chunks every reader has consumed (or the store took for them)
+    stored_index: int = -1        # last chunk index committed to the store
+    unread_since: float | None = None  # monotonic time its stream last had no reader (None: it has one)
 
     @property
     def sort_key(self) -> tuple[int, int]:

@@ -225,6 +225,9 @@ class Server:
         hooks = ScalerHooks(self.catalog.by_id)  # the queue's calls into scaling (see chalkd.scaling.hooks)
         self.queue = Queue(self.store, max_attempts=cfg.max_attempts, cancel_grace=cfg.cancel_grace,
                            limits=self.limits, memory_budget=cfg.memory_budget, hooks=hooks,
+                           chunk_window_bytes=cfg.chunk_window_bytes,
+                           detached_stream_timeout=cfg.detached_stream_timeout,
+                           spawned_stream_budget=cfg.spawned_stream_budget,
                            known_functions=lambda: self.catalog.by_id)
         self.queue.load(self.catalog.by_id)
         self.blobs = BlobStore(self.home / "blobs")

@@ -493,10 +493,12 @@ class ChunkAck(_message.Message):
     def __init__(self, call_id: _Optional[str] = ..., index: _Optional[int] = ...) -> None: ...
 
 class CancelCall(_message.Message):
-    __slots__ = ("call_id",)
+    __slots__ = ("call_id", "detach")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    DETACH_FIELD_NUMBER: _ClassVar[int]
     call_id: str
-    def __init__(self, call_id: _Optional[str] = ...) -> None: ...
+    detach: bool
+    def __init__(self, call_id: _Optional[str] = ..., detach: _Optional[bool] = ...) -> None: ...
 
 class SessionRequest(_message.Message):
     __slots__ = ("submits", "attaches", "acks", "cancels")

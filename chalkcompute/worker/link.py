@@ -29,12 +29,12 @@ from grpclib.client import Channel
 from chalkcompute._auth import SessionCredentials
 from chalkcompute._bridge import new_event_loop
 from chalkcompute._client import parse_target
-from chalkcompute._contract import MAX_BATCH_BYTES, batches
+from chalkcompute._contract import MAX_BATCH_BYTES, batches, sdk_max_payload, set_max_payload, too_large
 from chalkcompute._framing import open_framed
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import WorkerStub
 from chalkcompute.exceptions import SerializationError
-from chalkcompute.worker.outcome import fail_late
+from chalkcompute.worker.outcome import PayloadTooLarge, fail_late
 
 log = logging.getLogger(__name__)
 
@@ -44,26 +44,67 @@ MAX_CHUNKS_PER_PAYLOAD = 4096
 
 
 class ChunkGate:
-    """Per attempt: the daemon's chunk window, and the chunks waiting to be sent."""
+    """Per attempt: the daemon's chunk window, and the chunks waiting to be sent.
+
+    A generator yields its next value only while :meth:`has_room`:
+
+    - the window is open: its index is below ``up_to`` and the bytes of the
+      chunks it sent are below ``bytes_up_to`` (the daemon widens both as the
+      caller reads), so a slow reader pauses the generator whatever its chunks weigh;
+    - its first chunk is on the wire: the first chunk goes alone and at once, so a
+      caller sees it before a batch fills (a generator of 20,000 dicts that never
+      awaits: ~45 ms to its first chunk when it waited for a batch); after it, what
+      piles up while a send is in flight goes out together;
+    - fewer than ``batch_hint`` values wait to be encoded: values count in bytes
+      only once encoded, so the hint, sized from the bytes per value seen so far,
+      bounds what waits (a few values of 1 MiB, thousands of small dicts).
+    """
 
     def __init__(self, call_id: str, attempt: int) -> None:
         self.call_id = call_id
         self.attempt = attempt
         self.up_to = 0
+        self.bytes_up_to = 0         # 0: no byte bound (a daemon before byte windows)
         self.next_index = 0          # index the next emitted chunk gets
-        self.sent = 0                # chunks handed to the wire
+        self.sent = 0                # chunks encoded for the wire
+        self.sent_bytes = 0          # their bytes (schema + batch of each payload, as the daemon counts)
+        self.wire = 0                # chunks whose message went out
         self.pending: deque = deque()
         self.cond = threading.Condition()
         self.failed: BaseException | None = None
         self.cancelled = False
         self.batch_hint = MAX_CHUNKS_PER_PAYLOAD  # shrinks when values are large
+        self.row_bytes = 0           # bytes per value in the last payload encoded
         self.async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
 
-    def open_until(self, up_to: int) -> None:
+    def has_room(self) -> bool:
+        """May the generator emit another value now? (Called with ``cond`` held; a failed
+        gate has room: the generator's next step raises its error.)"""
+        if self.failed is not None:
+            return True
+        if self.next_index >= self.up_to or (self.next_index and not self.wire):
+            return False
+        if self.bytes_up_to and self.sent_bytes + len(self.pending) * self.row_bytes >= self.bytes_up_to:
+            return False  # what waits to be encoded counts at the bytes per value seen so far
+        return len(self.pending) < self.batch_hint
+
+    def open_until(self, up_to: int, bytes_up_to: int = 0) -> None:
         with self.cond:
-            if up_to <= self.up_to:
+            if up_to <= self.up_to and bytes_up_to <= self.bytes_up_to:
                 return
-            self.up_to = up_to
+            self.up_to = max(self.up_to, up_to)
+            self.bytes_up_to = max(self.bytes_up_to, bytes_up_to)
+        self.wake()
+
+    def on_wire(self, sent: int) -> None:
+        """The message with this gate's chunks up to ``sent`` went out (on the link's thread)."""
+        with self.cond:
+            self.wire = sent
+        self.wake()
+
+    def wake(self) -> None:
+        """Let a generator waiting for room look again (a thread, or a task on its loop)."""
+        with self.cond:
             self.cond.notify_all()
             waiters, self.async_waiters = self.async_waiters, []
         for loop, fut in waiters:
@@ -95,6 +136,7 @@ class DaemonLink:
         self._events: list[pb.AttemptEvent] = []
         self._credit = 0
         self._dirty: set[ChunkGate] = set()
+        self._failed: dict[tuple[str, int], BaseException] = {}  # attempts whose chunks could not be encoded
         self._wake: asyncio.Event | None = None
         self._scheduled = False
         self._lock = threading.Lock()
@@ -206,6 +248,7 @@ class DaemonLink:
         first = await self.stream.recv_message()
         if first is None:
             raise ConnectionError("the daemon closed the worker stream before naming a function")
+        set_max_payload(first.max_payload)  # results, chunks and nested calls' arguments
         self.loop.create_task(self._run())
         # Secrets: set before the function's module is imported, never written anywhere.
         os.environ.update(first.secret_env)
@@ -223,7 +266,7 @@ class DaemonLink:
                 for credit in msg.chunk_credits:
                     gate = self.gates.get((credit.call_id, credit.attempt))
                     if gate is not None:
-                        gate.open_until(credit.up_to)
+                        gate.open_until(credit.up_to, credit.bytes_up_to)
                 for a in msg.assignments:
                     self.on_assignment(a)
                 for b in msg.batches:
@@ -256,63 +299,87 @@ class DaemonLink:
             await self._wake.wait()
             self._wake.clear()
             while True:
-                msg = self._collect()
-                if msg is None:
+                collected = self._collect()
+                if collected is None:
                     break
+                msg, flushed = collected
                 # grpclib may pause inside a message for flow control: a heartbeat
                 # must not slip in between its frames.
                 async with self._send_lock:
                     for part in _split(msg):
                         await self.stream.send_message(part)
+                for gate, sent in flushed:
+                    gate.on_wire(sent)
 
-    def _collect(self) -> pb.WorkerRequest | None:
+    def _collect(self) -> tuple[pb.WorkerRequest, list[tuple[ChunkGate, int]]] | None:
         with self._lock:
             dirty, self._dirty = self._dirty, set()
             events, self._events = self._events, []
             credit, self._credit = self._credit, 0
         chunk_events = []
+        flushed = []
         for gate in dirty:
             chunk_events.extend(self._encode_pending(gate))
+            flushed.append((gate, gate.sent))
+            gate.wake()  # its waiting values are encoded: room for more
         if not chunk_events and not events and not credit:
             return None
-        failed = {(g.call_id, g.attempt): g.failed for g in dirty if g.failed is not None}
-        for ev in events:
-            exc = failed.get((ev.call_id, ev.attempt))
-            if exc is not None and ev.WhichOneof("event") == "done":
-                # A value yielded at the very end could not be encoded: no success.
-                fail_late(ev, exc)
+        for g in dirty:
+            if g.failed is not None:
+                self._failed[(g.call_id, g.attempt)] = g.failed
+        if self._failed:
+            for ev in events:
+                exc = self._failed.pop((ev.call_id, ev.attempt), None)
+                if exc is not None and ev.WhichOneof("event") == "done":
+                    # A value yielded at the very end could not be encoded (here, perhaps after
+                    # the handler had returned): no success.
+                    fail_late(ev, exc)
         # Chunks before the final event of the same call: they were yielded first.
-        return pb.WorkerRequest(events=chunk_events + events, credit=credit)
+        return pb.WorkerRequest(events=chunk_events + events, credit=credit), flushed
 
     def _encode_pending(self, gate: ChunkGate) -> list[pb.AttemptEvent]:
         encode = self.encode_chunks
         assert encode is not None, "chunks before the runner installed its codec"
+        limit = sdk_max_payload()
         out = []
         while gate.pending:
             n = min(len(gate.pending), MAX_CHUNKS_PER_PAYLOAD, gate.batch_hint)
             values = [gate.pending.popleft() for _ in range(n)]
             try:
                 encoded = encode(values)
+                size = len(encoded[0]) + len(encoded[1])
                 if n > 1 and len(encoded[1]) > MAX_BATCH_BYTES:
                     # Big values: fewer per payload, so no message outgrows the limit.
                     gate.pending.extendleft(reversed(values))
                     gate.batch_hint = max(1, n // 2)
                     continue
-                payloads = [(encoded, n)]
+                # Values per payload (and waiting to be encoded) from the bytes per value seen.
+                gate.batch_hint = max(1, min(MAX_CHUNKS_PER_PAYLOAD, MAX_BATCH_BYTES * n // max(size, 1)))
+                gate.row_bytes = size // n
+                if size > limit:
+                    gate.failed = PayloadTooLarge(too_large(f"chunk {gate.sent}", size, limit))
+                    payloads = []
+                else:
+                    payloads = [(encoded, n)]
             except SerializationError:
                 # The values may not share one type: send them one by one.
                 payloads = []
                 for v in values:
                     try:
-                        payloads.append((encode([v]), 1))
+                        one = encode([v])
                     except SerializationError as exc:
                         gate.failed = exc
                         break
+                    if (size := len(one[0]) + len(one[1])) > limit:
+                        gate.failed = PayloadTooLarge(too_large(f"chunk {gate.sent + len(payloads)}", size, limit))
+                        break
+                    payloads.append((one, 1))
             for (schema, batch), rows in payloads:
                 out.append(pb.AttemptEvent(
                     call_id=gate.call_id, attempt=gate.attempt, first_index=gate.sent,
                     chunk=pb.Payload(schema=schema, batch=batch, rows=rows)))
                 gate.sent += rows
+                gate.sent_bytes += len(schema) + len(batch)
             if gate.failed is not None:
                 gate.pending.clear()
                 break

@@ -52,6 +52,7 @@ from typing import Any
 import pyarrow as pa
 
 from chalkcompute._code import caller_module
+from chalkcompute._contract import sdk_max_payload, too_large
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute.worker.cancel import CallCancelled
 
@@ -79,6 +80,20 @@ def error_message(exc: BaseException) -> pb.RemoteError:
         exception_type=f"{caller_module(cls.__module__)}.{cls.__qualname__}", message=str(exc),
         traceback="".join(traceback.format_exception(exc)), exception_mro=mro,
     )
+
+
+class PayloadTooLarge(Exception):
+    """A result or chunk over the daemon's size limit: the caller gets ResourceExhaustedError
+    with :func:`chalkcompute._contract.too_large`'s message, and the call is not retried."""
+
+
+def describe(exc: BaseException) -> pb.RemoteError:
+    """The error event's body for ``exc``: the platform's own for a payload over the limit,
+    else the user's exception (:func:`error_message`)."""
+    if isinstance(exc, PayloadTooLarge):
+        return pb.RemoteError(exception_type="chalkcompute.ResourceExhaustedError", message=str(exc),
+                              code="TOO_LARGE")
+    return error_message(exc)
 
 
 def cancelled_error() -> pb.RemoteError:
@@ -114,7 +129,7 @@ def fail_late(event: pb.AttemptEvent, exc: BaseException) -> None:
     """A final event whose attempt failed after the handler returned (a yielded value that could
     not be encoded): the error, unless the event already is one."""
     if not event.HasField("error"):
-        event.error.CopyFrom(error_message(exc))
+        event.error.CopyFrom(describe(exc))
 
 
 class Outcome:
@@ -147,6 +162,8 @@ class Outcome:
         """One attempt returned ``value`` (an encoding error raises into the ``with``: its error)."""
         call_id, attempt = self.keys[0]
         schema, batch = codec.encode_result(value)
+        if (size := len(schema) + len(batch)) > (limit := sdk_max_payload()):
+            raise PayloadTooLarge(too_large("the result", size, limit))
         # Fields set in place: ~0.5 us less per call than a Payload passed to the constructor
         # (this is on the warm call path, ~570 us in all).
         event = pb.AttemptEvent(call_id=call_id, attempt=attempt)
@@ -178,9 +195,11 @@ class Outcome:
             event = pb.AttemptEvent(call_id=a.call_id, attempt=a.attempt)
             try:
                 schema, batch = codec.encode_result(v)
+                if (size := len(schema) + len(batch)) > (limit := sdk_max_payload()):
+                    raise PayloadTooLarge(too_large(f"the result of call {a.call_id}", size, limit))
                 event.result.CopyFrom(pb.Payload(schema=schema, batch=batch, rows=1))
             except Exception as exc:  # noqa: BLE001 - only this item's result cannot travel
-                event.error.CopyFrom(error_message(exc))
+                event.error.CopyFrom(describe(exc))
             events.append(event)
         self.events += events
 
@@ -192,7 +211,7 @@ class Outcome:
             error = cancelled_error()
             self.events = [pb.AttemptEvent(call_id=c, attempt=n, error=error) for c, n in self.keys]
             return
-        error = error_message(exc)  # the user's exception travels to every caller
+        error = describe(exc)  # the user's exception travels to every caller
         self.events += [pb.AttemptEvent(call_id=c, attempt=n, error=error) for c, n in self.live]
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             self.stop = f"the handler raised {type(exc).__name__}"

@@ -240,6 +240,9 @@ class Runner:
                     await self._room_async(gate)
                     self.link.emit_chunk(gate, value)
                     self._check(gate)
+                    if gate.next_index == 1:
+                        await self._room_async(gate)  # the first chunk goes out now, alone
+                        self._check(gate)
                 out.done()
             elif self.is_gen:
                 await self._in_thread(key, self.canceller.call, key, self._drive_sync_gen, gate, kwargs)
@@ -258,7 +261,7 @@ class Runner:
     async def _room_async(self, gate: ChunkGate) -> None:
         while True:
             with gate.cond:
-                if gate.next_index < gate.up_to:
+                if gate.has_room():
                     return
                 fut = self.loop.create_future()
                 gate.async_waiters.append((self.loop, fut))
@@ -268,15 +271,22 @@ class Runner:
         gen = self.fn(**kwargs)
         try:
             for value in gen:
-                with gate.cond:
-                    while gate.next_index >= gate.up_to and not gate.cancelled:
-                        gate.cond.wait()
-                if gate.cancelled:
-                    raise CallCancelled
+                self._room_sync(gate)
                 self.link.emit_chunk(gate, value)
                 self._check(gate)
+                if gate.next_index == 1:
+                    self._room_sync(gate)  # the first chunk goes out now, alone
+                    self._check(gate)
         finally:
             gen.close()  # runs the generator's own cleanup (finally blocks, context managers)
+
+    @staticmethod
+    def _room_sync(gate: ChunkGate) -> None:
+        with gate.cond:
+            while not gate.has_room() and not gate.cancelled:
+                gate.cond.wait()
+        if gate.cancelled:
+            raise CallCancelled
 
 
 def run_plain(fn: Callable[..., Any], codec: FunctionCodec, a: pb.Assignment,

@@ -68,11 +68,12 @@ class WorkerLink(Protocol):
     replica_id: str
     function_id: str
 
-    def send_assignment(self, call_id: str, attempt: int, args: Payload, chunk_window: int) -> None: ...
+    def send_assignment(self, call_id: str, attempt: int, args: Payload, chunk_window: int,
+                        window_bytes: int = 0) -> None: ...
 
     def send_batch(self, items: list[tuple[str, int, Payload]], chunk_window: int) -> None: ...
 
-    def send_chunk_credit(self, call_id: str, attempt: int, up_to: int) -> None: ...
+    def send_chunk_credit(self, call_id: str, attempt: int, up_to: int, bytes_up_to: int = 0) -> None: ...
 
     def send_cancel(self, call_id: str, attempt: int) -> None: ...
 
@@ -127,6 +128,9 @@ class Queue(Dispatcher):
         *,
         max_attempts: int = 3,
         chunk_window: int = 8192,
+        chunk_window_bytes: int = 16 * 2**20,
+        detached_stream_timeout: float = 60.0,
+        spawned_stream_budget: int = 256 * 2**20,
         finished_cache: int = 20_000,
         retry_backoff: Callable[[int], float] = lambda n: min(0.05 * 2 ** (n - 1), 2.0),
         clock: Callable[[], float] = time.time,
@@ -149,6 +153,12 @@ class Queue(Dispatcher):
         self.rng = rng or random.Random()
         self.max_attempts = max_attempts
         self.chunk_window = chunk_window
+        # A generator may be ahead of its slowest reader by chunk_window chunks and chunk_window_bytes
+        # bytes; a stream nobody reads for detached_stream_timeout seconds is cancelled; a spawned
+        # generator's chunks are taken by the store (acknowledged once durable) up to spawned_stream_budget.
+        self.chunk_window_bytes = chunk_window_bytes
+        self.detached_stream_timeout = detached_stream_timeout
+        self.spawned_stream_budget = spawned_stream_budget
         self.retry_backoff = retry_backoff
         self.clock = clock
         self.calls: dict[str, Call] = {}                    # open calls
@@ -263,9 +273,13 @@ class Queue(Dispatcher):
 
     def submit(
         self, sub: Subscriber, ref: int, function: FunctionVersion, args: Payload, *,
-        idempotency_key: str | None = None, parent_id: str | None = None,
+        idempotency_key: str | None = None, parent_id: str | None = None, detach: bool = False,
     ) -> Call | None:
-        """Queue a call; None when it is refused before it exists (a full queue)."""
+        """Queue a call; None when it is refused before it exists (a full queue).
+
+        With ``detach`` (``spawn``), ``sub`` hears only the acceptance (or refusal): nobody
+        follows the call until someone attaches, and a generator's chunks wait in the store.
+        """
         if idempotency_key:
             existing = self._idem.get((function.id, idempotency_key))
             if existing is not None:
@@ -296,7 +310,7 @@ class Queue(Dispatcher):
         call = Call(
             id=new_time_id("fc"), seq=self._seq, function=function, args=args, created_at=self.clock(),
             parent_id=parent_id, idempotency_key=idempotency_key,
-            root_seq=parent.root_seq if parent else self._seq,
+            root_seq=parent.root_seq if parent else self._seq, detached=detach,
         )
         call.subscribers[sub] = ref
         self.calls[call.id] = call
@@ -350,6 +364,9 @@ class Queue(Dispatcher):
 
     def _stored(self, call: Call, sub: Subscriber, ref: int) -> None:
         call.stored = True
+        if call.detached and call.subscribers.get(sub) == ref:
+            del call.subscribers[sub]  # spawned: the acceptance is all it hears
+            self._lost_reader(call)
         if not call.args_bytes and call.state == CallState.QUEUED and call.attempt == 0:
             # Over the budget for queued arguments: the store has them; dispatch reads them back.
             call.args = None
@@ -425,6 +442,7 @@ class Queue(Dispatcher):
             self._send_final(call, sub, ref)
         else:
             call.subscribers[sub] = ref
+            call.unread_since = None
 
     def ack(self, call_id: str, index: int) -> None:
         """A caller consumed chunks up to ``index``: widen the worker's window."""
@@ -434,14 +452,50 @@ class Queue(Dispatcher):
         call.acked = index
         # Chunks every caller has seen need not stay in memory: the store has them.
         while call.chunks and call.chunks[0].first_index + call.chunks[0].payload.rows - 1 <= index:
-            call.chunks.pop(0)
+            call.acked_bytes += call.chunks.pop(0).payload.size
         worker = self._worker_of(call)
         if worker is not None:
-            worker.link.send_chunk_credit(call.id, call.attempt, index + 1 + self.chunk_window)
+            worker.link.send_chunk_credit(call.id, call.attempt, index + 1 + self.chunk_window,
+                                          call.acked_bytes + self.chunk_window_bytes)
 
     def unsubscribe(self, sub: Subscriber) -> None:
         for call in list(self.calls.values()):
-            call.subscribers.pop(sub, None)
+            if call.subscribers.pop(sub, None) is not None and not call.subscribers:
+                self._lost_reader(call)
+
+    # -- streams nobody reads ---------------------------------------------------------------
+
+    def detach(self, sub: Subscriber, call_id: str) -> None:
+        """``sub`` stops following ``call_id`` (a reader that left a spawned call); the call goes on."""
+        call = self.calls.get(call_id)
+        if call is not None and call.subscribers.pop(sub, None) is not None and not call.subscribers:
+            self._lost_reader(call)
+
+    def _lost_reader(self, call: Call) -> None:
+        """``call`` has no reader left: a spawned generator's store takes its chunks (within
+        its budget); any other stream is paused by its window, and cancelled, its replica
+        freed, if nobody attaches within ``detached_stream_timeout``."""
+        if call.state.finished or not call.function.is_generator or call.subscribers:
+            return
+        if call.detached and call.bytes_in <= self.spawned_stream_budget:
+            if call.stored_index > call.acked:
+                self.ack(call.id, call.stored_index)
+            return
+        if call.unread_since is None:
+            call.unread_since = time.monotonic()
+            self.loop.call_later(self.detached_stream_timeout, self._check_unread, call)
+
+    def _check_unread(self, call: Call) -> None:
+        if call.unread_since is None or call.state.finished or self.calls.get(call.id) is not call:
+            return
+        left = call.unread_since + self.detached_stream_timeout - time.monotonic()
+        if left > 0:  # read again, and left again, since the timer was set
+            self.loop.call_later(left, self._check_unread, call)
+            return
+        log.info("cancelling %s of %s: no reader for %gs", call.id, call.function.name, self.detached_stream_timeout)
+        self.cancel(call.id, reason=(
+            f"nobody read its stream for {self.detached_stream_timeout:g}s (chalkd serve --detached-stream-timeout): "
+            "cancelled, its replica freed"))
 
     def cancel(self, call_id: str, reason: str = "cancelled by the caller") -> None:
         call = self.calls.get(call_id)
@@ -666,6 +720,7 @@ class Queue(Dispatcher):
             log.warning("call %s: chunk %d out of order (expected %d); dropped", call.id, first_index, call.next_index)
             return
         call.next_index += payload.rows
+        call.bytes_in += payload.size
         chunk = Chunk(first_index, payload)
         call.chunks.append(chunk)
         call.state = CallState.STREAMING
@@ -678,8 +733,11 @@ class Queue(Dispatcher):
         def deliver() -> None:
             if call.stored is False:
                 return
+            call.stored_index = first_index + payload.rows - 1
             for sub, ref in subs:
                 sub.send_event(ref, call.id, ev.Chunk(payload, first_index))
+            if not call.subscribers:
+                self._lost_reader(call)
 
         def failed(exc: BaseException) -> None:
             self._store_failed(call, exc, f"chunk {first_index}")

@@ -185,8 +185,11 @@ class Dispatcher:
             else:
                 call = calls[0]
                 # Only a generator streams chunks: a unary call needs no chunk window.
-                worker.link.send_assignment(call.id, call.attempt, call.args,
-                                            self.chunk_window if fv.is_generator else 0)
+                if fv.is_generator:
+                    worker.link.send_assignment(call.id, call.attempt, call.args, self.chunk_window,
+                                                self.chunk_window_bytes)
+                else:
+                    worker.link.send_assignment(call.id, call.attempt, call.args, 0)
         # More replicas help only when inputs wait for a worker, not for a token or a shared slot.
         if self._queued.get(function_id) and not gate_shut:
             self.on_demand(function_id)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from grpclib.const import Status
 
-from chalkcompute._contract import MAX_BATCH_BYTES, batches
+from chalkcompute._contract import MAX_BATCH_BYTES, batches, too_large
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import QueueBase, WorkerBase
 from chalkd import errors
@@ -194,7 +194,10 @@ class QueueService(QueueBase):
                 log.warning("dropping a caller session: %s", session.out.dropped.result())
                 raise errors.ResourceExhausted(session.out.dropped.result())
             if reader.done():
-                reader.result()   # its error, if any, ends the stream
+                try:
+                    reader.result()   # its error, if any, ends the stream
+                except ConnectionError as exc:  # the caller went away (a process that exited): no error of ours
+                    log.debug("a caller session ended: %s", exc)
         finally:
             session.out.closed = True
             self.queue.unsubscribe(session)
@@ -234,7 +237,10 @@ class QueueService(QueueBase):
             if session.replica_id and c.call_id not in self.started_by.get(session.replica_id, ()):
                 log.warning("refused: %s", self._not_yours(session, c.call_id))
                 continue
-            q.cancel(c.call_id)
+            if c.detach:
+                q.detach(session, c.call_id)
+            else:
+                q.cancel(c.call_id)
 
     def _submit(self, session: CallerSession, s: pb.Submit) -> None:
         q = self.queue
@@ -242,8 +248,7 @@ class QueueService(QueueBase):
         args = payload_from_pb(s.args)
         if args.size > self.max_payload:
             q.reject(session, s.ref, CallError.platform(
-                ErrorCode.RESOURCE_EXHAUSTED,
-                f"arguments of {args.size} bytes exceed the daemon's limit of {self.max_payload} bytes"))
+                ErrorCode.RESOURCE_EXHAUSTED, too_large("the arguments", args.size, self.max_payload)))
             return
         parent_id = s.parent_call_id or None
         if session.replica_id and parent_id and not q.running_on(parent_id, session.replica_id):
@@ -253,7 +258,7 @@ class QueueService(QueueBase):
                         session.replica_id, parent_id[:40])
             parent_id = None
         call = q.submit(session, s.ref, fv, args, idempotency_key=s.idempotency_key or None,
-                        parent_id=parent_id)
+                        parent_id=parent_id, detach=s.detach)
         if session.replica_id and call is not None:
             started = self.started_by.setdefault(session.replica_id, OrderedDict())
             started[call.id] = None
@@ -295,10 +300,12 @@ class WorkerConnection:
         self.function_id = function_id
         self.out = _Outbox(stream, _worker_message)
 
-    def send_assignment(self, call_id: str, attempt: int, args: Payload, chunk_window: int) -> None:
+    def send_assignment(self, call_id: str, attempt: int, args: Payload, chunk_window: int,
+                        window_bytes: int = 0) -> None:
         self.out.put(pb.Assignment(call_id=call_id, attempt=attempt, args=payload_to_pb(args)))
         if chunk_window:
-            self.out.put(pb.ChunkCredit(call_id=call_id, attempt=attempt, up_to=chunk_window))
+            self.out.put(pb.ChunkCredit(call_id=call_id, attempt=attempt, up_to=chunk_window,
+                                        bytes_up_to=window_bytes))
 
     def send_batch(self, items: list[tuple[str, int, Payload]], chunk_window: int) -> None:
         # One message item, so the batch is never split across messages.
@@ -307,8 +314,8 @@ class WorkerConnection:
             for call_id, attempt, args in items])])
         self.out.put(msg)
 
-    def send_chunk_credit(self, call_id: str, attempt: int, up_to: int) -> None:
-        self.out.put(pb.ChunkCredit(call_id=call_id, attempt=attempt, up_to=up_to))
+    def send_chunk_credit(self, call_id: str, attempt: int, up_to: int, bytes_up_to: int = 0) -> None:
+        self.out.put(pb.ChunkCredit(call_id=call_id, attempt=attempt, up_to=up_to, bytes_up_to=bytes_up_to))
 
     def send_cancel(self, call_id: str, attempt: int) -> None:
         self.out.put(pb.AttemptEvent(call_id=call_id, attempt=attempt))
@@ -352,7 +359,8 @@ class WorkerService(WorkerBase):
         replica = self.scaler.connect(first.hello.replica_id, first.hello.token)  # ReplicaUnknown: UNAUTHENTICATED
         fv = replica.function
         conn = WorkerConnection(stream, replica.id, fv.id)
-        await stream.send_message(pb.WorkerResponse(function=version_to_pb(fv), secret_env=self._secret_env(fv)))
+        await stream.send_message(pb.WorkerResponse(function=version_to_pb(fv), secret_env=self._secret_env(fv),
+                                                    max_payload=self.max_payload))
         sender = asyncio.get_running_loop().create_task(conn.out.run())
         self.queue.worker_connected(conn)
         self.scaler.replica_ready(replica)

@@ -186,11 +186,12 @@ def test_spawned_call_survives_a_daemon_restart(fresh_daemon, tmp_path):
     assert FunctionCall.from_id(call.object_id, target=fresh_daemon.target).get(timeout=30) == 11
 
 
-def test_spawn_refuses_generators():
-    with pytest.raises(FunctionSignatureError, match="generator"):
-        sm_numbers.spawn(3)
+def test_map_refuses_generators_and_a_spawned_generator_is_iterated_not_got():
     with pytest.raises(FunctionSignatureError, match="generator"):
         sm_numbers.map([1, 2])
+    call = sm_numbers.spawn(3)  # runs unfollowed; tests/integration/test_streams.py reads such calls
+    with pytest.raises(FunctionSignatureError, match="iterate the call"):
+        call.get(timeout=30)
 
 
 def test_async_twins(tmp_path):

@@ -4,6 +4,7 @@ rules the SDK and the daemon share."""
 from __future__ import annotations
 
 import doctest
+import os
 
 import pytest
 
@@ -13,6 +14,8 @@ from chalkcompute._contract import (
     MAX_BATCH_BYTES,
     batches,
     sdk_max_payload,
+    set_max_payload,
+    too_large,
     valid_container_name,
     valid_env_name,
     valid_function_name,
@@ -76,11 +79,32 @@ def test_bad_limits_are_refused_by_name():
         list(batches([1], size=_ident, max_items=0))
 
 
-def test_sdk_max_payload_follows_the_environment(monkeypatch):
-    monkeypatch.delenv("CHALK_MAX_MESSAGE_SIZE", raising=False)
-    assert sdk_max_payload() == DEFAULT_MAX_MESSAGE_BYTES == 64 * 2**20
-    monkeypatch.setenv("CHALK_MAX_MESSAGE_SIZE", "2048")
-    assert sdk_max_payload() == 2048
+def test_sdk_max_payload_from_the_environment_then_the_daemon():
+    import subprocess
+    import sys
+
+    code = "from chalkcompute._contract import sdk_max_payload as m; print(m())"
+    env = {k: v for k, v in os.environ.items() if k != "CHALK_MAX_MESSAGE_SIZE"}
+    default = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert int(default.stdout) == DEFAULT_MAX_MESSAGE_BYTES == 64 * 2**20
+    env["CHALK_MAX_MESSAGE_SIZE"] = "2048"
+    given = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert int(given.stdout) == 2048
+    # A worker adopts the limit its daemon names (0: a daemon that names none).
+    before = sdk_max_payload()
+    try:
+        set_max_payload(4096)
+        assert sdk_max_payload() == 4096
+        set_max_payload(0)
+        assert sdk_max_payload() == 4096
+    finally:
+        set_max_payload(before)
+
+
+def test_too_large_names_the_limit_and_the_flag():
+    message = too_large("the result", 100, 10)
+    assert "the result is 100 bytes, over the 10-byte limit" in message
+    assert "--max-message-size" in message and "CHALK_MAX_MESSAGE_SIZE" in message
 
 
 @pytest.mark.parametrize(("check", "good", "bad"), [

@@ -66,10 +66,10 @@ class Link:
         self.credits: list[tuple] = []       # (call_id, attempt, up_to)
         self.cancels: list[tuple] = []       # (call_id, attempt)
 
-    def send_assignment(self, call_id, attempt, args, chunk_window) -> None:
+    def send_assignment(self, call_id, attempt, args, chunk_window, window_bytes=0) -> None:
         self.assignments.append((call_id, attempt, args, chunk_window))
 
-    def send_chunk_credit(self, call_id, attempt, up_to) -> None:
+    def send_chunk_credit(self, call_id, attempt, up_to, bytes_up_to=0) -> None:
         self.credits.append((call_id, attempt, up_to))
 
     def send_cancel(self, call_id, attempt) -> None:

@@ -90,6 +90,7 @@ class FakeLink:
 
     def emit_chunk(self, gate: ChunkGate, value) -> None:
         gate.next_index += 1
+        gate.wire = gate.sent = gate.next_index  # straight onto the (fake) wire
         self.chunks.append((gate.call_id, value))
 
     def send_event(self, event: pb.AttemptEvent, credit: int = 0) -> None:
