@@ -50,6 +50,11 @@ def main() -> None:
     async def first():
         yield 1
 
+    @chalkcompute.function
+    async def busy(n: int):
+        for i in range(n):  # never awaits: the worker's link must still get the first chunk out at once
+            yield {"i": i, "v": 1.5}
+
     results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                  "durability": args.durability}}
     try:
@@ -93,6 +98,17 @@ def main() -> None:
             list(it)
         results["first_chunk_ms"] = {"p50": round(statistics.median(fc[50:]), 3),
                                      "p99": round(percentile(fc[50:], 99), 3)}
+
+        busy.wait_ready()
+        fb = []
+        for _ in range(40):
+            t = time.perf_counter()
+            it = busy(args.chunks)
+            next(it)
+            fb.append((time.perf_counter() - t) * 1000)
+            assert sum(1 for _ in it) == args.chunks - 1
+        results["first_chunk_busy_generator_ms"] = {"chunks": args.chunks, "p50": round(statistics.median(fb[5:]), 3),
+                                                    "p99": round(percentile(fb[5:], 99), 3)}
 
         cold = []
         for i in range(5):
