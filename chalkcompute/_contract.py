@@ -39,6 +39,12 @@ __all__ = [
     "valid_integration_name",
     "valid_env_name",
     "valid_container_name",
+    "MAX_NAME_CHARS",
+    "MAX_PATH_BYTES",
+    "QUOTE_CHARS",
+    "quote",
+    "name_too_long",
+    "path_too_long",
     "IMAGE_STEP_KINDS",
     "image_step_canonical",
     "image_content_hash",
@@ -120,6 +126,68 @@ def batches(items: Sequence[T], size: Callable[[T], int], limit: int = MAX_BATCH
         total += n
     if start < len(items):
         yield list(items[start:])
+
+
+# -- quoting and length limits both sides apply first -----------------------------------
+
+#: Every name (function, class, volume, secret, integration, container, env var) is at most this
+#: many characters; checked before anything else reads the name (the rules below may be stricter).
+MAX_NAME_CHARS = 128
+#: Every path (in a volume, a mount point, a local directory the SDK ships) is at most this many bytes.
+MAX_PATH_BYTES = 4096
+#: An error message quotes at most this many characters of anything a user supplied.
+QUOTE_CHARS = 100
+
+
+def quote(value: object, limit: int = QUOTE_CHARS) -> str:
+    """``value`` for an error message: its repr, cut to its first ``limit`` characters, so that
+    nothing user-sized goes into a message (and so into a gRPC header, whose encoder is quadratic
+    in its length: a 1 MiB function name once stalled the daemon for 52 s).
+
+    >>> quote("etl")
+    "'etl'"
+    >>> quote("a" * 1000, limit=3)
+    "'aaa'... (1000 characters)"
+    """
+    if isinstance(value, (str, bytes)) and len(value) > limit:
+        unit = "characters" if isinstance(value, str) else "bytes"
+        return f"{value[:limit]!r}... ({len(value)} {unit})"
+    try:
+        text = repr(value)
+    except Exception as exc:  # a user object's __repr__ may raise: the message must not
+        return f"<{type(value).__name__}: repr() failed: {type(exc).__name__}>"
+    return text if len(text) <= limit + 2 else text[:limit] + "..."
+
+def name_too_long(what: str, name: object, limit: int = MAX_NAME_CHARS) -> str | None:
+    """The error message when ``name`` (a str) is over ``limit`` characters, else None; cheap
+    (``len``) so that it can run before any rule or lookup reads the name.
+
+    >>> name_too_long("function name", "f") is None
+    True
+    >>> name_too_long("volume name", "v" * 200, limit=4)
+    "invalid volume name 'vvvv'... (200 characters): longer than 4 characters"
+    """
+    if isinstance(name, (str, bytes)) and len(name) > limit:
+        return f"invalid {what} {quote(name, limit=min(limit, QUOTE_CHARS))}: longer than {limit} characters"
+    return None
+
+
+def path_too_long(what: str, path: object, limit: int = MAX_PATH_BYTES) -> str | None:
+    """The error message when ``path`` is over ``limit`` bytes (UTF-8), else None. A str over
+    ``limit`` characters is refused without encoding it (each character is at least one byte).
+
+    >>> path_too_long("path", "a/b") is None
+    True
+    >>> path_too_long("path", "é" * 3, limit=5)
+    "invalid path 'ééé': longer than 5 bytes"
+    """
+    if isinstance(path, str):
+        over = len(path) > limit or len(path.encode("utf-8", "surrogatepass")) > limit
+    elif isinstance(path, bytes):
+        over = len(path) > limit
+    else:
+        return None
+    return f"invalid {what} {quote(path)}: longer than {limit} bytes" if over else None
 
 
 # -- name rules both sides check ----------------------------------------------------------

@@ -27,6 +27,7 @@ from pathlib import Path
 from grpclib.events import RecvRequest, listen
 
 from chalkcompute._auth import METADATA_KEY, TOKEN_HELP, client_credential, server_proof
+from chalkcompute._contract import quote
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import AuthBase
 from chalkd.errors import ChalkdError, InvalidArgument, PermissionDenied, Unauthenticated
@@ -125,7 +126,7 @@ class Authenticator(AuthBase):
         if req.key_id:
             key = self.replica_key(req.key_id)
             if key is None:
-                raise Unauthenticated(f"no running replica {req.key_id!r} on this daemon")
+                raise Unauthenticated(f"no running replica {quote(req.key_id)} on this daemon")
             scope = Scope(req.key_id)
         else:
             key, scope = self.token, FULL

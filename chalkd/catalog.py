@@ -17,6 +17,7 @@ import re
 import time
 from collections.abc import Callable
 
+from chalkcompute._contract import name_too_long, quote
 from chalkd.model import FunctionVersion, new_id
 from chalkd.specs import FunctionSpec
 from chalkd.store.db import Store
@@ -37,9 +38,12 @@ class InvalidFunction(CatalogError):
 
 
 def validate_name(name: str) -> None:
+    too_long = name_too_long("function name", name)  # first: nothing below reads a long name
+    if too_long:
+        raise InvalidFunction(too_long)
     if not NAME_RE.match(name or ""):
         raise InvalidFunction(
-            f"invalid function name {name!r}: use 1-128 letters, digits, '_', '-' or '.', "
+            f"invalid function name {quote(name)}: use 1-128 letters, digits, '_', '-' or '.', "
             "starting with a letter or '_'"
         )
 
@@ -113,7 +117,7 @@ class Catalog:
             raise InvalidFunction("give a function name or a version id")
         fv = self.latest.get(name)
         if fv is None:
-            raise NotFound(f"function {name!r} not found: deploy it first (is the name right?)")
+            raise NotFound(f"function {quote(name)} not found: deploy it first (is the name right?)")
         return fv
 
     def list(self, *, include_old: bool = False) -> list[FunctionVersion]:

@@ -51,9 +51,25 @@ from chalkd.volumes.paths import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TABLE", "INTERNAL_MESSAGE", "status_of", "to_grpc", "grpc_errors"]
+__all__ = ["TABLE", "INTERNAL_MESSAGE", "MAX_STATUS_MESSAGE", "cap_message", "status_of", "to_grpc", "grpc_errors"]
 
 INTERNAL_MESSAGE = "internal error in chalkd; see its log"
+#: A status message goes out in the ``grpc-message`` header, whose encoder (grpclib's) is quadratic in
+#: its length: a megabyte message stalled every other caller of the daemon for a minute. Messages quote
+#: at most 100 characters of what a user sent (``chalkcompute._contract.quote``); this is the backstop.
+MAX_STATUS_MESSAGE = 1024
+_CUT = "... (message cut)"
+
+
+def cap_message(message: str, limit: int = MAX_STATUS_MESSAGE) -> str:
+    """``message`` cut to at most ``limit`` characters, with a marker saying so.
+
+    >>> cap_message("x" * 2000, limit=30)
+    'xxxxxxxxxxxxx... (message cut)'
+    """
+    if len(message) <= limit:
+        return message
+    return message[: max(0, limit - len(_CUT))] + _CUT
 
 
 def _same(exc: BaseException) -> str:
@@ -101,10 +117,10 @@ def status_of(exc: BaseException) -> tuple[Status, str]:
     """The status and message that answer ``exc``; an exception no row knows is logged (with its
     traceback, so call this inside the ``except``) and answered INTERNAL."""
     if isinstance(exc, GRPCError):  # grpclib's own (a codec's size check, the deadline): already a status
-        return exc.status, exc.message or ""
+        return exc.status, cap_message(exc.message or "")
     for kind, status, message in TABLE:
         if isinstance(exc, kind):
-            return status, message(exc)
+            return status, cap_message(message(exc))
     log.error("internal error in chalkd", exc_info=exc)
     return Status.INTERNAL, INTERNAL_MESSAGE
 
@@ -112,6 +128,8 @@ def status_of(exc: BaseException) -> tuple[Status, str]:
 def to_grpc(exc: BaseException) -> GRPCError:
     """``exc`` as the GRPCError grpclib answers with (see :func:`status_of`)."""
     if isinstance(exc, GRPCError):
+        if exc.message is not None and len(exc.message) > MAX_STATUS_MESSAGE:
+            return GRPCError(exc.status, cap_message(exc.message), exc.details)
         return exc
     return GRPCError(*status_of(exc))
 
@@ -128,8 +146,13 @@ def grpc_errors(handler: H) -> H:
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return await handler(*args, **kwargs)
-        except (GRPCError, TimeoutError):
+        except TimeoutError:
             raise
+        except GRPCError as exc:
+            capped = to_grpc(exc)
+            if capped is exc:
+                raise
+            raise capped from None
         except Exception as exc:
             raise to_grpc(exc) from None
 

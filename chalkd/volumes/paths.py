@@ -15,11 +15,12 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import re
 import stat
 from dataclasses import dataclass
 from typing import Any
 
-from chalkcompute._contract import VOLUME_NAME_RE
+from chalkcompute._contract import MAX_PATH_BYTES, VOLUME_NAME_RE, name_too_long, path_too_long, quote
 
 __all__ = [
     "NAME_RE", "DIR_FLAGS", "MAX_DEPTH", "SYNCFS_FROM", "WRITEBACK_EVERY",
@@ -30,7 +31,8 @@ __all__ = [
 
 NAME_RE = VOLUME_NAME_RE  # the rule the SDK checks too (chalkcompute._contract)
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_MAX_PATH = 4096
+_MAX_PATH = MAX_PATH_BYTES
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 _MAX_SEGMENT = 255  # NAME_MAX, in bytes
 MAX_DEPTH = 128    # a container can nest directories without end; listings stop here
 # Fewer staged files than this are fsync'd one by one; more share one syncfs().
@@ -86,8 +88,11 @@ class FileEntry:
 
 
 def check_name(name: Any) -> str:
+    too_long = name_too_long("volume name", name)  # first: nothing below reads a long name
+    if too_long:
+        raise InvalidVolumeName(too_long)
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise InvalidVolumeName(f"invalid volume name {name!r}: use 1-63 letters, digits, '.', '_' or '-', "
+        raise InvalidVolumeName(f"invalid volume name {quote(name)}: use 1-63 letters, digits, '.', '_' or '-', "
                                 "starting with a letter or digit")
     return name
 
@@ -95,17 +100,22 @@ def check_name(name: Any) -> str:
 def split_path(path: Any, *, name: str = "") -> list[str]:
     """``"a/b.txt"`` -> ``["a", "b.txt"]``; anything that could leave the volume or
     mean two things is refused, naming the path."""
-    where = f" in volume {name!r}" if name else ""
+    where = f" in volume {quote(name)}" if name else ""
+    too_long = path_too_long("path", path, _MAX_PATH)  # first: nothing below reads a long path
+    if too_long:
+        raise InvalidVolumePath(too_long + where)
 
     def bad(why: str) -> InvalidVolumePath:
-        return InvalidVolumePath(f"invalid path {path!r}{where}: {why}")
+        return InvalidVolumePath(f"invalid path {quote(path)}{where}: {why}")
 
     if not isinstance(path, str):
-        raise InvalidVolumePath(f"a volume path must be a str, got {path!r}")
+        raise InvalidVolumePath(f"a volume path must be a str, got {quote(path)}")
     if not path:
         raise bad("the path is empty")
     if "\0" in path:
         raise bad("NUL characters are not allowed")
+    if _CONTROL.search(path):  # a newline in a file name breaks every listing and log that shows it
+        raise bad("control characters (below 0x20, and 0x7f) are not allowed in file names")
     # Legal on Linux, but a Windows client means a separator by it: refuse rather than guess.
     if "\\" in path:
         raise bad("backslashes are not allowed; separate directories with '/'")
