@@ -14,7 +14,7 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Iterable
 
-from chalkcompute._contract import valid_volume_name
+from chalkcompute._contract import name_too_long, path_too_long, quote, valid_volume_name
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 
 __all__ = ["volume_mounts", "check_secrets", "secret_refs"]
@@ -33,14 +33,17 @@ def volume_mounts(volumes: Iterable | None) -> list[pb.VolumeMount]:
         name = volume if isinstance(volume, str) else getattr(volume, "name", None)
         if not isinstance(name, str):
             raise TypeError(f"a mount's volume must be a chalkcompute.Volume or a volume name, got {volume!r}")
+        too_long = name_too_long("volume name", name) or path_too_long("mount path", path)
+        if too_long:  # first: nothing below reads a long name or path
+            raise ValueError(too_long)
         if not valid_volume_name(name):
-            raise ValueError(f"invalid volume name {name!r} in volumes: use 1-63 letters, digits, '.', '_' or '-', "
-                             "starting with a letter or digit")
+            raise ValueError(f"invalid volume name {quote(name)} in volumes: use 1-63 letters, digits, '.', '_' "
+                             "or '-', starting with a letter or digit")
         if not isinstance(path, str) or not path.startswith("/"):
-            raise ValueError(f"the mount path of volume {name!r} must be an absolute path, got {path!r}")
+            raise ValueError(f"the mount path of volume {name!r} must be an absolute path, got {quote(path)}")
         norm = posixpath.normpath(path)
         if norm == "/" or "\0" in norm or ":" in norm:
-            raise ValueError(f"volume {name!r} cannot be mounted at {path!r}: choose a directory such as '/data'")
+            raise ValueError(f"volume {name!r} cannot be mounted at {quote(path)}: choose a directory such as '/data'")
         if norm in seen:
             raise ValueError(f"two volumes are mounted at {norm!r}: {seen[norm]!r} and {name!r}")
         seen[norm] = name

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from chalkcompute._contract import FUNCTION_NAME_RE
+from chalkcompute._contract import FUNCTION_NAME_RE, name_too_long, quote
 from chalkcompute._mounts import check_secrets, volume_mounts
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute.exceptions import FunctionSignatureError
@@ -147,9 +147,12 @@ class FunctionOptions:
         if serialization_format != "pyarrow":
             raise ValueError(f"serialization_format must be 'pyarrow' (the only format), got {serialization_format!r}")
         fn_name = name or fn.__name__
+        too_long = name_too_long("function name", fn_name)  # first: nothing below reads a long name
+        if too_long:
+            raise ValueError(too_long)
         if not FUNCTION_NAME_RE.match(fn_name):
             raise ValueError(
-                f"invalid function name {fn_name!r}: use 1-128 letters, digits, '_', '-' or '.', "
+                f"invalid function name {quote(fn_name)}: use 1-128 letters, digits, '_', '-' or '.', "
                 "starting with a letter or '_'")
         if image is not None and not isinstance(image, Image):
             raise TypeError(f"image must be a chalkcompute.Image, got {type(image).__name__}")

@@ -29,7 +29,7 @@ from chalkcompute import _rpc
 from chalkcompute._bridge import Twin
 from chalkcompute._build import ImageBuildFailed, prepare_image
 from chalkcompute._client import Client
-from chalkcompute._contract import valid_container_name
+from chalkcompute._contract import name_too_long, quote, valid_container_name
 from chalkcompute._mounts import check_secrets, secret_refs, volume_mounts
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import ContainersStub
@@ -103,8 +103,11 @@ class Container:
             raise TypeError(f"image must be a chalkcompute.Image or an image reference string, got {image!r}")
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str, got {name!r}")
+        too_long = name_too_long("container name", name)  # first: nothing below reads a long name
+        if too_long:
+            raise ValueError(too_long)
         if name is not None and not valid_container_name(name):
-            raise ValueError(f"name {name!r} is not DNS-safe: use lower-case letters, digits and '-', "
+            raise ValueError(f"name {quote(name)} is not DNS-safe: use lower-case letters, digits and '-', "
                              "starting and ending with a letter or digit, at most 63 characters")
         self.image: Image | None = image
         self.name = name
@@ -170,6 +173,9 @@ class Container:
 
     async def _from_name(cls, name: str, *, target: str | None = None) -> Container:
         """Attach to an existing container by name; raises ContainerError if there is none."""
+        too_long = name_too_long("container name", name)  # before anything reads it
+        if too_long:
+            raise ValueError(too_long)
         return await cls._lookup(pb.GetContainerRequest(name=name), target)
 
     # Class-bound twins: ``Container.from_id(id)`` blocks, ``await Container.from_id.aio(id)``.

@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from chalkcompute._contract import valid_env_name, valid_integration_name
+from chalkcompute._contract import name_too_long, quote, valid_env_name, valid_integration_name
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute.exceptions import InvalidArgumentError
 
@@ -40,13 +40,16 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Secret", "parse_env_file"]
 
-_PREFIX = re.compile(r"[A-Za-z0-9_]{0,254}")
+_PREFIX = re.compile(r"[A-Za-z0-9_]{0,127}")
 _EXPORT = re.compile(r"export\s+")
 
 
 def _env_name(value: Any, what: str) -> str:
+    too_long = name_too_long(what, value)  # first: nothing below reads a long name
+    if too_long:
+        raise InvalidArgumentError(too_long)
     if not valid_env_name(value):
-        raise InvalidArgumentError(f"invalid {what} {value!r}: use 1-255 letters, digits or '_', "
+        raise InvalidArgumentError(f"invalid {what} {quote(value)}: use 1-128 letters, digits or '_', "
                                    "not starting with a digit")
     return value
 
@@ -55,7 +58,7 @@ def _prefix(value: Any) -> str:
     if value is None:
         return ""
     if not isinstance(value, str) or not _PREFIX.fullmatch(value):
-        raise InvalidArgumentError(f"invalid env var prefix {value!r}: use letters, digits or '_'")
+        raise InvalidArgumentError(f"invalid env var prefix {quote(value)}: use letters, digits or '_'")
     return value
 
 
@@ -111,8 +114,11 @@ class Secret:
         those listed, ``aliases`` renames keys (``{"HOST": "PG_HOST"}``), ``prefix`` goes
         in front of every env var."""
         s = cls._blank("integration")
+        too_long = name_too_long("integration name", name)  # first: nothing below reads a long name
+        if too_long:
+            raise InvalidArgumentError(too_long)
         if not valid_integration_name(name):
-            raise InvalidArgumentError(f"invalid integration name {name!r}: use 1-63 letters, digits, '.', '_' "
+            raise InvalidArgumentError(f"invalid integration name {quote(name)}: use 1-63 letters, digits, '.', '_' "
                                        "or '-', starting with a letter or digit")
         s._name = name
         s._prefix = _prefix(prefix)

@@ -111,10 +111,13 @@ class Catalog:
         if id:
             fv = self.by_id.get(id)
             if fv is None or fv.deleted:
-                raise NotFound(f"function version {id!r} not found")
+                raise NotFound(f"function version {quote(id)} not found")
             return fv
         if not name:
             raise InvalidFunction("give a function name or a version id")
+        too_long = name_too_long("function name", name)
+        if too_long:
+            raise InvalidFunction(too_long)
         fv = self.latest.get(name)
         if fv is None:
             raise NotFound(f"function {quote(name)} not found: deploy it first (is the name right?)")

@@ -69,16 +69,38 @@ _VALUE_ERROR_MRO = ["builtins.ValueError", "builtins.Exception", "builtins.BaseE
 def error_message(exc: BaseException) -> pb.RemoteError:
     """The ``RemoteError`` a caller gets for ``exc``: type and MRO by name, message, traceback.
 
+    A user exception whose ``__str__`` raises is still reported, as its type with a placeholder
+    message (a crash here would lose the worker and run the call again):
+
     >>> error_message(KeyError("k")).exception_mro[:2]
     ['builtins.LookupError', 'builtins.Exception']
+    >>> class Odd(Exception):
+    ...     def __str__(self): raise ValueError("no")
+    >>> error_message(Odd()).message
+    '<exception str() failed: ValueError: no>'
     """
+    def _safe_describe(failed: BaseException) -> str:  # ``Type: message`` of what describing raised
+        try:
+            text = str(failed)
+        except Exception:
+            text = "<str() failed>"
+        return f"{type(failed).__name__}: {text[:200]}" if text else type(failed).__name__
+
     cls = type(exc)
     # Classes shipped as source live in the bundle's synthesized module: report them under
     # the caller's module name, which is what retry_on holds.
     mro = [f"{caller_module(c.__module__)}.{c.__qualname__}" for c in cls.__mro__[1:] if c is not object]
+    try:
+        message = str(exc)
+    except Exception as failed:  # user code: its __str__ may raise anything
+        message = f"<exception str() failed: {_safe_describe(failed)}>"
+    try:
+        tb = "".join(traceback.format_exception(exc))
+    except Exception as failed:
+        tb = f"<traceback could not be formatted: {_safe_describe(failed)}>"
     return pb.RemoteError(
-        exception_type=f"{caller_module(cls.__module__)}.{cls.__qualname__}", message=str(exc),
-        traceback="".join(traceback.format_exception(exc)), exception_mro=mro,
+        exception_type=f"{caller_module(cls.__module__)}.{cls.__qualname__}", message=message,
+        traceback=tb, exception_mro=mro,
     )
 
 

@@ -32,6 +32,7 @@ from secrets import token_hex
 import aiodocker
 from aiodocker.exceptions import DockerError
 
+from chalkcompute._contract import quote
 from chalkcompute.agent import entrypoint as agent_entrypoint
 from chalkd.containers.agent_client import (
     AgentSocket,
@@ -152,12 +153,12 @@ class ContainerManager:
         if id:
             c = self.by_id.get(id)
             if c is None:
-                raise ContainerNotFound(f"no container with id {id!r}")
+                raise ContainerNotFound(f"no container with id {quote(id)}")
             return c
         if name:
             live = [c for c in self.by_id.values() if c.name == name]
             if not live:
-                raise ContainerNotFound(f"no container named {name!r}")
+                raise ContainerNotFound(f"no container named {quote(name)}")
             return max(live, key=lambda c: (c.status == "Running", c.created_at))
         raise ContainerNotFound("give a container id or name")
 
@@ -172,7 +173,7 @@ class ContainerManager:
         ``local_secrets`` are the values of its ``local`` secret refs (stored under the container)."""
         name, image, volumes, secrets = spec.name, spec.image, spec.volumes, spec.secrets
         if name and not _NAME.fullmatch(name):
-            raise ValueError(f"container name {name!r} is not DNS-safe: use lower-case letters, digits and '-', "
+            raise ValueError(f"container name {quote(name)} is not DNS-safe: use lower-case letters, digits and '-', "
                              "starting and ending with a letter or digit, at most 63 characters")
         if name and any(c.name == name and c.status in ("Pending", "Running") for c in self.by_id.values()):
             raise ContainerConflict(f"a container named {name!r} is already running; stop it or pick another name")

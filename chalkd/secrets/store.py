@@ -46,7 +46,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from chalkcompute._contract import ENV_NAME_RE, INTEGRATION_NAME_RE
+from chalkcompute._contract import ENV_NAME_RE, INTEGRATION_NAME_RE, name_too_long, quote
 from chalkd.store.db import Store
 
 log = logging.getLogger(__name__)
@@ -100,15 +100,21 @@ class IntegrationMeta:
 
 def check_env_name(name: Any, what: str = "secret name") -> str:
     """``name`` if it can be an environment variable's name, else :class:`InvalidSecret`."""
+    too_long = name_too_long(what, name)  # first: nothing below reads a long name
+    if too_long:
+        raise InvalidSecret(too_long)
     if not isinstance(name, str) or not ENV_NAME_RE.fullmatch(name):
-        raise InvalidSecret(f"invalid {what} {name!r}: use 1-255 letters, digits or '_', "
+        raise InvalidSecret(f"invalid {what} {quote(name)}: use 1-128 letters, digits or '_', "
                             "not starting with a digit")
     return name
 
 
 def check_integration_name(name: Any) -> str:
+    too_long = name_too_long("integration name", name)  # first: nothing below reads a long name
+    if too_long:
+        raise InvalidSecret(too_long)
     if not isinstance(name, str) or not INTEGRATION_NAME_RE.fullmatch(name):
-        raise InvalidSecret(f"invalid integration name {name!r}: use 1-63 letters, digits, '.', '_' or '-', "
+        raise InvalidSecret(f"invalid integration name {quote(name)}: use 1-63 letters, digits, '.', '_' or '-', "
                             "starting with a letter or digit")
     return name
 
@@ -201,6 +207,7 @@ class SecretStore:
         return old is None
 
     def get_meta(self, name: str) -> SecretMeta:
+        check_env_name(name)
         try:
             _, created, updated = self._secrets[name]
         except KeyError:
@@ -213,8 +220,9 @@ class SecretStore:
 
     def delete(self, name: str) -> None:
         """Remove secret ``name``; :class:`SecretNotFound` when there is none."""
+        check_env_name(name)  # a long name is refused as such, not echoed as "not found"
         if name not in self._secrets:
-            raise SecretNotFound(f"secret {name!r} does not exist")
+            raise SecretNotFound(f"secret {quote(name)} does not exist")
         del self._secrets[name]
         self.store.write("DELETE FROM secrets WHERE name=? AND owner=''", (name,))
         log.info("secret %s deleted", name)
@@ -243,6 +251,7 @@ class SecretStore:
         return old is None
 
     def get_integration_meta(self, name: str) -> IntegrationMeta:
+        check_integration_name(name)
         try:
             values, created, updated = self._integrations[name]
         except KeyError:
@@ -254,8 +263,9 @@ class SecretStore:
         return [self.get_integration_meta(n) for n in sorted(self._integrations)]
 
     def delete_integration(self, name: str) -> None:
+        check_integration_name(name)
         if name not in self._integrations:
-            raise SecretNotFound(f"integration {name!r} does not exist")
+            raise SecretNotFound(f"integration {quote(name)} does not exist")
         del self._integrations[name]
         self.store.write_many([("DELETE FROM integration_keys WHERE integration=?", (name,)),
                                ("DELETE FROM integrations WHERE name=?", (name,))])
@@ -325,7 +335,7 @@ class SecretStore:
                 # A prefix alone need not be a valid name (it may end in a digit: "V2_" is fine,
                 # "2_" is not), but the env vars it makes must be; that is checked below.
                 if not re.fullmatch(r"[A-Za-z0-9_]*", prefix):
-                    raise InvalidSecret(f"invalid env var prefix {prefix!r}: use letters, digits or '_'")
+                    raise InvalidSecret(f"invalid env var prefix {quote(prefix)}: use letters, digits or '_'")
             if kind == "name":
                 name = check_env_name(ref.name)
                 if name not in self._secrets:
@@ -342,11 +352,11 @@ class SecretStore:
                 for key in [*keys, *aliases]:
                     if key not in values:
                         raise SecretNotFound(
-                            f"integration {name!r} has no key {key!r} (it has {', '.join(sorted(values))}); "
-                            f"set it with `chalkd integration set {name} {key}=...`")
+                            f"integration {name!r} has no key {quote(key)} (it has {', '.join(sorted(values))}); "
+                            f"set it with `chalkd integration set {name} KEY=...`")
                 for key in keys:
                     env_var = check_env_name(prefix + aliases.get(key, key),
-                                             f"env var name for key {key!r} of integration {name!r}")
+                                             f"env var name for key {quote(key)} of integration {name!r}")
                     plan.append((env_var, lambda values=values, key=key: values[key]))
             elif kind == "local":
                 if not ref.keys:
@@ -355,18 +365,18 @@ class SecretStore:
                     check_env_name(key, "local secret name")
                     if key not in local_names:
                         where = f" of {owner}" if owner else " in this request"
-                        raise SecretNotFound(f"no value for local secret {key!r}{where}: the SDK reads it "
+                        raise SecretNotFound(f"no value for local secret {quote(key)}{where}: the SDK reads it "
                                              "at deploy; deploy again")
                     env_var = check_env_name(prefix + key, "env var name for a local secret")
                     plan.append((env_var, lambda key=key: self._owned[owner][key]))
             else:
-                raise InvalidSecret(f"unknown secret reference kind {kind!r}: expected one of {', '.join(KINDS)}")
+                raise InvalidSecret(f"unknown secret reference kind {quote(kind)}: expected one of {', '.join(KINDS)}")
         return plan
 
 
 def _missing_secret(name: str) -> str:
-    return f"secret {name!r} does not exist; set it with `chalkd secret set {name}`"
+    return f"secret {quote(name)} does not exist; set it with `chalkd secret set {name}`"
 
 
 def _missing_integration(name: str) -> str:
-    return f"integration {name!r} does not exist; set it with `chalkd integration set {name} KEY=VALUE...`"
+    return f"integration {quote(name)} does not exist; set it with `chalkd integration set {name} KEY=VALUE...`"

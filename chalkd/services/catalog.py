@@ -8,11 +8,12 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+from chalkcompute._contract import quote
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import FunctionCatalogBase
 from chalkcompute.gpu import GpuRequest
 from chalkd.auth import current_scope
-from chalkd.catalog import Catalog, InvalidFunction
+from chalkd.catalog import Catalog, InvalidFunction, validate_name
 from chalkd.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from chalkd.images.blobs import check_lazy_files
 from chalkd.queue.core import CallNotFound, Queue
@@ -88,8 +89,9 @@ class CatalogService(FunctionCatalogBase):
         def bad(msg: str) -> None:
             raise InvalidArgument(msg)
 
+        validate_name(spec.name)  # first (length, then the rule): the messages below quote the name
         if spec.serialization_format not in ("", "pyarrow"):
-            bad(f"serialization_format {spec.serialization_format!r} is not supported: only 'pyarrow' is")
+            bad(f"serialization_format {quote(spec.serialization_format)} is not supported: only 'pyarrow' is")
         if spec.min_replicas < 0:
             bad(f"min_replicas must be >= 0, got {spec.min_replicas}")
         if spec.max_replicas < 1:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from chalkcompute._contract import name_too_long, quote
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import PoliciesBase
 from chalkcompute.policies import KEY_RE
@@ -30,9 +31,12 @@ class PoliciesService(PoliciesBase):
     async def SetRateLimit(self, stream) -> None:
         req: pb.SetRateLimitRequest = await stream.recv_message()
         lim = req.limit
+        too_long = name_too_long("rate limit name", lim.name)  # first: nothing below reads a long name
+        if too_long:
+            raise InvalidArgument(too_long)
         if not KEY_RE.match(lim.name):
             raise InvalidArgument(
-                f"invalid rate limit name {lim.name!r}: use 1-128 letters, digits, '_', '-', '.' or ':'")
+                f"invalid rate limit name {quote(lim.name)}: use 1-128 letters, digits, '_', '-', '.' or ':'")
         try:
             limit, created = self.limits.set_named(lim.name, lim.rate, lim.per or "second")
         except LimitError as exc:  # a bad definition here; a limit still in use on delete
@@ -56,7 +60,7 @@ class PoliciesService(PoliciesBase):
         try:
             self.limits.delete_named(req.name, self._used_by(req.name))
         except KeyError:
-            raise NotFound(f"no rate limit named {req.name!r}") from None
+            raise NotFound(f"no rate limit named {quote(req.name)}") from None
         except LimitError as exc:
             raise FailedPrecondition(str(exc)) from None
         await self.limits.store.flush()

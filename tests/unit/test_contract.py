@@ -111,7 +111,7 @@ def test_too_large_names_the_limit_and_the_flag():
     (valid_function_name, ["add", "_x", "etl.load-v2", "a" * 128], ["", "2x", "-x", "a b", "a" * 129, None]),
     (valid_volume_name, ["v", "my-vol", "a.b_c", "A" * 63], ["", "-v", ".v", "a/b", "a" * 64, 3]),
     (valid_integration_name, ["prod_postgres", "gh.main"], ["", "_x", "a b", "a" * 64]),
-    (valid_env_name, ["A", "_A", "API_KEY2", "A" * 255], ["", "1A", "A-B", "A" * 256, b"A"]),
+    (valid_env_name, ["A", "_A", "API_KEY2", "A" * 128], ["", "1A", "A-B", "A" * 129, b"A"]),
     (valid_container_name, ["web", "web-1", "0"], ["", "Web", "-web", "web-", "a" * 64, "a_b"]),
 ])
 def test_name_rules(check, good, bad):
