@@ -38,7 +38,7 @@ from chalkcompute import calls as _calls
 from chalkcompute._bridge import Twin, run_async, run_sync
 from chalkcompute._build import ImageBuildFailed, prepare_image
 from chalkcompute._client import CallHandle, Client
-from chalkcompute._contract import FUNCTION_NAME_RE, sdk_max_payload, too_large
+from chalkcompute._contract import FUNCTION_NAME_RE, name_too_long, sdk_max_payload, too_large
 from chalkcompute._mounts import secret_refs
 from chalkcompute._options import FunctionOptions, parse_cpu, parse_memory
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
@@ -49,6 +49,7 @@ from chalkcompute.exceptions import (
     FunctionError,
     FunctionSignatureError,
     FunctionTimeoutError,
+    InvalidArgumentError,
     ResourceExhaustedError,
 )
 from chalkcompute.image import Image
@@ -182,6 +183,9 @@ class RemoteFunction:
 
     async def _from_name(cls, name: str, *, target: str | None = None) -> RemoteFunction:
         """Attach to the latest version of a function by name; raises FunctionNotFoundError."""
+        too_long = name_too_long("function name", name)  # before anything reads it (H1, issue 13 item 4a)
+        if too_long:
+            raise InvalidArgumentError(too_long)
         client = Client.get(target)
         resp = await client.rpc(client.catalog.GetFunction, pb.GetFunctionRequest(name=name))
         return cls._from_version(resp.function, target)

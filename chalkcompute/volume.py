@@ -45,7 +45,7 @@ from grpclib.client import ServiceMethod, UnaryUnaryMethod
 from chalkcompute import _rpc
 from chalkcompute._bridge import Twin, run_async, run_sync
 from chalkcompute._client import Client, default_target
-from chalkcompute._contract import valid_volume_name
+from chalkcompute._contract import name_too_long, quote, valid_volume_name
 from chalkcompute._framing import FramedStream
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import VolumesStub
@@ -99,6 +99,13 @@ async def _send(stream: Any, message: Any, end: bool = False) -> None:
 
 def _utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=UTC)
+
+
+def _check_volume_name(name: object) -> None:
+    """Refuse a volume name over 128 characters before anything (a message, the daemon) reads it."""
+    too_long = name_too_long("volume name", name)
+    if too_long:
+        raise VolumeInvalidArgumentError(too_long, "INVALID_ARGUMENT")
 
 
 @dataclass(frozen=True)
@@ -197,7 +204,8 @@ class VolumeClient:
 
     async def _create(self, name: str) -> Volume:
         """Create a named volume; an existing one is returned (not an error)."""
-        resp = await self._call(self._stub.Create, pb.CreateVolumeRequest(name=name), f"create volume {name!r}")
+        _check_volume_name(name)
+        resp = await self._call(self._stub.Create, pb.CreateVolumeRequest(name=name), f"create volume {quote(name)}")
         return Volume(name, client=self, _info=VolumeInfo._from_pb(resp.info))
 
     create = Twin(_create)
@@ -209,7 +217,8 @@ class VolumeClient:
 
     async def _lookup(self, name: str) -> Volume:
         """The volume, its info fetched; raises VolumeNotFoundError when it does not exist."""
-        resp = await self._call(self._stub.Get, pb.GetVolumeRequest(name=name), f"look up volume {name!r}")
+        _check_volume_name(name)
+        resp = await self._call(self._stub.Get, pb.GetVolumeRequest(name=name), f"look up volume {quote(name)}")
         return Volume(name, client=self, _info=VolumeInfo._from_pb(resp.info))
 
     lookup = Twin(_lookup)
@@ -238,8 +247,9 @@ class Volume:
     """
 
     def __init__(self, name: str, client: VolumeClient | None = None, *, _info: VolumeInfo | None = None) -> None:
+        _check_volume_name(name)
         if not valid_volume_name(name):
-            raise VolumeInvalidArgumentError(f"invalid volume name {name!r}: use 1-63 letters, digits, '.', '_' "
+            raise VolumeInvalidArgumentError(f"invalid volume name {quote(name)}: use 1-63 letters, digits, '.', '_' "
                                              "or '-', starting with a letter or digit", "INVALID_ARGUMENT")
         self.name = name
         self._client_arg = client

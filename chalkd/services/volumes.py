@@ -29,6 +29,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 
+from chalkcompute._contract import quote
 from chalkcompute._framing import FramedStream
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import VolumesBase
@@ -86,7 +87,7 @@ class VolumesService(VolumesBase):
         scope = current_scope.get()
         if scope is not None and scope.replica_id and name not in self.replica_volumes(scope.replica_id):
             raise PermissionDenied(f"replica {scope.replica_id}'s credential cannot reach volume "
-                                   f"{name!r}: function code may use only the volumes its function mounts")
+                                   f"{quote(name)}: function code may use only the volumes its function mounts")
 
     def framed_handlers(self) -> dict[bytes, tuple]:
         """The streams local clients open on the daemon's fast lane
@@ -99,7 +100,7 @@ class VolumesService(VolumesBase):
     @grpc_errors
     async def Create(self, stream) -> None:
         req: pb.CreateVolumeRequest = await stream.recv_message()
-        with _errors(f"creating volume {req.name!r}"):
+        with _errors(f"creating volume {quote(req.name)}"):
             info, created = await asyncio.to_thread(self.volumes.create, req.name)
         await stream.send_message(pb.CreateVolumeResponse(info=info_pb(info), created=created))
 
@@ -107,7 +108,7 @@ class VolumesService(VolumesBase):
     async def Get(self, stream) -> None:
         req: pb.GetVolumeRequest = await stream.recv_message()
         self._check_scope(req.name)
-        with _errors(f"reading volume {req.name!r}"):
+        with _errors(f"reading volume {quote(req.name)}"):
             info = await asyncio.to_thread(self.volumes.get, req.name)
         await stream.send_message(pb.GetVolumeResponse(info=info_pb(info)))
 
@@ -121,7 +122,7 @@ class VolumesService(VolumesBase):
     @grpc_errors
     async def Delete(self, stream) -> None:
         req: pb.DeleteVolumeRequest = await stream.recv_message()
-        with _errors(f"deleting volume {req.name!r}"):
+        with _errors(f"deleting volume {quote(req.name)}"):
             await asyncio.to_thread(self.volumes.delete, req.name)
         await stream.send_message(pb.DeleteVolumeResponse())
 
@@ -132,7 +133,7 @@ class VolumesService(VolumesBase):
         entries = self.volumes.list_files(req.name, req.prefix, req.recursive)
         try:
             while True:
-                with _errors(f"listing volume {req.name!r}"):
+                with _errors(f"listing volume {quote(req.name)}"):
                     page = await asyncio.to_thread(lambda: list(itertools.islice(entries, PAGE)))
                 if page:
                     await stream.send_message(pb.ListFilesResponse(
@@ -146,7 +147,7 @@ class VolumesService(VolumesBase):
     async def ReadFile(self, stream) -> None:
         req: pb.ReadFileRequest = await stream.recv_message()
         self._check_scope(req.name)
-        what = f"reading {req.path!r} in volume {req.name!r}"
+        what = f"reading {quote(req.path)} in volume {quote(req.name)}"
         with _errors(what):
             f = await asyncio.to_thread(self.volumes.open_read, req.name, req.path)
         pending = None
@@ -179,7 +180,7 @@ class VolumesService(VolumesBase):
             raise InvalidArgument("WriteFiles: the stream ended before its first message")
         name = msg.name
         self._check_scope(name)
-        what = f"writing to volume {name!r}"
+        what = f"writing to volume {quote(name)}"
         batch = None
         try:
             try:
@@ -225,6 +226,6 @@ class VolumesService(VolumesBase):
     async def RemoveFile(self, stream) -> None:
         req: pb.RemoveFileRequest = await stream.recv_message()
         self._check_scope(req.name)
-        with _errors(f"removing {req.path!r} from volume {req.name!r}"):
+        with _errors(f"removing {quote(req.path)} from volume {quote(req.name)}"):
             await asyncio.to_thread(self.volumes.remove, req.name, req.path)
         await stream.send_message(pb.RemoveFileResponse())
