@@ -51,7 +51,7 @@ class VolumeNotFound(VolumeStoreError, LookupError):
 
 class VolumeFileNotFound(VolumeStoreError, LookupError):
     def __init__(self, name: str, path: str) -> None:
-        super().__init__(f"file {path!r} not found in volume {name!r}")
+        super().__init__(f"file {quote(path)} not found in volume {name!r}")
         self.name, self.path = name, path
 
 
@@ -141,9 +141,9 @@ def _conflict(parent_fd: int, seg: str, name: str, path: str, sofar: str) -> Vol
     except OSError:
         st = None
     if st is not None and stat.S_ISLNK(st.st_mode):
-        return VolumePathConflict(f"cannot use {path!r} in volume {name!r}: {sofar!r} is a symbolic link, "
+        return VolumePathConflict(f"cannot use {quote(path)} in volume {name!r}: {sofar!r} is a symbolic link, "
                                   "which the volume API never follows")
-    return VolumePathConflict(f"cannot use {path!r} in volume {name!r}: {sofar!r} is not a directory")
+    return VolumePathConflict(f"cannot use {quote(path)} in volume {name!r}: {sofar!r} is not a directory")
 
 
 def open_dirs(root_fd: int, parts: list[str], *, name: str, path: str, create: bool) -> int:

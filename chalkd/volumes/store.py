@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from chalkcompute._contract import quote
 from chalkd.volumes.paths import (
     DIR_FLAGS,
     MAX_DEPTH,
@@ -313,7 +314,7 @@ class VolumeStore:
         ``recursive=False`` only the prefix's directory is listed, its
         subdirectories as entries ending with '/'."""
         if not isinstance(prefix, str) or "\0" in prefix or "\\" in prefix or prefix.startswith("/"):
-            raise InvalidVolumePath(f"invalid prefix {prefix!r} in volume {name!r}: use a relative "
+            raise InvalidVolumePath(f"invalid prefix {quote(prefix)} in volume {name!r}: use a relative "
                                     "'/'-separated path prefix")
         head, _, leaf = prefix.rpartition("/")
         dir_parts = split_path(head, name=name) if head else []
@@ -346,7 +347,7 @@ class VolumeStore:
             fd = os.open(leaf, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise VolumePathConflict(f"cannot read {path!r} in volume {name!r}: it is a symbolic link, "
+                raise VolumePathConflict(f"cannot read {quote(path)} in volume {name!r}: it is a symbolic link, "
                                          "which the volume API never follows") from None
             raise
         finally:
@@ -369,7 +370,7 @@ class VolumeStore:
             why = "it is a directory"
         else:
             why = "it is not a regular file"
-        raise VolumePathConflict(f"cannot read {path!r} in volume {name!r}: {why}")
+        raise VolumePathConflict(f"cannot read {quote(path)} in volume {name!r}: {why}")
 
     def remove(self, name: str, path: str) -> None:
         """Remove one file. A symlink there is removed itself (unlink never follows
@@ -380,7 +381,7 @@ class VolumeStore:
             try:
                 st = os.stat(parts[-1], dir_fd=dfd, follow_symlinks=False)
                 if stat.S_ISDIR(st.st_mode):
-                    raise VolumePathConflict(f"cannot remove {path!r} in volume {name!r}: it is a directory; "
+                    raise VolumePathConflict(f"cannot remove {quote(path)} in volume {name!r}: it is a directory; "
                                              "remove the files in it")
                 os.unlink(parts[-1], dir_fd=dfd)
             except FileNotFoundError:
@@ -523,7 +524,7 @@ class Batch:
             for i in range(1, len(f.parts)):
                 if "/".join(f.parts[:i]) in paths:
                     raise VolumePathConflict(f"the batch for volume {self.name!r} writes both a file "
-                                             f"{'/'.join(f.parts[:i])!r} and {f.path!r} below it")
+                                             f"{'/'.join(f.parts[:i])!r} and {quote(f.path)} below it")
             groups.setdefault(tuple(f.parts[:-1]), []).append(f)
         return groups
 
@@ -550,7 +551,7 @@ class Batch:
                             if stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
                                 what = "a directory" if stat.S_ISDIR(st.st_mode) else \
                                     "a symbolic link, which the volume API never replaces"
-                                raise VolumePathConflict(f"cannot write {f.path!r} in volume {name!r}: "
+                                raise VolumePathConflict(f"cannot write {quote(f.path)} in volume {name!r}: "
                                                          f"it is {what}")
                     finally:
                         os.close(fd)
