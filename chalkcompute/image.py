@@ -37,7 +37,7 @@ from typing import Literal
 
 import pathspec
 
-from chalkcompute._contract import IMAGE_STEP_KINDS, image_content_hash, image_step_canonical
+from chalkcompute._contract import IMAGE_STEP_KINDS, image_content_hash, image_step_canonical, path_too_long, quote
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 
 __all__ = ["Image", "LazyLocalFile"]
@@ -86,23 +86,29 @@ class _Step:
 # ---------------------------------------------------------------- validation helpers
 
 def _type_error(name: str, expected: str, value: object) -> TypeError:
-    return TypeError(f"{name} must be {expected}, got {type(value).__name__} {value!r}")
+    return TypeError(f"{name} must be {expected}, got {type(value).__name__} {quote(value)}")
 
 
 def _remote_path(value: object, name: str = "remote_path") -> str:
     if not isinstance(value, str):
         raise _type_error(name, "a str", value)
+    too_long = path_too_long(name, value)  # first: nothing below reads a long path
+    if too_long:
+        raise ValueError(too_long)
     if not value.startswith("/"):
-        raise ValueError(f"{name} must be absolute, got {value!r}")
+        raise ValueError(f"{name} must be absolute, got {quote(value)}")
     return posixpath.normpath(value) if value != "/" else "/"
 
 
 def _local_path(value: object, name: str = "local_path") -> str:
     if not isinstance(value, (str, os.PathLike)):
         raise _type_error(name, "a str or path", value)
+    too_long = path_too_long(name, os.fspath(value))  # first: nothing below reads a long path
+    if too_long:
+        raise ValueError(too_long)
     path = os.path.abspath(os.path.expanduser(os.fspath(value)))
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{name} {os.fspath(value)!r} does not exist (resolved to {path!r})")
+        raise FileNotFoundError(f"{name} {quote(os.fspath(value))} does not exist (resolved to {quote(path)})")
     return path
 
 

@@ -109,3 +109,18 @@ def test_an_exception_whose_str_raises_is_reported_by_type_with_a_placeholder():
     assert err.exception_type.endswith("BadStr")
     assert err.message == "<exception str() failed: ValueError: str is broken>"
     assert "BadStr" in err.traceback
+
+
+def test_sdk_paths_are_bounded_before_use(tmp_path):
+    from chalkcompute import Image
+    from chalkcompute._mounts import volume_mounts
+
+    with pytest.raises(ValueError, match="invalid local_path .*longer than 4096 bytes") as info:
+        Image.debian_slim().add_local_dir("x" * 5000, "/app")
+    assert "x" * 101 not in str(info.value)
+    with pytest.raises(ValueError, match="invalid remote_path .*longer than 4096 bytes"):
+        Image.debian_slim().add_local_dir(str(tmp_path), "/" + "y" * 5000)
+    with pytest.raises(ValueError, match="invalid mount path .*longer than 4096 bytes"):
+        volume_mounts([("vol", "/" + "m" * 5000)])
+    with pytest.raises(ValueError, match="invalid volume name .*longer than 128 characters"):
+        volume_mounts([("v" * 10_000, "/data")])
