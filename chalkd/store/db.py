@@ -28,6 +28,11 @@ it still ends, every later write raises instead of hanging.
 SQLite runs on the event-loop thread: a commit in WAL mode with
 ``synchronous=NORMAL`` is a write() to the log, tens of microseconds, cheaper
 than a hop to a thread. ``durability="full"`` fsyncs every commit.
+
+The WAL is kept small: once no commit has come for ``idle_checkpoint`` seconds
+(one timer per idle period, nothing per call), and whenever the -wal file passes
+``wal_limit`` bytes (stat'ed every few dozen group commits), a
+``wal_checkpoint(TRUNCATE)`` copies it into the database and cuts it to zero.
 """
 
 from __future__ import annotations
@@ -90,6 +95,8 @@ class Store:
         durability: str = "normal",
         checkpoint_interval: float = 30.0,
         full_retry: float = 1.0,
+        idle_checkpoint: float = 0.5,
+        wal_limit: int = 64 * 1024 * 1024,
     ) -> None:
         if durability not in ("normal", "full"):
             raise ValueError(f"durability must be 'normal' or 'full', got {durability!r}")
@@ -97,6 +104,18 @@ class Store:
         self.durability = durability
         self.checkpoint_interval = checkpoint_interval
         self.full_retry = full_retry
+        # The WAL is truncated to nothing once the writer has had no commit for
+        # ``idle_checkpoint`` seconds, and whenever it passes ``wal_limit`` bytes:
+        # without it the -wal file only ever grows while the daemon runs.
+        self.idle_checkpoint = idle_checkpoint
+        self.wal_limit = wal_limit
+        self.wal_path = self.path.with_name(self.path.name + "-wal")
+        self.truncations = 0
+        self._last_commit = 0.0
+        self._dirty = False  # commits since the last truncating checkpoint
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._wal_check_every = 64  # group commits between two stat() of the WAL
+        self._groups_since_check = 0
         self.db: sqlite3.Connection | None = None
         self._pending: list[_Entry] = []
         self._wake = asyncio.Event()
@@ -131,6 +150,8 @@ class Store:
         db.execute("PRAGMA foreign_keys=OFF")
         # The daemon checkpoints on its own schedule (see _maybe_checkpoint).
         db.execute("PRAGMA wal_autocheckpoint=0")
+        # When a checkpoint lets the WAL restart, SQLite cuts the file back to this size.
+        db.execute(f"PRAGMA journal_size_limit={min(self.wal_limit, 4 * 1024 * 1024)}")
         migrate(db, self.path)
         # A database a daemon has open reads "clean_shutdown=0" until close() says otherwise:
         # the next start tells a crash from a drain by it (a fresh database counts as clean).
@@ -153,6 +174,9 @@ class Store:
         """
         self._closing = True
         self._wake.set()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         if self._task is not None and not self._task.done():
             await self._task
         if self.db is not None:
@@ -315,6 +339,7 @@ class Store:
             db.execute(e.sql, e.params)
         db.execute("COMMIT")
         self.commits += 1
+        self._committed()
 
     def _replay(self, statements: list[_Entry]) -> dict[int, BaseException]:
         """One transaction, one savepoint per statement: a bad one fails alone."""
@@ -338,6 +363,7 @@ class Store:
             db.execute("RELEASE one")
         db.execute("COMMIT")
         self.commits += 1
+        self._committed()
         return failures
 
     def _rollback(self) -> None:
@@ -378,6 +404,59 @@ class Store:
             cb() if cb is entry.on_commit else cb(exc)
         except Exception:
             log.exception("after-commit callback failed")
+
+    def _committed(self) -> None:
+        """Bookkeeping after a group commit: O(1), a stat() of the WAL every few dozen groups."""
+        self._last_commit = time.monotonic()
+        self._dirty = True
+        if self._idle_timer is None and self.idle_checkpoint > 0 and not self._closing:
+            # One timer per idle period, not one per commit: when it fires it re-arms itself
+            # for what is left if a commit came since.
+            self._idle_timer = asyncio.get_running_loop().call_later(self.idle_checkpoint, self._on_idle)
+        self._groups_since_check += 1
+        if self._groups_since_check >= self._wal_check_every:
+            self._groups_since_check = 0
+            try:
+                size = os.stat(self.wal_path).st_size
+            except OSError:
+                return
+            if size > self.wal_limit:
+                log.info("WAL at %.1f MB (limit %.1f MB): truncating checkpoint", size / 1e6, self.wal_limit / 1e6)
+                self.truncate_wal()
+
+    def _on_idle(self) -> None:
+        self._idle_timer = None
+        if self._closing or self.db is None:
+            return
+        left = self._last_commit + self.idle_checkpoint - time.monotonic()
+        if left > 0:
+            self._idle_timer = asyncio.get_running_loop().call_later(left, self._on_idle)
+            return
+        if self._dirty and not self._pending:
+            self.truncate_wal()
+
+    def truncate_wal(self) -> bool:
+        """Copy the WAL into the database and cut the -wal file to zero bytes.
+
+        Runs between group commits (never inside one); with the database opened
+        in exclusive mode nothing else can hold it back, so it completes unless
+        the disk fails. Returns whether it did.
+
+            store.truncate_wal()   # the -wal file is now 0 bytes
+        """
+        if self.db is None or self.full or self.db.in_transaction:
+            return False
+        try:
+            busy, _log, _done = self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error:
+            log.exception("truncating checkpoint failed")
+            return False
+        if busy:
+            return False
+        self._dirty = False
+        self._last_checkpoint = time.monotonic()
+        self.truncations += 1
+        return True
 
     def _maybe_checkpoint(self) -> None:
         now = time.monotonic()
