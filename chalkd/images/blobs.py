@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from chalkcompute._contract import quote
 from chalkd.specs import ImageSpec, ImageStep
 from chalkd.volumes.paths import DIR_FLAGS
 
@@ -55,16 +56,16 @@ class LazyFileError(BlobError):
 
 
 def _check_abs(what: str, path: str, where: str) -> None:
+    if len(path) > _MAX_PATH or len(path.encode("utf-8", "surrogatepass")) > _MAX_PATH:  # first: cheap
+        raise LazyFileError(f"{what} {quote(path)} of {where} is longer than {_MAX_PATH} bytes")
     if not path.startswith("/"):
-        raise LazyFileError(f"{what} {path!r} of {where} must be an absolute path")
+        raise LazyFileError(f"{what} {quote(path)} of {where} must be an absolute path")
     if "\0" in path or ":" in path:
         # ':' separates a bind's source, target and options: refuse it rather than escape it.
-        raise LazyFileError(f"{what} {path!r} of {where} must not contain NUL or ':'")
-    if len(path.encode("utf-8", "surrogatepass")) > _MAX_PATH:
-        raise LazyFileError(f"{what} {path[:64]!r}... of {where} is longer than {_MAX_PATH} bytes")
+        raise LazyFileError(f"{what} {quote(path)} of {where} must not contain NUL or ':'")
     if path != "/" and (posixpath.normpath(path) != path or path.startswith("//")):
-        raise LazyFileError(f"{what} {path!r} of {where} is not normalised (no '.', '..', '//' or trailing '/'); "
-                            f"did you mean {posixpath.normpath(path)!r}?")
+        raise LazyFileError(f"{what} {quote(path)} of {where} is not normalised (no '.', '..', '//' or trailing "
+                            f"'/'); did you mean {quote(posixpath.normpath(path))}?")
 
 
 def _lazy_root(step: ImageStep) -> str:
@@ -133,7 +134,7 @@ class BlobStore:
 
     def path(self, digest: str) -> Path:
         if not _DIGEST.fullmatch(digest):
-            raise BlobError(f"blob digest must be 64 lower-case hex characters (sha256), got {digest!r}")
+            raise BlobError(f"blob digest must be 64 lower-case hex characters (sha256), got {quote(digest)}")
         return self.root / digest[:2] / digest
 
     def missing(self, digests: list[str]) -> list[str]:

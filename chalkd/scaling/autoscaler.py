@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from chalkcompute._contract import quote
 from chalkcompute.gpu import GpuRequest
 from chalkd.catalog import Catalog
 from chalkd.errors import Unauthenticated
@@ -130,7 +131,7 @@ class Autoscaler:
     def connect(self, replica_id: str, token: str) -> Replica:
         replica = self.replicas.get(replica_id)
         if replica is None or not secrets.compare_digest(replica.token, token) or replica.state == "stopped":
-            raise ReplicaUnknown(f"unknown replica {replica_id!r} (started by an earlier daemon?)")
+            raise ReplicaUnknown(f"unknown replica {quote(replica_id)} (started by an earlier daemon?)")
         return replica
 
     def replica_ready(self, replica: Replica) -> None:
