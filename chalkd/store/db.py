@@ -96,7 +96,7 @@ class Store:
         checkpoint_interval: float = 30.0,
         full_retry: float = 1.0,
         idle_checkpoint: float = 0.5,
-        wal_limit: int = 64 * 1024 * 1024,
+        wal_limit: int = 32 * 1024 * 1024,
     ) -> None:
         if durability not in ("normal", "full"):
             raise ValueError(f"durability must be 'normal' or 'full', got {durability!r}")
