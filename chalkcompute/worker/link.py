@@ -322,11 +322,11 @@ class DaemonLink:
             chunk_events.extend(self._encode_pending(gate))
             flushed.append((gate, gate.sent))
             gate.wake()  # its waiting values are encoded: room for more
+        for g in dirty:
+            if g.failed is not None:  # recorded even when nothing else goes out now: its end comes later
+                self._failed[(g.call_id, g.attempt)] = g.failed
         if not chunk_events and not events and not credit:
             return None
-        for g in dirty:
-            if g.failed is not None:
-                self._failed[(g.call_id, g.attempt)] = g.failed
         if self._failed:
             for ev in events:
                 exc = self._failed.pop((ev.call_id, ev.attempt), None)
