@@ -289,6 +289,10 @@ class Queue(Dispatcher):
                     self.store.after_commit(lambda: self._attach_stored(sub, ref, existing))
                     return pending
                 try:
+                    if detach:  # a spawn resubmitted after a reconnect: its acceptance, nothing more
+                        found = self.get(existing)
+                        sub.send_event(ref, existing, ev.ACCEPTED)
+                        return found
                     self.attach(sub, ref, existing, after_chunk=-1)
                     return self.get(existing)
                 except CallNotFound:  # expired since: the key is free again
