@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from grpclib.const import Status
 
-from chalkcompute._contract import MAX_BATCH_BYTES, batches, too_large
+from chalkcompute._contract import MAX_BATCH_BYTES, batches, quote, too_large
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import QueueBase, WorkerBase
 from chalkd import errors
@@ -355,7 +355,7 @@ class WorkerService(WorkerBase):
         scope = current_scope.get()
         if scope is not None and scope.replica_id and scope.replica_id != first.hello.replica_id:
             raise errors.PermissionDenied(f"replica {scope.replica_id}'s credential cannot open the "
-                                          f"worker stream of replica {first.hello.replica_id!r}")
+                                          f"worker stream of replica {quote(first.hello.replica_id)}")
         replica = self.scaler.connect(first.hello.replica_id, first.hello.token)  # ReplicaUnknown: UNAUTHENTICATED
         fv = replica.function
         conn = WorkerConnection(stream, replica.id, fv.id)
