@@ -13,7 +13,8 @@ worker stream); the services implement both.
     queue.worker_event(link, call.id, 1, events.Result(result))
     # the session receives events.Accepted() then events.Result(result), each after its commit.
 
-SQL on calls and their chunks goes through :class:`chalkd.queue.storage.CallStore`.
+SQL on calls and their chunks goes through :class:`chalkd.queue.storage.CallStore`; following calls,
+chunks, their windows and streams nobody reads live in :mod:`chalkd.queue.streaming`.
 
 Delivery is at-least-once before a call's first chunk: a failed attempt that
 had not streamed runs again while the retry budget lasts (infrastructure
@@ -40,7 +41,6 @@ from chalkd.model import (
     Call,
     CallError,
     CallState,
-    Chunk,
     ErrorCode,
     FunctionVersion,
     Payload,
@@ -51,6 +51,7 @@ from chalkd.queue import events as ev
 from chalkd.queue.dispatch import Attempt, Dispatcher, _Worker
 from chalkd.queue.limits import Limits
 from chalkd.queue.storage import CallStore, decode_error
+from chalkd.queue.streaming import Streaming
 from chalkd.store.db import Store, is_disk_full
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ class CallNotFound(QueueError):
     pass
 
 
-class Queue(Dispatcher):
+class Queue(Dispatcher, Streaming):
     """See the module docstring."""
 
     def __init__(
@@ -427,80 +428,6 @@ class Queue(Dispatcher):
         call = self.calls.get(call_id)
         return call is not None and call.replica_id == replica_id
 
-    def attach(self, sub: Subscriber, ref: int, call_id: str, *, after_chunk: int = -1) -> None:
-        """Subscribe ``sub`` to a call and replay what it has not seen yet."""
-        call = self.get(call_id)
-        sub.send_event(ref, call.id, ev.ACCEPTED)
-        chunks = call.chunks
-        in_memory_from = call.chunks[0].first_index if call.chunks else call.next_index
-        if after_chunk + 1 < in_memory_from:
-            # Chunks every caller had acknowledged left memory: the store has them.
-            stored = self._load_chunks(call)
-            seen = {c.first_index for c in stored}
-            chunks = stored + [c for c in call.chunks if c.first_index not in seen]
-        for chunk in chunks:
-            last = chunk.first_index + chunk.payload.rows - 1
-            if last > after_chunk:
-                sub.send_event(ref, call.id, ev.Chunk(chunk.payload, chunk.first_index))
-        if call.state.finished:
-            self._send_final(call, sub, ref)
-        else:
-            call.subscribers[sub] = ref
-            call.unread_since = None
-
-    def ack(self, call_id: str, index: int) -> None:
-        """A caller consumed chunks up to ``index``: widen the worker's window."""
-        call = self.calls.get(call_id)
-        if call is None or index <= call.acked:
-            return
-        call.acked = index
-        # Chunks every caller has seen need not stay in memory: the store has them.
-        while call.chunks and call.chunks[0].first_index + call.chunks[0].payload.rows - 1 <= index:
-            call.acked_bytes += call.chunks.pop(0).payload.size
-        worker = self._worker_of(call)
-        if worker is not None:
-            worker.link.send_chunk_credit(call.id, call.attempt, index + 1 + self.chunk_window,
-                                          call.acked_bytes + self.chunk_window_bytes)
-
-    def unsubscribe(self, sub: Subscriber) -> None:
-        for call in list(self.calls.values()):
-            if call.subscribers.pop(sub, None) is not None and not call.subscribers:
-                self._lost_reader(call)
-
-    # -- streams nobody reads ---------------------------------------------------------------
-
-    def detach(self, sub: Subscriber, call_id: str) -> None:
-        """``sub`` stops following ``call_id`` (a reader that left a spawned call); the call goes on."""
-        call = self.calls.get(call_id)
-        if call is not None and call.subscribers.pop(sub, None) is not None and not call.subscribers:
-            self._lost_reader(call)
-
-    def _lost_reader(self, call: Call) -> None:
-        """``call`` has no reader left: a spawned generator's store takes its chunks (within
-        its budget); any other stream is paused by its window, and cancelled, its replica
-        freed, if nobody attaches within ``detached_stream_timeout``."""
-        if call.state.finished or not call.function.is_generator or call.subscribers:
-            return
-        if call.detached and call.bytes_in <= self.spawned_stream_budget:
-            if call.stored_index > call.acked:
-                self.ack(call.id, call.stored_index)
-            return
-        if call.unread_since is None:
-            call.unread_since = time.monotonic()
-            self.loop.call_later(self.detached_stream_timeout, self._check_unread, call)
-
-    def _check_unread(self, call: Call) -> None:
-        if call.unread_since is None or call.state.finished or self.calls.get(call.id) is not call:
-            return
-        left = call.unread_since + self.detached_stream_timeout - time.monotonic()
-        if left > 0:  # read again, and left again, since the timer was set
-            self.loop.call_later(left, self._check_unread, call)
-            return
-        log.info("cancelling %s of %s: no reader for %gs", call.id, call.function.name, self.detached_stream_timeout)
-        self.cancel(call.id, reason=(
-            f"nobody read its stream for {self.detached_stream_timeout:g}s (chalkd serve --detached-stream-timeout): "
-            "cancelled, its replica freed"))
-
     def cancel(self, call_id: str, reason: str = "cancelled by the caller") -> None:
         call = self.calls.get(call_id)
         if call is None:
@@ -719,34 +646,6 @@ class Queue(Dispatcher):
             return None
         return self._workers.get(call.function.id, {}).get(call.replica_id)
 
-    def _on_chunk(self, call: Call, payload: Payload, first_index: int) -> None:
-        if first_index != call.next_index:
-            log.warning("call %s: chunk %d out of order (expected %d); dropped", call.id, first_index, call.next_index)
-            return
-        call.next_index += payload.rows
-        call.bytes_in += payload.size
-        chunk = Chunk(first_index, payload)
-        call.chunks.append(chunk)
-        call.state = CallState.STREAMING
-        subs = list(call.subscribers.items())
-
-        # Chunks go out once they are durable (the first one marks the call as
-        # streamed, so a restarted daemon never re-runs a call whose chunks a
-        # caller saw); later ones follow in order behind it. While the disk is
-        # full they wait, unacknowledged, so the chunk window pauses the generator.
-        def deliver() -> None:
-            if call.stored is False:
-                return
-            call.stored_index = first_index + payload.rows - 1
-            for sub, ref in subs:
-                sub.send_event(ref, call.id, ev.Chunk(payload, first_index))
-            if not call.subscribers:
-                self._lost_reader(call)
-
-        def failed(exc: BaseException) -> None:
-            self._store_failed(call, exc, f"chunk {first_index}")
-        self.rows.add_chunk(call, first_index, payload, on_commit=deliver, on_fail=failed)
-
     def _store_failed(self, call: Call, exc: BaseException, what: str) -> None:
         """A statement of a running call failed (a bug, a constraint): that call fails, nothing else."""
         if call.stored is False or call.state.finished:
@@ -843,9 +742,6 @@ class Queue(Dispatcher):
             sub.send_event(ref, call.id, ev.Result(call.result))
         else:
             sub.send_event(ref, call.id, ev.DONE)
-
-    def _load_chunks(self, call: Call) -> list[Chunk]:
-        return self.rows.chunks(call.id)
 
     def expire_results(self, now: float) -> int:
         """Drop finished calls older than their function's ``result_ttl_seconds`` (the server
