@@ -42,6 +42,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from chalkcompute._fixed import FixedLayout
 from chalkcompute.exceptions import FunctionSignatureError, SerializationError
 
 __all__ = ["BatchCodec", "FunctionCodec", "META_KEY", "schema_from_bytes", "schema_to_bytes"]
@@ -455,9 +456,19 @@ class _Side:
                                                if n is not None])  # all are (checked above): for mypy
         self.schema_bytes = schema_to_bytes(self.schema) if self.schema is not None else b""
         self._inferred_schemas: dict[tuple, tuple[pa.Schema, bytes]] = {}
-        self._plans: dict[bytes, tuple[pa.Schema, list]] = {}
+        self._plans: dict[bytes, tuple[pa.Schema, list, FixedLayout | None]] = {}
+        # One row of int64 / float64 columns: written without pyarrow (chalkcompute._fixed), made on first use.
+        self._fixed: FixedLayout | None | bool = False if any(
+            e is not None and e is not _check_int for e in self.encs) else None
 
     def encode(self, columns: list[list], whats: list[str] | None = None) -> tuple[bytes, bytes]:
+        fixed = self._fixed
+        if fixed is None:
+            fixed = self._fixed = FixedLayout.of(self.schema) or False
+        if fixed:  # the warmest path: ~2 us instead of ~30 (one row of plain numbers)
+            data = fixed.encode(columns)  # type: ignore[union-attr]
+            if data is not None:
+                return self.schema_bytes, data
         if self.schema is not None:  # hot path: one from_pydict, no per-column arrays
             try:
                 data = {name: col if enc is None else [enc(v) for v in col]
@@ -486,7 +497,12 @@ class _Side:
         plan = self._plans.get(schema_bytes)
         if plan is None:
             plan = self._plan(schema_bytes)
-        schema, decs = plan
+        schema, decs, fixed = plan
+        if fixed is not None:
+            values = fixed.decode(batch)
+            if values is not None:
+                return schema.names, [v if dec is None else [dec(x) for x in v] for v, dec in zip(values, decs,
+                                                                                                strict=True)]
         try:
             record = pa.ipc.read_record_batch(pa.py_buffer(batch), schema)
         except (pa.ArrowException, ValueError) as e:
@@ -497,7 +513,7 @@ class _Side:
             columns.append(values if dec is None else [dec(v) for v in values])
         return schema.names, columns
 
-    def _plan(self, schema_bytes: bytes) -> tuple[pa.Schema, list]:
+    def _plan(self, schema_bytes: bytes) -> tuple[pa.Schema, list, FixedLayout | None]:
         schema = schema_from_bytes(schema_bytes)
         hinted = {name: n for name, n in zip(self.names, self.nodes, strict=False) if n is not None}
         decs = []
@@ -507,7 +523,7 @@ class _Side:
             if node is None or not field.type.equals(node.type):
                 node = _node_from_field(field)
             decs.append(node.dec)
-        plan = (schema, decs)
+        plan = (schema, decs, FixedLayout.of(schema))
         _remember(self._plans, bytes(schema_bytes), plan)
         return plan
 
