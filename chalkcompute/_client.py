@@ -191,7 +191,7 @@ class CallHandle:
         if self.finished:
             return
         self.finished = True
-        self.session.handles.pop(self.ref, None)
+        self.session.forget(self)
         if self.call_id:
             self.session.send_threadsafe(cancel=pb.CancelCall(call_id=self.call_id, detach=True))
 
@@ -278,6 +278,14 @@ class _Session:
             self._incoming_scheduled = True
             self.client.loop.call_soon_threadsafe(self._take_incoming)
 
+    def forget(self, handle: CallHandle) -> None:
+        """Stop routing events to ``handle``, from any thread: its entry goes on the SDK loop,
+        which may be iterating the handles (a reconnect resuming them)."""
+        if in_sdk_thread():
+            self.handles.pop(handle.ref, None)
+        else:
+            self.client.loop.call_soon_threadsafe(self.handles.pop, handle.ref, None)
+
     def following(self, call_id: str) -> CallHandle | None:
         """The live handle of this session that follows ``call_id``, if any.
 
@@ -310,14 +318,17 @@ class _Session:
         a cancel (a loop left with ``break``) on its way before the next line of the program,
         even if that line ends the process."""
         direct = self.direct
-        if direct is not None and isinstance(item, (pb.CancelCall, pb.ChunkAck)):
-            with direct.lock:
+        # Never waits for the lock: a cancel can come from a stream's __del__, which the garbage
+        # collector may run on a thread that holds it already (one writing a submit).
+        if direct is not None and isinstance(item, (pb.CancelCall, pb.ChunkAck)) and direct.lock.acquire(False):
+            try:
                 if self.direct is direct and not direct.closed:
-                    try:
-                        direct.write_locked(frame(0, _request([item]).SerializeToString()))
-                        return
-                    except ConnectionError:
-                        pass  # queued below: the reconnect sends it
+                    direct.write_locked(frame(0, _request([item]).SerializeToString()))
+                    return
+            except ConnectionError:
+                pass  # queued below: the reconnect sends it
+            finally:
+                direct.lock.release()
         if direct is not None and isinstance(item, CallHandle):
             # On the local socket the caller's thread sends its submit itself.
             with direct.lock:
@@ -696,7 +707,7 @@ class Client:
         if after_chunk is not None:
             if existing is not None:
                 existing.finished = True
-                session.handles.pop(existing.ref, None)
+                session.forget(existing)
         elif existing is not None and type(existing) is handle_type:
             if cancel:
                 self.cancel_calls([existing])
