@@ -664,10 +664,12 @@ class PutBlobResponse(_message.Message):
     def __init__(self, size: _Optional[int] = ...) -> None: ...
 
 class BuildImageRequest(_message.Message):
-    __slots__ = ("image",)
+    __slots__ = ("image", "bare")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
+    BARE_FIELD_NUMBER: _ClassVar[int]
     image: ImageSpec
-    def __init__(self, image: _Optional[_Union[ImageSpec, _Mapping]] = ...) -> None: ...
+    bare: bool
+    def __init__(self, image: _Optional[_Union[ImageSpec, _Mapping]] = ..., bare: _Optional[bool] = ...) -> None: ...
 
 class BuildResult(_message.Message):
     __slots__ = ("ok", "image_ref", "cached", "error", "failed_step", "log_tail")
