@@ -694,3 +694,143 @@ class AuthStub:
             chalk_v1_chalk_pb2.ChallengeRequest,
             chalk_v1_chalk_pb2.ChallengeResponse,
         )
+
+
+class SandboxesBase(abc.ABC):
+
+    @abc.abstractmethod
+    async def Create(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.CreateSandboxRequest, chalk_v1_chalk_pb2.SandboxInfo]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def Get(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.GetSandboxRequest, chalk_v1_chalk_pb2.SandboxInfo]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def List(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.ListSandboxesRequest, chalk_v1_chalk_pb2.ListSandboxesResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def Terminate(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.TerminateSandboxRequest, chalk_v1_chalk_pb2.SandboxInfo]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def Exec(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.SandboxExecRequest, chalk_v1_chalk_pb2.SandboxExecResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def ReadFile(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.SandboxFileRequest, chalk_v1_chalk_pb2.SandboxFileChunk]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def WriteFile(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.SandboxWriteRequest, chalk_v1_chalk_pb2.SandboxWriteResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def ListDir(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.SandboxFileRequest, chalk_v1_chalk_pb2.SandboxListDirResponse]') -> None:
+        pass
+
+    def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
+        return {
+            '/chalk.v1.Sandboxes/Create': grpclib.const.Handler(
+                self.Create,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                chalk_v1_chalk_pb2.CreateSandboxRequest,
+                chalk_v1_chalk_pb2.SandboxInfo,
+            ),
+            '/chalk.v1.Sandboxes/Get': grpclib.const.Handler(
+                self.Get,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                chalk_v1_chalk_pb2.GetSandboxRequest,
+                chalk_v1_chalk_pb2.SandboxInfo,
+            ),
+            '/chalk.v1.Sandboxes/List': grpclib.const.Handler(
+                self.List,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                chalk_v1_chalk_pb2.ListSandboxesRequest,
+                chalk_v1_chalk_pb2.ListSandboxesResponse,
+            ),
+            '/chalk.v1.Sandboxes/Terminate': grpclib.const.Handler(
+                self.Terminate,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                chalk_v1_chalk_pb2.TerminateSandboxRequest,
+                chalk_v1_chalk_pb2.SandboxInfo,
+            ),
+            '/chalk.v1.Sandboxes/Exec': grpclib.const.Handler(
+                self.Exec,
+                grpclib.const.Cardinality.STREAM_STREAM,
+                chalk_v1_chalk_pb2.SandboxExecRequest,
+                chalk_v1_chalk_pb2.SandboxExecResponse,
+            ),
+            '/chalk.v1.Sandboxes/ReadFile': grpclib.const.Handler(
+                self.ReadFile,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                chalk_v1_chalk_pb2.SandboxFileRequest,
+                chalk_v1_chalk_pb2.SandboxFileChunk,
+            ),
+            '/chalk.v1.Sandboxes/WriteFile': grpclib.const.Handler(
+                self.WriteFile,
+                grpclib.const.Cardinality.STREAM_UNARY,
+                chalk_v1_chalk_pb2.SandboxWriteRequest,
+                chalk_v1_chalk_pb2.SandboxWriteResponse,
+            ),
+            '/chalk.v1.Sandboxes/ListDir': grpclib.const.Handler(
+                self.ListDir,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                chalk_v1_chalk_pb2.SandboxFileRequest,
+                chalk_v1_chalk_pb2.SandboxListDirResponse,
+            ),
+        }
+
+
+class SandboxesStub:
+
+    def __init__(self, channel: grpclib.client.Channel) -> None:
+        self.Create = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/chalk.v1.Sandboxes/Create',
+            chalk_v1_chalk_pb2.CreateSandboxRequest,
+            chalk_v1_chalk_pb2.SandboxInfo,
+        )
+        self.Get = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/chalk.v1.Sandboxes/Get',
+            chalk_v1_chalk_pb2.GetSandboxRequest,
+            chalk_v1_chalk_pb2.SandboxInfo,
+        )
+        self.List = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/chalk.v1.Sandboxes/List',
+            chalk_v1_chalk_pb2.ListSandboxesRequest,
+            chalk_v1_chalk_pb2.ListSandboxesResponse,
+        )
+        self.Terminate = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/chalk.v1.Sandboxes/Terminate',
+            chalk_v1_chalk_pb2.TerminateSandboxRequest,
+            chalk_v1_chalk_pb2.SandboxInfo,
+        )
+        self.Exec = grpclib.client.StreamStreamMethod(
+            channel,
+            '/chalk.v1.Sandboxes/Exec',
+            chalk_v1_chalk_pb2.SandboxExecRequest,
+            chalk_v1_chalk_pb2.SandboxExecResponse,
+        )
+        self.ReadFile = grpclib.client.UnaryStreamMethod(
+            channel,
+            '/chalk.v1.Sandboxes/ReadFile',
+            chalk_v1_chalk_pb2.SandboxFileRequest,
+            chalk_v1_chalk_pb2.SandboxFileChunk,
+        )
+        self.WriteFile = grpclib.client.StreamUnaryMethod(
+            channel,
+            '/chalk.v1.Sandboxes/WriteFile',
+            chalk_v1_chalk_pb2.SandboxWriteRequest,
+            chalk_v1_chalk_pb2.SandboxWriteResponse,
+        )
+        self.ListDir = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/chalk.v1.Sandboxes/ListDir',
+            chalk_v1_chalk_pb2.SandboxFileRequest,
+            chalk_v1_chalk_pb2.SandboxListDirResponse,
+        )
