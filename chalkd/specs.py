@@ -121,6 +121,22 @@ class ContainerSpec:
     secrets: tuple[SecretRef, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class SandboxSpec:
+    """A sandbox (the values of its local secrets travel beside it, never in it). ``resources`` given are
+    reserved against the host; ``entrypoint`` empty keeps it alive with nothing else running."""
+
+    name: str = ""
+    image: ImageSpec = field(default_factory=ImageSpec)
+    resources: Resources = field(default_factory=Resources)
+    env: Mapping[str, str] = field(default_factory=dict)
+    volumes: tuple[VolumeMount, ...] = ()
+    secrets: tuple[SecretRef, ...] = ()
+    entrypoint: tuple[str, ...] = ()
+    network: bool = True
+    lifetime: float = 0.0  # seconds; 0: until terminated
+
+
 def image_identity(spec: ImageSpec) -> str:
     """The image's content hash, recomputed from its content (a client's claim is not trusted).
 

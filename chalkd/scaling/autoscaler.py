@@ -92,6 +92,31 @@ class Autoscaler:
         self._task: asyncio.Task | None = None
         self._closing = False
         self._watchers: set[asyncio.Task] = set()
+        # CPU and memory held by others than replicas (sandboxes given explicit resources), by owner id.
+        self.reserved: dict[str, tuple[int, int]] = {}
+
+    # -- reservations (sandboxes) ---------------------------------------------------
+
+    def _used(self) -> tuple[int, int]:
+        live = [r.function for r in self.replicas.values() if r.state != "stopped"]
+        return (sum(f.cpu_millis for f in live) + sum(c for c, _ in self.reserved.values()),
+                sum(f.memory_bytes for f in live) + sum(m for _, m in self.reserved.values()))
+
+    def reserve(self, owner: str, cpu_millis: int, memory_bytes: int, *, force: bool = False) -> str:
+        """Hold ``cpu_millis`` and ``memory_bytes`` for ``owner`` if they fit beside what replicas and
+        other reservations hold: "" when held, else what it waits for. ``force`` holds them anyway
+        (re-adopting a sandbox that is already running)."""
+        used_cpu, used_mem = self._used()
+        if not force and (used_cpu + cpu_millis > self.host.cpu_millis
+                          or used_mem + memory_bytes > self.host.memory_bytes):
+            return (f"{cpu_millis}m CPU and {memory_bytes} bytes of memory: replicas and sandboxes hold "
+                    f"{used_cpu}m of {self.host.cpu_millis}m and {used_mem} of {self.host.memory_bytes} bytes")
+        self.reserved[owner] = (cpu_millis, memory_bytes)
+        return ""
+
+    def release(self, owner: str) -> None:
+        if self.reserved.pop(owner, None) is not None:
+            self.notify()  # replicas that did not fit may fit now
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -203,8 +228,7 @@ class Autoscaler:
 
     def _reconcile(self) -> None:
         now = time.monotonic()
-        used_cpu = sum(r.function.cpu_millis for r in self.replicas.values() if r.state != "stopped")
-        used_mem = sum(r.function.memory_bytes for r in self.replicas.values() if r.state != "stopped")
+        used_cpu, used_mem = self._used()
         for r in list(self.replicas.values()):
             if r.state == "ready" and now - r.last_seen > self.heartbeat_timeout:
                 r.stop_reason = f"no heartbeat for {self.heartbeat_timeout:g}s"
@@ -253,11 +277,11 @@ class Autoscaler:
                 and used_mem + fv.memory_bytes <= self.host.memory_bytes)
 
     def _pending_reason(self, fv: FunctionVersion) -> str:
-        used_cpu = sum(r.function.cpu_millis for r in self.replicas.values() if r.state != "stopped")
-        used_mem = sum(r.function.memory_bytes for r in self.replicas.values() if r.state != "stopped")
+        used_cpu, used_mem = self._used()
         if not self._fits(fv, used_cpu, used_mem):
-            return (f": it needs {fv.cpu_millis}m CPU and {fv.memory_bytes} bytes of memory, and other replicas "
-                    f"hold {used_cpu}m of {self.host.cpu_millis}m and {used_mem} of {self.host.memory_bytes} bytes")
+            return (f": it needs {fv.cpu_millis}m CPU and {fv.memory_bytes} bytes of memory, and replicas and "
+                    f"sandboxes hold {used_cpu}m of {self.host.cpu_millis}m and {used_mem} of "
+                    f"{self.host.memory_bytes} bytes")
         if fv.gpu:
             held = sorted({r.function.name for r in self.replicas.values() if r.gpu_uuids and r.state != "stopped"})
             if held:

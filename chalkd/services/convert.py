@@ -18,7 +18,16 @@ from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkd.model import CallError, ErrorCode, FunctionVersion, Payload, Policies, Retry
 from chalkd.queue.limits import PERIOD_SECONDS
 from chalkd.secrets.store import DIGEST_PREFIX
-from chalkd.specs import ContainerSpec, FunctionSpec, ImageSpec, ImageStep, Resources, SecretRef, VolumeMount
+from chalkd.specs import (
+    ContainerSpec,
+    FunctionSpec,
+    ImageSpec,
+    ImageStep,
+    Resources,
+    SandboxSpec,
+    SecretRef,
+    VolumeMount,
+)
 
 
 def _policies(spec: pb.FunctionSpec) -> Policies:
@@ -100,6 +109,13 @@ def decode_container(spec: pb.ContainerSpec) -> ContainerSpec:
     return ContainerSpec(name=spec.name, image=decode_image(spec.image), resources=decode_resources(spec.resources),
                          env=dict(spec.env), volumes=decode_mounts(spec.volumes),
                          secrets=decode_secrets(spec.secrets))
+
+
+def decode_sandbox(spec: pb.SandboxSpec) -> SandboxSpec:
+    """``chalk.v1.SandboxSpec`` -> :class:`chalkd.specs.SandboxSpec` (its local secret values stay apart)."""
+    return SandboxSpec(name=spec.name, image=decode_image(spec.image), resources=decode_resources(spec.resources),
+                       env=dict(spec.env), volumes=decode_mounts(spec.volumes), secrets=decode_secrets(spec.secrets),
+                       entrypoint=tuple(spec.entrypoint), network=not spec.no_network, lifetime=spec.lifetime)
 
 
 def key_local_digests(spec: pb.FunctionSpec, local_secrets, digest) -> None:

@@ -105,6 +105,16 @@ CREATE TABLE IF NOT EXISTS integration_keys (
 MIGRATIONS: list[tuple[int, str]] = [
     # How many daemon crashes in a row found the call's attempt running (poison calls, see Queue.load).
     (2, "ALTER TABLE calls ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0;"),
+    # Sandboxes outlive the daemon: their records let a restarted daemon re-adopt them (chalkd.sandboxes).
+    (3, """CREATE TABLE IF NOT EXISTS sandboxes (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        status TEXT NOT NULL,
+        status_message TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL DEFAULT 0,
+        data TEXT NOT NULL
+    );"""),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0] if MIGRATIONS else 1
@@ -118,7 +128,8 @@ def migrate(db: sqlite3.Connection, path: str | Path = "") -> int:
         # A fresh database, or one whose row was lost: tell them apart by what the
         # last migration added, so no step runs twice.
         cols = {r[1] for r in db.execute("PRAGMA table_info(calls)")}
-        found = SCHEMA_VERSION if "crashes" in cols else 1
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        found = 1 if "crashes" not in cols else 2 if "sandboxes" not in tables else 3
         db.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?)", (str(found),))
     else:
         found = int(row[0])
