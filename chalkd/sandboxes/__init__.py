@@ -1,0 +1,1 @@
+"""Sandboxes: long-lived isolated containers driven command by command (see :mod:`.manager`)."""
