@@ -96,6 +96,15 @@ def main(argv: list[str] | None = None) -> int:
                        default=int(os.environ.get("CHALKD_MAX_UNAUTHENTICATED_PER_PEER", "64")),
                        help="connections not yet authenticated, per remote IP (TCP) or uid (unix socket), default "
                             "64; a new one closes that peer's oldest. Authenticated connections are not counted")
+    serve.add_argument("--sandbox-runtime", default=os.environ.get("CHALKD_SANDBOX_RUNTIME", "runc"),
+                       help="the engine's OCI runtime for sandboxes (default runc; runsc: gVisor, registered "
+                            "with the engine first)")
+    serve.add_argument("--sandbox-memory", default=os.environ.get("CHALKD_SANDBOX_MEMORY", "2GiB"),
+                       help="memory cap of a sandbox created without memory= (default 2GiB)")
+    serve.add_argument("--sandbox-pids-limit", type=int, default=1024, help="process limit per sandbox (1024)")
+    serve.add_argument("--sandbox-disk", default=os.environ.get("CHALKD_SANDBOX_DISK", "10GiB"),
+                       help="each sandbox's writable layer (default 10GiB): enforced where the storage driver "
+                            "allows, otherwise measured, and the sandbox terminated past it")
 
     token = sub.add_parser("token", help="show or rotate the daemon's token (<home>/token)")
     token.add_argument("action", choices=["show", "rotate"])
@@ -167,6 +176,8 @@ def _serve(args) -> int:
         memory_budget = parse_size(args.memory_budget, "--memory-budget")
         chunk_window_bytes = parse_size(args.chunk_window_bytes, "--chunk-window-bytes")
         spawned_stream_budget = parse_size(args.spawned_stream_budget, "--spawned-stream-budget")
+        sandbox_memory = parse_size(args.sandbox_memory, "--sandbox-memory")
+        sandbox_disk = parse_size(args.sandbox_disk, "--sandbox-disk")
     except ValueError as exc:
         print(f"chalkd: {exc}", file=sys.stderr)
         return 2
@@ -181,6 +192,8 @@ def _serve(args) -> int:
         spawned_stream_budget=spawned_stream_budget,
         auth_timeout=args.auth_timeout, idle_timeout=args.idle_timeout,
         max_unauthenticated_per_peer=args.max_unauthenticated_per_peer,
+        sandbox_runtime=args.sandbox_runtime, sandbox_memory=sandbox_memory,
+        sandbox_pids_limit=args.sandbox_pids_limit, sandbox_disk=sandbox_disk,
     )
     if args.build_ca_bundle is not None:
         config.build_ca_bundle = args.build_ca_bundle or None

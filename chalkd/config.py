@@ -94,6 +94,12 @@ class Config:
     spawned_stream_budget: int = 256 * 2**20
     idle_timeout: float = 300.0
     max_unauthenticated_per_peer: int = 64
+    # Sandboxes (chalkd.sandboxes): the engine's OCI runtime for them (runsc: gVisor), and the caps a
+    # sandbox that asks for no resources gets; its writable layer is limited to sandbox_disk bytes.
+    sandbox_runtime: str = "runc"
+    sandbox_memory: int = 2 * 2**30
+    sandbox_pids_limit: int = 1024
+    sandbox_disk: int = 10 * 2**30
 
     def validate(self) -> None:
         if self.runtime not in ("auto", "process", "docker"):
@@ -135,6 +141,15 @@ class Config:
             raise ValueError(f"--auth-timeout must be positive, got {self.auth_timeout:g}")
         if self.idle_timeout < 0:
             raise ValueError(f"--idle-timeout must be 0 (never) or positive, got {self.idle_timeout:g}")
+        if not self.sandbox_runtime or not all(c.isalnum() or c in "-_." for c in self.sandbox_runtime):
+            raise ValueError(f"--sandbox-runtime must name an engine runtime (runc, runsc), got "
+                             f"{self.sandbox_runtime!r}")
+        if self.sandbox_memory < 16 * 2**20:
+            raise ValueError(f"--sandbox-memory must be at least 16 MiB, got {self.sandbox_memory} bytes")
+        if self.sandbox_pids_limit < 16:
+            raise ValueError(f"--sandbox-pids-limit must be at least 16, got {self.sandbox_pids_limit}")
+        if self.sandbox_disk < 64 * 2**20:
+            raise ValueError(f"--sandbox-disk must be at least 64 MiB, got {self.sandbox_disk} bytes")
         if self.max_unauthenticated_per_peer < 1:
             raise ValueError(
                 f"--max-unauthenticated-per-peer must be at least 1, got {self.max_unauthenticated_per_peer}")

@@ -57,6 +57,7 @@ from chalkd.services.convert import decode_function_bytes
 from chalkd.services.fastpath import FastPathServer, grpc_socket_path, run_dir, socket_path
 from chalkd.services.images import ImagesService
 from chalkd.services.policies import PoliciesService
+from chalkd.services.sandboxes import SandboxesService
 from chalkd.services.secrets import SecretsService
 from chalkd.services.streams import QueueService, WorkerService
 from chalkd.services.volumes import VolumesService
@@ -145,6 +146,7 @@ class Server:
         self.fast: FastPathServer | None = None
         self.docker: Any = None
         self.containers: Any = None
+        self.sandboxes: Any = None
         self._should_exit = asyncio.Event()
         self._stack: contextlib.AsyncExitStack | None = None
         self._volumes_of: dict[str, frozenset[str]] = {}  # see _replica_volumes
@@ -247,6 +249,9 @@ class Server:
             heartbeat_timeout=cfg.heartbeat_timeout, drain_timeout=cfg.drain_timeout,
             gpus=GpuAllocator(self._gpus()), hooks=hooks,
         )
+        if self.sandboxes is not None:
+            self.sandboxes.scaler = self.scaler  # explicit resources are reserved beside replicas'
+            await self.sandboxes.recover()       # what an earlier run left keeps running: re-adopted
         info = {"version": chalkd.__version__, "home": str(self.home), "started": self.started,
                 "durability": cfg.durability, "instance_id": self.instance_id, "fast_socket": str(fast_path)}
 
@@ -262,6 +267,7 @@ class Server:
             "policies": PoliciesService(self.limits, self.catalog, self.queue),
             "images": ImagesService(self.blobs, builder, self.runtime.name),
             "containers": ContainersService(self.containers, self.runtime.name),
+            "sandboxes": SandboxesService(self.sandboxes, self.runtime.name),
             "volumes": volumes_service,
             "secrets": SecretsService(self.secrets),
             "auth": self.auth,
@@ -405,10 +411,33 @@ class Server:
         self.containers = ContainerManager(self.docker, builder, self.blobs, home=self.home, run_dir=rdir,
                                            pids_limit=cfg.pids_limit, volumes=self.volumes, secrets=self.secrets)
         stack.push_async_callback(self.containers.close)
+        from chalkd.sandboxes.manager import SandboxManager, SandboxSettings
+        from chalkd.sandboxes.records import SandboxTable
+
+        await self._check_sandbox_runtime()
+        self.sandboxes = SandboxManager(
+            self.docker, builder, self.blobs, SandboxTable(self.store), home=self.home, run_dir=rdir,
+            volumes=self.volumes, secrets=self.secrets,
+            settings=SandboxSettings(runtime=cfg.sandbox_runtime, memory_bytes=cfg.sandbox_memory,
+                                     pids_limit=cfg.sandbox_pids_limit, disk_bytes=cfg.sandbox_disk))
+        stack.push_async_callback(self.sandboxes.close)  # sandboxes keep running; only our tasks end
         # What an earlier run left: its calls were re-queued by queue recovery above.
         await runtime.remove_leftovers()
         await self.containers.remove_leftovers()
         return builder
+
+    async def _check_sandbox_runtime(self) -> None:
+        """``--sandbox-runtime`` must be registered with the engine (``docker info``'s Runtimes)."""
+        name = self.config.sandbox_runtime
+        if name == "runc":
+            return
+        runtimes = sorted((await self.docker.system.info()).get("Runtimes") or {})
+        if name not in runtimes:
+            raise StartupError(
+                f"--sandbox-runtime {name}: the Docker engine has no runtime named {name!r} (it has "
+                f"{', '.join(runtimes) or 'none'}); install it and register it in /etc/docker/daemon.json "
+                '(e.g. {"runtimes": {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--host-uds=open"]}}}) '
+                "then restart dockerd")
 
     async def _sweep(self) -> None:
         """Drop finished calls past their function's result TTL, every sweep interval."""
