@@ -41,6 +41,22 @@ from chalkcompute.functions import FunctionVersionInfo, RemoteFunction, function
 from chalkcompute.image import Image, LazyLocalFile
 from chalkcompute.policies import ConcurrencyPolicy, QueuePolicy, RateLimitPolicy
 from chalkcompute.retries import RetryPolicy
+from chalkcompute.sandbox import (
+    ExecError,
+    ExecEvent,
+    ExecProcess,
+    Sandbox,
+    SandboxBuildError,
+    SandboxClient,
+    SandboxCreationError,
+    SandboxError,
+    SandboxFileEntry,
+    SandboxInfo,
+    SandboxNotFoundError,
+    SandboxStatusError,
+    SandboxTerminatedError,
+    VolumeMount,
+)
 from chalkcompute.secret import Secret
 from chalkcompute.volume import (
     Volume,
@@ -69,6 +85,9 @@ __all__ = [
     "ContainerError",
     "ContainerInfo",
     "DaemonUnavailableError",
+    "ExecError",
+    "ExecEvent",
+    "ExecProcess",
     "ExecResult",
     "FunctionBuildError",
     "FunctionCall",
@@ -91,6 +110,16 @@ __all__ = [
     "RemoteFunction",
     "ResourceExhaustedError",
     "RetryPolicy",
+    "Sandbox",
+    "SandboxBuildError",
+    "SandboxClient",
+    "SandboxCreationError",
+    "SandboxError",
+    "SandboxFileEntry",
+    "SandboxInfo",
+    "SandboxNotFoundError",
+    "SandboxStatusError",
+    "SandboxTerminatedError",
     "Secret",
     "SerializationError",
     "Volume",
@@ -102,6 +131,7 @@ __all__ = [
     "VolumeFileNotFoundError",
     "VolumeInfo",
     "VolumeInvalidArgumentError",
+    "VolumeMount",
     "VolumeNotFoundError",
     "WorkerLostError",
     "function",

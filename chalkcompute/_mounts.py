@@ -27,6 +27,8 @@ def volume_mounts(volumes: Iterable | None) -> list[pb.VolumeMount]:
     out: list[pb.VolumeMount] = []
     seen: dict[str, str] = {}
     for item in volumes:
+        if isinstance(item, pb.VolumeMount):  # the reference's type (chalkcompute.VolumeMount)
+            item = (item.volume, item.path)
         if not isinstance(item, tuple) or len(item) != 2:
             raise TypeError(f"each entry of volumes must be a (volume, path) pair, got {item!r}")
         volume, path = item

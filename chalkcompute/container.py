@@ -19,7 +19,7 @@ own entrypoint/cmd, if any, and keeps the container up so ``exec`` works.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -30,6 +30,7 @@ from chalkcompute._bridge import Twin
 from chalkcompute._build import ImageBuildFailed, prepare_image
 from chalkcompute._client import Client
 from chalkcompute._contract import name_too_long, quote, valid_container_name
+from chalkcompute._exec import ExecResult
 from chalkcompute._mounts import check_secrets, secret_refs, volume_mounts
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import ContainersStub
@@ -59,33 +60,6 @@ class ContainerInfo:
     def _from_pb(cls, info: pb.ContainerInfo) -> ContainerInfo:
         return cls(id=info.id, name=info.name, status=info.status, pod_name=info.pod_name,
                    web_url=info.web_url or None, error=info.error or None)
-
-
-@dataclass(frozen=True)
-class ExecResult:
-    """Result of a completed command execution.
-
-    ``exit_code`` is None when the process was killed by a signal (then
-    ``signal`` is set) or never started (then ``error`` says why, e.g.
-    ``executable file not found``, or that the timeout passed).
-    """
-
-    stdout_text: str
-    stderr_text: str
-    exit_code: int | None
-    signal: int | None = None
-    pid: int | None = None
-    error: str | None = None
-
-    @property
-    def stdout(self) -> Iterator[str]:
-        """Iterate over stdout lines (with their line endings)."""
-        return iter(self.stdout_text.splitlines(keepends=True))
-
-    @property
-    def stderr(self) -> Iterator[str]:
-        """Iterate over stderr lines (with their line endings)."""
-        return iter(self.stderr_text.splitlines(keepends=True))
 
 
 class Container:

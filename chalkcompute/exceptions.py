@@ -46,6 +46,13 @@ __all__ = [
     "VolumeFileNotFoundError",
     "VolumeClosedError",
     "VolumeInvalidArgumentError",
+    "SandboxError",
+    "SandboxNotFoundError",
+    "SandboxStatusError",
+    "SandboxTerminatedError",
+    "SandboxBuildError",
+    "SandboxCreationError",
+    "ExecError",
     "ErrorKind",
     "error_from_status",
     "unavailable_error",
@@ -207,6 +214,46 @@ class VolumeInvalidArgumentError(VolumeError, InvalidArgumentError):
     """A bad volume name or path (absolute, ``..``, empty segments); also a ``ValueError``."""
 
 
+class SandboxError(ChalkError):
+    """Base exception for sandbox errors."""
+
+
+class SandboxNotFoundError(SandboxError, LookupError):
+    """Raised when a sandbox is not found (no such id or name)."""
+
+
+class SandboxStatusError(SandboxError):
+    """The sandbox is not in a state that allows this (its ``status`` says why)."""
+
+
+class SandboxTerminatedError(SandboxStatusError):
+    """Raised when a sandbox has terminated (exec, files or reattach on it)."""
+
+
+class SandboxBuildError(SandboxStatusError):
+    """Raised when a sandbox image build fails: ``step`` names the failing step, ``log_tail`` ends its log."""
+
+    def __init__(self, message: str, step: str = "", log_tail: str = "") -> None:
+        super().__init__(message)
+        self.step = step
+        self.log_tail = log_tail
+
+
+class SandboxCreationError(SandboxStatusError):
+    """The sandbox's container would not start (or waited too long for resources)."""
+
+
+class ExecError(SandboxError):
+    """An exec stream broke for a reason other than the process ending: ``code`` (a gRPC status name
+    or the agent's code) and ``message`` say why. The process itself may still run: reattach with
+    ``Sandbox.exec_attach(session_id)``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
 # -- the one table from gRPC status to SDK exception ---------------------------------------
 
 
@@ -221,6 +268,7 @@ class ErrorKind(enum.Enum):
     SDK = "sdk"
     VOLUME = "volume"
     CONTAINER = "container"
+    SANDBOX = "sandbox"
 
 
 _Row = Callable[[Status, str], ChalkError]
@@ -245,6 +293,18 @@ def _container(status: Status, message: str) -> ChalkError:
     return ContainerError(str(error_from_status(status, message)))
 
 
+def _sandbox_status(status: Status, message: str) -> ChalkError:
+    # The daemon says "sandbox <id> is terminated: ...", "... image build failed: ...", "... could not start: ...".
+    head = message.split(":", 1)[0]
+    if " is terminated" in head:
+        return SandboxTerminatedError(message)
+    if "image build failed" in head:
+        return SandboxBuildError(message)
+    if "could not start" in head or "still building" in head:
+        return SandboxCreationError(message)
+    return SandboxStatusError(message)
+
+
 # ``(kind, None)`` is the kind's row for any status it has no row of its own for.
 _TABLE: dict[tuple[ErrorKind, Status | None], _Row] = {
     (ErrorKind.SDK, Status.NOT_FOUND): _sdk(FunctionNotFoundError),
@@ -264,6 +324,16 @@ _TABLE: dict[tuple[ErrorKind, Status | None], _Row] = {
     (ErrorKind.VOLUME, Status.INVALID_ARGUMENT): _volume(VolumeInvalidArgumentError),
     (ErrorKind.VOLUME, None): _volume(VolumeError),
     (ErrorKind.CONTAINER, None): _container,
+    # Sandboxes: the SDK-wide rows for auth, arguments and limits; NOT_FOUND and states are the Sandbox family.
+    (ErrorKind.SANDBOX, Status.NOT_FOUND): _sdk(SandboxNotFoundError),
+    (ErrorKind.SANDBOX, Status.FAILED_PRECONDITION): _sandbox_status,
+    (ErrorKind.SANDBOX, Status.INVALID_ARGUMENT): _sdk(InvalidArgumentError),
+    (ErrorKind.SANDBOX, Status.RESOURCE_EXHAUSTED): _sdk(ResourceExhaustedError),
+    (ErrorKind.SANDBOX, Status.UNAVAILABLE): _sdk(DaemonUnavailableError),
+    (ErrorKind.SANDBOX, Status.UNAUTHENTICATED): _sdk(AuthenticationError),
+    (ErrorKind.SANDBOX, Status.PERMISSION_DENIED): _sdk(PermissionDeniedError),
+    (ErrorKind.SANDBOX, Status.ALREADY_EXISTS): _sdk(SandboxError),
+    (ErrorKind.SANDBOX, None): _sdk(SandboxError),
 }
 
 

@@ -298,7 +298,8 @@ class Server:
         self.fast = FastPathServer(
             fast_path, session_handler=queue_service.Session, worker_handler=self.services["worker"].Connect,
             instance_id=self.instance_id, limit=2 * cfg.max_message_bytes + 2**20, auth=self.auth,
-            streams=volumes_service.framed_handlers(),  # bulk file data skips HTTP/2
+            # bulk file data and exec output skip HTTP/2
+            streams={**volumes_service.framed_handlers(), **self.services["sandboxes"].framed_handlers()},
         )
         await self.fast.start()
         stack.push_async_callback(self.fast.close)

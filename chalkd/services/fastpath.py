@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 # The gRPC method each framed stream stands for, for the authenticator's scope check.
 _METHODS = {b"session": "/chalk.v1.Queue/Session", b"worker": "/chalk.v1.Worker/Connect",
             b"volumes.read": "/chalk.v1.Volumes/ReadFile", b"volumes.write": "/chalk.v1.Volumes/WriteFiles",
-            b"volumes.list": "/chalk.v1.Volumes/ListFiles"}
+            b"volumes.list": "/chalk.v1.Volumes/ListFiles", b"sandboxes.exec": "/chalk.v1.Sandboxes/Exec",
+            b"sandboxes.read": "/chalk.v1.Sandboxes/ReadFile", b"sandboxes.write": "/chalk.v1.Sandboxes/WriteFile"}
 
 
 def run_dir(home: Path) -> Path:
