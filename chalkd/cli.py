@@ -136,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     from chalkd.volumes.cli import add_parsers as add_volume_parsers
 
     add_volume_parsers(sub, _default_target())
+    from chalkd.sandboxes.cli import add_parsers as add_sandbox_parsers
+
+    add_sandbox_parsers(sub, _default_target())
 
     sub.add_parser("gpus", help="list this host's GPUs as chalkd sees them (NVML or $CHALKD_FAKE_GPUS)")
 
@@ -158,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         from chalkd.volumes.cli import volume_command
 
         return volume_command(args)
+    if args.command == "sandbox":
+        from chalkd.sandboxes.cli import sandbox_command
+
+        return sandbox_command(args)
     if args.command == "image":
         return _image_bootstrap(args)
     try:
