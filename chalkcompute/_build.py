@@ -77,8 +77,12 @@ async def _put(client: Client, stub: ImagesStub, digest: str, path: str) -> None
             await stream.recv_message()
 
 
-async def prepare_image(client: Client, image: Image, *, what: str, timeout: float | None = None) -> BuildOutcome:
-    """Upload lazy files, then build ``image`` on the daemon (or find it cached)."""
+async def prepare_image(client: Client, image: Image, *, what: str, timeout: float | None = None,
+                        bare: bool = False) -> BuildOutcome:
+    """Upload lazy files, then build ``image`` on the daemon (or find it cached).
+
+    ``bare`` (sandboxes): the image's own steps only, without chalkd's runtime
+    layer or its python3 check, so an image without Python builds too."""
     await upload_lazy_files(client, image)
     stub = ImagesStub(client.channel)
     show = os.environ.get("CHALK_BUILD_LOG", "1") != "0"
@@ -89,7 +93,7 @@ async def prepare_image(client: Client, image: Image, *, what: str, timeout: flo
         nonlocal announced, result
         with _rpc.guarded(client.target):
             async with stub.Build.open() as stream:
-                await stream.send_message(pb.BuildImageRequest(image=image.to_proto()), end=True)
+                await stream.send_message(pb.BuildImageRequest(image=image.to_proto(), bare=bare), end=True)
                 async for event in stream:
                     if event.lines and show:
                         if not announced:

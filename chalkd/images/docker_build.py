@@ -82,6 +82,7 @@ _SLIM = re.compile(r"(?:docker\.io/)?(?:library/)?python:(\d+\.\d+)(?:\.\d+)?-sl
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 _TAIL = 40
 _PULL_IDLE_S = 30.0  # a pull that says nothing for this long is given up
+BARE = "bare"  # the runtime fingerprint in a bare build's tag: the user's steps only (sandboxes)
 
 
 @dataclass(frozen=True)
@@ -218,27 +219,32 @@ class DockerImageBuilder:
         self._slots = asyncio.Semaphore(max(1, max_parallel))
         self._flights: dict[str, _Flight] = {}
 
-    async def cached(self, spec: ImageSpec) -> BuiltImage | None:
+    async def cached(self, spec: ImageSpec, *, bare: bool = False) -> BuiltImage | None:
         """The image for ``spec`` if the engine has it; never builds (one inspect, ~10 ms)."""
-        return await self._cached(_identity(spec), spec)
+        return await self._cached(_identity(spec), spec, bare)
 
-    async def _cached(self, key: str, spec: ImageSpec) -> BuiltImage | None:
+    async def _cached(self, key: str, spec: ImageSpec, bare: bool = False) -> BuiltImage | None:
         try:
-            fp = runtime_fingerprint(_python_version(spec))
+            fp = BARE if bare else runtime_fingerprint(_python_version(spec))
         except RuntimeDistError as exc:
             raise ImageBuildError(str(exc), step="chalkd runtime layer") from None
         return await self._inspect(_tag(key, fp), cached=True)
 
-    async def build(self, spec: ImageSpec, log: LogFn | None = None) -> BuiltImage:
-        """The image for ``spec``, built unless the engine has it; ``log`` gets each build line."""
+    async def build(self, spec: ImageSpec, log: LogFn | None = None, *, bare: bool = False) -> BuiltImage:
+        """The image for ``spec``, built unless the engine has it; ``log`` gets each build line.
+
+        ``bare`` (sandboxes): the user's steps only, no python3 check and no chalkd
+        runtime layer, tagged apart from the full build (any image works: the
+        sandbox's agent comes from :mod:`chalkd.sandboxes.agent_runtime`)."""
         key = _identity(spec)
-        if (hit := await self._cached(key, spec)) is not None:
+        if (hit := await self._cached(key, spec, bare)) is not None:
             return hit
-        flight = self._flights.get(key)
+        fkey = f"{key}:{BARE}" if bare else key
+        flight = self._flights.get(fkey)
         if flight is None or flight.task is None or flight.task.done():
-            flight = self._flights[key] = _Flight()
-            flight.task = asyncio.get_running_loop().create_task(self._build_once(key, spec, flight))
-            flight.task.add_done_callback(lambda t: self._landed(key, flight, t))
+            flight = self._flights[fkey] = _Flight()
+            flight.task = asyncio.get_running_loop().create_task(self._build_once(key, spec, flight, bare))
+            flight.task.add_done_callback(lambda t: self._landed(fkey, flight, t))
         if log is not None:
             for line in list(flight.lines):  # a late caller first sees what it missed
                 log(line)
@@ -257,7 +263,7 @@ class DockerImageBuilder:
         if not task.cancelled():
             task.exception()  # retrieved: every waiter re-raises it
 
-    async def _build_once(self, key: str, spec: ImageSpec, flight: _Flight) -> BuiltImage:
+    async def _build_once(self, key: str, spec: ImageSpec, flight: _Flight, bare: bool) -> BuiltImage:
         logs = self.home / "logs" / "builds"
         logs.mkdir(parents=True, exist_ok=True)
         with open(logs / f"{key}.log", "a", encoding="utf-8") as logfile:
@@ -271,10 +277,11 @@ class DockerImageBuilder:
                     except Exception:  # one broken consumer must not fail the build for the others
                         logger.exception("build log callback failed")
 
-            emit(f"=== chalkd image build {key[:12]} at {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            emit(f"=== chalkd image build {key[:12]}{' (bare)' if bare else ''} at "
+                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
             try:
                 async with self._slots:
-                    return await self._build(key, spec, emit)
+                    return await self._build(key, spec, emit, bare)
             except ImageBuildError as exc:
                 emit(f"build failed: {str(exc).splitlines()[0]}")
                 raise
@@ -282,22 +289,25 @@ class DockerImageBuilder:
                 emit(f"build failed: the Docker engine: {exc}")
                 raise ImageBuildError(f"image build failed: the Docker engine: {exc}") from exc
 
-    async def _build(self, key: str, spec: ImageSpec, emit: LogFn) -> BuiltImage:
+    async def _build(self, key: str, spec: ImageSpec, emit: LogFn, bare: bool = False) -> BuiltImage:
         started = time.monotonic()
         base, base_user = await self._resolve_bases(spec, emit)
-        try:
-            layer = await runtime_layer(self.home, _python_version(spec), emit)
-        except RuntimeDistError as exc:
-            raise ImageBuildError(f"making chalkd's runtime layer failed: {exc}",
-                                  step="chalkd runtime layer") from None
-        tag = _tag(key, layer.fingerprint)
+        layer: RuntimeLayer | None = None
+        if not bare:
+            try:
+                layer = await runtime_layer(self.home, _python_version(spec), emit)
+            except RuntimeDistError as exc:
+                raise ImageBuildError(f"making chalkd's runtime layer failed: {exc}",
+                                      step="chalkd runtime layer") from None
+        fp = BARE if layer is None else layer.fingerprint
+        tag = _tag(key, fp)
         if (hit := await self._inspect(tag, cached=True)) is not None:  # built meanwhile by another process
             return hit
-        plan = plan_for(spec, base=base, runtime=layer, ca_pem=self._ca_pem(emit), base_user=base_user)
-        emit(f"building {tag} ({len(plan.instrs)} Dockerfile steps)")
+        plan = plan_for(spec, base=base, runtime=layer, ca_pem=self._ca_pem(emit), base_user=base_user, bare=bare)
+        emit(f"building {tag} ({len(plan.instrs)} Dockerfile steps{', bare' if bare else ''})")
         image_id = await self._engine_build(plan, emit)
-        info = await self._probe(image_id)
-        labels = {LABEL_IMAGE: key, LABEL_RUNTIME: layer.fingerprint, LABEL_BUILDER: BUILDER_VERSION,
+        info = {} if bare else await self._probe(image_id)  # a bare image has no runtime layer to record it
+        labels = {LABEL_IMAGE: key, LABEL_RUNTIME: fp, LABEL_BUILDER: BUILDER_VERSION,
                   LABEL_PYTHON: str(info.get("python_version", ""))}
         await self._finish(image_id, tag, labels)
         built = await self._inspect(tag, cached=False)

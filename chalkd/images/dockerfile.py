@@ -229,9 +229,14 @@ def _safe_name(path: str, fallback: str) -> str:
     return name if re.fullmatch(r"[A-Za-z0-9._-]{1,100}", name or "") and name not in (".", "..") else fallback
 
 
-def plan_for(spec: ImageSpec, *, base: str, runtime: RuntimeLayer, ca_pem: bytes | None = None,
-             base_user: str = "") -> Plan:
-    """:func:`dockerfile_for`, with what each instruction is to the user (for build errors)."""
+def plan_for(spec: ImageSpec, *, base: str, runtime: RuntimeLayer | None, ca_pem: bytes | None = None,
+             base_user: str = "", bare: bool = False) -> Plan:
+    """:func:`dockerfile_for`, with what each instruction is to the user (for build errors).
+
+    ``bare`` (sandboxes, whose agent the daemon injects): the user's steps only, no
+    python3 check and no runtime layer; ``runtime`` must then be None."""
+    if bare != (runtime is None):
+        raise ValueError("a bare plan has no runtime layer (runtime=None); a full plan needs one")
     w = _Writer(ca=ca_pem is not None, base_user=base_user)
     if ca_pem is not None:
         w.files.append(ContextFile(_CA_CONTEXT, ca_pem))
@@ -298,7 +303,8 @@ def plan_for(spec: ImageSpec, *, base: str, runtime: RuntimeLayer, ca_pem: bytes
                                   step=f"{label}: {kind}")
     if not w.have_from:
         raise _no_base("it has no steps", "FROM")
-    _runtime_section(w, runtime)
+    if runtime is not None:
+        _runtime_section(w, runtime)
     return Plan("\n".join(w.lines) + "\n", w.files, w.instrs)
 
 
@@ -322,13 +328,14 @@ def _runtime_section(w: _Writer, runtime: RuntimeLayer) -> None:
     w.files += runtime.files
 
 
-def dockerfile_for(spec: ImageSpec, *, base: str, runtime: RuntimeLayer, ca_pem: bytes | None = None,
-                   base_user: str = "") -> tuple[str, list[ContextFile]]:
+def dockerfile_for(spec: ImageSpec, *, base: str, runtime: RuntimeLayer | None, ca_pem: bytes | None = None,
+                   base_user: str = "", bare: bool = False) -> tuple[str, list[ContextFile]]:
     """The Dockerfile and build-context files (the Dockerfile itself not included) for
     ``spec`` on the resolved ``base`` ("" for a spec whose Dockerfile lines carry
     their own FROM). ``ca_pem`` adds a CA bundle for the build's RUN steps;
-    ``base_user`` is the base image's USER (our layer runs as root, then restores it)."""
-    plan = plan_for(spec, base=base, runtime=runtime, ca_pem=ca_pem, base_user=base_user)
+    ``base_user`` is the base image's USER (our layer runs as root, then restores it);
+    ``bare``: no runtime layer (see :func:`plan_for`)."""
+    plan = plan_for(spec, base=base, runtime=runtime, ca_pem=ca_pem, base_user=base_user, bare=bare)
     return plan.dockerfile, plan.files
 
 

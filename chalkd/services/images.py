@@ -61,7 +61,7 @@ class ImagesService(ImagesBase):
         from chalkd.images.docker_build import ImageBuildError
 
         lines: asyncio.Queue[str | None] = asyncio.Queue()
-        task = asyncio.get_running_loop().create_task(self.builder.build(image, log=lines.put_nowait))
+        task = asyncio.get_running_loop().create_task(self.builder.build(image, log=lines.put_nowait, bare=req.bare))
         task.add_done_callback(lambda _: lines.put_nowait(None))
         # A caller that goes away does not stop the build: others may share it, and the cache keeps it.
         done = False

@@ -13,16 +13,17 @@ the runtime in their environment or their address space::
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import stat
-import tarfile
+import subprocess
 from pathlib import Path
 
 import aiodocker
 import pytest
 
+from chalkcompute.image import Image
 from chalkd.containers.agent_client import AgentSocket, agent_exec, wait_agent_ready
+from chalkd.images.docker_build import BuiltImage, DockerImageBuilder
 from chalkd.runtime.docker import host_config
 from chalkd.sandboxes.agent_runtime import (
     AgentRuntime,
@@ -32,42 +33,31 @@ from chalkd.sandboxes.agent_runtime import (
     prepare_agent_runtime,
     runtime_bind,
 )
+from chalkd.services.convert import decode_image
 from tests.docker.conftest import BASE_IMAGE
 
 pytestmark = pytest.mark.timeout(300)
 
-NO_PYTHON = "chalkd-test-nopython:agent-runtime"
-NO_PYTHON_USER = "chalkd-test-nopython:agent-runtime-user"
 SOCK = "/run/chalk-agent/agent.sock"
-STRIP = ("RUN rm -f /usr/bin/python* /usr/local/bin/python* /usr/bin/pydoc* /usr/bin/pip* "
-         "&& rm -rf /usr/lib/python3* /usr/local/lib/python3* /usr/lib/python3.*")
+STRIP = ("rm -f /usr/bin/python* /usr/local/bin/python* /usr/bin/pydoc* /usr/bin/pip* "
+         "&& rm -rf /usr/lib/python3* /usr/local/lib/python3*")
+# Built bare (no runtime layer, no python3 check), as the sandbox manager builds every sandbox image.
+NO_PYTHON = Image.debian_slim().run_commands(STRIP)
+NO_PYTHON_USER = NO_PYTHON.dockerfile_commands(["USER 1000:1000"])
 
 
-async def _build(docker: aiodocker.Docker, tag: str, dockerfile: str) -> None:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        data = dockerfile.encode()
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    buf.seek(0)
-    await docker.images.build(fileobj=buf, encoding="identity", tag=tag, rm=True, forcerm=True)
+async def _bare(home: Path, *images: Image) -> list[BuiltImage]:
+    async with aiodocker.Docker() as docker:
+        builder = DockerImageBuilder(docker, home)
+        return [await builder.build(decode_image(img.to_proto()), bare=True) for img in images]
 
 
 @pytest.fixture(scope="module")
-def images(docker_engine):
-    """The base image without Python, as root and as USER 1000; removed at the end of the module."""
-
-    async def build() -> None:
-        async with aiodocker.Docker() as docker:
-            await _build(docker, NO_PYTHON, f"FROM {BASE_IMAGE}\n{STRIP}\n")
-            await _build(docker, NO_PYTHON_USER, f"FROM {NO_PYTHON}\nUSER 1000:1000\n")
-
-    asyncio.run(build())
-    yield
-    import subprocess
-
-    subprocess.run(["docker", "rmi", NO_PYTHON_USER, NO_PYTHON], capture_output=True, timeout=120)
+def images(docker_engine, home):
+    """Tags of the base image without Python, as root and as USER 1000; removed at the end of the module."""
+    built = asyncio.run(_bare(home, NO_PYTHON, NO_PYTHON_USER))
+    yield [b.tag for b in built]
+    subprocess.run(["docker", "rmi", *(b.tag for b in reversed(built))], capture_output=True, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +119,7 @@ def test_an_image_without_python_runs_the_agent_and_the_images_own_commands(imag
         seen["id"] = await agent_exec(sock, ["id", "-u"], timeout=30)
 
     # LANG empty: the locale is C, so the agent's Python coerces it (PEP 538) and the boot script must undo it.
-    asyncio.run(_with_agent(rt, NO_PYTHON, tmp_path / "agent", 0, ["LANG=", "CHALK_TEST_VAR=kept"], check))
+    asyncio.run(_with_agent(rt, images[0], tmp_path / "agent", 0, ["LANG=", "CHALK_TEST_VAR=kept"], check))
     sh = seen["sh"]
     assert (sh.stdout, sh.stderr, sh.exit_code, sh.signal) == (b"hi\n", b"err\n", 3, None)
     env = dict(line.split("=", 1) for line in seen["env"].stdout.decode().splitlines())
@@ -156,10 +146,26 @@ def test_a_non_root_image_user_starts_the_agent(images, home, tmp_path):
                                         timeout=30)
         seen["ro"] = await agent_exec(sock, ["sh", "-c", "touch /.chalkd/x"], timeout=30)
 
-    asyncio.run(_with_agent(rt, NO_PYTHON_USER, tmp_path / "agent", 1000, [], check))
+    asyncio.run(_with_agent(rt, images[1], tmp_path / "agent", 1000, [], check))
     assert seen["id"].stdout == b"1000\n"
     assert seen["caps"].stdout.split() == [b"CapEff:", b"0000000000000000", b"NoNewPrivs:", b"1"]
     assert seen["ro"].exit_code == 1 and b"Read-only" in seen["ro"].stderr
+
+
+def test_a_bare_debian_slim_build_has_python_but_no_runtime_layer(home):
+    built, = asyncio.run(_bare(home, Image.debian_slim().run_commands("echo bare > /marker")))
+    try:
+        out = subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "sh", built.tag, "-c",
+                              "cat /marker; python3 -c 'import sys; print(sys.version_info[0])'; "
+                              "python3 -c 'import chalkcompute' 2>&1 | tail -1; ls /usr/local/share/chalkd"],
+                             capture_output=True, text=True, timeout=120)
+        labels = subprocess.run(["docker", "image", "inspect", "--format", "{{json .Config.Labels}}", built.tag],
+                                capture_output=True, text=True, timeout=60).stdout
+    finally:
+        subprocess.run(["docker", "rmi", built.tag], capture_output=True, timeout=120)
+    assert out.stdout.splitlines() == ["bare", "3", "ModuleNotFoundError: No module named 'chalkcompute'",
+                                       "build-ca.pem"], out
+    assert '"dev.chalkd.runtime":"bare"' in labels and built.python_version == ""
 
 
 def test_the_runtime_is_reused_and_readable_by_any_uid(home):

@@ -334,3 +334,30 @@ def test_install_script_is_valid_python_for_the_image():
 
     compile(INSTALL_SCRIPT, "install.py", "exec")
     assert f'INFO = "{RUNTIME_INFO}"' in INSTALL_SCRIPT
+
+
+def test_a_bare_plan_is_the_users_steps_only():
+    """Sandbox images: no python3 check, no runtime layer, no USER switch; the CA still reaches RUN steps."""
+    img = Image.base("ubuntu:24.04").run_commands("apt-get update").cmd(["bash"])
+    plan = plan_for(decode_image(img.to_proto()), base="ubuntu:24.04", runtime=None, ca_pem=b"PEM",
+                    base_user="app", bare=True)
+    instrs = instructions(plan.dockerfile)
+    assert instrs[0] == "FROM ubuntu:24.04" and instrs[-2:] == ["RUN apt-get update", 'CMD ["bash"]']
+    assert "python3" not in plan.dockerfile and "chalkd-runtime" not in plan.dockerfile
+    assert not any(x.startswith("USER") for x in instrs)
+    assert {i.role for i in plan.instrs} == {"base", "trust", "user"}
+    assert [f.path for f in plan.files] == ["chalkd-build/ca.pem"]
+    # The user's part is exactly the full plan's, minus what follows it.
+    full, _ = render(img, base="ubuntu:24.04", ca_pem=b"PEM", base_user="app")
+    assert instructions(full)[:len(instrs)] == instrs
+
+
+def test_bare_and_full_plans_need_their_runtime_argument_and_are_tagged_apart():
+    spec = decode_image(Image.debian_slim("3.11").to_proto())
+    with pytest.raises(ValueError, match="bare plan has no runtime layer"):
+        plan_for(spec, base="python:3.11-slim", runtime=FAKE_RUNTIME, bare=True)
+    with pytest.raises(ValueError, match="full plan needs one"):
+        plan_for(spec, base="python:3.11-slim", runtime=None)
+    from chalkd.images.docker_build import BARE
+
+    assert _tag("a" * 64, BARE) != _tag("a" * 64, FAKE_RUNTIME.fingerprint)
