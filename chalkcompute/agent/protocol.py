@@ -28,6 +28,14 @@ answered by ``{"t": "pong"}``. A request the agent will not run gets ``{"t":
 "error", "code": "bad_request" | "stopping", "error": "..."}`` and the
 connection is closed. Frames of unknown type are ignored by both sides.
 
+Protocol v2 (sandboxes) adds first frames with ``"v": 2``: exec sessions that
+outlive their connection, with streamed stdin, signals, acks and reattach
+(``session``, ``attach``, ``sessions``: see :mod:`.sessions`), and file
+operations in the container's filesystem (``fs_read``, ``fs_write``, ``fs_list``:
+see :mod:`.fsops`). A v2 connection keeps exchanging frames after the first.
+The hello stays ``"v": 1``; an agent without v2 rejects those requests with a
+``bad_request`` error naming the version.
+
 The client does not wait for the hello before sending its request (no extra
 round trip); it checks ``v`` when it reads it. The client never half-closes:
 EOF or a closed connection during an exec kills that exec's process group.
@@ -48,11 +56,14 @@ import struct
 from typing import Any
 
 __all__ = [
-    "PROTOCOL_VERSION", "PREFIX", "MAX_HEADER", "MAX_PAYLOAD", "ProtocolError", "encode", "decode_header",
-    "split_prefix", "FrameParser",
+    "PROTOCOL_VERSION", "V2", "V2_REQUESTS", "PREFIX", "MAX_HEADER", "MAX_PAYLOAD", "ProtocolError", "encode",
+    "decode_header", "split_prefix", "FrameParser",
 ]
 
 PROTOCOL_VERSION = 1
+# Sessions and file operations (.sessions, .fsops); v1 requests keep "v": 1.
+V2 = 2
+V2_REQUESTS = frozenset({"session", "attach", "sessions", "fs_read", "fs_write", "fs_list"})
 PREFIX = struct.Struct(">II")
 # Headers are small JSON objects; a huge length means a desynchronised or hostile peer.
 MAX_HEADER = 1 << 20

@@ -42,7 +42,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from .protocol import PREFIX, PROTOCOL_VERSION, FrameParser, ProtocolError, encode
+from .protocol import PREFIX, PROTOCOL_VERSION, V2_REQUESTS, FrameParser, ProtocolError, encode
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,10 @@ class Agent:
         self._changed: asyncio.Event | None = None
         self._stopping = False
         self._server: asyncio.AbstractServer | None = None
+        from .sessions import SessionTable  # here: sessions imports this module
+
+        # Protocol v2's exec sessions (see .sessions).
+        self.sessions = SessionTable(self)
 
     # -- processes ------------------------------------------------------------------
 
@@ -217,10 +221,11 @@ class Agent:
         self._forward(sig)
         for ex in list(self.execs):
             ex.signal_group(sig)
+        self.sessions.signal_all(sig)
 
     def _busy(self) -> bool:
         main_running = bool(self.main_status and self.main_status["running"])
-        return main_running or bool(self.execs)
+        return main_running or bool(self.execs) or self.sessions.running()
 
     async def _wait_idle(self, timeout: float) -> bool:
         assert self._changed is not None
@@ -351,6 +356,8 @@ class _Connection(asyncio.Protocol):
         self.parser = FrameParser()
         self.transport: asyncio.Transport | None = None
         self.exec: _Exec | None = None
+        # A v2 request's handler (.sessions / .fsops): gets the later frames and the connection's events.
+        self.handler: Any = None
         self.request_seen = False
         self.closed = False
 
@@ -366,7 +373,9 @@ class _Connection(asyncio.Protocol):
             return
         for header, payload in frames:
             if self.request_seen:
-                continue  # reserved for later protocol versions (signals, streamed stdin)
+                if self.handler is not None and not self.closed:
+                    self.handler.frame(header, payload)
+                continue  # v1: nothing comes after the request
             self.request_seen = True
             try:
                 self._handle(header, payload)
@@ -375,6 +384,11 @@ class _Connection(asyncio.Protocol):
 
     def _handle(self, header: dict[str, Any], payload: bytes) -> None:
         version = header.get("v", PROTOCOL_VERSION)
+        if header["t"] in V2_REQUESTS:
+            from .sessions import open_v2
+
+            self.handler = open_v2(self.agent, self, header, payload)
+            return
         if version != PROTOCOL_VERSION:
             raise ProtocolError(f"protocol version {version!r} is not supported (agent speaks {PROTOCOL_VERSION})")
         kind = header["t"]
@@ -427,14 +441,20 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self.exec is not None:
             self.exec.abandon()
+        if self.handler is not None:
+            self.handler.lost()
 
     def pause_writing(self) -> None:
         if self.exec is not None:
             self.exec.pause()
+        if self.handler is not None:
+            self.handler.pause_writing()
 
     def resume_writing(self) -> None:
         if self.exec is not None:
             self.exec.resume()
+        if self.handler is not None:
+            self.handler.resume_writing()
 
 
 def _exec_args(h: dict[str, Any]) -> tuple[list[str], dict[str, str], str | None, float | None]:
