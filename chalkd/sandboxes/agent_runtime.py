@@ -265,6 +265,9 @@ async def prepare_agent_runtime(docker: aiodocker.Docker, home: Path, base_tag: 
         return _runtime(root, image_id, agent_dir, reused=True)
     parent.mkdir(parents=True, exist_ok=True)
     async with _locked(parent / ".lock"):
+        # Only the lock's holder builds: a temporary directory seen now is a crashed prepare's.
+        for left in [*parent.glob(".build-*"), *root.glob(".agent-*")]:
+            shutil.rmtree(left, ignore_errors=True)
         reused = True
         if not (root / "runtime.txt").is_file():  # not made by whoever held the lock before us
             started = time.monotonic()

@@ -44,6 +44,16 @@ STRIP = ("rm -f /usr/bin/python* /usr/local/bin/python* /usr/bin/pydoc* /usr/bin
 # Built bare (no runtime layer, no python3 check), as the sandbox manager builds every sandbox image.
 NO_PYTHON = Image.debian_slim().run_commands(STRIP)
 NO_PYTHON_USER = NO_PYTHON.dockerfile_commands(["USER 1000:1000"])
+IMPORT_ALL = """
+import importlib, os, sys
+dynload = [p for p in sys.path if p.endswith("lib-dynload")][0]
+names = sorted(f.split(".")[0] for f in os.listdir(dynload) if f.endswith(".so"))
+for name in names + ["ctypes", "asyncio", "json", "selectors", "subprocess", "logging", "tarfile", "hashlib", "pty"]:
+    importlib.import_module(name)
+import ctypes
+assert ctypes.CDLL(None).getpid() == os.getpid()
+print(" ".join(names))
+"""
 
 
 async def _bare(home: Path, *images: Image) -> list[BuiltImage]:
@@ -117,6 +127,10 @@ def test_an_image_without_python_runs_the_agent_and_the_images_own_commands(imag
         seen["maps"] = await agent_exec(sock, ["cat", "/proc/self/maps"], timeout=30)
         seen["ls"] = await agent_exec(sock, ["sh", "-c", "ls -d /usr/lib/python3* /usr/bin/python3*"], timeout=30)
         seen["id"] = await agent_exec(sock, ["id", "-u"], timeout=30)
+        # The runtime's own Python, run as the agent is: every extension module it kept loads (their
+        # libraries were all found), and so does what the agent imports lazily.
+        runtime_python = agent_entrypoint(rt, SOCK)[:7]
+        seen["imports"] = await agent_exec(sock, [*runtime_python, "-c", IMPORT_ALL], timeout=60)
 
     # LANG empty: the locale is C, so the agent's Python coerces it (PEP 538) and the boot script must undo it.
     asyncio.run(_with_agent(rt, images[0], tmp_path / "agent", 0, ["LANG=", "CHALK_TEST_VAR=kept"], check))
@@ -134,6 +148,10 @@ def test_an_image_without_python_runs_the_agent_and_the_images_own_commands(imag
     assert "libc.so.6" in maps and "/.chalkd" not in maps
     assert seen["ls"].exit_code != 0, seen["ls"].stdout  # really no Python in the image
     assert seen["id"].stdout == b"0\n"
+    imports = seen["imports"]
+    assert (imports.exit_code, imports.stderr) == (0, b""), imports
+    loaded = imports.stdout.decode().split()
+    assert "_ctypes" in loaded and "_asyncio" in loaded and "termios" in loaded, loaded
 
 
 def test_a_non_root_image_user_starts_the_agent(images, home, tmp_path):
