@@ -33,6 +33,7 @@ from chalkcompute._contract import quote
 from chalkcompute._framing import FramedStream
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import VolumesBase
+from chalkcompute._volume_wire import DATA_FIELD, LaneSocket, MalformedFrame, messages, run_in_thread
 from chalkd.auth import current_scope
 from chalkd.errors import (
     ChalkdError,
@@ -53,6 +54,20 @@ __all__ = ["VolumesService", "CHUNK"]
 CHUNK = 1 << 20        # bytes per FileChunk sent
 PAGE = 1000            # entries per ListFiles page
 _INLINE_WRITE = 1 << 16  # pieces up to this size are written on the loop
+
+
+def _own_lane(stream) -> LaneSocket | None:
+    """The framed stream's socket for one thread to read directly, its transport paused;
+    None for gRPC, or when asyncio already holds bytes of the stream (a client that did
+    not wait for the daemon's answer to its first frame): those go the asyncio way."""
+    if not isinstance(stream, FramedStream) or getattr(stream.reader, "_buffer", b"?"):
+        return None
+    transport = stream.writer.transport
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return None
+    transport.pause_reading()
+    return LaneSocket(sock.fileno())
 
 
 def info_pb(info: VolumeInfo) -> pb.VolumeInfo:
@@ -175,6 +190,14 @@ class VolumesService(VolumesBase):
 
     @grpc_errors
     async def WriteFiles(self, stream) -> None:
+        lane = _own_lane(stream)
+        if lane is not None:
+            try:
+                resp = await run_in_thread(lambda: self._receive_batch(lane, stream.limit), lane)
+            finally:
+                lane.close()
+            await stream.send_message(resp)
+            return
         msg: pb.WriteFilesRequest | None = await stream.recv_message()
         if msg is None:
             raise InvalidArgument("WriteFiles: the stream ended before its first message")
@@ -221,6 +244,55 @@ class VolumesService(VolumesBase):
             if batch is not None and not batch.done:
                 await asyncio.to_thread(batch.abort)
         await stream.send_message(pb.WriteFilesResponse(paths=paths, bytes=nbytes))
+
+    def _receive_batch(self, lane: LaneSocket, limit: int) -> pb.WriteFilesResponse:
+        """WriteFiles on the local lane, in one thread: each piece of data goes from the
+        socket buffer to the staged file (see :mod:`chalkcompute._volume_wire`); the same
+        checks, commit and refusals as the stream handler."""
+        stream = messages(lane, pb.WriteFilesRequest, DATA_FIELD["WriteFilesRequest"], limit=limit)
+        try:
+            first = next(stream, None)
+            if first is None:
+                raise InvalidArgument("WriteFiles: the stream ended before its first message")
+            name = first[0].name
+            self._check_scope(name)
+            what = f"writing to volume {quote(name)}"
+            batch = None
+            try:
+                try:
+                    with _errors(what):
+                        batch = self.volumes.begin_batch(name)
+                    commit = False
+                    item: tuple[pb.WriteFilesRequest, int] | None = first
+                    while item is not None:
+                        msg, n = item
+                        if commit:
+                            raise InvalidArgument(f"{what}: messages after the one with commit")
+                        with _errors(what):
+                            if n:
+                                for piece in lane.pieces(n):
+                                    batch.write(msg.path, piece)
+                            elif msg.path or msg.data or msg.end_of_file:  # an empty path is refused
+                                batch.write(msg.path, msg.data)
+                            if msg.end_of_file:
+                                batch.end_file()
+                        commit = commit or msg.commit
+                        item = next(stream, None)
+                except (ChalkdError, VolumeStoreError):
+                    # Read to the end, so the refusal reaches a client still sending (see WriteFiles).
+                    for _ in stream:
+                        pass
+                    raise
+                if not commit:
+                    raise FailedPrecondition(f"{what}: the batch ended without commit, so nothing was written")
+                with _errors(what):
+                    paths, nbytes = batch.commit()
+            finally:
+                if batch is not None and not batch.done:
+                    batch.abort()
+        except MalformedFrame as exc:
+            raise InvalidArgument(f"WriteFiles: {exc}") from None
+        return pb.WriteFilesResponse(paths=paths, bytes=nbytes)
 
     @grpc_errors
     async def RemoveFile(self, stream) -> None:
