@@ -30,7 +30,7 @@ def add_parsers(sub: argparse._SubParsersAction, default_target: str) -> None:
     sb = sub.add_parser("sandbox", help="sandboxes: list them, run a command in one, terminate one")
     s_sub = sb.add_subparsers(dest="action", required=True)
     ls = s_sub.add_parser("ls", help="list sandboxes")
-    ex = s_sub.add_parser("exec", help="run a command in a sandbox: chalkd sandbox exec ID -- CMD ARGS...")
+    ex = s_sub.add_parser("exec", help="run a command in a sandbox: chalkd sandbox exec [--target T] ID -- CMD ARGS...")
     ex.add_argument("id")
     ex.add_argument("cmd", nargs=argparse.REMAINDER, help="the command (after --)")
     ex.add_argument("--workdir", default=None, help="working directory inside the sandbox")
@@ -58,7 +58,10 @@ def _run(args) -> int:
 
     client = SandboxClient(args.target)
     if args.action == "ls":
-        table = Table("ID", "NAME", "STATUS", "IMAGE", "CREATED", "MESSAGE")
+        table = Table()
+        table.add_column("ID", no_wrap=True)  # whole, whatever the width: it is what the other commands take
+        for col in ("NAME", "STATUS", "IMAGE", "CREATED", "MESSAGE"):
+            table.add_column(col, overflow="fold")
         for info in client.list():
             table.add_row(escape(info.id), escape(info.name), info.status, escape(info.image),
                           info.created_at.strftime("%Y-%m-%d %H:%M:%S"), escape(info.status_message))

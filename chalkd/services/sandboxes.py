@@ -263,25 +263,24 @@ class SandboxesService(SandboxesBase):
 
     @grpc_errors
     async def ReadFile(self, stream) -> None:
-        from chalkd.sandboxes.agent_link import fs_read
+        from chalkd.sandboxes.agent_link import fs_read_open
 
         req: pb.SandboxFileRequest = await stream.recv_message()
         path = _check_path(req.path)
         manager = self._manager()
         rec = await manager.ready(req.sandbox_id, 0.0)
-        first = True
         try:
-            async for size, data in fs_read(manager.agent_socket(rec), path):
-                await stream.send_message(pb.SandboxFileChunk(data=data, size=size if first else 0))
-                first = False
-        except (OSError, ValueError) as exc:
-            if isinstance(exc, AgentUnavailableError):
-                raise self._agent_gone(rec, exc) from None
-            raise _fs_error(exc, path, rec.id) from None
+            async with await fs_read_open(manager.agent_socket(rec), path) as reader:
+                first = True
+                async for data in reader:  # each send waits for the reader: memory stays one chunk
+                    await stream.send_message(pb.SandboxFileChunk(data=data, size=reader.size if first else 0))
+                    first = False
+                if first:
+                    await stream.send_message(pb.SandboxFileChunk(data=b"", size=reader.size))
         except AgentError as exc:
             raise self._agent_gone(rec, exc) from None
-        if first:
-            await stream.send_message(pb.SandboxFileChunk(data=b"", size=0))
+        except (OSError, ValueError) as exc:
+            raise _fs_error(exc, path, rec.id) from None
 
     @grpc_errors
     async def WriteFile(self, stream) -> None:
@@ -303,12 +302,10 @@ class SandboxesService(SandboxesBase):
 
         try:
             size = await fs_write(manager.agent_socket(rec), path, pieces(), mode=first.mode or None)
-        except (OSError, ValueError) as exc:
-            if isinstance(exc, AgentUnavailableError):
-                raise self._agent_gone(rec, exc) from None
-            raise _fs_error(exc, path, rec.id) from None
         except AgentError as exc:
             raise self._agent_gone(rec, exc) from None
+        except (OSError, ValueError) as exc:
+            raise _fs_error(exc, path, rec.id) from None
         await stream.send_message(pb.SandboxWriteResponse(size=size))
 
     @grpc_errors
@@ -321,12 +318,10 @@ class SandboxesService(SandboxesBase):
         rec = await manager.ready(req.sandbox_id, 0.0)
         try:
             entries = await fs_list(manager.agent_socket(rec), path)
-        except (OSError, ValueError) as exc:
-            if isinstance(exc, AgentUnavailableError):
-                raise self._agent_gone(rec, exc) from None
-            raise _fs_error(exc, path, rec.id) from None
         except AgentError as exc:
             raise self._agent_gone(rec, exc) from None
+        except (OSError, ValueError) as exc:
+            raise _fs_error(exc, path, rec.id) from None
         resp = pb.SandboxListDirResponse()
         for e in entries:
             resp.entries.add(name=e["name"], type=e.get("type", "other"), size=int(e.get("size") or 0),
