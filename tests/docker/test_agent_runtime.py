@@ -44,6 +44,14 @@ STRIP = ("rm -f /usr/bin/python* /usr/local/bin/python* /usr/bin/pydoc* /usr/bin
 # Built bare (no runtime layer, no python3 check), as the sandbox manager builds every sandbox image.
 NO_PYTHON = Image.debian_slim().run_commands(STRIP)
 NO_PYTHON_USER = NO_PYTHON.dockerfile_commands(["USER 1000:1000"])
+# Nothing but a shell and the libc it links: no /usr, no /etc, no coreutils (a "FROM scratch" image).
+SHELL_ONLY = Image().dockerfile_commands([
+    f"FROM {BASE_IMAGE} AS src",
+    "RUN mkdir -p /out/bin && cp /usr/bin/dash /out/bin/sh && for f in $(ldd /usr/bin/dash | grep -o '/[^ ]*'); "
+    "do mkdir -p /out$(dirname $f) && cp -L $f /out$f; done",
+    "FROM scratch",
+    "COPY --from=src /out/ /",
+])
 IMPORT_ALL = """
 import importlib, os, sys
 dynload = [p for p in sys.path if p.endswith("lib-dynload")][0]
@@ -152,6 +160,25 @@ def test_an_image_without_python_runs_the_agent_and_the_images_own_commands(imag
     assert (imports.exit_code, imports.stderr) == (0, b""), imports
     loaded = imports.stdout.decode().split()
     assert "_ctypes" in loaded and "_asyncio" in loaded and "termios" in loaded, loaded
+
+
+def test_a_scratch_image_with_only_a_shell_runs_the_agent(home, tmp_path):
+    built, = asyncio.run(_bare(home, SHELL_ONLY))
+    seen: dict = {}
+
+    async def check(sock: AgentSocket) -> None:
+        seen["sh"] = await agent_exec(sock, ["sh", "-c", "echo hi $X; export -p; exit 5"], env={"X": "there"},
+                                      timeout=30)
+        seen["ls"] = await agent_exec(sock, ["ls", "/"], timeout=30)
+
+    try:
+        asyncio.run(_with_agent(asyncio.run(_prepare(home)), built.tag, tmp_path / "agent", 0, [], check))
+    finally:
+        subprocess.run(["docker", "rmi", built.tag], capture_output=True, timeout=120)
+    sh = seen["sh"]
+    assert sh.exit_code == 5 and sh.stdout.startswith(b"hi there\n"), sh
+    assert b"/.chalkd" not in sh.stdout and b"LD_" not in sh.stdout and b"PYTHON" not in sh.stdout
+    assert (seen["ls"].exit_code, seen["ls"].pid) == (127, None)  # no coreutils: the image's own, not ours
 
 
 def test_a_non_root_image_user_starts_the_agent(images, home, tmp_path):
