@@ -204,6 +204,26 @@ class LaneSocket:
             self.unread -= len(view)
             yield view
 
+    def readinto(self, target: memoryview) -> None:
+        """The current message's next ``len(target)`` data bytes into ``target``: what is
+        buffered, then straight from the socket (no copy through the buffer)."""
+        n = len(target)
+        got = min(n, self._end - self._start)
+        target[:got] = self._view[self._start:self._start + got]
+        self._start += got
+        while got < n:
+            try:
+                k = self.sock.recv_into(target[got:])
+            except (BlockingIOError, InterruptedError):
+                self._wait(select.POLLIN)
+                continue
+            except OSError as exc:
+                raise LaneClosed(f"reading from the socket failed: {exc}") from None
+            if k == 0:
+                raise LaneClosed("the connection closed in the middle of a frame")
+            got += k
+        self.unread -= n
+
     def skip_unread(self) -> None:
         """Drop what is left of the current message's data (a refused batch is read to its end)."""
         for _ in self._pieces(self.unread):

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import ssl
@@ -46,10 +47,17 @@ from chalkcompute import _rpc
 from chalkcompute._bridge import Twin, run_async, run_sync
 from chalkcompute._client import Client, default_target
 from chalkcompute._contract import name_too_long, quote, valid_volume_name
-from chalkcompute._framing import FramedStream
+from chalkcompute._framing import MESSAGE, FramedStream, frame
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import VolumesStub
-from chalkcompute._volume_wire import LaneClosed, LaneSocket, run_in_thread, write_files_head
+from chalkcompute._volume_wire import (
+    DATA_FIELD,
+    LaneClosed,
+    LaneSocket,
+    messages,
+    run_in_thread,
+    write_files_head,
+)
 from chalkcompute.exceptions import (
     ErrorKind,
     VolumeClosedError,
@@ -282,8 +290,25 @@ class Volume:
 
     # -- reading ---------------------------------------------------------------------------
 
+    async def _read(self, path: str, local_path: str | os.PathLike | None) -> bytes | int:
+        """The file's contents, or its size once streamed to ``local_path``."""
+        client = self.client
+        client._check(f"read {path!r} from volume {self.name!r}")
+        request = pb.ReadFileRequest(name=self.name, path=path)
+        with client._guarded():
+            async with client._stream(client._stub.ReadFile) as stream:
+                if isinstance(stream, FramedStream) and not getattr(stream.reader, "_buffer", b"?"):
+                    return await _download_framed(stream, request, local_path)
+                await _send(stream, request, end=True)
+                chunks = _stream_data(stream, f"{path!r} in volume {self.name!r}")
+                if local_path is None:
+                    parts = [data async for data in chunks]
+                    return parts[0] if len(parts) == 1 else b"".join(parts)
+                return await _write_chunks(chunks, local_path)
+
     async def _chunks(self, path: str) -> AsyncIterator[tuple[bytes, int]]:
-        """(data, whole size) per chunk of the file, as the daemon streams it."""
+        """(data, whole size) per chunk of the file, as the daemon streams it (the CLI's ``get``
+        to stdout reads it so; :meth:`get` and :meth:`get_file` take the faster way)."""
         client = self.client
         client._check(f"read {path!r} from volume {self.name!r}")
         with client._guarded():
@@ -299,8 +324,9 @@ class Volume:
 
     async def _get(self, path: str) -> bytes:
         """Read a file's contents (bytes; :meth:`get_file` streams a large one to disk instead)."""
-        parts = [data async for data, _ in self._chunks(path)]
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        data = await self._read(path, None)
+        assert isinstance(data, bytes)
+        return data
 
     get = Twin(_get)
 
@@ -309,18 +335,8 @@ class Volume:
 
         ``local_path`` is opened only once the daemon has started sending, so a
         missing file leaves an existing local file untouched."""
-        out = None
-        n = 0
-        try:
-            async for data, _ in self._chunks(path):
-                if out is None:
-                    out = await asyncio.to_thread(open, local_path, "wb")
-                if data:
-                    await asyncio.to_thread(out.write, data)
-                    n += len(data)
-        finally:
-            if out is not None:
-                await asyncio.to_thread(out.close)
+        n = await self._read(path, local_path)
+        assert isinstance(n, int)
         return n
 
     get_file = Twin(_get_file)
@@ -467,6 +483,78 @@ def _local_file(local_path: str | os.PathLike[str]) -> Path:
 
 def _open_binary(path: Path) -> BinaryIO:
     return open(path, "rb", buffering=0)
+
+
+async def _stream_data(stream: Any, what: str) -> AsyncIterator[bytes]:
+    """Each FileChunk's data, as the daemon streams it (gRPC, or a framed stream read by asyncio)."""
+    first = await stream.recv_message()
+    if first is None:  # only a broken daemon ends without a chunk
+        raise VolumeError(f"chalkd sent nothing for {what}", "INTERNAL")
+    yield first.data
+    async for chunk in stream:
+        yield chunk.data
+
+
+async def _write_chunks(chunks: AsyncIterator[bytes], local_path: str | os.PathLike) -> int:
+    out = None
+    n = 0
+    try:
+        async for data in chunks:
+            if out is None:
+                out = await asyncio.to_thread(open, local_path, "wb")
+            if data:
+                await asyncio.to_thread(out.write, data)
+                n += len(data)
+    finally:
+        if out is not None:
+            await asyncio.to_thread(out.close)
+    return n
+
+
+async def _download_framed(stream: FramedStream, request: pb.ReadFileRequest,
+                           local_path: str | os.PathLike | None) -> bytes | int:
+    """ReadFile on the daemon's unix socket, read by one thread (see :mod:`chalkcompute._volume_wire`):
+    the data goes from the socket into the result, or from the reused buffer to the local file."""
+    sock = stream.writer.transport.get_extra_info("socket")
+    stream.writer.transport.pause_reading()  # from now on only the lane reads the socket
+    lane = LaneSocket(sock.fileno())
+    try:
+        return await run_in_thread(lambda: _receive_file(lane, request, stream.limit, local_path), lane)
+    finally:
+        lane.close()
+
+
+def _receive_file(lane: LaneSocket, request: pb.ReadFileRequest, limit: int,
+                  local_path: str | os.PathLike | None) -> bytes | int:
+    lane.send(frame(MESSAGE, request.SerializeToString()))
+    lane.shutdown_write()
+    chunks = messages(lane, pb.FileChunk, DATA_FIELD["FileChunk"], limit=limit)
+    first = next(chunks, None)
+    if first is None:  # only a broken daemon ends without a chunk
+        raise VolumeError(f"chalkd sent nothing for {request.path!r} in volume {request.name!r}", "INTERNAL")
+    if local_path is None:
+        out = bytearray(first[0].size)  # the size the file had: the data lands in place
+        pos = 0
+        for msg, n in itertools.chain([first], chunks):
+            if n and pos + n <= len(out):
+                with memoryview(out) as view:
+                    lane.readinto(view[pos:pos + n])
+            else:  # data parsed whole, or more than the size said (the file grew meanwhile)
+                data = b"".join(lane.pieces(n)) if n else msg.data
+                out[pos:pos + len(data)] = data
+                n = len(data)
+            pos += n
+        del out[pos:]  # the file shrank meanwhile
+        return bytes(out)
+    with open(local_path, "wb", buffering=0) as f:
+        total = 0
+        for msg, n in itertools.chain([first], chunks):
+            for piece in lane.pieces(n) if n else (memoryview(msg.data),):
+                while piece:
+                    k = f.write(piece) or 0
+                    piece = piece[k:]
+                    total += k
+        return total
 
 
 async def _upload_framed(stream: FramedStream, name: str,
