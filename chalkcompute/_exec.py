@@ -140,6 +140,7 @@ class ExecProcess:
         self._err: list[str] = []
         self._exit: ExecEvent | None = None
         self._send_lock: asyncio.Lock | None = None
+        self._attached: asyncio.Event | None = None  # set while a stream is open (cleared while reattaching)
 
     # -- opening (on the SDK loop) ---------------------------------------------------
 
@@ -165,6 +166,8 @@ class ExecProcess:
         self._credit_changed = self._credit_changed or asyncio.Event()
         self._credit_changed.set()
         self._send_lock = self._send_lock or asyncio.Lock()
+        self._attached = self._attached or asyncio.Event()
+        self._attached.set()
 
     async def _start(self) -> ExecProcess:
         with _mapped():
@@ -207,6 +210,8 @@ class ExecProcess:
                 return
 
     async def _reattach(self) -> BaseException | None:
+        if self._attached is not None:
+            self._attached.clear()  # writers wait for the new stream instead of failing
         await self._close_stream()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + REATTACH_FOR
@@ -262,12 +267,25 @@ class ExecProcess:
     # -- sending (on the SDK loop) ---------------------------------------------------
 
     async def _send(self, msg: pb.SandboxExecRequest) -> None:
-        if self._stream is None:
-            raise ExecError("CLOSED", f"exec {self.session_id} is not attached")
-        assert self._send_lock is not None
-        async with self._send_lock:
-            with _mapped():
-                await self._stream.send_message(msg)
+        """Send on the stream; while a broken one is being reattached, wait for the new one (once)."""
+        assert self._send_lock is not None and self._attached is not None
+        for attempt in (0, 1):
+            waiting = self._stream is None or not self._attached.is_set()
+            if waiting and not self._closed and self._reader is not None and not self._reader.done():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._attached.wait(), REATTACH_FOR + 5)
+            stream = self._stream
+            if stream is None:
+                raise ExecError("CLOSED", f"exec {self.session_id} is not attached (closed, or it ended)")
+            try:
+                async with self._send_lock:
+                    with _mapped():
+                        await stream.send_message(msg)
+                return
+            except _CONNECTION_ERRORS:
+                if attempt or self._closed:
+                    raise
+                self._attached.clear()  # the reader notices the break too and reattaches
 
     async def _write_stdin(self, data: bytes | str) -> None:
         """Send data to the process's stdin (str is UTF-8 encoded); waits while the agent's credit is used up."""

@@ -65,6 +65,11 @@ def docker_daemon(docker_engine, tmp_path_factory):
                env={"CHALKD_FAKE_GPUS": FAKE_GPUS}).start()
     yield d
     d.stop()
+    # Sandboxes outlive their daemon by design: a test that failed before terminating one leaves it.
+    ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=dev.chalkd.home={d.home.resolve()}"],
+                         capture_output=True, text=True).stdout.split()
+    if ids:
+        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
 
 
 @pytest.fixture

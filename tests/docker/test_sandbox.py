@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -214,6 +215,35 @@ def test_isolation(docker_daemon):
     finally:
         sandbox.terminate(0)
         offline.terminate(0)
+
+
+def test_slow_reader_keeps_the_daemon_memory_bounded(sandbox, docker_daemon):
+    psutil = pytest.importorskip("psutil")
+    daemon = psutil.Process(docker_daemon.proc.pid)
+    baseline = daemon.memory_info().rss
+    peak = baseline
+    total = 0
+    proc = sandbox.exec_start("head", "-c", str(256 << 20), "/dev/zero")
+    for n, event in enumerate(proc):
+        if event.stdout:
+            total += len(event.stdout)
+            if n % 16 == 0:
+                time.sleep(0.01)  # a slow reader: the agent's window fills and the process waits
+                peak = max(peak, daemon.memory_info().rss)
+    assert proc.wait().exit_code == 0 and total == 256 << 20
+    assert peak - baseline < 30 << 20, f"the daemon grew by {(peak - baseline) >> 20} MiB"
+
+
+def test_lifetime_ends_a_sandbox(docker_daemon):
+    sandbox = SandboxClient(target=docker_daemon.target).create(image=Image.debian_slim(PY), lifetime=1)
+    assert sandbox.info.expires_at is not None
+    deadline = time.monotonic() + 60
+    while sandbox.refresh().status == "ready" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert sandbox.info.status == "terminated"
+    assert "lifetime" in sandbox.info.status_message
+    with pytest.raises(SandboxTerminatedError):
+        sandbox.exec("true")
 
 
 def test_not_found_and_bad_input(docker_daemon):
