@@ -253,3 +253,51 @@ def test_a_1gib_round_trip_keeps_the_daemons_memory_bounded(fresh_daemon, tmp_pa
         while chunk := a.read(2**24):
             assert chunk == b.read(2**24)
     assert peak[0] < 300 * 2**20, f"the daemon's RSS peaked at {peak[0] / 2**20:.0f} MiB"
+
+
+def test_bytes_of_several_chunks_and_empty_files_round_trip_on_the_socket(client, tmp_path):
+    # The local lane (the default here): pieces sent and read by one thread, data last in each frame.
+    vol = client.create("lane-shapes")
+    data = os.urandom(5 * 2**20 // 2 + 3)
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    with vol.batch_upload() as batch:
+        batch.put("big", data).put("none", b"").put_file("empty-file", empty)
+        for i in range(300):
+            batch.put(f"small/{i}", str(i))
+    assert vol.get("big") == data
+    assert vol.get("none") == b"" and vol.get("empty-file") == b""
+    assert vol.get_file("none", tmp_path / "none.out") == 0 and (tmp_path / "none.out").read_bytes() == b""
+    assert vol.get("small/299") == b"299" and vol.refresh().file_count == 303
+
+
+def test_frames_protobuf_writes_itself_still_work_on_the_socket(client):
+    """An SDK that serializes whole messages (data before end_of_file, as protobuf orders
+    fields) talks to this daemon; and protobuf reads the daemon's chunks (size, then data)."""
+    from chalkcompute._bridge import run_sync
+    from chalkcompute._framing import FramedStream
+    from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
+
+    vol = client.create("older-sdk")
+    data = os.urandom(2**20 + 100)
+    stub = client._stub
+
+    async def write_and_read() -> tuple[pb.WriteFilesResponse, list[pb.FileChunk]]:
+        async with client._client.open_stream(b"volumes.write", stub.WriteFiles, pb.WriteFilesResponse) as s:
+            assert isinstance(s, FramedStream)
+            await s.send_message(pb.WriteFilesRequest(name="older-sdk", path="f", data=data[:2**20]))
+            await s.send_message(pb.WriteFilesRequest(path="f", data=data[2**20:], end_of_file=True))
+            await s.send_message(pb.WriteFilesRequest(commit=True))
+            await s.end()
+            resp = await s.recv_message()
+        async with client._client.open_stream(b"volumes.read", stub.ReadFile, pb.FileChunk) as s:
+            assert isinstance(s, FramedStream)
+            await s.send_message(pb.ReadFileRequest(name="older-sdk", path="f"))
+            await s.end()
+            chunks = [c async for c in s]
+        return resp, chunks
+
+    resp, chunks = run_sync(write_and_read())
+    assert list(resp.paths) == ["f"] and resp.bytes == len(data)
+    assert chunks[0].size == len(data) and all(c.size == 0 for c in chunks[1:])
+    assert b"".join(c.data for c in chunks) == data == vol.get("f")
