@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--sandbox-disk", default=os.environ.get("CHALKD_SANDBOX_DISK", "10GiB"),
                        help="each sandbox's writable layer (default 10GiB): enforced where the storage driver "
                             "allows, otherwise measured, and the sandbox terminated past it")
+    serve.add_argument("--sandbox-disk-check-interval", type=float, default=30.0,
+                       help="seconds between two measurements of sandboxes' writable layers, where the storage "
+                            "driver cannot enforce --sandbox-disk (default 30)")
 
     token = sub.add_parser("token", help="show or rotate the daemon's token (<home>/token)")
     token.add_argument("action", choices=["show", "rotate"])
@@ -201,6 +204,7 @@ def _serve(args) -> int:
         max_unauthenticated_per_peer=args.max_unauthenticated_per_peer,
         sandbox_runtime=args.sandbox_runtime, sandbox_memory=sandbox_memory,
         sandbox_pids_limit=args.sandbox_pids_limit, sandbox_disk=sandbox_disk,
+        sandbox_disk_check_interval=args.sandbox_disk_check_interval,
     )
     if args.build_ca_bundle is not None:
         config.build_ca_bundle = args.build_ca_bundle or None

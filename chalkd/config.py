@@ -100,6 +100,7 @@ class Config:
     sandbox_memory: int = 2 * 2**30
     sandbox_pids_limit: int = 1024
     sandbox_disk: int = 10 * 2**30
+    sandbox_disk_check_interval: float = 30.0  # seconds between measurements where the driver cannot enforce it
 
     def validate(self) -> None:
         if self.runtime not in ("auto", "process", "docker"):
@@ -148,6 +149,9 @@ class Config:
             raise ValueError(f"--sandbox-memory must be at least 16 MiB, got {self.sandbox_memory} bytes")
         if self.sandbox_pids_limit < 16:
             raise ValueError(f"--sandbox-pids-limit must be at least 16, got {self.sandbox_pids_limit}")
+        if not self.sandbox_disk_check_interval > 0:
+            raise ValueError("--sandbox-disk-check-interval must be positive, got "
+                             f"{self.sandbox_disk_check_interval:g}")
         if self.sandbox_disk < 64 * 2**20:
             raise ValueError(f"--sandbox-disk must be at least 64 MiB, got {self.sandbox_disk} bytes")
         if self.max_unauthenticated_per_peer < 1:

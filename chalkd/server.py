@@ -420,7 +420,8 @@ class Server:
             self.docker, builder, self.blobs, SandboxTable(self.store), home=self.home, run_dir=rdir,
             volumes=self.volumes, secrets=self.secrets,
             settings=SandboxSettings(runtime=cfg.sandbox_runtime, memory_bytes=cfg.sandbox_memory,
-                                     pids_limit=cfg.sandbox_pids_limit, disk_bytes=cfg.sandbox_disk))
+                                     pids_limit=cfg.sandbox_pids_limit, disk_bytes=cfg.sandbox_disk,
+                                     disk_check_interval=cfg.sandbox_disk_check_interval))
         stack.push_async_callback(self.sandboxes.close)  # sandboxes keep running; only our tasks end
         # What an earlier run left: its calls were re-queued by queue recovery above.
         await runtime.remove_leftovers()

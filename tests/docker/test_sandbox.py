@@ -16,6 +16,7 @@ from chalkcompute import (
     Image,
     SandboxBuildError,
     SandboxClient,
+    SandboxCreationError,
     SandboxNotFoundError,
     SandboxTerminatedError,
 )
@@ -83,6 +84,27 @@ def test_bad_run_commands_step_names_it(docker_daemon):
     with pytest.raises(SandboxBuildError, match="exit 3") as info:
         SandboxClient(target=docker_daemon.target).create(image=img)
     assert "exit 3" in info.value.step
+
+
+def test_wait_false_then_exec_waits_for_the_build_or_raises_its_failure(docker_daemon):
+    client = SandboxClient(target=docker_daemon.target)
+    pending = client.create(image=Image.debian_slim(PY).run_commands("echo wait-false > /marker"), wait=False)
+    try:
+        assert pending.exec("cat", "/marker").stdout_text == "wait-false\n"  # waited until it was ready
+    finally:
+        pending.terminate(0)
+    broken = client.create(image=Image.debian_slim(PY).run_commands("exit 7"), wait=False)
+    with pytest.raises(SandboxBuildError, match="exit 7"):
+        broken.exec("true")
+    assert broken.refresh().status == "error"
+    assert "exit 7" in broken.info.status_details.get("failed_step", "")
+
+
+def test_a_sandbox_that_does_not_fit_waits_then_fails_saying_why(docker_daemon):
+    client = SandboxClient(target=docker_daemon.target)
+    with pytest.raises(SandboxCreationError, match="waiting for|bytes of memory"):
+        client.create(image=Image.debian_slim(PY), memory="100000Gi", timeout=3)
+    assert not [s for s in client.list() if s.status == "building"]  # the SDK terminated what it made
 
 
 def test_exec_results(sandbox):

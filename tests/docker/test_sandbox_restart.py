@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -89,6 +90,25 @@ def test_a_labelled_container_without_a_record_is_removed_and_a_building_one_end
         assert not _running(sb.id)
         with pytest.raises(SandboxNotFoundError):
             Sandbox.from_id(sb.id)
+    finally:
+        d.stop()
+        _remove_home_containers(home)
+
+
+def test_a_sandbox_past_its_disk_limit_is_terminated(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    d = Daemon(home, extra_args=("--runtime", "docker", "--sandbox-disk", "64MiB",
+                                 "--sandbox-disk-check-interval", "0.5")).start()
+    monkeypatch.setenv("CHALK_COMPUTE_TARGET", d.target)
+    try:
+        sb = SandboxClient().create(image=Image.debian_slim(PY))
+        assert "bytes" in sb.info.isolation["disk"]
+        sb.exec("sh", "-c", "head -c 100000000 /dev/zero > /big.bin")
+        deadline = time.monotonic() + 60
+        while sb.refresh().status == "ready" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sb.info.status == "terminated"
+        assert "disk limit" in sb.info.status_message
     finally:
         d.stop()
         _remove_home_containers(home)
