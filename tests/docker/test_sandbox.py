@@ -230,6 +230,27 @@ def test_isolation(docker_daemon):
                  "s = socket.socket(); s.settimeout(2)\n"
                  f"print(s.connect_ex((ip, {docker_daemon.port})) != 0)\n")
         assert sandbox.exec("python3", "-c", probe).stdout_text == "True\n"
+        # Nor is a container on the engine's default bridge, where replicas and Container API containers run,
+        # though another container there reaches it (so the probe itself works).
+        listener = subprocess.run(["docker", "run", "-d", "--rm", "--label", "dev.chalkd.test=listener",
+                                   f"python:{PY}-slim", "python3", "-m", "http.server", "8000"],
+                                  capture_output=True, text=True, check=True).stdout.strip()
+        try:
+            ip = subprocess.run(["docker", "inspect", "-f", "{{.NetworkSettings.IPAddress}}", listener],
+                                capture_output=True, text=True, check=True).stdout.strip()
+            connect = ("import socket, time\n"
+                       "for _ in range(50):\n"
+                       "    s = socket.socket(); s.settimeout(1)\n"
+                       f"    ok = s.connect_ex(('{ip}', 8000)) == 0; s.close()\n"
+                       "    if ok: break\n"
+                       "    time.sleep(0.1)\n"
+                       "print(ok)\n")
+            peer = subprocess.run(["docker", "run", "--rm", f"python:{PY}-slim", "python3", "-c", connect],
+                                  capture_output=True, text=True, check=True).stdout
+            assert peer == "True\n"
+            assert sandbox.exec("python3", "-c", connect.replace("range(50)", "range(3)")).stdout_text == "False\n"
+        finally:
+            subprocess.run(["docker", "rm", "-f", listener], capture_output=True)
         links = offline.exec("cat", "/proc/net/dev").stdout_text
         assert [line.split(":")[0].strip() for line in links.splitlines()[2:]] == ["lo"]
         # Capabilities: no CAP_SYS_ADMIN, so no mounts.
