@@ -33,6 +33,17 @@ from chalkcompute._proto.chalk_v1_chalk_grpc import SandboxesBase
 from chalkd.containers.agent_client import AgentError, AgentUnavailableError
 from chalkd.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from chalkd.images.blobs import check_lazy_files
+from chalkd.sandboxes.agent_link import (
+    ExecLink,
+    SessionExists,
+    SessionGone,
+    SessionNotFound,
+    TooManySessions,
+    fs_list,
+    fs_read_open,
+    fs_write,
+)
+from chalkd.sandboxes.manager import status_error
 from chalkd.sandboxes.records import SandboxRecord
 from chalkd.services.convert import decode_sandbox
 from chalkd.services.errors import grpc_errors
@@ -148,8 +159,6 @@ class SandboxesService(SandboxesBase):
 
     @grpc_errors
     async def Exec(self, stream) -> None:
-        from chalkd.sandboxes.agent_link import ExecLink, SessionExists, SessionGone, SessionNotFound, TooManySessions
-
         manager = self._manager()
         first: pb.SandboxExecRequest | None = await stream.recv_message()
         if first is None:
@@ -254,8 +263,6 @@ class SandboxesService(SandboxesBase):
 
     def _agent_gone(self, rec: SandboxRecord, exc: BaseException) -> Exception:
         if not rec.live:
-            from chalkd.sandboxes.manager import status_error
-
             return FailedPrecondition(status_error(rec))
         return Unavailable(f"lost the agent of sandbox {rec.id} ({exc}); reattach with the session id")
 
@@ -263,8 +270,6 @@ class SandboxesService(SandboxesBase):
 
     @grpc_errors
     async def ReadFile(self, stream) -> None:
-        from chalkd.sandboxes.agent_link import fs_read_open
-
         req: pb.SandboxFileRequest = await stream.recv_message()
         path = _check_path(req.path)
         manager = self._manager()
@@ -284,8 +289,6 @@ class SandboxesService(SandboxesBase):
 
     @grpc_errors
     async def WriteFile(self, stream) -> None:
-        from chalkd.sandboxes.agent_link import fs_write
-
         first: pb.SandboxWriteRequest | None = await stream.recv_message()
         if first is None:
             raise InvalidArgument("WriteFile needs a first message naming the sandbox and the path")
@@ -310,8 +313,6 @@ class SandboxesService(SandboxesBase):
 
     @grpc_errors
     async def ListDir(self, stream) -> None:
-        from chalkd.sandboxes.agent_link import fs_list
-
         req: pb.SandboxFileRequest = await stream.recv_message()
         path = _check_path(req.path)
         manager = self._manager()
