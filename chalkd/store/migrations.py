@@ -115,6 +115,15 @@ MIGRATIONS: list[tuple[int, str]] = [
         expires_at REAL NOT NULL DEFAULT 0,
         data TEXT NOT NULL
     );"""),
+    # Container API containers outlive the daemon too: re-adopted from their records (chalkd.containers).
+    (4, """CREATE TABLE IF NOT EXISTS containers (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        status TEXT NOT NULL,
+        error TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        data TEXT NOT NULL
+    );"""),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0] if MIGRATIONS else 1
@@ -129,7 +138,8 @@ def migrate(db: sqlite3.Connection, path: str | Path = "") -> int:
         # last migration added, so no step runs twice.
         cols = {r[1] for r in db.execute("PRAGMA table_info(calls)")}
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        found = 1 if "crashes" not in cols else 2 if "sandboxes" not in tables else 3
+        found = (1 if "crashes" not in cols else 2 if "sandboxes" not in tables
+                 else 3 if "containers" not in tables else 4)
         db.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?)", (str(found),))
     else:
         found = int(row[0])

@@ -46,8 +46,9 @@ def test_a_database_from_7de325e_opens_and_keeps_its_functions_calls_and_volumes
         await store.open()
         try:
             (version,) = store.query("SELECT value FROM meta WHERE key='schema_version'")
-            assert version["value"] == str(SCHEMA_VERSION) == "3"
+            assert version["value"] == str(SCHEMA_VERSION) == "4"
             assert store.query("SELECT COUNT(*) AS n FROM sandboxes")[0]["n"] == 0  # version 3 added it
+            assert store.query("SELECT COUNT(*) AS n FROM containers")[0]["n"] == 0  # version 4 added it
             assert store.clean_shutdown      # the old daemon stopped with SIGTERM; no marker means clean
             catalog = Catalog(store)
             catalog.load(decode_function_bytes)
@@ -91,3 +92,21 @@ def test_a_failing_migration_leaves_the_database_at_its_old_version(tmp_path: Pa
     assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
     assert db.execute("SELECT name FROM sqlite_master WHERE name='later'").fetchone() is None
     db.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_database_that_lost_its_version_row_is_placed_by_its_tables(tmp_path: Path) -> None:
+    # Without the schema_version row, the tables tell the version: version 3's schema (sandboxes, no
+    # containers) gets step 4 alone, and version 4's gets nothing (2's ALTER TABLE would fail if repeated).
+    for last, expect in ((3, 3), (4, 4)):
+        path = tmp_path / f"v{last}.db"
+        db = sqlite3.connect(path, isolation_level=None)
+        db.executescript(migrations.SCHEMA)
+        for version, script in migrations.MIGRATIONS:
+            if version <= last:
+                db.executescript(script)
+        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() is None
+        assert migrations.migrate(db, path) == expect
+        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("4",)
+        assert db.execute("SELECT COUNT(*) FROM containers").fetchone() == (0,)
+        db.close()
