@@ -367,8 +367,15 @@ class DockerImageBuilder:
     def _missing(ref: str, candidates: list[str], problem: str | None) -> ImageBuildError:
         names = " nor ".join(candidates)
         m = _SLIM.fullmatch(ref)
-        hint = (f"; make it with `chalkd image bootstrap --python {m[1]}`" if m else
-                "; pull or load it into this Docker host")
+        from chalkd.images.bootstrap import DEBIAN_PYTHONS, supported_versions
+
+        if m and m[1] in DEBIAN_PYTHONS:
+            hint = f"; make it with `chalkd image bootstrap --python {m[1]}`"
+        elif m:  # bootstrap builds from Debian's python3, which exists in these versions only
+            hint = (f"; `chalkd image bootstrap` can make Python {supported_versions()}, not {m[1]}: use one "
+                    f"of those, or load a python:{m[1]}-slim image into this Docker host (`docker load`)")
+        else:
+            hint = "; pull or load it into this Docker host"
         return ImageBuildError(f"the base image {names} is not on this Docker host and pulling {ref} failed "
                                f"({problem or 'not found'}){hint}", step=f"FROM {ref}")
 
