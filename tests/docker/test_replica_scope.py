@@ -30,7 +30,7 @@ def beyond_scope() -> dict:
     import chalkcompute as cc
     from chalkcompute._client import Client, run_sync
     from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
-    from chalkcompute._proto.chalk_v1_chalk_grpc import ContainersStub, SecretsStub
+    from chalkcompute._proto.chalk_v1_chalk_grpc import ContainersStub, SandboxesStub, SecretsStub
 
     def steal() -> str:
         return os.environ.get("TOPSECRET", "")
@@ -42,7 +42,8 @@ def beyond_scope() -> dict:
         out["register"] = f"denied: {exc}"
     channel = Client.get().channel
     for name, call in (("secrets", lambda: SecretsStub(channel).ListSecrets(pb.ListSecretsRequest(), timeout=10)),
-                       ("containers", lambda: ContainersStub(channel).List(pb.ListContainersRequest(), timeout=10))):
+                       ("containers", lambda: ContainersStub(channel).List(pb.ListContainersRequest(), timeout=10)),
+                       ("sandboxes", lambda: SandboxesStub(channel).List(pb.ListSandboxesRequest(), timeout=10))):
         try:
             run_sync(call())
             out[name] = "allowed"
@@ -59,6 +60,11 @@ def beyond_scope() -> dict:
         out["volume"] = "allowed"
     except cc.PermissionDeniedError as exc:
         out["volume"] = f"denied: {exc}"
+    try:  # exec goes on the local fast lane: scoped there too
+        cc.SandboxClient().get("sb-any").exec("true")
+        out["sandbox_exec"] = "allowed"
+    except cc.PermissionDeniedError as exc:
+        out["sandbox_exec"] = f"denied: {exc}"
     out["nested"] = _nested(5)
     return out
 
@@ -76,6 +82,8 @@ def test_a_docker_replica_cannot_go_beyond_its_scope(on_docker):
     assert out["register"].startswith("denied:") and "does not allow /chalk.v1." in out["register"], out
     assert "PERMISSION_DENIED" in out["secrets"] and "ListSecrets" in out["secrets"], out
     assert "PERMISSION_DENIED" in out["containers"] and "Containers/List" in out["containers"], out
+    assert "PERMISSION_DENIED" in out["sandboxes"] and "Sandboxes/List" in out["sandboxes"], out
+    assert out["sandbox_exec"].startswith("denied:") and "Sandboxes/Exec" in out["sandbox_exec"], out
     assert out["sock_dir"].startswith("read-only"), out
     assert out["volume"].startswith("denied:") and "dk-scope-other" in out["volume"], out
     assert out["nested"] == 15  # nested calls work with the scoped credential
