@@ -43,7 +43,10 @@ from typing import Any, BinaryIO, TypeVar
 
 from grpclib.client import ServiceMethod, UnaryUnaryMethod
 
-from chalkcompute import _rpc
+from chalkcompute import (
+    _h2_repr,  # noqa: F401 - h2's frame reprs without hexlifying the data
+    _rpc,
+)
 from chalkcompute._bridge import Twin, run_async, run_sync
 from chalkcompute._client import Client, default_target
 from chalkcompute._contract import name_too_long, quote, valid_volume_name

@@ -29,6 +29,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 
+from chalkcompute import _h2_repr  # noqa: F401 - h2's frame reprs without hexlifying the data
 from chalkcompute._contract import quote
 from chalkcompute._framing import FramedStream
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
