@@ -11,12 +11,15 @@
 
 Local clients open ReadFile, WriteFiles and ListFiles on the daemon's unix
 socket instead (:meth:`VolumesService.framed_handlers`): the same handlers and
-messages, without HTTP/2 framing.
+messages, without HTTP/2 framing. There a whole ReadFile or WriteFiles runs in
+one thread of its own that owns the socket (:mod:`chalkcompute._volume_wire`):
+a file's data goes from the socket's reused buffer to the staged file, and from
+the page cache to the socket with sendfile, never copied in Python.
 
-Disk work runs in worker threads, one chunk at a time, so a large file never
-sits whole in the daemon's memory and never stalls its event loop; small
-writes (the many-small-files batch) are done inline, where a thread hop would
-cost more than the write.
+Over gRPC, disk work runs in worker threads, one chunk at a time, so a large
+file never sits whole in the daemon's memory and never stalls its event loop;
+small writes (the many-small-files batch) are done inline, where a thread hop
+would cost more than the write.
 """
 
 from __future__ import annotations
