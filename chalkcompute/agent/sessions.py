@@ -11,11 +11,13 @@ Frames as in :mod:`.protocol`; the first frame of a connection carries ``"v": 2`
     agent  -> {"t": "exit", "seq": 2, "exit_code": 0, "signal": null, "error": null}
 
 or ``{"t": "attach", "v": 2, "session": "s1", "after": 1}`` (answered by ``started``, then every held
-event with ``seq > after``, then live ones; a second attach takes the session over and the agent
-closes the first connection), or ``{"t": "sessions", "v": 2}`` answered by ``{"t": "sessions",
-"sessions": [{"session", "pid", "running", "attached", "held_bytes", "held_events", "last_seq",
-"acked", "reading", "window", ...}, ...]}``. Errors: ``{"t": "error", "code": "exists" | "too_many" |
-"not_found" | "gone" | "bad_request" | "stopping", "error": "..."}``, then the agent closes.
+event with ``seq > after``, then live ones; events <= ``after`` count as acked, except the exit
+event; a second attach takes the session over and the agent closes the first connection, after a
+``taken_over`` error frame when its buffer is small), or ``{"t": "sessions", "v": 2}`` answered by
+``{"t": "sessions", "sessions": [{"session", "pid", "running", "attached", "held_bytes",
+"held_events", "last_seq", "acked", "reading", "window", ...}, ...]}``. Errors: ``{"t": "error",
+"code": "exists" | "too_many" | "not_found" | "gone" | "bad_request" | "stopping", "error": "..."}``,
+then the agent closes.
 
 * Events are numbered from 1 per session and held until acked. While the held payload bytes are
   >= ``window`` the agent stops reading the process's stdout/stderr, so a process nobody reads from
@@ -367,6 +369,9 @@ class Session:
         for seq, head, payload in self.events:
             if seq > after:
                 link.send(head, payload)
+        # The client has everything up to `after`: those are delivered (and, unacked, they would
+        # hold the window shut for good). After the replay: this may read (and send) new output.
+        self.ack(after, keep_exit=True)
         return link
 
     def detach(self, link: _Attached) -> None:
@@ -420,8 +425,12 @@ class Session:
         self._emit(header[PREFIX.size:], b"")
         log.info("session %s: exited (code %s, signal %s)", self.id, code, sig)
 
-    def ack(self, seq: int) -> None:
+    def ack(self, seq: int, *, keep_exit: bool = False) -> None:
+        """Drop the events up to ``seq``: delivered. Acking the exit event ends the session, unless
+        ``keep_exit`` (an attach's ``after``: that client may not know it saw the end)."""
         seq = min(seq, self.seq)
+        if keep_exit and self.exit_seq is not None:
+            seq = min(seq, self.exit_seq - 1)
         if seq <= self.acked:
             return
         self.acked = seq

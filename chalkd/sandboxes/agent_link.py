@@ -135,6 +135,8 @@ class _FrameStream(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
         self.hello_seen = False
+        self.lost = False
+        self._closed: asyncio.Future[None] | None = None
 
     # protocol callbacks
 
@@ -154,7 +156,9 @@ class _FrameStream(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.eof = True
+        self.eof = self.lost = True
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
         self._wake()
         self.writing_paused = False
         if self._drain is not None and not self._drain.done():
@@ -251,6 +255,13 @@ class _FrameStream(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    async def aclose(self) -> None:
+        """Close and wait until the transport has let go of the socket."""
+        self.close()
+        if self.transport is not None and not self.lost:
+            self._closed = asyncio.get_running_loop().create_future()
+            await self._closed
+
 
 async def _open(sock: str | os.PathLike[str], header: dict[str, Any]) -> _FrameStream:
     """Connect through the checked socket (see agent_client) and send a v2 first frame."""
@@ -308,7 +319,7 @@ class ExecLink:
             if h["t"] != "started":
                 raise AgentProtocolError(f"expected 'started' from the agent, got {h['t']!r}")
         except BaseException:
-            stream.close()
+            await stream.aclose()
             raise
         return cls(stream, session, h)
 
@@ -339,7 +350,14 @@ class ExecLink:
         the session) if the connection ends before the exit event: the session may live on."""
         stream = self._stream
         while True:
-            events = [ev for h, payload in stream.take() if (ev := self._event(h, payload)) is not None]
+            events = []
+            for h, payload in stream.take():
+                if h["t"] == "error":
+                    await stream.aclose()
+                    raise _session_error(h)
+                ev = self._event(h, payload)
+                if ev is not None:
+                    events.append(ev)
             if events:
                 return events
             if self._exited:
@@ -360,9 +378,6 @@ class ExecLink:
         if kind == "stdin_credit":
             self._up_to = max(self._up_to, int(h["up_to"]))
             return AgentEvent("stdin_credit", up_to=self._up_to)
-        if kind == "error":
-            self._stream.close()
-            raise _session_error(h)
         return None  # from a newer agent
 
     async def write_stdin(self, data: bytes) -> None:
@@ -388,7 +403,7 @@ class ExecLink:
 
     async def close(self) -> None:
         """Detach: the connection closes, the session keeps running (see ``detach_timeout``)."""
-        self._stream.close()
+        await self._stream.aclose()
 
 
 async def list_sessions(sock: AgentSocket | str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -398,7 +413,7 @@ async def list_sessions(sock: AgentSocket | str | os.PathLike[str]) -> list[dict
     try:
         h, _ = await _first_reply(stream)
     finally:
-        stream.close()
+        await stream.aclose()
     if h["t"] == "error":
         raise _session_error(h)
     return list(h.get("sessions") or [])
@@ -427,16 +442,16 @@ class FsReader:
                 elif h["t"] == "error":
                     raise _fs_error(h)
         finally:
-            self._stream.close()
+            await self._stream.aclose()
 
     async def close(self) -> None:
-        self._stream.close()
+        await self._stream.aclose()
 
     async def __aenter__(self) -> FsReader:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self._stream.close()
+        await self._stream.aclose()
 
 
 async def fs_read_open(sock: AgentSocket | str | os.PathLike[str], path: str) -> FsReader:
@@ -450,7 +465,7 @@ async def fs_read_open(sock: AgentSocket | str | os.PathLike[str], path: str) ->
         if h["t"] != "fs_meta":
             raise AgentProtocolError(f"expected 'fs_meta' from the agent, got {h['t']!r}")
     except BaseException:
-        stream.close()
+        await stream.aclose()
         raise
     return FsReader(stream, path, int(h["size"]))
 
@@ -496,7 +511,7 @@ async def fs_write(sock: AgentSocket | str | os.PathLike[str], path: str,
         _raise_early(stream)
         raise
     finally:
-        stream.close()
+        await stream.aclose()
 
 
 def _raise_early(stream: _FrameStream) -> None:
@@ -525,6 +540,6 @@ async def fs_list(sock: AgentSocket | str | os.PathLike[str], path: str) -> list
             elif h["t"] == "error":
                 raise _fs_error(h)
     finally:
-        stream.close()
+        await stream.aclose()
     entries.sort(key=lambda e: e["name"])
     return entries
