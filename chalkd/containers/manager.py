@@ -1,6 +1,7 @@
 """Long-running containers for the SDK's ``Container`` API, on the Docker engine.
 
-    manager = ContainerManager(docker, builder, blobs, home=home, run_dir=run_dir(home))
+    manager = ContainerManager(docker, builder, blobs, ContainerTable(store), home=home, run_dir=run_dir(home))
+    await manager.recover()          # at start: re-adopt the containers an earlier run left
     c = await manager.create(ContainerSpec(name="web", image=image, resources=Resources(cpu_millis=1000)))
     out = await manager.exec(c.id, ["ls", "/does-not-exist"])   # exit_code 2, stderr from ls
     await manager.stop(c.id, grace_period=5)
@@ -12,8 +13,15 @@ goes to the agent over a unix socket in a per-container directory of the
 daemon's run dir, bind-mounted into the container: no Engine API exec, which
 costs tens of milliseconds per call.
 
-Containers live as long as the daemon: a daemon started over a home whose
-previous run left containers removes them (their agents' sockets are gone).
+Containers outlive the daemon. Each has a record in the store
+(:mod:`chalkd.containers.records`), saved on every status change. SIGTERM and
+``kill -9`` of the daemon leave running containers running; a daemon started
+on the same home re-adopts each Running record whose engine container still
+runs, re-dialling its agent (whose socket stays in the run dir) through the
+checked connect of :class:`~chalkd.containers.agent_client.AgentSocket`. A
+container that was still Pending, or whose engine container is gone, ends
+Failed with the reason; a labelled container of this home with no live record
+is removed.
 """
 
 from __future__ import annotations
@@ -24,8 +32,6 @@ import logging
 import os
 import re
 import shutil
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from secrets import token_hex
 
@@ -35,13 +41,13 @@ from aiodocker.exceptions import DockerError
 from chalkcompute._contract import quote
 from chalkcompute.agent import entrypoint as agent_entrypoint
 from chalkd.containers.agent_client import (
-    AgentSocket,
     AgentUnavailableError,
     ExecOutcome,
     agent_exec,
     agent_set_env,
     wait_agent_ready,
 )
+from chalkd.containers.records import ContainerTable, ManagedContainer
 from chalkd.images.blobs import BlobError, BlobStore
 from chalkd.images.docker_build import DockerImageBuilder
 from chalkd.runtime.docker import (
@@ -53,7 +59,6 @@ from chalkd.runtime.docker import (
     home_label,
     host_config,
     lazy_binds,
-    remove_labelled,
     volume_binds,
 )
 from chalkd.runtime.image_user import ImageUserError, image_user
@@ -61,8 +66,9 @@ from chalkd.specs import ContainerSpec
 
 log = logging.getLogger(__name__)
 
-# Ended containers remembered for lookups; the oldest beyond this are forgotten.
+# Ended containers remembered for lookups; the oldest beyond this are forgotten (and their rows deleted).
 KEEP_ENDED = 256
+KIND = "container"
 
 __all__ = ["ContainerManager", "ManagedContainer", "ContainerNotFound", "ContainerConflict", "ContainerFailed"]
 
@@ -80,38 +86,6 @@ class ContainerConflict(ValueError):
 
 class ContainerFailed(RuntimeError):
     """The container could not start or is not running (the message says why)."""
-
-
-@dataclass(eq=False)
-class ManagedContainer:
-    id: str
-    name: str
-    engine_name: str
-    image_uri: str
-    agent_dir: Path
-    uid: int = 0                     # the image's USER, which the agent runs as
-    created_at: float = field(default_factory=time.time)
-    status: str = "Pending"          # Pending | Running | Stopped | Failed
-    error: str = ""
-    engine: object = None            # aiodocker DockerContainer
-    watcher: asyncio.Task | None = None
-    stopping: bool = False
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def set_status(self, status: str, error: str = "") -> None:
-        self.status, self.error = status, error or self.error
-        self.changed.set()
-
-    async def wait_change(self, timeout: float) -> None:
-        """Wait up to ``timeout`` while the container is Pending."""
-        if self.status == "Pending" and timeout > 0:
-            self.changed.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), timeout)
-
-    @property
-    def socket(self) -> AgentSocket:
-        return AgentSocket(self.agent_dir / "agent.sock", self.uid)
 
 
 def _hand_agent_dir(agent_dir: Path, uid: int, gid: int) -> int:
@@ -134,11 +108,13 @@ def _hand_agent_dir(agent_dir: Path, uid: int, gid: int) -> int:
 
 
 class ContainerManager:
-    def __init__(self, docker: aiodocker.Docker, builder: DockerImageBuilder, blobs: BlobStore, *,
-                 home: Path, run_dir: Path, pids_limit: int = 4096, volumes=None, secrets=None) -> None:
+    def __init__(self, docker: aiodocker.Docker, builder: DockerImageBuilder, blobs: BlobStore,
+                 table: ContainerTable, *, home: Path, run_dir: Path, pids_limit: int = 4096, volumes=None,
+                 secrets=None) -> None:
         self.docker = docker
         self.builder = builder
         self.blobs = blobs
+        self.table = table
         self.home = Path(home)
         self.agents = Path(run_dir) / "agents"
         self.pids_limit = pids_limit
@@ -146,6 +122,7 @@ class ContainerManager:
         self.volumes = volumes  # chalkd.volumes.store.VolumeStore (the server's: mounts)
         self.secrets = secrets  # chalkd.secrets.store.SecretStore (the server's: the agent's env)
         self._starting: set[asyncio.Task] = set()
+        self._closing = False
 
     # -- lookup -------------------------------------------------------------------
 
@@ -175,7 +152,7 @@ class ContainerManager:
         if name and not _NAME.fullmatch(name):
             raise ValueError(f"container name {quote(name)} is not DNS-safe: use lower-case letters, digits and '-', "
                              "starting and ending with a letter or digit, at most 63 characters")
-        if name and any(c.name == name and c.status in ("Pending", "Running") for c in self.by_id.values()):
+        if name and any(c.name == name and c.live for c in self.by_id.values()):
             raise ContainerConflict(f"a container named {name!r} is already running; stop it or pick another name")
         cid = "ct-" + token_hex(6)
         name = name or cid
@@ -211,6 +188,7 @@ class ContainerManager:
         c = ManagedContainer(id=cid, name=name, engine_name=f"chalkd-{name}-{cid[3:]}", image_uri=built.tag,
                              agent_dir=agent_dir, uid=uid)
         self.by_id[cid] = c
+        self.table.save(c)
         config = {
             "Image": built.tag,
             # By path, not `-m`: PID 1 need not import the SDK (pyarrow, grpclib): ~0.5 s and ~40 MB less.
@@ -219,7 +197,7 @@ class ContainerManager:
                                                   *(("--await-env",) if secret_env else ()))),
             "Cmd": [*built.entrypoint, *built.cmd],
             "Env": [f"{k}={v}" for k, v in spec.env.items()],
-            "Labels": {LABEL_HOME: home_label(self.home), LABEL_KIND: "container", LABEL_OWNER: "chalkd",
+            "Labels": {LABEL_HOME: home_label(self.home), LABEL_KIND: KIND, LABEL_OWNER: "chalkd",
                        "dev.chalkd.container": cid, "dev.chalkd.name": name},
             "HostConfig": host_config(binds=[f"{agent_dir}:{AGENT_MOUNT}", *binds],
                                       cpu_millis=spec.resources.cpu_millis,
@@ -235,6 +213,7 @@ class ContainerManager:
         starter = asyncio.get_running_loop().create_task(self._await_agent(c, start_timeout, built.tag, secret_env))
         self._starting.add(starter)
         starter.add_done_callback(self._starting.discard)
+        await self.table.flush()  # nothing acknowledged that is not stored (its record, its local secrets)
         return c
 
     async def _await_agent(self, c: ManagedContainer, start_timeout: float, tag: str,
@@ -247,7 +226,11 @@ class ContainerManager:
                 await agent_set_env(c.socket, secret_env)
 
         ready = asyncio.get_running_loop().create_task(ready_with_env())
-        done, _ = await asyncio.wait({ready, c.watcher}, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            done, _ = await asyncio.wait({ready, c.watcher}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            ready.cancel()  # the daemon is stopping: close() removes this Pending container
+            raise
         if c.stopping:
             ready.cancel()
             return
@@ -258,6 +241,7 @@ class ContainerManager:
             await self._remove(c, "Failed", f"failed to start: {why}" + (f"\n{tail}" if tail else ""))
             return
         c.set_status("Running")
+        self.table.save(c)
         log.info("container %s (%s) running from %s", c.name, c.id, tag)
 
     async def _watch(self, c: ManagedContainer) -> None:
@@ -266,8 +250,9 @@ class ContainerManager:
             code = result.get("StatusCode")
         except DockerError as exc:
             code, c.error = None, f"its engine container is gone ({exc.message})"
-        if not c.stopping and c.status != "Failed":
+        if not c.stopping and c.status != "Failed" and not self._closing:
             c.set_status("Failed", c.error or f"its main process exited with code {code}")
+            self.table.save(c)
             log.warning("container %s (%s) stopped on its own: %s", c.name, c.id, c.error)
 
     async def _log_tail(self, c: ManagedContainer, lines: int = 30) -> str:
@@ -292,14 +277,17 @@ class ContainerManager:
         if self.secrets is not None:
             self.secrets.delete_owned(c.id)  # local secrets go with their container
         c.set_status(status, why)
+        self.table.save(c)
         self._forget_ended()
 
     def _forget_ended(self) -> None:
         """Keep the newest KEEP_ENDED stopped or failed containers (for ``from_id`` and ``info``
-        after the fact); older ones are forgotten, so a long-lived daemon's memory stays flat."""
-        ended = [c for c in self.by_id.values() if c.stopping and c.status in ("Stopped", "Failed")]
+        after the fact); older ones are forgotten, rows too, so a long-lived daemon's memory and
+        database stay flat."""
+        ended = [c for c in self.by_id.values() if c.ended]
         for c in sorted(ended, key=lambda c: c.created_at)[:-KEEP_ENDED or None]:
             del self.by_id[c.id]
+            self.table.delete(c.id)
 
     async def stop(self, id: str, grace_period: float = 0.0) -> ManagedContainer:
         """Stop (SIGTERM, then SIGKILL after ``grace_period``) and remove the container."""
@@ -323,16 +311,72 @@ class ContainerManager:
         except AgentUnavailableError as exc:
             raise ContainerFailed(f"container {c.name!r} does not answer: {exc}") from None
 
-    async def remove_leftovers(self) -> int:
-        n = await remove_labelled(self.docker, self.home, "container")
-        shutil.rmtree(self.agents, ignore_errors=True)
-        if n:
-            log.warning("removed %d container(s) left by an earlier run of this daemon", n)
-        return n
+    # -- restarts ---------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Re-adopt what an earlier run of this home left: each Running record whose engine container
+        still runs (its agent re-dialled through the checked connect, its watcher restarted). A
+        container that was still Pending, or whose engine container is gone or stopped, ends Failed
+        with the reason; a labelled container of this home with no Running record is removed, and
+        so is an agent directory that no adopted container holds."""
+        for c in self.table.load():
+            if not c.agent_dir.parts:
+                c.agent_dir = self.agents / c.id
+            self.by_id[c.id] = c
+        found = await self.docker.containers.list(
+            all=True, filters={"label": [f"{LABEL_HOME}={home_label(self.home)}", f"{LABEL_KIND}={KIND}"]})
+        running: dict[str, object] = {}
+        stopped: dict[str, str] = {}  # id -> the engine's words for a container that had stopped
+        for engine in found:
+            seen = engine._container
+            c = self.by_id.get((seen.get("Labels") or {}).get("dev.chalkd.container", ""))
+            if c is not None and c.status == "Running" and seen.get("State") == "running":
+                running[c.id] = engine
+                continue
+            if c is not None and c.status == "Running":
+                stopped[c.id] = str(seen.get("Status") or seen.get("State") or "not running")
+            with contextlib.suppress(DockerError):
+                await engine.delete(force=True)
+        adopted = 0
+        for c in list(self.by_id.values()):
+            if c.status == "Pending":
+                await self._remove(c, "Failed", "failed to start: chalkd restarted while it was starting")
+            elif c.status == "Running" and c.id not in running:
+                why = stopped.get(c.id)
+                await self._remove(c, "Failed", f"its engine container had stopped ({why}) when chalkd restarted"
+                                   if why else "its engine container was gone when chalkd restarted")
+            elif c.status == "Running":
+                c.engine = running[c.id]
+                try:
+                    await wait_agent_ready(c.socket, 10.0)
+                except Exception as exc:
+                    await self._remove(c, "Failed", f"its agent did not answer after chalkd restarted ({exc})")
+                    continue
+                c.watcher = asyncio.get_running_loop().create_task(self._watch(c), name=f"container-{c.id}")
+                adopted += 1
+                log.info("container %s (%s) re-adopted", c.name, c.id)
+            elif not c.stopping:
+                await self._remove(c, c.status)  # Failed with its exited container: removed above
+        # Agent directories of containers that are gone (a kill -9 mid-create, a removal cut short).
+        keep = {c.agent_dir for c in self.by_id.values() if c.status == "Running"}
+        if self.agents.is_dir():
+            for d in self.agents.iterdir():
+                if d not in keep:
+                    shutil.rmtree(d, ignore_errors=True)
+        self._forget_ended()
+        await self.table.flush()
+        if adopted:
+            log.info("re-adopted %d container(s) left running by an earlier run of this daemon", adopted)
 
     async def close(self) -> None:
-        for t in self._starting:
+        """Daemon shutdown: Running containers keep running (the next start re-adopts them); only
+        this process's tasks end. A container still Pending cannot be re-adopted: it is removed."""
+        self._closing = True
+        for t in list(self._starting):
             t.cancel()
         for c in list(self.by_id.values()):
-            if c.status in ("Running", "Pending"):
-                await self._remove(c, "Stopped")
+            if c.status == "Pending":
+                await self._remove(c, "Failed", "failed to start: chalkd stopped while it was starting")
+            elif c.watcher is not None:
+                c.watcher.cancel()
+        await self.table.flush()
