@@ -31,7 +31,7 @@ import logging
 import signal as _signal
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from grpclib import GRPCError
 from grpclib.const import Status
@@ -41,9 +41,6 @@ from chalkcompute._bridge import Mailbox, Twin, run_async, run_sync, sdk_loop
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import SandboxesStub
 from chalkcompute.exceptions import ErrorKind, ExecError, error_from_status
-
-if TYPE_CHECKING:
-    from chalkcompute.sandbox import Sandbox
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +112,8 @@ _END = object()
 class ExecProcess:
     """Handle to a running exec: ``pid``, ``session_id``, stdin, signals, its events (see the module)."""
 
-    def __init__(self, sandbox: Sandbox, first: pb.SandboxExecRequest, *, after: int = 0) -> None:
+    def __init__(self, sandbox: Any, first: pb.SandboxExecRequest, *, after: int = 0) -> None:
+        # ``sandbox``: the chalkcompute.sandbox.Sandbox it runs in (not imported: that module imports this one)
         self.sandbox = sandbox
         self._first = first
         self.session_id: str = first.attach.session_id if first.WhichOneof("msg") == "attach" else ""
