@@ -395,6 +395,7 @@ class Server:
         import aiodocker
 
         from chalkd.containers.manager import ContainerManager
+        from chalkd.containers.records import ContainerTable
         from chalkd.images.docker_build import DockerImageBuilder
         from chalkd.runtime.docker import DockerRuntime
 
@@ -409,8 +410,9 @@ class Server:
                                 volumes=self.volumes)
         self.runtime = runtime
         stack.push_async_callback(runtime.close)
-        self.containers = ContainerManager(self.docker, builder, self.blobs, home=self.home, run_dir=rdir,
-                                           pids_limit=cfg.pids_limit, volumes=self.volumes, secrets=self.secrets)
+        self.containers = ContainerManager(self.docker, builder, self.blobs, ContainerTable(self.store), home=self.home,
+                                           run_dir=rdir, pids_limit=cfg.pids_limit, volumes=self.volumes,
+                                           secrets=self.secrets)
         stack.push_async_callback(self.containers.close)
         from chalkd.sandboxes.manager import SandboxManager, SandboxSettings
         from chalkd.sandboxes.records import SandboxTable
@@ -425,7 +427,7 @@ class Server:
         stack.push_async_callback(self.sandboxes.close)  # sandboxes keep running; only our tasks end
         # What an earlier run left: its calls were re-queued by queue recovery above.
         await runtime.remove_leftovers()
-        await self.containers.remove_leftovers()
+        await self.containers.recover()  # Container API containers keep running too: re-adopted
         return builder
 
     async def _check_sandbox_runtime(self) -> None:
