@@ -291,6 +291,21 @@ def test_lifetime_ends_a_sandbox(docker_daemon):
         sandbox.exec("true")
 
 
+def test_code_in_a_sandbox_cannot_point_the_daemon_at_another_socket(docker_daemon):
+    """The agent directory is writable from inside: a symlink planted in the socket's place is refused,
+    never followed (it could name the daemon's own socket on the host)."""
+    sandbox = SandboxClient(target=docker_daemon.target).create(image=Image.debian_slim(PY))
+    try:
+        planted = sandbox.exec("sh", "-c", "rm /run/chalk-agent/agent.sock && "
+                               "ln -s /var/run/docker.sock /run/chalk-agent/agent.sock && echo planted")
+        assert planted.stdout_text == "planted\n"
+        with pytest.raises(Exception, match="symbolic link|not a socket|refused") as info:
+            sandbox.exec("true")
+        assert not isinstance(info.value, AssertionError)
+    finally:
+        sandbox.terminate(0)
+
+
 def test_not_found_and_bad_input(docker_daemon):
     client = SandboxClient(target=docker_daemon.target)
     with pytest.raises(SandboxNotFoundError):
