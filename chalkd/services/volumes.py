@@ -222,11 +222,11 @@ class VolumesService(VolumesBase):
         if msg is None:
             raise InvalidArgument("WriteFiles: the stream ended before its first message")
         name = msg.name
-        self._check_scope(name)
         what = f"writing to volume {quote(name)}"
         batch = None
         try:
             try:
+                self._check_scope(name)  # in here: a refused client still sending hears why
                 with _errors(what):
                     batch = await asyncio.to_thread(self.volumes.begin_batch, name)
                 commit = False
@@ -310,11 +310,11 @@ class VolumesService(VolumesBase):
             if first is None:
                 raise InvalidArgument("WriteFiles: the stream ended before its first message")
             name = first[0].name
-            self._check_scope(name)
             what = f"writing to volume {quote(name)}"
             batch = None
             try:
                 try:
+                    self._check_scope(name)  # in here: a refused client still sending hears why
                     with _errors(what):
                         batch = self.volumes.begin_batch(name)
                     commit = False

@@ -60,6 +60,11 @@ def beyond_scope() -> dict:
         out["volume"] = "allowed"
     except cc.PermissionDeniedError as exc:
         out["volume"] = f"denied: {exc}"
+    try:  # a write: on the local lane the daemon checks it in the transfer's own thread
+        cc.VolumeClient().get("dk-scope-other").put("planted", b"x" * 3_000_000)
+        out["volume_put"] = "allowed"
+    except cc.PermissionDeniedError as exc:
+        out["volume_put"] = f"denied: {exc}"
     try:  # exec goes on the local fast lane: scoped there too
         cc.SandboxClient().get("sb-any").exec("true")
         out["sandbox_exec"] = "allowed"
@@ -86,6 +91,8 @@ def test_a_docker_replica_cannot_go_beyond_its_scope(on_docker):
     assert out["sandbox_exec"].startswith("denied:") and "Sandboxes/Exec" in out["sandbox_exec"], out
     assert out["sock_dir"].startswith("read-only"), out
     assert out["volume"].startswith("denied:") and "dk-scope-other" in out["volume"], out
+    assert out["volume_put"].startswith("denied:") and "dk-scope-other" in out["volume_put"], out
+    assert not (on_docker.home / "volumes" / "dk-scope-other" / "planted").exists()
     assert out["nested"] == 15  # nested calls work with the scoped credential
     assert not out["env_has_key"]
     # The key is in a read-only file, not in the container's config.
