@@ -14,6 +14,8 @@ Every method has an async twin: ``await c.run.aio()``, ``await c.exec.aio("ls")`
 Containers need chalkd's Docker runtime (``chalkd serve --runtime docker``).
 Their image always has our agent as its main process: it starts the image's
 own entrypoint/cmd, if any, and keeps the container up so ``exec`` works.
+A container outlives the daemon: after a chalkd restart, ``Container.from_name``
+finds it still Running until ``stop()``.
 """
 
 from __future__ import annotations
