@@ -147,8 +147,8 @@ class ExecProcess:
         stack = contextlib.AsyncExitStack()
         stub = SandboxesStub(client.channel)
         try:
-            stream = await stack.enter_async_context(
-                client.open_stream(b"sandboxes.exec", stub.Exec, pb.SandboxExecResponse))
+            stream = await stack.enter_async_context(client.open_stream(
+                b"sandboxes.exec", stub.Exec, pb.SandboxExecResponse, metadata=self.sandbox.client._metadata))
             await stream.send_message(first)
             resp = await stream.recv_message()
             if resp is None:

@@ -490,8 +490,8 @@ class SandboxFiles:
         client = self.sandbox.client
         request = pb.SandboxFileRequest(sandbox_id=self.sandbox.id, path=self._check(path))
         with _fs_errors(client.target):
-            async with client._client.open_stream(b"sandboxes.read", client._stub.ReadFile,
-                                                  pb.SandboxFileChunk) as stream:
+            async with client._client.open_stream(b"sandboxes.read", client._stub.ReadFile, pb.SandboxFileChunk,
+                                                  metadata=client._metadata) as stream:
                 await _send(stream, request, end=True)
                 while (chunk := await stream.recv_message()) is not None:
                     if chunk.data:
@@ -525,7 +525,7 @@ class SandboxFiles:
         first = pb.SandboxWriteRequest(sandbox_id=self.sandbox.id, path=self._check(path), mode=mode or 0)
         with _fs_errors(client.target):
             async with client._client.open_stream(b"sandboxes.write", client._stub.WriteFile,
-                                                  pb.SandboxWriteResponse) as stream:
+                                                  pb.SandboxWriteResponse, metadata=client._metadata) as stream:
                 await _send(stream, first)
                 async for piece in pieces:
                     await _send(stream, pb.SandboxWriteRequest(data=piece))

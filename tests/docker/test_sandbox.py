@@ -140,6 +140,19 @@ def test_stdin_and_signals(sandbox):
     assert sleeper.wait().signal == signal.SIGINT
 
 
+def test_exec_and_files_over_grpc(sandbox, docker_daemon):
+    """``metadata`` rides only on gRPC: the same exec and files over HTTP/2 instead of the local lane."""
+    over_grpc = SandboxClient(target=docker_daemon.target, metadata=[("x-chalk-test", "grpc")]).get(sandbox.id)
+    cat = over_grpc.exec_start("sh", "-c", "cat; echo done >&2")
+    cat.write_stdin(b"x" * (3 << 20))  # beyond the first stdin credit: waits for more as the agent writes
+    cat.close_stdin()
+    result = cat.wait()
+    assert (len(result.stdout_text), result.stderr_text, result.exit_code) == (3 << 20, "done\n", 0)
+    over_grpc.fs.write_bytes("/tmp/grpc.bin", b"g" * (2 << 20) + b"end")
+    assert over_grpc.fs.read_bytes("/tmp/grpc.bin")[-3:] == b"end"
+    assert [e.name for e in over_grpc.fs.listdir("/tmp") if e.name == "grpc.bin"] == ["grpc.bin"]
+
+
 def test_exec_stream_delivers_the_first_line_before_the_command_ends(sandbox):
     events = sandbox.exec_stream(
         "sh", "-c", "echo first; while [ ! -e /tmp/go-stream ]; do sleep 0.05; done; echo second >&2")
