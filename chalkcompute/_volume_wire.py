@@ -27,6 +27,7 @@ The socket stays non-blocking (asyncio set it so); the thread waits with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import errno
 import os
@@ -379,7 +380,10 @@ def _parse(msg_type: Callable[[], Any], data: bytearray) -> Any:
 async def run_in_thread(fn: Callable[[], T], lane: LaneSocket) -> T:
     """``fn()`` in a thread of its own (not the loop's small default pool, which a
     stalled peer would hold), with the caller's context; cancelling the caller
-    wakes ``lane`` and waits for the thread to finish."""
+    wakes ``lane`` and waits for the thread to finish.
+
+        resp = await run_in_thread(lambda: receive(lane), lane)
+    """
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[T] = loop.create_future()
     ctx = contextvars.copy_context()
@@ -410,7 +414,11 @@ async def run_in_thread(fn: Callable[[], T], lane: LaneSocket) -> T:
         return await asyncio.shield(fut)
     except asyncio.CancelledError:
         lane.wake()
-        await asyncio.wait([fut])
+        # Until the thread is out, even if cancelled again: the caller then closes the lane's
+        # descriptors, which a thread still in a syscall could meet reused by another file.
+        while not fut.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([fut])
         if not fut.cancelled():
             fut.exception()  # retrieved: the cancellation is what the caller hears
         raise
