@@ -319,6 +319,37 @@ def test_code_in_a_sandbox_cannot_point_the_daemon_at_another_socket(docker_daem
         sandbox.terminate(0)
 
 
+def test_secrets_reach_the_commands_not_the_container_config(docker_daemon, monkeypatch):
+    from chalkcompute import Secret
+
+    monkeypatch.setenv("LOCAL_SB_SECRET", "sb-secret-7731")
+    sandbox = SandboxClient(target=docker_daemon.target).create(
+        image=Image.debian_slim(PY), env={"PLAIN": "p"},
+        secrets=[Secret.from_local_env("LOCAL_SB_SECRET", env_var_name="INSIDE")])
+    try:
+        assert sandbox.exec("sh", "-c", "echo $INSIDE $PLAIN").stdout_text == "sb-secret-7731 p\n"
+        config = subprocess.run(["docker", "inspect", f"chalkd-sandbox-{sandbox.id[3:]}"], capture_output=True,
+                                text=True, check=True).stdout
+        assert "sb-secret-7731" not in config and "PLAIN=p" in config
+    finally:
+        sandbox.terminate(0)
+
+
+def test_volumes_mount_by_tuple_or_volume_mount(docker_daemon):
+    from chalkcompute import VolumeClient, VolumeMount
+
+    vol = VolumeClient(docker_daemon.target).create("sb-vol")
+    vol.put("in.txt", b"from the volume")
+    sandbox = SandboxClient(target=docker_daemon.target).create(
+        image=Image.debian_slim(PY), volumes=[VolumeMount(volume="sb-vol", path="/vol"), (vol, "/again")])
+    try:
+        assert sandbox.exec("cat", "/vol/in.txt").stdout_text == "from the volume"
+        assert sandbox.exec("sh", "-c", "echo written > /again/out.txt").exit_code == 0
+        assert vol.get("out.txt") == b"written\n"
+    finally:
+        sandbox.terminate(0)
+
+
 def test_not_found_and_bad_input(docker_daemon):
     client = SandboxClient(target=docker_daemon.target)
     with pytest.raises(SandboxNotFoundError):
