@@ -10,6 +10,9 @@ Starts its own chalkd (process runtime, temporary home) and prints one JSON obje
   the 1 MiB ones ``put``/``get`` in memory. Both through the daemon's local
   lane (its unix socket), which a client on the same machine uses by default;
   ``*_grpc`` rows force gRPC over loopback (``CHALK_TRANSPORT=grpc``).
+* ``put_<size>_cpu_s`` / ``get_<size>_cpu_s``: CPU seconds (user + system) of
+  the daemon and of this client per large transfer, the mean over the runs:
+  steadier than MB/s on a machine others use.
 * ``small_files_per_s``: ``--small-files`` files of 100 bytes in one
   ``batch_upload``, committed as one batch.
 
@@ -46,7 +49,15 @@ def best(fn, repeat: int) -> float:
     return min(times)
 
 
-def throughput(vol, tmp: Path, big_mib: int, repeat: int, tag: str) -> dict:
+def cpu_seconds(proc) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system
+
+
+def throughput(vol, tmp: Path, big_mib: int, repeat: int, tag: str, daemon_proc) -> dict:
+    import psutil
+
+    me = psutil.Process()
     out: dict = {}
     small = os.urandom(2**20)
     t = best(lambda: vol.put("one-mib", small), repeat * 5)
@@ -55,10 +66,13 @@ def throughput(vol, tmp: Path, big_mib: int, repeat: int, tag: str) -> dict:
     out[f"get_1mib_mb_s{tag}"] = round(2**20 / t / 1e6, 1)
     src, dst = tmp / "big.bin", tmp / "back.bin"
     size = big_mib * 2**20
-    t = best(lambda: vol.put_file("big.bin", src), repeat)
-    out[f"put_{big_mib}mib_mb_s{tag}"] = round(size / t / 1e6, 1)
-    t = best(lambda: vol.get_file("big.bin", dst), repeat)
-    out[f"get_{big_mib}mib_mb_s{tag}"] = round(size / t / 1e6, 1)
+    for op, fn in (("put", lambda: vol.put_file("big.bin", src)), ("get", lambda: vol.get_file("big.bin", dst))):
+        d0, c0 = cpu_seconds(daemon_proc), cpu_seconds(me)
+        t = best(fn, repeat)
+        out[f"{op}_{big_mib}mib_mb_s{tag}"] = round(size / t / 1e6, 1)
+        # CPU per transfer (mean over the runs): less sensitive than MB/s to others on the machine.
+        out[f"{op}_{big_mib}mib_cpu_s{tag}"] = {"daemon": round((cpu_seconds(daemon_proc) - d0) / repeat, 3),
+                                               "client": round((cpu_seconds(me) - c0) / repeat, 3)}
     return out
 
 
@@ -98,11 +112,11 @@ def main() -> None:
             results: dict = {"machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.python_version()}",
                              "durability": args.durability}
             vol = VolumeClient(daemon.target).create("bench")
-            results.update(throughput(vol, tmp, args.big_mib, args.repeat, ""))
+            results.update(throughput(vol, tmp, args.big_mib, args.repeat, "", proc))
             os.environ["CHALK_TRANSPORT"] = "grpc"
             try:
                 results.update(throughput(VolumeClient(daemon.target).get("bench"), tmp, args.big_mib,
-                                          args.repeat, "_grpc"))
+                                          args.repeat, "_grpc", proc))
             finally:
                 del os.environ["CHALK_TRANSPORT"]
             payload = b"x" * 100
