@@ -337,7 +337,7 @@ class ContainerManager:
                 stopped[c.id] = str(seen.get("Status") or seen.get("State") or "not running")
             with contextlib.suppress(DockerError):
                 await engine.delete(force=True)
-        adopted = 0
+        candidates: list[ManagedContainer] = []
         for c in list(self.by_id.values()):
             if c.status == "Pending":
                 await self._remove(c, "Failed", "failed to start: chalkd restarted while it was starting")
@@ -347,16 +347,20 @@ class ContainerManager:
                                    if why else "its engine container was gone when chalkd restarted")
             elif c.status == "Running":
                 c.engine = running[c.id]
-                try:
-                    await wait_agent_ready(c.socket, 10.0)
-                except Exception as exc:
-                    await self._remove(c, "Failed", f"its agent did not answer after chalkd restarted ({exc})")
-                    continue
-                c.watcher = asyncio.get_running_loop().create_task(self._watch(c), name=f"container-{c.id}")
-                adopted += 1
-                log.info("container %s (%s) re-adopted", c.name, c.id)
+                candidates.append(c)
             elif not c.stopping:
                 await self._remove(c, c.status)  # Failed with its exited container: removed above
+        # All agents at once: one that does not answer costs its timeout once, not once per container.
+        answers = await asyncio.gather(*(wait_agent_ready(c.socket, 10.0) for c in candidates),
+                                       return_exceptions=True)
+        adopted = 0
+        for c, answer in zip(candidates, answers, strict=True):
+            if isinstance(answer, BaseException):
+                await self._remove(c, "Failed", f"its agent did not answer after chalkd restarted ({answer})")
+                continue
+            c.watcher = asyncio.get_running_loop().create_task(self._watch(c), name=f"container-{c.id}")
+            adopted += 1
+            log.info("container %s (%s) re-adopted", c.name, c.id)
         # Agent directories of containers that are gone (a kill -9 mid-create, a removal cut short).
         keep = {c.agent_dir for c in self.by_id.values() if c.status == "Running"}
         if self.agents.is_dir():

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from chalkcompute import Container, ContainerError, Image, Secret
+from chalkd.services.fastpath import run_dir
 from tests.conftest import Daemon
 
 pytestmark = [pytest.mark.usefixtures("docker_engine"), pytest.mark.timeout(600)]
@@ -113,18 +114,29 @@ def test_a_labelled_container_without_a_record_is_removed(tmp_path, monkeypatch)
         _remove_home_containers(home)
 
 
-def test_a_container_whose_engine_container_went_away_is_failed_with_the_reason(tmp_path, monkeypatch):
+def test_a_container_gone_or_with_a_swapped_agent_socket_is_failed_with_the_reason(tmp_path, monkeypatch):
     home = tmp_path / "home"
     d = Daemon(home, extra_args=("--runtime", "docker")).start()
     monkeypatch.setenv("CHALK_COMPUTE_TARGET", d.target)
     try:
         c = Container(image=Image.debian_slim(PY), name="gone").run()
+        swapped = Container(image=Image.debian_slim(PY), name="swapped").run()
         d.stop()
         subprocess.run(["docker", "rm", "-f", *_existing(c.id)], capture_output=True, check=True)
+        # What a container could do to its bind-mounted agent directory while the daemon is down: the
+        # re-dial goes through the checked connect, which never follows a symbolic link.
+        agent_dir = run_dir(home) / "agents" / swapped.id
+        (agent_dir / "agent.sock").rename(agent_dir / "real.sock")
+        (agent_dir / "agent.sock").symlink_to(agent_dir / "real.sock")
         d.start()
         info = Container.from_id(c.id).info
         assert info.status == "Failed"
         assert "was gone when chalkd restarted" in (info.error or "")
+        info = Container.from_id(swapped.id).info
+        assert info.status == "Failed"
+        assert "its agent did not answer after chalkd restarted" in (info.error or "")
+        assert "symbolic link" in (info.error or "")
+        assert not _existing(swapped.id) and not agent_dir.exists()
         # The name is free again.
         fresh = Container(image=Image.debian_slim(PY), name="gone").run()
         assert fresh.id != c.id and Container.from_name("gone").id == fresh.id
