@@ -121,8 +121,10 @@ def test_a_container_gone_or_with_a_swapped_agent_socket_is_failed_with_the_reas
     try:
         c = Container(image=Image.debian_slim(PY), name="gone").run()
         swapped = Container(image=Image.debian_slim(PY), name="swapped").run()
+        exited = Container(image=Image.debian_slim(PY), name="exited").run()
         d.stop()
         subprocess.run(["docker", "rm", "-f", *_existing(c.id)], capture_output=True, check=True)
+        subprocess.run(["docker", "kill", *_existing(exited.id)], capture_output=True, check=True)
         # What a container could do to its bind-mounted agent directory while the daemon is down: the
         # re-dial goes through the checked connect, which never follows a symbolic link.
         agent_dir = run_dir(home) / "agents" / swapped.id
@@ -132,6 +134,10 @@ def test_a_container_gone_or_with_a_swapped_agent_socket_is_failed_with_the_reas
         info = Container.from_id(c.id).info
         assert info.status == "Failed"
         assert "was gone when chalkd restarted" in (info.error or "")
+        info = Container.from_id(exited.id).info
+        assert info.status == "Failed"
+        assert "its engine container had stopped (Exited (137)" in (info.error or "")
+        assert not _existing(exited.id)  # removed, like any labelled container without a Running record
         info = Container.from_id(swapped.id).info
         assert info.status == "Failed"
         assert "its agent did not answer after chalkd restarted" in (info.error or "")
