@@ -43,6 +43,7 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +69,7 @@ DEFAULT_DETACH_TIMEOUT = 300.0
 READ_MAX = 1 << 20
 # What the agent hands its transport at a time (see _Attached).
 SEND_PIECE = 256 << 10
+SEND_BUFFER = 4 << 20
 STDIN_CREDIT = 1 << 20
 # Enlarged pipes count against the uid's pipe-user-pages-soft (64 MiB by default); past it the
 # kernel gives every *new* pipe of that uid 8 KiB. So only this many pipes are enlarged at a time.
@@ -200,6 +202,12 @@ class _Attached(Handler):
         self.pending: collections.deque[memoryview] = collections.deque()
         if conn.transport is not None:
             conn.transport.set_write_buffer_limits(high=0)
+            sock = conn.transport.get_extra_info("socket")
+            try:
+                # Fewer wake-ups per MiB; the kernel caps it (net.core.wmem_max) without failing.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+            except (AttributeError, OSError):
+                pass
 
     def send(self, *parts: bytes) -> None:
         for part in parts:

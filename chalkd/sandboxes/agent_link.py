@@ -182,22 +182,25 @@ class _FrameStream(asyncio.Protocol):
         """Move every complete frame from the byte buffer to ``frames`` (the hello is checked and dropped)."""
         buf = self.buf
         pos = 0
+        # Slices of a memoryview: one copy per payload (a bytearray slice would copy it twice).
+        view = memoryview(buf)
         try:
             while len(buf) - pos >= PREFIX.size:
-                hlen, plen = split_prefix(bytes(buf[pos:pos + PREFIX.size]))
+                hlen, plen = split_prefix(bytes(view[pos:pos + PREFIX.size]))
                 end = pos + PREFIX.size + hlen + plen
                 if len(buf) < end:
                     break
                 start = pos + PREFIX.size
-                header = decode_header(bytes(buf[start:start + hlen]))
+                header = decode_header(bytes(view[start:start + hlen]))
                 if self.hello_seen:
-                    self.frames.append((header, bytes(buf[start + hlen:end])))
+                    self.frames.append((header, bytes(view[start + hlen:end])))
                 else:
                     self._check_hello(header)
                 pos = end
         except ProtocolError as exc:
             raise AgentProtocolError(f"the agent at {self.path} sent a bad frame: {exc}") from None
         finally:
+            view.release()  # before the bytearray is resized
             if pos:
                 del buf[:pos]
         if self.reading_paused and self.transport is not None and (len(buf) < BUFFER_HIGH or not self.frames):
