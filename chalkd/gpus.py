@@ -234,6 +234,14 @@ class GpuAllocator:
         log.debug("GPUs %s -> %s", [d.uuid for d in chosen], owner)
         return list(chosen)
 
+    def hold(self, owner: str, uuids: tuple[str, ...]) -> list[GpuDevice]:
+        """Give ``owner`` exactly these devices again (a sandbox re-adopted after a restart holds what its
+        container was started with); the ones this host no longer has are left out."""
+        chosen = tuple(d for d in self.devices if d.uuid in uuids)
+        if chosen:
+            self._held[owner] = chosen
+        return list(chosen)
+
     def release(self, owner: str) -> list[GpuDevice]:
         """Free what ``owner`` holds; returns it (``[]`` if nothing, so calling twice is harmless)."""
         devices = self._held.pop(owner, ())

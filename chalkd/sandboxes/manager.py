@@ -485,6 +485,7 @@ class SandboxManager:
                     await c.delete(force=True)
                 continue
             running[rec.engine_name] = c
+        adopt: list[tuple[SandboxRecord, object]] = []
         for rec in list(self.by_id.values()):
             if not rec.live:
                 continue
@@ -495,13 +496,18 @@ class SandboxManager:
             if engine is None:
                 await self._end(rec, "terminated", "its container was gone when chalkd restarted", remove=False)
                 continue
-            try:
-                await wait_agent_ready(self.agent_socket(rec), 10.0)
-            except Exception as exc:
-                await self._end(rec, "terminated", f"its agent did not answer after chalkd restarted ({exc})")
+            adopt.append((rec, engine))
+        # All agents at once: one that does not answer costs its 10 s once, not once per sandbox.
+        answers = await asyncio.gather(*(wait_agent_ready(self.agent_socket(rec), 10.0) for rec, _ in adopt),
+                                       return_exceptions=True)
+        for (rec, engine), answer in zip(adopt, answers, strict=True):
+            if isinstance(answer, BaseException):
+                await self._end(rec, "terminated", f"its agent did not answer after chalkd restarted ({answer})")
                 continue
             if self.scaler is not None and (rec.cpu_millis or rec.memory_bytes):
                 self.scaler.reserve(rec.id, rec.cpu_millis, rec.memory_bytes, force=True)
+            if self.scaler is not None and rec.gpu_uuids:
+                self.scaler.gpus.hold(rec.id, rec.gpu_uuids)  # its container still has them
             self._arm_lifetime(rec)
             self._watch(rec, engine)
             log.info("sandbox %s (%s) re-adopted", rec.name, rec.id)
