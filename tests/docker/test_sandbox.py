@@ -350,6 +350,19 @@ def test_volumes_mount_by_tuple_or_volume_mount(docker_daemon):
         sandbox.terminate(0)
 
 
+def test_gpus_are_reserved_and_requested_from_the_engine(docker_daemon):
+    client = SandboxClient(target=docker_daemon.target)
+    # The daemon's fake inventory has one NVIDIA L4 and the engine no NVIDIA runtime: the engine's
+    # refusal shows the device request was made; an A100 can never be placed, which is said at once.
+    with pytest.raises(SandboxCreationError, match=r'could not select device driver "nvidia"'):
+        client.create(image=Image.debian_slim(PY), gpu="nvidia-l4")
+    with pytest.raises(SandboxCreationError, match="no host has 1 x nvidia-a100"):
+        client.create(image=Image.debian_slim(PY), gpu="nvidia-a100")
+    # Both released their reservations: nothing waits on the L4.
+    with pytest.raises(SandboxCreationError, match=r'could not select device driver "nvidia"'):
+        client.create(image=Image.debian_slim(PY), gpu="nvidia-l4", timeout=30)
+
+
 def test_not_found_and_bad_input(docker_daemon):
     client = SandboxClient(target=docker_daemon.target)
     with pytest.raises(SandboxNotFoundError):
