@@ -110,7 +110,8 @@ class Agent:
 
     def __init__(self, socket_path: str, command: list[str] | None = None, *, ready_file: str | None = None,
                  stop_grace: float = 10.0, eof_grace: float = EOF_GRACE, socket_mode: int = 0o600,
-                 socket_owner: tuple[int, int] | None = None, await_env: bool = False) -> None:
+                 socket_owner: tuple[int, int] | None = None, await_env: bool = False,
+                 max_sessions: int | None = None, session_retain: float | None = None) -> None:
         self.socket_path = socket_path
         # Secrets come over the socket, never in the container's config: the main command
         # waits for them, and every exec inherits them from our environment.
@@ -131,10 +132,11 @@ class Agent:
         self._changed: asyncio.Event | None = None
         self._stopping = False
         self._server: asyncio.AbstractServer | None = None
-        from .sessions import SessionTable  # here: sessions imports this module
+        from .sessions import MAX_SESSIONS, RETAIN, SessionTable  # here: sessions imports this module
 
         # Protocol v2's exec sessions (see .sessions).
-        self.sessions = SessionTable(self)
+        self.sessions = SessionTable(self, MAX_SESSIONS if max_sessions is None else max_sessions,
+                                     RETAIN if session_retain is None else session_retain)
 
     # -- processes ------------------------------------------------------------------
 
@@ -690,11 +692,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="UID[:GID] to chown the socket to (the daemon's user, when it is not root)")
     parser.add_argument("--await-env", action="store_true",
                         help="start the main command only after an env request (secrets) arrives")
+    parser.add_argument("--max-sessions", type=int, default=None, help="live exec sessions at most (default 256)")
+    parser.add_argument("--session-retain", type=float, default=None,
+                        help="seconds an exited session nobody acked or attached to is kept (default 600)")
     parser.add_argument("--log-level", default=os.environ.get("CHALK_AGENT_LOG_LEVEL", "WARNING"))
     opts = parser.parse_args(args)
     logging.basicConfig(level=opts.log_level.upper(), stream=sys.stderr,
                         format="chalk-agent[%(process)d] %(levelname)s %(message)s")
     agent = Agent(opts.socket, command, ready_file=opts.ready_file, stop_grace=opts.stop_grace,
                   eof_grace=opts.eof_grace, socket_mode=opts.socket_mode, socket_owner=opts.socket_owner,
-                  await_env=opts.await_env)
+                  await_env=opts.await_env, max_sessions=opts.max_sessions, session_retain=opts.session_retain)
     return asyncio.run(agent.run())

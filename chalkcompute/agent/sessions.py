@@ -140,8 +140,10 @@ def _session_id(h: dict[str, Any]) -> str:
 class SessionTable:
     """The agent's sessions by id (``agent.sessions``)."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Agent, max_sessions: int = MAX_SESSIONS, retain: float = RETAIN) -> None:
         self.agent = agent
+        self.max_sessions = max_sessions
+        self.retain = retain
         self.sessions: dict[str, Session] = {}
         self.big_pipes = 0
 
@@ -156,8 +158,8 @@ class SessionTable:
         if sid in self.sessions:
             conn.fail(f"session {sid!r} already exists", code="exists")
             return None
-        if len(self.sessions) >= MAX_SESSIONS:
-            conn.fail(f"too many sessions: {len(self.sessions)} held, at most {MAX_SESSIONS} (MAX_SESSIONS); "
+        if len(self.sessions) >= self.max_sessions:
+            conn.fail(f"too many sessions: {len(self.sessions)} held, at most {self.max_sessions}; "
                       "end or ack some first", code="too_many")
             return None
         session = Session(self, sid, argv, env, cwd, timeout, window, detach_timeout)
@@ -396,7 +398,7 @@ class Session:
         if self.status is not None or self.spawn_failed is not None:
             self._cancel("detach")
             if "retain" not in self.timers:
-                self.timers["retain"] = self.loop.call_later(RETAIN, self.forget)
+                self.timers["retain"] = self.loop.call_later(self.table.retain, self.forget)
         elif not self.detach_fired and "detach" not in self.timers:
             self.timers["detach"] = self.loop.call_later(self.detach_timeout, self._detach_expired)
 

@@ -18,6 +18,7 @@ from chalkd.sandboxes.agent_link import (
     SessionExists,
     SessionGone,
     SessionNotFound,
+    TooManySessions,
     list_sessions,
 )
 from tests.unit import test_agent
@@ -302,3 +303,65 @@ def test_agent_stop_signals_sessions(start_agent):
     _, _, ex, _ = run(go())
     assert ex.signal == signal.SIGTERM
     assert a.proc.wait(10) == 0
+
+
+def test_too_many_sessions_and_retention_of_unacked_exits(start_agent):
+    a = start_agent(extra=("--max-sessions", "2", "--session-retain", "0.3"))
+
+    async def go():
+        first = await ExecLink.start(a.socket, "one", ["true"])
+        second = await ExecLink.start(a.socket, "two", ["sleep", "1000"])
+        with pytest.raises(TooManySessions, match="too many sessions: 2 held, at most 2"):
+            await ExecLink.start(a.socket, "three", ["true"])
+        await first.close()  # detached; it exits and nobody acks: kept --session-retain, then forgotten
+        await until(lambda: _forgotten(a.socket, "one"), what="the unacked session to be forgotten")
+        third = await ExecLink.start(a.socket, "three", ["true"])  # room again
+        await collect(third)
+        await second.send_signal(signal.SIGKILL)
+        await collect(second)
+
+    run(go())
+
+
+def test_stdin_beyond_the_credit_is_refused(agent):
+    async def go():
+        link = await ExecLink.start(agent.socket, "greedy", ["sleep", "1000"])
+        await link.write_stdin(bytes(link.stdin_credit + 1))  # ignores its credit
+        with pytest.raises(AgentProtocolError, match="stdin beyond the credit granted"):
+            while True:
+                await link.next_events()
+        await link.close()
+        # Only the connection was dropped: the session lives on, detached.
+        link = await ExecLink.attach(agent.socket, "greedy")
+        await link.send_signal(signal.SIGKILL)
+        return await collect(link)
+
+    assert run(go())[2].signal == signal.SIGKILL
+
+
+def test_a_background_process_holding_the_pipes_does_not_hold_the_exit(start_agent):
+    a = start_agent(extra=("--eof-grace", "0.2"))
+
+    async def go():
+        return await collect(await ExecLink.start(a.socket, "bg", ["sh", "-c", "sleep 1000 & echo $!"]))
+
+    out, _, ex, _ = run(go())
+    os.kill(int(out), signal.SIGKILL)  # the holder, still running
+    assert ex.exit_code == 0
+
+
+def test_the_agent_going_away_ends_the_link(start_agent):
+    a = start_agent()
+
+    async def go():
+        link = await ExecLink.start(a.socket, "doomed", ["sleep", "1000"])
+        a.proc.kill()
+        try:
+            with pytest.raises(AgentUnavailableError, match="ended before its exit event"):
+                while True:
+                    await link.next_events()
+        finally:
+            os.kill(link.pid, signal.SIGKILL)  # orphaned: no agent to stop it
+        await link.close()
+
+    run(go())
