@@ -305,9 +305,29 @@ class Session:
 
     def start(self, conn: _Connection) -> Handler:
         self.link = handler = _Attached(self, conn)
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        in_r, in_w = os.pipe()
+        fds: list[int] = []
+        try:
+            for _ in range(3):
+                fds += os.pipe()
+        except OSError as exc:  # EMFILE / ENFILE: out of file descriptors
+            for fd in fds:
+                os.close(fd)
+            self.spawn_failed = (f"cannot start {self.argv[0]!r}: no pipes: {(exc.strerror or str(exc)).lower()}",
+                                 126)
+        else:
+            self._spawn(*fds)
+        self._send_started()
+        if self.spawn_failed is not None:
+            message, code = self.spawn_failed
+            self._emit_exit(code, None, message)
+            return handler
+        log.info("session %s: %s started as pid %d", self.id, self.argv, self.pid)
+        self._update_reading()
+        if self.timeout is not None:
+            self.timers["timeout"] = self.loop.call_later(self.timeout, self._timed_out)
+        return handler
+
+    def _spawn(self, out_r: int, out_w: int, err_r: int, err_w: int, in_r: int, in_w: int) -> None:
         for fd in (out_r, err_r):
             self._enlarge(fd)
         env = dict(os.environ)
@@ -320,25 +340,16 @@ class Session:
                 os.close(fd)
             self._unenlarge_all()
             self.spawn_failed = spawn_error(exc, self.argv, self.cwd)
+            return
         finally:
             # The child has its copies; ours of its ends must go, or EOF never comes.
             for fd in (out_w, err_w, in_r):
                 os.close(fd)
-        self._send_started()
-        if self.spawn_failed is not None:
-            message, code = self.spawn_failed
-            self._emit_exit(code, None, message)
-            return handler
-        log.info("session %s: %s started as pid %d", self.id, self.argv, self.pid)
         for fd, n in ((out_r, 1), (err_r, 2)):
             os.set_blocking(fd, False)
             self.outputs[fd] = n
         os.set_blocking(in_w, False)
         self.stdin_fd = in_w
-        self._update_reading()
-        if self.timeout is not None:
-            self.timers["timeout"] = self.loop.call_later(self.timeout, self._timed_out)
-        return handler
 
     def _enlarge(self, fd: int) -> None:
         if self.table.big_pipes >= MAX_BIG_PIPES:
@@ -375,6 +386,7 @@ class Session:
             log.info("session %s: taken over by a new attach", self.id)
             _close_taken_over(old, self.id)
         self._cancel("detach", "retain")
+        self.detach_fired = False  # the next detach gets its own detach_timeout
         self._send_started()
         for seq, head, payload in self.events:
             if seq > after:

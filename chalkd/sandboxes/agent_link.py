@@ -86,7 +86,7 @@ class SessionTakenOver(AgentUnavailableError):
 class AgentEvent:
     """One event from the agent: ``stdout`` / ``stderr`` (``data``), ``exit`` (last; ``exit_code`` or
     ``signal``, and ``error`` when it could not start or timed out), or ``stdin_credit`` (``up_to``: the
-    total stdin bytes the agent lets this session have been sent; unnumbered, ``seq`` 0)."""
+    total stdin bytes this link may have sent, counted from its first; unnumbered, ``seq`` 0)."""
 
     kind: str
     seq: int = 0
@@ -251,8 +251,9 @@ class _FrameStream(asyncio.Protocol):
 
     async def drain(self) -> None:
         while self.writing_paused and not self.eof:
-            self._drain = asyncio.get_running_loop().create_future()
-            await self._drain
+            if self._drain is None or self._drain.done():  # one future for every writer waiting
+                self._drain = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._drain)
 
     def close(self) -> None:
         if self.transport is not None:
@@ -295,16 +296,21 @@ async def _first_reply(stream: _FrameStream) -> tuple[dict[str, Any], bytes]:
 class ExecLink:
     """One attached connection to an exec session (see the module docstring).
 
-    ``stdin_credit`` is how many stdin bytes may be sent now: :meth:`write_stdin` spends it,
-    ``stdin_credit`` events returned by :meth:`next_events` raise it. ``pid`` is None when the
-    command could not start (its exit event, 127 or 126 with ``error``, follows)."""
+    Stdin credit is counted per link, from this link's first byte: ``stdin_credit`` is how many
+    stdin bytes may be sent now (at the start, the total this link may send); :meth:`write_stdin`
+    spends it; ``stdin_credit`` events from :meth:`next_events` raise it, their ``up_to`` being the
+    total this link may have sent. (The agent counts per session; a link that attaches converts.)
+    ``pid`` is None when the command could not start (its exit event, 127 or 126 with ``error``,
+    follows)."""
 
     def __init__(self, stream: _FrameStream, session: str, started: dict[str, Any]) -> None:
         self._stream = stream
         self.session = session
         self.pid: int | None = started.get("pid")
-        self._up_to = int(started.get("stdin_credit") or 0)
-        self._sent = int(started.get("stdin_received") or 0)
+        # What earlier links sent: the agent's credits are session totals.
+        self._base = int(started.get("stdin_received") or 0)
+        self._up_to = int(started.get("stdin_credit") or 0) - self._base
+        self._sent = 0
         self._exited = False
 
     @property
@@ -379,7 +385,7 @@ class ExecLink:
             return AgentEvent("exit", int(h["seq"]), exit_code=h.get("exit_code"), signal=h.get("signal"),
                               error=h.get("error"))
         if kind == "stdin_credit":
-            self._up_to = max(self._up_to, int(h["up_to"]))
+            self._up_to = max(self._up_to, int(h["up_to"]) - self._base)
             return AgentEvent("stdin_credit", up_to=self._up_to)
         return None  # from a newer agent
 

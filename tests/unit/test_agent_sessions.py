@@ -365,3 +365,33 @@ def test_the_agent_going_away_ends_the_link(start_agent):
         await link.close()
 
     run(go())
+
+
+def test_stdin_credit_is_counted_per_link_across_a_reattach(agent):
+    async def go():
+        first = await ExecLink.start(agent.socket, "relay", ["cat"])
+        await first.write_stdin(b"a" * 100)
+        got = last = 0
+        while got < 100:
+            for ev in await first.next_events():
+                if ev.kind == "stdout":
+                    got, last = got + len(ev.data), ev.seq
+        await first.close()
+        second = await ExecLink.attach(agent.socket, "relay", after=last)
+        assert second.stdin_credit == 1 << 20  # all of it: this link has sent nothing yet
+        await second.write_stdin(b"b" * 5000)
+        assert second.stdin_credit == (1 << 20) - 5000
+        credits, out = [], b""
+        while len(out) < 5000:
+            for ev in await second.next_events():
+                if ev.kind == "stdin_credit":
+                    credits.append(ev.up_to)
+                elif ev.kind == "stdout":
+                    out += ev.data
+        await second.close_stdin()
+        rest, _, ex, _ = await collect(second)
+        return credits, out + rest, ex, second.stdin_credit
+
+    credits, out, ex, left = run(go())
+    assert credits == [5000 + (1 << 20)] and left == 1 << 20  # this link's own count, not the session's
+    assert out == b"b" * 5000 and ex.exit_code == 0
