@@ -31,8 +31,8 @@ import stat
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from .handler import Handler
 from .protocol import ProtocolError, encode
-from .sessions import Handler
 
 if TYPE_CHECKING:
     import asyncio

@@ -132,7 +132,7 @@ class Agent:
         self._changed: asyncio.Event | None = None
         self._stopping = False
         self._server: asyncio.AbstractServer | None = None
-        from .sessions import MAX_SESSIONS, RETAIN, SessionTable  # here: sessions imports this module
+        from .v2 import MAX_SESSIONS, RETAIN, SessionTable  # here: v2 imports this module
 
         # Protocol v2's exec sessions (see .sessions).
         self.sessions = SessionTable(self, MAX_SESSIONS if max_sessions is None else max_sessions,
@@ -387,7 +387,7 @@ class _Connection(asyncio.Protocol):
     def _handle(self, header: dict[str, Any], payload: bytes) -> None:
         version = header.get("v", PROTOCOL_VERSION)
         if header["t"] in V2_REQUESTS:
-            from .sessions import open_v2
+            from .v2 import open_v2
 
             self.handler = open_v2(self.agent, self, header, payload)
             return

@@ -32,38 +32,34 @@ then the agent closes.
   connection), or RETAIN seconds after it exited with nobody attached.
 * ``timeout`` SIGKILLs the process group; the exit event says ``signal`` 9, ``error`` "timed out after 5s".
 
-File operations (``fs_read``, ``fs_write``, ``fs_list``) are in :mod:`.fsops`.
+Requests are dispatched, and sessions kept by id, in :mod:`.v2`; file operations (``fs_read``,
+``fs_write``, ``fs_list``) are in :mod:`.fsops`.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-import math
 import os
-import re
 import signal
 import socket
 import subprocess
 from typing import TYPE_CHECKING, Any
 
-from .protocol import PREFIX, V2, V2_REQUESTS, ProtocolError, encode
-from .server import _decode_status, _exec_args, _killpg, spawn_error
+from .handler import Handler
+from .protocol import PREFIX, encode
+from .server import _decode_status, _killpg, spawn_error
 
 if TYPE_CHECKING:
     import asyncio
 
-    from .server import Agent, _Connection
+    from .server import _Connection
+    from .v2 import SessionTable
 
 log = logging.getLogger(__name__)
 
-__all__ = ["V2", "V2_REQUESTS", "MAX_SESSIONS", "RETAIN", "SessionTable", "Session", "open_v2"]
+__all__ = ["Session", "READ_MAX", "STDIN_CREDIT"]
 
-MAX_SESSIONS = 256
-RETAIN = 600.0
-DEFAULT_WINDOW = 8 << 20
-MAX_WINDOW = 1 << 30
-DEFAULT_DETACH_TIMEOUT = 300.0
 # One event's payload at most, and the size we ask the kernel to make stdout/stderr pipes: one
 # read per MiB instead of per 64 KiB keeps the agent's cost per byte small.
 READ_MAX = 1 << 20
@@ -75,117 +71,6 @@ STDIN_CREDIT = 1 << 20
 # kernel gives every *new* pipe of that uid 8 KiB. So only this many pipes are enlarged at a time.
 MAX_BIG_PIPES = 16
 _F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Linux), named only from Python 3.10
-_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
-
-
-class Handler:
-    """What a v2 request leaves on its connection: the later frames and the connection's events go here."""
-
-    def frame(self, header: dict[str, Any], payload: bytes) -> None:
-        """A frame after the first (ignored unless the request takes any)."""
-
-    def lost(self) -> None:
-        """The connection closed."""
-
-    def pause_writing(self) -> None:
-        """The transport's write buffer is over its high-water mark."""
-
-    def resume_writing(self) -> None:
-        """It drained below its low-water mark."""
-
-
-def open_v2(agent: Agent, conn: _Connection, header: dict[str, Any], payload: bytes) -> Handler | None:
-    """Run a v2 first frame; returns the handler for the rest of the connection (None: answered and closed)."""
-    from . import fsops
-
-    kind = header["t"]
-    if header.get("v") != V2:
-        raise ProtocolError(f"request {kind!r} needs protocol version {V2}, got {header.get('v')!r}")
-    if kind == "session":
-        return agent.sessions.start(conn, header)
-    if kind == "attach":
-        return agent.sessions.attach(conn, header)
-    if kind == "sessions":
-        conn.send(encode({"t": "sessions", "sessions": agent.sessions.info()}))
-        conn.close()
-        return None
-    if kind == "fs_read":
-        return fsops.FsRead.open(agent, conn, header)
-    if kind == "fs_write":
-        return fsops.FsWrite.open(agent, conn, header)
-    if kind == "fs_list":
-        return fsops.FsList.open(agent, conn, header)
-    raise ProtocolError(f"unknown request {kind!r}")
-
-
-def _number(h: dict[str, Any], name: str, default: float, *, integer: bool = False, most: float = math.inf) -> Any:
-    value = h.get(name)
-    if value is None:
-        return default
-    ok = isinstance(value, int) or (not integer and isinstance(value, float))
-    if isinstance(value, bool) or not ok or not math.isfinite(value) or not 0 < value <= most:
-        what = "a positive integer" if integer else "a positive number"
-        raise ProtocolError(f"{name!r} must be {what}" + (f" <= {most:g}" if most != math.inf else "")
-                            + f", got {value!r}")
-    return value
-
-
-def _session_id(h: dict[str, Any]) -> str:
-    sid = h.get("session")
-    if not isinstance(sid, str) or not _ID.match(sid):
-        raise ProtocolError(f"'session' must be 1 to 64 of [A-Za-z0-9_-], got {sid!r}")
-    return sid
-
-
-class SessionTable:
-    """The agent's sessions by id (``agent.sessions``)."""
-
-    def __init__(self, agent: Agent, max_sessions: int = MAX_SESSIONS, retain: float = RETAIN) -> None:
-        self.agent = agent
-        self.max_sessions = max_sessions
-        self.retain = retain
-        self.sessions: dict[str, Session] = {}
-        self.big_pipes = 0
-
-    def start(self, conn: _Connection, h: dict[str, Any]) -> Handler | None:
-        sid = _session_id(h)
-        argv, env, cwd, timeout = _exec_args(h)
-        window = _number(h, "window", DEFAULT_WINDOW, integer=True, most=MAX_WINDOW)
-        detach_timeout = _number(h, "detach_timeout", DEFAULT_DETACH_TIMEOUT)
-        if self.agent._stopping:
-            conn.fail("the agent is stopping", code="stopping")
-            return None
-        if sid in self.sessions:
-            conn.fail(f"session {sid!r} already exists", code="exists")
-            return None
-        if len(self.sessions) >= self.max_sessions:
-            conn.fail(f"too many sessions: {len(self.sessions)} held, at most {self.max_sessions}; "
-                      "end or ack some first", code="too_many")
-            return None
-        session = Session(self, sid, argv, env, cwd, timeout, window, detach_timeout)
-        self.sessions[sid] = session
-        return session.start(conn)
-
-    def attach(self, conn: _Connection, h: dict[str, Any]) -> Handler | None:
-        sid = _session_id(h)
-        after = h.get("after", 0)
-        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
-            raise ProtocolError(f"'after' must be a non-negative integer, got {after!r}")
-        session = self.sessions.get(sid)
-        if session is None:
-            conn.fail(f"no session {sid!r} (never started, or ended and forgotten)", code="not_found")
-            return None
-        return session.attach(conn, after)
-
-    def running(self) -> bool:
-        return any(s.running for s in self.sessions.values())
-
-    def signal_all(self, sig: int) -> None:
-        for s in list(self.sessions.values()):
-            s.signal_group(sig)
-
-    def info(self) -> list[dict[str, Any]]:
-        return [s.info() for s in self.sessions.values()]
 
 
 class _Attached(Handler):
