@@ -60,6 +60,9 @@ DEFAULT_DETACH_TIMEOUT = 300.0
 FS_CHUNK = 1 << 20
 # Read from the socket while less than this is buffered (a frame carries at most 1 MiB of output).
 BUFFER_HIGH = 2 << 20
+# The receive buffer, and the room it keeps free for one read.
+BUFFER_SIZE = 4 << 20
+READ_ROOM = 256 << 10
 
 
 class SessionNotFound(AgentError):
@@ -120,14 +123,19 @@ def _fs_error(h: dict[str, Any]) -> Exception:
     return _FS_ERRORS.get(code, AgentProtocolError)(message)
 
 
-class _FrameStream(asyncio.Protocol):
+class _FrameStream(asyncio.BufferedProtocol):
     """A connection to the agent that parses frames on demand and stops reading while
-    BUFFER_HIGH bytes wait to be parsed (the transport's own pause), so memory stays bounded."""
+    BUFFER_HIGH bytes wait to be parsed (the transport's own pause), so memory stays bounded.
+
+    The socket is read straight into one buffer (no bytes object per read); each frame's payload is
+    copied out of it once, when parsed."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
+        self.buf = bytearray(BUFFER_SIZE)
+        self.rpos = 0  # start of the bytes not parsed yet
+        self.wpos = 0  # end of the bytes received
         self.frames: collections.deque[tuple[dict[str, Any], bytes]] = collections.deque()
         self.eof = False
         self.reading_paused = False
@@ -143,9 +151,20 @@ class _FrameStream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        if len(self.buf) >= BUFFER_HIGH and not self.reading_paused and self.transport is not None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        buf = self.buf
+        if len(buf) - self.wpos < READ_ROOM:
+            # Move the unparsed tail (part of one frame, mostly) to the front, or grow for a big frame.
+            pending = bytes(memoryview(buf)[self.rpos:self.wpos])
+            self.rpos, self.wpos = 0, len(pending)
+            buf[:len(pending)] = pending
+            if len(buf) - self.wpos < READ_ROOM:
+                buf.extend(bytes(READ_ROOM))
+        return memoryview(buf)[self.wpos:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.wpos += nbytes
+        if self.wpos - self.rpos >= BUFFER_HIGH and not self.reading_paused and self.transport is not None:
             self.reading_paused = True
             self.transport.pause_reading()
         self._wake()
@@ -180,15 +199,13 @@ class _FrameStream(asyncio.Protocol):
 
     def parse(self) -> None:
         """Move every complete frame from the byte buffer to ``frames`` (the hello is checked and dropped)."""
-        buf = self.buf
-        pos = 0
-        # Slices of a memoryview: one copy per payload (a bytearray slice would copy it twice).
-        view = memoryview(buf)
+        pos, end_data = self.rpos, self.wpos
+        view = memoryview(self.buf)
         try:
-            while len(buf) - pos >= PREFIX.size:
+            while end_data - pos >= PREFIX.size:
                 hlen, plen = split_prefix(bytes(view[pos:pos + PREFIX.size]))
                 end = pos + PREFIX.size + hlen + plen
-                if len(buf) < end:
+                if end_data < end:
                     break
                 start = pos + PREFIX.size
                 header = decode_header(bytes(view[start:start + hlen]))
@@ -200,10 +217,12 @@ class _FrameStream(asyncio.Protocol):
         except ProtocolError as exc:
             raise AgentProtocolError(f"the agent at {self.path} sent a bad frame: {exc}") from None
         finally:
-            view.release()  # before the bytearray is resized
-            if pos:
-                del buf[:pos]
-        if self.reading_paused and self.transport is not None and (len(buf) < BUFFER_HIGH or not self.frames):
+            view.release()
+            self.rpos = pos
+            if pos == end_data:
+                self.rpos = self.wpos = 0
+        left = self.wpos - self.rpos
+        if self.reading_paused and self.transport is not None and (left < BUFFER_HIGH or not self.frames):
             self.reading_paused = False
             self.transport.resume_reading()
 

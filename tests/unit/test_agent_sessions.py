@@ -395,3 +395,40 @@ def test_stdin_credit_is_counted_per_link_across_a_reattach(agent):
     credits, out, ex, left = run(go())
     assert credits == [5000 + (1 << 20)] and left == 1 << 20  # this link's own count, not the session's
     assert out == b"b" * 5000 and ex.exit_code == 0
+
+
+def test_the_link_reads_frames_larger_than_its_buffer_and_pauses_when_full():
+    from chalkcompute.agent.protocol import encode
+    from chalkd.sandboxes import agent_link
+
+    class Transport:
+        paused = False
+
+        def pause_reading(self):
+            self.paused = True
+
+        def resume_reading(self):
+            self.paused = False
+
+    stream = agent_link._FrameStream("test")
+    transport = Transport()
+    stream.connection_made(transport)
+    big = os.urandom(agent_link.BUFFER_SIZE + (3 << 20))
+    wire = encode({"t": "hello", "v": 1, "pid": 1}) + encode({"t": "out", "seq": 1, "fd": 1}, big)
+    wire += encode({"t": "out", "seq": 2, "fd": 2}, b"tail")
+    fed = pauses = 0
+    while fed < len(wire):  # as a transport would: recv_into whatever room the protocol offers
+        room = stream.get_buffer(-1)
+        n = min(len(room), 200_000, len(wire) - fed)
+        room[:n] = wire[fed:fed + n]
+        room.release()
+        stream.buffer_updated(n)
+        fed += n
+        if transport.paused and fed < len(wire):
+            pauses += 1
+            assert stream.wpos - stream.rpos >= agent_link.BUFFER_HIGH
+            assert stream.take() == []  # no whole frame yet: reading resumes, or it would never complete
+            assert not transport.paused
+    frames = stream.take()
+    assert [(h["seq"], len(p)) for h, p in frames] == [(1, len(big)), (2, 4)] and frames[0][1] == big
+    assert pauses > 0 and len(stream.buf) >= len(big)  # it paused at BUFFER_HIGH, and grew for the frame
