@@ -13,6 +13,7 @@ Set ``CHALK_COMPUTE_TARGET`` (default ``127.0.0.1:50051``) to reach another daem
 """
 
 from chalkcompute.calls import FunctionCall
+from chalkcompute.classes import ClassBuildError, ClassError, RemoteClass, after, before, cls, method
 from chalkcompute.container import Container, ContainerInfo, ExecResult
 from chalkcompute.exceptions import (
     AuthenticationError,
@@ -79,6 +80,8 @@ __all__ = [
     "CallCancelledError",
     "CallInterruptedError",
     "ChalkError",
+    "ClassBuildError",
+    "ClassError",
     "ConcurrencyDeadlockError",
     "ConcurrencyPolicy",
     "Container",
@@ -106,6 +109,7 @@ __all__ = [
     "PermissionDeniedError",
     "QueuePolicy",
     "RateLimitPolicy",
+    "RemoteClass",
     "RemoteExecutionError",
     "RemoteFunction",
     "ResourceExhaustedError",
@@ -134,5 +138,9 @@ __all__ = [
     "VolumeMount",
     "VolumeNotFoundError",
     "WorkerLostError",
+    "after",
+    "before",
+    "cls",
     "function",
+    "method",
 ]

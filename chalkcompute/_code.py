@@ -373,11 +373,15 @@ class _Item:
 
 class _Analyzer:
     def __init__(self, fn: Callable, remote_name: RemoteName, strict: bool) -> None:
-        if not isinstance(fn, types.FunctionType) or fn.__name__ == "<lambda>":
+        # A class travels whole too (chalkcompute.cls: every method's replica rebuilds it).
+        is_class = isinstance(fn, type)
+        if not is_class and (not isinstance(fn, types.FunctionType) or fn.__name__ == "<lambda>"):
             raise FunctionCodeError(f"{fn!r} is not a function defined with def; its code cannot travel")
         self.fn, self.name, self.remote_name, self.strict = fn, fn.__name__, remote_name, strict
         self.module = fn.__module__
-        self.future = fn.__globals__.get("annotations") is __future__.annotations
+        globals_ = vars(sys.modules[fn.__module__]) if is_class and fn.__module__ in sys.modules \
+            else getattr(fn, "__globals__", {})
+        self.future = globals_.get("annotations") is __future__.annotations
         self.items: dict[str, _Item] = {}  # binding name (or "import x.y") -> its code
         self.bound: dict[str, object] = {}  # name in the synthesized module -> what it stands for
         self.remote_refs: dict[str, str] = {}

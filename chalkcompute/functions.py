@@ -90,7 +90,11 @@ class FunctionVersionInfo:
 
 
 def _remote_name(obj: object) -> str | None:
-    return obj.name if isinstance(obj, RemoteFunction) else None
+    if isinstance(obj, RemoteFunction):
+        return obj.name
+    # A RemoteClass (chalkcompute.cls) names itself "class:<name>"; looked up on the type, so
+    # no arbitrary object's __getattr__ runs.
+    return obj._chalk_remote_ref if hasattr(type(obj), "_chalk_remote_ref") else None  # type: ignore[attr-defined]
 
 
 class RemoteFunction:
@@ -222,7 +226,7 @@ class RemoteFunction:
     def _spec(self) -> tuple[pb.FunctionSpec, _code.CodeBundleData]:
         opts, codec, fn = self._opts, self.codec, self.fn
         assert opts is not None and codec is not None and fn is not None, "only a handle made from fn registers"
-        bundle = _code.build_bundle(fn, remote_name=_remote_name)
+        bundle = self._bundle()
         return pb.FunctionSpec(
             name=self.name, image=opts.image.to_proto(),
             resources=pb.Resources(cpu_millis=opts.cpu_millis, memory_bytes=opts.memory_bytes, gpu=opts.gpu),
@@ -236,6 +240,11 @@ class RemoteFunction:
             options=dict(opts.options), serialization_format=opts.serialization_format,
             parameter_names=codec.parameter_names, volumes=opts.volumes, **opts.policy_spec,
         ), bundle
+
+    def _bundle(self) -> _code.CodeBundleData:
+        """The code that travels (a class method ships its whole class: chalkcompute.cls)."""
+        assert self.fn is not None, "only a handle made from fn registers"
+        return _code.build_bundle(self.fn, remote_name=_remote_name)
 
     async def _register(self, build_timeout: float | None = None) -> FunctionVersionInfo:
         if self._info is not None:
@@ -254,6 +263,8 @@ class RemoteFunction:
             dep = _find_global(self.fn, global_name)
             if isinstance(dep, RemoteFunction) and dep is not self:
                 await dep._register()
+            elif hasattr(type(dep), "_register_all"):  # a RemoteClass: all its methods
+                await dep._register_all()
         if await self.client.runtime_name() == "docker":
             # Built before registering, with the log in this terminal; the replicas find it cached.
             try:

@@ -70,14 +70,29 @@ def main() -> int:
     # The runtime names a directory it removes when the replica ends (the worker leaves through
     # os._exit, and may be killed: it cannot clean up after itself); else a temp dir.
     dest = os.environ.get("CHALK_WORKER_CODE_DIR") or tempfile.mkdtemp(prefix=f"chalk-{version.function_name}-")
-    fn = _code.load_bundle(bundle, dest, make_remote=RemoteFunction._lazy)
+    replica = None
+    if "." in code.function_name:  # "{Class}.{method}": a @chalkcompute.cls method, with its hooks
+        from chalkcompute.classes import make_remote
+        from chalkcompute.worker.lifecycle import ClassReplica
+
+        replica = ClassReplica.load(bundle, dest, served=version.function_name.rpartition(".")[0],
+                                    make_remote=make_remote)
+        fn = replica.start()  # __init__ and @before, before any credit: the daemon counts it ready after
+    elif any(ref.startswith("class:") for ref in bundle.remote_refs.values()):  # it uses a class
+        from chalkcompute.classes import make_remote
+
+        fn = _code.load_bundle(bundle, dest, make_remote=make_remote)
+    else:
+        fn = _code.load_bundle(bundle, dest, make_remote=RemoteFunction._lazy)
     capacity = max(1, version.spec.concurrency.max_concurrent)
     batched = version.spec.batching.max_batch_size > 0
     # The same per-item codec the SDK built for its callers.
     codec = FunctionCodec.for_function(fn, batched=batched)
     if blocking is not None:
-        signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+        signal.signal(signal.SIGTERM, lambda *_: replica.on_sigterm() if replica else os._exit(0))
         reason = serve_blocking(blocking, fn, codec, capacity=capacity)
+        if replica is not None:
+            replica.stop()  # @after, whichever way serving ended
         if reason.startswith("lost the daemon"):
             exit_after_grace(reason)
         blocking.close()
@@ -102,6 +117,8 @@ def main() -> int:
     else:
         with asyncio.Runner(loop_factory=loop_factory) as r:
             reason = r.run(serve())
+    if replica is not None:
+        replica.stop()
     if reason.startswith("lost the daemon"):
         exit_after_grace(reason)
     link.close()

@@ -34,7 +34,13 @@ from chalkd.scaling.hooks import ScalerHooks
 
 log = logging.getLogger(__name__)
 
-STARTUP_FAILURES_BEFORE_GIVING_UP = 3
+STARTUP_FAILURES_BEFORE_GIVING_UP = 5
+# After a replica exits before it is ready, the next start waits 0.25 s, 0.5 s, 1 s, ... (at most 4 s):
+# a class whose @before keeps failing is not restarted in a tight loop.
+RESTART_BACKOFF_BASE = 0.25
+RESTART_BACKOFF_MAX = 4.0
+# How long a daemon that stops waits for its replicas to exit: a class's @after may take 30 s.
+STOP_WAIT_SECONDS = 35.0
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,7 @@ class Autoscaler:
         self.replicas: dict[str, Replica] = self.hooks.replicas
         self._warm_until: dict[str, float] = {}
         self._startup_failures: dict[str, int] = {}
+        self._restart_at: dict[str, float] = {}  # function id -> no new replica before (monotonic)
         self._prepared: dict[str, asyncio.Task] = {}
         self._wake = self.hooks.wake
         self._changed = asyncio.Condition()
@@ -143,7 +150,7 @@ class Autoscaler:
         for r in list(self.replicas.values()):
             self._stop(r, "daemon shutting down")
         if self._watchers:
-            await asyncio.wait(self._watchers, timeout=10)
+            await asyncio.wait(self._watchers, timeout=STOP_WAIT_SECONDS)
         for r in list(self.replicas.values()):
             if r.handle is not None:
                 r.handle.kill()
@@ -160,10 +167,13 @@ class Autoscaler:
         return replica
 
     def replica_ready(self, replica: Replica) -> None:
+        if replica.state != "starting":  # stopped while it started (its function deleted): stays so
+            return
         replica.state = "ready"
         replica.ready_at = time.monotonic()
         replica.last_seen = replica.ready_at
         self._startup_failures.pop(replica.function.id, None)
+        self._restart_at.pop(replica.function.id, None)
         self._notify_changed()
 
     def seen(self, replica: Replica) -> None:
@@ -251,7 +261,7 @@ class Autoscaler:
             if demand and not mine:
                 desired = max(desired, 1)
             while len(mine) < desired:
-                if not self._fits(fv, used_cpu, used_mem):
+                if not self._fits(fv, used_cpu, used_mem) or self._restart_at.get(fv.id, 0) > now:
                     break
                 replica_id = new_id("r")
                 devices: list = []
@@ -341,6 +351,8 @@ class Autoscaler:
         if not was_ready and not stopping and not self._closing:
             count = self._startup_failures.get(fv.id, 0) + 1
             self._startup_failures[fv.id] = count
+            self._restart_at[fv.id] = time.monotonic() + min(RESTART_BACKOFF_MAX,
+                                                             RESTART_BACKOFF_BASE * 2 ** (count - 1))
             tail = replica.handle.log_tail()
             log.warning("replica %s of %s exited before it was ready (%s)", replica.id, fv.name, exit.describe())
             if count >= STARTUP_FAILURES_BEFORE_GIVING_UP:

@@ -363,14 +363,21 @@ class WorkerService(WorkerBase):
                                                     max_payload=self.max_payload))
         sender = asyncio.get_running_loop().create_task(conn.out.run())
         self.queue.worker_connected(conn)
-        self.scaler.replica_ready(replica)
         q = self.queue
+        # Ready once the worker asks for work: after its code loaded (and a class's @before ran),
+        # so wait_ready means "can take a call", and a worker that dies before is a startup failure.
+        ready = False
         try:
             if first.credit:
+                ready = True
+                self.scaler.replica_ready(replica)
                 q.worker_credit(conn, first.credit)
             async for req in stream:
                 self.scaler.seen(replica)
                 if req.credit:
+                    if not ready:
+                        ready = True
+                        self.scaler.replica_ready(replica)
                     q.worker_credit(conn, req.credit)
                 for msg in req.events:
                     event = event_from_pb(msg)
