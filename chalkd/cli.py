@@ -292,7 +292,10 @@ async def _client_command(args) -> int:
                 else:
                     spec = (await stub.GetFunction(pb.GetFunctionRequest(id=f.id))).function.spec
                 options = " ".join(f"{k}={v}" for k, v in sorted(spec.options.items()))
-                table.add_row(f.function_name, str(f.version), f.id, f.state,
+                # A failed version says why: the last line of its reason (a class's @before traceback ends so).
+                why = [line for line in f.error.splitlines() if line.strip()] if f.state == "failed" else []
+                state = f"{f.state}: {why[-1][:100]}" if why else f.state
+                table.add_row(f.function_name, str(f.version), f.id, state,
                               f"{f.ready_replicas}/{f.replicas}", _when(f.created_at), options)
             console.print(table)
         elif args.command == "calls":

@@ -116,6 +116,17 @@ def test_after_runs_on_delete(daemon, tmp_path):
         RemoteClass.from_name("EmbDeleted")
 
 
+def test_after_runs_on_scale_down(daemon, tmp_path):
+    Emb = chalkcompute.cls(name="EmbIdle", env={"HOOK_DIR": str(tmp_path)}, min_replicas=0,
+                           suspend_cooldown_period=0.2)(Embedder)
+    assert Emb().embed("x") == StandInModel().encode("x")
+    started = lines(tmp_path / "before")
+    assert len(started) == 1  # only the method called got a replica
+    wait_for(lambda: lines(tmp_path / "after") == started, what="@after in the idle replica")
+    assert Emb().embed("y") == StandInModel().encode("y")  # a new replica, a new @before
+    assert len(lines(tmp_path / "before")) == 2
+
+
 def test_after_runs_on_daemon_sigterm(fresh_daemon, tmp_path):
     Emb = deploy("EmbStopped", tmp_path, target=fresh_daemon.target)
     assert Emb().embed("x") == StandInModel().encode("x")
@@ -229,8 +240,8 @@ def test_failing_before_fails_the_method_after_backoff(daemon, tmp_path):
     assert message.endswith("@before BrokenModel.load failed: ValueError: model weights missing")
     assert len(lines(tmp_path / "before")) == 5  # five starts in a row, then Failed
     out = subprocess.run([sys.executable, "-m", "chalkd.cli", "functions", "--target", daemon.target],
-                         capture_output=True, text=True, timeout=60)
-    assert "Broken.run" in out.stdout and "failed" in out.stdout
+                         capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "400"})
+    assert "Broken.run" in out.stdout and "model weights missing" in out.stdout
 
 
 class Caller:
