@@ -60,8 +60,9 @@ DEFAULT_DETACH_TIMEOUT = 300.0
 FS_CHUNK = 1 << 20
 # Read from the socket while less than this is buffered (a frame carries at most 1 MiB of output).
 BUFFER_HIGH = 2 << 20
-# The receive buffer, and the room it keeps free for one read.
-BUFFER_SIZE = 4 << 20
+# The receive buffer starts at BUFFER_START and doubles as needed (to about BUFFER_HIGH plus one
+# frame on a busy link); READ_ROOM is the room it keeps free for one read.
+BUFFER_START = 512 << 10
 READ_ROOM = 256 << 10
 
 
@@ -133,7 +134,7 @@ class _FrameStream(asyncio.BufferedProtocol):
     def __init__(self, path: str) -> None:
         self.path = path
         self.transport: asyncio.Transport | None = None
-        self.buf = bytearray(BUFFER_SIZE)
+        self.buf = bytearray(BUFFER_START)
         self.rpos = 0  # start of the bytes not parsed yet
         self.wpos = 0  # end of the bytes received
         self.frames: collections.deque[tuple[dict[str, Any], bytes]] = collections.deque()
@@ -154,12 +155,14 @@ class _FrameStream(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         buf = self.buf
         if len(buf) - self.wpos < READ_ROOM:
-            # Move the unparsed tail (part of one frame, mostly) to the front, or grow for a big frame.
-            pending = bytes(memoryview(buf)[self.rpos:self.wpos])
-            self.rpos, self.wpos = 0, len(pending)
-            buf[:len(pending)] = pending
+            pending = self.wpos - self.rpos
+            if pending <= self.rpos and (pending <= READ_ROOM or len(buf) >= 2 * BUFFER_HIGH):
+                # Move the unparsed tail to the front when that is cheap: a small tail, or a buffer
+                # big enough that it happens rarely (a 2 MiB buffer would move ~1 MiB per MiB read).
+                buf[:pending] = bytes(memoryview(buf)[self.rpos:self.wpos])
+                self.rpos, self.wpos = 0, pending
             if len(buf) - self.wpos < READ_ROOM:
-                buf.extend(bytes(READ_ROOM))
+                buf.extend(bytes(len(buf)))  # a busy link settles at 2 * BUFFER_HIGH
         return memoryview(buf)[self.wpos:]
 
     def buffer_updated(self, nbytes: int) -> None:

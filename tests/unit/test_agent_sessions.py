@@ -413,7 +413,7 @@ def test_the_link_reads_frames_larger_than_its_buffer_and_pauses_when_full():
     stream = agent_link._FrameStream("test")
     transport = Transport()
     stream.connection_made(transport)
-    big = os.urandom(agent_link.BUFFER_SIZE + (3 << 20))
+    big = os.urandom(5 << 20)
     wire = encode({"t": "hello", "v": 1, "pid": 1}) + encode({"t": "out", "seq": 1, "fd": 1}, big)
     wire += encode({"t": "out", "seq": 2, "fd": 2}, b"tail")
     fed = pauses = 0
