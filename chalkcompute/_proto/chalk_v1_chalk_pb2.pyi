@@ -160,7 +160,7 @@ class BatchingSpec(_message.Message):
     def __init__(self, max_batch_size: _Optional[int] = ..., max_buffer_seconds: _Optional[float] = ...) -> None: ...
 
 class FunctionSpec(_message.Message):
-    __slots__ = ("name", "image", "resources", "env", "min_replicas", "max_replicas", "suspend_cooldown_seconds", "code", "input_schema", "output_schema", "is_generator", "is_async", "options", "serialization_format", "parameter_names", "retries", "rate_limit", "rate_limit_key", "concurrency", "queue_policy", "batching", "timeout_seconds", "volumes", "secrets")
+    __slots__ = ("name", "image", "resources", "env", "min_replicas", "max_replicas", "suspend_cooldown_seconds", "code", "input_schema", "output_schema", "is_generator", "is_async", "options", "serialization_format", "parameter_names", "retries", "rate_limit", "rate_limit_key", "concurrency", "queue_policy", "batching", "timeout_seconds", "volumes", "secrets", "replica_pool", "replica_pool_size")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -199,6 +199,8 @@ class FunctionSpec(_message.Message):
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     VOLUMES_FIELD_NUMBER: _ClassVar[int]
     SECRETS_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_POOL_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_POOL_SIZE_FIELD_NUMBER: _ClassVar[int]
     name: str
     image: ImageSpec
     resources: Resources
@@ -223,7 +225,9 @@ class FunctionSpec(_message.Message):
     timeout_seconds: float
     volumes: _containers.RepeatedCompositeFieldContainer[VolumeMount]
     secrets: _containers.RepeatedCompositeFieldContainer[SecretRef]
-    def __init__(self, name: _Optional[str] = ..., image: _Optional[_Union[ImageSpec, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ..., suspend_cooldown_seconds: _Optional[float] = ..., code: _Optional[_Union[CodeBundle, _Mapping]] = ..., input_schema: _Optional[bytes] = ..., output_schema: _Optional[bytes] = ..., is_generator: _Optional[bool] = ..., is_async: _Optional[bool] = ..., options: _Optional[_Mapping[str, str]] = ..., serialization_format: _Optional[str] = ..., parameter_names: _Optional[_Iterable[str]] = ..., retries: _Optional[_Union[RetrySpec, _Mapping]] = ..., rate_limit: _Optional[_Union[RateLimitSpec, _Mapping]] = ..., rate_limit_key: _Optional[str] = ..., concurrency: _Optional[_Union[ConcurrencySpec, _Mapping]] = ..., queue_policy: _Optional[_Union[QueuePolicySpec, _Mapping]] = ..., batching: _Optional[_Union[BatchingSpec, _Mapping]] = ..., timeout_seconds: _Optional[float] = ..., volumes: _Optional[_Iterable[_Union[VolumeMount, _Mapping]]] = ..., secrets: _Optional[_Iterable[_Union[SecretRef, _Mapping]]] = ...) -> None: ...
+    replica_pool: str
+    replica_pool_size: int
+    def __init__(self, name: _Optional[str] = ..., image: _Optional[_Union[ImageSpec, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ..., suspend_cooldown_seconds: _Optional[float] = ..., code: _Optional[_Union[CodeBundle, _Mapping]] = ..., input_schema: _Optional[bytes] = ..., output_schema: _Optional[bytes] = ..., is_generator: _Optional[bool] = ..., is_async: _Optional[bool] = ..., options: _Optional[_Mapping[str, str]] = ..., serialization_format: _Optional[str] = ..., parameter_names: _Optional[_Iterable[str]] = ..., retries: _Optional[_Union[RetrySpec, _Mapping]] = ..., rate_limit: _Optional[_Union[RateLimitSpec, _Mapping]] = ..., rate_limit_key: _Optional[str] = ..., concurrency: _Optional[_Union[ConcurrencySpec, _Mapping]] = ..., queue_policy: _Optional[_Union[QueuePolicySpec, _Mapping]] = ..., batching: _Optional[_Union[BatchingSpec, _Mapping]] = ..., timeout_seconds: _Optional[float] = ..., volumes: _Optional[_Iterable[_Union[VolumeMount, _Mapping]]] = ..., secrets: _Optional[_Iterable[_Union[SecretRef, _Mapping]]] = ..., replica_pool: _Optional[str] = ..., replica_pool_size: _Optional[int] = ...) -> None: ...
 
 class FunctionVersion(_message.Message):
     __slots__ = ("id", "function_name", "version", "scaling_group_name", "spec", "created_at", "ready_replicas", "replicas", "state", "error", "latest", "error_code")
@@ -539,12 +543,14 @@ class SessionResponse(_message.Message):
     def __init__(self, events: _Optional[_Iterable[_Union[CallEvent, _Mapping]]] = ...) -> None: ...
 
 class WorkerHello(_message.Message):
-    __slots__ = ("replica_id", "token")
+    __slots__ = ("replica_id", "token", "function_id")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_ID_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     token: str
-    def __init__(self, replica_id: _Optional[str] = ..., token: _Optional[str] = ...) -> None: ...
+    function_id: str
+    def __init__(self, replica_id: _Optional[str] = ..., token: _Optional[str] = ..., function_id: _Optional[str] = ...) -> None: ...
 
 class AttemptEvent(_message.Message):
     __slots__ = ("call_id", "attempt", "chunk", "result", "error", "done", "first_index")
@@ -607,7 +613,7 @@ class ChunkCredit(_message.Message):
     def __init__(self, call_id: _Optional[str] = ..., attempt: _Optional[int] = ..., up_to: _Optional[int] = ..., bytes_up_to: _Optional[int] = ...) -> None: ...
 
 class WorkerResponse(_message.Message):
-    __slots__ = ("function", "assignments", "chunk_credits", "cancels", "drain", "heartbeat", "batches", "secret_env", "max_payload")
+    __slots__ = ("function", "assignments", "chunk_credits", "cancels", "drain", "heartbeat", "batches", "secret_env", "max_payload", "pool_function_ids")
     class SecretEnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -624,6 +630,7 @@ class WorkerResponse(_message.Message):
     BATCHES_FIELD_NUMBER: _ClassVar[int]
     SECRET_ENV_FIELD_NUMBER: _ClassVar[int]
     MAX_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    POOL_FUNCTION_IDS_FIELD_NUMBER: _ClassVar[int]
     function: FunctionVersion
     assignments: _containers.RepeatedCompositeFieldContainer[Assignment]
     chunk_credits: _containers.RepeatedCompositeFieldContainer[ChunkCredit]
@@ -633,7 +640,8 @@ class WorkerResponse(_message.Message):
     batches: _containers.RepeatedCompositeFieldContainer[AssignmentBatch]
     secret_env: _containers.ScalarMap[str, str]
     max_payload: int
-    def __init__(self, function: _Optional[_Union[FunctionVersion, _Mapping]] = ..., assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., chunk_credits: _Optional[_Iterable[_Union[ChunkCredit, _Mapping]]] = ..., cancels: _Optional[_Iterable[_Union[AttemptEvent, _Mapping]]] = ..., drain: _Optional[bool] = ..., heartbeat: _Optional[bool] = ..., batches: _Optional[_Iterable[_Union[AssignmentBatch, _Mapping]]] = ..., secret_env: _Optional[_Mapping[str, str]] = ..., max_payload: _Optional[int] = ...) -> None: ...
+    pool_function_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, function: _Optional[_Union[FunctionVersion, _Mapping]] = ..., assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., chunk_credits: _Optional[_Iterable[_Union[ChunkCredit, _Mapping]]] = ..., cancels: _Optional[_Iterable[_Union[AttemptEvent, _Mapping]]] = ..., drain: _Optional[bool] = ..., heartbeat: _Optional[bool] = ..., batches: _Optional[_Iterable[_Union[AssignmentBatch, _Mapping]]] = ..., secret_env: _Optional[_Mapping[str, str]] = ..., max_payload: _Optional[int] = ..., pool_function_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class MissingBlobsRequest(_message.Message):
     __slots__ = ("digests",)
