@@ -213,7 +213,7 @@ class Session:
         return handler
 
     def _spawn(self, out_r: int, out_w: int, err_r: int, err_w: int, in_r: int, in_w: int) -> None:
-        for fd in (out_r, err_r):
+        for fd in (out_r, err_r, in_w):
             self._enlarge(fd)
         env = dict(os.environ)
         env.update(self.env)
@@ -473,6 +473,9 @@ class Session:
         fd, self.stdin_fd = self.stdin_fd, None
         if fd is not None:
             self.loop.remove_writer(fd)
+            if fd in self.big:
+                self.big.remove(fd)
+                self.table.big_pipes -= 1
             os.close(fd)
         self.stdin_written += len(self.stdin_buf)
         self.stdin_buf = bytearray()
