@@ -12,6 +12,7 @@ the reused buffer to the local file.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 from collections.abc import Sequence
@@ -37,22 +38,61 @@ _GATHER = 1 << 18  # small messages are sent together up to this many bytes
 
 
 async def download_framed(stream: FramedStream, request: pb.ReadFileRequest,
-                           local_path: str | os.PathLike | None) -> bytes | int:
-    """ReadFile on the daemon's unix socket, read by one thread (see :mod:`chalkcompute._volume_wire`):
-    the data goes from the socket into the result, or from the reused buffer to the local file."""
+                          local_path: str | os.PathLike | None) -> bytes | int:
+    """ReadFile on the daemon's unix socket, read without asyncio's copies (see :mod:`chalkcompute._volume_wire`):
+    the data goes from the socket into the result, or from the reused buffer to the local file.
+    A file whose whole stream fits the lane's buffer is read on the loop; a larger one by a thread."""
     sock = stream.writer.transport.get_extra_info("socket")
     stream.writer.transport.pause_reading()  # from now on only the lane reads the socket
     lane = LaneSocket(sock.fileno())
     try:
+        # A few bytes into a socket nothing was written to yet: this never waits.
+        lane.send(frame(MESSAGE, request.SerializeToString()))
+        lane.shutdown_write()
+        if await _buffer_whole(lane):
+            data = _receive_file(lane, request, stream.limit, None)
+            if local_path is None:
+                return data
+            assert isinstance(data, bytes)
+            return await asyncio.to_thread(_write_local, local_path, data)
         return await run_in_thread(lambda: _receive_file(lane, request, stream.limit, local_path), lane)
     finally:
         lane.close()
 
 
+async def _buffer_whole(lane: LaneSocket) -> bool:
+    """Read the stream on the loop until its end; False (what was read stays buffered) once
+    it outgrows the lane's buffer."""
+    loop = asyncio.get_running_loop()
+    fd = lane.sock.fileno()
+    while not lane.full():
+        got = lane.fill_nowait()
+        if got == 0:
+            return True
+        if got is None:
+            ready = loop.create_future()
+            loop.add_reader(fd, _settle, ready)
+            try:
+                await ready
+            finally:
+                loop.remove_reader(fd)
+    return False
+
+
+def _settle(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)
+
+
+def _write_local(local_path: str | os.PathLike, data: bytes) -> int:
+    with open(local_path, "wb") as f:
+        f.write(data)
+    return len(data)
+
+
 def _receive_file(lane: LaneSocket, request: pb.ReadFileRequest, limit: int,
                   local_path: str | os.PathLike | None) -> bytes | int:
-    lane.send(frame(MESSAGE, request.SerializeToString()))
-    lane.shutdown_write()
+    """The chunks the daemon sends for ``request`` (already sent), into memory or ``local_path``."""
     chunks = messages(lane, pb.FileChunk, DATA_FIELD["FileChunk"], limit=limit)
     first = next(chunks, None)
     if first is None:  # only a broken daemon ends without a chunk
@@ -85,7 +125,16 @@ def _receive_file(lane: LaneSocket, request: pb.ReadFileRequest, limit: int,
 async def upload_framed(stream: FramedStream, name: str,
                          items: Sequence[tuple[str, bytes | Path | BinaryIO]]) -> pb.WriteFilesResponse:
     """WriteFiles on the daemon's unix socket, sent by one thread without copies (see
-    :mod:`chalkcompute._volume_wire`): local files go with sendfile, bytes as they are."""
+    :mod:`chalkcompute._volume_wire`): local files go with sendfile, bytes as they are.
+    A few small byte strings are framed here and written by asyncio: a thread would
+    cost more than the copy."""
+    small = [src for _, src in items if isinstance(src, bytes)]
+    if len(small) == len(items) and sum(map(len, small)) <= _GATHER:
+        frames = _Frames()
+        _send_items(frames, name, items)
+        stream.writer.write(frames.data)
+        await stream.writer.drain()
+        return await _answer(stream)
     sock = stream.writer.transport.get_extra_info("socket")
     lane = LaneSocket(sock.fileno(), buffer=0)
     try:
@@ -96,6 +145,10 @@ async def upload_framed(stream: FramedStream, name: str,
         raise
     finally:
         lane.close()
+    return await _answer(stream)
+
+
+async def _answer(stream: FramedStream) -> pb.WriteFilesResponse:
     await stream.end()
     resp = await stream.recv_message()
     if resp is None:
@@ -103,8 +156,19 @@ async def upload_framed(stream: FramedStream, name: str,
     return resp
 
 
-def _send_items(lane: LaneSocket, name: str, items: Sequence[tuple[str, bytes | Path | BinaryIO]]) -> None:
-    """Every file's frames, then the commit (in the transfer's thread). Small messages are
+class _Frames:
+    """Where :func:`_send_items` puts a small upload's frames, for asyncio to write at once."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def send(self, *buffers: bytes | bytearray | memoryview) -> None:
+        for b in buffers:
+            self.data += b
+
+
+def _send_items(lane: LaneSocket | _Frames, name: str, items: Sequence[tuple[str, bytes | Path | BinaryIO]]) -> None:
+    """Every file's frames, then the commit (in the transfer's thread, or into _Frames). Small messages are
     gathered into one write; a file's pieces are CHUNK bytes (an older daemon reads each whole)."""
     pending = bytearray()
 
@@ -125,6 +189,7 @@ def _send_items(lane: LaneSocket, name: str, items: Sequence[tuple[str, bytes | 
                                       data_len=len(piece)), piece)
                 name = ""  # the volume is named by the first message only
         elif isinstance(src, Path):
+            assert isinstance(lane, LaneSocket)  # uploads with files always go through the lane
             if pending:
                 lane.send(pending)
                 pending.clear()

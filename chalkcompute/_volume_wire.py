@@ -152,6 +152,30 @@ class LaneSocket:
             self._end += n
             return True
 
+    def fill_nowait(self) -> int | None:
+        """For a caller on an event loop: read what the socket has now, never waiting. The
+        number of bytes read, 0 at the peer's end, None when there is nothing yet."""
+        if self._start == self._end:
+            self._start = self._end = 0
+        elif self._end == len(self._buf) and self._start:
+            n = self._end - self._start
+            self._buf[:n] = self._buf[self._start:self._end]
+            self._start, self._end = 0, n
+        if self.full():
+            return None
+        try:
+            n = self.sock.recv_into(self._view[self._end:])
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as exc:
+            raise LaneClosed(f"reading from the socket failed: {exc}") from None
+        self._end += n
+        return n
+
+    def full(self) -> bool:
+        """Whether the buffer holds as many unread bytes as it can."""
+        return self._end - self._start == len(self._buf)
+
     def _need(self, n: int) -> None:
         while self._end - self._start < n:
             if not self._fill():

@@ -246,3 +246,17 @@ def test_run_in_thread_returns_and_raises_what_the_function_does(pair):
             await run_in_thread(lambda: {}["x"], lane)
 
     asyncio.run(main())
+
+
+def test_fill_nowait_never_waits_and_says_nothing_data_end_or_full(pair):
+    sender, receiver = pair  # the receiver's buffer is 4 KiB
+    assert receiver.fill_nowait() is None and not receiver.full()
+    sender.send(b"x" * 100)
+    assert receiver.fill_nowait() == 100
+    sender.send(b"y" * 5000)
+    while not receiver.full():
+        assert receiver.fill_nowait()
+    assert receiver.fill_nowait() is None  # no room: nothing read
+    assert receiver.exact(4096) == b"x" * 100 + b"y" * 3996
+    sender.shutdown_write()
+    assert receiver.fill_nowait() == 1004 and receiver.fill_nowait() == 0
