@@ -51,10 +51,13 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import importlib.util
 import logging
 import os
 import posixpath
+import py_compile
 import shutil
+import sys
 import tarfile
 import tempfile
 import time
@@ -285,8 +288,12 @@ def _docker_arch(engine: str) -> str:
     return {"x86_64": "amd64", "aarch64": "arm64"}.get(engine, engine)
 
 
+def _runtime_fields(root: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in (root / "runtime.txt").read_text().splitlines() if "=" in line)
+
+
 def _runtime(root: Path, image_id: str, agent_dir: str, *, reused: bool) -> AgentRuntime:
-    fields = dict(line.split("=", 1) for line in (root / "runtime.txt").read_text().splitlines() if "=" in line)
+    fields = _runtime_fields(root)
     return AgentRuntime(root=root, image_id=image_id, arch=fields["arch"], python_version=fields["python_version"],
                         loader=fields["loader"], libdir=fields["libdir"], python=fields["python"],
                         agent_dir=agent_dir, reused=reused)
@@ -298,6 +305,17 @@ def _write_agent(root: Path, agent_dir: str, files: dict[str, bytes]) -> None:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
             os.chmod(tmp / name, 0o644)
+        if _runtime_fields(root)["python_version"] == f"{sys.version_info.major}.{sys.version_info.minor}":
+            # The mount is read-only, so the agent could never cache its own bytecode: compile it here
+            # (the daemon's Python is the runtime's version), ~20 ms less at every agent start. Unchecked
+            # hashes: this directory never changes (an edit makes a new one).
+            for name in files:
+                if name not in ("__main__.py", "_boot.py"):  # run by path: never from a .pyc
+                    src = str(tmp / name)
+                    py_compile.compile(src, cfile=importlib.util.cache_from_source(src), doraise=True,
+                                       invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+            for p in [tmp / "__pycache__", *(tmp / "__pycache__").glob("*")]:
+                os.chmod(p, 0o755 if p.is_dir() else 0o644)
         os.chmod(tmp, 0o755)
         os.rename(tmp, root / agent_dir)
     except FileExistsError:
