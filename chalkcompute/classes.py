@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import inspect
 import os
 import types
@@ -45,7 +46,7 @@ from chalkcompute._bridge import Twin
 from chalkcompute._client import Client
 from chalkcompute._options import FunctionOptions
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
-from chalkcompute.exceptions import ChalkError, FunctionBuildError, FunctionError, NotSupportedError
+from chalkcompute.exceptions import ChalkError, FunctionBuildError, FunctionError
 from chalkcompute.functions import FunctionVersionInfo, RemoteFunction, in_worker
 
 __all__ = ["cls", "method", "before", "after", "RemoteClass", "ClassError", "ClassBuildError"]
@@ -161,6 +162,12 @@ class _MethodFunction(RemoteFunction):
         self.owner, self.method_name = owner, fn.__name__
         self.__doc__ = fn.__doc__
 
+    def _spec(self) -> tuple[pb.FunctionSpec, _code.CodeBundleData]:
+        spec, bundle = super()._spec()
+        if self.owner.shared_replicas:
+            spec.replica_pool, spec.replica_pool_size = self.owner._pool_key(), len(self.owner._methods)
+        return spec, bundle
+
     def _bundle(self) -> _code.CodeBundleData:
         # "{Python class}.{method}": a dotted name is never a def's, so the replica knows a class method.
         bundle = self.owner._class_bundle()
@@ -205,6 +212,8 @@ class RemoteClass:
         self._methods = methods
         self._bundle: _code.CodeBundleData | None = None
         self._registering: asyncio.Lock | None = None
+        self.shared_replicas = False
+        self._pool: str | None = None
 
     # -- building ---------------------------------------------------------------------------------
 
@@ -214,8 +223,12 @@ class RemoteClass:
         if not isinstance(name, str) or "." in name:
             raise ClassError(f"invalid class name {name!r}: a class name cannot contain '.' "
                              f"(its methods are named '{{class}}.{{method}}')")
+        shared = options.pop("shared_replicas", False)
+        if not isinstance(shared, bool):
+            raise TypeError(f"shared_replicas must be True or False, got {shared!r}")
         found = check_class(klass, name)
         self = cls(name, {}, user_cls=klass, target=target)
+        self.shared_replicas = shared
         for attr in found["method"]:
             fn = vars(klass).get(attr) or getattr(klass, attr)
             opts = FunctionOptions.validate(fn, name=f"{name}.{attr}", **options)
@@ -229,6 +242,16 @@ class RemoteClass:
     def _lazy(cls, name: str) -> RemoteClass:
         """A handle by name whose methods hydrate on their first call (nested calls in replicas)."""
         return cls(name, {}, lazy=True)
+
+    def _pool_key(self) -> str:
+        """With shared_replicas: the key every method's version carries, from the class's name and
+        all its methods' specs, so a changed class is a new pool and an unchanged one the same."""
+        if self._pool is None:
+            digest = hashlib.sha256()
+            for rf in self._methods.values():
+                digest.update(RemoteFunction._spec(rf)[0].SerializeToString(deterministic=True))
+            self._pool = f"{self.name}:{digest.hexdigest()[:16]}"
+        return self._pool
 
     def _class_bundle(self) -> _code.CodeBundleData:
         if self._bundle is None:
@@ -382,29 +405,21 @@ def make_remote(ref: str) -> RemoteFunction | RemoteClass:
 
 # -- the decorator -------------------------------------------------------------------------------------
 
-# Parameters of the reference this version refuses rather than ignore.
-_NOT_YET = {"shared_replicas": "serving every method from one pool of replicas is not supported yet; "
-                               "each @method has its own replicas"}
-
-
 def cls(klass: type | None = None, **kwargs: Any) -> Any:
     """Decorator that deploys a class as versioned remote functions, one per ``@method``.
 
     Bare or with the parameters of ``@chalkcompute.function`` (image, cpu, memory, gpu, name, env,
     min_replicas and max_replicas per method, volumes, secrets, serialization_format,
     suspend_cooldown_period, options, max_buffer_duration, max_batching_size, retries,
-    rate_limit_key, rate_limit, concurrency, queue_policy, timeout), applied to every method::
+    rate_limit_key, rate_limit, concurrency, queue_policy, timeout), applied to every method; and
+    ``shared_replicas=True``: every method is served by one pool of replicas (one ``@before`` per
+    replica, min/max replicas counted for the class) instead of replicas per method::
 
-        @chalkcompute.cls(cpu="2", memory="4Gi", max_replicas=2)
+        @chalkcompute.cls(cpu="2", memory="4Gi", max_replicas=2, shared_replicas=True)
         class Embedder: ...
     """
     if klass is not None and not isinstance(klass, type):
         raise TypeError(f"@chalkcompute.cls decorates a class, got {klass!r}")
-    for key, why in _NOT_YET.items():
-        if kwargs.get(key):
-            raise NotSupportedError(f"@chalkcompute.cls({key}=...): {why}")
-        kwargs.pop(key, None)
-
     def wrap(k: type) -> Any:
         if not isinstance(k, type):
             raise TypeError(f"@chalkcompute.cls decorates a class, got {k!r}")

@@ -102,10 +102,16 @@ class FunctionSpec:
     policies: Policies = field(default_factory=Policies)
     volumes: tuple[VolumeMount, ...] = ()
     secrets: tuple[SecretRef, ...] = ()
+    # A class with shared_replicas: versions with the same pool share replicas (see chalk.proto).
+    replica_pool: str = ""
+    replica_pool_size: int = 0
 
     @property
     def kind(self) -> str:
-        """What the worker runs: "generator", "async" or "sync" (it picks its link before loading code)."""
+        """What the worker runs: "generator", "async" or "sync" (it picks its link before loading code);
+        "pooled" for a replica serving a class's methods (several streams, never the one-stream sync link)."""
+        if self.replica_pool:
+            return "pooled"
         return "generator" if self.is_generator else "async" if self.is_async else "sync"
 
 

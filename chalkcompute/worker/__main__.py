@@ -98,6 +98,9 @@ def main() -> int:
         blocking.close()
         os._exit(0)
     runner = Runner(fn, codec, link, capacity=capacity, batched=batched, canceller=canceller)
+    # A class with shared_replicas: this replica serves its other methods too, a stream each.
+    others = replica.pool_runners(link.pool_function_ids, target=target, replica_id=replica_id, token=token,
+                                  canceller=canceller) if replica is not None and link.pool_function_ids else []
 
     loop_factory = None
     try:
@@ -108,10 +111,23 @@ def main() -> int:
 
     async def serve() -> str:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, lambda: runner._stop("SIGTERM"))
-        return await runner.run()
+        everyone = [runner, *others]
+        # A runner not started yet has nothing to stop (it has no stop event before run()).
+        loop.add_signal_handler(signal.SIGTERM, lambda: [r._stop("SIGTERM") for r in everyone
+                                                         if hasattr(r, "stopped")])
+        if not others:
+            return await runner.run()
+        # Pooled: when one stream ends (drain, SIGTERM, the daemon lost), the replica stops serving all.
+        tasks = [loop.create_task(r.run()) for r in everyone]
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        reason = next(iter(done)).result()
+        for r in everyone:
+            if hasattr(r, "stopped"):
+                r._stop(reason)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return reason
 
-    if runner.plain_sync:
+    if runner.plain_sync and not others:
         signal.signal(signal.SIGTERM, lambda *_: link.on_lost("SIGTERM"))
         reason = runner.run_sync_handlers()
     else:
@@ -121,6 +137,8 @@ def main() -> int:
         replica.stop()
     if reason.startswith("lost the daemon"):
         exit_after_grace(reason)
+    for other in others:
+        other.link.close()
     link.close()
     os._exit(0)
 

@@ -4,7 +4,7 @@ The worker serves one method of a ``@chalkcompute.cls`` class (its bundle's func
 is ``"{Class}.{method}"``). Before it grants the daemon any credit (so before the daemon
 counts it ready, and before any call reaches it)::
 
-    replica = ClassReplica.load(bundle, dest, make_remote=make_remote)
+    replica = ClassReplica.load(bundle, dest, served="Embedder", make_remote=make_remote)
     handler = replica.start()      # Class(), then @before; a failure ends the process (exit 3)
     ... serve handler ...
     replica.stop()                 # @after, once, at most AFTER_LIMIT_SECONDS
@@ -87,6 +87,26 @@ class ClassReplica:
             sys.stdout.flush()
             os._exit(BEFORE_FAILED_EXIT)
         return getattr(self.instance, self.method)
+
+    def pool_runners(self, function_ids: list[str], *, target: str, replica_id: str, token: str,
+                     canceller: Any) -> list[Any]:
+        """A pooled replica (``shared_replicas=True``): a link and a runner for each other method
+        of the class, on the instance ``start()`` built, so one @before serves them all."""
+        from chalkcompute._serialization import FunctionCodec
+        from chalkcompute.worker.link import DaemonLink
+        from chalkcompute.worker.runner import Runner
+
+        runners = []
+        for function_id in function_ids:
+            link = DaemonLink(target, replica_id, token, function_id=function_id)
+            version = link.connect()
+            method = version.spec.code.function_name.partition(".")[2]
+            fn = getattr(self.instance, method)
+            batched = version.spec.batching.max_batch_size > 0
+            runners.append(Runner(fn, FunctionCodec.for_function(fn, batched=batched), link,
+                                  capacity=max(1, version.spec.concurrency.max_concurrent), batched=batched,
+                                  canceller=canceller))
+        return runners
 
     @property
     def stopping(self) -> bool:

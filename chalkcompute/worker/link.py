@@ -117,11 +117,15 @@ def _wake(fut: asyncio.Future) -> None:
 
 
 class DaemonLink:
-    def __init__(self, target: str, replica_id: str, token: str) -> None:
+    def __init__(self, target: str, replica_id: str, token: str, function_id: str = "") -> None:
         self.host, self.port, self.path = parse_target(target)
         self.target = target
         self.replica_id = replica_id
         self.token = token
+        # "" for the version the replica was started for; a pooled replica (a class with
+        # shared_replicas) opens a link per other version it serves, named here.
+        self.function_id = function_id
+        self.pool_function_ids: list[str] = []  # from the daemon's first answer: the pool's other versions
         self.loop = new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="chalk-worker-link", daemon=True)
         # Until the runner installs its handlers, work (Assignment, AssignmentBatch)
@@ -244,11 +248,12 @@ class DaemonLink:
         if self.stream is None:
             self.stream = await WorkerStub(self.channel).Connect.open().__aenter__()
         await self.stream.send_message(pb.WorkerRequest(hello=pb.WorkerHello(
-            replica_id=self.replica_id, token=self.token)))
+            replica_id=self.replica_id, token=self.token, function_id=self.function_id)))
         first = await self.stream.recv_message()
         if first is None:
             raise ConnectionError("the daemon closed the worker stream before naming a function")
         set_max_payload(first.max_payload)  # results, chunks and nested calls' arguments
+        self.pool_function_ids = list(first.pool_function_ids)
         self.loop.create_task(self._run())
         # Secrets: set before the function's module is imported, never written anywhere.
         os.environ.update(first.secret_env)

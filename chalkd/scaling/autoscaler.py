@@ -66,6 +66,14 @@ class Replica:
     last_seen: float = field(default_factory=time.monotonic)
     stop_reason: str = ""
     gpu_uuids: tuple[str, ...] = ()
+    # A class with shared_replicas: the pool's key and every version this replica serves
+    # (``function`` is the first of them, the one it was started for); empty for a plain replica.
+    pool_key: str = ""
+    pool: tuple[FunctionVersion, ...] = ()
+
+    @property
+    def serves(self) -> tuple[FunctionVersion, ...]:
+        return self.pool or (self.function,)
 
 
 class ReplicaUnknown(Unauthenticated):  # UNAUTHENTICATED by the error table (chalkd.services.errors)
@@ -141,10 +149,11 @@ class Autoscaler:
             except asyncio.CancelledError:
                 pass
         for r in self.replicas.values():
-            self.queue.worker_draining(r.id, r.function.id)
+            for fv in r.serves:
+                self.queue.worker_draining(r.id, fv.id)
         deadline = time.monotonic() + self.drain_timeout
         while time.monotonic() < deadline and any(
-            self.queue.inflight_count(r.function.id, r.id) for r in self.replicas.values()
+            self.queue.inflight_count(fv.id, r.id) for r in self.replicas.values() for fv in r.serves
         ):
             await asyncio.sleep(0.05)
         for r in list(self.replicas.values()):
@@ -197,7 +206,7 @@ class Autoscaler:
                     raise ReplicaStartError(fv.failed)
                 if fv.deleted:
                     raise ReplicaStartError(f"function {fv.name!r} version {fv.version} was deleted")
-                if any(r.function is fv and r.state == "ready" for r in self.replicas.values()):
+                if any(r.state == "ready" and fv in r.serves for r in self.replicas.values()):
                     return
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -211,14 +220,14 @@ class Autoscaler:
                     pass
 
     def counts(self, fv: FunctionVersion) -> tuple[int, int]:
-        mine = [r for r in self.replicas.values() if r.function is fv and r.state != "stopped"]
+        mine = [r for r in self.replicas.values() if r.state != "stopped" and fv in r.serves]
         return sum(r.state == "ready" for r in mine), len(mine)
 
     def function_deleted(self, fv: FunctionVersion) -> None:
         self.queue.fail_waiting(fv.id, CallError.platform(
             ErrorCode.NOT_FOUND, f"function {fv.name!r} version {fv.version} was deleted"))
         for r in list(self.replicas.values()):
-            if r.function is fv:
+            if fv in r.serves:
                 self._stop(r, "function deleted")
         self._notify_changed()
 
@@ -244,17 +253,28 @@ class Autoscaler:
                 r.stop_reason = f"no heartbeat for {self.heartbeat_timeout:g}s"
                 if r.handle is not None:
                     r.handle.kill()
+        pools = self._pools()
         for fv in list(self.catalog.by_id.values()):
             if fv.deleted or fv.failed:
                 continue
-            mine = [r for r in self.replicas.values() if r.function is fv and r.state in ("starting", "ready")]
+            key = fv.spec.replica_pool
+            members: tuple[FunctionVersion, ...] = (fv,)
+            if key:
+                # A pool is scaled once, as its first live member; not before all its members registered.
+                everyone = pools.get(key, [])
+                members = tuple(m for m in everyone if not (m.deleted or m.failed))
+                if members[0] is not fv or len(everyone) < fv.spec.replica_pool_size:
+                    continue
+                mine = [r for r in self.replicas.values() if r.pool_key == key and r.state in ("starting", "ready")]
+            else:
+                mine = [r for r in self.replicas.values() if r.function is fv and r.state in ("starting", "ready")]
             for r in mine:
-                if self.queue.inflight_count(fv.id, r.id):
+                if any(self.queue.inflight_count(m.id, r.id) for m in members):
                     r.last_busy = now
             floor = fv.min_replicas if fv.latest else 0
-            if self._warm_until.get(fv.id, 0) > now:
+            if any(self._warm_until.get(m.id, 0) > now for m in members):
                 floor = max(floor, 1)
-            demand = self.queue.waiting(fv.id) + self.queue.inflight(fv.id)
+            demand = sum(self.queue.waiting(m.id) + self.queue.inflight(m.id) for m in members)
             # A replica takes max_concurrent inputs at once (batches of batch_size each).
             per_replica = fv.policies.max_concurrent * max(1, fv.policies.batch_size)
             desired = min(fv.max_replicas, max(floor, -(-demand // per_replica)))
@@ -269,12 +289,14 @@ class Autoscaler:
                     devices = self.gpus.allocate(replica_id, GpuRequest.parse(fv.gpu))
                     if devices is None:  # enough matching GPUs exist, but others hold them now
                         break
-                mine.append(self._launch(fv, replica_id, tuple(d.uuid for d in devices)))
+                mine.append(self._launch(fv, replica_id, tuple(d.uuid for d in devices),
+                                         pool=members if key else ()))
                 used_cpu += fv.cpu_millis
                 used_mem += fv.memory_bytes
             # Scale down idle replicas above the floor once the cooldown has passed.
             idle = sorted(
-                (r for r in mine if r.state == "ready" and not self.queue.inflight_count(fv.id, r.id)
+                (r for r in mine if r.state == "ready" and not any(self.queue.inflight_count(m.id, r.id)
+                                                                   for m in members)
                  and now - r.last_busy >= fv.cooldown),
                 key=lambda r: r.last_busy,
             )
@@ -298,9 +320,20 @@ class Autoscaler:
                 return f": it needs {fv.gpu} and the matching GPUs are held by replicas of {', '.join(held)}"
         return ""
 
-    def _launch(self, fv: FunctionVersion, replica_id: str | None = None, gpu_uuids: tuple[str, ...] = ()) -> Replica:
+    def _pools(self) -> dict[str, list[FunctionVersion]]:
+        """Pool key -> its versions by name (deleted and failed ones too: they count as registered)."""
+        pools: dict[str, list[FunctionVersion]] = {}
+        for v in self.catalog.by_id.values():
+            if v.spec.replica_pool:
+                pools.setdefault(v.spec.replica_pool, []).append(v)
+        for members in pools.values():
+            members.sort(key=lambda v: v.name)
+        return pools
+
+    def _launch(self, fv: FunctionVersion, replica_id: str | None = None, gpu_uuids: tuple[str, ...] = (),
+                pool: tuple[FunctionVersion, ...] = ()) -> Replica:
         replica = Replica(id=replica_id or new_id("r"), token=secrets.token_urlsafe(24), function=fv,
-                          gpu_uuids=gpu_uuids)
+                          gpu_uuids=gpu_uuids, pool_key=fv.spec.replica_pool if pool else "", pool=pool)
         self.replicas[replica.id] = replica
         task = asyncio.get_running_loop().create_task(self._run_replica(replica), name=f"replica-{replica.id}")
         self._watchers.add(task)
@@ -328,13 +361,16 @@ class Autoscaler:
                 spec=fv.spec, cpu_millis=fv.cpu_millis, memory_bytes=fv.memory_bytes, gpu_uuids=replica.gpu_uuids,
             ))
         except ReplicaStartError as exc:
-            self._function_failed(fv, str(exc), ErrorCode.BUILD_FAILED if exc.build_failed else ErrorCode.UNSCHEDULABLE)
+            for member in replica.serves:
+                self._function_failed(member, str(exc),
+                                      ErrorCode.BUILD_FAILED if exc.build_failed else ErrorCode.UNSCHEDULABLE)
             replica.state = "stopped"
             self.replicas.pop(replica.id, None)
             return
         except Exception as exc:
             log.exception("starting a replica of %s failed", fv.name)
-            self._function_failed(fv, f"starting a replica failed: {exc}", ErrorCode.INTERNAL)
+            for member in replica.serves:
+                self._function_failed(member, f"starting a replica failed: {exc}", ErrorCode.INTERNAL)
             replica.state = "stopped"
             self.replicas.pop(replica.id, None)
             return
@@ -347,7 +383,8 @@ class Autoscaler:
             # The runtime's own reason (e.g. out of memory) says more than ours, which for a
             # killed worker is only that its connection closed.
             exit = ReplicaExit(exit.code, exit.signal, replica.stop_reason)
-        self.queue.worker_lost(fv.id, replica.id, exit)
+        for member in replica.serves:
+            self.queue.worker_lost(member.id, replica.id, exit)
         if not was_ready and not stopping and not self._closing:
             count = self._startup_failures.get(fv.id, 0) + 1
             self._startup_failures[fv.id] = count
@@ -356,9 +393,10 @@ class Autoscaler:
             tail = replica.handle.log_tail()
             log.warning("replica %s of %s exited before it was ready (%s)", replica.id, fv.name, exit.describe())
             if count >= STARTUP_FAILURES_BEFORE_GIVING_UP:
-                self._function_failed(
-                    fv, f"replicas of {fv.name!r} exit before they are ready ({exit.describe()}); "
-                    f"last output:\n{tail}", ErrorCode.UNSCHEDULABLE)
+                for member in replica.serves:
+                    self._function_failed(
+                        member, f"replicas of {fv.name!r} exit before they are ready ({exit.describe()}); "
+                        f"last output:\n{tail}", ErrorCode.UNSCHEDULABLE)
         elif not stopping and not self._closing:
             log.warning("replica %s of %s was lost (%s)", replica.id, fv.name, exit.describe())
         self._notify_changed()
@@ -376,7 +414,8 @@ class Autoscaler:
         log.info("stopping replica %s of %s: %s", replica.id, replica.function.name, reason)
         replica.state = "stopping"
         replica.stop_reason = reason
-        self.queue.worker_draining(replica.id, replica.function.id)
+        for member in replica.serves:
+            self.queue.worker_draining(replica.id, member.id)
         if replica.handle is not None:
             replica.handle.terminate()
 

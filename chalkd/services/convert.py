@@ -96,6 +96,7 @@ def decode_function(spec: pb.FunctionSpec) -> FunctionSpec:
         env=dict(spec.env), min_replicas=spec.min_replicas, max_replicas=spec.max_replicas,
         cooldown=spec.suspend_cooldown_seconds, is_generator=spec.is_generator, is_async=spec.is_async,
         policies=_policies(spec), volumes=decode_mounts(spec.volumes), secrets=decode_secrets(spec.secrets),
+        replica_pool=spec.replica_pool, replica_pool_size=spec.replica_pool_size,
     )
 
 

@@ -358,9 +358,18 @@ class WorkerService(WorkerBase):
                                           f"worker stream of replica {quote(first.hello.replica_id)}")
         replica = self.scaler.connect(first.hello.replica_id, first.hello.token)  # ReplicaUnknown: UNAUTHENTICATED
         fv = replica.function
+        pool_ids: list[str] = []
+        if first.hello.function_id and first.hello.function_id != fv.id:
+            # A pooled replica (a class with shared_replicas) opens one stream per version it serves.
+            fv = next((m for m in replica.pool if m.id == first.hello.function_id), None)
+            if fv is None:
+                raise errors.PermissionDenied(f"replica {quote(replica.id)} does not serve function version "
+                                              f"{quote(first.hello.function_id)}")
+        elif replica.pool:
+            pool_ids = [m.id for m in replica.pool if m is not fv]
         conn = WorkerConnection(stream, replica.id, fv.id)
         await stream.send_message(pb.WorkerResponse(function=version_to_pb(fv), secret_env=self._secret_env(fv),
-                                                    max_payload=self.max_payload))
+                                                    max_payload=self.max_payload, pool_function_ids=pool_ids))
         sender = asyncio.get_running_loop().create_task(conn.out.run())
         self.queue.worker_connected(conn)
         q = self.queue
@@ -393,4 +402,5 @@ class WorkerService(WorkerBase):
             except (asyncio.CancelledError, Exception):
                 pass
             self.scaler.replica_disconnected(replica)
-            self.on_replica_gone(replica.id)
+            if fv is replica.function:  # a pooled replica's other streams end with it
+                self.on_replica_gone(replica.id)

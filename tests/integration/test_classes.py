@@ -106,6 +106,20 @@ def test_embedder_example(daemon, tmp_path):
     assert again.methods["embed"].info.id == infos["embed"].id
 
 
+def test_shared_replicas_serve_every_method_after_one_before(daemon, tmp_path):
+    Emb = deploy("EmbShared", tmp_path, shared_replicas=True)
+    e = Emb()
+    assert e.embed("hello world") == StandInModel().encode("hello world")
+    assert e.embed_batch(["a", "b"]) == StandInModel().encode(["a", "b"])
+    assert list(e.words("ab cd")) == [[*StandInModel().encode(w), 1.0] for w in ("ab", "cd")]
+    assert len(lines(tmp_path / "before")) == 1  # one replica (max_replicas=1 for the class) for all methods
+    infos = Emb.refresh()
+    assert {i.function_name for i in infos.values()} == {"EmbShared.embed", "EmbShared.embed_batch",
+                                                         "EmbShared.words"}
+    Emb.delete()
+    wait_for(lambda: lines(tmp_path / "after") == lines(tmp_path / "before"), what="@after in the one replica")
+
+
 def test_after_runs_on_delete(daemon, tmp_path):
     Emb = deploy("EmbDeleted", tmp_path)
     assert Emb().embed("x") == StandInModel().encode("x")
@@ -203,8 +217,8 @@ def test_class_errors():
 
 
 def test_parameters_work_or_say_they_do_not():
-    with pytest.raises(chalkcompute.NotSupportedError, match="shared_replicas"):
-        chalkcompute.cls(shared_replicas=True)
+    with pytest.raises(TypeError, match="shared_replicas must be True or False"):
+        chalkcompute.cls(shared_replicas="yes")(Embedder)
     with pytest.raises(ValueError, match="serialization_format must be 'pyarrow'"):
         chalkcompute.cls(serialization_format="json")(Embedder)
     with pytest.raises(TypeError, match="cls"):
