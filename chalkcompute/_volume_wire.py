@@ -309,10 +309,17 @@ class LaneSocket:
                 if self._send_buf is None:
                     self._send_buf = bytearray(BUFFER)
                 buf = self._send_buf
-                with memoryview(buf) as view:
-                    n = os.preadv(fd, [view[:min(len(buf), count - done)]], offset + done)
+                want = min(len(buf), count - done)
+                if hasattr(os, "preadv"):
+                    with memoryview(buf) as view:
+                        n = os.preadv(fd, [view[:want]], offset + done)
+                        if n:
+                            self.send(view[:n])
+                else:  # macOS has pread only
+                    data = os.pread(fd, want, offset + done)
+                    n = len(data)
                     if n:
-                        self.send(view[:n])
+                        self.send(data)
             if n == 0:
                 return done
             done += n
