@@ -36,6 +36,7 @@ import dataclasses
 import hashlib
 import inspect
 import os
+import sys
 import types
 from collections.abc import Callable
 from typing import Any
@@ -46,7 +47,7 @@ from chalkcompute._bridge import Twin
 from chalkcompute._client import Client
 from chalkcompute._options import FunctionOptions
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
-from chalkcompute.exceptions import ChalkError, FunctionBuildError, FunctionError
+from chalkcompute.exceptions import ChalkError, FunctionBuildError, FunctionError, FunctionTimeoutError
 from chalkcompute.functions import FunctionVersionInfo, RemoteFunction, in_worker
 
 __all__ = ["cls", "method", "before", "after", "RemoteClass", "ClassError", "ClassBuildError"]
@@ -214,6 +215,7 @@ class RemoteClass:
         self._registering: asyncio.Lock | None = None
         self.shared_replicas = False
         self._pool: str | None = None
+        self._source_file = getattr(sys.modules.get(getattr(user_cls, "__module__", "")), "__file__", None)
 
     # -- building ---------------------------------------------------------------------------------
 
@@ -256,7 +258,17 @@ class RemoteClass:
     def _class_bundle(self) -> _code.CodeBundleData:
         if self._bundle is None:
             assert self._user_cls is not None
-            self._bundle = _code.build_bundle(self._user_cls, remote_name=_functions._remote_name)
+            # A script's __main__ loses __file__ once the script ends, and a class's source is found
+            # through its module's file: registering at exit puts the file seen at decoration back.
+            module = sys.modules.get(self._user_cls.__module__)
+            restore = module is not None and self._source_file and not getattr(module, "__file__", None)
+            if restore:
+                module.__file__ = self._source_file  # type: ignore[union-attr]
+            try:
+                self._bundle = _code.build_bundle(self._user_cls, remote_name=_functions._remote_name)
+            finally:
+                if restore:
+                    del module.__file__  # type: ignore[union-attr]
         return self._bundle
 
     @property
@@ -319,6 +331,10 @@ class RemoteClass:
                 raise
             except FunctionError as exc:
                 if isinstance(exc, TimeoutError):
+                    if not self.shared_replicas and "matching GPUs are held by replicas of" in str(exc):
+                        raise FunctionTimeoutError(
+                            f"{exc} (each method of class {self.name!r} has replicas of its own, each holding "
+                            f"its GPUs: with shared_replicas=True one replica serves every method)") from exc
                     raise
                 raise self._class_error(attr, exc) from exc
 

@@ -538,4 +538,14 @@ def _register_pending() -> None:
             print(f"chalkcompute: could not register {rf.name!r}: {exc}", file=sys.stderr)
 
 
-atexit.register(_register_pending)
+# Run when the main script ends but before threads are joined and executors refuse work (threading's
+# own exit hooks): by atexit time the SDK's loop can no longer use the executors and the import of
+# concurrent.futures.thread (which registers such a hook) fails with "can't register atexit after
+# shutdown". Imported now for the same reason.
+import concurrent.futures.thread  # noqa: E402,F401
+
+_exit_hook = getattr(threading, "_register_atexit", None)
+if _exit_hook is not None:  # CPython
+    _exit_hook(_register_pending)
+else:
+    atexit.register(_register_pending)

@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 import chalkcompute
-from chalkcompute import ClassError, Image, VolumeClient
+from chalkcompute import ClassBuildError, ClassError, Image, VolumeClient
 from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.usefixtures("on_docker"), pytest.mark.timeout(600)]
@@ -74,3 +74,27 @@ def test_failing_before_in_a_container_fails_the_class():
     Bad = chalkcompute.cls(name="DockerFailing", image=Image.debian_slim(), min_replicas=0)(Failing)
     with pytest.raises(ClassError, match="@before Failing.load failed: RuntimeError: no model in this image"):
         Bad.deploy(ready_timeout=240)
+
+
+def test_shared_replicas_serve_both_methods_from_one_container():
+    volume = f"cls-shared-{uuid.uuid4().hex[:8]}"
+    Tag = chalkcompute.cls(name="DockerSharedTagger", image=Image.debian_slim(), volumes=[(volume, "/hooks")],
+                           min_replicas=1, max_replicas=1, shared_replicas=True)(Tagger)
+    Tag.deploy()
+    t = Tag()
+    host = t.tag("a").split("@")[1].split("#")[0]
+    assert [s.split("@")[1] for s in t.tag_all(["x", "y"])] == [f"{host}#2", f"{host}#3"]  # one instance
+    vol = VolumeClient().lookup(volume)
+    assert _names(vol, "before-") == {host}
+    Tag.delete()
+    wait_for(lambda: _names(vol, "after-") == {host}, timeout=60, what="@after in the shared container")
+    assert vol.get(f"after-{host}") == b"3"
+
+
+def test_failing_image_build_raises_class_build_error_with_its_step():
+    bad = Image.debian_slim().run_commands("echo class image about to fail && exit 4")
+    Bad = chalkcompute.cls(name="DockerBadBuild", image=bad, min_replicas=0)(Tagger)
+    with pytest.raises(ClassBuildError) as info:
+        Bad.deploy()
+    message = str(info.value)
+    assert "'DockerBadBuild'" in message and "exit 4" in message and "class image about to fail" in message

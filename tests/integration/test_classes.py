@@ -151,6 +151,36 @@ def test_after_runs_on_daemon_sigterm(fresh_daemon, tmp_path):
     assert set(lines(tmp_path / "after")) == replicas
 
 
+SCRIPT = """
+import chalkcompute
+
+@chalkcompute.cls(min_replicas=0, name="AtExitGreeter")
+class Greeter:
+    @chalkcompute.method()
+    def greet(self, who: str) -> str:
+        return "hello " + who
+
+
+@chalkcompute.function(min_replicas=0)
+def at_exit_double(x: int) -> int:
+    return 2 * x
+
+print("defined")
+"""
+
+
+def test_a_script_registers_its_class_and_function_when_it_exits(daemon, tmp_path):
+    script = tmp_path / "greeter.py"
+    script.write_text(SCRIPT)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                         env={**os.environ, "CHALK_COMPUTE_TARGET": daemon.target, "CHALK_REGISTER_AT_EXIT": "1"})
+    assert out.returncode == 0 and out.stdout.strip() == "defined", out.stderr
+    greeter = RemoteClass.from_name("AtExitGreeter")
+    assert sorted(greeter.methods) == ["greet"]
+    assert greeter().greet("you") == "hello you"
+    assert RemoteFunction.from_name("at_exit_double")(21) == 42  # functions too (they failed at exit alike)
+
+
 def test_from_name_of_a_missing_class_names_it(daemon):
     with pytest.raises(ClassError, match="'NoSuchClass'"):
         RemoteClass.from_name("NoSuchClass")
