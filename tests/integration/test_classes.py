@@ -288,6 +288,32 @@ def test_failing_before_fails_the_method_after_backoff(daemon, tmp_path):
     assert "Broken.run" in out.stdout and "model weights missing" in out.stdout
 
 
+class BrokenPair:
+    @chalkcompute.before()
+    def load(self):
+        _note("before")
+        raise KeyError("weights")
+
+    @chalkcompute.method()
+    def one(self) -> int:
+        return 1
+
+    @chalkcompute.method()
+    def two(self) -> int:
+        return 2
+
+
+def test_failing_before_with_shared_replicas_fails_every_method(daemon, tmp_path):
+    Broken = chalkcompute.cls(name="BrokenPair", env={"HOOK_DIR": str(tmp_path)}, min_replicas=0,
+                              shared_replicas=True)(BrokenPair)
+    with pytest.raises(ClassError, match="@before BrokenPair.load failed: KeyError: 'weights'"):
+        Broken.wait_ready(timeout=60)
+    assert len(lines(tmp_path / "before")) == 5  # one pool: five starts in all, not five per method
+    assert {i.function_name for i in Broken.refresh().values()} == {"BrokenPair.one", "BrokenPair.two"}
+    with pytest.raises(ChalkError, match="weights"):
+        Broken().two()
+
+
 class Caller:
     @chalkcompute.method()
     def relay(self, text: str) -> list[float]:
