@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.stats import emit, summary  # noqa: E402
 from tests.conftest import Daemon  # noqa: E402  (the same daemon harness the tests use)
+from tests.docker.conftest import remove_home_containers  # noqa: E402
 
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
 
@@ -129,10 +129,7 @@ def main() -> None:
                 list(pool.map(lambda s: s.terminate(0), [*many, sb]))
         finally:
             daemon.stop()
-            ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=dev.chalkd.home={home.resolve()}"],
-                                 capture_output=True, text=True).stdout.split()
-            if ids:
-                subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
+            remove_home_containers(home)
     emit(results, out=args.out)
 
 

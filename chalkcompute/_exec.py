@@ -189,6 +189,7 @@ class ExecProcess:
                 raise
             except GRPCError as exc:
                 if exc.status is not Status.UNAVAILABLE:
+                    await self._close_stream()  # the daemon ended it: nothing more comes on it
                     self._events.put(_as_error(exc))
                     return
                 failure: BaseException = exc
@@ -196,14 +197,17 @@ class ExecProcess:
                 failure = exc
             except Exception as exc:  # a bug: never leave a reader hanging
                 log.exception("exec %s: reading its events failed", self.session_id)
+                await self._close_stream()
                 self._events.put(ExecError("INTERNAL", str(exc)))
                 return
             if self._closed:
+                await self._close_stream()
                 return
             log.info("exec %s: stream broke (%s); reattaching after event %d", self.session_id, failure,
                      self._received)
             err = await self._reattach()
             if err is not None:
+                await self._close_stream()
                 self._events.put(err)
                 return
 
@@ -422,6 +426,11 @@ class ExecProcess:
         self._closed = True
         if self._reader is not None:
             self._reader.cancel()
+        if self._exit is not None and self._acked < self._exit.seq and self._stream is not None:
+            # Its exit was read: ack it first, so the agent forgets the session now, not after retention.
+            self._acked = self._exit.seq
+            with contextlib.suppress(Exception):
+                await self._send(pb.SandboxExecRequest(ack=self._exit.seq))
         await self._close_stream()
 
     def close(self) -> None:

@@ -426,15 +426,18 @@ class Sandbox:
                           workdir: str | None = None, env: Mapping[str, str] | None = None) -> Iterator[ExecEvent]:
         proc = self.exec_start(command, *args, timeout_secs=timeout_secs, workdir=workdir, env=env)
         proc.close_stdin()
-        return iter(proc)
+        return _closing(proc)
 
     async def _exec_stream_async(self, command: str, *args: str, timeout_secs: float | None = None,
                                  workdir: str | None = None,
                                  env: Mapping[str, str] | None = None) -> AsyncIterator[ExecEvent]:
         proc = await self.exec_start.aio(command, *args, timeout_secs=timeout_secs, workdir=workdir, env=env)
         await proc.close_stdin.aio()
-        async for event in proc:
-            yield event
+        try:
+            async for event in proc:
+                yield event
+        finally:
+            await proc.aclose()  # left early: detach (the command runs on; exec_attach finds it)
 
     #: Execute a command and stream its ExecEvents as they arrive (stdout and stderr kept apart).
     exec_stream = Twin.pair("exec_stream", _exec_stream_sync, _exec_stream_async)
@@ -454,6 +457,14 @@ class Sandbox:
     def __repr__(self) -> str:
         status = self._info.status if self._info else "?"
         return f"Sandbox(id={self.id!r}, status={status!r})"
+
+
+def _closing(proc: ExecProcess) -> Iterator[ExecEvent]:
+    """``proc``'s events; a loop that leaves early detaches it (the command runs on; exec_attach finds it)."""
+    try:
+        yield from proc
+    finally:
+        proc.close()
 
 
 def _raise_for_status(info: SandboxInfo) -> None:

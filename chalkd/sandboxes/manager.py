@@ -529,7 +529,18 @@ class SandboxManager:
             task.cancel()
         if self._disk_task is not None:
             self._disk_task.cancel()
+        if not any(r.live for r in self.by_id.values()):
+            await self._remove_network()  # the engine has a few dozen address pools: give ours back
         await self.table.flush()
+
+    async def _remove_network(self) -> None:
+        """Remove this home's sandbox network(s) once no sandbox uses them (made again on demand)."""
+        with contextlib.suppress(DockerError):
+            for net in await self.docker.networks.list(
+                    filters={"label": [f"{LABEL_HOME}={home_label(self.home)}", f"{LABEL_KIND}={KIND}"]}):
+                with contextlib.suppress(DockerError):  # still used (a sandbox the engine runs): kept
+                    await (await self.docker.networks.get(net["Id"])).delete()
+        self._network = None
 
 
 class _StartFailed(RuntimeError):

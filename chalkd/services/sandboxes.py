@@ -27,6 +27,9 @@ import logging
 from collections.abc import AsyncIterator
 from secrets import token_hex
 
+from grpclib import GRPCError
+from grpclib.const import Status
+
 from chalkcompute._contract import MAX_PATH_BYTES, path_too_long, quote
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import SandboxesBase
@@ -38,6 +41,7 @@ from chalkd.sandboxes.agent_link import (
     SessionExists,
     SessionGone,
     SessionNotFound,
+    SessionTakenOver,
     TooManySessions,
     fs_list,
     fs_read_open,
@@ -215,6 +219,10 @@ class SandboxesService(SandboxesBase):
         while True:
             try:
                 events = await link.next_events()
+            except SessionTakenOver:
+                # Not UNAVAILABLE: that would send this caller to reattach and take it back, and so on.
+                raise GRPCError(Status.ABORTED, f"exec session {link.session} was taken over by another attach "
+                                "(Sandbox.exec_attach)") from None
             except AgentUnavailableError as exc:
                 raise self._agent_gone(rec, exc) from None
             if not events:

@@ -66,10 +66,21 @@ def docker_daemon(docker_engine, tmp_path_factory):
     yield d
     d.stop()
     # Sandboxes outlive their daemon by design: a test that failed before terminating one leaves it.
-    ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=dev.chalkd.home={d.home.resolve()}"],
-                         capture_output=True, text=True).stdout.split()
+    remove_home_containers(d.home)
+
+
+def remove_home_containers(home) -> None:
+    """Force-remove every container and network of this daemon home (sandboxes outlive their daemon)."""
+    from pathlib import Path
+
+    label = f"label=dev.chalkd.home={Path(home).resolve()}"
+    ids = subprocess.run(["docker", "ps", "-aq", "--filter", label], capture_output=True, text=True).stdout.split()
     if ids:
         subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
+    nets = subprocess.run(["docker", "network", "ls", "-q", "--filter", label], capture_output=True,
+                          text=True).stdout.split()
+    if nets:
+        subprocess.run(["docker", "network", "rm", *nets], capture_output=True)
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import pytest
 from chalkcompute import Container, ContainerError, Image, Secret
 from chalkd.services.fastpath import run_dir
 from tests.conftest import Daemon
+from tests.docker.conftest import remove_home_containers
 
 pytestmark = [pytest.mark.usefixtures("docker_engine"), pytest.mark.timeout(600)]
 
@@ -30,13 +31,6 @@ def _existing(container_id: str) -> list[str]:
     out = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=dev.chalkd.container={container_id}"],
                          capture_output=True, text=True, check=True)
     return out.stdout.split()
-
-
-def _remove_home_containers(home) -> None:
-    ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=dev.chalkd.home={home.resolve()}"],
-                         capture_output=True, text=True).stdout.split()
-    if ids:
-        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
 
 
 def _owned_secret_names(home, owner: str) -> list[str]:
@@ -87,7 +81,7 @@ def test_kill9_and_sigterm_restarts_keep_containers(tmp_path, monkeypatch):
         assert Container.from_id(c.id).info.status == "Stopped"
     finally:
         d.stop()
-        _remove_home_containers(home)
+        remove_home_containers(home)
 
 
 def test_a_labelled_container_without_a_record_is_removed(tmp_path, monkeypatch):
@@ -111,7 +105,7 @@ def test_a_labelled_container_without_a_record_is_removed(tmp_path, monkeypatch)
         assert Container.from_name("kept").exec("echo", "hi").stdout_text == "hi\n"
     finally:
         d.stop()
-        _remove_home_containers(home)
+        remove_home_containers(home)
 
 
 def test_a_container_gone_or_with_a_swapped_agent_socket_is_failed_with_the_reason(tmp_path, monkeypatch):
@@ -149,7 +143,7 @@ def test_a_container_gone_or_with_a_swapped_agent_socket_is_failed_with_the_reas
         fresh.stop()
     finally:
         d.stop()
-        _remove_home_containers(home)
+        remove_home_containers(home)
 
 
 def _stalling_image() -> Image:
@@ -198,4 +192,4 @@ def test_a_container_pending_when_the_daemon_goes_down_ends_failed_and_is_remove
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         d.stop()
-        _remove_home_containers(home)
+        remove_home_containers(home)

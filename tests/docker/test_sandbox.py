@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import re
@@ -13,6 +14,7 @@ import time
 import pytest
 
 from chalkcompute import (
+    ExecError,
     Image,
     SandboxBuildError,
     SandboxClient,
@@ -163,6 +165,11 @@ def test_exec_stream_delivers_the_first_line_before_the_command_ends(sandbox):
             sandbox.fs.write_bytes("/tmp/go-stream", b"")
         seen.append(event)
     assert [e.stdout for e in seen if e.stdout] == ["first\n"]
+    # Leaving a loop early detaches (no stream left open); the command runs on and can be reattached.
+    for event in sandbox.exec_stream("sh", "-c", "echo go; sleep 0.5; echo gone"):
+        if event.stdout:
+            break
+    gc.collect()
     assert [e.stderr for e in seen if e.stderr] == ["second\n"]
     assert seen[0].pid is not None and seen[-1].exit_code == 0
 
@@ -180,6 +187,13 @@ def test_a_dropped_caller_reattaches_without_losing_output(sandbox):
     proc.close()  # detached: the command goes on in the sandbox, its output held by the agent
     again = sandbox.exec_attach(proc.session_id, after=last)
     rest = again.wait()
+    # A second handle taking a session over ends the first one's stream, which does not take it back.
+    sleeper = sandbox.exec_start("sleep", "30")
+    taker = sandbox.exec_attach(sleeper.session_id)
+    with pytest.raises(ExecError, match="taken over"):
+        sleeper.wait()
+    taker.send_signal(signal.SIGKILL)
+    assert taker.wait().signal == signal.SIGKILL
     assert rest.exit_code == 0
     text = "".join(got) + rest.stdout_text
     assert text == "".join(f"{i}\n" for i in range(1, 200001))
@@ -293,7 +307,7 @@ def test_slow_reader_keeps_the_daemon_memory_bounded(sandbox, docker_daemon):
 
 
 def test_lifetime_ends_a_sandbox(docker_daemon):
-    sandbox = SandboxClient(target=docker_daemon.target).create(image=Image.debian_slim(PY), lifetime=1)
+    sandbox = SandboxClient(target=docker_daemon.target).create(image=Image.debian_slim(PY), lifetime="5s")
     assert sandbox.info.expires_at is not None
     deadline = time.monotonic() + 60
     while sandbox.refresh().status == "ready" and time.monotonic() < deadline:

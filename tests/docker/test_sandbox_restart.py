@@ -11,6 +11,7 @@ import pytest
 
 from chalkcompute import Image, Sandbox, SandboxClient, SandboxNotFoundError
 from tests.conftest import Daemon
+from tests.docker.conftest import remove_home_containers
 
 pytestmark = [pytest.mark.usefixtures("docker_engine"), pytest.mark.timeout(600)]
 
@@ -21,13 +22,6 @@ def _running(name_filter: str) -> list[str]:
     out = subprocess.run(["docker", "ps", "-q", "--filter", f"label=dev.chalkd.sandbox={name_filter}"],
                          capture_output=True, text=True, check=True)
     return out.stdout.split()
-
-
-def _remove_home_containers(home) -> None:
-    ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=dev.chalkd.home={home.resolve()}"],
-                         capture_output=True, text=True).stdout.split()
-    if ids:
-        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
 
 
 def test_kill9_and_sigterm_restarts_keep_sandboxes_and_execs(tmp_path, monkeypatch):
@@ -69,7 +63,7 @@ def test_kill9_and_sigterm_restarts_keep_sandboxes_and_execs(tmp_path, monkeypat
         assert not _running(sb.id)
     finally:
         d.stop()
-        _remove_home_containers(home)
+        remove_home_containers(home)
 
 
 def test_a_labelled_container_without_a_record_is_removed_and_a_building_one_ends(tmp_path, monkeypatch):
@@ -92,7 +86,7 @@ def test_a_labelled_container_without_a_record_is_removed_and_a_building_one_end
             Sandbox.from_id(sb.id)
     finally:
         d.stop()
-        _remove_home_containers(home)
+        remove_home_containers(home)
 
 
 def test_a_sandbox_past_its_disk_limit_is_terminated(tmp_path, monkeypatch):
@@ -111,4 +105,4 @@ def test_a_sandbox_past_its_disk_limit_is_terminated(tmp_path, monkeypatch):
         assert "disk limit" in sb.info.status_message
     finally:
         d.stop()
-        _remove_home_containers(home)
+        remove_home_containers(home)
