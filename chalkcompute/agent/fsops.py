@@ -31,13 +31,13 @@ import stat
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from .handler import AgentRef as Agent
+from .handler import ConnectionRef as _Connection
 from .handler import Handler
 from .protocol import ProtocolError, encode
 
 if TYPE_CHECKING:
     import asyncio
-
-    from .server import Agent, _Connection
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Handler"]
+__all__ = ["Handler", "AgentRef", "ConnectionRef"]
+
+# The agent (.server.Agent) and one client connection (.server._Connection), as the v2 modules see them.
+# Not imported from .server: it imports the v2 modules, and the agent's modules form no cycle.
+AgentRef = Any
+ConnectionRef = Any
 
 
 class Handler:

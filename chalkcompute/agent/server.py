@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import os
 import signal
 import stat
@@ -42,6 +41,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from .procs import _decode_status, _exec_args, _killpg, spawn_error
 from .protocol import PREFIX, PROTOCOL_VERSION, V2_REQUESTS, FrameParser, ProtocolError, encode
 
 log = logging.getLogger(__name__)
@@ -57,42 +57,6 @@ EOF_GRACE = 2.0
 FORWARDED = ("SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
 
 _HEADERS = {name: json.dumps({"t": name}, separators=(",", ":")).encode() for name in ("stdout", "stderr")}
-
-
-def _killpg(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass  # the group is gone already
-
-
-def _decode_status(status: int) -> tuple[int | None, int | None]:
-    """(exit_code, signal) from a waitpid status."""
-    if os.WIFSIGNALED(status):
-        return None, os.WTERMSIG(status)
-    if os.WIFEXITED(status):
-        return os.WEXITSTATUS(status), None
-    return None, None
-
-
-def spawn_error(exc: Exception, argv: list[str], cwd: str | None) -> tuple[str, int]:
-    """(message, shell-style exit code) for a command that could not be started.
-
-        >>> spawn_error(FileNotFoundError(2, "No such file or directory", "nosuch"), ["nosuch"], None)
-        ("executable file not found: 'nosuch'", 127)
-    """
-    if not isinstance(exc, OSError):  # e.g. ValueError: embedded null byte
-        return f"cannot execute {argv[0]!r}: {exc}", 126
-    reason = (exc.strerror or str(exc)).lower()
-    if cwd is not None and exc.filename == cwd:
-        return f"chdir to cwd {cwd!r} failed: {reason}", 126
-    if isinstance(exc, FileNotFoundError):
-        if "/" in argv[0]:
-            return f"no such file or directory: {argv[0]!r}", 127
-        return f"executable file not found: {argv[0]!r}", 127
-    if isinstance(exc, PermissionError):
-        return f"permission denied: {argv[0]!r}", 126
-    return f"cannot execute {argv[0]!r}: {reason}", 126
 
 
 class _Child:
@@ -457,23 +421,6 @@ class _Connection(asyncio.Protocol):
             self.exec.resume()
         if self.handler is not None:
             self.handler.resume_writing()
-
-
-def _exec_args(h: dict[str, Any]) -> tuple[list[str], dict[str, str], str | None, float | None]:
-    argv = h.get("argv")
-    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-        raise ProtocolError("exec needs 'argv': a non-empty list of strings")
-    env = h.get("env") or {}
-    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-        raise ProtocolError("'env' must map strings to strings")
-    cwd = h.get("cwd") or None
-    if cwd is not None and not isinstance(cwd, str):
-        raise ProtocolError("'cwd' must be a string")
-    timeout = h.get("timeout")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                or not math.isfinite(timeout) or timeout <= 0):
-        raise ProtocolError("'timeout' must be a positive number of seconds")
-    return argv, env, cwd, timeout
 
 
 class _Exec:

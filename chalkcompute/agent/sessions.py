@@ -46,15 +46,15 @@ import socket
 import subprocess
 from typing import TYPE_CHECKING, Any
 
+from .handler import ConnectionRef as _Connection
 from .handler import Handler
+from .procs import _decode_status, _killpg, spawn_error
 from .protocol import PREFIX, encode
-from .server import _decode_status, _killpg, spawn_error
 
 if TYPE_CHECKING:
     import asyncio
 
-    from .server import _Connection
-    from .v2 import SessionTable
+SessionTable = Any  # .v2.SessionTable (not imported: .v2 imports this module)
 
 log = logging.getLogger(__name__)
 

@@ -10,15 +10,14 @@ from __future__ import annotations
 import logging
 import math
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .handler import AgentRef as Agent
+from .handler import ConnectionRef as _Connection
 from .handler import Handler
+from .procs import _exec_args
 from .protocol import V2, ProtocolError, encode
-from .server import _exec_args
 from .sessions import Session
-
-if TYPE_CHECKING:
-    from .server import Agent, _Connection
 
 log = logging.getLogger(__name__)
 

@@ -53,7 +53,7 @@ def elf_info(data: bytes, name: str = "file") -> ElfInfo:
 
         >>> elf_info(b"#!/bin/sh\\n", "sh-script")
         Traceback (most recent call last):
-        ElfError: sh-script is not an ELF file
+        chalkd.sandboxes.agent_elf.ElfError: sh-script is not an ELF file
     """
     if data[:4] != b"\x7fELF":
         raise ElfError(f"{name} is not an ELF file")

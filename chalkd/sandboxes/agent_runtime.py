@@ -150,7 +150,7 @@ class AgentRuntime:
 def runtime_bind(rt: AgentRuntime, mount: str = DEFAULT_MOUNT) -> str:
     """The read-only bind spec for HostConfig.Binds.
 
-        >>> runtime_bind(rt)
+        >>> runtime_bind(rt)  # doctest: +SKIP
         '/home/me/.chalkd/runtime/agent-root/4da22e8b2899-1:/.chalkd:ro'
     """
     return f"{rt.root}:{_check_mount(mount)}:ro"
@@ -160,7 +160,7 @@ def agent_entrypoint(rt: AgentRuntime, socket_path: str, *, mount: str = DEFAULT
                      extra: tuple[str, ...] = ()) -> list[str]:
     """The agent's command line through the runtime's own loader, up to and including ``--``.
 
-        >>> agent_entrypoint(rt, "/run/chalk-agent/agent.sock")
+        >>> agent_entrypoint(rt, "/run/chalk-agent/agent.sock")  # doctest: +SKIP
         ['/.chalkd/lib/ld-linux-x86-64.so.2', '--inhibit-cache', '--library-path', '/.chalkd/lib',
          '/.chalkd/usr/bin/python3.11', '-I', '-S', '/.chalkd/agent-0c1d.../_boot.py',
          '/.chalkd/agent-0c1d.../__main__.py', '--socket', '/run/chalk-agent/agent.sock', '--']
