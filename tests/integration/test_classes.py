@@ -77,6 +77,8 @@ def deploy(name: str, hook_dir: Path, target: str | None = None, **kw) -> Remote
 
 def test_embedder_example(daemon, tmp_path):
     Emb = deploy("Embedder", tmp_path)
+    # Ready means @before returned: every method's replica has loaded its model before any call.
+    assert len(lines(tmp_path / "before")) == 3
     e = Emb()
     vec = e.embed("hello world")
     batch = e.embed_batch(["a", "b", "c"])
