@@ -226,7 +226,7 @@ def test_placement_timeout_says_what_holds_the_cpu(fresh_daemon):
         second.wait_ready(timeout=3)
     message = str(info.value)
     assert f"it needs {cpu} CPU" in message
-    assert f"other replicas hold {cpu} of {host}m" in message
+    assert f"replicas and sandboxes hold {cpu} of {host}m" in message
 
 
 # -- memory ------------------------------------------------------------------------------------
