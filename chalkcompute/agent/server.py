@@ -39,7 +39,10 @@ import stat
 import subprocess
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import socket
 
 from .procs import _decode_status, _exec_args, _killpg, spawn_error
 from .protocol import PREFIX, PROTOCOL_VERSION, V2_REQUESTS, FrameParser, ProtocolError, encode
@@ -209,8 +212,6 @@ class Agent:
 
     async def _listen(self) -> asyncio.AbstractServer:
         """Bind on a temporary name, then rename: the socket path exists only once we listen."""
-        import socket
-
         path = self.socket_path
         parent = os.path.dirname(path) or "."
         os.makedirs(parent, exist_ok=True)
@@ -224,29 +225,49 @@ class Agent:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        sock = self._bind(tmp)
+        try:
+            os.chmod(tmp, self.socket_mode)
+            if self.socket_owner is not None:
+                os.chown(tmp, *self.socket_owner)
+        except PermissionError:
+            # gVisor (runsc --host-uds=create) creates the host socket but will not chmod, chown, rename
+            # or unlink it: bind the final name instead (the umask gave it its mode); the temporary
+            # name stays behind in the agent directory, which the daemon removes with the sandbox.
+            sock.close()
+            log.info("the socket %s cannot be changed after bind (gVisor?): binding %s directly", tmp, path)
+            sock = self._bind(path)
+            return await self.loop.create_unix_server(  # type: ignore[union-attr]
+                lambda: _Connection(self), sock=sock, backlog=1024)
+        server = await self.loop.create_unix_server(  # type: ignore[union-attr]
+            lambda: _Connection(self), sock=sock, backlog=1024)
+        os.rename(tmp, path)
+        return server
+
+    def _bind(self, path: str) -> socket.socket:
+        """A unix socket bound at ``path`` with ``socket_mode`` (through the directory for a long path)."""
+        import socket
+
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         # Narrow the umask just around bind, so the socket is never more open than
         # asked for; children keep the container's own umask.
         old = os.umask(0o777 & ~self.socket_mode)
         dir_fd = None
         try:
-            address = tmp
-            if len(os.fsencode(tmp)) > 107:
+            address = path
+            if len(os.fsencode(path)) > 107:
                 # Longer than sun_path: bind through an O_PATH handle on the directory.
-                dir_fd = os.open(parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-                address = f"/proc/self/fd/{dir_fd}/{os.path.basename(tmp)}"
+                dir_fd = os.open(os.path.dirname(path) or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                address = f"/proc/self/fd/{dir_fd}/{os.path.basename(path)}"
             sock.bind(address)
+        except BaseException:
+            sock.close()
+            raise
         finally:
             os.umask(old)
             if dir_fd is not None:
                 os.close(dir_fd)
-        os.chmod(tmp, self.socket_mode)
-        if self.socket_owner is not None:
-            os.chown(tmp, *self.socket_owner)
-        server = await self.loop.create_unix_server(  # type: ignore[union-attr]
-            lambda: _Connection(self), sock=sock, backlog=1024)
-        os.rename(tmp, path)
-        return server
+        return sock
 
     def _write_ready(self) -> None:
         if not self.ready_file:
