@@ -440,8 +440,8 @@ class Server:
             raise StartupError(
                 f"--sandbox-runtime {name}: the Docker engine has no runtime named {name!r} (it has "
                 f"{', '.join(runtimes) or 'none'}); install it and register it in /etc/docker/daemon.json "
-                '(e.g. {"runtimes": {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--host-uds=open"]}}}) '
-                "then restart dockerd")
+                '(e.g. {"runtimes": {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": '
+                '["--host-uds=create", "--network=host"]}}}) then reload dockerd (SIGHUP) or restart it')
 
     async def _sweep(self) -> None:
         """Drop finished calls past their function's result TTL, every sweep interval."""
