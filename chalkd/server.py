@@ -417,31 +417,35 @@ class Server:
         from chalkd.sandboxes.manager import SandboxManager, SandboxSettings
         from chalkd.sandboxes.records import SandboxTable
 
-        await self._check_sandbox_runtime()
+        runtime_args = await self._check_sandbox_runtime()
         self.sandboxes = SandboxManager(
             self.docker, builder, self.blobs, SandboxTable(self.store), home=self.home, run_dir=rdir,
             volumes=self.volumes, secrets=self.secrets,
             settings=SandboxSettings(runtime=cfg.sandbox_runtime, memory_bytes=cfg.sandbox_memory,
                                      pids_limit=cfg.sandbox_pids_limit, disk_bytes=cfg.sandbox_disk,
-                                     disk_check_interval=cfg.sandbox_disk_check_interval))
+                                     disk_check_interval=cfg.sandbox_disk_check_interval,
+                                     runtime_args=runtime_args))
         stack.push_async_callback(self.sandboxes.close)  # sandboxes keep running; only our tasks end
         # What an earlier run left: its calls were re-queued by queue recovery above.
         await runtime.remove_leftovers()
         await self.containers.recover()  # Container API containers keep running too: re-adopted
         return builder
 
-    async def _check_sandbox_runtime(self) -> None:
-        """``--sandbox-runtime`` must be registered with the engine (``docker info``'s Runtimes)."""
+    async def _check_sandbox_runtime(self) -> tuple[str, ...]:
+        """``--sandbox-runtime`` must be registered with the engine (``docker info``'s Runtimes); its
+        runtime arguments (shown in ``SandboxInfo.isolation``)."""
         name = self.config.sandbox_runtime
         if name == "runc":
-            return
-        runtimes = sorted((await self.docker.system.info()).get("Runtimes") or {})
+            return ()
+        registered = (await self.docker.system.info()).get("Runtimes") or {}
+        runtimes = sorted(registered)
         if name not in runtimes:
             raise StartupError(
                 f"--sandbox-runtime {name}: the Docker engine has no runtime named {name!r} (it has "
                 f"{', '.join(runtimes) or 'none'}); install it and register it in /etc/docker/daemon.json "
                 '(e.g. {"runtimes": {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": '
                 '["--host-uds=create", "--network=host"]}}}) then reload dockerd (SIGHUP) or restart it')
+        return tuple(str(a) for a in (registered[name] or {}).get("runtimeArgs") or ())
 
     async def _sweep(self) -> None:
         """Drop finished calls past their function's result TTL, every sweep interval."""

@@ -81,6 +81,7 @@ class SandboxSettings:
     """The daemon's sandbox flags (``chalkd serve --sandbox-*``)."""
 
     runtime: str = "runc"                  # the engine's OCI runtime for sandboxes (runsc: gVisor)
+    runtime_args: tuple[str, ...] = ()     # what the engine passes it (docker info), shown in isolation
     memory_bytes: int = 2 << 30            # the cap when a sandbox asks for no memory
     pids_limit: int = 1024
     disk_bytes: int = 10 << 30             # each sandbox's writable layer
@@ -356,7 +357,8 @@ class SandboxManager:
     def _isolation(self, hc: dict, spec: SandboxSpec) -> dict[str, str]:
         disk = f"{self.settings.disk_bytes} bytes ({'enforced' if self._disk_enforced else 'watched'})"
         return {
-            "runtime": self.settings.runtime, "privileged": "false", "no_new_privileges": "true",
+            "runtime": self.settings.runtime, "runtime_args": " ".join(self.settings.runtime_args),
+            "privileged": "false", "no_new_privileges": "true",
             "capabilities": ",".join(SANDBOX_CAPS), "pids_limit": str(hc.get("PidsLimit", "")),
             "memory_bytes": str(hc.get("Memory", "")),
             "network": "none" if not spec.network else "own bridge, no route to replicas, sandboxes or the daemon",

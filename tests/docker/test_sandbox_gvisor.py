@@ -56,6 +56,7 @@ def test_a_sandbox_runs_under_gvisor(gvisor_daemon):
     try:
         assert sandbox.info.status == "ready"
         assert sandbox.info.isolation["runtime"] == "runsc"
+        assert "--host-uds=create" in sandbox.info.isolation["runtime_args"]  # what the engine passes it
         engine = subprocess.run(["docker", "ps", "--filter", f"label=dev.chalkd.sandbox={sandbox.id}",
                                  "--format", "{{.ID}}"], capture_output=True, text=True, check=True).stdout.split()
         assert len(engine) == 1
