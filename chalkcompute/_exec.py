@@ -26,6 +26,7 @@ session over (from the first event the agent still holds).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import signal as _signal
@@ -123,6 +124,7 @@ class ExecProcess:
         self._consumed = after
         self._unacked_bytes = 0
         self._events: Mailbox[Any] = Mailbox()
+        self._pending: collections.deque[Any] = collections.deque()  # the rest of a batch being consumed
         self._credit = 0                 # stdin bytes we may have sent in total
         self._sent = 0
         self._credit_changed: asyncio.Event | None = None
@@ -243,6 +245,7 @@ class ExecProcess:
             self._credit = resp.stdin_credit
             if self._credit_changed is not None:
                 self._credit_changed.set()
+        batch: list[Any] = []  # one mailbox item per response: one wake-up of the reader, not one per event
         for ev in resp.events:
             if ev.seq <= self._received:
                 continue  # already had it (a reattach racing an ack): never repeated
@@ -250,15 +253,17 @@ class ExecProcess:
             if ev.HasField("exit"):
                 x = ev.exit
                 self._ended = True
-                self._events.put(("exit", ExecEvent(
+                batch.append(("exit", ExecEvent(
                     exit_code=x.exit_code if x.HasField("exit_code") else None,
                     exit_signal=x.signal if x.HasField("signal") else None,
                     error_message=x.error or None, seq=ev.seq)))
-                self._events.put(_END)
+                batch.append(_END)
             elif ev.stdout:
-                self._events.put((ev.seq, 1, ev.stdout))
+                batch.append((ev.seq, 1, ev.stdout))
             elif ev.stderr:
-                self._events.put((ev.seq, 2, ev.stderr))
+                batch.append((ev.seq, 2, ev.stderr))
+        if batch:
+            self._events.put(batch)
 
     async def _close_stream(self) -> None:
         stack, self._stack, self._stream = self._stack, None, None
@@ -373,10 +378,18 @@ class ExecProcess:
             return ExecEvent(stderr=text, seq=seq)
         return item  # the start event (pid)
 
+    def _unpack(self, item: Any) -> Any:
+        """A mailbox item, or the first of a response's batch (the rest wait in ``_pending``)."""
+        if isinstance(item, list):
+            self._pending.extend(item)
+            return self._pending.popleft()
+        return item
+
     def __iter__(self) -> Iterator[ExecEvent]:
         """The process's events as they arrive: the start (pid), output, then the exit event."""
         while not self._done_reading():
-            event = self._event(self._events.get())
+            item = self._pending.popleft() if self._pending else self._unpack(self._events.get())
+            event = self._event(item)
             if event is None:
                 self._events.put(_END)
                 return
@@ -384,7 +397,8 @@ class ExecProcess:
 
     async def __aiter__(self) -> AsyncIterator[ExecEvent]:
         while not self._done_reading():
-            event = self._event(await self._events.get_async())
+            item = self._pending.popleft() if self._pending else self._unpack(await self._events.get_async())
+            event = self._event(item)
             if event is None:
                 self._events.put(_END)
                 return
