@@ -230,7 +230,7 @@ class FunctionSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., image: _Optional[_Union[ImageSpec, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ..., suspend_cooldown_seconds: _Optional[float] = ..., code: _Optional[_Union[CodeBundle, _Mapping]] = ..., input_schema: _Optional[bytes] = ..., output_schema: _Optional[bytes] = ..., is_generator: _Optional[bool] = ..., is_async: _Optional[bool] = ..., options: _Optional[_Mapping[str, str]] = ..., serialization_format: _Optional[str] = ..., parameter_names: _Optional[_Iterable[str]] = ..., retries: _Optional[_Union[RetrySpec, _Mapping]] = ..., rate_limit: _Optional[_Union[RateLimitSpec, _Mapping]] = ..., rate_limit_key: _Optional[str] = ..., concurrency: _Optional[_Union[ConcurrencySpec, _Mapping]] = ..., queue_policy: _Optional[_Union[QueuePolicySpec, _Mapping]] = ..., batching: _Optional[_Union[BatchingSpec, _Mapping]] = ..., timeout_seconds: _Optional[float] = ..., volumes: _Optional[_Iterable[_Union[VolumeMount, _Mapping]]] = ..., secrets: _Optional[_Iterable[_Union[SecretRef, _Mapping]]] = ..., replica_pool: _Optional[str] = ..., replica_pool_size: _Optional[int] = ...) -> None: ...
 
 class FunctionVersion(_message.Message):
-    __slots__ = ("id", "function_name", "version", "scaling_group_name", "spec", "created_at", "ready_replicas", "replicas", "state", "error", "latest", "error_code")
+    __slots__ = ("id", "function_name", "version", "scaling_group_name", "spec", "created_at", "ready_replicas", "replicas", "state", "error", "latest", "error_code", "desired_replicas", "scaling_decision", "scaling_decision_at", "waiting")
     ID_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -243,6 +243,10 @@ class FunctionVersion(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     LATEST_FIELD_NUMBER: _ClassVar[int]
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    SCALING_DECISION_FIELD_NUMBER: _ClassVar[int]
+    SCALING_DECISION_AT_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
     id: str
     function_name: str
     version: int
@@ -255,7 +259,11 @@ class FunctionVersion(_message.Message):
     error: str
     latest: bool
     error_code: str
-    def __init__(self, id: _Optional[str] = ..., function_name: _Optional[str] = ..., version: _Optional[int] = ..., scaling_group_name: _Optional[str] = ..., spec: _Optional[_Union[FunctionSpec, _Mapping]] = ..., created_at: _Optional[float] = ..., ready_replicas: _Optional[int] = ..., replicas: _Optional[int] = ..., state: _Optional[str] = ..., error: _Optional[str] = ..., latest: _Optional[bool] = ..., error_code: _Optional[str] = ...) -> None: ...
+    desired_replicas: int
+    scaling_decision: str
+    scaling_decision_at: float
+    waiting: str
+    def __init__(self, id: _Optional[str] = ..., function_name: _Optional[str] = ..., version: _Optional[int] = ..., scaling_group_name: _Optional[str] = ..., spec: _Optional[_Union[FunctionSpec, _Mapping]] = ..., created_at: _Optional[float] = ..., ready_replicas: _Optional[int] = ..., replicas: _Optional[int] = ..., state: _Optional[str] = ..., error: _Optional[str] = ..., latest: _Optional[bool] = ..., error_code: _Optional[str] = ..., desired_replicas: _Optional[int] = ..., scaling_decision: _Optional[str] = ..., scaling_decision_at: _Optional[float] = ..., waiting: _Optional[str] = ...) -> None: ...
 
 class RegisterFunctionRequest(_message.Message):
     __slots__ = ("spec", "local_secrets")
