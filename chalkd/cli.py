@@ -3,7 +3,7 @@
     chalkd serve [--host 127.0.0.1] [--port 50051] [--home DIR] [--runtime auto|process|docker]
                  [--durability normal|full] [--max-message-size BYTES] [--replica-env NAME ...]
     chalkd status    [--target HOST:PORT]   # exit 0 with a summary, 1 when no daemon answers
-    chalkd functions [--target HOST:PORT] [--all]
+    chalkd functions [--target HOST:PORT] [--all] [-v]   # -v: desired/ready replicas, last scaling decision
     chalkd calls     [--target HOST:PORT] [--function NAME] [--limit N]
     chalkd rate-limit set NAME --rate N [--per second|minute|hour]
     chalkd rate-limit list | delete NAME
@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="daemon address (default $CHALK_COMPUTE_TARGET or 127.0.0.1:50051)")
         if name == "functions":
             p.add_argument("--all", action="store_true", help="include older versions")
+            p.add_argument("-v", "--verbose", action="store_true",
+                           help="also desired/ready replicas and the last scaling decision with its reason")
         if name == "calls":
             p.add_argument("--function", default="", help="only calls of this function")
             p.add_argument("--limit", type=int, default=50)
@@ -295,9 +297,13 @@ async def _client_command(args) -> int:
                 # A failed version says why: the last line of its reason (a class's @before traceback ends so).
                 why = [line for line in f.error.splitlines() if line.strip()] if f.state == "failed" else []
                 state = f"{f.state}: {why[-1][:100]}" if why else f.state
+                if f.waiting:  # e.g. "waiting: 2 GPUs of type nvidia-l4 wanted, 1 free"
+                    state = f"{state}, {f.waiting}"
                 table.add_row(f.function_name, str(f.version), f.id, state,
                               f"{f.ready_replicas}/{f.replicas}", _when(f.created_at), options)
             console.print(table)
+            if args.verbose:
+                _print_scaling(console, resp.functions)
         elif args.command == "calls":
             resp = await stub.ListCalls(pb.ListCallsRequest(limit=args.limit, function_name=args.function))
             table = Table("ID", "FUNCTION", "STATE", "ATTEMPT", "CHUNKS", "CREATED", "ERROR")
@@ -431,6 +437,24 @@ def _token(args) -> int:
     if args.action == "rotate":
         print(f"rotated the token in {home}/token: restart the daemon to use it", file=sys.stderr)
     return 0
+
+
+def _print_scaling(console: Console, functions) -> None:
+    """``chalkd functions -v``: per version, desired/ready replicas, what they wait for, the last decision.
+
+    Unwrapped lines (soft_wrap): a reason is read whole, and scripts can grep it."""
+    now = dt.datetime.now().timestamp()
+    for f in functions:
+        lines = [f"{f.function_name} v{f.version} ({f.id}): desired {f.desired_replicas}, "
+                 f"ready {f.ready_replicas}, replicas {f.replicas}"]
+        if f.waiting:
+            lines.append(f"  {f.waiting}")
+        if f.scaling_decision:
+            lines.append(f"  last decision at {_when(f.scaling_decision_at)} ({now - f.scaling_decision_at:.0f}s ago): "
+                         f"{f.scaling_decision}")
+        else:
+            lines.append("  no scaling decision yet")
+        console.print("\n".join(lines), soft_wrap=True, highlight=False, markup=False)
 
 
 def _when(ts: float) -> str:

@@ -42,7 +42,7 @@ from chalkd.auth import Authenticator, load_or_create_token
 from chalkd.catalog import Catalog
 from chalkd.config import Config
 from chalkd.connections import ConnectionGuard, raise_fd_limit
-from chalkd.gpus import GpuAllocator, detect_gpus
+from chalkd.gpus import FAKE_GPUS_ENV, GpuAllocator, detect_gpus
 from chalkd.images.blobs import BlobStore
 from chalkd.queue.core import Queue
 from chalkd.queue.limits import Limits
@@ -349,8 +349,9 @@ class Server:
                 log.warning("could not write the token record for %s: %s", target, exc)
 
     def _gpus(self) -> list:
-        """This host's GPUs, for the Docker runtime (the process runtime refuses ``gpu=``)."""
-        if self.runtime.name != "docker":
+        """This host's GPUs, for the Docker runtime (the process runtime refuses ``gpu=``, except with a fake
+        inventory: CHALKD_FAKE_GPUS makes GPU scheduling testable there)."""
+        if self.runtime.name != "docker" and not os.environ.get(FAKE_GPUS_ENV):
             return []
         try:
             devices = detect_gpus()

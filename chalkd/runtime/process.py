@@ -21,6 +21,7 @@ import shutil
 import signal
 from pathlib import Path
 
+from chalkd.gpus import FAKE_GPUS_ENV
 from chalkd.images.process_env import (
     ImageBuildError,
     ImageNotSupportedError,
@@ -146,7 +147,9 @@ class ProcessRuntime(Runtime):
             raise RuntimeUnsupported(
                 f"volumes= is not supported on the process runtime (function {spec.name!r} mounts "
                 f"{', '.join(repr(m.volume) for m in spec.volumes)}): run chalkd with --runtime docker")
-        if spec.resources.gpu:
+        # With a fake inventory (CHALKD_FAKE_GPUS, tests and demos) GPU scheduling runs here too: the
+        # replica is an ordinary process that gets the fake UUIDs in CUDA_VISIBLE_DEVICES.
+        if spec.resources.gpu and not os.environ.get(FAKE_GPUS_ENV):
             raise RuntimeUnsupported(
                 f"gpu={spec.resources.gpu!r} is not supported on the process runtime: run chalkd with --runtime docker"
             )
@@ -202,6 +205,8 @@ class ProcessRuntime(Runtime):
             env["CHALK_WORKER_SOCKET"], env["CHALK_DAEMON_INSTANCE"] = self.fast_socket
         # Lets the worker pick its link before it has loaded the code.
         env["CHALK_FUNCTION_KIND"] = fs.kind
+        if request.gpu_uuids:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(request.gpu_uuids)
         cwd = env_info.cwd
         if cwd:
             Path(cwd).mkdir(parents=True, exist_ok=True)

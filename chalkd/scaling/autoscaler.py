@@ -1,10 +1,16 @@
 """Replicas: how many each function version has, where they fit, when they go.
 
 The autoscaler keeps each function's replicas between ``min_replicas`` (only
-for the latest version of a name) and ``max_replicas``, adds one per waiting
-call, and stops idle replicas above the minimum once ``suspend_cooldown_period``
-has passed with nothing in flight. Placement is accounted against the host's
-CPU and memory: a replica that does not fit waits until one does.
+for the latest version of a name) and ``max_replicas``: it wants one replica
+per ``max_concurrent`` calls waiting or running (queue depth per replica), and
+stops idle replicas above that once ``suspend_cooldown_period`` has passed with
+nothing in flight. Placement is accounted against the host's CPU, memory and
+GPUs (sandboxes' reservations included): a replica that does not fit waits
+until one does, and says why (:meth:`Autoscaler.status`, ``waiting``).
+
+Scale-down drains: the replica takes no new call, finishes what it holds, then
+gets SIGTERM (a class runs ``@after``) and exits. Every decision is logged at
+INFO with its reason and kept for ``chalkd functions -v``.
 
     scaler = Autoscaler(runtime, queue, catalog, host=HostResources.detect())
     await scaler.start()
@@ -43,6 +49,21 @@ RESTART_BACKOFF_MAX = 4.0
 STOP_WAIT_SECONDS = 35.0
 
 
+@dataclass
+class ScaleStatus:
+    """What the autoscaler wants for one function version and why, for ``chalkd functions -v``.
+
+    >>> s = ScaleStatus(desired=2, decision="scale up 0 -> 2: 4 call(s) waiting, 0 running, 1 per replica")
+    >>> s.waiting   # both could start
+    ''
+    """
+
+    desired: int = 0
+    decision: str = ""        # the last decision with its reason
+    decision_at: float = 0.0  # when (unix seconds; 0 before any)
+    waiting: str = ""         # why wanted replicas do not start ("waiting: ..."), "" when none wait
+
+
 @dataclass(frozen=True)
 class HostResources:
     cpu_millis: int
@@ -58,7 +79,7 @@ class Replica:
     id: str
     token: str
     function: FunctionVersion
-    state: str = "starting"            # starting | ready | stopping | stopped
+    state: str = "starting"            # starting | ready | stopping (draining) | stopped
     handle: ReplicaHandle | None = None
     created_at: float = field(default_factory=time.monotonic)
     ready_at: float | None = None
@@ -70,6 +91,9 @@ class Replica:
     # (``function`` is the first of them, the one it was started for); empty for a plain replica.
     pool_key: str = ""
     pool: tuple[FunctionVersion, ...] = ()
+    # Draining: SIGTERM goes once nothing is in flight (or at drain_until, when its calls run again elsewhere).
+    drain_until: float = 0.0
+    terminated: bool = False
 
     @property
     def serves(self) -> tuple[FunctionVersion, ...]:
@@ -100,6 +124,7 @@ class Autoscaler:
         self.replicas: dict[str, Replica] = self.hooks.replicas
         self._warm_until: dict[str, float] = {}
         self._startup_failures: dict[str, int] = {}
+        self._status: dict[str, ScaleStatus] = {}  # function id -> (a pool's members share one)
         self._restart_at: dict[str, float] = {}  # function id -> no new replica before (monotonic)
         self._prepared: dict[str, asyncio.Task] = {}
         self._wake = self.hooks.wake
@@ -157,7 +182,7 @@ class Autoscaler:
         ):
             await asyncio.sleep(0.05)
         for r in list(self.replicas.values()):
-            self._stop(r, "daemon shutting down")
+            self._stop(r, "daemon shutting down", drain=False)
         if self._watchers:
             await asyncio.wait(self._watchers, timeout=STOP_WAIT_SECONDS)
         for r in list(self.replicas.values()):
@@ -219,6 +244,10 @@ class Autoscaler:
                 except TimeoutError:
                     pass
 
+    def status(self, fv: FunctionVersion) -> ScaleStatus:
+        """Desired replicas, the last scaling decision and what the wanted ones wait for."""
+        return self._status.get(fv.id) or ScaleStatus()
+
     def counts(self, fv: FunctionVersion) -> tuple[int, int]:
         mine = [r for r in self.replicas.values() if r.state != "stopped" and fv in r.serves]
         return sum(r.state == "ready" for r in mine), len(mine)
@@ -228,7 +257,7 @@ class Autoscaler:
             ErrorCode.NOT_FOUND, f"function {fv.name!r} version {fv.version} was deleted"))
         for r in list(self.replicas.values()):
             if fv in r.serves:
-                self._stop(r, "function deleted")
+                self._stop(r, "function deleted", drain=False)
         self._notify_changed()
 
     # -- the loop -------------------------------------------------------------------
@@ -253,6 +282,8 @@ class Autoscaler:
                 r.stop_reason = f"no heartbeat for {self.heartbeat_timeout:g}s"
                 if r.handle is not None:
                     r.handle.kill()
+            elif r.state == "stopping":
+                self._terminate_if_drained(r)
         pools = self._pools()
         for fv in list(self.catalog.by_id.values()):
             if fv.deleted or fv.failed:
@@ -271,28 +302,55 @@ class Autoscaler:
             for r in mine:
                 if any(self.queue.inflight_count(m.id, r.id) for m in members):
                     r.last_busy = now
+            status = self._status.get(fv.id)
+            if status is None:
+                status = ScaleStatus()
+                for m in members:
+                    self._status[m.id] = status
             floor = fv.min_replicas if fv.latest else 0
-            if any(self._warm_until.get(m.id, 0) > now for m in members):
-                floor = max(floor, 1)
-            demand = sum(self.queue.waiting(m.id) + self.queue.inflight(m.id) for m in members)
+            floor_why = f"min_replicas {floor}" if floor else ""
+            if floor < 1 and any(self._warm_until.get(m.id, 0) > now for m in members):
+                floor, floor_why = 1, "wait_ready asked for a replica"
+            waiting = sum(self.queue.waiting(m.id) for m in members)
+            running = sum(self.queue.inflight(m.id) for m in members)
             # A replica takes max_concurrent inputs at once (batches of batch_size each).
             per_replica = fv.policies.max_concurrent * max(1, fv.policies.batch_size)
-            desired = min(fv.max_replicas, max(floor, -(-demand // per_replica)))
-            if demand and not mine:
-                desired = max(desired, 1)
+            needed = -(-(waiting + running) // per_replica)
+            desired = min(fv.max_replicas, max(floor, needed))
+            status.desired = desired
+            before = len(mine)
+            blocked = ""
             while len(mine) < desired:
-                if not self._fits(fv, used_cpu, used_mem) or self._restart_at.get(fv.id, 0) > now:
+                if not self._fits(fv, used_cpu, used_mem):
+                    blocked = "waiting" + self._cpu_reason(fv, used_cpu, used_mem)
+                    break
+                if self._restart_at.get(fv.id, 0) > now:
+                    blocked = (f"waiting: backing off after {self._startup_failures.get(fv.id, 0)} replica(s) "
+                               "in a row exited before they were ready")
                     break
                 replica_id = new_id("r")
                 devices: list = []
                 if fv.gpu:
-                    devices = self.gpus.allocate(replica_id, GpuRequest.parse(fv.gpu))
-                    if devices is None:  # enough matching GPUs exist, but others hold them now
+                    got = self.gpus.allocate(replica_id, GpuRequest.parse(fv.gpu))
+                    if got is None:  # enough matching GPUs exist, but others hold them now
+                        blocked = self._gpu_reason(fv)
                         break
+                    devices = got
                 mine.append(self._launch(fv, replica_id, tuple(d.uuid for d in devices),
                                          pool=members if key else ()))
                 used_cpu += fv.cpu_millis
                 used_mem += fv.memory_bytes
+            if len(mine) > before:
+                why = (f"{waiting} call(s) waiting, {running} running, {per_replica} per replica"
+                       if needed >= floor else floor_why)
+                if needed > fv.max_replicas:
+                    why += f" (capped at max_replicas {fv.max_replicas})"
+                self._decide(fv, status, f"scale up {before} -> {len(mine)}: {why}")
+            if blocked != status.waiting:
+                status.waiting = blocked
+                if blocked:
+                    log.info("scaling %s: %d of %d wanted replica(s) cannot start now, %s",
+                             fv.name, desired - len(mine), desired, blocked)
             # Scale down idle replicas above the floor once the cooldown has passed.
             idle = sorted(
                 (r for r in mine if r.state == "ready" and not any(self.queue.inflight_count(m.id, r.id)
@@ -302,23 +360,50 @@ class Autoscaler:
             )
             excess = len(mine) - max(floor, desired)
             for r in idle[:max(0, excess)]:
+                self._decide(fv, status, f"scale down {len(mine)} -> {len(mine) - 1}: replica {r.id} idle for "
+                             f"{fv.cooldown:g}s (suspend_cooldown_period), {waiting + running} call(s) waiting "
+                             f"or running, floor {floor}" + (f" ({floor_why})" if floor_why else ""))
+                mine.remove(r)
                 self._stop(r, f"idle for {fv.cooldown:g}s (suspend_cooldown_period)")
+
+    def _decide(self, fv: FunctionVersion, status: ScaleStatus, decision: str) -> None:
+        status.decision = decision
+        status.decision_at = time.time()
+        log.info("scaling %s v%d: %s", fv.name, fv.version, decision)
 
     def _fits(self, fv: FunctionVersion, used_cpu: int, used_mem: int) -> bool:
         return (used_cpu + fv.cpu_millis <= self.host.cpu_millis
                 and used_mem + fv.memory_bytes <= self.host.memory_bytes)
 
+    def _cpu_reason(self, fv: FunctionVersion, used_cpu: int, used_mem: int) -> str:
+        return (f": it needs {fv.cpu_millis}m CPU and {fv.memory_bytes} bytes of memory, and replicas and "
+                f"sandboxes hold {used_cpu}m of {self.host.cpu_millis}m and {used_mem} of "
+                f"{self.host.memory_bytes} bytes")
+
+    def _gpu_reason(self, fv: FunctionVersion) -> str:
+        """``waiting: 2 GPUs of type nvidia-l4 wanted, 1 free (held by ...)``."""
+        request = GpuRequest.parse(fv.gpu)
+        taken = self.gpus.in_use()
+        matching = self.gpus.matching(request)
+        free = self._gpus_free(request)
+        holders = sorted({taken[d.uuid] for d in matching if d.uuid in taken})
+        names = sorted({self.replicas[h].function.name if h in self.replicas else h for h in holders})
+        kind = "any type" if request.model == "any" else f"type {request.model}"
+        return (f"waiting: {request.count} GPU{'s' if request.count != 1 else ''} of {kind} wanted, {free} free"
+                + (f" (held by {', '.join(names)})" if names else ""))
+
+    def _gpus_free(self, request: GpuRequest) -> int:
+        taken = self.gpus.in_use()
+        return sum(d.uuid not in taken for d in self.gpus.matching(request))
+
     def _pending_reason(self, fv: FunctionVersion) -> str:
         used_cpu, used_mem = self._used()
         if not self._fits(fv, used_cpu, used_mem):
-            return (f": it needs {fv.cpu_millis}m CPU and {fv.memory_bytes} bytes of memory, and replicas and "
-                    f"sandboxes hold {used_cpu}m of {self.host.cpu_millis}m and {used_mem} of "
-                    f"{self.host.memory_bytes} bytes")
-        if fv.gpu:
-            held = sorted({r.function.name for r in self.replicas.values() if r.gpu_uuids and r.state != "stopped"})
-            if held:
-                return f": it needs {fv.gpu} and the matching GPUs are held by replicas of {', '.join(held)}"
-        return ""
+            return self._cpu_reason(fv, used_cpu, used_mem)
+        if fv.gpu and self._gpus_free(request := GpuRequest.parse(fv.gpu)) < request.count:
+            return ": " + self._gpu_reason(fv)
+        waiting = self.status(fv).waiting
+        return f": {waiting}" if waiting else ""
 
     def _pools(self) -> dict[str, list[FunctionVersion]]:
         """Pool key -> its versions by name (deleted and failed ones too: they count as registered)."""
@@ -354,12 +439,16 @@ class Autoscaler:
                 prep = asyncio.get_running_loop().create_task(self.runtime.prepare(fv.id, fv.spec))
                 self._prepared[fv.id] = prep
             await asyncio.shield(prep)
-            if replica.state == "stopped":
+            if replica.state in ("stopping", "stopped"):  # stopped (its function deleted) while it prepared
+                replica.state = "stopped"
+                self.replicas.pop(replica.id, None)
                 return
             replica.handle = await self.runtime.start(ReplicaRequest(
                 replica_id=replica.id, token=replica.token, function_id=fv.id, function_name=fv.name,
                 spec=fv.spec, cpu_millis=fv.cpu_millis, memory_bytes=fv.memory_bytes, gpu_uuids=replica.gpu_uuids,
             ))
+            if replica.state == "stopping":  # deleted or drained while it started
+                self._terminate_if_drained(replica)
         except ReplicaStartError as exc:
             for member in replica.serves:
                 self._function_failed(member, str(exc),
@@ -408,16 +497,30 @@ class Autoscaler:
         self.queue.fail_waiting(fv.id, CallError.platform(code, reason))
         self._notify_changed()
 
-    def _stop(self, replica: Replica, reason: str) -> None:
-        if replica.state in ("stopping", "stopped"):
+    def _stop(self, replica: Replica, reason: str, *, drain: bool = True) -> None:
+        """Drain ``replica`` (no new calls; SIGTERM once it holds none, at most ``drain_timeout``), or
+        with ``drain=False`` send SIGTERM now (its calls run again elsewhere, or fail if streamed)."""
+        if replica.state == "stopped" or (replica.state == "stopping" and (drain or replica.terminated)):
             return
         log.info("stopping replica %s of %s: %s", replica.id, replica.function.name, reason)
         replica.state = "stopping"
         replica.stop_reason = reason
+        replica.drain_until = time.monotonic() + (self.drain_timeout if drain else 0.0)
         for member in replica.serves:
             self.queue.worker_draining(replica.id, member.id)
-        if replica.handle is not None:
-            replica.handle.terminate()
+        self._terminate_if_drained(replica)
+
+    def _terminate_if_drained(self, replica: Replica) -> None:
+        if replica.terminated or replica.handle is None:  # not started yet: the handle comes back terminated
+            return
+        busy = sum(self.queue.inflight_count(m.id, replica.id) for m in replica.serves)
+        if busy and time.monotonic() < replica.drain_until:
+            return
+        if busy:
+            log.warning("replica %s of %s still holds %d call(s) after draining; stopping it anyway", replica.id,
+                        replica.function.name, busy)
+        replica.terminated = True
+        replica.handle.terminate()
 
     def _notify_changed(self) -> None:
         async def notify() -> None:

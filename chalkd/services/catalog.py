@@ -48,7 +48,14 @@ class CatalogService(FunctionCatalogBase):
 
     def _pb(self, fv, with_spec: bool = True) -> pb.FunctionVersion:
         ready, total = self.scaler.counts(fv)
-        return version_to_pb(fv, ready=ready, replicas=total, with_spec=with_spec)
+        msg = version_to_pb(fv, ready=ready, replicas=total, with_spec=with_spec)
+        scaling = self.scaler.status(fv)
+        msg.desired_replicas = scaling.desired
+        msg.scaling_decision = scaling.decision
+        msg.scaling_decision_at = scaling.decision_at
+        # A version that failed or went waits for nothing.
+        msg.waiting = "" if fv.failed or fv.deleted else scaling.waiting
+        return msg
 
     def _get(self, name: str = "", id: str = ""):
         return self.catalog.get(name=name, id=id)  # NotFound, InvalidFunction: rows of the error table
@@ -107,7 +114,8 @@ class CatalogService(FunctionCatalogBase):
         if spec.resources.memory_bytes > host.memory_bytes:
             bad(f"memory request {spec.resources.memory_bytes} bytes exceeds this host's "
                 f"{host.memory_bytes} bytes ({host.memory_bytes / 2**30:.1f} GiB)")
-        if spec.resources.gpu and self.runtime.name == "docker":
+        # The process runtime refuses gpu= (its check says so) unless a fake inventory was given.
+        if spec.resources.gpu and (self.runtime.name == "docker" or self.scaler.gpus.devices):
             try:
                 want = GpuRequest.parse(spec.resources.gpu)
             except (TypeError, ValueError) as exc:

@@ -1,0 +1,203 @@
+"""Autoscaling against a real chalkd (process runtime): bursts up to max_replicas and back, replicas killed
+mid-burst, draining on scale-down (calls keep being answered while a class's @after runs), GPU waits
+with a fake inventory, and what ``chalkd functions -v`` shows.
+
+Calls run on threads (``Calls`` from test_scaling); each handler leaves a file per run so a test can tell
+that every call ran, and ran once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import chalkcompute
+from chalkcompute import FunctionTimeoutError, RemoteFunction
+from tests.conftest import ROOT, Daemon, wait_for
+from tests.integration.test_scaling import Calls, calls_of, replicas
+
+
+def counted(x: int, gate_dir: str) -> int:
+    """Leave ``run-<x>-<pid>-<n>`` (one per run), wait for the gate, return 2x."""
+    import os
+    import time
+
+    n = sum(1 for name in os.listdir(gate_dir) if name.startswith(f"run-{x}-"))
+    with open(os.path.join(gate_dir, f"run-{x}-{os.getpid()}-{n}"), "w"):
+        pass
+    while not os.path.exists(os.path.join(gate_dir, "go")):
+        time.sleep(0.01)
+    return 2 * x
+
+
+def runs(gate: Path) -> dict[int, list[int]]:
+    """x -> the pids that ran it (one entry per run)."""
+    out: dict[int, list[int]] = {}
+    for p in gate.glob("run-*"):
+        _, x, pid, _n = p.name.split("-")
+        out.setdefault(int(x), []).append(int(pid))
+    return out
+
+
+def chalkd_cli(*args: str) -> str:
+    wide = dict(os.environ, COLUMNS="250")
+    out = subprocess.run([sys.executable, "-m", "chalkd.cli", *args], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT, env=wide)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def scaling_lines(name: str, target: str) -> list[str]:
+    """The lines ``chalkd functions -v`` prints about ``name``'s scaling (its header and what follows)."""
+    lines = chalkd_cli("functions", "-v", "--target", target).splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"{name} v"))
+    end = next((i for i in range(start + 1, len(lines)) if not lines[i].startswith("  ")), len(lines))
+    return lines[start:end]
+
+
+@pytest.mark.timeout(180)
+def test_burst_scales_from_zero_to_max_and_back_with_every_call_answered_once(daemon, tmp_path):
+    name = "as_burst"
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    fn = RemoteFunction(counted, name=name, min_replicas=0, max_replicas=3, suspend_cooldown_period=0.5)
+    fn._ensure_registered()
+    assert replicas(name) == (0, 0)
+    calls = Calls()
+    for x in range(9):
+        calls.start(fn, x, x, str(gate))
+    # Nine calls wait, one at a time per replica: the autoscaler goes to max_replicas (3), not beyond.
+    wait_for(lambda: len({pid for pids in runs(gate).values() for pid in pids}) == 3, timeout=60,
+             what="three replicas running calls")
+    assert replicas(name) == (3, 3)
+    header, *details = scaling_lines(name, daemon.target)
+    assert "desired 3, ready 3, replicas 3" in header
+    assert any("scale up " in line and " -> 3: " in line and "call(s) waiting" in line for line in details), details
+    (gate / "go").touch()
+    assert calls.join(90) == {x: 2 * x for x in range(9)}
+    ran = runs(gate)
+    assert sorted(ran) == list(range(9)) and all(len(pids) == 1 for pids in ran.values()), ran
+    assert sorted(calls_of(name)) == ["succeeded"] * 9
+    # Idle past the cooldown: back to min_replicas (0), each stop a logged decision with its reason.
+    wait_for(lambda: replicas(name) == (0, 0), timeout=30, what="replicas back to 0")
+    header, *details = scaling_lines(name, daemon.target)
+    assert "desired 0, ready 0, replicas 0" in header
+    assert any("scale down 1 -> 0: replica r-" in line and "(suspend_cooldown_period)" in line
+               for line in details), details
+    assert f"INFO chalkd.scaling.autoscaler: scaling {name} v1: scale up 0 -> " in daemon.log()
+
+
+@pytest.mark.timeout(180)
+def test_a_replica_killed_mid_burst_loses_no_call(daemon, tmp_path):
+    name = "as_killed"
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    fn = RemoteFunction(counted, name=name, min_replicas=0, max_replicas=2, suspend_cooldown_period=0.5)
+    calls = Calls()
+    for x in range(6):
+        calls.start(fn, x, x, str(gate))
+    two = wait_for(lambda: len(started := runs(gate)) == 2 and started, timeout=60, what="two calls running")
+    victim_x, (victim,) = sorted(two.items())[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: f"of {name} was lost" in daemon.log(), what="the daemon to see the replica gone")
+    (gate / "go").touch()
+    # Its call runs again (it had sent nothing back), on a replica the autoscaler starts in its place.
+    assert calls.join(90) == {x: 2 * x for x in range(6)}
+    assert sorted(calls_of(name)) == ["succeeded"] * 6
+    ran = runs(gate)
+    assert len(ran[victim_x]) == 2, ran
+    assert all(len(pids) == 1 for x, pids in ran.items() if x != victim_x), ran
+    assert victim not in {pid for x, pids in ran.items() if x != victim_x for pid in pids}
+
+
+# -- draining: a class's @after runs while calls go elsewhere ---------------------------------
+
+
+def _note(kind: str) -> None:
+    with open(os.path.join(os.environ["HOOK_DIR"], kind), "a") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+class SlowAfter:
+    @chalkcompute.before()
+    def load(self):
+        _note("before")
+
+    @chalkcompute.method()
+    def pid(self) -> int:
+        return os.getpid()
+
+    @chalkcompute.after()
+    def close(self):
+        import time
+
+        _note("after-started")
+        # Held until the test opens the gate: the scale-down is visibly in progress meanwhile.
+        while not os.path.exists(os.path.join(os.environ["HOOK_DIR"], "go")):
+            time.sleep(0.01)
+        _note("after-done")
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+@pytest.mark.timeout(180)
+def test_scale_down_drains_and_calls_meanwhile_are_answered_elsewhere(daemon, tmp_path):
+    cls = chalkcompute.cls(name="AsDrain", env={"HOOK_DIR": str(tmp_path)}, min_replicas=0, max_replicas=1,
+                           suspend_cooldown_period=0.3)(SlowAfter)
+    try:
+        first = cls().pid()
+        # Idle past the cooldown: the replica is drained, then told to stop; its @after is running now.
+        wait_for(lambda: lines(tmp_path / "after-started") == [str(first)], timeout=30,
+                 what="@after in the idle replica")
+        assert lines(tmp_path / "after-done") == []
+        # A call now is not given to the draining replica: a new one starts for it and answers.
+        second = cls().pid()
+        assert second != first
+        assert lines(tmp_path / "before") == [str(first), str(second)]
+    finally:
+        (tmp_path / "go").touch()
+    wait_for(lambda: str(first) in lines(tmp_path / "after-done"), timeout=30, what="the first @after to finish")
+    assert sorted(calls_of("AsDrain.pid")) == ["succeeded", "succeeded"]
+
+
+# -- GPUs ---------------------------------------------------------------------------------------
+
+THREE_L4 = ('[{"name": "NVIDIA L4", "uuid": "GPU-fake-0"}, {"name": "NVIDIA L4", "uuid": "GPU-fake-1"}, '
+            '{"name": "NVIDIA L4", "uuid": "GPU-fake-2"}]')
+
+
+def visible_devices() -> str:
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "")
+
+
+@pytest.mark.timeout(180)
+def test_a_function_that_cannot_get_its_gpus_says_so(tmp_path):
+    d = Daemon(tmp_path / "home", env={"CHALKD_FAKE_GPUS": THREE_L4}).start()
+    try:
+        holder = RemoteFunction(visible_devices, name="gpu_holder", gpu="2:nvidia-l4", target=d.target)
+        holder.deploy()
+        assert holder() == "GPU-fake-0,GPU-fake-1"  # the fake UUIDs it was given
+        waiter = RemoteFunction(visible_devices, name="gpu_waiter", gpu="2:nvidia-l4", target=d.target)
+        with pytest.raises(FunctionTimeoutError) as info:
+            waiter.wait_ready(timeout=2)
+        wanted = "waiting: 2 GPUs of type nvidia-l4 wanted, 1 free (held by gpu_holder)"
+        assert wanted in str(info.value)
+        assert f"pending, {wanted}" in next(line for line in chalkd_cli("functions", "--target", d.target)
+                                            .splitlines() if "gpu_waiter" in line)
+        header, *details = scaling_lines("gpu_waiter", d.target)
+        assert "desired 1, ready 0, replicas 0" in header and f"  {wanted}" in details
+        assert "scaling gpu_waiter: 1 of 1 wanted replica(s) cannot start now, " + wanted in d.log()
+        holder.delete()
+        waiter.wait_ready(timeout=60)
+        assert sorted(waiter().split(",")) in (["GPU-fake-0", "GPU-fake-1"], ["GPU-fake-0", "GPU-fake-2"],
+                                               ["GPU-fake-1", "GPU-fake-2"])
+        assert "waiting" not in scaling_lines("gpu_waiter", d.target)[1]
+    finally:
+        d.stop()
