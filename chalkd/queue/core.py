@@ -492,6 +492,11 @@ class Queue(Dispatcher, Streaming):
         worker = self._workers.get(function_id, {}).get(replica_id)
         return len(worker.inflight) if worker else 0
 
+    def last_done(self, function_id: str, replica_id: str) -> float:
+        """When (time.monotonic) the replica last finished a call of ``function_id``; 0.0 if never."""
+        worker = self._workers.get(function_id, {}).get(replica_id)
+        return worker.last_done if worker else 0.0
+
     def worker_event(self, link: WorkerLink, call_id: str, attempt: int, event: ev.CallEvent) -> None:
         call = self.calls.get(call_id)
         if type(event) is ev.Chunk:

@@ -302,6 +302,8 @@ class Autoscaler:
             for r in mine:
                 if any(self.queue.inflight_count(m.id, r.id) for m in members):
                     r.last_busy = now
+                else:  # a call that began and ended between two passes counts too
+                    r.last_busy = max(r.last_busy, *(self.queue.last_done(m.id, r.id) for m in members))
             status = self._status.get(fv.id)
             if status is None:
                 status = ScaleStatus()
