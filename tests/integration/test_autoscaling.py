@@ -201,3 +201,43 @@ def test_a_function_that_cannot_get_its_gpus_says_so(tmp_path):
         assert "waiting" not in scaling_lines("gpu_waiter", d.target)[1]
     finally:
         d.stop()
+
+
+def gpu_gated(gate_dir: str) -> str:
+    """Leave ``run-<its GPU>``, wait for the gate, return its GPU's UUID."""
+    import os
+    import time
+
+    uuid = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    with open(os.path.join(gate_dir, f"run-{uuid}"), "w"):
+        pass
+    while not os.path.exists(os.path.join(gate_dir, "go")):
+        time.sleep(0.01)
+    return uuid
+
+
+@pytest.mark.timeout(180)
+def test_a_burst_scales_only_as_far_as_the_gpus_go(tmp_path):
+    d = Daemon(tmp_path / "home", env={"CHALKD_FAKE_GPUS": THREE_L4}).start()
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    try:
+        fn = RemoteFunction(gpu_gated, name="gpu_burst", gpu="nvidia-l4", min_replicas=0, max_replicas=5,
+                            target=d.target)
+        calls = Calls()
+        for x in range(5):
+            calls.start(fn, x, str(gate))
+        # Five calls want five replicas; the host has three L4s: three run, the rest wait and say why.
+        wait_for(lambda: len(list(gate.glob("run-*"))) == 3, timeout=60, what="three replicas running calls")
+        wanted = "waiting: 1 GPU of type nvidia-l4 wanted, 0 free (held by gpu_burst)"
+        header, *details = wait_for(lambda: (lines := scaling_lines("gpu_burst", d.target))
+                                    and f"  {wanted}" in lines and lines, what="the wait to be shown")
+        assert "desired 5, ready 3, replicas 3" in header
+        assert sorted(p.name for p in gate.glob("run-*")) == ["run-GPU-fake-0", "run-GPU-fake-1", "run-GPU-fake-2"]
+        (gate / "go").touch()
+        results = calls.join(90)
+        assert sorted(results) == list(range(5)) and set(results.values()) <= {"GPU-fake-0", "GPU-fake-1",
+                                                                             "GPU-fake-2"}
+        assert sorted(calls_of("gpu_burst", d.target)) == ["succeeded"] * 5
+    finally:
+        d.stop()
