@@ -255,6 +255,7 @@ class Autoscaler:
     def function_deleted(self, fv: FunctionVersion) -> None:
         self.queue.fail_waiting(fv.id, CallError.platform(
             ErrorCode.NOT_FOUND, f"function {fv.name!r} version {fv.version} was deleted"))
+        self._status.pop(fv.id, None)
         for r in list(self.replicas.values()):
             if fv in r.serves:
                 self._stop(r, "function deleted", drain=False)
