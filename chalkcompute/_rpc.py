@@ -36,7 +36,7 @@ from grpclib.exceptions import StreamTerminatedError
 
 from chalkcompute.exceptions import ErrorKind, error_from_status, timeout_error, unavailable_error
 
-__all__ = ["unary", "guarded", "Metadata", "DEFAULT_TIMEOUT"]
+__all__ = ["unary", "guarded", "Metadata", "DEFAULT_TIMEOUT", "check_metadata"]
 
 S = TypeVar("S")
 R = TypeVar("R")
@@ -50,6 +50,19 @@ DEFAULT_TIMEOUT = 30.0
 # What "no daemon answers" looks like from grpclib: refused/reset sockets, a
 # connection dropped mid-stream, the h2 layer giving up.
 _CONNECTION_ERRORS = (OSError, StreamTerminatedError, ConnectionError)
+
+
+def check_metadata(metadata: Metadata | None) -> list[tuple[str, str]] | None:
+    """A client's ``metadata=`` argument checked: a list of (str, str) pairs, or None when empty.
+
+        >>> check_metadata([("x-team", "ml")]), check_metadata(None)
+        ([('x-team', 'ml')], None)
+    """
+    md = list(metadata or ())
+    for item in md:
+        if not (isinstance(item, tuple) and len(item) == 2 and all(isinstance(s, str) for s in item)):
+            raise TypeError(f"metadata must be a list of (str, str) pairs, got {item!r}")
+    return md or None
 
 
 def _method_name(method: UnaryUnaryMethod[S, R]) -> str:

@@ -180,13 +180,10 @@ class SandboxClient:
 
     def __init__(self, target: str | None = None, credentials: ssl.SSLContext | str | bool | None = None,
                  metadata: list[tuple[str, str]] | None = None) -> None:
-        md = list(metadata or ())
-        for item in md:
-            if not (isinstance(item, tuple) and len(item) == 2 and all(isinstance(s, str) for s in item)):
-                raise TypeError(f"metadata must be a list of (str, str) pairs, got {item!r}")
+        md = _rpc.check_metadata(metadata)
         self.target = target or default_target()
         self._client = Client.get(self.target, credentials=credentials)
-        self._metadata = md or None
+        self._metadata = md
         self.closed = False
 
     @property
