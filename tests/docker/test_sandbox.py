@@ -16,6 +16,7 @@ import pytest
 from chalkcompute import (
     ExecError,
     Image,
+    Sandbox,
     SandboxBuildError,
     SandboxClient,
     SandboxCreationError,
@@ -385,6 +386,18 @@ def test_not_found_and_bad_input(docker_daemon):
         client.create(lifetime="soon")
     with pytest.raises(TypeError, match="part of the command"):
         client.get("sb-nosuch").exec("echo", 1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"1000000 characters\): longer than 128"):
+        client.create(name="a" * 1_000_000)
+    with pytest.raises(SandboxNotFoundError, match="no sandbox named"):
+        Sandbox.from_name("nobody-has-this-name", client=client)
+
+
+def test_an_oversized_command_is_refused_naming_the_limit(sandbox):
+    from chalkcompute import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match=r"over the limit of 1048576 bytes"):
+        sandbox.exec("echo", "x" * (2 << 20))
+    assert sandbox.exec("echo", "still fine").stdout_text == "still fine\n"
 
 
 def test_cli_exec_passes_stdin_output_and_exit_code(sandbox, docker_daemon):
