@@ -30,7 +30,7 @@ from secrets import token_hex
 from grpclib import GRPCError
 from grpclib.const import Status
 
-from chalkcompute._contract import MAX_PATH_BYTES, path_too_long, quote
+from chalkcompute._contract import MAX_PATH_BYTES, name_too_long, path_too_long, quote
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import SandboxesBase
 from chalkd.containers.agent_client import AgentError, AgentUnavailableError
@@ -132,6 +132,15 @@ class SandboxesService(SandboxesBase):
         check_lazy_files(spec.image)  # LazyFileError: INVALID_ARGUMENT by the error table
         if spec.lifetime < 0:
             raise InvalidArgument(f"lifetime must be positive seconds, got {spec.lifetime:g}")
+        too_long = name_too_long("sandbox name", spec.name)
+        if too_long:
+            raise InvalidArgument(too_long)
+        if any(ord(c) < 32 or c == "\x7f" for c in spec.name):
+            raise InvalidArgument(f"sandbox name {quote(spec.name)} contains a control character")
+        size = sum(len(k) + len(v) for k, v in spec.env.items()) + sum(len(a) for a in spec.entrypoint)
+        if size > MAX_EXEC_ARGS:
+            raise InvalidArgument(f"the sandbox's env and entrypoint take {size} bytes, over the limit of "
+                                  f"{MAX_EXEC_ARGS} bytes")
         try:
             rec = await manager.create(spec, local_secrets=dict(req.spec.local_secrets))
         except LookupError as exc:  # a secret or integration that does not exist (named, never a value)

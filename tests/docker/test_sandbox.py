@@ -410,3 +410,24 @@ def test_cli_exec_passes_stdin_output_and_exit_code(sandbox, docker_daemon):
                             text=True, timeout=60)
     assert sandbox.id in listed.stdout
 
+
+
+def test_the_daemon_checks_what_a_raw_client_sends(docker_daemon):
+    """Not only the SDK: a Create with a huge name or env is refused by the daemon, naming the limit."""
+    from chalkcompute._bridge import run_sync
+    from chalkcompute._client import Client
+    from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
+    from chalkcompute._proto.chalk_v1_chalk_grpc import SandboxesStub
+
+    async def create(spec):
+        try:
+            await SandboxesStub(Client.get(docker_daemon.target).channel).Create(pb.CreateSandboxRequest(spec=spec))
+        except Exception as exc:
+            return f"{getattr(exc, 'status', '')} {getattr(exc, 'message', exc)}"
+        return "created"
+
+    image = Image.debian_slim(PY).to_proto()
+    assert "longer than 128 characters" in run_sync(create(pb.SandboxSpec(name="n" * 5000, image=image)))
+    assert "control character" in run_sync(create(pb.SandboxSpec(name="a\nb", image=image)))
+    big_env = run_sync(create(pb.SandboxSpec(image=image, env={"A": "x" * (2 << 20)})))
+    assert "INVALID_ARGUMENT" in big_env and "1048576 bytes" in big_env
