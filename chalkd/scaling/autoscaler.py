@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import secrets
 import time
@@ -125,6 +126,7 @@ class Autoscaler:
         self._warm_until: dict[str, float] = {}
         self._startup_failures: dict[str, int] = {}
         self._status: dict[str, ScaleStatus] = {}  # function id -> (a pool's members share one)
+        self._excess_since: dict[str, float] = {}  # function id -> since when it has more replicas than it wants
         self._restart_at: dict[str, float] = {}  # function id -> no new replica before (monotonic)
         self._prepared: dict[str, asyncio.Task] = {}
         self._wake = self.hooks.wake
@@ -279,7 +281,7 @@ class Autoscaler:
         now = time.monotonic()
         used_cpu, used_mem = self._used()
         for r in list(self.replicas.values()):
-            if r.state == "ready" and now - r.last_seen > self.heartbeat_timeout:
+            if r.state in ("ready", "stopping") and not r.terminated and now - r.last_seen > self.heartbeat_timeout:
                 r.stop_reason = f"no heartbeat for {self.heartbeat_timeout:g}s"
                 if r.handle is not None:
                     r.handle.kill()
@@ -354,20 +356,33 @@ class Autoscaler:
                 if blocked:
                     log.info("scaling %s: %d of %d wanted replica(s) cannot start now, %s",
                              fv.name, desired - len(mine), desired, blocked)
-            # Scale down idle replicas above the floor once the cooldown has passed.
-            idle = sorted(
-                (r for r in mine if r.state == "ready" and not any(self.queue.inflight_count(m.id, r.id)
-                                                                   for m in members)
-                 and now - r.last_busy >= fv.cooldown),
-                key=lambda r: r.last_busy,
-            )
+            # Scale down above the floor once the cooldown has passed: replicas idle that long, or, when
+            # the function has had more replicas than it wants for that long, the least busy ones (their
+            # calls finish first: draining). Load spread over every replica would keep each one busy.
             excess = len(mine) - max(floor, desired)
-            for r in idle[:max(0, excess)]:
-                self._decide(fv, status, f"scale down {len(mine)} -> {len(mine) - 1}: replica {r.id} idle for "
-                             f"{fv.cooldown:g}s (suspend_cooldown_period), {waiting + running} call(s) waiting "
-                             f"or running, floor {floor}" + (f" ({floor_why})" if floor_why else ""))
+            if excess <= 0:
+                self._excess_since.pop(fv.id, None)
+                continue
+            excess_for = now - self._excess_since.setdefault(fv.id, now)
+
+            def busy(r: Replica, members: tuple[FunctionVersion, ...] = members) -> int:
+                return sum(self.queue.inflight_count(m.id, r.id) for m in members)
+
+            ready = [r for r in mine if r.state == "ready"]
+            idle = sorted((r for r in ready if not busy(r) and now - r.last_busy >= fv.cooldown),
+                          key=lambda r: r.last_busy)
+            if excess_for >= fv.cooldown:
+                idle += sorted((r for r in ready if r not in idle), key=busy)
+            for r in idle[:excess]:
+                held = busy(r)
+                why = (f"replica {r.id} idle for {fv.cooldown:g}s" if not held else
+                       f"more replicas than wanted for {fv.cooldown:g}s, replica {r.id} drains its {held} call(s)")
+                self._decide(fv, status, f"scale down {len(mine)} -> {len(mine) - 1}: {why} "
+                             f"(suspend_cooldown_period), {waiting + running} call(s) waiting or running, "
+                             f"floor {floor}" + (f" ({floor_why})" if floor_why else ""))
                 mine.remove(r)
-                self._stop(r, f"idle for {fv.cooldown:g}s (suspend_cooldown_period)")
+                self._stop(r, f"scaled down after {fv.cooldown:g}s (suspend_cooldown_period)")
+                self._excess_since.pop(fv.id, None)  # any further excess waits a cooldown of its own
 
     def _decide(self, fv: FunctionVersion, status: ScaleStatus, decision: str) -> None:
         status.decision = decision
@@ -501,14 +516,15 @@ class Autoscaler:
         self._notify_changed()
 
     def _stop(self, replica: Replica, reason: str, *, drain: bool = True) -> None:
-        """Drain ``replica`` (no new calls; SIGTERM once it holds none, at most ``drain_timeout``), or
-        with ``drain=False`` send SIGTERM now (its calls run again elsewhere, or fail if streamed)."""
+        """Drain ``replica`` (no new calls; SIGTERM once it holds none: its calls' own timeouts bound
+        that), or with ``drain=False`` send SIGTERM now (its calls run again elsewhere, or fail if
+        streamed: a deleted function, a daemon past its drain_timeout)."""
         if replica.state == "stopped" or (replica.state == "stopping" and (drain or replica.terminated)):
             return
         log.info("stopping replica %s of %s: %s", replica.id, replica.function.name, reason)
         replica.state = "stopping"
         replica.stop_reason = reason
-        replica.drain_until = time.monotonic() + (self.drain_timeout if drain else 0.0)
+        replica.drain_until = math.inf if drain else 0.0
         for member in replica.serves:
             self.queue.worker_draining(replica.id, member.id)
         self._terminate_if_drained(replica)
@@ -519,9 +535,6 @@ class Autoscaler:
         busy = sum(self.queue.inflight_count(m.id, replica.id) for m in replica.serves)
         if busy and time.monotonic() < replica.drain_until:
             return
-        if busy:
-            log.warning("replica %s of %s still holds %d call(s) after draining; stopping it anyway", replica.id,
-                        replica.function.name, busy)
         replica.terminated = True
         replica.handle.terminate()
 

@@ -115,6 +115,66 @@ def test_a_replica_killed_mid_burst_loses_no_call(daemon, tmp_path):
     assert victim not in {pid for x, pids in ran.items() if x != victim_x for pid in pids}
 
 
+# -- draining ------------------------------------------------------------------------------------
+
+
+def held(x: int, gate_dir: str) -> int:
+    """Leave ``start-<x>-<replica id>``, wait for ``go-<x>``, return 2x."""
+    import os
+    import time
+
+    with open(os.path.join(gate_dir, f"start-{x}-{os.environ['CHALK_REPLICA_ID']}"), "w"):
+        pass
+    while not os.path.exists(os.path.join(gate_dir, f"go-{x}")):
+        time.sleep(0.01)
+    return 2 * x
+
+
+def placed(gate: Path) -> dict[int, list[str]]:
+    """x -> the replica ids that ran it."""
+    out: dict[int, list[str]] = {}
+    for p in gate.glob("start-*"):
+        _, x, replica = p.name.split("-", 2)
+        out.setdefault(int(x), []).append(replica)
+    return out
+
+
+@pytest.mark.timeout(180)
+def test_a_replica_chosen_for_scale_down_finishes_its_call_and_takes_no_new_one(daemon, tmp_path):
+    name = "as_drain_busy"
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    fn = RemoteFunction(held, name=name, min_replicas=0, max_replicas=2, concurrency=2,
+                        suspend_cooldown_period=0.5)
+    calls = Calls()
+    for x in range(4):
+        calls.start(fn, x, x, str(gate))
+    # Two calls per replica (max_concurrent=2): two replicas.
+    at = wait_for(lambda: len(p := placed(gate)) == 4 and len({r for rs in p.values() for r in rs}) == 2 and p,
+                  timeout=60, what="four calls on two replicas")
+    by_replica: dict[str, list[int]] = {}
+    for x, (replica,) in sorted(at.items()):
+        by_replica.setdefault(replica, []).append(x)
+    for xs in by_replica.values():  # one call left on each: one replica is more than two calls want
+        (gate / f"go-{xs[0]}").touch()
+    decision = wait_for(lambda: next((line for line in scaling_lines(name, daemon.target)
+                                      if "drains its 1 call(s)" in line), None), timeout=30,
+                        what="a busy replica chosen for scale-down")
+    drained = decision.split("replica ", 1)[1].split()[0]
+    assert drained in by_replica, decision
+    # A call now goes to a replica that is not draining, and is answered while the drained one's call runs.
+    (gate / "go-10").touch()
+    assert fn(10, str(gate)) == 20
+    assert placed(gate)[10] != [drained]
+    assert not (set(calls.results) & {by_replica[drained][1]})  # still in flight on the draining replica
+    for xs in by_replica.values():
+        (gate / f"go-{xs[1]}").touch()
+    assert calls.join(60) == {x: 2 * x for x in range(4)}
+    assert sorted(calls_of(name)) == ["succeeded"] * 5
+    assert all(len(replicas_) == 1 for replicas_ in placed(gate).values())  # each ran once
+    wait_for(lambda: replicas(name) == (0, 0), timeout=30, what="replicas back to 0")
+
+
 # -- draining: a class's @after runs while calls go elsewhere ---------------------------------
 
 
