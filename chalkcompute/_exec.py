@@ -151,7 +151,12 @@ class ExecProcess:
         try:
             stream = await stack.enter_async_context(client.open_stream(
                 b"sandboxes.exec", stub.Exec, pb.SandboxExecResponse, metadata=self.sandbox.client._metadata))
-            await stream.send_message(first)
+            try:
+                await stream.send_message(first)
+            except _CONNECTION_ERRORS:
+                # The daemon may have refused and closed at once: its answer is the error to raise.
+                await stream.recv_message()
+                raise
             resp = await stream.recv_message()
             if resp is None:
                 raise ExecError("UNAVAILABLE", "the daemon closed the exec stream before it started")

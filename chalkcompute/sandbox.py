@@ -534,10 +534,15 @@ class SandboxFiles:
         with _fs_errors(client.target):
             async with client._client.open_stream(b"sandboxes.write", client._stub.WriteFile,
                                                   pb.SandboxWriteResponse, metadata=client._metadata) as stream:
-                await _send(stream, first)
-                async for piece in pieces:
-                    await _send(stream, pb.SandboxWriteRequest(data=piece))
-                await _end(stream)
+                try:
+                    await _send(stream, first)
+                    async for piece in pieces:
+                        await _send(stream, pb.SandboxWriteRequest(data=piece))
+                    await _end(stream)
+                except (OSError, ConnectionError):
+                    # Refused part way (no such sandbox, a bad path): the daemon's answer says why.
+                    await stream.recv_message()
+                    raise
                 resp = await stream.recv_message()
         return resp.size if resp is not None else 0
 

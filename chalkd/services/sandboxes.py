@@ -62,6 +62,7 @@ MAX_EXEC_ARGS = 1 << 20
 FINAL_ACK_WAIT = 30.0
 WINDOW = 8 << 20          # bytes of output the agent holds unacked per exec, then pauses the process
 DETACH_TIMEOUT = 300.0    # an exec nobody reattaches to within this gets SIGHUP
+DISCARD_LIMIT = 256 << 20  # bytes of a refused upload read (and dropped) so the refusal reaches the client
 
 
 def _fmt_cpu(millis: int) -> str:
@@ -101,6 +102,17 @@ def _fs_error(exc: BaseException, path: str, sandbox_id: str) -> Exception:
     if isinstance(exc, ValueError):
         return InvalidArgument(f"{exc} ({where})")
     return FailedPrecondition(f"{exc} ({where})")
+
+
+async def _discard_rest(stream, limit: int = DISCARD_LIMIT, timeout: float = 30.0) -> None:
+    """Read and drop the rest of a client stream: up to ``limit`` bytes or ``timeout`` seconds."""
+    async def drain() -> None:
+        seen = 0
+        while seen < limit and (msg := await stream.recv_message()) is not None:
+            seen += msg.ByteSize()
+
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(drain(), timeout)
 
 
 class SandboxesService(SandboxesBase):
@@ -172,10 +184,11 @@ class SandboxesService(SandboxesBase):
 
     @grpc_errors
     async def Exec(self, stream) -> None:
-        manager = self._manager()
+        # Read the request before any refusal: a client then always finds the refusal as the answer.
         first: pb.SandboxExecRequest | None = await stream.recv_message()
         if first is None:
             return
+        manager = self._manager()
         which = first.WhichOneof("msg")
         try:
             if which == "start":
@@ -309,6 +322,15 @@ class SandboxesService(SandboxesBase):
         first: pb.SandboxWriteRequest | None = await stream.recv_message()
         if first is None:
             raise InvalidArgument("WriteFile needs a first message naming the sandbox and the path")
+        try:
+            await self._write_file(stream, first)
+        except Exception:
+            # Refused while the client still sends: read what it sends (bounded) before answering, or its
+            # writes meet a closed socket and it sees a reset instead of the reason.
+            await _discard_rest(stream)
+            raise
+
+    async def _write_file(self, stream, first: pb.SandboxWriteRequest) -> None:
         path = _check_path(first.path)
         manager = self._manager()
         rec = await manager.ready(first.sandbox_id, 0.0)
