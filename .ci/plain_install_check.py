@@ -1,4 +1,4 @@
-"""CI: one Docker function through a chalkd installed from its wheel alone.
+"""CI: one Docker function and one sandbox through a chalkd installed from its wheel alone.
 
 `.ci/run` builds chalkd's wheel, installs it by itself in a fresh ``python3 -m venv``
 (the bundled setuptools, no test extras, no source checkout on the path), starts
@@ -36,6 +36,23 @@ def main() -> int:
     print(f"plain install check: {got}")
     if got["double"] != 42 or not got["in_docker"]:
         print("plain install check: FAILED (expected double=42 run in a Docker container)", file=sys.stderr)
+        return 1
+    # A sandbox: its agent runs from the runtime the daemon extracts and the agent files of the
+    # installed wheel (not a checkout), on an image built bare.
+    sandbox = chalkcompute.SandboxClient().create(image=chalkcompute.Image.debian_slim())
+    try:
+        proc = sandbox.exec_start("sh", "-c", "cat; echo sandbox-ok >&2")
+        proc.write_stdin("from stdin\n")
+        proc.close_stdin()
+        result = proc.wait()
+        sandbox.fs.write_bytes("/tmp/plain.txt", b"plain")
+        files = sandbox.fs.read_bytes("/tmp/plain.txt")
+    finally:
+        sandbox.terminate(0)
+    print(f"plain install check: sandbox {result.exit_code} {result.stdout_text!r} {result.stderr_text!r} {files!r}")
+    if (result.exit_code, result.stdout_text, result.stderr_text, files) != (
+            0, "from stdin\n", "sandbox-ok\n", b"plain"):
+        print("plain install check: FAILED (the sandbox's exec or files)", file=sys.stderr)
         return 1
     print("plain install check: ok")
     return 0
