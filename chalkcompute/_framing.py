@@ -151,13 +151,16 @@ class FramedStream:
     async def send_request(self) -> None:
         """grpclib's stream API: the connection is already open."""
 
-    async def send_message(self, message) -> None:
+    async def send_message(self, message, end: bool = False) -> None:
+        """grpclib's signature: ``end`` half-closes the stream after this message."""
         if self.direct is not None:
             self.direct.write(frame(MESSAGE, message.SerializeToString()))
-            return
-        write_frame(self.writer, MESSAGE, message.SerializeToString())
-        # drain() only waits when the peer is slow: the transport's buffer is full.
-        await self.writer.drain()
+        else:
+            write_frame(self.writer, MESSAGE, message.SerializeToString())
+            # drain() only waits when the peer is slow: the transport's buffer is full.
+            await self.writer.drain()
+        if end:
+            await self.end()
 
     async def send_error(self, status: Status, message: str) -> None:
         write_frame(self.writer, ERROR, f"{status.value}:{message}".encode())

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import ssl
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -54,11 +53,10 @@ from chalkcompute._mounts import check_secrets, secret_refs, volume_mounts
 from chalkcompute._options import parse_cpu, parse_memory
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import SandboxesStub
+from chalkcompute._sandbox_files import SandboxFileEntry, SandboxFiles
 from chalkcompute.exceptions import (
-    ChalkError,
     ErrorKind,
     ExecError,
-    InvalidArgumentError,
     SandboxBuildError,
     SandboxCreationError,
     SandboxError,
@@ -80,7 +78,6 @@ R = TypeVar("R")
 #: The reference's volume mount type: ``VolumeMount(volume="data", path="/data")``.
 VolumeMount = pb.VolumeMount
 
-PIECE = 1 << 20            # bytes per file-write message
 DEFAULT_GRACE = 10.0       # terminate()'s grace period when none is given
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -158,16 +155,6 @@ class SandboxInfo:
                    created_at=datetime.fromtimestamp(i.created_at, tz=UTC), cpu=i.cpu or None,
                    memory=i.memory or None, gpu=i.gpu or None, isolation=dict(i.isolation),
                    expires_at=datetime.fromtimestamp(i.expires_at, tz=UTC) if i.expires_at else None)
-
-
-@dataclass(frozen=True)
-class SandboxFileEntry:
-    """A directory entry inside a sandbox: ``type`` is "file", "dir", "link" or "other"."""
-
-    name: str
-    type: str
-    size: int
-    mtime: float
 
 
 class SandboxClient:
@@ -476,156 +463,3 @@ def _raise_for_status(info: SandboxInfo) -> None:
     if info.status == "error":
         raise SandboxCreationError(message)
     raise SandboxStatusError(message)
-
-
-class SandboxFiles:
-    """Files inside a sandbox, read and written by its agent (never resolved on the daemon's host);
-    large files travel in 1 MiB pieces both ways, in bounded memory. Paths are absolute or relative to
-    the image's working directory. A missing path raises FileNotFoundError."""
-
-    def __init__(self, sandbox: Sandbox) -> None:
-        self.sandbox = sandbox
-
-    def _check(self, path: str) -> str:
-        if not isinstance(path, str) or not path:
-            raise ValueError(f"give a path inside the sandbox, got {path!r}")
-        too_long = path_too_long("path", path)
-        if too_long:
-            raise ValueError(too_long)
-        return path
-
-    async def _chunks(self, path: str) -> AsyncIterator[bytes]:
-        client = self.sandbox.client
-        request = pb.SandboxFileRequest(sandbox_id=self.sandbox.id, path=self._check(path))
-        with _fs_errors(client.target):
-            async with client._client.open_stream(b"sandboxes.read", client._stub.ReadFile, pb.SandboxFileChunk,
-                                                  metadata=client._metadata) as stream:
-                await _send(stream, request, end=True)
-                while (chunk := await stream.recv_message()) is not None:
-                    if chunk.data:
-                        yield chunk.data
-
-    async def _read_bytes(self, path: str) -> bytes:
-        """The whole file at ``path``."""
-        return b"".join([c async for c in self._chunks(path)])
-
-    read_bytes = Twin(_read_bytes)
-
-    async def _download_file(self, path: str, local_path: str | os.PathLike) -> int:
-        """Copy the sandbox's file at ``path`` to ``local_path``; returns its size."""
-        size = 0
-        tmp = f"{os.fspath(local_path)}.part"
-        try:
-            with open(tmp, "wb") as out:
-                async for chunk in self._chunks(path):
-                    await asyncio.to_thread(out.write, chunk)
-                    size += len(chunk)
-            os.replace(tmp, local_path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        return size
-
-    download_file = Twin(_download_file)
-
-    async def _write(self, path: str, pieces: AsyncIterator[bytes], mode: int | None) -> int:
-        client = self.sandbox.client
-        first = pb.SandboxWriteRequest(sandbox_id=self.sandbox.id, path=self._check(path), mode=mode or 0)
-        with _fs_errors(client.target):
-            async with client._client.open_stream(b"sandboxes.write", client._stub.WriteFile,
-                                                  pb.SandboxWriteResponse, metadata=client._metadata) as stream:
-                try:
-                    await _send(stream, first)
-                    async for piece in pieces:
-                        await _send(stream, pb.SandboxWriteRequest(data=piece))
-                    await _end(stream)
-                except (OSError, ConnectionError):
-                    # Refused part way (no such sandbox, a bad path): the daemon's answer says why.
-                    await stream.recv_message()
-                    raise
-                resp = await stream.recv_message()
-        return resp.size if resp is not None else 0
-
-    async def _write_bytes(self, path: str, data: bytes, mode: int | None = None) -> int:
-        """Write ``data`` to ``path`` (parents made; replaced whole, never half-written); returns its size."""
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"data must be bytes, got {type(data).__name__}")
-        view = memoryview(data)
-
-        async def pieces() -> AsyncIterator[bytes]:
-            for i in range(0, len(view), PIECE):
-                yield bytes(view[i:i + PIECE])
-
-        return await self._write(path, pieces(), mode)
-
-    write_bytes = Twin(_write_bytes)
-
-    async def _upload_file(self, local_path: str | os.PathLike, path: str, mode: int | None = None) -> int:
-        """Copy the local file ``local_path`` to ``path`` in the sandbox; returns its size."""
-        f = open(local_path, "rb")  # noqa: SIM115 (closed below, after the last piece)
-
-        async def pieces() -> AsyncIterator[bytes]:
-            while piece := await asyncio.to_thread(f.read, PIECE):
-                yield piece
-
-        try:
-            return await self._write(path, pieces(), mode)
-        finally:
-            f.close()
-
-    upload_file = Twin(_upload_file)
-
-    async def _listdir(self, path: str = ".") -> list[SandboxFileEntry]:
-        """The entries of the directory ``path``, by name."""
-        client = self.sandbox.client
-        request = pb.SandboxFileRequest(sandbox_id=self.sandbox.id, path=self._check(path))
-        with _fs_errors(client.target):
-            resp = await client._call(client._stub.ListDir, request, timeout=120)
-        return sorted((SandboxFileEntry(e.name, e.type, e.size, e.mtime) for e in resp.entries),
-                      key=lambda e: e.name)
-
-    listdir = Twin(_listdir)
-
-
-async def _send(stream: Any, message: Any, end: bool = False) -> None:
-    from chalkcompute._framing import FramedStream
-
-    if isinstance(stream, FramedStream):
-        await stream.send_message(message)
-        if end:
-            await stream.end()
-    else:
-        await stream.send_message(message, end=end)
-
-
-async def _end(stream: Any) -> None:
-    await stream.end()  # a gRPC stream and a framed one both half-close with end()
-
-
-@contextlib.contextmanager
-def _fs_errors(target: str) -> Iterator[None]:
-    """File failures as Python's own: NOT_FOUND -> FileNotFoundError, PERMISSION_DENIED -> PermissionError,
-    "is a directory" -> IsADirectoryError, "not a directory" -> NotADirectoryError; sandbox states as the
-    Sandbox family."""
-    try:
-        with _rpc.guarded(target, ErrorKind.SANDBOX):
-            yield
-    except SandboxNotFoundError as exc:
-        message = str(exc)
-        if message.startswith("no such file"):
-            raise FileNotFoundError(message) from None
-        raise
-    except SandboxStatusError as exc:
-        message = str(exc)
-        if message.startswith("is a directory"):
-            raise IsADirectoryError(message) from None
-        if message.startswith("not a directory"):
-            raise NotADirectoryError(message) from None
-        raise
-    except ChalkError as exc:
-        if type(exc).__name__ == "PermissionDeniedError" and str(exc).startswith("permission denied"):
-            raise PermissionError(str(exc)) from None
-        if isinstance(exc, InvalidArgumentError):
-            raise ValueError(str(exc)) from None
-        raise
-

@@ -90,14 +90,6 @@ _UNARY_TIMEOUT = 300.0  # Get/List walk the volume to count its files
 _FRAMED = {"ReadFile": b"volumes.read", "WriteFiles": b"volumes.write", "ListFiles": b"volumes.list"}
 
 
-async def _send(stream: Any, message: Any, end: bool = False) -> None:
-    """send_message on a gRPC or a framed stream; ``end`` half-closes it."""
-    if isinstance(stream, FramedStream):
-        await stream.send_message(message)
-        if end:
-            await stream.end()
-    else:
-        await stream.send_message(message, end=end)
 
 
 def _utc(ts: float) -> datetime:
@@ -180,8 +172,7 @@ class VolumeClient:
     async def _stream(self, method: ServiceMethod[Any, Any]) -> AsyncIterator[Any]:
         """A ReadFile/WriteFiles/ListFiles stream: on the daemon's unix socket when it
         is on this machine (no HTTP/2: ~3x the throughput), else gRPC (always with
-        ``metadata``, which only gRPC carries). Use :func:`_send` on it, the two differ
-        in how a stream's end is said."""
+        ``metadata``, which only gRPC carries). Both take ``send_message(msg, end=True)``."""
         name = _FRAMED[method.name.rsplit("/", 1)[-1]]
         async with self._client.open_stream(name, method, method.reply_type, metadata=self._metadata) as stream:
             yield stream
@@ -289,7 +280,7 @@ class Volume:
             async with client._stream(client._stub.ReadFile) as stream:
                 if isinstance(stream, FramedStream) and not getattr(stream.reader, "_buffer", b"?"):
                     return await download_framed(stream, request, local_path)
-                await _send(stream, request, end=True)
+                await stream.send_message(request, end=True)
                 chunks = _stream_data(stream, f"{path!r} in volume {self.name!r}")
                 if local_path is None:
                     parts = [data async for data in chunks]
@@ -303,7 +294,7 @@ class Volume:
         client._check(f"read {path!r} from volume {self.name!r}")
         with client._guarded():
             async with client._stream(client._stub.ReadFile) as stream:
-                await _send(stream, pb.ReadFileRequest(name=self.name, path=path), end=True)
+                await stream.send_message(pb.ReadFileRequest(name=self.name, path=path), end=True)
                 first = await stream.recv_message()
                 if first is None:  # only a broken daemon ends without a chunk
                     raise VolumeError(f"chalkd sent nothing for {path!r} in volume {self.name!r}", "INTERNAL")
@@ -339,7 +330,8 @@ class Volume:
         client._check(f"list volume {self.name!r}")
         with client._guarded():
             async with client._stream(client._stub.ListFiles) as stream:
-                await _send(stream, pb.ListFilesRequest(name=self.name, prefix=prefix, recursive=recursive), end=True)
+                request = pb.ListFilesRequest(name=self.name, prefix=prefix, recursive=recursive)
+                await stream.send_message(request, end=True)
                 async for page in stream:
                     for e in page.entries:
                         yield VolumeEntry(e.path, e.size, e.mtime)
@@ -369,10 +361,10 @@ class Volume:
                 name = self.name
                 for path, src in items:
                     async for piece, last in _pieces(src):
-                        await _send(stream, pb.WriteFilesRequest(name=name, path=path, data=piece,
+                        await stream.send_message(pb.WriteFilesRequest(name=name, path=path, data=piece,
                                                                  end_of_file=last))
                         name = ""  # the volume is named by the first message only
-                await _send(stream, pb.WriteFilesRequest(name=name, commit=True), end=True)
+                await stream.send_message(pb.WriteFilesRequest(name=name, commit=True), end=True)
                 return await stream.recv_message()
 
     async def _put(self, path: str, data: bytes | str) -> Volume:
