@@ -834,3 +834,95 @@ class SandboxesStub:
             chalk_v1_chalk_pb2.SandboxFileRequest,
             chalk_v1_chalk_pb2.SandboxListDirResponse,
         )
+
+
+class ScalingGroupsBase(abc.ABC):
+
+    @abc.abstractmethod
+    async def Deploy(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.DeployScalingGroupRequest, chalk_v1_chalk_pb2.ScalingGroupInfo]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def Get(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.GetScalingGroupRequest, chalk_v1_chalk_pb2.ScalingGroupInfo]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def List(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.ListScalingGroupsRequest, chalk_v1_chalk_pb2.ListScalingGroupsResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def Delete(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.DeleteScalingGroupRequest, chalk_v1_chalk_pb2.DeleteScalingGroupResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def Logs(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.ScalingGroupLogsRequest, chalk_v1_chalk_pb2.ScalingGroupLogsResponse]') -> None:
+        pass
+
+    def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
+        return {
+            '/chalk.v1.ScalingGroups/Deploy': grpclib.const.Handler(
+                self.Deploy,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                chalk_v1_chalk_pb2.DeployScalingGroupRequest,
+                chalk_v1_chalk_pb2.ScalingGroupInfo,
+            ),
+            '/chalk.v1.ScalingGroups/Get': grpclib.const.Handler(
+                self.Get,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                chalk_v1_chalk_pb2.GetScalingGroupRequest,
+                chalk_v1_chalk_pb2.ScalingGroupInfo,
+            ),
+            '/chalk.v1.ScalingGroups/List': grpclib.const.Handler(
+                self.List,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                chalk_v1_chalk_pb2.ListScalingGroupsRequest,
+                chalk_v1_chalk_pb2.ListScalingGroupsResponse,
+            ),
+            '/chalk.v1.ScalingGroups/Delete': grpclib.const.Handler(
+                self.Delete,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                chalk_v1_chalk_pb2.DeleteScalingGroupRequest,
+                chalk_v1_chalk_pb2.DeleteScalingGroupResponse,
+            ),
+            '/chalk.v1.ScalingGroups/Logs': grpclib.const.Handler(
+                self.Logs,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                chalk_v1_chalk_pb2.ScalingGroupLogsRequest,
+                chalk_v1_chalk_pb2.ScalingGroupLogsResponse,
+            ),
+        }
+
+
+class ScalingGroupsStub:
+
+    def __init__(self, channel: grpclib.client.Channel) -> None:
+        self.Deploy = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/chalk.v1.ScalingGroups/Deploy',
+            chalk_v1_chalk_pb2.DeployScalingGroupRequest,
+            chalk_v1_chalk_pb2.ScalingGroupInfo,
+        )
+        self.Get = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/chalk.v1.ScalingGroups/Get',
+            chalk_v1_chalk_pb2.GetScalingGroupRequest,
+            chalk_v1_chalk_pb2.ScalingGroupInfo,
+        )
+        self.List = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/chalk.v1.ScalingGroups/List',
+            chalk_v1_chalk_pb2.ListScalingGroupsRequest,
+            chalk_v1_chalk_pb2.ListScalingGroupsResponse,
+        )
+        self.Delete = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/chalk.v1.ScalingGroups/Delete',
+            chalk_v1_chalk_pb2.DeleteScalingGroupRequest,
+            chalk_v1_chalk_pb2.DeleteScalingGroupResponse,
+        )
+        self.Logs = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/chalk.v1.ScalingGroups/Logs',
+            chalk_v1_chalk_pb2.ScalingGroupLogsRequest,
+            chalk_v1_chalk_pb2.ScalingGroupLogsResponse,
+        )

@@ -1390,3 +1390,195 @@ class SandboxListDirResponse(_message.Message):
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[SandboxDirEntry]
     def __init__(self, entries: _Optional[_Iterable[_Union[SandboxDirEntry, _Mapping]]] = ...) -> None: ...
+
+class ReadinessProbeSpec(_message.Message):
+    __slots__ = ("kind", "path", "period_seconds", "timeout_seconds", "failure_threshold")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    path: str
+    period_seconds: float
+    timeout_seconds: float
+    failure_threshold: int
+    def __init__(self, kind: _Optional[str] = ..., path: _Optional[str] = ..., period_seconds: _Optional[float] = ..., timeout_seconds: _Optional[float] = ..., failure_threshold: _Optional[int] = ...) -> None: ...
+
+class ScalingGroupSpec(_message.Message):
+    __slots__ = ("name", "image", "port", "resources", "env", "volumes", "secrets", "local_secrets", "entrypoint", "min_replicas", "max_replicas", "readiness_probe", "authenticated")
+    class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class LocalSecretsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    VOLUMES_FIELD_NUMBER: _ClassVar[int]
+    SECRETS_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_SECRETS_FIELD_NUMBER: _ClassVar[int]
+    ENTRYPOINT_FIELD_NUMBER: _ClassVar[int]
+    MIN_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    MAX_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    READINESS_PROBE_FIELD_NUMBER: _ClassVar[int]
+    AUTHENTICATED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    image: ImageSpec
+    port: int
+    resources: Resources
+    env: _containers.ScalarMap[str, str]
+    volumes: _containers.RepeatedCompositeFieldContainer[VolumeMount]
+    secrets: _containers.RepeatedCompositeFieldContainer[SecretRef]
+    local_secrets: _containers.ScalarMap[str, str]
+    entrypoint: _containers.RepeatedScalarFieldContainer[str]
+    min_replicas: int
+    max_replicas: int
+    readiness_probe: ReadinessProbeSpec
+    authenticated: bool
+    def __init__(self, name: _Optional[str] = ..., image: _Optional[_Union[ImageSpec, _Mapping]] = ..., port: _Optional[int] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., volumes: _Optional[_Iterable[_Union[VolumeMount, _Mapping]]] = ..., secrets: _Optional[_Iterable[_Union[SecretRef, _Mapping]]] = ..., local_secrets: _Optional[_Mapping[str, str]] = ..., entrypoint: _Optional[_Iterable[str]] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ..., readiness_probe: _Optional[_Union[ReadinessProbeSpec, _Mapping]] = ..., authenticated: _Optional[bool] = ...) -> None: ...
+
+class GroupReplicaInfo(_message.Message):
+    __slots__ = ("id", "revision", "state", "in_flight", "address", "started_at", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    revision: int
+    state: str
+    in_flight: int
+    address: str
+    started_at: float
+    error: str
+    def __init__(self, id: _Optional[str] = ..., revision: _Optional[int] = ..., state: _Optional[str] = ..., in_flight: _Optional[int] = ..., address: _Optional[str] = ..., started_at: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
+
+class ScalingGroupInfo(_message.Message):
+    __slots__ = ("id", "name", "status", "web_url", "ready_replicas", "available_replicas", "status_message", "revision", "target_revision", "rollout_error", "desired_replicas", "min_replicas", "max_replicas", "created_at", "auth_key", "image", "replicas", "port", "in_flight", "last_decision")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    WEB_URL_FIELD_NUMBER: _ClassVar[int]
+    READY_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_REVISION_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_ERROR_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    MIN_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    MAX_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    AUTH_KEY_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    LAST_DECISION_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    status: str
+    web_url: str
+    ready_replicas: int
+    available_replicas: int
+    status_message: str
+    revision: int
+    target_revision: int
+    rollout_error: str
+    desired_replicas: int
+    min_replicas: int
+    max_replicas: int
+    created_at: float
+    auth_key: str
+    image: str
+    replicas: _containers.RepeatedCompositeFieldContainer[GroupReplicaInfo]
+    port: int
+    in_flight: int
+    last_decision: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[str] = ..., web_url: _Optional[str] = ..., ready_replicas: _Optional[int] = ..., available_replicas: _Optional[int] = ..., status_message: _Optional[str] = ..., revision: _Optional[int] = ..., target_revision: _Optional[int] = ..., rollout_error: _Optional[str] = ..., desired_replicas: _Optional[int] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ..., created_at: _Optional[float] = ..., auth_key: _Optional[str] = ..., image: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[GroupReplicaInfo, _Mapping]]] = ..., port: _Optional[int] = ..., in_flight: _Optional[int] = ..., last_decision: _Optional[str] = ...) -> None: ...
+
+class DeployScalingGroupRequest(_message.Message):
+    __slots__ = ("spec",)
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    spec: ScalingGroupSpec
+    def __init__(self, spec: _Optional[_Union[ScalingGroupSpec, _Mapping]] = ...) -> None: ...
+
+class GetScalingGroupRequest(_message.Message):
+    __slots__ = ("id", "name", "wait_seconds", "wake")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    WAKE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    wait_seconds: float
+    wake: bool
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., wait_seconds: _Optional[float] = ..., wake: _Optional[bool] = ...) -> None: ...
+
+class ListScalingGroupsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListScalingGroupsResponse(_message.Message):
+    __slots__ = ("groups",)
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    groups: _containers.RepeatedCompositeFieldContainer[ScalingGroupInfo]
+    def __init__(self, groups: _Optional[_Iterable[_Union[ScalingGroupInfo, _Mapping]]] = ...) -> None: ...
+
+class DeleteScalingGroupRequest(_message.Message):
+    __slots__ = ("id", "name", "grace_period")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    GRACE_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    grace_period: float
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., grace_period: _Optional[float] = ...) -> None: ...
+
+class DeleteScalingGroupResponse(_message.Message):
+    __slots__ = ("info",)
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    info: ScalingGroupInfo
+    def __init__(self, info: _Optional[_Union[ScalingGroupInfo, _Mapping]] = ...) -> None: ...
+
+class ScalingGroupLogsRequest(_message.Message):
+    __slots__ = ("id", "name", "tail", "replica")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TAIL_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    tail: int
+    replica: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., tail: _Optional[int] = ..., replica: _Optional[str] = ...) -> None: ...
+
+class ScalingGroupLogLine(_message.Message):
+    __slots__ = ("replica", "revision", "line")
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    LINE_FIELD_NUMBER: _ClassVar[int]
+    replica: str
+    revision: int
+    line: str
+    def __init__(self, replica: _Optional[str] = ..., revision: _Optional[int] = ..., line: _Optional[str] = ...) -> None: ...
+
+class ScalingGroupLogsResponse(_message.Message):
+    __slots__ = ("lines",)
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    lines: _containers.RepeatedCompositeFieldContainer[ScalingGroupLogLine]
+    def __init__(self, lines: _Optional[_Iterable[_Union[ScalingGroupLogLine, _Mapping]]] = ...) -> None: ...

@@ -124,6 +124,17 @@ MIGRATIONS: list[tuple[int, str]] = [
         created_at REAL NOT NULL,
         data TEXT NOT NULL
     );"""),
+    # Scaling groups are desired state: a restarted daemon serves each live one again on its port,
+    # with its replicas started anew (chalkd.groups). spec: the chalk.v1.ScalingGroupSpec it runs.
+    (5, """CREATE TABLE IF NOT EXISTS scaling_groups (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        status TEXT NOT NULL,
+        status_message TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        spec BLOB NOT NULL,
+        data TEXT NOT NULL
+    );"""),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0] if MIGRATIONS else 1
