@@ -46,7 +46,7 @@ def test_a_database_from_7de325e_opens_and_keeps_its_functions_calls_and_volumes
         await store.open()
         try:
             (version,) = store.query("SELECT value FROM meta WHERE key='schema_version'")
-            assert version["value"] == str(SCHEMA_VERSION) == "4"
+            assert version["value"] == str(SCHEMA_VERSION) == "5"
             assert store.query("SELECT COUNT(*) AS n FROM sandboxes")[0]["n"] == 0  # version 3 added it
             assert store.query("SELECT COUNT(*) AS n FROM containers")[0]["n"] == 0  # version 4 added it
             assert store.clean_shutdown      # the old daemon stopped with SIGTERM; no marker means clean
