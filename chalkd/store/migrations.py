@@ -150,7 +150,7 @@ def migrate(db: sqlite3.Connection, path: str | Path = "") -> int:
         cols = {r[1] for r in db.execute("PRAGMA table_info(calls)")}
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         found = (1 if "crashes" not in cols else 2 if "sandboxes" not in tables
-                 else 3 if "containers" not in tables else 4)
+                 else 3 if "containers" not in tables else 4 if "scaling_groups" not in tables else 5)
         db.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?)", (str(found),))
     else:
         found = int(row[0])

@@ -97,8 +97,8 @@ def test_a_failing_migration_leaves_the_database_at_its_old_version(tmp_path: Pa
 @pytest.mark.timeout(30)
 def test_a_database_that_lost_its_version_row_is_placed_by_its_tables(tmp_path: Path) -> None:
     # Without the schema_version row, the tables tell the version: version 3's schema (sandboxes, no
-    # containers) gets step 4 alone, and version 4's gets nothing (2's ALTER TABLE would fail if repeated).
-    for last, expect in ((3, 3), (4, 4)):
+    # containers) gets steps 4 and 5, and version 5's gets nothing (2's ALTER TABLE would fail if repeated).
+    for last, expect in ((3, 3), (4, 4), (5, 5)):
         path = tmp_path / f"v{last}.db"
         db = sqlite3.connect(path, isolation_level=None)
         db.executescript(migrations.SCHEMA)
@@ -107,6 +107,7 @@ def test_a_database_that_lost_its_version_row_is_placed_by_its_tables(tmp_path: 
                 db.executescript(script)
         assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() is None
         assert migrations.migrate(db, path) == expect
-        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("4",)
+        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("5",)
         assert db.execute("SELECT COUNT(*) FROM containers").fetchone() == (0,)
+        assert db.execute("SELECT COUNT(*) FROM scaling_groups").fetchone() == (0,)
         db.close()
