@@ -78,8 +78,13 @@ class Agent:
     def __init__(self, socket_path: str, command: list[str] | None = None, *, ready_file: str | None = None,
                  stop_grace: float = 10.0, eof_grace: float = EOF_GRACE, socket_mode: int = 0o600,
                  socket_owner: tuple[int, int] | None = None, await_env: bool = False,
-                 max_sessions: int | None = None, session_retain: float | None = None) -> None:
+                 max_sessions: int | None = None, session_retain: float | None = None,
+                 exit_with_main: bool = False) -> None:
         self.socket_path = socket_path
+        # A scaling group's replica is its app: when the app exits, the container ends with its code,
+        # so the daemon sees the crash (and the app's last lines) instead of a replica that looks alive.
+        self.exit_with_main = exit_with_main
+        self.exit_code = 0
         # Secrets come over the socket, never in the container's config: the main command
         # waits for them, and every exec inherits them from our environment.
         self.await_env = await_env
@@ -156,6 +161,8 @@ class Agent:
             message, code = spawn_error(exc, argv, None)
             self.main_status.update(exit_code=code, error=message)
             log.error("main command %s could not start: %s", argv, message)
+            if self.exit_with_main and self._stop is not None:
+                self._stop.set()
             return
         self.main_pid = pid
         self.main_status.update(pid=pid, running=True)
@@ -167,6 +174,9 @@ class Agent:
         self.main_status.update(running=False, exit_code=code, signal=sig)
         # The agent stays up so exec keeps working; the daemon can ask for this status.
         log.info("main command exited (%s)", f"code {code}" if sig is None else f"signal {sig}")
+        if self.exit_with_main and not self._stopping and self._stop is not None:
+            self.exit_code = code if code is not None else 128 + (sig or 0)
+            self._stop.set()
 
     def _forward(self, sig: int) -> None:
         if self.main_status and self.main_status["running"] and self.main_pid:
@@ -311,6 +321,8 @@ class Agent:
                     os.unlink(path)
                 except FileNotFoundError:
                     pass
+        if self.exit_with_main and self.main_status is not None and self.main_status.get("error"):
+            self.exit_code = self.main_status.get("exit_code") or 127  # the app could not even start
         if not await self._wait_idle(self.stop_grace):
             log.warning("still running after %gs: killing", self.stop_grace)
             self._kill_all(signal.SIGKILL)
@@ -318,7 +330,7 @@ class Agent:
         # Let the exit frames of the last execs reach their clients.
         await asyncio.sleep(0)
         log.info("agent stopped")
-        return 0
+        return self.exit_code
 
 
 def _become_subreaper() -> None:
@@ -663,11 +675,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-sessions", type=int, default=None, help="live exec sessions at most (default 256)")
     parser.add_argument("--session-retain", type=float, default=None,
                         help="seconds an exited session nobody acked or attached to is kept (default 600)")
+    parser.add_argument("--exit-with-main", action="store_true",
+                        help="stop (with the main command's exit code) when the main command exits")
     parser.add_argument("--log-level", default=os.environ.get("CHALK_AGENT_LOG_LEVEL", "WARNING"))
     opts = parser.parse_args(args)
     logging.basicConfig(level=opts.log_level.upper(), stream=sys.stderr,
                         format="chalk-agent[%(process)d] %(levelname)s %(message)s")
     agent = Agent(opts.socket, command, ready_file=opts.ready_file, stop_grace=opts.stop_grace,
                   eof_grace=opts.eof_grace, socket_mode=opts.socket_mode, socket_owner=opts.socket_owner,
-                  await_env=opts.await_env, max_sessions=opts.max_sessions, session_retain=opts.session_retain)
+                  await_env=opts.await_env, max_sessions=opts.max_sessions, session_retain=opts.session_retain, exit_with_main=opts.exit_with_main)
     return asyncio.run(agent.run())

@@ -303,6 +303,24 @@ def test_entrypoint_runs_the_agent_and_the_image_command(start_agent):
     assert entrypoint("/s")[-1] == "--"
 
 
+@pytest.mark.timeout(30)
+def test_exit_with_main_ends_the_agent_with_the_apps_code(tmp_path):
+    # A scaling group's replica: its container must end when its app does, with the app's code.
+    a = AgentProc(tmp_path, ("sh", "-c", "echo app-output; exit 7"), extra=("--exit-with-main",))
+    assert a.proc.wait(20) == 7
+    assert "app-output" in a.log()
+    (tmp_path / "b").mkdir()
+    b = AgentProc(tmp_path / "b", ("nosuch-app-xyz",), extra=("--exit-with-main",))
+    assert b.proc.wait(20) == 127
+    # SIGTERM (a requested stop) is still a clean stop, whatever the app does with it.
+    c_dir = tmp_path / "c"
+    c_dir.mkdir()
+    c = AgentProc(c_dir, ("sleep", "1000"), extra=("--exit-with-main",))
+    asyncio.run(wait_agent_ready(c.socket, 20))
+    c.proc.send_signal(signal.SIGTERM)
+    assert c.proc.wait(20) == 0
+
+
 def test_missing_main_command_is_reported(start_agent):
     a = start_agent("nosuch-entrypoint-xyz")
     main = run(agent_status(a.socket))["main"]
