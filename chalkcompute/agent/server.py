@@ -683,5 +683,6 @@ def main(argv: list[str] | None = None) -> int:
                         format="chalk-agent[%(process)d] %(levelname)s %(message)s")
     agent = Agent(opts.socket, command, ready_file=opts.ready_file, stop_grace=opts.stop_grace,
                   eof_grace=opts.eof_grace, socket_mode=opts.socket_mode, socket_owner=opts.socket_owner,
-                  await_env=opts.await_env, max_sessions=opts.max_sessions, session_retain=opts.session_retain, exit_with_main=opts.exit_with_main)
+                  await_env=opts.await_env, max_sessions=opts.max_sessions, session_retain=opts.session_retain,
+                  exit_with_main=opts.exit_with_main)
     return asyncio.run(agent.run())
