@@ -469,7 +469,7 @@ class DeleteRateLimitResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class Submit(_message.Message):
-    __slots__ = ("ref", "function_id", "function_name", "args", "idempotency_key", "parent_call_id", "detach")
+    __slots__ = ("ref", "function_id", "function_name", "args", "idempotency_key", "parent_call_id", "detach", "batch")
     REF_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_ID_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -477,6 +477,7 @@ class Submit(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     PARENT_CALL_ID_FIELD_NUMBER: _ClassVar[int]
     DETACH_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     ref: int
     function_id: str
     function_name: str
@@ -484,7 +485,8 @@ class Submit(_message.Message):
     idempotency_key: str
     parent_call_id: str
     detach: bool
-    def __init__(self, ref: _Optional[int] = ..., function_id: _Optional[str] = ..., function_name: _Optional[str] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., parent_call_id: _Optional[str] = ..., detach: _Optional[bool] = ...) -> None: ...
+    batch: bool
+    def __init__(self, ref: _Optional[int] = ..., function_id: _Optional[str] = ..., function_name: _Optional[str] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., parent_call_id: _Optional[str] = ..., detach: _Optional[bool] = ..., batch: _Optional[bool] = ...) -> None: ...
 
 class Attach(_message.Message):
     __slots__ = ("ref", "call_id", "after_chunk")
@@ -525,7 +527,7 @@ class SessionRequest(_message.Message):
     def __init__(self, submits: _Optional[_Iterable[_Union[Submit, _Mapping]]] = ..., attaches: _Optional[_Iterable[_Union[Attach, _Mapping]]] = ..., acks: _Optional[_Iterable[_Union[ChunkAck, _Mapping]]] = ..., cancels: _Optional[_Iterable[_Union[CancelCall, _Mapping]]] = ...) -> None: ...
 
 class CallEvent(_message.Message):
-    __slots__ = ("ref", "call_id", "accepted", "chunk", "result", "error", "done", "first_index")
+    __slots__ = ("ref", "call_id", "accepted", "chunk", "result", "error", "done", "first_index", "batch_result")
     REF_FIELD_NUMBER: _ClassVar[int]
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
@@ -534,6 +536,7 @@ class CallEvent(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     FIRST_INDEX_FIELD_NUMBER: _ClassVar[int]
+    BATCH_RESULT_FIELD_NUMBER: _ClassVar[int]
     ref: int
     call_id: str
     accepted: bool
@@ -542,7 +545,8 @@ class CallEvent(_message.Message):
     error: RemoteError
     done: bool
     first_index: int
-    def __init__(self, ref: _Optional[int] = ..., call_id: _Optional[str] = ..., accepted: _Optional[bool] = ..., chunk: _Optional[_Union[Payload, _Mapping]] = ..., result: _Optional[_Union[Payload, _Mapping]] = ..., error: _Optional[_Union[RemoteError, _Mapping]] = ..., done: _Optional[bool] = ..., first_index: _Optional[int] = ...) -> None: ...
+    batch_result: BatchOutcome
+    def __init__(self, ref: _Optional[int] = ..., call_id: _Optional[str] = ..., accepted: _Optional[bool] = ..., chunk: _Optional[_Union[Payload, _Mapping]] = ..., result: _Optional[_Union[Payload, _Mapping]] = ..., error: _Optional[_Union[RemoteError, _Mapping]] = ..., done: _Optional[bool] = ..., first_index: _Optional[int] = ..., batch_result: _Optional[_Union[BatchOutcome, _Mapping]] = ...) -> None: ...
 
 class SessionResponse(_message.Message):
     __slots__ = ("events",)
@@ -561,7 +565,7 @@ class WorkerHello(_message.Message):
     def __init__(self, replica_id: _Optional[str] = ..., token: _Optional[str] = ..., function_id: _Optional[str] = ...) -> None: ...
 
 class AttemptEvent(_message.Message):
-    __slots__ = ("call_id", "attempt", "chunk", "result", "error", "done", "first_index")
+    __slots__ = ("call_id", "attempt", "chunk", "result", "error", "done", "first_index", "batch_result")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
@@ -569,6 +573,7 @@ class AttemptEvent(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     FIRST_INDEX_FIELD_NUMBER: _ClassVar[int]
+    BATCH_RESULT_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     attempt: int
     chunk: Payload
@@ -576,7 +581,26 @@ class AttemptEvent(_message.Message):
     error: RemoteError
     done: bool
     first_index: int
-    def __init__(self, call_id: _Optional[str] = ..., attempt: _Optional[int] = ..., chunk: _Optional[_Union[Payload, _Mapping]] = ..., result: _Optional[_Union[Payload, _Mapping]] = ..., error: _Optional[_Union[RemoteError, _Mapping]] = ..., done: _Optional[bool] = ..., first_index: _Optional[int] = ...) -> None: ...
+    batch_result: BatchOutcome
+    def __init__(self, call_id: _Optional[str] = ..., attempt: _Optional[int] = ..., chunk: _Optional[_Union[Payload, _Mapping]] = ..., result: _Optional[_Union[Payload, _Mapping]] = ..., error: _Optional[_Union[RemoteError, _Mapping]] = ..., done: _Optional[bool] = ..., first_index: _Optional[int] = ..., batch_result: _Optional[_Union[BatchOutcome, _Mapping]] = ...) -> None: ...
+
+class RowError(_message.Message):
+    __slots__ = ("row", "error")
+    ROW_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    row: int
+    error: RemoteError
+    def __init__(self, row: _Optional[int] = ..., error: _Optional[_Union[RemoteError, _Mapping]] = ...) -> None: ...
+
+class BatchOutcome(_message.Message):
+    __slots__ = ("results", "rows", "errors")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    results: Payload
+    rows: _containers.RepeatedScalarFieldContainer[int]
+    errors: _containers.RepeatedCompositeFieldContainer[RowError]
+    def __init__(self, results: _Optional[_Union[Payload, _Mapping]] = ..., rows: _Optional[_Iterable[int]] = ..., errors: _Optional[_Iterable[_Union[RowError, _Mapping]]] = ...) -> None: ...
 
 class WorkerRequest(_message.Message):
     __slots__ = ("hello", "credit", "events", "heartbeat", "drained")
@@ -593,14 +617,18 @@ class WorkerRequest(_message.Message):
     def __init__(self, hello: _Optional[_Union[WorkerHello, _Mapping]] = ..., credit: _Optional[int] = ..., events: _Optional[_Iterable[_Union[AttemptEvent, _Mapping]]] = ..., heartbeat: _Optional[bool] = ..., drained: _Optional[bool] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("call_id", "attempt", "args")
+    __slots__ = ("call_id", "attempt", "args", "batch", "batch_rows")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ROWS_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     attempt: int
     args: Payload
-    def __init__(self, call_id: _Optional[str] = ..., attempt: _Optional[int] = ..., args: _Optional[_Union[Payload, _Mapping]] = ...) -> None: ...
+    batch: bool
+    batch_rows: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, call_id: _Optional[str] = ..., attempt: _Optional[int] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., batch: _Optional[bool] = ..., batch_rows: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class AssignmentBatch(_message.Message):
     __slots__ = ("items",)
