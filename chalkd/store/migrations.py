@@ -135,6 +135,10 @@ MIGRATIONS: list[tuple[int, str]] = [
         spec BLOB NOT NULL,
         data TEXT NOT NULL
     );"""),
+    # Batch calls (one queue unit, many inputs: chalkd.queue.batch): batch_rows is the input count
+    # (NULL for a plain call); batch_state the rows still pending, per-row failures and errors (JSON).
+    (6, """ALTER TABLE calls ADD COLUMN batch_rows INTEGER;
+    ALTER TABLE calls ADD COLUMN batch_state BLOB;"""),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0] if MIGRATIONS else 1
@@ -150,7 +154,8 @@ def migrate(db: sqlite3.Connection, path: str | Path = "") -> int:
         cols = {r[1] for r in db.execute("PRAGMA table_info(calls)")}
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         found = (1 if "crashes" not in cols else 2 if "sandboxes" not in tables
-                 else 3 if "containers" not in tables else 4 if "scaling_groups" not in tables else 5)
+                 else 3 if "containers" not in tables else 4 if "scaling_groups" not in tables
+                 else 5 if "batch_rows" not in cols else 6)
         db.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?)", (str(found),))
     else:
         found = int(row[0])
