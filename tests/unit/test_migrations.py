@@ -46,7 +46,7 @@ def test_a_database_from_7de325e_opens_and_keeps_its_functions_calls_and_volumes
         await store.open()
         try:
             (version,) = store.query("SELECT value FROM meta WHERE key='schema_version'")
-            assert version["value"] == str(SCHEMA_VERSION) == "5"
+            assert version["value"] == str(SCHEMA_VERSION) == "6"
             assert store.query("SELECT COUNT(*) AS n FROM sandboxes")[0]["n"] == 0  # version 3 added it
             assert store.query("SELECT COUNT(*) AS n FROM containers")[0]["n"] == 0  # version 4 added it
             assert store.clean_shutdown      # the old daemon stopped with SIGTERM; no marker means clean
@@ -98,7 +98,7 @@ def test_a_failing_migration_leaves_the_database_at_its_old_version(tmp_path: Pa
 def test_a_database_that_lost_its_version_row_is_placed_by_its_tables(tmp_path: Path) -> None:
     # Without the schema_version row, the tables tell the version: version 3's schema (sandboxes, no
     # containers) gets steps 4 and 5, and version 5's gets nothing (2's ALTER TABLE would fail if repeated).
-    for last, expect in ((3, 3), (4, 4), (5, 5)):
+    for last, expect in ((3, 3), (4, 4), (5, 5), (6, 6)):
         path = tmp_path / f"v{last}.db"
         db = sqlite3.connect(path, isolation_level=None)
         db.executescript(migrations.SCHEMA)
@@ -107,7 +107,8 @@ def test_a_database_that_lost_its_version_row_is_placed_by_its_tables(tmp_path: 
                 db.executescript(script)
         assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() is None
         assert migrations.migrate(db, path) == expect
-        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("5",)
+        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("6",)
+        assert {r[1] for r in db.execute("PRAGMA table_info(calls)")} >= {"batch_rows", "batch_state"}
         assert db.execute("SELECT COUNT(*) FROM containers").fetchone() == (0,)
         assert db.execute("SELECT COUNT(*) FROM scaling_groups").fetchone() == (0,)
         db.close()
