@@ -165,8 +165,11 @@ class _MethodFunction(RemoteFunction):
 
     def _spec(self) -> tuple[pb.FunctionSpec, _code.CodeBundleData]:
         spec, bundle = super()._spec()
+        # The class's method count travels with each method: with replicas per method (no pool) the
+        # daemon refuses up front a class whose methods' min_replicas want more GPUs than the host has.
+        spec.replica_pool_size = len(self.owner._methods)
         if self.owner.shared_replicas:
-            spec.replica_pool, spec.replica_pool_size = self.owner._pool_key(), len(self.owner._methods)
+            spec.replica_pool = self.owner._pool_key()
         return spec, bundle
 
     def _bundle(self) -> _code.CodeBundleData:
@@ -316,6 +319,23 @@ class RemoteClass:
                         await rf._register_one(build_timeout)
                     except FunctionBuildError as exc:
                         raise ClassBuildError(f"the image of class {self.name!r} failed to build: {exc}") from None
+                    except FunctionError as exc:
+                        raise self._unschedulable(exc) or exc from None
+
+    def _unschedulable(self, exc: FunctionError) -> ClassError | None:
+        """The daemon's up-front refusal (GPUs a class's min_replicas could never hold here) as a
+        ClassError naming the class and its methods; None for any other error."""
+        _, marker, why = str(exc).partition(" is unschedulable: ")
+        if not marker:
+            return None
+        methods = ", ".join(self._methods)
+        if self.shared_replicas:
+            fix = "lower min_replicas, or deploy on a host with more GPUs"
+        else:
+            fix = ("use @chalkcompute.cls(..., shared_replicas=True) to serve every method from one pool of "
+                   "replicas (one @before and one set of GPUs per replica), or lower min_replicas")
+        return ClassError(f"class {self.name!r} (methods {methods}) cannot be deployed on this host: "
+                          f"{why.split(' (with shared_replicas=True')[0]}; {fix}")
 
     def _class_error(self, attr: str, exc: FunctionError) -> ClassError:
         if isinstance(exc, FunctionBuildError):
@@ -331,7 +351,8 @@ class RemoteClass:
                 raise
             except FunctionError as exc:
                 if isinstance(exc, TimeoutError):
-                    if not self.shared_replicas and "matching GPUs are held by replicas of" in str(exc):
+                    # Waiting for GPUs a sibling method's replicas hold ("... free (held by Embedder.embed)").
+                    if not self.shared_replicas and f"(held by {self.name}." in str(exc):
                         raise FunctionTimeoutError(
                             f"{exc} (each method of class {self.name!r} has replicas of its own, each holding "
                             f"its GPUs: with shared_replicas=True one replica serves every method)") from exc

@@ -21,6 +21,7 @@ from chalkd.queue.limits import PERIOD_SECONDS
 from chalkd.queue.storage import decode_error
 from chalkd.runtime.base import ReplicaStartError, Runtime
 from chalkd.scaling.autoscaler import Autoscaler
+from chalkd.scaling.capacity import gpu_floor_refusal, methods_with_own_replicas
 from chalkd.services.convert import (
     content_hash,
     decode_function,
@@ -120,7 +121,9 @@ class CatalogService(FunctionCatalogBase):
                 want = GpuRequest.parse(spec.resources.gpu)
             except (TypeError, ValueError) as exc:
                 bad(str(exc))
-            reason = self.scaler.gpus.unschedulable_reason(want)
+            reason = self.scaler.gpus.unschedulable_reason(want) or gpu_floor_refusal(
+                want, min_replicas=spec.min_replicas, gpus=self.scaler.gpus,
+                methods=methods_with_own_replicas(spec.replica_pool, spec.replica_pool_size))
             if reason:
                 raise FailedPrecondition(f"function {spec.name!r} is unschedulable: {reason}")
         if not spec.code.module_source or not spec.code.function_name:

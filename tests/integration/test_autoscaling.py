@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import chalkcompute
-from chalkcompute import FunctionTimeoutError, RemoteFunction
+from chalkcompute import FunctionTimeoutError, RemoteClass, RemoteFunction
 from tests.conftest import ROOT, Daemon, wait_for
 from tests.integration.test_scaling import Calls, calls_of, replicas
 
@@ -299,5 +299,67 @@ def test_a_burst_scales_only_as_far_as_the_gpus_go(tmp_path):
         assert sorted(results) == list(range(5)) and set(results.values()) <= {"GPU-fake-0", "GPU-fake-1",
                                                                              "GPU-fake-2"}
         assert sorted(calls_of("gpu_burst", d.target)) == ["succeeded"] * 5
+    finally:
+        d.stop()
+
+
+# -- GPUs the floor could never hold: refused up front ----------------------------------------------
+
+ONE_L4 = '[{"name": "NVIDIA L4", "uuid": "GPU-fake-0"}]'
+
+
+class GpuPair:
+    @chalkcompute.method()
+    def first(self) -> str:
+        return os.environ.get("CUDA_VISIBLE_DEVICES", "")
+
+    @chalkcompute.method()
+    def second(self) -> str:
+        return os.environ.get("CUDA_VISIBLE_DEVICES", "")
+
+
+@pytest.mark.timeout(180)
+def test_min_replicas_wanting_more_gpus_than_the_host_has_are_refused_at_registration(tmp_path):
+    d = Daemon(tmp_path / "home", env={"CHALKD_FAKE_GPUS": ONE_L4}).start()
+    try:
+        # A plain function: two replicas kept up, one L4 each, on a one-L4 host (it used to register,
+        # and its second replica waited forever).
+        fn = RemoteFunction(visible_devices, name="gpu_floor", gpu="nvidia-l4", min_replicas=2, max_replicas=2,
+                            target=d.target)
+        with pytest.raises(chalkcompute.FunctionError) as info:
+            fn.deploy()
+        assert ("function 'gpu_floor' is unschedulable: min_replicas=2, each replica with 1 x nvidia-l4: "
+                "2 GPUs of type nvidia-l4 wanted, this host has 1 x NVIDIA L4") in str(info.value)
+        # A class with replicas per method (the default): two GPU methods at min_replicas=1 want two.
+        pair = chalkcompute.cls(name="GpuPair", gpu="nvidia-l4", min_replicas=1, target=d.target)(GpuPair)
+        for attempt in (pair.deploy, lambda: pair().first()):  # deploy(), and the first use's registration
+            with pytest.raises(chalkcompute.ClassError) as refused:
+                attempt()
+            message = str(refused.value)
+            assert message.startswith("class 'GpuPair' (methods first, second) cannot be deployed on this host: "
+                                      "2 methods with replicas of their own (the default) at min_replicas=1, "
+                                      "each replica with 1 x nvidia-l4: 2 GPUs of type nvidia-l4 wanted, this "
+                                      "host has 1 x NVIDIA L4; use @chalkcompute.cls(..., shared_replicas=True)"), \
+                message
+        # Refused before anything was registered: no method of it holds the GPU.
+        assert "GpuPair" not in chalkd_cli("functions", "--target", d.target)
+        with pytest.raises(chalkcompute.ClassError, match="no class named 'GpuPair'"):
+            RemoteClass.from_name("GpuPair", target=d.target)
+        # min_replicas=0 fits: the methods take turns on the one GPU as calls come.
+        lazy = chalkcompute.cls(name="GpuPairLazy", gpu="nvidia-l4", min_replicas=0, suspend_cooldown_period=0.2,
+                                target=d.target)(GpuPair)
+        assert lazy().first() == "GPU-fake-0"
+        # One pool for the class: one replica holds the one L4 and serves both methods.
+        shared = chalkcompute.cls(name="GpuPairShared", gpu="nvidia-l4", min_replicas=1, shared_replicas=True,
+                                  target=d.target)(GpuPair)
+        lazy.delete()
+        shared.deploy()
+        assert shared().first() == shared().second() == "GPU-fake-0"
+        # A pool whose own floor wants too many is refused too, without suggesting what it already is.
+        big = chalkcompute.cls(name="GpuPairBig", gpu="nvidia-l4", min_replicas=2, max_replicas=2,
+                               shared_replicas=True, target=d.target)(GpuPair)
+        with pytest.raises(chalkcompute.ClassError, match=r"min_replicas=2, each replica with 1 x nvidia-l4: "
+                           r"2 GPUs of type nvidia-l4 wanted, this host has 1 x NVIDIA L4; lower min_replicas"):
+            big.deploy()
     finally:
         d.stop()
