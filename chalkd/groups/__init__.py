@@ -1,0 +1,1 @@
+"""Scaling groups: long-running HTTP apps served at their own port, proxied to ready replicas."""
