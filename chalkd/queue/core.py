@@ -625,6 +625,19 @@ class Queue(Dispatcher, Streaming):
     def waiting(self, function_id: str) -> int:
         return self._queued.get(function_id, 0)
 
+    def oldest_wait(self, function_id: str) -> float:
+        """Seconds the longest-queued call of ``function_id`` has waited in line (0.0 when none waits):
+        the autoscaler adds a replica when it grows past a short window (chalkd.scaling.autoscaler)."""
+        heap = self._heaps.get(function_id)
+        if not heap or not self._queued.get(function_id):
+            return 0.0
+        # The head is first in line and almost always the longest waiting (O(1) each autoscaler pass); a
+        # stale head (cancelled or started meanwhile) needs the scan. A requeued retry at the head keeps
+        # its place but reads as a fresh wait: an underestimate that later passes correct.
+        head = heap[0][1]
+        since = head.queued_at if head.in_heap else min(e[1].queued_at for e in heap if e[1].in_heap)
+        return max(0.0, time.monotonic() - since)
+
     def inflight(self, function_id: str) -> int:
         return sum(len(w.inflight) for w in self._workers.get(function_id, {}).values())
 

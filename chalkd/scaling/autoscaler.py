@@ -2,9 +2,10 @@
 
 The autoscaler keeps each function's replicas between ``min_replicas`` (only
 for the latest version of a name) and ``max_replicas``: it wants one replica
-per ``max_concurrent`` calls waiting or running (queue depth per replica), and
-stops idle replicas above that once ``suspend_cooldown_period`` has passed with
-nothing in flight. Placement is accounted against the host's CPU, memory and
+per ``max_concurrent`` calls waiting or running (queue depth per replica), one
+more whenever the oldest queued call has waited past ``wait_window`` (0.2 s)
+and none is starting, and stops idle replicas above that once
+``suspend_cooldown_period`` has passed with nothing in flight. Placement is accounted against the host's CPU, memory and
 GPUs (sandboxes' reservations included): a replica that does not fit waits
 until one does, and says why (:meth:`Autoscaler.status`, ``waiting``).
 
@@ -48,6 +49,11 @@ RESTART_BACKOFF_BASE = 0.25
 RESTART_BACKOFF_MAX = 4.0
 # How long a daemon that stops waits for its replicas to exit: a class's @after may take 30 s.
 STOP_WAIT_SECONDS = 35.0
+# A queued call that has waited longer than this gets its function one more replica (bounded as any other).
+# A healthy dispatch takes well under a few milliseconds, so a queue that drains normally never trips it;
+# 0.2 s is below what a caller notices as lag, and with the loop's 0.25 s tick a wait is acted on within
+# about 0.45 s. Shorter would add replicas for waits a replica that is about to free a slot would end anyway.
+OLDEST_WAIT_WINDOW = 0.2
 
 
 @dataclass
@@ -101,6 +107,13 @@ class Replica:
         return self.pool or (self.function,)
 
 
+def _waits_for_tokens(fv: FunctionVersion) -> bool:
+    """Its queued calls may wait for a rate limit's token or a shared concurrency slot, which no
+    added replica brings sooner (the queue's dispatcher asks for replicas only when no gate is shut)."""
+    p = fv.policies
+    return bool(p.rate_per_second or p.rate_limit_key or p.concurrency_key)
+
+
 class ReplicaUnknown(Unauthenticated):  # UNAUTHENTICATED by the error table (chalkd.services.errors)
     pass
 
@@ -109,8 +122,11 @@ class Autoscaler:
     def __init__(
         self, runtime: Runtime, queue: Queue, catalog: Catalog, *, host: HostResources,
         heartbeat_timeout: float = 15.0, interval: float = 0.25, drain_timeout: float = 30.0,
-        gpus: GpuAllocator | None = None, hooks: ScalerHooks | None = None,
+        gpus: GpuAllocator | None = None, hooks: ScalerHooks | None = None, wait_window: float = OLDEST_WAIT_WINDOW,
     ) -> None:
+        if not wait_window > 0:
+            raise ValueError(f"wait_window must be a positive number of seconds, got {wait_window!r}")
+        self.wait_window = wait_window
         self.runtime = runtime
         self.gpus = gpus if gpus is not None else GpuAllocator([])
         self.queue = queue
@@ -322,6 +338,18 @@ class Autoscaler:
             per_replica = fv.policies.max_concurrent * max(1, fv.policies.batch_size)
             needed = -(-(waiting + running) // per_replica)
             desired = min(fv.max_replicas, max(floor, needed))
+            # Calls waiting past the window though depth per replica is content (slots held by attempts
+            # being cancelled, a replica that stopped taking work, prefetched inputs): keep what there is
+            # and add one more once none is starting, until they stop waiting. Not for a function whose
+            # calls wait for a rate limit's token or a shared slot (more replicas would not help), and a
+            # batch's own window does not count.
+            oldest = max(self.queue.oldest_wait(m.id) for m in members) if waiting else 0.0
+            window = self.wait_window + (fv.policies.batch_wait if fv.policies.batch_size else 0.0)
+            by_wait = 0
+            if oldest > window and not _waits_for_tokens(fv):
+                by_wait = min(fv.max_replicas, len(mine) + (not any(r.state == "starting" for r in mine)))
+            grown_by_wait = by_wait > desired
+            desired = max(desired, by_wait)
             status.desired = desired
             before = len(mine)
             blocked = ""
@@ -348,6 +376,9 @@ class Autoscaler:
             if len(mine) > before:
                 why = (f"{waiting} call(s) waiting, {running} running, {per_replica} per replica"
                        if needed >= floor else floor_why)
+                if grown_by_wait:
+                    why = (f"the oldest queued call has waited {oldest:.2f}s (over {window:g}s), "
+                           f"{waiting} call(s) waiting, {running} running")
                 if needed > fv.max_replicas:
                     why += f" (capped at max_replicas {fv.max_replicas})"
                 self._decide(fv, status, f"scale up {before} -> {len(mine)}: {why}")
