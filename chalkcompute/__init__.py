@@ -12,6 +12,8 @@
 Set ``CHALK_COMPUTE_TARGET`` (default ``127.0.0.1:50051``) to reach another daemon.
 """
 
+from typing import TYPE_CHECKING
+
 from chalkcompute.calls import FunctionCall
 from chalkcompute.classes import ClassBuildError, ClassError, RemoteClass, after, before, cls, method
 from chalkcompute.container import Container, ContainerInfo, ExecResult
@@ -75,6 +77,19 @@ from chalkcompute.worker.cancel import CallCancelled
 
 __version__ = "0.1.0"
 
+if TYPE_CHECKING:  # for type checkers; at run time __getattr__ below imports them on first use
+    from chalkcompute.dataframe import DataFrame, F, _
+
+_LAZY = {"DataFrame", "F", "_"}  # chalkcompute.dataframe: imported on first use (pyarrow.dataset/compute, ~75 ms)
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        from chalkcompute import dataframe
+
+        return getattr(dataframe, name)
+    raise AttributeError(f"module 'chalkcompute' has no attribute {name!r}")
+
 __all__ = [
     "CallCancelled",
     "CallCancelledError",
@@ -88,10 +103,12 @@ __all__ = [
     "ContainerError",
     "ContainerInfo",
     "DaemonUnavailableError",
+    "DataFrame",
     "ExecError",
     "ExecEvent",
     "ExecProcess",
     "ExecResult",
+    "F",
     "FunctionBuildError",
     "FunctionCall",
     "FunctionCodeError",
@@ -138,6 +155,7 @@ __all__ = [
     "VolumeMount",
     "VolumeNotFoundError",
     "WorkerLostError",
+    "_",
     "after",
     "before",
     "cls",
