@@ -77,9 +77,20 @@ class FunctionVersionInfo:
     ``options`` are the ``options=`` the function was registered with, stored with the
     version and returned as given; chalkd does not interpret them.
 
+    The scaling fields are as of when the info was fetched (``refresh()`` fetches it again),
+    the same as ``chalkd functions -v`` shows: ``ready_replicas`` (taking calls),
+    ``replicas`` (all of them: starting, ready or draining), ``desired_replicas`` (what the
+    autoscaler wants now), ``waiting`` (why wanted replicas do not start, "" when none
+    wait), and the last scaling decision with its reason and time (``scaling_decision_at``,
+    unix seconds; None before any).
+
     Example::
 
         fn.deploy(); fn.info.options  # {'team': 'search'}
+        info = fn.refresh()
+        info.desired_replicas, info.ready_replicas, info.replicas   # (3, 2, 3)
+        info.waiting           # 'waiting: 1 GPU of type nvidia-l4 wanted, 0 free (held by embed)'
+        info.scaling_decision  # 'scale up 2 -> 3: 5 call(s) waiting, 2 running, 1 per replica'
     """
 
     id: str
@@ -87,6 +98,12 @@ class FunctionVersionInfo:
     version: int
     scaling_group_name: str
     options: dict[str, str] = field(default_factory=dict)
+    ready_replicas: int = 0
+    replicas: int = 0
+    desired_replicas: int = 0
+    waiting: str = ""
+    scaling_decision: str = ""
+    scaling_decision_at: float | None = None
 
 
 def _remote_name(obj: object) -> str | None:
@@ -444,7 +461,11 @@ def _find_global(fn: Callable | None, name: str) -> Any:
 
 def _info(v: pb.FunctionVersion) -> FunctionVersionInfo:
     return FunctionVersionInfo(id=v.id, function_name=v.function_name, version=v.version,
-                               scaling_group_name=v.scaling_group_name, options=dict(v.spec.options))
+                               scaling_group_name=v.scaling_group_name, options=dict(v.spec.options),
+                               ready_replicas=v.ready_replicas, replicas=v.replicas,
+                               desired_replicas=v.desired_replicas, waiting=v.waiting,
+                               scaling_decision=v.scaling_decision,
+                               scaling_decision_at=v.scaling_decision_at or None)
 
 
 # -- results --------------------------------------------------------------------------------

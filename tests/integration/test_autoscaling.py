@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -253,6 +254,9 @@ def test_a_function_that_cannot_get_its_gpus_says_so(tmp_path):
                                             .splitlines() if "gpu_waiter" in line)
         header, *details = scaling_lines("gpu_waiter", d.target)
         assert "desired 1, ready 0, replicas 0" in header and f"  {wanted}" in details
+        # The SDK sees the same: what it wants, has, and waits for.
+        info = waiter.refresh()
+        assert (info.desired_replicas, info.ready_replicas, info.replicas, info.waiting) == (1, 0, 0, wanted)
         assert "scaling gpu_waiter: 1 of 1 wanted replica(s) cannot start now, " + wanted in d.log()
         holder.delete()
         waiter.wait_ready(timeout=60)
@@ -346,15 +350,25 @@ def test_min_replicas_wanting_more_gpus_than_the_host_has_are_refused_at_registr
         with pytest.raises(chalkcompute.ClassError, match="no class named 'GpuPair'"):
             RemoteClass.from_name("GpuPair", target=d.target)
         # min_replicas=0 fits: the methods take turns on the one GPU as calls come.
-        lazy = chalkcompute.cls(name="GpuPairLazy", gpu="nvidia-l4", min_replicas=0, suspend_cooldown_period=0.2,
+        lazy = chalkcompute.cls(name="GpuPairLazy", gpu="nvidia-l4", min_replicas=0, suspend_cooldown_period=60,
                                 target=d.target)(GpuPair)
         assert lazy().first() == "GPU-fake-0"
+        # Each method's scaling, from the SDK: the one called has scaled up for its call, the other never.
+        infos = lazy.refresh()
+        first, second = infos["first"], infos["second"]
+        assert first.scaling_decision.startswith("scale up 0 -> 1: 1 call(s) waiting, 0 running"), first
+        assert first.scaling_decision_at is not None and first.scaling_decision_at <= time.time()
+        assert (second.desired_replicas, second.replicas, second.scaling_decision, second.scaling_decision_at,
+                second.waiting) == (0, 0, "", None, "")
         # One pool for the class: one replica holds the one L4 and serves both methods.
         shared = chalkcompute.cls(name="GpuPairShared", gpu="nvidia-l4", min_replicas=1, shared_replicas=True,
                                   target=d.target)(GpuPair)
         lazy.delete()
         shared.deploy()
         assert shared().first() == shared().second() == "GPU-fake-0"
+        infos = shared.refresh()  # the pool's numbers, seen from each method
+        assert {(i.desired_replicas, i.ready_replicas, i.replicas) for i in infos.values()} == {(1, 1, 1)}
+        assert {i.scaling_decision for i in infos.values()} == {"scale up 0 -> 1: min_replicas 1"}
         # A pool whose own floor wants too many is refused too, without suggesting what it already is.
         big = chalkcompute.cls(name="GpuPairBig", gpu="nvidia-l4", min_replicas=2, max_replicas=2,
                                shared_replicas=True, target=d.target)(GpuPair)
