@@ -60,6 +60,14 @@ from chalkcompute.sandbox import (
     SandboxTerminatedError,
     VolumeMount,
 )
+from chalkcompute.scaling_group import (
+    ReadinessProbe,
+    ScalingGroup,
+    ScalingGroupBuildError,
+    ScalingGroupError,
+    ScalingGroupInfo,
+    ScalingGroupNotFoundError,
+)
 from chalkcompute.secret import Secret
 from chalkcompute.volume import (
     Volume,
@@ -131,6 +139,12 @@ __all__ = [
     "RemoteFunction",
     "ResourceExhaustedError",
     "RetryPolicy",
+    "ReadinessProbe",
+    "ScalingGroup",
+    "ScalingGroupBuildError",
+    "ScalingGroupError",
+    "ScalingGroupInfo",
+    "ScalingGroupNotFoundError",
     "Sandbox",
     "SandboxBuildError",
     "SandboxClient",

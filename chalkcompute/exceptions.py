@@ -53,6 +53,9 @@ __all__ = [
     "SandboxBuildError",
     "SandboxCreationError",
     "ExecError",
+    "ScalingGroupError",
+    "ScalingGroupNotFoundError",
+    "ScalingGroupBuildError",
     "ErrorKind",
     "error_from_status",
     "unavailable_error",
@@ -254,6 +257,23 @@ class ExecError(SandboxError):
         self.message = message
 
 
+class ScalingGroupError(ChalkError):
+    """Base exception for ScalingGroup errors: a failed deploy or rollout, no web_url yet, a timeout."""
+
+
+class ScalingGroupNotFoundError(ScalingGroupError, LookupError):
+    """No scaling group with that id or name."""
+
+
+class ScalingGroupBuildError(ScalingGroupError):
+    """Raised when the group's image build fails: ``step`` names the failing step, ``log_tail`` ends its log."""
+
+    def __init__(self, message: str, step: str = "", log_tail: str = "") -> None:
+        super().__init__(message)
+        self.step = step
+        self.log_tail = log_tail
+
+
 # -- the one table from gRPC status to SDK exception ---------------------------------------
 
 
@@ -269,6 +289,7 @@ class ErrorKind(enum.Enum):
     VOLUME = "volume"
     CONTAINER = "container"
     SANDBOX = "sandbox"
+    SCALING_GROUP = "scaling_group"
 
 
 _Row = Callable[[Status, str], ChalkError]
@@ -334,6 +355,14 @@ _TABLE: dict[tuple[ErrorKind, Status | None], _Row] = {
     (ErrorKind.SANDBOX, Status.PERMISSION_DENIED): _sdk(PermissionDeniedError),
     (ErrorKind.SANDBOX, Status.ALREADY_EXISTS): _sdk(SandboxError),
     (ErrorKind.SANDBOX, None): _sdk(SandboxError),
+    # Scaling groups: the SDK-wide rows for auth, arguments and limits; the rest is the ScalingGroup family.
+    (ErrorKind.SCALING_GROUP, Status.NOT_FOUND): _sdk(ScalingGroupNotFoundError),
+    (ErrorKind.SCALING_GROUP, Status.INVALID_ARGUMENT): _sdk(InvalidArgumentError),
+    (ErrorKind.SCALING_GROUP, Status.RESOURCE_EXHAUSTED): _sdk(ResourceExhaustedError),
+    (ErrorKind.SCALING_GROUP, Status.UNAVAILABLE): _sdk(DaemonUnavailableError),
+    (ErrorKind.SCALING_GROUP, Status.UNAUTHENTICATED): _sdk(AuthenticationError),
+    (ErrorKind.SCALING_GROUP, Status.PERMISSION_DENIED): _sdk(PermissionDeniedError),
+    (ErrorKind.SCALING_GROUP, None): _sdk(ScalingGroupError),
 }
 
 

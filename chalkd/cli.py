@@ -37,6 +37,16 @@ from chalkd.config import DEFAULT_HOST, DEFAULT_MAX_MESSAGE, DEFAULT_PORT, Confi
 log = logging.getLogger(__name__)
 
 
+def _port_range(text: str) -> tuple[int, int]:
+    """``"51000-51999"`` -> (51000, 51999); a clear ValueError naming --group-ports otherwise."""
+    lo, sep, hi = text.partition("-")
+    try:
+        low, high = int(lo), int(hi if sep else lo)
+    except ValueError:
+        raise ValueError(f"--group-ports must be a range such as 51000-51999, got {text!r}") from None
+    return low, high
+
+
 def _default_target() -> str:
     return os.environ.get("CHALK_COMPUTE_TARGET", f"{DEFAULT_HOST}:{DEFAULT_PORT}")
 
@@ -108,6 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--sandbox-disk-check-interval", type=float, default=30.0,
                        help="seconds between two measurements of sandboxes' writable layers, where the storage "
                             "driver cannot enforce --sandbox-disk (default 30)")
+    serve.add_argument("--group-ports", default=os.environ.get("CHALKD_GROUP_PORTS", "51000-51999"),
+                       help="ports for scaling groups' URLs, LOW-HIGH (default 51000-51999): one per group, kept "
+                            "across restarts, on --host")
+    serve.add_argument("--group-cooldown", type=float, default=60.0,
+                       help="seconds a scaling group has more replicas than its requests need before one stops "
+                            "(default 60)")
 
     token = sub.add_parser("token", help="show or rotate the daemon's token (<home>/token)")
     token.add_argument("action", choices=["show", "rotate"])
@@ -190,6 +206,7 @@ def _serve(args) -> int:
         spawned_stream_budget = parse_size(args.spawned_stream_budget, "--spawned-stream-budget")
         sandbox_memory = parse_size(args.sandbox_memory, "--sandbox-memory")
         sandbox_disk = parse_size(args.sandbox_disk, "--sandbox-disk")
+        group_ports = _port_range(args.group_ports)
     except ValueError as exc:
         print(f"chalkd: {exc}", file=sys.stderr)
         return 2
@@ -207,6 +224,7 @@ def _serve(args) -> int:
         sandbox_runtime=args.sandbox_runtime, sandbox_memory=sandbox_memory,
         sandbox_pids_limit=args.sandbox_pids_limit, sandbox_disk=sandbox_disk,
         sandbox_disk_check_interval=args.sandbox_disk_check_interval,
+        group_ports=group_ports, group_cooldown=args.group_cooldown,
     )
     if args.build_ca_bundle is not None:
         config.build_ca_bundle = args.build_ca_bundle or None

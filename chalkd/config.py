@@ -101,8 +101,17 @@ class Config:
     sandbox_pids_limit: int = 1024
     sandbox_disk: int = 10 * 2**30
     sandbox_disk_check_interval: float = 30.0  # seconds between measurements where the driver cannot enforce it
+    # Scaling groups (chalkd.groups): each group's proxy gets a port of this range on --host; a group
+    # with fewer requests than replicas for group_cooldown seconds loses one replica.
+    group_ports: tuple[int, int] = (51000, 51999)
+    group_cooldown: float = 60.0
 
     def validate(self) -> None:
+        lo, hi = self.group_ports
+        if not 1024 <= lo <= hi <= 65535:
+            raise ValueError(f"--group-ports must be a range LOW-HIGH within 1024-65535, got {lo}-{hi}")
+        if not self.group_cooldown > 0:
+            raise ValueError(f"--group-cooldown must be positive seconds, got {self.group_cooldown:g}")
         if self.runtime not in ("auto", "process", "docker"):
             raise ValueError(f"--runtime must be auto, process or docker, got {self.runtime!r}")
         if self.build_ca_bundle and not os.path.isfile(self.build_ca_bundle):

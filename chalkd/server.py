@@ -55,6 +55,7 @@ from chalkd.services.catalog import CatalogService
 from chalkd.services.containers import ContainersService
 from chalkd.services.convert import decode_function_bytes
 from chalkd.services.fastpath import FastPathServer, grpc_socket_path, run_dir, socket_path
+from chalkd.services.groups import ScalingGroupsService
 from chalkd.services.images import ImagesService
 from chalkd.services.policies import PoliciesService
 from chalkd.services.sandboxes import SandboxesService
@@ -147,6 +148,7 @@ class Server:
         self.docker: Any = None
         self.containers: Any = None
         self.sandboxes: Any = None
+        self.groups: Any = None
         self._should_exit = asyncio.Event()
         self._stack: contextlib.AsyncExitStack | None = None
         self._volumes_of: dict[str, frozenset[str]] = {}  # see _replica_volumes
@@ -252,6 +254,11 @@ class Server:
         if self.sandboxes is not None:
             self.sandboxes.scaler = self.scaler  # explicit resources are reserved beside replicas'
             await self.sandboxes.recover()       # what an earlier run left keeps running: re-adopted
+        if self.groups is not None:
+            from chalkd.services.convert import decode_group_bytes
+
+            self.groups.scaler = self.scaler     # replicas' cpu/memory/GPUs are reserved beside others'
+            await self.groups.recover(decode_group_bytes)  # every recorded group serves again on its port
         info = {"version": chalkd.__version__, "home": str(self.home), "started": self.started,
                 "durability": cfg.durability, "instance_id": self.instance_id, "fast_socket": str(fast_path)}
 
@@ -268,6 +275,7 @@ class Server:
             "images": ImagesService(self.blobs, builder, self.runtime.name),
             "containers": ContainersService(self.containers, self.runtime.name),
             "sandboxes": SandboxesService(self.sandboxes, self.runtime.name),
+            "groups": ScalingGroupsService(self.groups, self.runtime.name),
             "volumes": volumes_service,
             "secrets": SecretsService(self.secrets),
             "auth": self.auth,
@@ -427,6 +435,16 @@ class Server:
                                      disk_check_interval=cfg.sandbox_disk_check_interval,
                                      runtime_args=runtime_args))
         stack.push_async_callback(self.sandboxes.close)  # sandboxes keep running; only our tasks end
+        from chalkd.groups.manager import GroupManager, GroupSettings
+        from chalkd.groups.records import GroupTable
+        from chalkd.groups.replicas import ReplicaLauncher
+
+        launcher = ReplicaLauncher(self.docker, self.blobs, home=self.home, run_dir=rdir, volumes=self.volumes,
+                                   pids_limit=cfg.pids_limit)
+        self.groups = GroupManager(builder, launcher, GroupTable(self.store), secrets=self.secrets,
+                                   settings=GroupSettings(host=cfg.host, ports=cfg.group_ports,
+                                                          cooldown=cfg.group_cooldown))
+        stack.push_async_callback(self.groups.close)  # proxies close, replicas stop; records stay
         # What an earlier run left: its calls were re-queued by queue recovery above.
         await runtime.remove_leftovers()
         await self.containers.recover()  # Container API containers keep running too: re-adopted

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from chalkcompute._contract import IMAGE_STEP_KINDS, image_content_hash, image_step_canonical
 from chalkd.model import Policies
 
 __all__ = [
     "ImageStep", "ImageSpec", "Resources", "VolumeMount", "SecretRef", "FunctionSpec", "ContainerSpec",
+    "SandboxSpec", "GroupSpec",
     "image_identity",
 ]
 
@@ -141,6 +143,25 @@ class SandboxSpec:
     entrypoint: tuple[str, ...] = ()
     network: bool = True
     lifetime: float = 0.0  # seconds; 0: until terminated
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSpec:
+    """A scaling group: replicas of one image serving HTTP on ``port``, behind the daemon's proxy.
+    ``probe`` is a :class:`chalkd.groups.probes.ProbeSpec`; ``entrypoint`` empty runs the image's own."""
+
+    name: str = ""
+    image: ImageSpec = field(default_factory=ImageSpec)
+    port: int = 8080
+    resources: Resources = field(default_factory=Resources)
+    env: Mapping[str, str] = field(default_factory=dict)
+    volumes: tuple[VolumeMount, ...] = ()
+    secrets: tuple[SecretRef, ...] = ()
+    entrypoint: tuple[str, ...] = ()
+    min_replicas: int = 1
+    max_replicas: int = 1
+    probe: Any = None
+    authenticated: bool = False
 
 
 def image_identity(spec: ImageSpec) -> str:

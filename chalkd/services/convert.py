@@ -21,6 +21,7 @@ from chalkd.secrets.store import DIGEST_PREFIX
 from chalkd.specs import (
     ContainerSpec,
     FunctionSpec,
+    GroupSpec,
     ImageSpec,
     ImageStep,
     Resources,
@@ -117,6 +118,27 @@ def decode_sandbox(spec: pb.SandboxSpec) -> SandboxSpec:
     return SandboxSpec(name=spec.name, image=decode_image(spec.image), resources=decode_resources(spec.resources),
                        env=dict(spec.env), volumes=decode_mounts(spec.volumes), secrets=decode_secrets(spec.secrets),
                        entrypoint=tuple(spec.entrypoint), network=not spec.no_network, lifetime=spec.lifetime)
+
+
+def decode_group(spec: pb.ScalingGroupSpec) -> GroupSpec:
+    """``chalk.v1.ScalingGroupSpec`` -> :class:`chalkd.specs.GroupSpec` (ValueError naming a bad probe field)."""
+    from chalkd.groups.probes import ProbeSpec
+
+    probe = None
+    if spec.HasField("readiness_probe"):
+        p = spec.readiness_probe
+        probe = ProbeSpec(kind=p.kind or "tcp", path=p.path or "/", period_seconds=p.period_seconds or 5.0,
+                          timeout_seconds=p.timeout_seconds or 2.0, failure_threshold=p.failure_threshold or 3)
+    return GroupSpec(name=spec.name, image=decode_image(spec.image), port=spec.port,
+                     resources=decode_resources(spec.resources), env=dict(spec.env),
+                     volumes=decode_mounts(spec.volumes), secrets=decode_secrets(spec.secrets),
+                     entrypoint=tuple(spec.entrypoint), min_replicas=spec.min_replicas,
+                     max_replicas=spec.max_replicas, probe=probe, authenticated=spec.authenticated)
+
+
+def decode_group_bytes(data: bytes) -> GroupSpec:
+    """A stored ScalingGroupSpec (``scaling_groups.spec``) -> GroupSpec."""
+    return decode_group(pb.ScalingGroupSpec.FromString(data))
 
 
 def key_local_digests(spec: pb.FunctionSpec, local_secrets, digest) -> None:
