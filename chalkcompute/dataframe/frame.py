@@ -19,6 +19,7 @@ nothing runs until the frame is consumed: ``to_arrow()``, ``to_pandas()``,
 to the caller's working directory and the caller's memory holds a few
 batches at a time, never the whole file.
 
+>>> from chalkcompute import DataFrame, _
 >>> df = DataFrame.from_dict({"a": [1, 2, 3], "b": ["x", "y", "z"]})
 >>> df.filter(_.a > 1).with_columns({"c": _.a * 10}).to_arrow().to_pydict()
 {'a': [2, 3], 'b': ['y', 'z'], 'c': [20, 30]}
