@@ -317,6 +317,9 @@ class ScalingGroup:
         if self.name is None:
             self.name = f"group-{token_hex(4)}"
         what = f"scaling group {self.name!r}"
+        # First, a cheap question: a daemon that cannot run groups (the process runtime) says so now,
+        # not after an image build it cannot do either.
+        await self._call_rpc(self._stub.List, pb.ListScalingGroupsRequest())
         try:
             await prepare_image(self._client, self.image, what=what, timeout=build_s)
         except ImageBuildFailed as exc:

@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     from chalkd.sandboxes.cli import add_parsers as add_sandbox_parsers
 
     add_sandbox_parsers(sub, _default_target())
+    from chalkd.groups.cli import add_parsers as add_group_parsers
+
+    add_group_parsers(sub, _default_target())
 
     sub.add_parser("gpus", help="list this host's GPUs as chalkd sees them (NVML or $CHALKD_FAKE_GPUS)")
 
@@ -186,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
         from chalkd.sandboxes.cli import sandbox_command
 
         return sandbox_command(args)
+    if args.command == "groups":
+        from chalkd.groups.cli import groups_command
+
+        return groups_command(args)
     if args.command == "image":
         return _image_bootstrap(args)
     try:
