@@ -54,7 +54,7 @@ from chalkcompute._bridge import (
     sdk_loop,
 )
 from chalkcompute._contract import batches
-from chalkcompute._events import DONE, Broken, CallEvent, Chunk, Done, Failed, Result
+from chalkcompute._events import DONE, BatchDone, Broken, CallEvent, Chunk, Done, Failed, Result
 from chalkcompute._framing import DirectWriter, FramedStream, frame, open_framed
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import FunctionCatalogStub, QueueStub
@@ -476,6 +476,8 @@ class _Session:
             h.put(Result(ev.result))
         elif kind == "error":
             h.put(Failed(ev.error, ev.call_id or h.call_id or ""))
+        elif kind is None and ev.HasField("batch_result"):
+            h.put(BatchDone(ev.batch_result, ev.call_id or h.call_id or ""))
         else:
             h.put(DONE)
 
@@ -510,7 +512,7 @@ def _item_size(item: Any) -> int:
     return item.args.ByteSize() + 64 if isinstance(item, pb.Submit) else 64
 
 
-def _payload_size(payload: tuple[bytes, bytes]) -> int:
+def _payload_size(payload: tuple) -> int:
     return len(payload[0]) + len(payload[1]) + 96  # + the submit's other fields
 
 
@@ -641,14 +643,19 @@ class Client:
     def start_call(self, *, function_id: str = "", function_name: str = "", args: tuple[bytes, bytes],
                    decode: Callable[[bytes, bytes], list], display_name: str = "",
                    idempotency_key: str | None = None,
-                   handle_type: Callable[..., CallHandle] = CallHandle, detach: bool = False) -> CallHandle:
+                   handle_type: Callable[..., CallHandle] = CallHandle, detach: bool = False,
+                   batch_rows: int = 0) -> CallHandle:
         """Queue a call from any thread; returns at once with its handle (with ``detach``, a
-        spawned generator's: it hears the acceptance only, and the call runs unfollowed)."""
+        spawned generator's: it hears the acceptance only, and the call runs unfollowed).
+        With ``batch_rows``, ``args`` holds that many inputs, one row each: a batch call
+        (chalkcompute._batch), whose final event is one :class:`BatchDone`."""
         session = self.session
         submit = self._new_submit(session, function_id, function_name, args, idempotency_key,
                                   current_call_id.get() or "")
         if detach:
             submit.detach = True
+        if batch_rows:
+            submit.batch, submit.args.rows = True, batch_rows
         handle = handle_type(session, submit, display_name or function_name or function_id, decode)
         if in_sdk_thread():
             session.start(handle)
@@ -658,12 +665,14 @@ class Client:
 
     def start_calls(self, *, function_id: str = "", function_name: str = "", payloads: list[tuple[bytes, bytes]],
                     decode: Callable[[bytes, bytes], list], display_name: str = "",
-                    handle_type: Callable[..., CallHandle] = CallHandle) -> list[CallHandle]:
+                    handle_type: Callable[..., CallHandle] = CallHandle,
+                    batch_rows: Sequence[int] | None = None) -> list[CallHandle]:
         """Queue many calls of one function from any thread, sent together (one
         message per batch where it fits); returns their handles at once, in order.
 
         ``handle_type(session, submit, display_name, decode)`` makes each handle:
-        a :class:`CallHandle` subclass that routes its events elsewhere.
+        a :class:`CallHandle` subclass that routes its events elsewhere. With
+        ``batch_rows``, payload ``i`` is a batch call of ``batch_rows[i]`` inputs.
         """
         if not payloads:
             return []
@@ -673,10 +682,13 @@ class Client:
         next_ref, key = session.next_ref, random.getrandbits
         handles: list[CallHandle] = []
         requests: list[pb.SessionRequest] = []
-        for group in batches(payloads, size=_payload_size):
+        items: Sequence[tuple] = payloads if batch_rows is None else [
+            (s, b, n) for (s, b), n in zip(payloads, batch_rows, strict=True)]
+        for group in batches(items, size=_payload_size):
             requests.append(pb.SessionRequest())
             add = requests[-1].submits.add
-            for schema, batch in group:
+            for item in group:
+                schema, batch = item[0], item[1]
                 # Built in place in the batch's message (half the cost of building a
                 # Submit and copying it in); each handle keeps its submit, a view into
                 # that message, to resubmit after a reconnect.
@@ -684,6 +696,8 @@ class Client:
                              idempotency_key=f"{key(96):024x}", parent_call_id=parent)
                 args = submit.args
                 args.schema, args.batch, args.rows = schema, batch, 1
+                if batch_rows is not None:
+                    submit.batch, args.rows = True, item[2]
                 handles.append(handle_type(session, submit, name, decode))
         self._send(session, handles, [], requests)
         return handles

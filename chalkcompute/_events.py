@@ -5,6 +5,7 @@
     Result(payload)     a function's return value (final)
     Failed(error, call_id)              the remote error or refusal (final)
     Done()              a generator finished (final)
+    BatchDone(outcome, call_id)         a batch call's results and per-row errors (final)
     Broken(exc)         a local failure: the connection is gone for good (final)
 
 One set of event types per side, on purpose: the daemon's (``chalkd.queue.events``)
@@ -23,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Broken", "CallEvent", "Chunk", "DONE", "Done", "Failed", "Result", "FINAL"]
+__all__ = ["BatchDone", "Broken", "CallEvent", "Chunk", "DONE", "Done", "Failed", "Result", "FINAL"]
 
 
 class CallEvent:
@@ -47,6 +48,12 @@ class Result(CallEvent):
 
 
 @dataclass(slots=True)
+class BatchDone(CallEvent):
+    outcome: Any  # pb.BatchOutcome: a batch call's results (one per row) and per-row errors (final)
+    call_id: str = ""
+
+
+@dataclass(slots=True)
 class Failed(CallEvent):
     error: Any    # pb.ErrorInfo
     call_id: str = ""
@@ -63,4 +70,4 @@ class Broken(CallEvent):
 
 
 DONE = Done()
-FINAL = (Result, Failed, Done, Broken)
+FINAL = (Result, Failed, Done, Broken, BatchDone)

@@ -11,7 +11,7 @@ import random
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # chalkd.specs imports Policies from here
     from chalkd.specs import FunctionSpec
@@ -223,6 +223,7 @@ class Call:
     acked_bytes: int = 0          # bytes of the chunks every reader has consumed (or the store took for them)
     stored_index: int = -1        # last chunk index committed to the store
     unread_since: float | None = None  # monotonic time its stream last had no reader (None: it has one)
+    batch: Any = None             # a batch call's chalkd.queue.batch.BatchState (None: one input)
 
     @property
     def sort_key(self) -> tuple[int, int]:

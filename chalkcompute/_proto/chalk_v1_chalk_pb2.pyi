@@ -593,14 +593,16 @@ class RowError(_message.Message):
     def __init__(self, row: _Optional[int] = ..., error: _Optional[_Union[RemoteError, _Mapping]] = ...) -> None: ...
 
 class BatchOutcome(_message.Message):
-    __slots__ = ("results", "rows", "errors")
+    __slots__ = ("results", "rows", "errors", "seconds")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
     results: Payload
     rows: _containers.RepeatedScalarFieldContainer[int]
     errors: _containers.RepeatedCompositeFieldContainer[RowError]
-    def __init__(self, results: _Optional[_Union[Payload, _Mapping]] = ..., rows: _Optional[_Iterable[int]] = ..., errors: _Optional[_Iterable[_Union[RowError, _Mapping]]] = ...) -> None: ...
+    seconds: float
+    def __init__(self, results: _Optional[_Union[Payload, _Mapping]] = ..., rows: _Optional[_Iterable[int]] = ..., errors: _Optional[_Iterable[_Union[RowError, _Mapping]]] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class WorkerRequest(_message.Message):
     __slots__ = ("hello", "credit", "events", "heartbeat", "drained")

@@ -18,6 +18,7 @@ import tempfile
 
 from chalkcompute import _code
 from chalkcompute._serialization import FunctionCodec
+from chalkcompute.worker.batchcall import BatchSettings
 from chalkcompute.worker.blocking import BlockingLink, serve_blocking
 from chalkcompute.worker.cancel import Canceller
 from chalkcompute.worker.link import DaemonLink, exit_after_grace
@@ -90,14 +91,15 @@ def main() -> int:
     codec = FunctionCodec.for_function(fn, batched=batched)
     if blocking is not None:
         signal.signal(signal.SIGTERM, lambda *_: replica.on_sigterm() if replica else os._exit(0))
-        reason = serve_blocking(blocking, fn, codec, capacity=capacity)
+        reason = serve_blocking(blocking, fn, codec, capacity=capacity, settings=BatchSettings.of(version))
         if replica is not None:
             replica.stop()  # @after, whichever way serving ended
         if reason.startswith("lost the daemon"):
             exit_after_grace(reason)
         blocking.close()
         os._exit(0)
-    runner = Runner(fn, codec, link, capacity=capacity, batched=batched, canceller=canceller)
+    runner = Runner(fn, codec, link, capacity=capacity, batched=batched, canceller=canceller,
+                    settings=BatchSettings.of(version))
     # A class with shared_replicas: this replica serves its other methods too, a stream each.
     others = replica.pool_runners(link.pool_function_ids, target=target, replica_id=replica_id, token=token,
                                   canceller=canceller) if replica is not None and link.pool_function_ids else []

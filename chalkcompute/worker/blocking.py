@@ -37,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._serialization import BatchCodec, FunctionCodec
+from chalkcompute.worker.batchcall import NO_SETTINGS, BatchSettings, run_batch_call_sync
 from chalkcompute.worker.batching import as_batch, item_keys, run_batch_sync
 from chalkcompute.worker.cancel import Canceller
 from chalkcompute.worker.link import HEARTBEAT_SECONDS
@@ -144,7 +145,7 @@ class BlockingLink:
     def take(self, msg: pb.WorkerResponse) -> None:
         """File a message: work into :attr:`pending`, cancels to the canceller, a drain."""
         for work in (*msg.assignments, *msg.batches):
-            if self.batched:
+            if self.batched and not (isinstance(work, pb.Assignment) and work.batch):  # a batch call stays whole
                 work = as_batch(work)
             if isinstance(work, pb.AssignmentBatch):  # before any cancel of its items
                 self.canceller.group(item_keys(work.items))
@@ -214,7 +215,11 @@ class BlockingLink:
         self.sock.close()
 
 
-def _run(fn, codec: FunctionCodec, work, canceller: Canceller) -> tuple[list[pb.AttemptEvent], str]:
+def _run(fn, codec: FunctionCodec, work, canceller: Canceller,
+         settings: BatchSettings) -> tuple[list[pb.AttemptEvent], str]:
+    if isinstance(work, pb.Assignment) and work.batch:
+        event, stop = run_batch_call_sync(fn, codec, work, canceller, settings)
+        return [event], stop
     if isinstance(work, pb.AssignmentBatch):
         assert isinstance(codec, BatchCodec)  # batches come only for a batched function
         return run_batch_sync(fn, codec, work.items, canceller)
@@ -226,7 +231,8 @@ COALESCE_SECONDS = 0.002
 COALESCE_MAX = 256
 
 
-def serve_blocking(link: BlockingLink, fn, codec: FunctionCodec, *, capacity: int = 1) -> str:
+def serve_blocking(link: BlockingLink, fn, codec: FunctionCodec, *, capacity: int = 1,
+                   settings: BatchSettings = NO_SETTINGS) -> str:
     """Run assignments (and batches) until the daemon drains or is lost; returns why it stopped.
 
     One at a time on this thread, or with ``capacity`` > 1 on a pool of that
@@ -234,7 +240,7 @@ def serve_blocking(link: BlockingLink, fn, codec: FunctionCodec, *, capacity: in
     """
     link.batched = isinstance(codec, BatchCodec)
     if capacity > 1:
-        return _serve_pool(link, fn, codec, capacity)
+        return _serve_pool(link, fn, codec, capacity, settings)
     pending, canceller = link.pending, link.canceller
     link.watch = True
     # Results of inputs the daemon handed over ahead of time (it does so only for
@@ -259,7 +265,7 @@ def serve_blocking(link: BlockingLink, fn, codec: FunctionCodec, *, capacity: in
                     if not (pending or link.draining or link.lost):
                         link.receive()
                 continue
-            events, stop = _run(fn, codec, pending.popleft(), canceller)
+            events, stop = _run(fn, codec, pending.popleft(), canceller, settings)
             if link.polling:  # a long call: the monitor waits in select, holding the receive lock
                 link.wake()
             if not out:
@@ -275,14 +281,14 @@ def serve_blocking(link: BlockingLink, fn, codec: FunctionCodec, *, capacity: in
         return f"lost the daemon: {exc}"
 
 
-def _serve_pool(link: BlockingLink, fn, codec: FunctionCodec, capacity: int) -> str:
+def _serve_pool(link: BlockingLink, fn, codec: FunctionCodec, capacity: int, settings: BatchSettings) -> str:
     stops: list[str] = []
     lock = threading.Lock()
     inflight = 0
 
     def run(work) -> None:
         nonlocal inflight
-        events, stop = _run(fn, codec, work, link.canceller)
+        events, stop = _run(fn, codec, work, link.canceller, settings)
         try:
             link.send(pb.WorkerRequest(events=events, credit=1))
         except OSError:

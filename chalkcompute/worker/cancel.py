@@ -233,7 +233,7 @@ class Canceller:
                 # this thread runs the worker's code, not the attempt's.
                 _set_async_exc(entry.ident, None)
 
-    def cancel(self, key: Key) -> bool:
+    def cancel(self, key: Key, *, remember: bool = True) -> bool:
         """Stop attempt (or batch invocation) ``key``; True if it was running.
 
         A running one gets :class:`CallCancelled` raised in its thread (once);
@@ -241,6 +241,8 @@ class Canceller:
         """
         with self._lock:
             entry = self._running.get(key)
+            if entry is None and not remember:
+                return False
             if entry is None:
                 self._doomed[key] = None
                 if len(self._doomed) > DOOMED_LIMIT:  # cancels of attempts that already ended
@@ -270,6 +272,11 @@ class Canceller:
                 if self._running.get(key) is not entry:
                     return
                 signal.pthread_kill(entry.ident, INTERRUPT_SIGNAL)
+
+    def interrupt(self, key: Key) -> bool:
+        """Like :meth:`cancel`, but only while ``key`` runs: nothing is remembered for a later
+        start (a batch row's timeout must not cut short the row after it)."""
+        return self.cancel(key, remember=False)
 
     def cancel_item(self, key: Key) -> bool:
         """A cancel from the daemon for one attempt: :meth:`resolve`, then :meth:`cancel`."""

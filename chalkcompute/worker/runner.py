@@ -38,6 +38,7 @@ from typing import Any
 from chalkcompute._client import current_call_id
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._serialization import BatchCodec, FunctionCodec
+from chalkcompute.worker.batchcall import NO_SETTINGS, BatchSettings, run_batch_call_async, run_batch_call_sync
 from chalkcompute.worker.batching import as_batch, item_keys, run_batch_async, run_batch_sync
 from chalkcompute.worker.cancel import CallCancelled, Canceller
 from chalkcompute.worker.link import ChunkGate, DaemonLink
@@ -48,8 +49,10 @@ log = logging.getLogger(__name__)
 
 class Runner:
     def __init__(self, fn, codec: FunctionCodec, link: DaemonLink, *, capacity: int = 1,
-                 batched: bool = False, canceller: Canceller | None = None) -> None:
+                 batched: bool = False, canceller: Canceller | None = None,
+                 settings: BatchSettings = NO_SETTINGS) -> None:
         self.fn = fn
+        self.settings = settings  # for batch calls: the function's batch size and timeout
         self.codec = codec
         self.link = link
         self.capacity = max(1, capacity)
@@ -91,7 +94,7 @@ class Runner:
         inbox: queue.SimpleQueue = queue.SimpleQueue()
 
         def take(work) -> None:
-            if self.batched:
+            if self.batched and not _batch_call(work):
                 work = as_batch(work)
             if isinstance(work, pb.AssignmentBatch):  # before any cancel of its items
                 self.canceller.group(item_keys(work.items))
@@ -107,6 +110,10 @@ class Runner:
                 events, stop = run_batch_sync(self.fn, self.codec, work.items, self.canceller)
                 self._finish_gates(item_keys(work.items))
                 self.link.send_events(events, credit=1)
+            elif work.batch:
+                event, stop = run_batch_call_sync(self.fn, self.codec, work, self.canceller, self.settings)
+                self._finish_gates(((work.call_id, work.attempt),))
+                self.link.send_event(event, credit=1)
             else:
                 event, stop = run_plain(self.fn, self.codec, work, self.canceller)
                 self._finish_gates(((work.call_id, work.attempt),))
@@ -135,7 +142,7 @@ class Runner:
         self.stopped.set()
 
     def _start(self, work: pb.Assignment | pb.AssignmentBatch) -> None:
-        if self.batched:
+        if self.batched and not _batch_call(work):
             work = as_batch(work)
         if isinstance(work, pb.AssignmentBatch):
             keys = item_keys(work.items)
@@ -228,6 +235,13 @@ class Runner:
 
     async def _run_one(self, a: pb.Assignment) -> tuple[list[pb.AttemptEvent], str]:
         key = (a.call_id, a.attempt)
+        if a.batch:  # a batch call: its rows one after another, one answer
+            if self.is_coro:
+                event, stop = await run_batch_call_async(self.fn, self.codec, a, self.settings)
+            else:
+                event, stop = await self._in_thread(key, run_batch_call_sync, self.fn, self.codec, a,
+                                                    self.canceller, self.settings)
+            return [event], stop
         if not (self.is_async_gen or self.is_gen or self.is_coro):
             event, stop = await self._in_thread(key, run_plain, self.fn, self.codec, a, self.canceller)
             return [event], stop
@@ -287,6 +301,11 @@ class Runner:
                 gate.cond.wait()
         if gate.cancelled:
             raise CallCancelled
+
+
+def _batch_call(work: pb.Assignment | pb.AssignmentBatch) -> bool:
+    """A batch call's assignment (many inputs, one answer), never regrouped as a batched function's batch."""
+    return isinstance(work, pb.Assignment) and work.batch
 
 
 def run_plain(fn: Callable[..., Any], codec: FunctionCodec, a: pb.Assignment,

@@ -48,6 +48,7 @@ from chalkd.model import (
     new_time_id,
 )
 from chalkd.queue import events as ev
+from chalkd.queue.batch import BatchReport, BatchResult, BatchState, errors_from_json
 from chalkd.queue.dispatch import Attempt, Dispatcher, _Worker
 from chalkd.queue.limits import Limits
 from chalkd.queue.storage import CallStore, decode_error
@@ -73,6 +74,8 @@ class WorkerLink(Protocol):
                         window_bytes: int = 0) -> None: ...
 
     def send_batch(self, items: list[tuple[str, int, Payload]], chunk_window: int) -> None: ...
+
+    def send_batch_call(self, call_id: str, attempt: int, args: Payload, rows: list[int]) -> None: ...
 
     def send_chunk_credit(self, call_id: str, attempt: int, up_to: int, bytes_up_to: int = 0) -> None: ...
 
@@ -222,6 +225,11 @@ class Queue(Dispatcher, Streaming):
                 root_seq=r["root_seq"], attempt=r["attempt"], failures=r["failures"],
                 stored=True,
             )
+            if r["batch_rows"] is not None:
+                # A batch call: the rows settled before the restart keep their outcome; the others run.
+                partial = (Payload(r["result_schema"], r["result_batch"], r["result_rows"] or 1)
+                           if r["result_batch"] is not None else None)
+                call.batch = BatchState.from_row(r["batch_rows"], r["batch_state"], partial)
             if r["idempotency_key"]:
                 self._idem[(r["function_id"], r["idempotency_key"])] = call.id
             if fv is None or fv.deleted:
@@ -275,12 +283,21 @@ class Queue(Dispatcher, Streaming):
     def submit(
         self, sub: Subscriber, ref: int, function: FunctionVersion, args: Payload, *,
         idempotency_key: str | None = None, parent_id: str | None = None, detach: bool = False,
+        batch: bool = False,
     ) -> Call | None:
         """Queue a call; None when it is refused before it exists (a full queue).
 
         With ``detach`` (``spawn``), ``sub`` hears only the acceptance (or refusal): nobody
         follows the call until someone attaches, and a generator's chunks wait in the store.
+        With ``batch``, ``args`` holds one row per input and the call ends with one
+        :class:`~chalkd.queue.batch.BatchResult` (see :mod:`chalkd.queue.batch`).
         """
+        if batch and (function.is_generator or detach or args.rows < 1):
+            why = (f"{function.name!r} is a generator function: its calls cannot be batched"
+                   if function.is_generator else "a batch call cannot be detached" if detach
+                   else "a batch call needs at least one row")
+            self.reject(sub, ref, CallError.platform(ErrorCode.INVALID_ARGUMENT, why))
+            return None
         if idempotency_key:
             existing = self._idem.get((function.id, idempotency_key))
             if existing is not None:
@@ -317,6 +334,8 @@ class Queue(Dispatcher, Streaming):
             parent_id=parent_id, idempotency_key=idempotency_key,
             root_seq=parent.root_seq if parent else self._seq, detached=detach,
         )
+        if batch:
+            call.batch = BatchState.new(args.rows)
         call.subscribers[sub] = ref
         self.calls[call.id] = call
         if idempotency_key:
@@ -518,6 +537,8 @@ class Queue(Dispatcher, Streaming):
         fid = link.function_id
         now = time.monotonic()
         took = now - max(call.dispatched_at, worker.last_done if worker is not None else 0.0)
+        if type(event) is BatchReport and call.batch is not None:
+            took /= max(1, len(event.rows or call.batch.sent))  # per input, as for single calls
         if worker is not None:
             worker.last_done = now
         self._durations[fid] = 0.8 * self._durations.get(fid, took) + 0.2 * took
@@ -527,6 +548,26 @@ class Queue(Dispatcher, Streaming):
             self._finish(call)
         elif type(event) is ev.Failed:
             self._attempt_failed(call, event.error)
+        elif type(event) is BatchReport and call.batch is not None:
+            self._batch_settled(call, event)
+
+    def _batch_settled(self, call: Call, report: BatchReport) -> None:
+        """An attempt of a batch call answered: finish it, or run its pending rows again."""
+        state: BatchState = call.batch
+        delay = state.settle(report, call.function.policies, self.max_attempts, self.rng)
+        if delay is None:
+            self._finish(call, result=state.result())
+            return
+        call.replica_id = None
+        call.state = CallState.QUEUED
+        # What settled is durable before the pending rows run again: a restart runs only those.
+        self.rows.save_batch(call, state.result(), on_fail=lambda exc: self._store_failed(call, exc, "a batch's rows"))
+        if delay:
+            log.info("retrying %d row(s) of batch call %s of %s in %.2fs", len(state.pending), call.id,
+                     call.function.name, delay)
+            self.loop.call_later(delay, self._requeue, call)
+        else:
+            self._requeue(call)  # rows the rate limit held back: no failure, no wait
 
     def _attempt_ended(self, att: Attempt) -> None:
         """The worker is done with an attempt (or gone): free what it held."""
@@ -681,6 +722,11 @@ class Queue(Dispatcher, Streaming):
     ) -> None:
         if call.state.finished:
             return
+        batch: BatchState | None = call.batch
+        if batch is not None and error is not None and state is None and batch.pieces:
+            # Rows that succeeded keep their results; the rest fail with the call's error.
+            batch.fail_pending(error)
+            result, error = batch.result(), None
         self._unqueue(call)
         call.state = state or (CallState.FAILED if error else CallState.SUCCEEDED)
         call.result = result
@@ -754,7 +800,9 @@ class Queue(Dispatcher, Streaming):
         return args
 
     def _send_final(self, call: Call, sub: Subscriber, ref: int) -> None:
-        if call.error is not None:
+        if call.batch is not None and call.error is None:
+            sub.send_event(ref, call.id, BatchResult(call.result, call.batch.errors, call.batch.seconds))
+        elif call.error is not None:
             sub.send_event(ref, call.id, ev.Failed(call.error))
         elif call.result is not None:
             sub.send_event(ref, call.id, ev.Result(call.result))
@@ -806,5 +854,7 @@ class Queue(Dispatcher, Streaming):
             call.result = Payload(r["result_schema"], r["result_batch"], r["result_rows"] or 1)
         if r["error"] is not None:
             call.error = decode_error(r["error"])
+        if r["batch_rows"] is not None:
+            call.batch = BatchState(r["batch_rows"], [], errors=errors_from_json(r["batch_state"]))
         return call
 

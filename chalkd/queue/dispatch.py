@@ -131,7 +131,7 @@ class Dispatcher:
                     # About PREFETCH_SECONDS of work ahead per replica: enough to keep it
                     # busy across a round trip, little for a later, higher-priority input to wait behind.
                     prefetch = min(self.prefetch(function_id), max(1, int(PREFETCH_SECONDS / max(duration, 1e-6))))
-                    if pol.batch_size:
+                    if pol.batch_size or heap[0][1].batch is not None:
                         prefetch = min(prefetch, 2)  # a batch or two ahead: the next ones keep filling up
                     if len(self._workers.get(function_id, {})) != len(workers):
                         prefetch = 0
@@ -142,8 +142,13 @@ class Dispatcher:
             live = self._queued.get(function_id, 0)
             if not live:
                 break
+            while heap and not heap[0][1].in_heap:
+                heapq.heappop(heap)  # stale entries first, so the head is the next call
+            if not heap:
+                break
+            head = heap[0][1].batch is not None  # a batch call goes alone, whatever the function
             want = 1
-            if pol.batch_size:
+            if pol.batch_size and not head:
                 want = min(pol.batch_size, live)
                 if want < pol.batch_size:
                     # A short batch goes once its oldest input has waited the window out.
@@ -158,7 +163,8 @@ class Dispatcher:
                     self._kick_later(function_id, max(b.wait_time() for b in buckets))
                     gate_shut = True
                     break
-                want = min(want, tokens)
+                if not head:
+                    want = min(want, tokens)
             if slots is not None:
                 if slots.free < 1:
                     self._slot_waiters.setdefault(slots.key, set()).add(function_id)
@@ -170,10 +176,26 @@ class Dispatcher:
                 _, call = heapq.heappop(heap)
                 if not call.in_heap:
                     continue  # cancelled or finished while it waited
+                if call.batch is not None and calls:
+                    heapq.heappush(heap, (call.sort_key, call))  # goes alone, in a round of its own
+                    break
                 self._unqueue(call)
                 if call.state == CallState.QUEUED and call.id in self.calls:
                     calls.append(call)
+                if call.batch is not None:
+                    break
             if not calls:
+                continue
+            if calls[0].batch is not None:
+                call = calls[0]
+                # One rate-limit token per row: a batch larger than the tokens there runs in slices.
+                rows = call.batch.take(min(b.available() for b in buckets) if buckets else None)
+                for bucket in buckets:
+                    bucket.take(len(rows))
+                worker.credit -= 1
+                self._start_attempt(worker, call, slots)
+                worker.link.send_batch_call(call.id, call.attempt, call.args,
+                                            [] if len(rows) == call.batch.rows else rows)
                 continue
             for bucket in buckets:
                 bucket.take(len(calls))  # one token per attempt: a retry takes a fresh one
@@ -206,7 +228,13 @@ class Dispatcher:
         if slots is not None:
             slots.held += 1
         timeout = call.function.policies.timeout
-        if timeout:
+        if timeout and call.batch is not None:
+            # The worker times each row (each invocation of a batched function) itself; this is
+            # the backstop for a handler that does not stop when told.
+            size = call.function.policies.batch_size or 1
+            invocations = -(-len(call.batch.sent) // size)
+            att.timer = self.loop.call_later(timeout * invocations + self.cancel_grace, self._timed_out, att)
+        elif timeout:
             att.timer = self.loop.call_later(timeout, self._timed_out, att)
         worker.inflight[(call.id, call.attempt)] = att
         # The durable "attempt started" mark (batched with the group commit, never awaited):

@@ -56,7 +56,8 @@ class CallStore:
         """Calls not finished, in submission order, without their arguments (``args_size`` says how big)."""
         return self.store.query(
             "SELECT seq, id, function_id, parent_id, idempotency_key, root_seq, state, attempt, failures,"
-            " chunks, created_at, crashes, length(args_batch) + length(args_schema) AS args_size"
+            " chunks, created_at, crashes, length(args_batch) + length(args_schema) AS args_size,"
+            " batch_rows, batch_state, result_schema, result_batch, result_rows"
             f" FROM calls WHERE state IN {OPEN_STATES} ORDER BY seq"
         )
 
@@ -98,9 +99,9 @@ class CallStore:
                hold: bool = True) -> None:
         self.store.write(
             "INSERT OR IGNORE INTO calls (id, seq, function_id, parent_id, idempotency_key, root_seq,"
-            " state, args_schema, args_batch, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            " state, args_schema, args_batch, created_at, batch_rows) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (call.id, call.seq, call.function.id, call.parent_id, call.idempotency_key, call.root_seq,
-             "queued", args.schema, args.batch, call.created_at),
+             "queued", args.schema, args.batch, call.created_at, call.batch.rows if call.batch else None),
             on_commit=on_commit, on_fail=on_fail, hold=hold,
         )
 
@@ -109,6 +110,15 @@ class CallStore:
 
     def requeue(self, call_id: str, failures: int) -> None:
         self.store.write("UPDATE calls SET state='queued', failures=? WHERE id=?", (failures, call_id))
+
+    def save_batch(self, call: Call, partial: Payload | None, *, on_fail: OnFail = None) -> None:
+        """A batch call whose rows wait for another attempt: its settled rows' results and its state
+        (chalkd.queue.batch), so a restarted daemon runs only the pending rows again."""
+        self.store.write(
+            "UPDATE calls SET state='queued', failures=?, result_schema=?, result_batch=?, result_rows=?,"
+            " batch_state=? WHERE id=?",
+            (call.failures, partial.schema if partial else None, partial.batch if partial else None,
+             partial.rows if partial else None, call.batch.to_json(), call.id), on_fail=on_fail)
 
     def mark_running(self, call_id: str, attempt: int) -> None:
         """The durable "attempt started" mark (batched with the group commit, never awaited)."""
@@ -130,10 +140,11 @@ class CallStore:
         err = encode_error(error) if error is not None else None
         self.store.write(
             "UPDATE calls SET state=?, attempt=?, failures=?, result_schema=?, result_batch=?, result_rows=?,"
-            " error=?, chunks=?, finished_at=? WHERE id=?",
+            " error=?, chunks=?, finished_at=?, batch_state=? WHERE id=?",
             (call.state.value, call.attempt, call.failures, result.schema if result else None,
              result.batch if result else None, result.rows if result else None, err,
-             call.next_index, call.finished_at, call.id),
+             call.next_index, call.finished_at, call.batch.to_json() if call.batch is not None else None,
+             call.id),
             on_commit=on_commit, on_fail=on_fail,
         )
 

@@ -21,6 +21,7 @@ from chalkd import errors
 from chalkd.auth import current_scope
 from chalkd.catalog import Catalog
 from chalkd.model import CallError, ErrorCode, Payload
+from chalkd.queue.batch import BatchReport, BatchResult
 from chalkd.queue.core import Queue
 from chalkd.queue.events import DONE, Accepted, CallEvent, Chunk, Done, Failed, Result
 from chalkd.scaling.autoscaler import Autoscaler
@@ -136,6 +137,12 @@ def event_to_pb(ref: int, call_id: str, event: CallEvent) -> pb.CallEvent:
         msg.done = True
     elif type(event) is Accepted:
         msg.accepted = True
+    elif type(event) is BatchResult:
+        out = msg.batch_result
+        if event.payload is not None:
+            out.results.CopyFrom(payload_to_pb(event.payload))
+        out.errors.extend(pb.RowError(row=row, error=error_to_pb(e)) for row, e in sorted(event.errors.items()))
+        out.seconds = event.seconds
     else:
         raise TypeError(f"no wire form for {event!r}")
     return msg
@@ -152,6 +159,10 @@ def event_from_pb(msg: pb.AttemptEvent) -> CallEvent | None:
         return Failed(error_from_pb(msg.error))
     if kind == "done":
         return DONE
+    if msg.HasField("batch_result"):
+        b = msg.batch_result
+        return BatchReport(payload_from_pb(b.results) if b.results.batch else None, list(b.rows),
+                           {e.row: error_from_pb(e.error) for e in b.errors}, b.seconds)
     return None
 
 
@@ -258,7 +269,7 @@ class QueueService(QueueBase):
                         session.replica_id, parent_id[:40])
             parent_id = None
         call = q.submit(session, s.ref, fv, args, idempotency_key=s.idempotency_key or None,
-                        parent_id=parent_id, detach=s.detach)
+                        parent_id=parent_id, detach=s.detach, batch=s.batch)
         if session.replica_id and call is not None:
             started = self.started_by.setdefault(session.replica_id, OrderedDict())
             started[call.id] = None
@@ -313,6 +324,10 @@ class WorkerConnection:
             pb.Assignment(call_id=call_id, attempt=attempt, args=payload_to_pb(args))
             for call_id, attempt, args in items])])
         self.out.put(msg)
+
+    def send_batch_call(self, call_id: str, attempt: int, args: Payload, rows: list[int]) -> None:
+        self.out.put(pb.Assignment(call_id=call_id, attempt=attempt, args=payload_to_pb(args), batch=True,
+                                   batch_rows=rows))
 
     def send_chunk_credit(self, call_id: str, attempt: int, up_to: int, bytes_up_to: int = 0) -> None:
         self.out.put(pb.ChunkCredit(call_id=call_id, attempt=attempt, up_to=up_to, bytes_up_to=bytes_up_to))
