@@ -15,6 +15,7 @@ keyword is a ``FunctionSignatureError`` showing the signature.
 
 from __future__ import annotations
 
+import inspect
 import sys
 import types
 import typing
@@ -146,8 +147,11 @@ class BoundCall:
 
 
 def _signature(rf: RemoteFunction, params: list[str]) -> str:
-    if rf.signature is not None:
-        return f"{rf.name}{rf.signature}"
+    if rf.fn is not None:
+        try:  # hints as types (df(x: int)), not the strings of `from __future__ import annotations`
+            return f"{rf.name}{inspect.signature(rf.fn, eval_str=True)}"
+        except Exception:  # noqa: BLE001 - an unresolvable hint: show it as written
+            return f"{rf.name}{rf.signature}"
     return f"{rf.name}({', '.join(params)})"
 
 

@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["CallStage", "ChunkSizer", "MAX_IN_FLIGHT", "prepare_arguments"]
 
-MAX_IN_FLIGHT = 16          # batch calls out at once per stage
+MAX_IN_FLIGHT = 16          # batch calls out at once per stage...
+MAX_ROWS_IN_FLIGHT = 65_536  # ...and rows in them (what the caller holds for the calls, whatever the sizes)
 TARGET_SECONDS = 0.02       # the work one chunk should carry
 MIN_ROWS, MAX_ROWS, FIRST_ROWS = 1, 16384, 64
 
@@ -154,9 +155,10 @@ class _Part:
 class _Entry:
     batch: pa.RecordBatch
     parts: list[_Part] = field(default_factory=list)
+    submitted: bool = False  # every chunk of every part is out (until then it cannot be done)
 
     def done(self) -> bool:
-        return all(f.done() for p in self.parts for f in p.chunks)
+        return self.submitted and all(f.done() for p in self.parts for f in p.chunks)
 
 
 class CallStage:
@@ -176,7 +178,8 @@ class CallStage:
 
     def run(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         pending: deque[_Entry] = deque()
-        in_flight: deque[concurrent.futures.Future] = deque()
+        in_flight: deque[tuple[concurrent.futures.Future, int]] = deque()
+        rows_out = 0  # rows in the chunks of in_flight
         offset = 0
         try:
             for batch in batches:
@@ -187,27 +190,29 @@ class CallStage:
                     entry.parts.append(part)
                     start, sizer = 0, self.sizers[name]
                     while start < part.args.num_rows:
-                        while len(in_flight) >= MAX_IN_FLIGHT:
-                            self._wait(in_flight[0])
-                            while in_flight and in_flight[0].done():
-                                in_flight.popleft()
+                        n = min(sizer.rows, part.args.num_rows - start)
+                        while in_flight and (len(in_flight) >= MAX_IN_FLIGHT or rows_out + n > MAX_ROWS_IN_FLIGHT):
+                            self._wait(in_flight[0][0])
+                            while in_flight and in_flight[0][0].done():
+                                rows_out -= in_flight.popleft()[1]
                             yield from self._ready(pending)
-                        n = sizer.rows
                         fut = self._submit(name, part, start, part.args.slice(start, n))
                         part.chunks.append(fut)
                         part.starts.append(start)
-                        in_flight.append(fut)
+                        in_flight.append((fut, n))
+                        rows_out += n
                         start += n
+                entry.submitted = True
                 offset += batch.num_rows
-                while in_flight and in_flight[0].done():
-                    in_flight.popleft()
+                while in_flight and in_flight[0][0].done():
+                    rows_out -= in_flight.popleft()[1]
                 yield from self._ready(pending)
             while pending:
                 for fut in (f for p in pending[0].parts for f in p.chunks):
                     self._wait(fut)
                 yield from self._ready(pending)
         finally:
-            for fut in in_flight:
+            for fut, _rows in in_flight:
                 fut.cancel()  # cancels the awaiting task on the SDK loop, which cancels its batch call
 
     def _part(self, bound: BoundCall, batch: pa.RecordBatch, offset: int) -> _Part:
