@@ -52,7 +52,8 @@ class ScalerHooks:
         fv = self.by_id.get(function_id)
         if fv is None:
             return 0
-        mine = [r for r in self.replicas.values() if r.function is fv and r.state in ("starting", "ready")]
+        # A pooled replica (shared_replicas) serves every method of its class: each counts it as its own.
+        mine = [r for r in self.replicas.values() if fv in r.serves and r.state in ("starting", "ready")]
         # Only once no replica can be added and none is still starting: before that,
         # waiting work must stay in the queue, where the autoscaler and new replicas see it.
         if len(mine) < fv.max_replicas or any(r.state == "starting" for r in mine):

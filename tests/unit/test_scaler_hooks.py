@@ -42,6 +42,16 @@ def test_prefetch_only_once_the_function_cannot_add_replicas() -> None:
     assert hooks.prefetch(fv.id) == PREFETCH
 
 
+def test_a_pools_replicas_count_for_every_method_they_serve() -> None:
+    # A class with shared_replicas: replicas are started for its first method and serve the others too,
+    # so the second method at the pool's max_replicas may prefetch as the first does.
+    first, second = version(max_replicas=1), version(max_replicas=1)
+    second.id, second.name = "f-2", "g"
+    hooks = ScalerHooks({first.id: first, second.id: second})
+    hooks.replicas["r-1"] = Replica("r-1", "t", first, state="ready", pool=(first, second))
+    assert hooks.prefetch(first.id) == hooks.prefetch(second.id) == PREFETCH
+
+
 def test_on_stuck_kills_a_running_replica_once_and_says_why() -> None:
     fv = version()
     hooks = ScalerHooks({fv.id: fv})
