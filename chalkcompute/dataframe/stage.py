@@ -2,7 +2,7 @@
 
 Each input batch's argument columns are evaluated and cast to the function's
 parameter types, then cut into chunks that each travel as one batch call
-(:func:`chalkcompute._batch.call_batch`). Chunks are sized from how long the
+(:func:`chalkcompute._batch.call_batch`: one durable queue unit). Chunks are sized from how long the
 last ones took (aiming at ~20 ms of work each, so a call's fixed cost is
 amortised and results still flow) and at most :data:`MAX_IN_FLIGHT` are out
 at once, which bounds the caller's memory and lets several replicas work in
@@ -20,20 +20,18 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import importlib
 import logging
 import sys
 import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from chalkcompute._batch import call_batch
 from chalkcompute._bridge import sdk_loop
-from chalkcompute.dataframe import _fallback
 from chalkcompute.dataframe.catalog import BoundCall
 from chalkcompute.dataframe.errors import RowError
 from chalkcompute.exceptions import FunctionSignatureError, SerializationError
@@ -46,14 +44,6 @@ MAX_IN_FLIGHT = 16          # batch calls out at once per stage...
 MAX_ROWS_IN_FLIGHT = 65_536  # ...and rows in them (what the caller holds for the calls, whatever the sizes)
 TARGET_SECONDS = 0.02       # the work one chunk should carry
 MIN_ROWS, MAX_ROWS, FIRST_ROWS = 1, 16384, 64
-
-
-def _call_batch() -> Any:
-    try:
-        _batch = importlib.import_module("chalkcompute._batch")
-    except ModuleNotFoundError:
-        return _fallback.call_batch
-    return _batch.call_batch
 
 
 class ChunkSizer:
@@ -167,7 +157,6 @@ class CallStage:
     def __init__(self, calls: dict[str, BoundCall], progress: object | None = None) -> None:
         self.calls = calls
         self.sizers = {name: ChunkSizer() for name in calls}
-        self.call_batch = _call_batch()
         self.loop = sdk_loop()
         # Set by the first chunk with a failed row (on_error="raise") or a failed batch call.
         self.failure: concurrent.futures.Future = concurrent.futures.Future()
@@ -252,7 +241,7 @@ class CallStage:
                 except concurrent.futures.InvalidStateError:  # another chunk got there first
                     pass
 
-        fut = asyncio.run_coroutine_threadsafe(self.call_batch(part.bound.rf, chunk), self.loop)
+        fut = asyncio.run_coroutine_threadsafe(call_batch(part.bound.rf, chunk), self.loop)
         fut.add_done_callback(done)
         return fut
 
