@@ -336,7 +336,9 @@ class Autoscaler:
             running = sum(self.queue.inflight(m.id) for m in members)
             # A replica takes max_concurrent inputs at once (batches of batch_size each).
             per_replica = fv.policies.max_concurrent * max(1, fv.policies.batch_size)
-            needed = -(-(waiting + running) // per_replica)
+            # A pool's replica has slots for each method (a stream each): the busiest method sets the need,
+            # not the sum (one call of each of two methods fits on one replica).
+            needed = max(-(-(self.queue.waiting(m.id) + self.queue.inflight(m.id)) // per_replica) for m in members)
             desired = min(fv.max_replicas, max(floor, needed))
             # Calls waiting past the window though depth per replica is content (slots held by attempts
             # being cancelled, a replica that stopped taking work, prefetched inputs): keep what there is
@@ -375,6 +377,7 @@ class Autoscaler:
                 used_mem += fv.memory_bytes
             if len(mine) > before:
                 why = (f"{waiting} call(s) waiting, {running} running, {per_replica} per replica"
+                       + (" and method" if key else "")
                        if needed >= floor else floor_why)
                 if grown_by_wait:
                     why = (f"the oldest queued call has waited {oldest:.2f}s (over {window:g}s), "
