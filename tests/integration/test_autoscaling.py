@@ -360,6 +360,12 @@ def test_min_replicas_wanting_more_gpus_than_the_host_has_are_refused_at_registr
         assert first.scaling_decision_at is not None and first.scaling_decision_at <= time.time()
         assert (second.desired_replicas, second.replicas, second.scaling_decision, second.scaling_decision_at,
                 second.waiting) == (0, 0, "", None, "")
+        # Waiting for the GPU a sibling method holds: wait_ready says so and points to shared_replicas.
+        with pytest.raises(FunctionTimeoutError) as timed_out:
+            lazy.wait_ready(timeout=2)
+        assert ("waiting: 1 GPU of type nvidia-l4 wanted, 0 free (held by GpuPairLazy.first) (each method of "
+                "class 'GpuPairLazy' has replicas of its own") in str(timed_out.value)
+        assert "with shared_replicas=True one replica serves every method" in str(timed_out.value)
         # One pool for the class: one replica holds the one L4 and serves both methods.
         shared = chalkcompute.cls(name="GpuPairShared", gpu="nvidia-l4", min_replicas=1, shared_replicas=True,
                                   target=d.target)(GpuPair)
