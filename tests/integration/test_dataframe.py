@@ -17,7 +17,7 @@ import chalkcompute
 from chalkcompute import DataFrame, F, _
 from chalkcompute.dataframe import ColumnNotFoundError, RowError
 from chalkcompute.exceptions import FunctionNotFoundError, FunctionSignatureError, NotSupportedError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_for
 
 pytestmark = [pytest.mark.usefixtures("daemon"), pytest.mark.timeout(180)]
 
@@ -60,6 +60,36 @@ def df_numbers(n: int):
 @chalkcompute.function(max_batching_size=64, max_buffer_duration=10)
 def df_batched(xs: list[int]) -> list[int]:
     return [x * 2 for x in xs]
+
+
+@chalkcompute.function(retries=chalkcompute.RetryPolicy.linear(attempts=2, delay=0.0))
+def df_flaky(x: int, runs: str) -> int:
+    """Leaves a file per run of each row; row 5 fails its first run."""
+    import os
+    import uuid
+
+    open(os.path.join(runs, f"{x}-{uuid.uuid4().hex}"), "w").close()
+    if x == 5 and sum(1 for n in os.listdir(runs) if n.startswith("5-")) == 1:
+        raise ValueError("first run of row 5")
+    return x * 2
+
+
+@chalkcompute.function(max_replicas=3)
+async def df_gated(x: int, gate: str) -> int:
+    """Rows below 64 (the first batch call) wait for ``gate`` and leave a file if cancelled; row 100
+    fails at once."""
+    import asyncio
+    import os
+
+    if x == 100:
+        raise ValueError("row 100 fails")
+    try:
+        while x < 64 and not os.path.exists(gate):
+            await asyncio.sleep(0.01)
+    except asyncio.CancelledError:
+        open(f"{gate}.cancelled-{x}", "w").close()
+        raise
+    return x
 
 
 @chalkcompute.cls
@@ -166,6 +196,30 @@ def test_on_error_raise_names_the_failing_row_and_the_remote_error():
     assert info.value.row in (7, 1007, 2007)
     assert f"bad row value {3000 + info.value.row}" in str(info.value)
     assert "ValueError" in str(info.value.error)
+
+
+def test_a_failing_row_is_retried_without_rerunning_the_others(tmp_path):
+    frame = DataFrame.from_dict({"x": list(range(20))})
+    out = frame.project({"y": F.catalog_call("df_flaky", _.x, str(tmp_path))}).to_arrow()
+    assert out.column("y").to_pylist() == [2 * x for x in range(20)]
+    runs = [name.split("-")[0] for name in os.listdir(tmp_path)]
+    assert runs.count("5") == 2  # failed once, retried
+    assert all(runs.count(str(x)) == 1 for x in range(20) if x != 5)  # the others ran once
+
+
+def test_a_failure_raises_before_earlier_batches_finish_and_cancels_them(tmp_path):
+    gate = tmp_path / "gate"
+    frame = DataFrame.from_dict({"x": list(range(200))})
+    try:
+        with pytest.raises(RowError, match="failed on row 100: ValueError: row 100 fails") as info:
+            # the batch of rows 0-63 is still waiting for the gate: the failure does not wait for its turn
+            frame.project({"y": F.catalog_call("df_gated", _.x, str(gate))}).to_arrow()
+        assert info.value.row == 100
+        assert not gate.exists()
+        # ...and the batch still waiting was cancelled: its running row saw the cancel in the replica.
+        wait_for(lambda: list(tmp_path.glob("gate.cancelled-*")), timeout=30, what="the waiting row's cancel")
+    finally:
+        gate.touch()  # frees the replica if the cancel had not reached it
 
 
 def test_an_unknown_function_fails_before_any_row_is_read():
