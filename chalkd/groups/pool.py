@@ -143,6 +143,10 @@ class ReplicaPool:
             except Exception:
                 log.exception("group %r: on_demand callback failed", self.group)
 
+    def wake_waiters(self) -> None:
+        """Wake every `wait_ready` to look again (the proxy closing answers its held requests)."""
+        self._signal()
+
     # -- the proxy's hot path ---------------------------------------------------------------------------
 
     def acquire(self, exclude: frozenset[str] = frozenset()) -> Backend | None:
@@ -223,6 +227,14 @@ class ReplicaPool:
             except TimeoutError:
                 return bool(self._ready)
         return True
+
+    async def wait_signal(self, timeout: float) -> None:
+        """Return at the next change of readiness, of membership, of ``unavailable`` or `wake_waiters`,
+        or after ``timeout`` seconds (the caller looks again either way)."""
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            pass
 
     # -- internals ---------------------------------------------------------------------------------------
 
