@@ -329,13 +329,15 @@ class RemoteClass:
         if not marker:
             return None
         methods = ", ".join(self._methods)
-        if self.shared_replicas:
-            fix = "lower min_replicas, or deploy on a host with more GPUs"
-        else:
-            fix = ("use @chalkcompute.cls(..., shared_replicas=True) to serve every method from one pool of "
+        why, hint, _ = why.partition(" (with shared_replicas=True")
+        if hint:  # the floors of its methods' own replicas add up past the host's GPUs
+            fix = ("; use @chalkcompute.cls(..., shared_replicas=True) to serve every method from one pool of "
                    "replicas (one @before and one set of GPUs per replica), or lower min_replicas")
-        return ClassError(f"class {self.name!r} (methods {methods}) cannot be deployed on this host: "
-                          f"{why.split(' (with shared_replicas=True')[0]}; {fix}")
+        elif "min_replicas=" in why:
+            fix = "; lower min_replicas, or deploy on a host with more GPUs"
+        else:  # one replica's request alone does not fit (sharing would not help)
+            fix = ""
+        return ClassError(f"class {self.name!r} (methods {methods}) cannot be deployed on this host: {why}{fix}")
 
     def _class_error(self, attr: str, exc: FunctionError) -> ClassError:
         if isinstance(exc, FunctionBuildError):

@@ -345,6 +345,12 @@ def test_min_replicas_wanting_more_gpus_than_the_host_has_are_refused_at_registr
                                       "each replica with 1 x nvidia-l4: 2 GPUs of type nvidia-l4 wanted, this "
                                       "host has 1 x NVIDIA L4; use @chalkcompute.cls(..., shared_replicas=True)"), \
                 message
+        # A replica's own request that no host here has: sharing would not help, so it is not suggested.
+        huge = chalkcompute.cls(name="GpuPairHuge", gpu="2:nvidia-l4", min_replicas=0, target=d.target)(GpuPair)
+        with pytest.raises(chalkcompute.ClassError) as refused:
+            huge.deploy()
+        assert str(refused.value) == ("class 'GpuPairHuge' (methods first, second) cannot be deployed on this host: "
+                                      "no host has 2 x nvidia-l4; hosts have: 1 x NVIDIA L4")
         # Refused before anything was registered: no method of it holds the GPU.
         assert "GpuPair" not in chalkd_cli("functions", "--target", d.target)
         with pytest.raises(chalkcompute.ClassError, match="no class named 'GpuPair'"):
