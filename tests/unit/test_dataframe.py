@@ -131,7 +131,6 @@ def test_from_arrow_shapes():
 
 
 def test_pandas_is_optional_and_its_absence_names_the_extra(df):
-    pytest.importorskip("pyarrow")  # always there; the assertion below depends on pandas being absent
     if "pandas" in sys.modules or _has_pandas():
         pytest.skip("pandas is installed here: the ImportError path cannot be seen")
     with pytest.raises(ImportError, match=r"DataFrame.from_pandas needs pandas.*chalkd\[pandas\]"):
@@ -252,3 +251,13 @@ def test_progress_bar_shows_rows_and_rate_on_a_terminal_only(monkeypatch):
     with progress_mod.RowProgress("q", file=quiet) as p:
         p.advance(10)
     assert quiet.getvalue() == ""
+
+
+def test_pandas_round_trip_where_pandas_is_installed():
+    pd = pytest.importorskip("pandas")  # the optional extra; the test above covers its absence
+    frame = DataFrame.from_pandas(pd.DataFrame({"a": [1, 2, 3], "b": ["x", "y", "z"]}, index=[10, 11, 12]))
+    out = frame.filter(_.a > 1).with_columns({"c": _.a * 2}).to_pandas()
+    assert isinstance(out, pd.DataFrame)
+    assert out.to_dict("list") == {"a": [2, 3], "b": ["y", "z"], "c": [4, 6]}
+    with pytest.raises(TypeError, match="from_pandas\\(\\) takes a pandas.DataFrame"):
+        DataFrame.from_pandas([1])
