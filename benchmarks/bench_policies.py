@@ -1,6 +1,7 @@
 """Queue-policy benchmarks: overhead on the warm call path, map throughput, batching.
 
     python benchmarks/bench_policies.py [--calls 2000] [--map 100000] [--batch-items 20000] [--out FILE]
+                                        [--only overhead|map|batching]   (repeatable; default: all)
 
 Starts its own chalkd (process runtime, default durability) on a free port with
 a temporary home and prints one JSON object:
@@ -37,7 +38,10 @@ def main() -> None:
     parser.add_argument("--map", type=int, default=100_000, help="inputs for the map benchmark")
     parser.add_argument("--batch-items", type=int, default=20_000)
     parser.add_argument("--out", default="")
+    parser.add_argument("--only", action="append", choices=("overhead", "map", "batching"),
+                        help="run only this part (repeat for several); all by default")
     args = parser.parse_args()
+    parts = set(args.only or ("overhead", "map", "batching"))
 
     daemon = start_daemon()
     import chalkcompute
@@ -58,6 +62,8 @@ def main() -> None:
         "timeout": RemoteFunction(inc, name="inc_timeout", timeout=60),
     }
     results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
+    if "overhead" not in parts:
+        variants = {"none": variants["none"]}
     try:
         for fn in variants.values():
             fn.wait_ready()
@@ -65,36 +71,39 @@ def main() -> None:
                 fn(i)
         lat: dict[str, list[float]] = {name: [] for name in variants}
         # Variants take turns call by call, so drift on the machine hits them all alike.
-        for i in range(args.calls):
+        for i in range(args.calls if "overhead" in parts else 0):
             for name, fn in variants.items():
                 t = time.perf_counter()
                 fn(i)
                 lat[name].append((time.perf_counter() - t) * 1000)
-        base = statistics.median(lat["none"])
-        results["policy_overhead"] = {
-            name: {"p50_ms": round(statistics.median(v), 3),
-                   "overhead_pct": round((statistics.median(v) / base - 1) * 100, 1)}
-            for name, v in lat.items()
-        }
+        if "overhead" in parts:
+            base = statistics.median(lat["none"])
+            results["policy_overhead"] = {
+                name: {"p50_ms": round(statistics.median(v), 3),
+                       "overhead_pct": round((statistics.median(v) / base - 1) * 100, 1)}
+                for name, v in lat.items()
+            }
 
         mapped = variants["none"]
-        list(mapped.map(range(2000)))  # warm up
-        t = time.perf_counter()
-        out = list(mapped.map(range(args.map)))
-        took = time.perf_counter() - t
-        assert out == [i + 1 for i in range(args.map)]
-        results["map"] = {"inputs": args.map, "seconds": round(took, 2), "inputs_per_s": round(args.map / took)}
-
-        batched = chalkcompute.RemoteFunction(inc_batch, name="inc_batch", max_batching_size=32,
-                                              max_buffer_duration=5)
-        batched.wait_ready()
-        list(batched.map(range(1000)))
-        t = time.perf_counter()
-        out = list(batched.map(range(args.batch_items)))
-        took = time.perf_counter() - t
-        assert out == [i + 1 for i in range(args.batch_items)]
-        results["batching"] = {"max_batching_size": 32, "items": args.batch_items, "seconds": round(took, 2),
-                               "items_per_s": round(args.batch_items / took)}
+        if "map" in parts:
+            list(mapped.map(range(2000)))  # warm up
+            t = time.perf_counter()
+            out = list(mapped.map(range(args.map)))
+            took = time.perf_counter() - t
+            assert out == [i + 1 for i in range(args.map)]
+            results["map"] = {"inputs": args.map, "seconds": round(took, 2),
+                              "inputs_per_s": round(args.map / took)}
+        if "batching" in parts:
+            batched = chalkcompute.RemoteFunction(inc_batch, name="inc_batch", max_batching_size=32,
+                                                  max_buffer_duration=5)
+            batched.wait_ready()
+            list(batched.map(range(1000)))
+            t = time.perf_counter()
+            out = list(batched.map(range(args.batch_items)))
+            took = time.perf_counter() - t
+            assert out == [i + 1 for i in range(args.batch_items)]
+            results["batching"] = {"max_batching_size": 32, "items": args.batch_items, "seconds": round(took, 2),
+                                   "items_per_s": round(args.batch_items / took)}
     finally:
         daemon.stop()
     emit(results, args.out)

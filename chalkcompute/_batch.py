@@ -51,7 +51,9 @@ class BatchCallee(Protocol):
 
     name: str
     codec: FunctionCodec | None
-    is_generator: bool | None
+
+    @property
+    def is_generator(self) -> bool | None: ...
 
     @property
     def client(self) -> Client: ...

@@ -39,20 +39,27 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import itertools
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from typing import Any, Protocol, cast
 
+from chalkcompute._batch import encode_rows, seconds_of
 from chalkcompute._bridge import Mailbox, Twin, on_sdk_loop, run_async, run_sync
 from chalkcompute._client import CallHandle, Client
-from chalkcompute._events import Broken, CallEvent, Chunk, Failed, Result
+from chalkcompute._events import BatchDone, Broken, CallEvent, Chunk, Failed
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._serialization import FunctionCodec
 from chalkcompute._stream import ChunkStream
-from chalkcompute.exceptions import ChalkError, FunctionNotFoundError, FunctionSignatureError, FunctionTimeoutError
+from chalkcompute.exceptions import (
+    ChalkError,
+    FunctionNotFoundError,
+    FunctionSignatureError,
+    FunctionTimeoutError,
+    remote_error,
+)
 
 
 class Callee(Protocol):
@@ -68,6 +75,8 @@ class Callee(Protocol):
     def client(self) -> Client: ...
 
     def _encode(self, args: tuple, kwargs: dict) -> tuple[bytes, bytes]: ...
+
+    def _arguments(self, args: tuple, kwargs: dict) -> dict[str, Any]: ...
 
     def _ensure_registered(self) -> Any: ...
 
@@ -91,6 +100,11 @@ __all__ = [
 # with order_outputs=True, count too). Read as each map starts, so a program
 # may set chalkcompute.calls.MAP_MAX_INFLIGHT to another size.
 MAP_MAX_INFLIGHT = 1000
+# Inputs of one map travel as batch calls of about this many seconds of the handler's work
+# each (as the worker measures it), at most a quarter of MAP_MAX_INFLIGHT inputs.
+MAP_BATCH_SECONDS = 0.02
+# Inputs in flight, one per batch, until the first batch's time is known.
+MAP_PROBE_INPUTS = 32
 # How long cancel() waits for the daemon to confirm (the call's final event).
 _CANCEL_CONFIRM_TIMEOUT = 30.0
 
@@ -385,21 +399,31 @@ spawn_method = Twin.pair("spawn", _spawn_method, _spawn_method_async)
 # -- map ---------------------------------------------------------------------------------------
 
 
-class _MapHandle(CallHandle):
-    """One input of a map: its events go to the map's sink, tagged with its index."""
+class _MapBatch(CallHandle):
+    """One batch call of a map (``rows`` inputs from input ``first`` on): its final event goes to the map's sink."""
 
-    def __init__(self, run: _MapRun, *args: Any) -> None:
+    def __init__(self, run: _MapRun, rows: int, *args: Any) -> None:
         super().__init__(*args)
         self.sink = run.sink
-        self.index = run.submitted
-        run.submitted += 1
+        self.first = run.submitted
+        self.rows = rows
+        self.sent_at = time.perf_counter()
+        run.submitted += rows
+        run.batches += 1
 
     def put(self, item: CallEvent) -> None:
         self.sink.put((self, item))
 
 
 class _MapRun:
-    """The state of one map: what is submitted, finished, and handed out."""
+    """The state of one map: what is submitted, finished, and handed out.
+
+    Inputs travel as batch calls (chalkcompute._batch): one queue unit per batch, sized
+    to about :data:`MAP_BATCH_SECONDS` of the handler's work, as measured by the worker
+    (``BatchOutcome.seconds``). Until the first measurement, inputs go one per batch, at
+    most :data:`MAP_PROBE_INPUTS` of them, so a slow function's first inputs are not
+    queued behind each other in one batch.
+    """
 
     def __init__(self, rf: Callee, info: Any, inputs: Iterator, kwargs: dict,
                  order_outputs: bool, return_exceptions: bool) -> None:
@@ -407,70 +431,107 @@ class _MapRun:
         self.rf = rf
         self.client = rf.client
         self.function_id = info.id
-        self.decode = _codec(rf).decode_results
+        self.codec = _codec(rf)
         self.inputs = inputs
         self.kwargs = kwargs
         self.order_outputs = order_outputs
         self.return_exceptions = return_exceptions
-        # The final events of every input, in arrival order: drained a batch at a time.
-        self.sink: Mailbox[tuple[CallHandle, CallEvent]] = Mailbox()
-        self.make_handle = functools.partial(_MapHandle, self)
+        # The final events of every batch, in arrival order: drained a batch at a time.
+        self.sink: Mailbox[tuple[_MapBatch, CallEvent]] = Mailbox()
         self.window = MAP_MAX_INFLIGHT
         # Inputs are topped up once a quarter of the window is free, so they go
-        # out in batches (one stream message each) rather than one by one.
+        # out in a few messages rather than one by one.
         self.refill_at = max(1, self.window // 4)
+        self.max_rows = max(1, self.window // 4)   # at least four batches in flight
+        self.size = 0             # inputs per batch; 0 until the handler's time was measured
+        self.per_input = 0.0      # seconds of handler time per input (moving average)
         self.submitted = 0        # inputs sent; also the next input's index
-        self.finished = 0         # final events taken from the sink
+        self.batches = 0          # batch calls sent
+        self.finished = 0         # batch calls whose final event was taken from the sink
         self.handed = 0           # results given to the caller
         self.exhausted = False
         self.closed = False
-        self.by_index: dict[int, tuple] = {}  # order_outputs: finished, waiting for their turn
+        self.by_index: dict[int, Any] = {}  # order_outputs: finished, waiting for their turn
         self.ready: deque = deque()            # otherwise: finished, in arrival order
 
     def fill(self) -> None:
-        """Submit inputs up to the window, all in one batch."""
-        room = self.window - (self.submitted - self.handed)
+        """Submit inputs up to the window, as batch calls sent together."""
+        inflight = self.submitted - self.handed
+        room = self.window - inflight
+        size = self.size
+        if not size:
+            room, size = min(room, MAP_PROBE_INPUTS - inflight), 1
         if room <= 0 or self.exhausted:
             return
-        encode, kwargs = self.rf._encode, self.kwargs
-        payloads = [encode(args, kwargs) for args in itertools.islice(self.inputs, room)]
-        if len(payloads) < room:
+        bind, kwargs = self.rf._arguments, self.kwargs
+        arguments = [bind(args, kwargs) for args in itertools.islice(self.inputs, room)]
+        if len(arguments) < room:
             self.exhausted = True
-        if payloads:
-            self.client.start_calls(function_id=self.function_id, payloads=payloads, decode=self.decode,
-                                    display_name=self.rf.name, handle_type=self.make_handle)
+        if not arguments:
+            return
+        names = self.codec.parameter_names
+        payloads, rows = [], []
+        for i in range(0, len(arguments), size):
+            group = arguments[i:i + size]
+            payloads.append(encode_rows(self.rf, [[a[n] for a in group] for n in names]))
+            rows.append(len(group))
+        sizes = iter(rows)
+        self.client.start_calls(function_id=self.function_id, payloads=payloads, decode=self.codec.decode_results,
+                                display_name=self.rf.name, batch_rows=rows,
+                                handle_type=lambda *a: _MapBatch(self, next(sizes), *a))
+
+    def _measure(self, h: _MapBatch, event: CallEvent) -> None:
+        seconds = seconds_of(event)
+        if not seconds:
+            return
+        per_input = seconds / h.rows
+        self.per_input = per_input if not self.per_input else 0.7 * self.per_input + 0.3 * per_input
+        grown = max(1, self.size * 4) if self.size else self.max_rows
+        self.size = max(1, min(self.max_rows, grown, int(MAP_BATCH_SECONDS / max(self.per_input, 1e-7))))
 
     def absorb(self, events: deque) -> None:
         self.finished += len(events)
-        if not self.return_exceptions:
-            for h, event in events:
-                if type(event) is not Result:
-                    h.value_of(event)  # raises the first failure now, not in its turn
-        if self.order_outputs:
-            by_index = self.by_index
-            for item in events:
-                by_index[item[0].index] = item
-        else:
-            self.ready.extend(events)
+        measured = bool(self.size)
+        for h, event in events:
+            self._measure(h, event)
+            values, errors = self._outcome(h, event)
+            if errors and not self.return_exceptions:
+                raise errors[min(errors)]  # the first failure, now rather than in its turn
+            for row, exc in errors.items():
+                values[row] = exc
+            if self.order_outputs:
+                self.by_index.update(zip(range(h.first, h.first + h.rows), values, strict=True))
+            else:
+                self.ready.extend(values)
+        if not measured and self.size and not self.exhausted:
+            self.fill()  # the first measurement: the window opens
 
-    def pop(self) -> tuple | None:
-        """The next finished input to hand out, if it has arrived."""
-        if self.order_outputs:
-            return self.by_index.pop(self.handed, None)
-        return self.ready.popleft() if self.ready else None
-
-    def value(self, h: CallHandle, event: CallEvent) -> Any:
-        self.handed += 1
-        if type(event) is Result:
-            payload = event.payload
-            value = h.decode(payload.schema, payload.batch)[0]
-        else:
+    def _outcome(self, h: _MapBatch, event: CallEvent) -> tuple[list, dict[int, BaseException]]:
+        """A batch's values (None where a row failed) and its rows' exceptions."""
+        if type(event) is BatchDone:
+            out = event.outcome
+            values = h.decode(out.results.schema, out.results.batch) if out.results.batch else [None] * h.rows
+            return values, {e.row: remote_error(e.error, function_name=self.rf.name, call_id=event.call_id)
+                            for e in out.errors}
+        if type(event) is Failed:  # the whole batch: each of its inputs fails with it
             try:
-                value = h.value_of(event)
+                h.raise_for(event)
             except ChalkError as exc:
-                if not (self.return_exceptions and type(event) is Failed):
-                    raise
-                value = exc
+                first = exc
+            errors: dict[int, BaseException] = {0: first}
+            for row in range(1, h.rows):
+                errors[row] = remote_error(event.error, function_name=self.rf.name, call_id=event.call_id)
+            return [None] * h.rows, errors
+        h.raise_for(event)  # the connection is gone for good: raised whatever return_exceptions says
+
+    def pop(self) -> Any:
+        """The next finished input's value (or exception) to hand out, or _MISSING."""
+        if self.order_outputs:
+            return self.by_index.pop(self.handed, _MISSING)
+        return self.ready.popleft() if self.ready else _MISSING
+
+    def value(self, value: Any) -> Any:
+        self.handed += 1
         if not self.exhausted and self.window - (self.submitted - self.handed) >= self.refill_at:
             self.fill()  # before the caller takes its time with this value
         return value
@@ -479,9 +540,9 @@ class _MapRun:
         """The values that can be handed out now, in turn; stops when the next must be waited for."""
         while not self.done:
             item = self.pop()
-            if item is None:
+            if item is _MISSING:
                 return
-            yield self.value(*item)
+            yield self.value(item)
 
     def __enter__(self) -> _MapRun:
         try:
@@ -503,7 +564,7 @@ class _MapRun:
         if self.closed:
             return
         self.closed = True
-        if self.finished + len(self.sink.items) >= self.submitted:
+        if self.finished + len(self.sink.items) >= self.batches:
             return
         session, sink = self.client.session, self.sink
 
@@ -519,6 +580,9 @@ class _MapRun:
                 self.client.loop.call_soon_threadsafe(cancel_unfinished)
         except RuntimeError:  # the SDK loop is gone (interpreter exit): nothing runs any more
             pass
+
+
+_MISSING = object()
 
 
 _END = object()

@@ -381,6 +381,16 @@ class RemoteFunction:
     # -- calling ---------------------------------------------------------------------------
 
     def _encode(self, args: tuple, kwargs: dict) -> tuple[bytes, bytes]:
+        arguments = self._arguments(args, kwargs)
+        assert self.codec is not None  # hydrated: _ensure_registered* ran first
+        schema, batch = self.codec.encode_args(arguments)
+        size = len(schema) + len(batch)
+        if size > (limit := sdk_max_payload()):
+            raise ResourceExhaustedError(too_large(f"the arguments of {self.name}()", size, limit))
+        return schema, batch
+
+    def _arguments(self, args: tuple, kwargs: dict) -> dict[str, Any]:
+        """The call's arguments by parameter name (defaults applied); FunctionSignatureError if they do not fit."""
         positional = self._positional
         if positional is not None and not kwargs and len(args) == len(positional):
             # The common call shape: every parameter given by position (no bind needed).
@@ -405,12 +415,7 @@ class RemoteFunction:
                 if k in arguments:
                     raise FunctionSignatureError(f"{self.name}() got multiple values for argument {k!r}")
                 arguments[k] = v
-        assert self.codec is not None  # hydrated: _ensure_registered* ran first
-        schema, batch = self.codec.encode_args(arguments)
-        size = len(schema) + len(batch)
-        if size > (limit := sdk_max_payload()):
-            raise ResourceExhaustedError(too_large(f"the arguments of {self.name}()", size, limit))
-        return schema, batch
+        return arguments
 
     def _start(self, args: tuple, kwargs: dict) -> CallHandle:
         info = self._ensure_registered()

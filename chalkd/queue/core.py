@@ -556,7 +556,9 @@ class Queue(Dispatcher, Streaming):
         state: BatchState = call.batch
         delay = state.settle(report, call.function.policies, self.max_attempts, self.rng)
         if delay is None:
-            self._finish(call, result=state.result())
+            # A batch whose every row failed is listed as failed; its caller still gets the rows' errors.
+            self._finish(call, result=state.result(),
+                         state=CallState.FAILED if len(state.errors) == state.rows else None)
             return
         call.replica_id = None
         call.state = CallState.QUEUED

@@ -8,46 +8,53 @@ from types import SimpleNamespace
 import pytest
 
 from chalkcompute import calls
-from chalkcompute._events import Failed, Result
+from chalkcompute._events import BatchDone
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._serialization import FunctionCodec
 from chalkcompute.exceptions import FunctionSignatureError, RemoteExecutionError
 
 
 class FakeClient:
-    """Records each batch; completes its calls in reverse order unless told to hold them."""
+    """Records each message's batch calls (their row counts); completes them in reverse order
+    unless told to hold them, each with a result per row (an error for rows in ``fail``)."""
 
-    def __init__(self, fail: set[int] = frozenset(), hold: set[int] = frozenset()) -> None:
-        self.batches: list[int] = []
-        self.fail, self.hold = fail, hold
+    def __init__(self, fail: set[int] = frozenset(), hold: set[int] = frozenset(), seconds: float = 1e-5) -> None:
+        self.batches: list[list[int]] = []   # per start_calls: rows of each batch call
+        self.fail, self.hold, self.seconds = fail, hold, seconds
         self.session = SimpleNamespace(handles={}, cancel_batch=self._cancel_batch)
         self.loop = SimpleNamespace(call_soon_threadsafe=lambda fn, *a: fn(*a))
         self.cancelled: list[int] = []
+        self.max_inflight = 0
         self._ref = 0
 
-    def start_calls(self, *, function_id, payloads, decode, display_name, handle_type):
-        self.batches.append(len(payloads))
+    def start_calls(self, *, function_id, payloads, decode, display_name, handle_type, batch_rows):
+        self.batches.append(list(batch_rows))
         handles = []
-        for p in payloads:
+        for p, rows in zip(payloads, batch_rows, strict=True):
             self._ref += 1
             h = handle_type(self.session, pb.Submit(ref=self._ref), display_name, decode)
             self.session.handles[h.ref] = h
-            handles.append((h, p))
-        for h, p in reversed(handles):
-            x = p[1]
-            if x in self.hold:
+            _, (xs,) = CODEC._in.decode(*p)
+            assert len(xs) == rows == h.rows
+            handles.append((h, xs))
+        self.max_inflight = max(self.max_inflight, sum(h.rows for h in self.session.handles.values()))
+        for h, xs in reversed(handles):
+            if self.hold & set(xs):
                 continue
             del self.session.handles[h.ref]
             h.finished = True
-            if x in self.fail:
-                h.put(Failed(pb.RemoteError(exception_type="builtins.ValueError", message=f"bad {x}"), "fc-x"))
-            else:
-                schema, batch = CODEC.encode_result(x * 10)
-                h.put(Result(pb.Payload(schema=schema, batch=batch, rows=1)))
+            out = pb.BatchOutcome(seconds=self.seconds * len(xs))
+            values = [None if x in self.fail else x * 10 for x in xs]
+            out.results.schema, out.results.batch = CODEC.encode_chunks(values)
+            for row, x in enumerate(xs):
+                if x in self.fail:
+                    out.errors.append(pb.RowError(row=row, error=pb.RemoteError(
+                        exception_type="builtins.ValueError", message=f"bad {x}")))
+            h.put(BatchDone(out, "fc-x"))
         return [h for h, _ in handles]
 
     def _cancel_batch(self, handles):
-        self.cancelled.extend(h.index for h in handles)
+        self.cancelled.extend(x for h in handles for x in range(h.first, h.first + h.rows))
 
 
 def _tenfold(x: int) -> int:
@@ -68,8 +75,8 @@ class FakeFunction:
     def _ensure_registered(self):
         return SimpleNamespace(id="fv-fake")
 
-    def _encode(self, args, kwargs):
-        return (b"", args[0])
+    def _arguments(self, args, kwargs):
+        return {"x": args[0]}
 
 
 def run(client, inputs, **kw):
@@ -87,13 +94,23 @@ def test_unordered_is_arrival_order():
     assert out == [x * 10 for x in reversed(range(10))]
 
 
-def test_inputs_go_in_batches_within_the_window(monkeypatch):
+def test_inputs_go_in_batch_calls_within_the_window(monkeypatch):
     monkeypatch.setattr(calls, "MAP_MAX_INFLIGHT", 100)
     client = FakeClient()
     assert run(client, range(1000)) == [x * 10 for x in range(1000)]
-    assert client.batches[0] == 100
-    assert all(25 <= b <= 100 for b in client.batches[:-1])
-    assert sum(client.batches) == 1000
+    # One input per batch until the handler's time is known, then batches of a quarter window at most.
+    assert client.batches[0] == [1] * calls.MAP_PROBE_INPUTS
+    sizes = [n for b in client.batches[1:] for n in b]
+    assert max(sizes) == 25 and sum(sizes) == 1000 - calls.MAP_PROBE_INPUTS
+    assert client.max_inflight <= 100
+
+
+def test_batches_are_sized_to_the_handlers_time(monkeypatch):
+    # 5 ms per input: four inputs make ~20 ms of work.
+    client = FakeClient(seconds=0.005)
+    assert run(client, range(300)) == [x * 10 for x in range(300)]
+    sizes = [n for b in client.batches[1:] for n in b]
+    assert max(sizes) == 4 and sizes.count(4) >= len(sizes) - 1
 
 
 def test_return_exceptions():
