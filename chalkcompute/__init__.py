@@ -85,18 +85,17 @@ from chalkcompute.worker.cancel import CallCancelled
 
 __version__ = "0.1.0"
 
-if TYPE_CHECKING:  # for type checkers; at run time __getattr__ below imports them on first use
+if TYPE_CHECKING:  # type checkers see these; at run time __getattr__ imports them on first use
     from chalkcompute.dataframe import DataFrame, F, _
+else:  # hidden from type checkers, which would otherwise accept any chalkcompute.<name>
+    _LAZY = {"DataFrame", "F", "_"}  # chalkcompute.dataframe: pyarrow.dataset/compute cost ~75 ms to import
 
-_LAZY = {"DataFrame", "F", "_"}  # chalkcompute.dataframe: imported on first use (pyarrow.dataset/compute, ~75 ms)
+    def __getattr__(name: str) -> object:
+        if name in _LAZY:
+            from chalkcompute import dataframe
 
-
-def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        from chalkcompute import dataframe
-
-        return getattr(dataframe, name)
-    raise AttributeError(f"module 'chalkcompute' has no attribute {name!r}")
+            return getattr(dataframe, name)
+        raise AttributeError(f"module 'chalkcompute' has no attribute {name!r}")
 
 __all__ = [
     "CallCancelled",
