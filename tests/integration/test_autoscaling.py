@@ -116,6 +116,45 @@ def test_a_replica_killed_mid_burst_loses_no_call(daemon, tmp_path):
     assert victim not in {pid for x, pids in ran.items() if x != victim_x for pid in pids}
 
 
+# -- the oldest wait ----------------------------------------------------------------------------
+
+
+def batch_held(xs: list[int], gate_dirs: list[str]) -> list[int]:
+    """Leave ``start-<x>-<replica id>`` per item, wait for ``go``, return 2x each."""
+    import os
+    import time
+
+    for x, gate_dir in zip(xs, gate_dirs, strict=True):
+        with open(os.path.join(gate_dir, f"start-{x}-{os.environ['CHALK_REPLICA_ID']}"), "w"):
+            pass
+    while not os.path.exists(os.path.join(gate_dirs[0], "go")):
+        time.sleep(0.01)
+    return [2 * x for x in xs]
+
+
+@pytest.mark.timeout(180)
+def test_a_call_waiting_behind_a_short_batch_gets_a_replica_of_its_own(daemon, tmp_path):
+    # One item running as a batch of one (its 50 ms window closed) and one queued: depth per replica
+    # (2 of a batch of 4) wants one replica, but the second item waits behind the first for as long as it
+    # runs. Past the window (0.2 s beyond the batch's own) the autoscaler adds a replica for it.
+    name = "as_oldest_wait"
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    fn = RemoteFunction(batch_held, name=name, min_replicas=0, max_replicas=2, max_batching_size=4,
+                        max_buffer_duration=50, suspend_cooldown_period=0.5)
+    calls = Calls()
+    calls.start(fn, 1, 1, str(gate))
+    first = wait_for(lambda: placed(gate).get(1), timeout=60, what="the first item running")
+    calls.start(fn, 2, 2, str(gate))
+    second = wait_for(lambda: placed(gate).get(2), timeout=60, what="the second item running")
+    assert second != first  # on a replica of its own, not after the first
+    decision = next(line for line in scaling_lines(name, daemon.target) if "scale up 1 -> 2" in line)
+    assert "the oldest queued call has waited" in decision and "(over 0.25s)" in decision, decision
+    (gate / "go").touch()
+    assert calls.join(60) == {1: 2, 2: 4}
+    wait_for(lambda: replicas(name) == (0, 0), timeout=30, what="replicas back to 0")
+
+
 # -- draining ------------------------------------------------------------------------------------
 
 
