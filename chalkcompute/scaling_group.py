@@ -36,6 +36,8 @@ is seen at once); statuses are the reference's "Pending", "Running",
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import json as _json
 import math
 from collections.abc import Mapping
@@ -46,7 +48,7 @@ from typing import Any, TypeVar
 from grpclib.client import UnaryUnaryMethod
 
 from chalkcompute import _rpc
-from chalkcompute._bridge import Twin
+from chalkcompute._bridge import Twin, on_new_loop, run_sync
 from chalkcompute._build import ImageBuildFailed, prepare_image
 from chalkcompute._client import Client
 from chalkcompute._contract import name_too_long, quote, valid_container_name
@@ -224,7 +226,6 @@ class ScalingGroup:
         self.target = target
         self.id: str | None = None
         self.info: ScalingGroupInfo | None = None
-        self._http: Any = None   # httpx.AsyncClient, made on the SDK loop on first call()
 
     # -- plumbing -----------------------------------------------------------------------
 
@@ -262,7 +263,7 @@ class ScalingGroup:
         sg.image, sg.name, sg.port, sg.cpu_millis, sg.memory_bytes, sg.gpu = None, info.name, 0, 0, 0, ""
         sg.env, sg.secrets, sg.volumes, sg.entrypoint = {}, [], [], []
         sg.min_replicas, sg.max_replicas, sg.readiness_probe = info.min_replicas, info.max_replicas, None
-        sg.authenticated, sg.target, sg.id, sg.info, sg._http = bool(info.auth_key), target, None, None, None
+        sg.authenticated, sg.target, sg.id, sg.info = bool(info.auth_key), target, None, None
         sg._adopt(info)
         return sg
 
@@ -385,13 +386,13 @@ class ScalingGroup:
     async def _call(self, path: str = "/", *, method: str = "POST", json: Any = None, data: bytes | str | None = None,
                     headers: Mapping[str, str] | None = None, timeout: float = 30.0):
         """An HTTP request to the group (``web_url`` + ``path``): an ``httpx.Response``."""
-        import httpx
-
         if json is not None and data is not None:
             raise ValueError("give json or data, not both")
         if not isinstance(path, str):
             raise TypeError(f"path must be a str, got {path!r}")
         timeout_s = _seconds(timeout, "timeout")
+        if self.id is None:
+            raise ScalingGroupError(f"scaling group {self.name!r} has no web_url yet: deploy() it first")
         info = self.info if self.info is not None and self.info.web_url else await self._refresh()
         if not info.web_url:
             raise ScalingGroupError(f"scaling group {info.name!r} has no web_url yet ({info.status}); deploy() it")
@@ -403,10 +404,8 @@ class ScalingGroup:
             body = _json.dumps(json).encode()
             if not any(k.lower() == "content-type" for k in sent):
                 sent["Content-Type"] = "application/json"
-        if self._http is None:
-            self._http = httpx.AsyncClient()
         url = info.web_url.rstrip("/") + ("" if path.startswith("/") else "/") + path
-        return await self._http.request(method, url, content=body, headers=sent, timeout=timeout_s)
+        return await _http_client().request(method, url, content=body, headers=sent, timeout=timeout_s)
 
     call = Twin(_call)
 
@@ -420,15 +419,40 @@ class ScalingGroup:
             self._adopt(resp.info)
         except ScalingGroupNotFoundError:
             pass
-        if self._http is not None:
-            http, self._http = self._http, None
-            await http.aclose()
 
     delete = Twin(_delete)
 
     def __repr__(self) -> str:
         status = self.info.status if self.info else "not deployed"
         return f"ScalingGroup(name={self.name!r}, id={self.id!r}, status={status!r})"
+
+
+_HTTP: Any = None   # one httpx.AsyncClient for every group's call(), on the SDK loop (its connections pool)
+
+
+def _http_client() -> Any:
+    global _HTTP
+    if _HTTP is None:
+        import httpx
+
+        _HTTP = httpx.AsyncClient()
+    return _HTTP
+
+
+def _forget_http() -> None:
+    global _HTTP
+    _HTTP = None   # a new SDK loop (a forked child): the old client's connections belong to the old one
+
+
+def _close_http() -> None:
+    client = _HTTP
+    if client is not None:
+        with contextlib.suppress(Exception):
+            run_sync(client.aclose(), timeout=2)
+
+
+on_new_loop(_forget_http)
+atexit.register(_close_http)
 
 
 def _failed(info: ScalingGroupInfo) -> ScalingGroupError:
