@@ -223,7 +223,7 @@ class GroupManager:
             elif not spec.authenticated:
                 rec.auth_key = ""
             if g.proxy is not None:
-                g.proxy.auth_key = rec.auth_key or None  # type: ignore[attr-defined]
+                g.proxy.set_auth_key(rec.auth_key or None)  # type: ignore[attr-defined]
             if g.failed:
                 g.failed = False
                 g.pool.unavailable = None

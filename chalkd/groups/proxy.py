@@ -92,6 +92,12 @@ class GroupProxy:
             raise RuntimeError(f"group {self.name!r}: the proxy is not started")
         return self._session
 
+    def set_auth_key(self, auth_key: str | None) -> None:
+        """A redeploy turned authentication on or off (or gave a new key): from the next request on."""
+        if auth_key is not None and not auth_key:
+            raise ValueError(f"group {self.name!r}: auth_key must be a non-empty string or None")
+        self._expected = f"Bearer {auth_key}".encode() if auth_key is not None else None
+
     @property
     def held(self) -> int:
         """Requests waiting for a ready replica now."""
