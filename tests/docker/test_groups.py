@@ -8,6 +8,7 @@ example does, and falls back to the stdlib app when the package index cannot be 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -277,7 +278,20 @@ def test_the_group_serves_again_on_its_port_after_a_restart(docker_engine, tmp_p
         monkeypatch.setenv("CHALK_COMPUTE_TARGET", d.target)
         again = ScalingGroup.from_name("durable").wait_ready(timeout=120)
         assert again.web_url == url and httpx.get(f"{url}/health", timeout=10).text == "ok"
-        again.delete()
+        # Its port taken while the daemon was down: another one is picked, and the log says so.
+        d.stop()
+        squatter = socket.socket()
+        squatter.bind(("127.0.0.1", int((url or "").rsplit(":", 1)[1])))
+        squatter.listen()
+        try:
+            d.start()
+            monkeypatch.setenv("CHALK_COMPUTE_TARGET", d.target)
+            moved = ScalingGroup.from_name("durable").wait_ready(timeout=120)
+            assert moved.web_url != url and moved.call("/health", method="GET").text == "ok"
+            assert "is taken; it now serves on" in d.log()
+        finally:
+            squatter.close()
+        moved.delete()
     finally:
         d.stop()
         remove_home_containers(d.home)
