@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from chalkcompute._bridge import run_sync
 from chalkcompute._serialization import schema_from_bytes
-from chalkcompute.dataframe.expr import Expr, as_expr, to_arrow_type
+from chalkcompute.dataframe.expr import Column, Expr, as_expr, to_arrow_type
 from chalkcompute.exceptions import FunctionSignatureError, NotSupportedError
 from chalkcompute.functions import RemoteFunction
 
@@ -107,6 +107,7 @@ class BoundCall:
     nullable: list[bool]
     output_type: pa.DataType
     cast_output: bool                        # output_type differs from what the function returns
+    table_fields: list[str] | None = None    # a Table handler: arguments are the struct's fields, in order
 
     @property
     def name(self) -> str:
@@ -121,10 +122,9 @@ class BoundCall:
                 "per row, so call a function that returns a value")
         codec = rf.codec
         assert codec is not None  # registered or hydrated
-        if getattr(codec, "table_parameter", None):
-            raise NotSupportedError(
-                f"F.catalog_call({name!r}): {name} is a batched function taking a pyarrow.Table; "
-                "F.catalog_call does not build its row dicts yet: give it list parameters instead")
+        table = getattr(codec, "table_parameter", None)
+        if table is not None:
+            return cls._of_table(call, rf, table)
         params = list(codec.parameter_names)
         arguments = _bind(call, rf, params)
         in_schema = schema_from_bytes(codec.input_schema_bytes) if codec.input_schema_bytes else None
@@ -144,6 +144,35 @@ class BoundCall:
         assert output_type is not None
         return cls(call, rf, params, arguments, input_types, _nullable(rf, params), output_type,
                    cast_output=out is None or not out.equals(output_type))
+
+    @classmethod
+    def _of_table(cls, call: CatalogCall, rf: RemoteFunction, table: str) -> BoundCall:
+        """A batched function taking one ``pyarrow.Table``: the arguments are its columns, named by
+        keyword (``text=_.memo``) or, for a plain column, by the column's own name (``_.text``)."""
+        name = call.function_name
+        fields: list[str] = []
+        for a in call.args:
+            if not isinstance(a, Column):
+                raise FunctionSignatureError(
+                    f"F.catalog_call({name!r}): {name} takes a pyarrow.Table; its columns are named by keyword "
+                    f"(e.g. text=_.memo) or are plain columns (_.text), got {a!r} by position")
+            fields.append(a.name)
+        fields += list(call.kwargs)
+        if not fields or len(set(fields)) != len(fields):
+            raise FunctionSignatureError(
+                f"F.catalog_call({name!r}): {name}({table}: pyarrow.Table) needs its table's columns, each named "
+                f"once, e.g. F.catalog_call({name!r}, text=_.memo); got {fields}")
+        codec = rf.codec
+        assert codec is not None
+        out = schema_from_bytes(codec.output_schema_bytes).field(0).type if codec.output_schema_bytes else None
+        if out is None and call.output_type is None:
+            raise FunctionSignatureError(
+                f"F.catalog_call({name!r}): {name} has no element type in its return hint (list[T]), so the "
+                "column's type is unknown: pass output_type=")
+        output_type = call.output_type or out
+        assert output_type is not None
+        return cls(call, rf, [table], [*call.args, *call.kwargs.values()], [None], [True], output_type,
+                   cast_output=out is None or not out.equals(output_type), table_fields=fields)
 
 
 def _signature(rf: RemoteFunction, params: list[str]) -> str:

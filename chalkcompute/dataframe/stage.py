@@ -84,6 +84,10 @@ def _plain(array: pa.Array) -> pa.Array:
 def prepare_arguments(bound: BoundCall, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, pa.Array | None]:
     """The argument batch (a column per parameter, cast to its type) and, where a non-Optional parameter
     got a null, a boolean mask of those rows (None when there are none)."""
+    if bound.table_fields is not None:  # a Table handler: one struct column, a field per argument
+        fields = [_plain(e.evaluate(batch)) for e in bound.arguments]
+        rows = pa.StructArray.from_arrays(fields, names=bound.table_fields)
+        return pa.RecordBatch.from_arrays([rows], names=bound.parameters), None
     arrays, bad = [], None
     for name, expr, typ, nullable in zip(bound.parameters, bound.arguments, bound.input_types, bound.nullable,
                                          strict=True):

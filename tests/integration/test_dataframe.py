@@ -93,6 +93,12 @@ async def df_gated(x: int, gate: str) -> int:
     return x
 
 
+@chalkcompute.function(max_batching_size=128, max_buffer_duration=10)
+def df_table(rows: pa.Table) -> list[float]:
+    """A batched function over a table: a row per input."""
+    return [t * len(s) for t, s in zip(rows.column("weight").to_pylist(), rows.column("text").to_pylist(), strict=True)]
+
+
 @chalkcompute.cls
 class DfText:
     @chalkcompute.method()
@@ -264,6 +270,14 @@ def test_a_class_method_and_a_batched_function():
     frame = DataFrame.from_dict({"t": ["a", "b", "c"], "x": [1, 2, 3]})
     out = frame.project({"u": F.catalog_call("DfText.shout", _.t), "d": F.catalog_call("df_batched", _.x)})
     assert out.to_arrow().to_pydict() == {"u": ["A", "B", "C"], "d": [2, 4, 6]}
+
+
+def test_a_batched_function_over_a_table_gets_its_columns_by_name():
+    frame = DataFrame.from_dict({"memo": ["a", "bb", "ccc"], "weight": pa.array([1, 2, 3], pa.int32())})
+    out = frame.project({"score": F.catalog_call("df_table", _.weight, text=_.memo)}).to_arrow()
+    assert out.column("score").to_pylist() == [1.0, 4.0, 9.0]
+    with pytest.raises(FunctionSignatureError, match="its columns are named by keyword"):
+        frame.project({"score": F.catalog_call("df_table", _.weight + 1, text=_.memo)}).to_arrow()
 
 
 def test_nested_calls_and_a_filter_on_a_call():
