@@ -336,3 +336,13 @@ def test_a_sandbox_cannot_reach_a_replica(on_groups):
             sandbox.terminate()
     finally:
         sg.delete()
+
+
+@pytest.mark.timeout(120)
+def test_a_gpu_the_host_does_not_have_is_refused_at_deploy(on_docker):
+    # The shared docker daemon's inventory is one fake NVIDIA L4.
+    sg = ScalingGroup(image=app_image(), name="needs-a100", gpu="A100")
+    with pytest.raises(ScalingGroupError, match=r"no host has 1 x a100; hosts have: 1 x NVIDIA L4"):
+        sg.deploy()
+    with pytest.raises(ScalingGroupError, match="needs-a100"):
+        ScalingGroup.from_name("needs-a100")  # nothing was recorded
