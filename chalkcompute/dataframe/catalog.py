@@ -106,7 +106,6 @@ class BoundCall:
     input_types: list[pa.DataType | None]   # None: inferred from the values
     nullable: list[bool]
     output_type: pa.DataType
-    cast_output: bool                        # output_type differs from what the function returns
     table_fields: list[str] | None = None    # a Table handler: arguments are the struct's fields, in order
 
     @property
@@ -142,8 +141,7 @@ class BoundCall:
                 f"pass output_type= (e.g. output_type=pa.string()) or annotate its return")
         output_type = call.output_type or out
         assert output_type is not None
-        return cls(call, rf, params, arguments, input_types, _nullable(rf, params), output_type,
-                   cast_output=out is None or not out.equals(output_type))
+        return cls(call, rf, params, arguments, input_types, _nullable(rf, params), output_type)
 
     @classmethod
     def _of_table(cls, call: CatalogCall, rf: RemoteFunction, table: str) -> BoundCall:
@@ -172,7 +170,7 @@ class BoundCall:
         output_type = call.output_type or out
         assert output_type is not None
         return cls(call, rf, [table], [*call.args, *call.kwargs.values()], [None], [True], output_type,
-                   cast_output=out is None or not out.equals(output_type), table_fields=fields)
+                   table_fields=fields)
 
 
 def _signature(rf: RemoteFunction, params: list[str]) -> str:

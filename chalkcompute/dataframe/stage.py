@@ -127,15 +127,10 @@ class _Part:
     starts: list[int] = field(default_factory=list)  # the first sent row of each chunk
 
     def column(self) -> pa.Array:
-        values = [f.result().values for f in self.chunks]
+        # Each chunk as the column's type: output_type may differ from the function's, and an
+        # unhinted function's chunks are typed by their values (all-null ones as null).
+        values = [self._typed(f.result().values) for f in self.chunks]
         out = pa.concat_arrays(values) if values else pa.array([], self.bound.output_type)
-        if self.bound.cast_output and not out.type.equals(self.bound.output_type):
-            try:
-                out = out.cast(self.bound.output_type)
-            except (pa.ArrowException, ValueError, TypeError) as exc:
-                raise SerializationError(
-                    f"F.catalog_call({self.bound.name!r}): its results are {out.type} and cannot be cast to "
-                    f"output_type {self.bound.output_type}: {exc}") from None
         if self.sent is None:
             return out
         # Scatter back: rows that were not sent are null.
@@ -143,6 +138,17 @@ class _Part:
         for i, row in enumerate(self.sent.to_pylist()):
             position[row] = i
         return out.take(pa.array(position, pa.int64()))
+
+    def _typed(self, values: pa.Array) -> pa.Array:
+        want = self.bound.output_type
+        if values.type.equals(want):
+            return values
+        try:
+            return values.cast(want)
+        except (pa.ArrowException, ValueError, TypeError) as exc:
+            raise SerializationError(
+                f"F.catalog_call({self.bound.name!r}): its results are {values.type} and cannot be cast to "
+                f"the column's type {want}: {exc}") from None
 
 
 @dataclass

@@ -54,6 +54,13 @@ def df_untyped(x: int):  # no return hint: F.catalog_call needs output_type
 
 
 @chalkcompute.function
+def df_untyped_low_fails(x: int):
+    if x < 64:
+        raise ValueError(f"low {x}")
+    return str(x)
+
+
+@chalkcompute.function
 def df_numbers(n: int):
     yield from range(n)
 
@@ -259,6 +266,10 @@ def test_output_type_generators_and_a_handle_by_name():
         frame.project({"s": F.catalog_call("df_untyped", _.x)}).to_arrow()
     out = frame.project({"s": F.catalog_call("df_untyped", _.x, output_type=pa.string())}).to_arrow()
     assert out.column("s").to_pylist() == ["1", "2"]
+    # an unhinted function's batches are typed by their values (an all-failed one is null-typed)
+    wide = DataFrame.from_dict({"x": list(range(200))})
+    out = wide.project({"s": F.catalog_call("df_untyped_low_fails", _.x, output_type=str, on_error="null")})
+    assert out.to_arrow().column("s").to_pylist() == [None] * 64 + [str(x) for x in range(64, 200)]
     with pytest.raises(NotSupportedError, match="generator function"):
         frame.project({"s": F.catalog_call("df_numbers", _.x)}).to_arrow()
     # output_type also casts a typed result
