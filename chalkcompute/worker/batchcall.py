@@ -90,6 +90,9 @@ class _Rows:
         missing = [n for n in codec.parameter_names if n not in self.names]
         if missing:
             raise ValueError(f"the batch has no column for parameter(s) {missing}")
+        have = len(self.column) if table is not None else len(self.columns[0]) if self.columns else 0
+        if have != (a.args.rows or 1) or any(not 0 <= r < have for r in self.rows):
+            raise ValueError(f"the batch call says it has {a.args.rows} row(s), its arguments hold {have}")
 
     def kwargs(self, pos: int) -> dict[str, Any]:
         row = self.rows[pos]

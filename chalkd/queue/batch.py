@@ -35,6 +35,26 @@ from chalkd.model import INFRASTRUCTURE_CODES, CallError, ErrorCode, Payload, Po
 from chalkd.queue.events import CallEvent
 from chalkd.queue.storage import decode_error, encode_error
 
+# The most inputs one batch call may carry: the daemon keeps a few words per row of an open batch
+# (its pending list), so a caller must not name more than it sends. A row costs at least one
+# bit of the Arrow batch as well (checked with the payload's size).
+MAX_BATCH_ROWS = 1 << 20
+
+
+def rows_refused(rows: int, payload_bytes: int) -> str:
+    """Why a batch call of ``rows`` inputs in ``payload_bytes`` bytes is refused ("" if it is not).
+
+    >>> rows_refused(3, 200), rows_refused(2_000_000, 10**8) != ""
+    ('', True)
+    """
+    if rows < 1:
+        return "a batch call needs at least one row"
+    if rows > MAX_BATCH_ROWS:
+        return f"a batch call may carry at most {MAX_BATCH_ROWS} rows, this one names {rows}; send several"
+    if rows > max(8 * payload_bytes, 1024):
+        return f"a batch call of {rows} rows cannot fit in {payload_bytes} bytes of arguments"
+    return ""
+
 
 @dataclass(slots=True)
 class BatchReport(CallEvent):
@@ -89,9 +109,9 @@ class BatchState:
         """
         ran = report.rows or self.sent
         self.seconds += report.seconds
-        if report.payload is not None:
+        if report.payload is not None and report.payload.rows == len(ran):
             self.pieces.append((list(ran) if report.rows or len(ran) != self.rows else None, report.payload))
-        done = set(ran)
+        done = set(ran) & set(self.sent)  # a report names only the rows its attempt was sent
         delay = 0.0
         retry = policies.retry
         for row, error in report.errors.items():
@@ -135,7 +155,7 @@ class BatchState:
             return None
         if len(pieces) == 1 and pieces[0][0] is None:
             return pieces[0][1]  # the common case: one attempt ran every row; its bytes as they came
-        return _merge(self.rows, pieces)
+        return _merge(self.rows, pieces, skip=set(self.errors).union(self.pending))
 
     # -- in the store ---------------------------------------------------------------------------
 
@@ -167,7 +187,7 @@ def errors_from_json(state: bytes | None) -> dict[int, CallError]:
     return {int(k): decode_error(v.encode()) for k, v in json.loads(state).get("errors", {}).items()}
 
 
-def _merge(rows: int, pieces: list[tuple[list[int] | None, Payload]]) -> Payload:
+def _merge(rows: int, pieces: list[tuple[list[int] | None, Payload]], skip: set[int]) -> Payload:
     """The pieces' values assembled by row (a row's value from the last piece that has it non-null).
 
     pyarrow is imported here only: the daemon needs it only for batches whose rows ran in
@@ -190,8 +210,9 @@ def _merge(rows: int, pieces: list[tuple[list[int] | None, Payload]]) -> Payload
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 continue  # an inferred result type that changed between attempts: those rows stay null
         valid = column.is_valid().to_pylist()
-        for pos, row in enumerate(piece_rows if piece_rows is not None else range(len(column))):
-            if valid[pos]:
+        for pos, row in zip(range(len(column)), piece_rows if piece_rows is not None else range(len(column)),
+                            strict=False):
+            if valid[pos] and 0 <= row < rows and row not in skip:
                 where[row] = offset + pos
         arrays.append(column)
         offset += len(column)

@@ -48,7 +48,7 @@ from chalkd.model import (
     new_time_id,
 )
 from chalkd.queue import events as ev
-from chalkd.queue.batch import BatchReport, BatchResult, BatchState, errors_from_json
+from chalkd.queue.batch import BatchReport, BatchResult, BatchState, errors_from_json, rows_refused
 from chalkd.queue.dispatch import Attempt, Dispatcher, _Worker
 from chalkd.queue.limits import Limits
 from chalkd.queue.storage import CallStore, decode_error
@@ -292,12 +292,13 @@ class Queue(Dispatcher, Streaming):
         With ``batch``, ``args`` holds one row per input and the call ends with one
         :class:`~chalkd.queue.batch.BatchResult` (see :mod:`chalkd.queue.batch`).
         """
-        if batch and (function.is_generator or detach or args.rows < 1):
+        if batch:
             why = (f"{function.name!r} is a generator function: its calls cannot be batched"
                    if function.is_generator else "a batch call cannot be detached" if detach
-                   else "a batch call needs at least one row")
-            self.reject(sub, ref, CallError.platform(ErrorCode.INVALID_ARGUMENT, why))
-            return None
+                   else rows_refused(args.rows, args.size))
+            if why:
+                self.reject(sub, ref, CallError.platform(ErrorCode.INVALID_ARGUMENT, why))
+                return None
         if idempotency_key:
             existing = self._idem.get((function.id, idempotency_key))
             if existing is not None:

@@ -267,3 +267,58 @@ def test_a_generator_cannot_be_batch_called(tmp_path: Path) -> None:
             await store.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.timeout(30)
+def test_a_batch_naming_more_rows_than_it_can_hold_is_refused(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = await open_store(tmp_path / "db.sqlite")
+        try:
+            q = new_queue(store)
+            for rows, why in ((10**9, "at most 1048576 rows"), (100_000, "cannot fit in 21 bytes"),
+                              (0, "at least one row")):
+                sub = Sub()
+                assert q.submit(sub, 1, make_fv(), args(rows), batch=True) is None
+                assert why in sub.error().message and sub.error().code == ErrorCode.INVALID_ARGUMENT
+            assert q.calls == {}
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(30)
+def test_a_report_naming_rows_it_was_not_sent_changes_nothing_of_theirs(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = await open_store(tmp_path / "db.sqlite")
+        try:
+            fv = make_fv(policies=Policies(rate_per_second=1000.0, rate_burst=2.0))
+            q = new_queue(store)
+            sub = Sub()
+            call = q.submit(sub, 1, fv, args(4), batch=True)
+            link = connect(q)
+            await settle(store)
+            assert link.batches == [(call.id, 1, [0, 1])]
+            # A worker that claims rows 2 and 3 (never sent) as well: only 0 and 1 settle.
+            q.worker_event(link, call.id, 1, BatchReport(column([1, 2, 3, 4]), [0, 1, 2, 3], {3: user_error()}))
+            assert call.batch.pending == [2, 3] and call.batch.errors == {}
+            q.worker_credit(link, 1)
+            for _ in range(100):
+                await asyncio.sleep(0.005)
+                await settle(store)
+                if len(link.batches) == 2:
+                    break
+            answer(q, link, fail={2: CallError.platform(ErrorCode.TOO_LARGE, "too big")})
+            for _ in range(100):
+                await asyncio.sleep(0.005)
+                await settle(store)
+                if sub.of("batch_result"):
+                    break
+                if call.replica_id and link.batches[-1][1] == call.attempt and len(link.batches) > 1:
+                    answer(q, link, fail={2: CallError.platform(ErrorCode.TOO_LARGE, "too big")})
+            # Row 2 failed for good: null, whatever the first report claimed for it.
+            assert values_of(sub.of("batch_result")[0][3]) == [1, 2, None, 30]
+        finally:
+            await store.close()
+
+    asyncio.run(main())
