@@ -11,7 +11,7 @@ import pytest
 import chalkcompute
 from chalkcompute._batch import call_batch
 from chalkcompute._client import run_sync
-from chalkcompute.exceptions import FunctionTimeoutError, RemoteExecutionError
+from chalkcompute.exceptions import FunctionSignatureError, FunctionTimeoutError, RemoteExecutionError
 from chalkcompute.retries import RetryPolicy
 
 pytestmark = pytest.mark.usefixtures("daemon")
@@ -114,3 +114,40 @@ def test_cancelling_the_awaiting_task_cancels_the_batch_and_frees_its_slot() -> 
         assert out.values.to_pylist() == [0.0]
 
     run_sync(main())
+
+
+@chalkcompute.function(timeout=0.5, retries=0, concurrency=4)
+async def bc_slow_async(x: float) -> float:
+    import asyncio
+
+    await asyncio.sleep(x)
+    return x
+
+
+@chalkcompute.function(max_batching_size=2, timeout=0.5, retries=0)
+def bc_slow_lists(xs: list[float]) -> list[float]:
+    import time
+
+    time.sleep(max(xs))
+    return xs
+
+
+@chalkcompute.function
+def bc_gen(n: int):
+    yield from range(n)
+
+
+@pytest.mark.timeout(60)
+def test_the_timeout_applies_per_row_of_a_coroutine_and_per_invocation_of_a_batched_function() -> None:
+    out = run_sync(call_batch(bc_slow_async, pa.record_batch({"x": [0.0, 30.0, 0.01]})))
+    assert out.values.to_pylist() == [0.0, None, 0.01] and list(out.errors) == [1]
+    assert isinstance(out.errors[1], FunctionTimeoutError)
+    # Invocations of [0, 0], [30, 0], [0]: only the second one's two rows time out.
+    out = run_sync(call_batch(bc_slow_lists, pa.record_batch({"xs": [0.0, 0.0, 30.0, 0.0, 0.0]})))
+    assert out.values.to_pylist() == [0.0, 0.0, None, None, 0.0] and sorted(out.errors) == [2, 3]
+
+
+@pytest.mark.timeout(60)
+def test_a_generator_cannot_be_batch_called() -> None:
+    with pytest.raises(FunctionSignatureError, match="generator"):
+        run_sync(call_batch(bc_gen, pa.record_batch({"n": [1]})))
