@@ -10,7 +10,15 @@ function decorated in this process and not yet registered is registered
 first (so a script needs no ``wait_ready()``); otherwise the latest version
 deployed under that name (``"Class.method"`` for a class's method). The
 arguments are bound to its parameters then: too many, too few or an unknown
-keyword is a ``FunctionSignatureError`` showing the signature.
+keyword is a ``FunctionSignatureError`` showing the signature. A batched
+function taking one ``pyarrow.Table`` gets its table's columns from the
+keyword arguments (``F.catalog_call("score", text=_.memo)``) or plain columns
+by their own names (``F.catalog_call("score", _.text)``).
+
+A null for a parameter that is not ``Optional`` fails that row without
+sending it; this is known for a function defined in this process (its hints),
+not for one found by name alone (its schema says every field may be null), whose
+handler then gets ``None``.
 """
 
 from __future__ import annotations
