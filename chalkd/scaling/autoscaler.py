@@ -334,11 +334,11 @@ class Autoscaler:
                 floor, floor_why = 1, "wait_ready asked for a replica"
             waiting = sum(self.queue.waiting(m.id) for m in members)
             running = sum(self.queue.inflight(m.id) for m in members)
-            # A replica takes max_concurrent inputs at once (batches of batch_size each).
-            per_replica = fv.policies.max_concurrent * max(1, fv.policies.batch_size)
             # A pool's replica has slots for each method (a stream each): the busiest method sets the need,
             # not the sum (one call of each of two methods fits on one replica).
-            needed = max(-(-(self.queue.waiting(m.id) + self.queue.inflight(m.id)) // per_replica) for m in members)
+            needed = max(self._needed(m) for m in members)
+            mc, bs = fv.policies.max_concurrent, fv.policies.batch_size
+            per_replica = f"{mc} batch(es) of up to {bs} per replica" if bs else f"{mc} per replica"
             desired = min(fv.max_replicas, max(floor, needed))
             # Calls waiting past the window though depth per replica is content (slots held by attempts
             # being cancelled, a replica that stopped taking work, prefetched inputs): keep what there is
@@ -376,7 +376,7 @@ class Autoscaler:
                 used_cpu += fv.cpu_millis
                 used_mem += fv.memory_bytes
             if len(mine) > before:
-                why = (f"{waiting} call(s) waiting, {running} running, {per_replica} per replica"
+                why = (f"{waiting} call(s) waiting, {running} running, {per_replica}"
                        + (" and method" if key else "")
                        if needed >= floor else floor_why)
                 if grown_by_wait:
@@ -417,6 +417,18 @@ class Autoscaler:
                 mine.remove(r)
                 self._stop(r, f"scaled down after {fv.cooldown:g}s (suspend_cooldown_period)")
                 self._excess_since.pop(fv.id, None)  # any further excess waits a cooldown of its own
+
+    def _needed(self, fv: FunctionVersion) -> int:
+        """Replicas ``fv``'s calls need now: a replica runs ``max_concurrent`` calls at once, or, batched,
+        ``max_concurrent`` batches of any size up to ``batch_size``. A batch holds its slot however few items
+        it carries, and which items share a batch is not known here: a replica's items in flight count as
+        a slot each, up to its max_concurrent (exact at the default of one: a busy replica is full)."""
+        mc, bs = fv.policies.max_concurrent, fv.policies.batch_size
+        waiting = self.queue.waiting(fv.id)
+        if not bs:
+            return -(-(waiting + self.queue.inflight(fv.id)) // mc)
+        busy = sum(min(mc, self.queue.inflight_count(fv.id, r.id)) for r in self.replicas.values() if fv in r.serves)
+        return -(-(busy + -(-waiting // bs)) // mc)
 
     def _decide(self, fv: FunctionVersion, status: ScaleStatus, decision: str) -> None:
         status.decision = decision

@@ -116,7 +116,7 @@ def test_a_replica_killed_mid_burst_loses_no_call(daemon, tmp_path):
     assert victim not in {pid for x, pids in ran.items() if x != victim_x for pid in pids}
 
 
-# -- the oldest wait ----------------------------------------------------------------------------
+# -- batches ------------------------------------------------------------------------------------
 
 
 def batch_held(xs: list[int], gate_dirs: list[str]) -> list[int]:
@@ -133,11 +133,13 @@ def batch_held(xs: list[int], gate_dirs: list[str]) -> list[int]:
 
 
 @pytest.mark.timeout(180)
-def test_a_call_waiting_behind_a_short_batch_gets_a_replica_of_its_own(daemon, tmp_path):
-    # One item running as a batch of one (its 50 ms window closed) and one queued: depth per replica
-    # (2 of a batch of 4) wants one replica, but the second item waits behind the first for as long as it
-    # runs. Past the window (0.2 s beyond the batch's own) the autoscaler adds a replica for it.
-    name = "as_oldest_wait"
+def test_an_item_arriving_while_the_replica_runs_a_batch_gets_a_replica_and_no_busy_one_is_drained(
+        daemon, tmp_path):
+    # A replica runs one batch at a time (max_concurrent=1), however few items it carries: an item that
+    # arrives while a batch of one runs needs a replica of its own. (Counting items against
+    # max_concurrent x batch_size said one replica held both, and the second replica, once added, was
+    # drained after the cooldown while still busy.)
+    name = "as_batch_busy"
     gate = tmp_path / "gate"
     gate.mkdir()
     fn = RemoteFunction(batch_held, name=name, min_replicas=0, max_replicas=2, max_batching_size=4,
@@ -148,8 +150,16 @@ def test_a_call_waiting_behind_a_short_batch_gets_a_replica_of_its_own(daemon, t
     calls.start(fn, 2, 2, str(gate))
     second = wait_for(lambda: placed(gate).get(2), timeout=60, what="the second item running")
     assert second != first  # on a replica of its own, not after the first
-    decision = next(line for line in scaling_lines(name, daemon.target) if "scale up 1 -> 2" in line)
-    assert "the oldest queued call has waited" in decision and "(over 0.25s)" in decision, decision
+    header, *details = scaling_lines(name, daemon.target)
+    assert "scale up 1 -> 2: 1 call(s) waiting, 1 running, 1 batch(es) of up to 4 per replica" in \
+        " ".join(details), details
+    # A sentinel with the same cooldown, idle from now: once it has scaled down, a cooldown has passed
+    # with both batch replicas busy, and neither was chosen to drain.
+    sentinel = RemoteFunction(visible_devices, name="as_batch_sentinel", min_replicas=0, suspend_cooldown_period=0.5)
+    sentinel()
+    wait_for(lambda: replicas("as_batch_sentinel") == (0, 0), timeout=30, what="the sentinel's scale-down")
+    assert replicas(name) == (2, 2)
+    assert f"scaling {name} v1: scale down" not in daemon.log()
     (gate / "go").touch()
     assert calls.join(60) == {1: 2, 2: 4}
     wait_for(lambda: replicas(name) == (0, 0), timeout=30, what="replicas back to 0")

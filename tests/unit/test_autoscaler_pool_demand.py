@@ -91,3 +91,46 @@ def test_the_busiest_method_sets_the_need() -> None:
     assert scaler.status(a).decision == ("scale up 1 -> 3: 3 call(s) waiting, 3 running, 2 per replica and "
                                          "method")
     assert all(r.pool == (a, b) for r in scaler.replicas.values())  # each new replica serves both
+
+
+# -- batches: a slot holds a batch of any size --------------------------------------------------
+
+
+class ReplicaQueue(MethodQueue):
+    """Items in flight per replica (one function)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_replica: dict[str, int] = {}
+
+    def inflight(self, function_id: str) -> int:
+        return sum(self.on_replica.values())
+
+    def inflight_count(self, function_id: str, replica_id: str) -> int:
+        return self.on_replica.get(replica_id, 0)
+
+
+def batched(max_concurrent: int) -> tuple[Autoscaler, ReplicaQueue, FunctionVersion]:
+    fv = FunctionVersion(id="f-b", name="b", version=1, content_hash="h", spec=FunctionSpec("b"),
+                         created_at=time.time(), min_replicas=0, max_replicas=3,
+                         policies=Policies(max_concurrent=max_concurrent, batch_size=4, batch_wait=0.05))
+    queue = ReplicaQueue()
+    scaler = Autoscaler(None, queue, Catalog(fv), host=HostResources(4000, 2**30))  # type: ignore[arg-type]
+    scaler.replicas["r-1"] = Replica("r-1", "t", fv, state="ready")
+    return scaler, queue, fv
+
+
+def test_a_replica_running_a_batch_of_one_is_full_at_one_slot() -> None:
+    scaler, queue, fv = batched(max_concurrent=1)
+    queue.on_replica, queue.queued = {"r-1": 1}, {fv.id: 1}
+    assert scaler._needed(fv) == 2  # the waiting item cannot join the running batch
+    queue.queued = {}
+    assert scaler._needed(fv) == 1
+
+
+def test_items_in_flight_count_as_slots_up_to_max_concurrent() -> None:
+    scaler, queue, fv = batched(max_concurrent=2)
+    queue.on_replica, queue.queued = {"r-1": 1}, {fv.id: 3}
+    assert scaler._needed(fv) == 1  # one slot busy, one free for the next batch of up to 4
+    queue.on_replica = {"r-1": 4}  # one batch of 4 or up to 4 batches: counted as both slots busy
+    assert scaler._needed(fv) == 2
