@@ -68,6 +68,7 @@ class BatchOutcome:
 
     values: pa.Array
     errors: dict[int, BaseException]
+    seconds: float = 0.0   # the handler's time for these rows, as the worker measured it (to size batches)
 
 
 async def call_batch(fn: BatchCallee, batch: pa.RecordBatch, *, timeout: float | None = None) -> BatchOutcome:
@@ -124,7 +125,7 @@ def outcome_of(fn: BatchCallee, handle: CallHandle, event: CallEvent, rows: int)
         values = _column(out.results, rows) if out.results.batch else pa.nulls(rows, _output_type(fn))
         errors: dict[int, BaseException] = {
             e.row: remote_error(e.error, function_name=fn.name, call_id=event.call_id) for e in out.errors}
-        return BatchOutcome(values, errors)
+        return BatchOutcome(values, errors, out.seconds)
     if type(event) is Failed and event.call_id:
         exc = remote_error(event.error, function_name=fn.name, call_id=event.call_id)
         if not isinstance(exc, CallCancelledError):
