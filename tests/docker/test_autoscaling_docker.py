@@ -151,3 +151,25 @@ def test_embedder_runs_before_once_per_container_and_after_on_delete_and_on_sigt
     finally:
         d.stop()
         remove_home_containers(d.home)
+
+
+class TwoGpuMethods:
+    @chalkcompute.method()
+    def one(self) -> int:
+        return 1
+
+    @chalkcompute.method()
+    def two(self) -> int:
+        return 2
+
+
+def test_two_gpu_methods_at_min_replicas_1_are_refused_on_a_one_gpu_host(on_docker):
+    # The Docker daemon's fake inventory is one NVIDIA L4 (tests/docker/conftest.py).
+    pair = chalkcompute.cls(name="DkGpuPair", image=IMAGE, gpu="nvidia-l4", min_replicas=1)(TwoGpuMethods)
+    with pytest.raises(chalkcompute.ClassError) as refused:
+        pair.deploy()
+    assert str(refused.value).startswith(
+        "class 'DkGpuPair' (methods one, two) cannot be deployed on this host: 2 methods with replicas of their own "
+        "(the default) at min_replicas=1, each replica with 1 x nvidia-l4: 2 GPUs of type nvidia-l4 wanted, this "
+        "host has 1 x NVIDIA L4; use @chalkcompute.cls(..., shared_replicas=True)"), refused.value
+    assert running_containers(on_docker.home, "DkGpuPair.one") == set()
