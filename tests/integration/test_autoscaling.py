@@ -438,3 +438,48 @@ def test_min_replicas_wanting_more_gpus_than_the_host_has_are_refused_at_registr
             big.deploy()
     finally:
         d.stop()
+
+
+# -- a shared pool's slots are per method ---------------------------------------------------------
+
+
+class PoolHeld:
+    @chalkcompute.method()
+    def left(self, x: int, gate_dir: str) -> int:
+        return _held_in_pool("left", x, gate_dir)
+
+    @chalkcompute.method()
+    def right(self, x: int, gate_dir: str) -> int:
+        return _held_in_pool("right", x, gate_dir)
+
+
+def _held_in_pool(method: str, x: int, gate_dir: str) -> int:
+    import os
+    import time
+
+    with open(os.path.join(gate_dir, f"start-{method}-{x}-{os.getpid()}"), "w"):
+        pass
+    while not os.path.exists(os.path.join(gate_dir, "go")):
+        time.sleep(0.01)
+    return x
+
+
+@pytest.mark.timeout(180)
+def test_a_shared_pool_runs_each_methods_concurrency_on_one_replica(daemon, tmp_path):
+    # concurrency=2 per method, counted on the shared replica: two calls of each method (four in all) run
+    # at once on the pool's one replica (max_replicas=1 for the class).
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    pool = chalkcompute.cls(name="AsPoolSlots", concurrency=2, min_replicas=0, max_replicas=1,
+                            shared_replicas=True, suspend_cooldown_period=0.5)(PoolHeld)
+    p = pool()
+    calls = Calls()
+    for x in range(2):
+        calls.start(p.left, ("left", x), x, str(gate))
+        calls.start(p.right, ("right", x), x, str(gate))
+    started = wait_for(lambda: len(s := list(gate.glob("start-*"))) == 4 and s, timeout=60,
+                       what="four calls running at once")
+    assert len({path.name.rsplit("-", 1)[1] for path in started}) == 1  # in one replica process
+    (gate / "go").touch()
+    assert calls.join(60) == {("left", 0): 0, ("left", 1): 1, ("right", 0): 0, ("right", 1): 1}
+    pool.delete()
