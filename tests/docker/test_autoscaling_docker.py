@@ -3,7 +3,8 @@
 A burst scales 0 -> max_replicas containers and back to the floor after the cooldown with each call
 answered once; a replica container killed (``docker kill``) mid-burst loses no call; the reference's
 ``Embedder`` (stand-in model) runs ``@before`` once per container and ``@after`` on ``delete()`` and on
-the daemon's SIGTERM.
+the daemon's SIGTERM; a class whose two GPU methods' floors want more GPUs than the host has is refused
+before any container starts.
 
 Handlers leave a file per run in a volume mounted at ``/gate`` (a directory of the daemon's home on
 this host, read and written here directly), and wait for ``/gate/go``, so a test holds a burst in
