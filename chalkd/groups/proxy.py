@@ -9,7 +9,9 @@
 Per request: the ready replica with the fewest requests in flight (ties rotate; `ReplicaPool.acquire`);
 hop-by-hop headers dropped both ways; X-Forwarded-For/-Proto/-Host set (replaced, never trusted from the
 client: this proxy is the edge); bodies streamed both ways (a small body is read whole, which is faster
-and lets an idempotent request be retried); websockets relayed frame by frame.
+and lets an idempotent request be retried); websockets relayed frame by frame. Requests go out through
+upstream.py's lean HTTP/1.1 client (keep-alive per replica); a request body streamed without a known
+small length, and websockets, through aiohttp's client (`session`, which the probes may share).
 
 Failures: a request whose connection to a replica could not be made goes to another ready replica (the
 replica is reported to the pool, unready until its probe succeeds again); an idempotent request (GET,
@@ -33,6 +35,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from chalkd.groups.pool import Backend, ReplicaPool
+from chalkd.groups.upstream import ConnectFailed, UpstreamBroken, UpstreamPool
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,7 @@ class GroupProxy:
         self._expected = f"Bearer {auth_key}".encode() if auth_key is not None else None
         self._prefix = f"chalkd: group {name!r}: "
         self._session: aiohttp.ClientSession | None = None
+        self._upstream: UpstreamPool | None = None
         self._server: web.Server | None = None
         self._listener: asyncio.Server | None = None
         self._closing = False
@@ -121,6 +125,7 @@ class GroupProxy:
         # retry policy is ours (once, on another replica), so its own is off.
         session._retry_connection = False
         self._session = session
+        self._upstream = UpstreamPool()
         self._server = web.Server(self._handle, handler_cancellation=True, access_log=None,
                                   max_line_size=16 << 10, max_field_size=16 << 10)
         try:
@@ -149,6 +154,8 @@ class GroupProxy:
                             self.name, self._active, grace)
         if self._server is not None:
             await self._server.shutdown(0.1)
+        if self._upstream is not None:
+            self._upstream.close()
         if self._session is not None:
             await self._session.close()
         self._listener = None
@@ -238,6 +245,61 @@ class GroupProxy:
     async def _forward(self, request: web.BaseRequest, b: Backend, target: str, fwd: CIMultiDict[str],
                        body: Any) -> web.StreamResponse:
         """One try on replica ``b``: _NotSent / _NoAnswer when it can be tried again, else the response."""
+        if body is not None and not isinstance(body, bytes):
+            return await self._forward_streamed(request, b, target, fwd, body)
+        upstream = self._upstream
+        assert upstream is not None
+        try:
+            conn = await upstream.connect(b.host, b.port, timeout=self.connect_timeout)
+        except ConnectFailed as e:
+            raise _NotSent(str(e)) from None
+        kept = False
+        try:
+            try:
+                head = await conn.request(_request_head(request.method, target, fwd, body, b), body,
+                                          head_only=request.method == hdrs.METH_HEAD)
+            except UpstreamBroken as e:
+                raise _NoAnswer(str(e)) from None
+            headers = _response_headers(head.headers)
+            length = head.length
+            if length is None:  # chunked or until close: a Content-Length beside it is not the body's
+                headers.popall(hdrs.CONTENT_LENGTH, None)
+            if length is not None and length <= SMALL_BODY:
+                # Read whole before answering: one write to the client, and a replica dying now can
+                # still be retried (nothing was sent to the client yet).
+                try:
+                    data = await conn.read_all(length)
+                except UpstreamBroken as e:
+                    raise _NoAnswer(str(e)) from None
+                kept = True
+                return web.Response(status=head.status, reason=head.reason, headers=headers, body=data)
+            out = web.StreamResponse(status=head.status, reason=head.reason, headers=headers)
+            await out.prepare(request)
+            try:
+                while chunk := await conn.read():
+                    await out.write(chunk)
+            except UpstreamBroken as e:
+                self._broke_off(request, str(e))
+                return out
+            await out.write_eof()
+            kept = True
+            return out
+        finally:
+            if kept:
+                upstream.put_back(conn)
+            else:
+                conn.close()
+
+    def _broke_off(self, request: web.BaseRequest, reason: str) -> None:
+        # Headers are out: the client can only learn of it by the connection closing early.
+        log.info("group %r: %s %s: the replica's response broke off (%s)", self.name, request.method,
+                 request.raw_path[:200], reason)
+        if request.transport is not None:
+            request.transport.close()
+
+    async def _forward_streamed(self, request: web.BaseRequest, b: Backend, target: str, fwd: CIMultiDict[str],
+                                body: Any) -> web.StreamResponse:
+        """A request body streamed as it arrives (no length, or a large one): through aiohttp's client."""
         session = self._session
         assert session is not None
         url = URL(f"http://{_host_literal(b.host)}:{b.port}{target}", encoded=True)
@@ -317,15 +379,9 @@ class GroupProxy:
         return fwd
 
     async def _relay(self, request: web.BaseRequest, resp: aiohttp.ClientResponse) -> web.StreamResponse:
-        headers = CIMultiDict(resp.headers)
-        connection = headers.get(hdrs.CONNECTION)
-        if connection is not None:
-            for token in connection.split(","):
-                token = token.strip()
-                if token:
-                    headers.popall(token, None)
-        for name in HOP_BY_HOP:
-            headers.popall(name, None)
+        headers = _response_headers(list(resp.headers.items()))
+        if hdrs.TRANSFER_ENCODING in resp.headers:  # chunked: a Content-Length beside it is not the body's
+            headers.popall(hdrs.CONTENT_LENGTH, None)
         length = resp.content_length
         if length is not None and length <= SMALL_BODY:
             # Read whole before answering: one write to the client, and a replica dying now can still be
@@ -341,11 +397,7 @@ class GroupProxy:
             async for chunk in resp.content.iter_any():
                 await out.write(chunk)
         except (aiohttp.ClientPayloadError, aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as e:
-            # Headers are out: the client can only learn of it by the connection closing early.
-            log.info("group %r: %s %s: the replica's response broke off (%s)", self.name, request.method,
-                     request.raw_path[:200], _reason(e))
-            if request.transport is not None:
-                request.transport.close()
+            self._broke_off(request, _reason(e))
             return out
         await out.write_eof()
         return out
@@ -447,6 +499,34 @@ async def _pump(src: Any, dst: Any, *, lost_code: int) -> None:
         else:  # CLOSING, CLOSED, ERROR: the peer went away without a close frame
             await dst.close(code=lost_code)
             return
+
+
+def _request_head(method: str, target: str, fwd: CIMultiDict[str], body: bytes | None, b: Backend) -> bytes:
+    """The request line and headers as the replica gets them."""
+    parts = [f"{method} {target} HTTP/1.1\r\n"]
+    if body is not None:
+        fwd.popall(hdrs.CONTENT_LENGTH, None)
+        parts.append(f"Content-Length: {len(body)}\r\n")
+    if hdrs.HOST not in fwd:  # an HTTP/1.0 client may send none; HTTP/1.1 needs one
+        parts.append(f"Host: {_host_literal(b.host)}:{b.port}\r\n")
+    for name, value in fwd.items():
+        parts.append(f"{name}: {value}\r\n")
+    parts.append("\r\n")
+    # aiohttp decoded the client's header bytes as UTF-8 with surrogateescape: the same bytes go out.
+    return "".join(parts).encode("utf-8", "surrogateescape")
+
+
+def _response_headers(raw: list[tuple[str, str]]) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict(raw)
+    connection = headers.get(hdrs.CONNECTION)
+    if connection is not None:
+        for token in connection.split(","):
+            token = token.strip()
+            if token:
+                headers.popall(token, None)
+    for name in HOP_BY_HOP:
+        headers.popall(name, None)
+    return headers
 
 
 def _host_literal(host: str) -> str:
