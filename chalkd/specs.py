@@ -106,6 +106,8 @@ class FunctionSpec:
     secrets: tuple[SecretRef, ...] = ()
     # A class with shared_replicas: versions with the same pool share replicas (see chalk.proto).
     replica_pool: str = ""
+    # A class's method count (sent by the SDK for every class): with a pool, how many versions it waits
+    # for; without one, how many methods keep min_replicas of their own (chalkd.scaling.capacity).
     replica_pool_size: int = 0
 
     @property
