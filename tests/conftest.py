@@ -16,6 +16,8 @@ import pytest
 os.environ.setdefault("CHALK_REGISTER_AT_EXIT", "0")
 # A test's daemon dies with its test: reconnecting for a minute would only slow failures down.
 os.environ.setdefault("CHALK_RECONNECT_TIMEOUT", "20")
+# Many daemons run at once (other test sessions too): each takes a free HTTP port, not the default 50052.
+os.environ.setdefault("CHALKD_HTTP_PORT", "0")
 
 ROOT = Path(__file__).resolve().parents[1]
 
