@@ -393,7 +393,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("version", "home", "runtime", "functions", "replicas", "calls_queued", "calls_running", "calls_total", "uptime_seconds", "durability", "pid", "fast_socket", "instance_id")
+    __slots__ = ("version", "home", "runtime", "functions", "replicas", "calls_queued", "calls_running", "calls_total", "uptime_seconds", "durability", "pid", "fast_socket", "instance_id", "http_port")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     HOME_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
@@ -407,6 +407,7 @@ class StatusResponse(_message.Message):
     PID_FIELD_NUMBER: _ClassVar[int]
     FAST_SOCKET_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    HTTP_PORT_FIELD_NUMBER: _ClassVar[int]
     version: str
     home: str
     runtime: str
@@ -420,7 +421,8 @@ class StatusResponse(_message.Message):
     pid: int
     fast_socket: str
     instance_id: str
-    def __init__(self, version: _Optional[str] = ..., home: _Optional[str] = ..., runtime: _Optional[str] = ..., functions: _Optional[int] = ..., replicas: _Optional[int] = ..., calls_queued: _Optional[int] = ..., calls_running: _Optional[int] = ..., calls_total: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., durability: _Optional[str] = ..., pid: _Optional[int] = ..., fast_socket: _Optional[str] = ..., instance_id: _Optional[str] = ...) -> None: ...
+    http_port: int
+    def __init__(self, version: _Optional[str] = ..., home: _Optional[str] = ..., runtime: _Optional[str] = ..., functions: _Optional[int] = ..., replicas: _Optional[int] = ..., calls_queued: _Optional[int] = ..., calls_running: _Optional[int] = ..., calls_total: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., durability: _Optional[str] = ..., pid: _Optional[int] = ..., fast_socket: _Optional[str] = ..., instance_id: _Optional[str] = ..., http_port: _Optional[int] = ...) -> None: ...
 
 class RateLimit(_message.Message):
     __slots__ = ("name", "rate", "per", "used_by")
