@@ -93,6 +93,7 @@ class ClassReplica:
         """A pooled replica (``shared_replicas=True``): a link and a runner for each other method
         of the class, on the instance ``start()`` built, so one @before serves them all."""
         from chalkcompute._serialization import FunctionCodec
+        from chalkcompute.worker.batchcall import BatchSettings
         from chalkcompute.worker.link import DaemonLink
         from chalkcompute.worker.runner import Runner
 
@@ -105,7 +106,7 @@ class ClassReplica:
             batched = version.spec.batching.max_batch_size > 0
             runners.append(Runner(fn, FunctionCodec.for_function(fn, batched=batched), link,
                                   capacity=max(1, version.spec.concurrency.max_concurrent), batched=batched,
-                                  canceller=canceller))
+                                  canceller=canceller, settings=BatchSettings.of(version)))
         return runners
 
     @property
