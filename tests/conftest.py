@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from chalkd.testing import Daemon as _Daemon
+from chalkd.testing import free_port  # noqa: F401  (tests import it from here)
 
 # Decorated test functions must not register themselves at interpreter exit.
 os.environ.setdefault("CHALK_REGISTER_AT_EXIT", "0")
@@ -33,66 +32,12 @@ def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Daemon:
-    """A `chalkd serve` subprocess; restartable on the same port and home."""
+class Daemon(_Daemon):
+    """:class:`chalkd.testing.Daemon` (the plugin's fixture object), run from the repository root."""
 
     def __init__(self, home: Path, port: int | None = None, extra_args: tuple[str, ...] = (),
                  env: dict[str, str] | None = None, preexec_fn=None) -> None:
-        self.home = home
-        self.preexec_fn = preexec_fn  # e.g. lower the daemon's rlimits (run in the child before exec)
-        self.env = env
-        self.port = port or free_port()
-        self.extra_args = extra_args
-        self.proc: subprocess.Popen | None = None
-        self.log_path = home / "daemon.log"
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 20.0) -> Daemon:
-        self.home.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "chalkd.cli", "serve", "--port", str(self.port), "--home", str(self.home),
-                 "--heartbeat-timeout", "5",
-                 # Pinned: `auto` would pick Docker on a machine with an engine and the base image.
-                 *(() if "--runtime" in self.extra_args else ("--runtime", "process")), *self.extra_args],
-                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                env={**os.environ, **self.env} if self.env else None, preexec_fn=self.preexec_fn,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"chalkd exited with {self.proc.returncode}:\n{self.log()}")
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return self
-            time.sleep(0.05)
-        raise RuntimeError(f"chalkd did not listen within {timeout}s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(40)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        super().__init__(home, port, extra_args, env, preexec_fn, cwd=ROOT)
 
 
 @pytest.fixture(scope="session")
