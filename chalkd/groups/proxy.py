@@ -79,6 +79,9 @@ class GroupProxy:
         self.max_held = max_held
         self.connect_timeout = connect_timeout
         self._expected = f"Bearer {auth_key}".encode() if auth_key is not None else None
+        # Request headers never passed on (lower-case bytes, as request.raw_headers are matched).
+        dropped = (*HOP_BY_HOP, *FORWARDED, hdrs.EXPECT) + ((hdrs.AUTHORIZATION,) if auth_key is not None else ())
+        self._drop = frozenset(n.lower().encode() for n in dropped)
         self._prefix = f"chalkd: group {name!r}: "
         self._session: aiohttp.ClientSession | None = None
         self._upstream: UpstreamPool | None = None
@@ -101,6 +104,9 @@ class GroupProxy:
         if auth_key is not None and not auth_key:
             raise ValueError(f"group {self.name!r}: auth_key must be a non-empty string or None")
         self._expected = f"Bearer {auth_key}".encode() if auth_key is not None else None
+        # Request headers never passed on (lower-case bytes, as request.raw_headers are matched).
+        dropped = (*HOP_BY_HOP, *FORWARDED, hdrs.EXPECT) + ((hdrs.AUTHORIZATION,) if auth_key is not None else ())
+        self._drop = frozenset(n.lower().encode() for n in dropped)
 
     @property
     def held(self) -> int:
@@ -192,10 +198,9 @@ class GroupProxy:
             raise _Refused(405, "CONNECT is not proxied")
         if self.pool.unavailable is not None:
             raise _Refused(503, self.pool.unavailable)
-        fwd = self._forward_headers(request)
         upgrade = headers.get(hdrs.UPGRADE)
         if upgrade is not None and upgrade.lower() == "websocket":
-            return await self._websocket(request, target, fwd)
+            return await self._websocket(request, target, self._forward_headers(request))
 
         body: Any = None
         retryable = method in RETRYABLE
@@ -220,7 +225,7 @@ class GroupProxy:
             b = await self._hold(exclude)
         while True:
             try:
-                return await self._forward(request, b, target, fwd, body)
+                return await self._forward(request, b, target, body)
             except _NotSent as e:
                 # Nothing reached the replica: any request may go elsewhere.
                 self.pool.report_failure(b.id, e.reason)
@@ -242,11 +247,10 @@ class GroupProxy:
                 self.pool.release(b)
             b = again if again is not None else await self._hold(exclude)
 
-    async def _forward(self, request: web.BaseRequest, b: Backend, target: str, fwd: CIMultiDict[str],
-                       body: Any) -> web.StreamResponse:
+    async def _forward(self, request: web.BaseRequest, b: Backend, target: str, body: Any) -> web.StreamResponse:
         """One try on replica ``b``: _NotSent / _NoAnswer when it can be tried again, else the response."""
         if body is not None and not isinstance(body, bytes):
-            return await self._forward_streamed(request, b, target, fwd, body)
+            return await self._forward_streamed(request, b, target, self._forward_headers(request), body)
         upstream = self._upstream
         assert upstream is not None
         try:
@@ -256,14 +260,12 @@ class GroupProxy:
         kept = False
         try:
             try:
-                head = await conn.request(_request_head(request.method, target, fwd, body, b), body,
+                head = await conn.request(self._request_head(request, target, body, b), body,
                                           head_only=request.method == hdrs.METH_HEAD)
             except UpstreamBroken as e:
                 raise _NoAnswer(str(e)) from None
-            headers = _response_headers(head.headers)
+            headers = CIMultiDict(head.headers)  # end-to-end ones only (see upstream.Head)
             length = head.length
-            if length is None:  # chunked or until close: a Content-Length beside it is not the body's
-                headers.popall(hdrs.CONTENT_LENGTH, None)
             if length is not None and length <= SMALL_BODY:
                 # Read whole before answering: one write to the client, and a replica dying now can
                 # still be retried (nothing was sent to the client yet).
@@ -377,6 +379,38 @@ class GroupProxy:
         if host:
             fwd["X-Forwarded-Host"] = host
         return fwd
+
+    def _request_head(self, request: web.BaseRequest, target: str, body: bytes | None, b: Backend) -> bytes:
+        """The request line and headers as the replica gets them: the client's header bytes as received,
+        less hop-by-hop ones (and those its Connection header names), the client's own X-Forwarded-*,
+        Expect and, with auth, Authorization; plus ours."""
+        drop = self._drop
+        connection = request.headers.get(hdrs.CONNECTION)
+        if connection is not None:  # the headers it names are hop-by-hop too
+            drop = drop | {t.strip().lower().encode("utf-8", "surrogateescape") for t in connection.split(",")}
+        if body is not None:
+            drop = drop | {b"content-length"}  # ours follows: the body's own length
+        parts = [f"{request.method} {target} HTTP/1.1\r\n".encode("utf-8", "surrogateescape")]
+        host: bytes | None = None
+        for name, value in request.raw_headers:
+            lname = name.lower()
+            if lname in drop:
+                continue
+            if lname == b"host":
+                host = value
+            parts += (name, b": ", value, b"\r\n")
+        if host is None:  # an HTTP/1.0 client may send none; HTTP/1.1 needs one
+            parts.append(f"Host: {_host_literal(b.host)}:{b.port}\r\n".encode())
+        if body is not None:
+            parts.append(b"Content-Length: %d\r\n" % len(body))
+        remote = request.remote
+        if remote:
+            parts += (b"X-Forwarded-For: ", remote.encode(), b"\r\n")
+        parts.append(b"X-Forwarded-Proto: http\r\n")
+        if host is not None:
+            parts += (b"X-Forwarded-Host: ", host, b"\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
 
     async def _relay(self, request: web.BaseRequest, resp: aiohttp.ClientResponse) -> web.StreamResponse:
         headers = _response_headers(list(resp.headers.items()))
@@ -499,21 +533,6 @@ async def _pump(src: Any, dst: Any, *, lost_code: int) -> None:
         else:  # CLOSING, CLOSED, ERROR: the peer went away without a close frame
             await dst.close(code=lost_code)
             return
-
-
-def _request_head(method: str, target: str, fwd: CIMultiDict[str], body: bytes | None, b: Backend) -> bytes:
-    """The request line and headers as the replica gets them."""
-    parts = [f"{method} {target} HTTP/1.1\r\n"]
-    if body is not None:
-        fwd.popall(hdrs.CONTENT_LENGTH, None)
-        parts.append(f"Content-Length: {len(body)}\r\n")
-    if hdrs.HOST not in fwd:  # an HTTP/1.0 client may send none; HTTP/1.1 needs one
-        parts.append(f"Host: {_host_literal(b.host)}:{b.port}\r\n")
-    for name, value in fwd.items():
-        parts.append(f"{name}: {value}\r\n")
-    parts.append("\r\n")
-    # aiohttp decoded the client's header bytes as UTF-8 with surrogateescape: the same bytes go out.
-    return "".join(parts).encode("utf-8", "surrogateescape")
 
 
 def _response_headers(raw: list[tuple[str, str]]) -> CIMultiDict[str]:

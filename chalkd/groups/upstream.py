@@ -28,6 +28,8 @@ import time
 MAX_HEAD = 64 << 10  # the largest response head accepted
 HIGH_WATER = 256 << 10  # bytes of body waiting for the client before reading from the app pauses
 IDLE_SECONDS = 2.0  # an idle connection is kept this long (under the apps' own keep-alive timeouts)
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization",
+                        b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"})
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _STATUS = re.compile(rb"^HTTP/1\.([01]) ([1-9][0-9][0-9])(?: (.*))?$")
 _CHUNK_SIZE = re.compile(rb"^([0-9A-Fa-f]{1,16})[ \t]*(?:;.*)?$")
@@ -42,7 +44,9 @@ class UpstreamBroken(Exception):
 
 
 class Head:
-    """A response's status line and headers (names as sent, values decoded as latin-1 like HTTP's own)."""
+    """A response's status line and its end-to-end headers: hop-by-hop ones (and those its Connection
+    header names) left out, Content-Length only where it is the body's (names as sent; values as UTF-8,
+    else latin-1)."""
 
     __slots__ = ("status", "reason", "headers", "length", "keep_alive")
 
@@ -153,11 +157,12 @@ class Conn(asyncio.Protocol):
         if m is None:
             raise UpstreamBroken(f"bad status line {lines[0][:100]!r}")
         minor, status = m.group(1), int(m.group(2))
-        headers: list[tuple[str, str]] = []
+        headers: list[tuple[bytes, bytes]] = []
         lengths: set[bytes] = set()
         chunked = False
         te_seen = False
         close = minor == b"0"
+        named: set[bytes] = set()  # further hop-by-hop headers the Connection header names
         for line in lines[1:]:
             name, sep, value = line.partition(b":")
             if not sep or not _TOKEN.match(name):
@@ -166,17 +171,24 @@ class Conn(asyncio.Protocol):
             lname = name.lower()
             if lname == b"content-length":
                 lengths.update(v.strip() for v in value.split(b","))
-            elif lname == b"transfer-encoding":
+                continue  # added back below when it frames the body
+            if lname == b"transfer-encoding":
                 te_seen = True
                 codings = [c.strip().lower() for c in value.split(b",")]
                 chunked = codings[-1] == b"chunked"
             elif lname == b"connection":
-                tokens = [t.strip().lower() for t in value.split(b",")]
-                if b"close" in tokens:
-                    close = True
-                elif b"keep-alive" in tokens and minor == b"0":
-                    close = False
-            headers.append((_text(name), _text(value)))
+                for t in value.split(b","):
+                    t = t.strip().lower()
+                    if t == b"close":
+                        close = True
+                    elif t == b"keep-alive":
+                        if minor == b"0":
+                            close = False
+                    elif t:
+                        named.add(t)
+            if lname in HOP_BY_HOP:
+                continue
+            headers.append((name, value))
         if 100 <= status < 200:
             if status == 101:
                 raise UpstreamBroken("the replica switched protocols on a plain request")
@@ -207,7 +219,11 @@ class Conn(asyncio.Protocol):
         self.reusable = not close
         if self._mode == "none" or (self._mode == "length" and length == 0):
             self._finish()
-        return Head(status, m.group(3).decode("latin-1") if m.group(3) else "", headers, length, not close)
+        if len(lengths) == 1 and (self._mode == "length" or head_only or status == 304):
+            # The body's length; on a HEAD or 304 answer, the length a GET would have had.
+            headers.append((b"Content-Length", next(iter(lengths))))
+        out = [(_text(n), _text(v)) for n, v in headers if not named or n.lower() not in named]
+        return Head(status, m.group(3).decode("latin-1") if m.group(3) else "", out, length, not close)
 
     def _finish(self) -> None:
         self.done = True

@@ -100,6 +100,8 @@ ANSWERS = {
     "/fold": b"HTTP/1.1 200 OK\r\nX-A: 1\r\n continued\r\nContent-Length: 0\r\n\r\n",
     "/not-http": b"SSH-2.0-OpenSSH\r\n\r\n",
     "/smuggle": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged",
+    "/hop": b"HTTP/1.1 200 OK\r\nConnection: X-Secret, keep-alive\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\n"
+            b"X-Keep: 2\r\nContent-Length: 0\r\n\r\n",
     "/ok": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Path: ok\r\n\r\nok",
     "/http10": b"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\n1.0!",
     "/huge-head": b"HTTP/1.1 200 OK\r\n" + b"X-Big: " + b"a" * (70 << 10) + b"\r\n\r\n",
@@ -127,6 +129,9 @@ def test_framings_pass_through() -> None:
             assert r.status == 200 and await r.read() == b"ok"
         async with client.get(url + "/http10") as r:
             assert r.status == 200 and await r.read() == b"1.0!"
+        async with client.get(url + "/hop") as r:
+            assert r.headers["X-Keep"] == "2"
+            assert "X-Secret" not in r.headers and "Keep-Alive" not in r.headers  # hop-by-hop
         async with client.get(url + "/utf8") as r:
             assert r.headers["Content-Disposition"] == 'attachment; filename="r\u00e9sum\u00e9.txt"'
 
