@@ -74,8 +74,9 @@ class CallStore:
         return rows[0] if rows else None
 
     def args(self, call_id: str) -> Payload | None:
-        rows = self.store.query("SELECT args_schema, args_batch FROM calls WHERE id=?", (call_id,))
-        return Payload(rows[0]["args_schema"], rows[0]["args_batch"]) if rows else None
+        rows = self.store.query("SELECT args_schema, args_batch, batch_rows FROM calls WHERE id=?", (call_id,))
+        # A batch call's arguments hold a row per input; a plain call's, one.
+        return Payload(rows[0]["args_schema"], rows[0]["args_batch"], rows[0]["batch_rows"] or 1) if rows else None
 
     def chunks(self, call_id: str) -> list[Chunk]:
         rows = self.store.query(

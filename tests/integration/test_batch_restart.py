@@ -69,3 +69,45 @@ def test_kill9_mid_batch_reattaches_and_every_row_arrives_once(fresh_daemon, tmp
     # Rows that had finished before the kill ran once; only row 2 ran again.
     assert sorted(r for r in runs if r != "2") == ["0", "1", "3", "4", "5"]
     assert runs.count("2") >= 3
+
+
+def gated_map(x: int, gate_dir: str) -> int:
+    import os
+    import time
+
+    with open(os.path.join(gate_dir, "runs"), "a") as f:
+        f.write(f"{x}\n")
+    if x == 60:  # its batch waits for the test, across the daemon's death
+        open(os.path.join(gate_dir, f"waiting-{os.getpid()}"), "w").close()
+        while not os.path.exists(os.path.join(gate_dir, "go")):
+            time.sleep(0.01)
+    return x * 2
+
+
+@pytest.mark.timeout(180)
+def test_kill9_mid_map_completes_in_order_with_every_result_once(fresh_daemon, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    fn = RemoteFunction(gated_map, name="gated_map", target=fresh_daemon.target)
+    fn.wait_ready()
+    got: list[list[int]] = []
+    errors: list[BaseException] = []
+
+    def caller() -> None:
+        try:
+            got.append(list(fn.map(range(200), kwargs={"gate_dir": str(gate)})))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=caller)
+    thread.start()
+    wait_for(lambda: list(gate.glob("waiting-*")), what="input 60 to start")
+    time.sleep(0.3)
+    fresh_daemon.kill9()
+    fresh_daemon.start()
+    wait_for(lambda: len(list(gate.glob("waiting-*"))) >= 2, what="input 60 to run again after the restart")
+    (gate / "go").touch()
+    thread.join(120)
+    assert not errors, errors
+    assert got == [[x * 2 for x in range(200)]]
+    assert set((gate / "runs").read_text().split()) == {str(x) for x in range(200)}

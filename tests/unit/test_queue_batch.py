@@ -234,6 +234,7 @@ def test_a_restarted_daemon_runs_only_the_pending_rows_and_keeps_the_others(tmp_
             q2.load({fv.id: fv})
             again = q2.calls[call.id]
             assert again.batch.pending == [1] and again.batch.failures == {1: 1}
+            assert again.args is not None and again.args.rows == 3   # read back with its row count
             link2 = connect(q2)
             await settle(store)
             assert link2.batches == [(call.id, 2, [1])]
