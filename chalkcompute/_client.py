@@ -165,6 +165,9 @@ class CallHandle:
             raise remote_error(event.error, function_name=self.function_name, call_id=event.call_id or "")
         if type(event) is Broken:
             raise event.exc
+        if type(event) is BatchDone:
+            raise ChalkError(f"call {event.call_id or self.call_id} to {self.function_name!r} is a batch call (many "
+                             "inputs, a result per row), not one value: map() or chalkcompute._batch reads it")
         raise ChalkError(f"unexpected event {type(event).__name__} for a call to {self.function_name!r}")
 
     # consumer side

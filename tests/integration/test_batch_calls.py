@@ -11,7 +11,8 @@ import pytest
 import chalkcompute
 from chalkcompute._batch import call_batch
 from chalkcompute._client import run_sync
-from chalkcompute.exceptions import FunctionSignatureError, FunctionTimeoutError, RemoteExecutionError
+from chalkcompute.calls import FunctionCall
+from chalkcompute.exceptions import ChalkError, FunctionSignatureError, FunctionTimeoutError, RemoteExecutionError
 from chalkcompute.retries import RetryPolicy
 
 pytestmark = pytest.mark.usefixtures("daemon")
@@ -151,3 +152,12 @@ def test_the_timeout_applies_per_row_of_a_coroutine_and_per_invocation_of_a_batc
 def test_a_generator_cannot_be_batch_called() -> None:
     with pytest.raises(FunctionSignatureError, match="generator"):
         run_sync(call_batch(bc_gen, pa.record_batch({"n": [1]})))
+
+
+@pytest.mark.timeout(60)
+def test_a_batch_call_followed_by_id_says_what_it_is() -> None:
+    out = run_sync(call_batch(bc_scale, pa.record_batch({"x": [13], "factor": [1.0]})))
+    call_id = out.errors[0].call_id
+    assert call_id.startswith("fc-")
+    with pytest.raises(ChalkError, match=f"call {call_id} to 'bc_scale' is a batch call"):
+        FunctionCall.from_id(call_id).get(timeout=30)
