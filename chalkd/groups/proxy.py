@@ -47,7 +47,8 @@ FORWARDED = ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwar
 RETRYABLE = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 RETRY_BODY_LIMIT = 1 << 20  # an idempotent request's body is kept (to resend it) up to this size
 SMALL_BODY = 64 << 10  # bodies up to this size (with a Content-Length) are read whole: one write, not a stream
-WS_MAX_MESSAGE = 64 << 20  # the largest websocket message relayed (aiohttp buffers one whole message)
+WS_MAX_MESSAGE = 16 << 20  # the largest websocket message relayed (aiohttp buffers one whole message)
+CLIENT_KEEPALIVE = 75.0  # seconds an idle client connection is kept open (aiohttp's default is an hour)
 MAX_CONNECTIONS = 4096  # to the replicas, all together (websockets included)
 UPSTREAM_KEEPALIVE = 2.0  # seconds an idle connection to a replica is kept: under the apps' own (uvicorn 5 s,
 #                           gunicorn 2 s), so a request seldom lands on one the app is closing
@@ -133,7 +134,8 @@ class GroupProxy:
         self._session = session
         self._upstream = UpstreamPool()
         self._server = web.Server(self._handle, handler_cancellation=True, access_log=None,
-                                  max_line_size=16 << 10, max_field_size=16 << 10)
+                                  keepalive_timeout=CLIENT_KEEPALIVE, max_line_size=16 << 10,
+                                  max_field_size=16 << 10)
         try:
             self._listener = await asyncio.get_running_loop().create_server(self._server, host, port, backlog=1024)
         except BaseException:

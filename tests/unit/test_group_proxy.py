@@ -824,3 +824,20 @@ def test_held_requests_are_bounded() -> None:
             r.release()
 
     arun(body)
+
+
+def test_websocket_refused_by_the_app_is_a_502_and_a_dead_replica_is_skipped() -> None:
+    async def body() -> None:
+        async with Stack(2) as s:
+            assert s.client is not None
+            with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+                await s.client.ws_connect(s.url + "/echo")  # a plain route: the app answers 200
+            assert e.value.status == 502
+            await s.apps[0].stop()  # its port refuses connections now
+            for _ in range(2):
+                async with s.client.ws_connect(s.url + "/ws") as ws:
+                    await ws.send_str("x")
+                    assert (await ws.receive_str()) == "r-1:x"
+            assert s.pool.get("r-0").state == "unready"  # type: ignore[union-attr]
+
+    arun(body)
