@@ -2,7 +2,8 @@
 
     chalkd serve [--host 127.0.0.1] [--port 50051] [--home DIR] [--runtime auto|process|docker]
                  [--durability normal|full] [--max-message-size BYTES] [--replica-env NAME ...]
-    chalkd status    [--target HOST:PORT]   # exit 0 with a summary, 1 when no daemon answers
+    chalkd status    [--target HOST:PORT]   # exit 0 with a summary (and the metrics URL), 1 when no daemon answers
+    chalkd top       [--target HOST:PORT] [--once]   # live: functions, sandboxes, groups, GPUs (q to quit)
     chalkd functions [--target HOST:PORT] [--all] [-v]   # -v: desired/ready replicas, last scaling decision
     chalkd calls     [--target HOST:PORT] [--function NAME] [--limit N]
     chalkd rate-limit set NAME --rate N [--per second|minute|hour]
@@ -14,6 +15,8 @@
     chalkd volume ls [NAME [PREFIX]] | get NAME PATH [-o FILE] | put NAME PATH [LOCAL_FILE|-]
     chalkd volume rm NAME PATH | delete NAME
     chalkd gpus                              # this host's GPUs (NVML); no daemon needed
+    chalkd doctor [--target HOST:PORT] [--home DIR]   # engine, base image, GPUs, disk, daemon vs SDK version
+    chalkd --version
     chalkd image bootstrap [--python 3.11] [--mirror URL] [--force]   # the base image, from Debian packages
 """
 
@@ -32,7 +35,15 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from chalkcompute.policies import PERIODS
-from chalkd.config import DEFAULT_HOST, DEFAULT_MAX_MESSAGE, DEFAULT_PORT, Config, default_home, parse_size
+from chalkd.config import (
+    DEFAULT_HOST,
+    DEFAULT_HTTP_PORT,
+    DEFAULT_MAX_MESSAGE,
+    DEFAULT_PORT,
+    Config,
+    default_home,
+    parse_size,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +62,17 @@ def _default_target() -> str:
     return os.environ.get("CHALK_COMPUTE_TARGET", f"{DEFAULT_HOST}:{DEFAULT_PORT}")
 
 
+def _version_line() -> str:
+    import chalkcompute
+    import chalkd
+
+    return (f"chalkd {chalkd.__version__} (chalkcompute {chalkcompute.__version__}, "
+            f"Python {sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="chalkd", description="Self-hosted serverless compute for Python.")
+    parser.add_argument("--version", action="version", version=_version_line())
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the daemon in the foreground")
@@ -125,13 +145,19 @@ def main(argv: list[str] | None = None) -> int:
                        help="seconds a scaling group has more replicas than its requests need before one stops "
                             "(default 60)")
 
+    serve.add_argument("--http-port", type=int, default=int(os.environ.get("CHALKD_HTTP_PORT", DEFAULT_HTTP_PORT)),
+                       help=f"HTTP port on --host for /metrics (default {DEFAULT_HTTP_PORT}, or $CHALKD_HTTP_PORT; "
+                            "0 picks a free one); it needs the token as `Authorization: Bearer <token>`")
+    serve.add_argument("--metrics-open", action="store_true",
+                       help="serve /metrics without the token (anyone who can reach --host:--http-port reads it)")
+
     token = sub.add_parser("token", help="show or rotate the daemon's token (<home>/token)")
     token.add_argument("action", choices=["show", "rotate"])
     token.add_argument("--home", type=Path, default=None,
                        help="state directory (default: $CHALKD_HOME or the user data dir)")
 
     for name, help_text in (("status", "is a daemon answering?"), ("functions", "list functions"),
-                            ("calls", "list recent calls")):
+                            ("calls", "list recent calls"), ("top", "a live view: functions, sandboxes, groups, GPUs")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--target", default=_default_target(),
                        help="daemon address (default $CHALK_COMPUTE_TARGET or 127.0.0.1:50051)")
@@ -139,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--all", action="store_true", help="include older versions")
             p.add_argument("-v", "--verbose", action="store_true",
                            help="also desired/ready replicas and the last scaling decision with its reason")
+        if name == "top":
+            p.add_argument("--once", action="store_true", help="print one frame and exit")
+            p.add_argument("--interval", type=float, default=1.0, help="seconds between frames (default 1)")
         if name == "calls":
             p.add_argument("--function", default="", help="only calls of this function")
             p.add_argument("--limit", type=int, default=50)
@@ -165,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     add_group_parsers(sub, _default_target())
 
     sub.add_parser("gpus", help="list this host's GPUs as chalkd sees them (NVML or $CHALKD_FAKE_GPUS)")
+    from chalkd.doctor import add_parser as add_doctor_parser
+
+    add_doctor_parser(sub, _default_target())
 
     image = sub.add_parser("image", help="manage the engine's base images")
     image_sub = image.add_subparsers(dest="action", required=True)
@@ -181,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         return _token(args)
     if args.command == "gpus":
         return _gpus()
+    if args.command == "doctor":
+        from chalkd.doctor import doctor_command
+
+        return doctor_command(args)
     if args.command == "volume":
         from chalkd.volumes.cli import volume_command
 
@@ -195,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         return groups_command(args)
     if args.command == "image":
         return _image_bootstrap(args)
+    if args.command == "top":
+        from chalkd.top import top_command
+
+        return top_command(args)
     try:
         return asyncio.run(_client_command(args))
     except ConnectionError as exc:
@@ -205,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(args) -> int:
     from chalkd.private_dir import UnsafeDirectoryError
     from chalkd.server import Server, StartupError
+    from chalkd.web.app import HttpPortError
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -232,6 +273,7 @@ def _serve(args) -> int:
         sandbox_pids_limit=args.sandbox_pids_limit, sandbox_disk=sandbox_disk,
         sandbox_disk_check_interval=args.sandbox_disk_check_interval,
         group_ports=group_ports, group_cooldown=args.group_cooldown,
+        http_port=args.http_port, metrics_open=args.metrics_open,
     )
     if args.build_ca_bundle is not None:
         config.build_ca_bundle = args.build_ca_bundle or None
@@ -249,7 +291,8 @@ def _serve(args) -> int:
         server = Server(config)
         await server.startup()  # a failed start has closed what it opened when this raises
         try:
-            print(f"chalkd listening on {config.host}:{server.port} (home {config.home})", flush=True)
+            print(f"chalkd listening on {config.host}:{server.port} (home {config.home}); "
+                  f"metrics at {server.web.url}/metrics", flush=True)
             if config.replica_env and server.runtime.name != "process":
                 # Containers start from their image's env alone: say so rather than ignore the flag.
                 print(f"chalkd: warning: --replica-env {' '.join(config.replica_env)} has no effect on the "
@@ -266,7 +309,7 @@ def _serve(args) -> int:
         runner = asyncio.run
     try:  # apart from the import: a start-up error without uvloop gets the same clear message
         runner(run())
-    except (StartupError, UnsafeDirectoryError) as exc:
+    except (StartupError, UnsafeDirectoryError, HttpPortError) as exc:
         print(f"chalkd: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
@@ -308,6 +351,12 @@ async def _client_command(args) -> int:
                 f"calls: {status.calls_queued} queued, {status.calls_running} running, "
                 f"{status.calls_total} submitted since start"
             )
+            if status.http_port:  # a daemon from before the HTTP port says 0
+                from chalkcompute._auth import tls_from_env
+                from chalkd.web.app import http_url
+
+                console.print(f"metrics: {http_url(host.strip('[]'), status.http_port, bool(tls_from_env()))}/metrics "
+                              "(Authorization: Bearer <token>)", highlight=False, soft_wrap=True)
         elif args.command == "functions":
             resp = await stub.ListFunctions(pb.ListFunctionsRequest(include_old_versions=args.all))
             table = Table("NAME", "VERSION", "ID", "STATE", "REPLICAS", "CREATED", "OPTIONS")

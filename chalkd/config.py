@@ -15,6 +15,7 @@ from chalkcompute._contract import DEFAULT_MAX_MESSAGE_BYTES
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 50051
+DEFAULT_HTTP_PORT = 50052   # /metrics (and the dashboard): chalkd.web
 DEFAULT_MAX_MESSAGE = DEFAULT_MAX_MESSAGE_BYTES  # the contract both sides share
 DEFAULT_MEMORY_BUDGET = 2**30
 
@@ -105,8 +106,14 @@ class Config:
     # with fewer requests than replicas for group_cooldown seconds loses one replica.
     group_ports: tuple[int, int] = (51000, 51999)
     group_cooldown: float = 60.0
+    # The HTTP port (chalkd.web): /metrics, on --host; 0 picks a free one. $CHALKD_HTTP_PORT is the default
+    # (tests set it to 0: many daemons at once). metrics_open: /metrics without the token.
+    http_port: int = field(default_factory=lambda: int(os.environ.get("CHALKD_HTTP_PORT", DEFAULT_HTTP_PORT)))
+    metrics_open: bool = False
 
     def validate(self) -> None:
+        if not 0 <= self.http_port < 65536:
+            raise ValueError(f"--http-port must be 0-65535, got {self.http_port}")
         lo, hi = self.group_ports
         if not 1024 <= lo <= hi <= 65535:
             raise ValueError(f"--group-ports must be a range LOW-HIGH within 1024-65535, got {lo}-{hi}")

@@ -64,6 +64,7 @@ from chalkd.services.streams import QueueService, WorkerService
 from chalkd.services.volumes import VolumesService
 from chalkd.store.db import Store
 from chalkd.volumes.store import VolumeStore
+from chalkd.web.app import WebServer, web_ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ class Server:
         self.config = config
         self.home = config.home
         self.port: int | None = None
+        self.http_port: int | None = None  # chalkd.web's port (/metrics), once bound
         self.started = time.monotonic()
         self.instance_id = secrets.token_hex(8)
         self.services: dict[str, Any] = {}
@@ -214,6 +216,11 @@ class Server:
         target = f"{cfg.host}:{self.port}" if ":" not in cfg.host else f"[{cfg.host}]:{self.port}"
         stack.callback(self._remove_records)
         self._write_records(self.port)  # before listening, so a client that sees the port finds the token
+        # The HTTP port (/metrics; the dashboard later) is bound now too: a taken --http-port fails here.
+        self.web = WebServer(self, host=cfg.host, port=cfg.http_port, metrics_open=cfg.metrics_open,
+                             ssl_context=web_ssl_context(cfg.tls_cert, cfg.tls_key))
+        self.http_port = self.web.bind()
+        stack.push_async_callback(self.web.close)
 
         self.store = Store(self.home / "chalkd.db", durability=cfg.durability)
         await self.store.open()
@@ -260,7 +267,8 @@ class Server:
             self.groups.scaler = self.scaler     # replicas' cpu/memory/GPUs are reserved beside others'
             await self.groups.recover(decode_group_bytes)  # every recorded group serves again on its port
         info = {"version": chalkd.__version__, "home": str(self.home), "started": self.started,
-                "durability": cfg.durability, "instance_id": self.instance_id, "fast_socket": str(fast_path)}
+                "durability": cfg.durability, "instance_id": self.instance_id, "fast_socket": str(fast_path),
+                "http_port": self.http_port}
 
         queue_service = QueueService(self.queue, self.catalog, max_payload=cfg.max_message_bytes)
         volumes_service = VolumesService(self.volumes, replica_volumes=self._replica_volumes)
@@ -316,6 +324,8 @@ class Server:
         stack.push_async_callback(self.scaler.shutdown)  # drains calls before the fast path and gRPC close
         sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="result-sweeper")
         stack.push_async_callback(_cancel, sweeper)
+        await self.web.start()  # last: a scrape reads everything above
+        stack.push_async_callback(self.web.close)  # first to close: no scrape of a half-stopped daemon
         log.info("chalkd %s listening on %s (home %s, runtime %s, durability %s)",
                  chalkd.__version__, target, self.home, self.runtime.name, cfg.durability)
 

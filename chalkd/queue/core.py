@@ -36,6 +36,7 @@ from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable
 from typing import Protocol
 
+from chalkd import metrics
 from chalkd.model import (
     INFRASTRUCTURE_CODES,
     Call,
@@ -611,6 +612,7 @@ class Queue(Dispatcher, Streaming):
         delay = (pol.retry.wait_before(call.failures, self.rng) if pol.retry is not None
                  else self.retry_backoff(call.failures))
         call.state = CallState.QUEUED
+        metrics.call_retried(call)
         self.rows.requeue(call.id, call.failures)
         # The exception's type and code only: its message is user text (it may hold data or a secret).
         log.info("retrying %s of %s in %.2fs (attempt %d failed: %s)", call.id, call.function.name, delay,
@@ -735,6 +737,7 @@ class Queue(Dispatcher, Streaming):
         call.result = result
         call.error = error
         call.finished_at = self.clock()
+        metrics.call_finished(call)  # once per call: _finish returns above for a finished one
         if call.idempotency_key:
             self._remember_key(call)
         self.calls.pop(call.id, None)

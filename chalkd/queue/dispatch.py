@@ -15,6 +15,7 @@ import heapq
 import time
 from dataclasses import dataclass
 
+from chalkd import metrics
 from chalkd.model import Call, CallState, FunctionVersion
 from chalkd.queue.limits import Slots
 
@@ -160,6 +161,7 @@ class Dispatcher:
             if buckets:
                 tokens = min(b.available() for b in buckets)
                 if tokens < 1:
+                    metrics.rate_limited(fv)
                     self._kick_later(function_id, max(b.wait_time() for b in buckets))
                     gate_shut = True
                     break
@@ -224,6 +226,7 @@ class Dispatcher:
         call.state = CallState.RUNNING
         call.replica_id = worker.link.replica_id
         call.dispatched_at = time.monotonic()
+        metrics.call_started(call)  # its wait in the queue
         att = Attempt(call, call.attempt, worker, slots)
         if slots is not None:
             slots.held += 1

@@ -17,6 +17,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from chalkd import metrics
 from chalkd.model import Call, CallState, Chunk, Payload
 from chalkd.queue import events as ev
 
@@ -107,6 +108,7 @@ class Streaming:
             return
         call.next_index += payload.rows
         call.bytes_in += payload.size
+        metrics.chunks_streamed(call.function, payload.rows)
         chunk = Chunk(first_index, payload)
         call.chunks.append(chunk)
         call.state = CallState.STREAMING

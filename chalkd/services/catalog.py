@@ -237,6 +237,7 @@ class CatalogService(FunctionCatalogBase):
             calls_queued=queued, calls_running=running, calls_total=self.queue.total_submitted,
             uptime_seconds=time.monotonic() - self.info["started"], durability=self.info["durability"],
             pid=os.getpid(), fast_socket=self.info["fast_socket"], instance_id=self.info["instance_id"],
+            http_port=self.info.get("http_port") or 0,
         ))
 
 
