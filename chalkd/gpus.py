@@ -23,7 +23,9 @@ or the path of a file holding one::
 
 Each entry needs ``name``; ``uuid`` (default ``GPU-fake-<index>``),
 ``memory_bytes`` (default 0, unknown) and ``index`` (default its position) are
-optional. ``[]`` fakes a host with no GPUs. A malformed value raises ValueError
+optional; so are ``utilization_percent`` and ``memory_used_bytes``, what ``/metrics``
+reports for it (read again at each scrape when the value is a file). ``[]`` fakes a
+host with no GPUs. A malformed value raises ValueError
 rather than silently becoming an empty inventory. Fake devices do not exist:
 containers asking for them will fail to start, so this is for scheduler tests
 and demos only. An empty ``CHALKD_FAKE_GPUS`` counts as unset.
@@ -138,7 +140,8 @@ def _text(value) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-_FAKE_KEYS = {"name", "uuid", "memory_bytes", "index"}
+# utilization_percent and memory_used_bytes: what /metrics reports for the GPU (chalkd.metrics.gpu_usage).
+_FAKE_KEYS = {"name", "uuid", "memory_bytes", "index", "utilization_percent", "memory_used_bytes"}
 
 
 def _fake_inventory(value: str) -> GpuInventory:
@@ -177,6 +180,11 @@ def _fake_inventory(value: str) -> GpuInventory:
             raise ValueError(f"{where}: \"uuid\" must be a non-empty string, got {uuid!r}")
         if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
             raise ValueError(f"{where}: \"memory_bytes\" must be a non-negative int, got {memory!r}")
+        util, used = entry.get("utilization_percent", 0), entry.get("memory_used_bytes", 0)
+        if isinstance(util, bool) or not isinstance(util, int | float) or not 0 <= util <= 100:
+            raise ValueError(f"{where}: \"utilization_percent\" must be a number 0-100, got {util!r}")
+        if isinstance(used, bool) or not isinstance(used, int) or used < 0:
+            raise ValueError(f"{where}: \"memory_used_bytes\" must be a non-negative int, got {used!r}")
         devices.append(GpuDevice(index=index, uuid=uuid, name=name, memory_bytes=memory))
     for attr in ("uuid", "index"):
         seen = Counter(getattr(d, attr) for d in devices)
