@@ -24,10 +24,10 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -37,6 +37,8 @@ import chalkd
 from chalkd.gpus import FAKE_GPUS_ENV, GpuDevice
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -62,7 +64,8 @@ RATE_LIMIT_WAITS = Counter("chalkd_rate_limit_waits",
                            "Times a function's queued calls had to wait for a rate-limit token", ["function"],
                            registry=None)
 CHUNKS = Counter("chalkd_chunks_streamed", "Generator chunks received from replicas", ["function"], registry=None)
-BUILDS = Histogram("chalkd_image_build_duration_seconds", "Seconds an image build took, by kind and outcome",
+BUILDS = Histogram("chalkd_image_build_duration_seconds",
+                   "Seconds an image build took (cached images are not builds), by kind and outcome",
                    ["kind", "outcome"], buckets=BUILD_BUCKETS, registry=None)
 EVENT_METRICS = (CALLS, CALL_SECONDS, QUEUE_WAIT, RETRIES, RATE_LIMIT_WAITS, CHUNKS, BUILDS)
 
@@ -119,9 +122,25 @@ def chunks_streamed(function: Any, n: int = 1) -> None:
     _fn(function.name).chunks.inc(n)
 
 
-def build_finished(kind: str, seconds: float, ok: bool) -> None:
-    """An image build (``kind``: ``"docker"`` or ``"process"``) ended after ``seconds``."""
-    BUILDS.labels(kind, "succeeded" if ok else "failed").observe(seconds)
+def build_finished(kind: str, seconds: float, outcome: str) -> None:
+    """An image build (``kind``: ``"docker"`` or ``"process"``) ended after ``seconds`` with ``outcome``
+    (``succeeded``, ``failed`` or ``cancelled``)."""
+    BUILDS.labels(kind, outcome).observe(seconds)
+
+
+async def timed_build(kind: str, build: Awaitable[T]) -> T:
+    """Await ``build`` (an image build of ``kind``) and record its duration and outcome:
+    ``return await metrics.timed_build("docker", self._build(...))``."""
+    started, outcome = time.monotonic(), "failed"
+    try:
+        result = await build
+        outcome = "succeeded"
+        return result
+    except asyncio.CancelledError:
+        outcome = "cancelled"
+        raise
+    finally:
+        build_finished(kind, time.monotonic() - started, outcome)
 
 
 # -- GPU usage ---------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError, DockerStreamError
 
+from chalkd import metrics
 from chalkd.images.dockerfile import (
     NEEDS_PYTHON,
     NO_PIP,
@@ -281,7 +282,7 @@ class DockerImageBuilder:
                  f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
             try:
                 async with self._slots:
-                    return await self._build(key, spec, emit, bare)
+                    return await metrics.timed_build("docker", self._build(key, spec, emit, bare))
             except ImageBuildError as exc:
                 emit(f"build failed: {str(exc).splitlines()[0]}")
                 raise

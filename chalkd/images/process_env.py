@@ -49,6 +49,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from chalkd import metrics
 from chalkd.images.commands import run_streamed
 from chalkd.specs import ImageSpec, ImageStep
 
@@ -385,7 +386,7 @@ class ProcessEnvBuilder:
         fd = await _flock(self._envs / f".{key}.lock")
         try:
             if not (self._envs / key).is_dir():  # another process may have built it meanwhile
-                await self._build(key, plan, spec, log)
+                await metrics.timed_build("process", self._build(key, plan, spec, log))
         finally:
             os.close(fd)  # releases the lock
 
