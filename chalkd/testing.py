@@ -205,19 +205,16 @@ class _SdkPointer:
 # -- the Docker runtime's preconditions ------------------------------------------------------
 
 
-def base_image() -> str:
-    """The base image the Docker runtime needs: ``python:<this Python>-slim``."""
-    return f"python:{sys.version_info.major}.{sys.version_info.minor}-slim"
-
-
 def docker_problem() -> str | None:
     """Why the Docker runtime cannot run here (no engine, no base image), or None.
 
     The daemon's own check (``--runtime auto``): the engine at ``$DOCKER_HOST`` answers and has
-    :func:`base_image`. Also ``chalkd doctor``'s."""
+    :func:`~chalkd.doctor.base_image` (``chalkd doctor`` reports the same two)."""
     import asyncio
 
     import aiodocker
+
+    from chalkd.doctor import base_image
 
     async def probe() -> str | None:
         try:
@@ -325,5 +322,5 @@ def chalkd_docker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     yield from _run_daemon(request, tmp_path_factory, "docker")
 
 
-__all__ = ["Daemon", "free_port", "base_image", "docker_problem", "remove_home_containers", "chalkd",
+__all__ = ["Daemon", "free_port", "docker_problem", "remove_home_containers", "chalkd",
            "chalkd_docker"]
