@@ -17,8 +17,6 @@
     chalkd gpus                              # this host's GPUs (NVML); no daemon needed
     chalkd doctor [--target HOST:PORT] [--home DIR]   # engine, base image, GPUs, disk, daemon vs SDK version
     chalkd --version
-    chalkd doctor [--target HOST:PORT] [--home DIR]   # engine, base image, GPUs, disk, daemon vs SDK version
-    chalkd --version
     chalkd image bootstrap [--python 3.11] [--mirror URL] [--force]   # the base image, from Debian packages
 """
 
@@ -72,17 +70,8 @@ def _version_line() -> str:
             f"Python {sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro})")
 
 
-def _version_line() -> str:
-    import chalkcompute
-    import chalkd
-
-    return (f"chalkd {chalkd.__version__} (chalkcompute {chalkcompute.__version__}, "
-            f"Python {sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro})")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="chalkd", description="Self-hosted serverless compute for Python.")
-    parser.add_argument("--version", action="version", version=_version_line())
     parser.add_argument("--version", action="version", version=_version_line())
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -208,9 +197,6 @@ def main(argv: list[str] | None = None) -> int:
     from chalkd.doctor import add_parser as add_doctor_parser
 
     add_doctor_parser(sub, _default_target())
-    from chalkd.doctor import add_parser as add_doctor_parser
-
-    add_doctor_parser(sub, _default_target())
 
     image = sub.add_parser("image", help="manage the engine's base images")
     image_sub = image.add_subparsers(dest="action", required=True)
@@ -227,10 +213,6 @@ def main(argv: list[str] | None = None) -> int:
         return _token(args)
     if args.command == "gpus":
         return _gpus()
-    if args.command == "doctor":
-        from chalkd.doctor import doctor_command
-
-        return doctor_command(args)
     if args.command == "doctor":
         from chalkd.doctor import doctor_command
 
