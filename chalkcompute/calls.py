@@ -105,6 +105,9 @@ MAP_MAX_INFLIGHT = 1000
 MAP_BATCH_SECONDS = 0.02
 # Inputs in flight, one per batch, until the first batch's time is known.
 MAP_PROBE_INPUTS = 32
+# About the most bytes of arguments, or of results, one batch call of a map carries: larger
+# inputs or results make smaller batches, far from the message limit.
+MAP_BATCH_BYTES = 1 << 20
 # How long cancel() waits for the daemon to confirm (the call's final event).
 _CANCEL_CONFIRM_TIMEOUT = 30.0
 
@@ -445,6 +448,7 @@ class _MapRun:
         self.max_rows = max(1, self.window // 4)   # at least four batches in flight
         self.size = 0             # inputs per batch; 0 until the handler's time was measured
         self.per_input = 0.0      # seconds of handler time per input (moving average)
+        self.result_bytes = 0     # bytes per result seen so far (the largest batch average)
         self.submitted = 0        # inputs sent; also the next input's index
         self.batches = 0          # batch calls sent
         self.finished = 0         # batch calls whose final event was taken from the sink
@@ -469,25 +473,38 @@ class _MapRun:
             self.exhausted = True
         if not arguments:
             return
-        names = self.codec.parameter_names
-        payloads, rows = [], []
+        payloads: list[tuple[bytes, bytes]] = []
+        rows: list[int] = []
         for i in range(0, len(arguments), size):
-            group = arguments[i:i + size]
-            payloads.append(encode_rows(self.rf, [[a[n] for a in group] for n in names]))
-            rows.append(len(group))
+            self._encode(arguments[i:i + size], payloads, rows)
         sizes = iter(rows)
         self.client.start_calls(function_id=self.function_id, payloads=payloads, decode=self.codec.decode_results,
                                 display_name=self.rf.name, batch_rows=rows,
                                 handle_type=lambda *a: _MapBatch(self, next(sizes), *a))
 
+    def _encode(self, group: list[dict], payloads: list, rows: list[int]) -> None:
+        """One batch call's payload for ``group``, or several when its arguments are large."""
+        payload = encode_rows(self.rf, [[a[n] for a in group] for n in self.codec.parameter_names])
+        if len(group) > 1 and len(payload[0]) + len(payload[1]) > MAP_BATCH_BYTES:
+            half = len(group) // 2
+            self._encode(group[:half], payloads, rows)
+            self._encode(group[half:], payloads, rows)
+            return
+        payloads.append(payload)
+        rows.append(len(group))
+
     def _measure(self, h: _MapBatch, event: CallEvent) -> None:
+        if type(event) is BatchDone:
+            res = event.outcome.results
+            self.result_bytes = max(self.result_bytes, len(res.batch) // h.rows)
         seconds = seconds_of(event)
         if not seconds:
             return
         per_input = seconds / h.rows
         self.per_input = per_input if not self.per_input else 0.7 * self.per_input + 0.3 * per_input
         grown = max(1, self.size * 4) if self.size else self.max_rows
-        self.size = max(1, min(self.max_rows, grown, int(MAP_BATCH_SECONDS / max(self.per_input, 1e-7))))
+        self.size = max(1, min(self.max_rows, grown, int(MAP_BATCH_SECONDS / max(self.per_input, 1e-7)),
+                               MAP_BATCH_BYTES // max(self.result_bytes, 1)))
 
     def absorb(self, events: deque) -> None:
         self.finished += len(events)

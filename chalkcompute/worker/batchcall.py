@@ -138,12 +138,24 @@ class _Rows:
                 self.fail(range(len(values)), describe(exc))
                 return None
         size = len(encoded[0]) + len(encoded[1])
-        if size > (limit := sdk_max_payload()):
-            self.fail(range(len(values)), pb.RemoteError(
+        limit = sdk_max_payload()
+        n = keep = len(values)
+        while size > limit and keep > 0:
+            # Too much for one message: the first rows' results go, the others run again in a
+            # later attempt (RESOURCE_EXHAUSTED is retried like a lost worker, row by row).
+            keep //= 2
+            encoded = self.codec._out.encode([values[:keep] + [None] * (n - keep)], ["return value"])
+            size = len(encoded[0]) + len(encoded[1])
+        if keep == 0 and 0 not in self.errors:  # the first row's result alone is over the limit
+            one = self.codec._out.encode([[values[0]]], ["return value"])
+            self.errors[0] = pb.RemoteError(
                 exception_type="chalkcompute.ResourceExhaustedError", code="TOO_LARGE",
-                message=too_large(f"the results of this batch of {len(values)} input(s)", size, limit)
-                + "; send fewer inputs per batch"))
-            return None
+                message=too_large(f"the result of row {self.rows[0]}", len(one[0]) + len(one[1]), limit))
+        if keep < n:
+            self.fail([pos for pos in range(keep, n) if pos not in self.errors], pb.RemoteError(
+                exception_type="chalkd.ResourceExhaustedError", code="RESOURCE_EXHAUSTED",
+                message=f"the results of this batch's {n} rows did not fit in one message of {limit} bytes; "
+                        "this row runs again"))
         return encoded
 
 

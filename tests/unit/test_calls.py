@@ -143,3 +143,12 @@ def test_refusals():
         calls.map_inputs(fn, [(1,)])
     with pytest.raises(TypeError, match="at least one iterable"):
         calls._map_method(fn)
+
+
+
+def test_large_results_or_arguments_make_smaller_batches(monkeypatch):
+    monkeypatch.setattr(calls, "MAP_BATCH_BYTES", 2000)
+    client = FakeClient()
+    assert run(client, range(500)) == [x * 10 for x in range(500)]
+    sizes = [n for b in client.batches[1:] for n in b]
+    assert sum(sizes) == 500 - calls.MAP_PROBE_INPUTS and max(sizes) < 25   # 250 without the byte bound
