@@ -13,6 +13,7 @@ from chalkcompute._batch import call_batch
 from chalkcompute._client import run_sync
 from chalkcompute.calls import FunctionCall
 from chalkcompute.exceptions import ChalkError, FunctionSignatureError, FunctionTimeoutError, RemoteExecutionError
+from chalkcompute.policies import RateLimitPolicy
 from chalkcompute.retries import RetryPolicy
 
 pytestmark = pytest.mark.usefixtures("daemon")
@@ -161,3 +162,17 @@ def test_a_batch_call_followed_by_id_says_what_it_is() -> None:
     assert call_id.startswith("fc-")
     with pytest.raises(ChalkError, match=f"call {call_id} to 'bc_scale' is a batch call"):
         FunctionCall.from_id(call_id).get(timeout=30)
+
+
+@chalkcompute.function(rate_limit=RateLimitPolicy(rate=200, per="second"))
+def bc_limited(log: str, x: int) -> int:
+    note(log, str(x))
+    return -x
+
+
+@pytest.mark.timeout(60)
+def test_a_batch_larger_than_the_rate_limits_burst_runs_in_slices_each_row_once(tmp_path: Path) -> None:
+    log = str(tmp_path / "runs")
+    out = run_sync(call_batch(bc_limited, pa.record_batch({"log": [log] * 500, "x": list(range(500))})))
+    assert out.values.to_pylist() == [-x for x in range(500)] and out.errors == {}
+    assert sorted(map(int, runs(Path(log)))) == list(range(500))
