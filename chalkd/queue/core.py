@@ -539,8 +539,13 @@ class Queue(Dispatcher, Streaming):
         fid = link.function_id
         now = time.monotonic()
         took = now - max(call.dispatched_at, worker.last_done if worker is not None else 0.0)
-        if type(event) is BatchReport and call.batch is not None:
-            took /= max(1, len(event.rows or call.batch.sent))  # per input, as for single calls
+        if call.batch is not None:
+            if type(event) is BatchReport:
+                took /= max(1, len(event.rows or call.batch.sent))  # per input, as for single calls
+            elif type(event) is not ev.Failed:  # one value for many inputs: a worker without batch calls
+                event = ev.Failed(CallError.platform(
+                    ErrorCode.INTERNAL, f"the replica of {call.function.name!r} answered batch call {call.id} with "
+                    "one value: its worker predates batch calls (rebuild its image)"))
         if worker is not None:
             worker.last_done = now
         self._durations[fid] = 0.8 * self._durations.get(fid, took) + 0.2 * took

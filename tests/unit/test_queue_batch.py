@@ -14,6 +14,7 @@ import pyarrow as pa
 import pytest
 
 from chalkd.model import CallError, CallState, ErrorCode, Payload, Policies, ReplicaExit, Retry
+from chalkd.queue import events as ev
 from chalkd.queue.batch import BatchReport, BatchState
 from chalkd.queue.core import Queue
 from tests.unit.test_queue import Sub, make_fv, new_queue, open_store, settle
@@ -319,6 +320,25 @@ def test_a_report_naming_rows_it_was_not_sent_changes_nothing_of_theirs(tmp_path
                     answer(q, link, fail={2: CallError.platform(ErrorCode.TOO_LARGE, "too big")})
             # Row 2 failed for good: null, whatever the first report claimed for it.
             assert values_of(sub.of("batch_result")[0][3]) == [1, 2, None, 30]
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(30)
+def test_a_worker_answering_a_batch_with_one_value_fails_it_clearly(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = await open_store(tmp_path / "db.sqlite")
+        try:
+            q = new_queue(store)
+            sub = Sub()
+            call = q.submit(sub, 1, make_fv(), args(2), batch=True)
+            link = connect(q)
+            await settle(store)
+            q.worker_event(link, call.id, 1, ev.Result(column([1])))   # a worker that predates batch calls
+            await settle(store)
+            assert "predates batch calls" in sub.error().message and call.state == CallState.FAILED
         finally:
             await store.close()
 
