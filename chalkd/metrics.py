@@ -184,7 +184,7 @@ def _fake_usage(value: str) -> dict[str, GpuUsage]:
 
 def _nvml_usage(devices: tuple[GpuDevice, ...]) -> dict[str, GpuUsage]:
     try:
-        import pynvml
+        import pynvml  # type: ignore[import-untyped]
 
         pynvml.nvmlInit()
     except Exception as exc:  # no driver here: the inventory said so at start

@@ -23,7 +23,8 @@ def main() -> int:
         port = s.getsockname()[1]
     home = tempfile.mkdtemp(prefix="chalkd-quickstart-")
     daemon = subprocess.Popen([sys.executable, "-m", "chalkd.cli", "serve", "--port", str(port), "--home", home,
-                               "--log-level", "WARNING", "--runtime", "process"])
+                               "--log-level", "WARNING", "--runtime", "process",
+                               "--http-port", "0"])  # beside a daemon already on the default 50052
     try:
         deadline = time.monotonic() + 30
         while True:
