@@ -18,6 +18,7 @@
     chalkd doctor [--target HOST:PORT] [--home DIR]   # engine, base image, GPUs, disk, daemon vs SDK version
     chalkd --version
     chalkd image bootstrap [--python 3.11] [--mirror URL] [--force]   # the base image, from Debian packages
+    chalkd image ls | prune [TAG...] [--older-than 7d] [--dry-run]      # our chalkd-img: tags; never other images
 """
 
 from __future__ import annotations
@@ -198,13 +199,16 @@ def main(argv: list[str] | None = None) -> int:
 
     add_doctor_parser(sub, _default_target())
 
-    image = sub.add_parser("image", help="manage the engine's base images")
+    image = sub.add_parser("image", help="chalkd's images: bootstrap the base image, ls, prune")
     image_sub = image.add_subparsers(dest="action", required=True)
     boot = image_sub.add_parser("bootstrap", help="build python:<version>-slim from Debian packages (needs root)")
     boot.add_argument("--python", default=f"{sys.version_info.major}.{sys.version_info.minor}",
                       help="Python major.minor: 3.9, 3.11 or 3.13 (default: this Python's)")
     boot.add_argument("--mirror", default=None, help="Debian archive (default http://deb.debian.org/debian)")
     boot.add_argument("--force", action="store_true", help="rebuild even when the image is present")
+    from chalkd.images.cli import add_parsers as add_image_parsers
+
+    add_image_parsers(image_sub)
 
     args = parser.parse_args(argv)
     if args.command == "serve":
@@ -229,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
         from chalkd.groups.cli import groups_command
 
         return groups_command(args)
+    if args.command == "image" and args.action in ("ls", "prune"):
+        from chalkd.images.cli import image_command
+
+        return image_command(args)
     if args.command == "image":
         return _image_bootstrap(args)
     if args.command == "top":
