@@ -79,10 +79,9 @@ class GroupProxy:
         self.hold_timeout = hold_timeout
         self.max_held = max_held
         self.connect_timeout = connect_timeout
-        self._expected = f"Bearer {auth_key}".encode() if auth_key is not None else None
-        # Request headers never passed on (lower-case bytes, as request.raw_headers are matched).
-        dropped = (*HOP_BY_HOP, *FORWARDED, hdrs.EXPECT) + ((hdrs.AUTHORIZATION,) if auth_key is not None else ())
-        self._drop = frozenset(n.lower().encode() for n in dropped)
+        self._expected: bytes | None = None
+        self._drop: frozenset[bytes] = frozenset()
+        self._use_key(auth_key)
         self._prefix = f"chalkd: group {name!r}: "
         self._session: aiohttp.ClientSession | None = None
         self._upstream: UpstreamPool | None = None
@@ -104,8 +103,12 @@ class GroupProxy:
         """A redeploy turned authentication on or off (or gave a new key): from the next request on."""
         if auth_key is not None and not auth_key:
             raise ValueError(f"group {self.name!r}: auth_key must be a non-empty string or None")
+        self._use_key(auth_key)
+
+    def _use_key(self, auth_key: str | None) -> None:
         self._expected = f"Bearer {auth_key}".encode() if auth_key is not None else None
-        # Request headers never passed on (lower-case bytes, as request.raw_headers are matched).
+        # Request headers never passed on (lower-case bytes, as request.raw_headers are matched); with a
+        # key, Authorization carries ours, not the app's.
         dropped = (*HOP_BY_HOP, *FORWARDED, hdrs.EXPECT) + ((hdrs.AUTHORIZATION,) if auth_key is not None else ())
         self._drop = frozenset(n.lower().encode() for n in dropped)
 
@@ -483,7 +486,9 @@ class GroupProxy:
                 self.pool.release(b)
 
     def _refusal(self, r: _Refused) -> web.Response:
-        return web.Response(status=r.status, text=self._prefix + r.text + "\n", headers=r.headers)
+        # A reason the manager wrote in full (pool.unavailable, "chalkd: group 'web' is Failed: ...") as is.
+        text = r.text if r.text.startswith("chalkd: ") else self._prefix + r.text
+        return web.Response(status=r.status, text=text + "\n", headers=r.headers)
 
 
 class _NotSent(Exception):

@@ -841,3 +841,52 @@ def test_websocket_refused_by_the_app_is_a_502_and_a_dead_replica_is_skipped() -
             assert s.pool.get("r-0").state == "unready"  # type: ignore[union-attr]
 
     arun(body)
+
+
+def test_set_auth_key_takes_effect_on_the_next_request() -> None:
+    async def body() -> None:
+        async with Stack(1) as s:
+            async with s.get("/echo", headers={"Authorization": "Bearer app"}) as r:
+                assert (await r.json())["headers"]["Authorization"] == "Bearer app"  # no key: the app's own
+            s.proxy.set_auth_key("k2")
+            async with s.get("/echo") as r:
+                assert r.status == 401
+            async with s.get("/echo", headers={"Authorization": "Bearer k2"}) as r:
+                assert r.status == 200 and "Authorization" not in (await r.json())["headers"]
+            s.proxy.set_auth_key(None)
+            async with s.get("/echo") as r:
+                assert r.status == 200
+            with pytest.raises(ValueError, match="auth_key"):
+                s.proxy.set_auth_key("")
+
+    arun(body)
+
+
+def test_a_reason_written_in_full_by_the_manager_is_not_prefixed_twice() -> None:
+    async def body() -> None:
+        async with Stack(1) as s:
+            s.pool.unavailable = "chalkd: group 'web' is being deleted"
+            async with s.get("/echo") as r:
+                assert r.status == 503 and await r.text() == "chalkd: group 'web' is being deleted\n"
+
+    arun(body)
+
+
+def test_start_after_a_taken_port_works_on_the_same_proxy() -> None:
+    """The manager tries its ports in turn on one GroupProxy."""
+
+    async def body() -> None:
+        async with Stack(1) as s:
+            taken = int(s.url.rsplit(":", 1)[1])
+            other = GroupProxy(s.pool, name="web", auth_key=None)
+            with pytest.raises(OSError):
+                await other.start("127.0.0.1", taken)
+            port = await other.start("127.0.0.1", 0)
+            try:
+                assert s.client is not None
+                async with s.client.get(f"http://127.0.0.1:{port}/echo") as r:
+                    assert r.status == 200
+            finally:
+                await other.close(grace=1)
+
+    arun(body)
