@@ -447,6 +447,11 @@ class _MapRun:
         self.refill_at = max(1, self.window // 4)
         self.max_rows = max(1, self.window // 4)   # at least four batches in flight
         self.size = 0             # inputs per batch; 0 until the handler's time was measured
+        # A batched function's batches start (and stay) at least one invocation's worth: its
+        # handler is made for them (a lazy handle by name does not know its batch size: 1).
+        opts = getattr(rf, "_opts", None)
+        self.least = min(self.max_rows, opts.policy_spec["batching"].max_batch_size
+                         if opts is not None and opts.batched else 1)
         self.per_input = 0.0      # seconds of handler time per input (moving average)
         self.result_bytes = 0     # bytes per result seen so far (the largest batch average)
         self.submitted = 0        # inputs sent; also the next input's index
@@ -464,7 +469,7 @@ class _MapRun:
         room = self.window - inflight
         size = self.size
         if not size:
-            room, size = min(room, MAP_PROBE_INPUTS - inflight), 1
+            room, size = min(room, max(MAP_PROBE_INPUTS, self.least) - inflight), self.least
         if room <= 0 or self.exhausted:
             return
         bind, kwargs = self.rf._arguments, self.kwargs
@@ -503,8 +508,8 @@ class _MapRun:
         per_input = seconds / h.rows
         self.per_input = per_input if not self.per_input else 0.7 * self.per_input + 0.3 * per_input
         grown = max(1, self.size * 4) if self.size else self.max_rows
-        self.size = max(1, min(self.max_rows, grown, int(MAP_BATCH_SECONDS / max(self.per_input, 1e-7)),
-                               MAP_BATCH_BYTES // max(self.result_bytes, 1)))
+        self.size = max(self.least, min(self.max_rows, grown, int(MAP_BATCH_SECONDS / max(self.per_input, 1e-7)),
+                                        MAP_BATCH_BYTES // max(self.result_bytes, 1)))
 
     def absorb(self, events: deque) -> None:
         self.finished += len(events)

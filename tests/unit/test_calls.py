@@ -152,3 +152,12 @@ def test_large_results_or_arguments_make_smaller_batches(monkeypatch):
     assert run(client, range(500)) == [x * 10 for x in range(500)]
     sizes = [n for b in client.batches[1:] for n in b]
     assert sum(sizes) == 500 - calls.MAP_PROBE_INPUTS and max(sizes) < 25   # 250 without the byte bound
+
+
+def test_a_batched_functions_batches_hold_at_least_one_invocation():
+    client = FakeClient(seconds=0.05)   # slow per input: alone it would make batches of one
+    fn = FakeFunction(client)
+    fn._opts = SimpleNamespace(batched=True, policy_spec={"batching": SimpleNamespace(max_batch_size=8)})
+    assert list(calls.map_inputs(fn, ((x,) for x in range(100)))) == [x * 10 for x in range(100)]
+    sizes = [n for b in client.batches for n in b]
+    assert sizes[:4] == [8] * 4 and min(sizes[:-1]) == 8
