@@ -171,7 +171,8 @@ def _forget_sdk_state(target: str) -> None:
     if functions is not None:
         remote_function = functions.RemoteFunction
         for obj in gc.get_objects():  # no registry of handles exists; this runs once per fixture start
-            if isinstance(obj, remote_function) and getattr(obj, "target", "") is None \
+            # type(), not isinstance(): a proxy object's __class__ may run arbitrary code
+            if issubclass(type(obj), remote_function) and getattr(obj, "target", "") is None \
                     and getattr(obj, "fn", None) is not None and getattr(obj, "_info", None) is not None:
                 obj._info = None
                 functions._pending.add(obj)
