@@ -5,7 +5,9 @@
 
 A build that actually runs prints its log to ``sys.stderr`` line by line (a
 person sees progress in their terminal); a cached image prints nothing. Set
-``CHALK_BUILD_LOG=0`` to silence it. A failed build raises
+``CHALK_BUILD_LOG=0`` to silence it. When displays are on (stderr a terminal or a notebook, or
+``CHALK_PROGRESS=1``; see :mod:`chalkcompute._progress`) a progress row stays under the log lines: the
+Dockerfile step the engine is on ("step 2 of 5") and the time so far. A failed build raises
 :class:`ImageBuildFailed`, which callers turn into ``FunctionBuildError`` or
 ``ImageBuildError``.
 """
@@ -19,7 +21,7 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from chalkcompute import _rpc
+from chalkcompute import _progress, _rpc
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import ImagesStub
 from chalkcompute.image import Image
@@ -88,28 +90,42 @@ async def prepare_image(client: Client, image: Image, *, what: str, timeout: flo
     show = os.environ.get("CHALK_BUILD_LOG", "1") != "0"
     announced = False
     result: pb.BuildResult | None = None
+    bar: _progress.BuildSteps | None = None  # made when a build actually runs (its first lines) and displays are on
 
     async def run() -> None:
-        nonlocal announced, result
+        nonlocal announced, result, bar
         with _rpc.guarded(client.target):
             async with stub.Build.open() as stream:
                 await stream.send_message(pb.BuildImageRequest(image=image.to_proto(), bare=bare), end=True)
                 async for event in stream:
-                    if event.lines and show:
-                        if not announced:
-                            print(f"chalkd: building image {image.content_hash[:12]} for {what}", file=sys.stderr)
-                            announced = True
-                        for line in event.lines:
-                            print(line, file=sys.stderr)
-                        sys.stderr.flush()
+                    if event.lines and not announced:
+                        announced = True
+                        header = f"chalkd: building image {image.content_hash[:12]} for {what}"
+                        if _progress.enabled():
+                            bar = _progress.BuildSteps(header[len("chalkd: "):])
+                            bar.start()
+                        if show and not (bar is not None and _progress.print_above(header)):
+                            print(header, file=sys.stderr)
+                    if event.lines:
+                        if bar is not None:
+                            bar.feed(event.lines)  # before the lines go out: the bar under them is drawn fresh
+                        if show and not (bar is not None and _progress.print_above("\n".join(event.lines))):
+                            for line in event.lines:
+                                print(line, file=sys.stderr)
+                            sys.stderr.flush()
                     if event.HasField("result"):
                         result = event.result
+                        if bar is not None and result.ok:
+                            bar.finish()
 
     try:
         await asyncio.wait_for(run(), timeout)
     except TimeoutError:
         raise ImageBuildFailed(f"the image build for {what} did not finish within build_timeout={timeout:g}s") \
             from None
+    finally:
+        if bar is not None:
+            bar.close()
     if result is None:
         raise ImageBuildFailed(f"the daemon ended the image build for {what} without a result")
     if not result.ok:

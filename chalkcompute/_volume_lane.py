@@ -9,7 +9,8 @@ in all; a file whose stream fits the lane's buffer) stay on the event loop,
 where they cost less than a thread.
 
     async with client.open_stream(b"volumes.write", stub.WriteFiles, pb.WriteFilesResponse) as stream:
-        resp = await upload_framed(stream, "models", [("a.bin", Path("a.bin")), ("b.txt", b"hi")])
+        resp = await upload_framed(stream, "models", [("a.bin", Path("a.bin")), ("b.txt", b"hi")],
+                                   Transfer("put models"))
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from chalkcompute._framing import MESSAGE, FramedStream, frame
+from chalkcompute._progress import Transfer
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._volume_wire import (
     DATA_FIELD,
@@ -40,10 +42,11 @@ _GATHER = 1 << 18  # small messages are sent together up to this many bytes
 
 
 async def download_framed(stream: FramedStream, request: pb.ReadFileRequest,
-                          local_path: str | os.PathLike | None) -> bytes | int:
+                          local_path: str | os.PathLike | None, transfer: Transfer) -> bytes | int:
     """ReadFile on the daemon's unix socket, read without asyncio's copies (see :mod:`chalkcompute._volume_wire`):
     the data goes from the socket into the result, or from the reused buffer to the local file.
-    A file whose whole stream fits the lane's buffer is read on the loop; a larger one by a thread."""
+    A file whose whole stream fits the lane's buffer is read on the loop; a larger one by a thread.
+    ``transfer`` learns the file's size from the first chunk and counts the bytes received."""
     sock = stream.writer.transport.get_extra_info("socket")
     stream.writer.transport.pause_reading()  # from now on only the lane reads the socket
     lane = LaneSocket(sock.fileno())
@@ -52,12 +55,12 @@ async def download_framed(stream: FramedStream, request: pb.ReadFileRequest,
         lane.send(frame(MESSAGE, request.SerializeToString()))
         lane.shutdown_write()
         if await _buffer_whole(lane):
-            data = _receive_file(lane, request, stream.limit, None)
+            data = _receive_file(lane, request, stream.limit, None, transfer)
             if local_path is None:
                 return data
             assert isinstance(data, bytes)
             return await asyncio.to_thread(_write_local, local_path, data)
-        return await run_in_thread(lambda: _receive_file(lane, request, stream.limit, local_path), lane)
+        return await run_in_thread(lambda: _receive_file(lane, request, stream.limit, local_path, transfer), lane)
     finally:
         lane.close()
 
@@ -93,12 +96,14 @@ def _write_local(local_path: str | os.PathLike, data: bytes) -> int:
 
 
 def _receive_file(lane: LaneSocket, request: pb.ReadFileRequest, limit: int,
-                  local_path: str | os.PathLike | None) -> bytes | int:
-    """The chunks the daemon sends for ``request`` (already sent), into memory or ``local_path``."""
+                  local_path: str | os.PathLike | None, transfer: Transfer) -> bytes | int:
+    """The chunks the daemon sends for ``request`` (already sent), into memory or ``local_path``;
+    ``transfer.done`` counts them (an integer add per chunk: the bar, if any, reads it itself)."""
     chunks = messages(lane, pb.FileChunk, DATA_FIELD["FileChunk"], limit=limit)
     first = next(chunks, None)
     if first is None:  # only a broken daemon ends without a chunk
         raise VolumeError(f"chalkd sent nothing for {request.path!r} in volume {request.name!r}", "INTERNAL")
+    transfer.sized(first[0].size)
     if local_path is None:
         out = bytearray(first[0].size)  # the size the file had: the data lands in place
         pos = 0
@@ -111,6 +116,7 @@ def _receive_file(lane: LaneSocket, request: pb.ReadFileRequest, limit: int,
                 out[pos:pos + len(data)] = data
                 n = len(data)
             pos += n
+            transfer.done = pos
         del out[pos:]  # the file shrank meanwhile
         return bytes(out)
     with open(local_path, "wb", buffering=0) as f:
@@ -121,26 +127,28 @@ def _receive_file(lane: LaneSocket, request: pb.ReadFileRequest, limit: int,
                     k = f.write(piece) or 0
                     piece = piece[k:]
                     total += k
+            transfer.done = total
         return total
 
 
-async def upload_framed(stream: FramedStream, name: str,
-                         items: Sequence[tuple[str, bytes | Path | BinaryIO]]) -> pb.WriteFilesResponse:
+async def upload_framed(stream: FramedStream, name: str, items: Sequence[tuple[str, bytes | Path | BinaryIO]],
+                        transfer: Transfer) -> pb.WriteFilesResponse:
     """WriteFiles on the daemon's unix socket, sent by one thread without copies (see
-    :mod:`chalkcompute._volume_wire`): local files go with sendfile, bytes as they are.
+    :mod:`chalkcompute._volume_wire`): local files go with sendfile, bytes as they are;
+    ``transfer.done`` counts the data bytes sent.
     A few small byte strings are framed here and written by asyncio: a thread would
     cost more than the copy."""
     small = [src for _, src in items if isinstance(src, bytes)]
     if len(small) == len(items) and sum(map(len, small)) <= _GATHER:
         frames = _Frames()
-        _send_items(frames, name, items)
+        _send_items(frames, name, items, transfer)
         stream.writer.write(frames.data)
         await stream.writer.drain()
         return await _answer(stream)
     sock = stream.writer.transport.get_extra_info("socket")
     lane = LaneSocket(sock.fileno(), buffer=0)
     try:
-        await run_in_thread(lambda: _send_items(lane, name, items), lane)
+        await run_in_thread(lambda: _send_items(lane, name, items, transfer), lane)
     except LaneClosed:
         # The daemon closed the connection: its error frame, when it sent one, says why (raised here).
         await stream.recv_message()
@@ -169,7 +177,8 @@ class _Frames:
             self.data += b
 
 
-def _send_items(lane: LaneSocket | _Frames, name: str, items: Sequence[tuple[str, bytes | Path | BinaryIO]]) -> None:
+def _send_items(lane: LaneSocket | _Frames, name: str, items: Sequence[tuple[str, bytes | Path | BinaryIO]],
+                transfer: Transfer) -> None:
     """Every file's frames, then the commit (in the transfer's thread, or into _Frames). Small messages are
     gathered into one write; a file's pieces are CHUNK bytes (an older daemon reads each whole)."""
     pending = bytearray()
@@ -190,12 +199,13 @@ def _send_items(lane: LaneSocket | _Frames, name: str, items: Sequence[tuple[str
                 send(write_files_head(name=name, path=path, end_of_file=i + CHUNK >= len(src),
                                       data_len=len(piece)), piece)
                 name = ""  # the volume is named by the first message only
+                transfer.done += len(piece)
         elif isinstance(src, Path):
             assert isinstance(lane, LaneSocket)  # uploads with files always go through the lane
             if pending:
                 lane.send(pending)
                 pending.clear()
-            _send_local_file(lane, name, path, src)
+            _send_local_file(lane, name, path, src, transfer)
             name = ""
         else:  # a binary file object of the caller's (the CLI's stdin): its end is known only once read
             view = memoryview(bytearray(CHUNK))
@@ -205,6 +215,7 @@ def _send_items(lane: LaneSocket | _Frames, name: str, items: Sequence[tuple[str
                     break
                 send(write_files_head(name=name, path=path, data_len=n), view[:n])
                 name = ""
+                transfer.done += n
                 if pending:
                     lane.send(pending)  # before the buffer is reused
                     pending.clear()
@@ -221,7 +232,7 @@ def _read_into(f: BinaryIO, view: memoryview) -> int:
     return len(data)
 
 
-def _send_local_file(lane: LaneSocket, name: str, path: str, local: Path) -> None:
+def _send_local_file(lane: LaneSocket, name: str, path: str, local: Path, transfer: Transfer) -> None:
     """A local file's data with sendfile, CHUNK bytes a message, then its end. Read until
     its end even if it grew meanwhile; one that shrinks under a message fails the upload."""
     fd = os.open(local, os.O_RDONLY | os.O_CLOEXEC)
@@ -242,6 +253,7 @@ def _send_local_file(lane: LaneSocket, name: str, path: str, local: Path) -> Non
                                   "nothing was written", "ABORTED")
             offset += n
             name = ""
+            transfer.done += n
         lane.send(write_files_head(name=name, path=path, end_of_file=True))
     finally:
         os.close(fd)

@@ -15,7 +15,9 @@ A volume is a directory on the daemon's disk: functions and containers that
 mount it (``volumes=[(vol, "/models")]``) read and write it directly, and this
 API sees their files. Large files travel in 1 MiB chunks both ways
 (:meth:`Volume.put_file` and :meth:`Volume.get_file` never hold a whole file
-in memory). Every method blocks; each has an async twin, ``await
+in memory). A transfer of 8 MiB or more shows its bytes, rate and ETA on stderr
+when stderr is a terminal or a notebook (``CHALK_PROGRESS=0`` never, ``=1`` always;
+see :mod:`chalkcompute._progress`). Every method blocks; each has an async twin, ``await
 vol.get.aio("config.yaml")``; ``async with vol.batch_upload() as batch`` and
 ``async for e in vol.iterdir.aio()`` work too.
 
@@ -44,12 +46,14 @@ from grpclib.client import ServiceMethod, UnaryUnaryMethod
 
 from chalkcompute import (
     _h2_repr,  # noqa: F401 - h2's frame reprs without hexlifying the data
+    _progress,
     _rpc,
 )
 from chalkcompute._bridge import Twin, run_async, run_sync
 from chalkcompute._client import Client, default_target
 from chalkcompute._contract import name_too_long, quote, valid_volume_name
 from chalkcompute._framing import FramedStream
+from chalkcompute._progress import Transfer
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import VolumesStub
 from chalkcompute._volume_lane import CHUNK, download_framed, upload_framed
@@ -276,32 +280,43 @@ class Volume:
         client = self.client
         client._check(f"read {path!r} from volume {self.name!r}")
         request = pb.ReadFileRequest(name=self.name, path=path)
-        with client._guarded():
-            async with client._stream(client._stub.ReadFile) as stream:
-                if isinstance(stream, FramedStream) and not getattr(stream.reader, "_buffer", b"?"):
-                    return await download_framed(stream, request, local_path)
-                await stream.send_message(request, end=True)
-                chunks = _stream_data(stream, f"{path!r} in volume {self.name!r}")
-                if local_path is None:
-                    parts = [data async for data in chunks]
-                    return parts[0] if len(parts) == 1 else b"".join(parts)
-                return await _write_chunks(chunks, local_path)
+        transfer = Transfer(f"get {self.name}:{path}")
+        try:
+            with client._guarded():
+                async with client._stream(client._stub.ReadFile) as stream:
+                    if isinstance(stream, FramedStream) and not getattr(stream.reader, "_buffer", b"?"):
+                        return await download_framed(stream, request, local_path, transfer)
+                    await stream.send_message(request, end=True)
+                    chunks = _stream_data(stream, f"{path!r} in volume {self.name!r}", transfer)
+                    if local_path is None:
+                        parts = [data async for data in chunks]
+                        return parts[0] if len(parts) == 1 else b"".join(parts)
+                    return await _write_chunks(chunks, local_path)
+        finally:
+            transfer.close()
 
     async def _chunks(self, path: str) -> AsyncIterator[tuple[bytes, int]]:
         """(data, whole size) per chunk of the file, as the daemon streams it (the CLI's ``get``
         to stdout reads it so; :meth:`get` and :meth:`get_file` take the faster way)."""
         client = self.client
         client._check(f"read {path!r} from volume {self.name!r}")
-        with client._guarded():
-            async with client._stream(client._stub.ReadFile) as stream:
-                await stream.send_message(pb.ReadFileRequest(name=self.name, path=path), end=True)
-                first = await stream.recv_message()
-                if first is None:  # only a broken daemon ends without a chunk
-                    raise VolumeError(f"chalkd sent nothing for {path!r} in volume {self.name!r}", "INTERNAL")
-                size = first.size
-                yield first.data, size
-                async for chunk in stream:
-                    yield chunk.data, size
+        transfer = Transfer(f"get {self.name}:{path}")
+        try:
+            with client._guarded():
+                async with client._stream(client._stub.ReadFile) as stream:
+                    await stream.send_message(pb.ReadFileRequest(name=self.name, path=path), end=True)
+                    first = await stream.recv_message()
+                    if first is None:  # only a broken daemon ends without a chunk
+                        raise VolumeError(f"chalkd sent nothing for {path!r} in volume {self.name!r}", "INTERNAL")
+                    size = first.size
+                    transfer.sized(size)
+                    transfer.done += len(first.data)
+                    yield first.data, size
+                    async for chunk in stream:
+                        transfer.done += len(chunk.data)
+                        yield chunk.data, size
+        finally:
+            transfer.close()
 
     async def _get(self, path: str) -> bytes:
         """Read a file's contents (bytes; :meth:`get_file` streams a large one to disk instead)."""
@@ -354,18 +369,26 @@ class Volume:
         visible before the daemon has the whole batch)."""
         client = self.client
         client._check(f"write to volume {self.name!r}")
-        with client._guarded():
-            async with client._stream(client._stub.WriteFiles) as stream:
-                if isinstance(stream, FramedStream):
-                    return await upload_framed(stream, self.name, items)
-                name = self.name
-                for path, src in items:
-                    async for piece, last in _pieces(src):
-                        await stream.send_message(pb.WriteFilesRequest(name=name, path=path, data=piece,
-                                                                 end_of_file=last))
-                        name = ""  # the volume is named by the first message only
-                await stream.send_message(pb.WriteFilesRequest(name=name, commit=True), end=True)
-                return await stream.recv_message()
+        transfer = Transfer(_upload_label(self.name, items))
+        size = _known_size(items)
+        if size is not None:
+            transfer.sized(size)
+        try:
+            with client._guarded():
+                async with client._stream(client._stub.WriteFiles) as stream:
+                    if isinstance(stream, FramedStream):
+                        return await upload_framed(stream, self.name, items, transfer)
+                    name = self.name
+                    for path, src in items:
+                        async for piece, last in _pieces(src):
+                            await stream.send_message(pb.WriteFilesRequest(name=name, path=path, data=piece,
+                                                                     end_of_file=last))
+                            name = ""  # the volume is named by the first message only
+                            transfer.done += len(piece)
+                    await stream.send_message(pb.WriteFilesRequest(name=name, commit=True), end=True)
+                    return await stream.recv_message()
+        finally:
+            transfer.close()
 
     async def _put(self, path: str, data: bytes | str) -> Volume:
         """Write a file (bytes, or str as UTF-8), atomically; returns self for chaining."""
@@ -456,6 +479,33 @@ def _as_bytes(data: object, path: str) -> bytes:
     raise TypeError(f"the data for {path!r} must be bytes or str, got {type(data).__name__}")
 
 
+def _upload_label(name: str, items: Sequence[tuple[str, bytes | Path | BinaryIO]]) -> str:
+    if not items:
+        return f"put {name}"
+    more = f" (+{len(items) - 1} files)" if len(items) > 1 else ""
+    return f"put {name}:{items[0][0]}{more}"
+
+
+def _known_size(items: Sequence[tuple[str, bytes | Path | BinaryIO]]) -> int | None:
+    """The upload's bytes when all are known before sending (byte strings, local files); None with a
+    caller's file object (the CLI's stdin), whose length shows only at its end: no bar for those.
+    Local files are stat'ed only when a bar could show."""
+    total, files = 0, []
+    for _, src in items:
+        if isinstance(src, bytes):
+            total += len(src)
+        elif isinstance(src, Path):
+            files.append(src)
+        else:
+            return None
+    if files and _progress.enabled():
+        try:
+            total += sum(f.stat().st_size for f in files)
+        except OSError:  # gone meanwhile: the upload itself reports it
+            return None
+    return total
+
+
 def _local_file(local_path: str | os.PathLike[str]) -> Path:
     p = Path(local_path)
     if not p.is_file():
@@ -467,13 +517,17 @@ def _open_binary(path: Path) -> BinaryIO:
     return open(path, "rb", buffering=0)
 
 
-async def _stream_data(stream: Any, what: str) -> AsyncIterator[bytes]:
-    """Each FileChunk's data, as the daemon streams it (gRPC, or a framed stream read by asyncio)."""
+async def _stream_data(stream: Any, what: str, transfer: Transfer) -> AsyncIterator[bytes]:
+    """Each FileChunk's data, as the daemon streams it (gRPC, or a framed stream read by asyncio),
+    counted in ``transfer``."""
     first = await stream.recv_message()
     if first is None:  # only a broken daemon ends without a chunk
         raise VolumeError(f"chalkd sent nothing for {what}", "INTERNAL")
+    transfer.sized(first.size)
+    transfer.done += len(first.data)
     yield first.data
     async for chunk in stream:
+        transfer.done += len(chunk.data)
         yield chunk.data
 
 

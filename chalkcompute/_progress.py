@@ -1,0 +1,275 @@
+"""Progress displays for long SDK work: image builds, large volume transfers, ``map(progress=True)``.
+
+    transfer = Transfer("put models:weights.bin")
+    transfer.sized(total)          # a bar appears when total >= LARGE_TRANSFER and progress is on
+    transfer.done += n             # per chunk, by whoever moves the bytes (any thread)
+    transfer.close()               # the bar's last state, then it goes
+
+When a display shows: only when stderr is a terminal or the process is a Jupyter kernel, so logs and CI
+output never fill with redraws. ``CHALK_PROGRESS=0`` turns every display off, ``CHALK_PROGRESS=1`` forces
+them (rendered as for a terminal, whatever stderr is: how tests see them).
+
+What it costs: the work being followed only adds integers to ``done``; nothing reads them unless a display
+shows, and then a rich ``Live`` re-reads them :data:`REFRESH_PER_SECOND` times a second from its own thread.
+rich is imported only when a display first shows. Every display of the process shares one live area at the
+foot of stderr (one row each), so concurrent builds and transfers do not draw over each other; log lines
+printed with :func:`print_above` appear above it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import threading
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
+    from rich.live import Live
+    from rich.progress import Progress, Task, TaskID
+
+__all__ = ["LARGE_TRANSFER", "REFRESH_PER_SECOND", "BuildSteps", "Counter", "Transfer", "enabled", "print_above"]
+
+LARGE_TRANSFER = 8 << 20  # bytes: a volume transfer this large shows a bar (smaller ones end too fast to read)
+REFRESH_PER_SECOND = 4
+_ON = {"1", "true", "yes", "on"}
+_OFF = {"0", "false", "no", "off"}
+_STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")  # the Docker engine's classic builder, passed on by chalkd
+
+
+def enabled() -> bool:
+    """Whether displays show now: ``CHALK_PROGRESS`` if set to a yes/no word, else whether stderr is a
+    terminal or this is a notebook."""
+    value = os.environ.get("CHALK_PROGRESS", "").strip().lower()
+    if value in _OFF:
+        return False
+    if value in _ON:
+        return True
+    try:
+        if sys.stderr is not None and sys.stderr.isatty():
+            return True
+    except (AttributeError, ValueError):  # a replaced or closed stderr
+        pass
+    return _in_notebook()
+
+
+def _in_notebook() -> bool:
+    ipython = sys.modules.get("IPython")  # never imported here: a notebook has imported it already
+    if ipython is None:
+        return False
+    try:
+        shell = ipython.get_ipython()
+    except Exception:  # noqa: BLE001 - an odd IPython must not break a transfer
+        return False
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+class _Row(Protocol):
+    label: str
+    done: int
+    total: int | None
+
+    def amount(self, task: Task) -> str: ...
+
+
+class _Board:
+    """The one live area: a rich Progress with a row per display, drawn by a Live that starts with the
+    first row and stops (erasing itself) after the last. Its refresh thread reads each row's ``done``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rows: dict[_Row, TaskID] = {}
+        self._live: Live | None = None
+        self._progress: Progress | None = None
+        self._console: Console | None = None
+
+    def add(self, row: _Row) -> None:
+        with self._lock:
+            if self._live is None:
+                self._start()
+            assert self._progress is not None
+            self._rows[row] = self._progress.add_task(row.label, total=row.total, amount="")
+
+    def remove(self, row: _Row) -> None:
+        with self._lock:
+            task = self._rows.pop(row, None)
+            if task is None or self._live is None or self._progress is None:
+                return
+            self._sync(row, task)
+            self._live.refresh()  # the row's last numbers stay on screen until the area goes
+            self._progress.remove_task(task)
+            if not self._rows:
+                self._live.stop()
+                self._live = self._progress = self._console = None
+
+    def print(self, text: str) -> bool:
+        """``text`` above the live area; False when no area shows."""
+        with self._lock:
+            if self._console is None:
+                return False
+            self._console.out(text, highlight=False)
+            return True
+
+    def _start(self) -> None:
+        from rich.console import Console
+        from rich.live import Live
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
+        from rich.table import Column
+
+        forced = os.environ.get("CHALK_PROGRESS", "").strip().lower() in _ON
+        # Bound to stderr as it is now (pytest's capture, a notebook's stream).
+        self._console = Console(file=sys.stderr, force_terminal=True if forced else None, highlight=False)
+        self._progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}", table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1)),
+            BarColumn(bar_width=20),
+            TextColumn("{task.fields[amount]}", table_column=Column(no_wrap=True)),
+            console=self._console, auto_refresh=False, expand=True)
+        # The area is drawn from _Fresh, which reads the rows as it is drawn: at each refresh and below
+        # each print_above (rich redraws the area under printed lines), so what shows is never stale.
+        self._live = Live(_Fresh(self), console=self._console, refresh_per_second=REFRESH_PER_SECOND,
+                          transient=True)
+        self._live.start()
+
+    def _table(self) -> RenderableType:
+        # Drawn by the Live under its own lock, never under ours (no lock-order cycle): read a snapshot.
+        progress = self._progress
+        if progress is None:
+            return ""
+        for row, task in list(self._rows.items()):
+            self._sync(row, task)
+        return progress.get_renderable()
+
+    def _sync(self, row: _Row, task: TaskID) -> None:
+        progress = self._progress
+        assert progress is not None
+        progress.update(task, completed=row.done, total=row.total)
+        progress.update(task, amount=row.amount(next(t for t in progress.tasks if t.id == task)))
+
+
+class _Fresh:
+    """The live area's renderable: the board's rows as they are when drawn."""
+
+    def __init__(self, board: _Board) -> None:
+        self.board = board
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.board._table()
+
+
+_BOARD = _Board()
+
+
+def print_above(text: str) -> bool:
+    """Print ``text`` (lines) above the live area when one shows; False when none does (print it yourself)."""
+    return _BOARD.print(text)
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "-:--:--"
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+class Transfer:
+    """The bytes of one volume transfer. The mover adds to ``done``; :meth:`sized` (once the total is
+    known, from any thread) shows a bar when the transfer is large and displays are on."""
+
+    __slots__ = ("done", "label", "total", "_shown")
+
+    def __init__(self, label: str) -> None:
+        self.done = 0
+        self.label = label
+        self.total: int | None = None
+        self._shown = False
+
+    def sized(self, total: int) -> None:
+        self.total = total
+        if total >= LARGE_TRANSFER and not self._shown and enabled():
+            self._shown = True
+            _BOARD.add(self)
+
+    def close(self) -> None:
+        if self._shown:
+            self._shown = False
+            _BOARD.remove(self)
+
+    def amount(self, task: Task) -> str:
+        from rich.filesize import decimal, pick_unit_and_suffix
+
+        total = self.total or 0
+        unit, suffix = pick_unit_and_suffix(total, ["bytes", "kB", "MB", "GB", "TB", "PB"], 1000)
+        speed = task.speed
+        rate = f"{decimal(int(speed))}/s" if speed else "- MB/s"
+        eta = _clock(task.time_remaining) if self.done < total else "0:00:00"
+        return f"{self.done / unit:,.1f}/{total / unit:,.1f} {suffix} · {rate} · ETA {eta}"
+
+
+class BuildSteps:
+    """An image build's row: the Dockerfile step the engine is on (its ``Step k/n :`` lines), k - 1 done.
+    A build without such lines (the process runtime's) shows a pulsing bar and its time."""
+
+    __slots__ = ("done", "label", "total", "step", "_shown")
+
+    def __init__(self, label: str) -> None:
+        self.done = 0
+        self.label = label
+        self.total: int | None = None
+        self.step = 0
+        self._shown = False
+
+    def start(self) -> None:
+        if not self._shown:
+            self._shown = True
+            _BOARD.add(self)
+
+    def feed(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            if m := _STEP.match(line):
+                self.step, self.total = int(m[1]), int(m[2])
+                self.done = self.step - 1
+
+    def finish(self) -> None:
+        """The build ended well: every step done."""
+        if self.total is not None:
+            self.step = self.done = self.total
+
+    def close(self) -> None:
+        if self._shown:
+            self._shown = False
+            _BOARD.remove(self)
+
+    def amount(self, task: Task) -> str:
+        steps = f"step {self.step} of {self.total} · " if self.total else ""
+        return steps + _clock(task.elapsed)
+
+
+class Counter:
+    """Items done of a known total (or counted when the total is unknown), and their rate."""
+
+    __slots__ = ("done", "label", "total", "_shown")
+
+    def __init__(self, label: str, total: int | None) -> None:
+        self.done = 0
+        self.label = label
+        self.total = total
+        self._shown = False
+
+    def start(self) -> None:
+        if not self._shown:
+            self._shown = True
+            _BOARD.add(self)
+
+    def close(self) -> None:
+        if self._shown:
+            self._shown = False
+            _BOARD.remove(self)
+
+    def amount(self, task: Task) -> str:
+        speed = task.speed
+        rate = f" · {speed:,.1f}/s" if speed else ""
+        done = f"{self.done:,}/{self.total:,}" if self.total is not None else f"{self.done:,} done"
+        return f"{done}{rate} · {_clock(task.elapsed)}"
