@@ -890,3 +890,28 @@ def test_start_after_a_taken_port_works_on_the_same_proxy() -> None:
                 await other.close(grace=1)
 
     arun(body)
+
+
+def test_a_streamed_upload_whose_connection_failed_goes_whole_to_another_replica() -> None:
+    async def body() -> None:
+        demanded = asyncio.Event()
+        async with Stack(2, on_demand=demanded.set) as s:
+            await s.apps[0].stop()  # ready in the pool, refusing connections
+            s.pool.set_ready("r-1", False)
+            block = bytes(range(256)) * 256
+
+            async def gen() -> Any:  # chunked, of unknown length: streamed, never buffered
+                for _ in range(32):
+                    yield block
+
+            upload = asyncio.ensure_future(s.request("POST", "/upload", data=gen()).__aenter__())
+            await demanded.wait()  # r-0 failed (reported), nothing else ready: held
+            assert s.pool.get("r-0").state == "unready"  # type: ignore[union-attr]
+            s.pool.set_ready("r-1", True)
+            r = await upload
+            assert r.status == 200
+            assert (await r.json())["n"] == 32 * len(block)
+            r.release()
+            assert [x.path for x in s.apps[1].seen] == ["/upload"]
+
+    arun(body)
