@@ -85,6 +85,10 @@ class WebServer:
         self._open: set[str] = {"/metrics"} if metrics_open else set()
         self._runner: web.AppRunner | None = None
         self._sock: socket.socket | None = None
+        # The dashboard's pages, login link and session cookie (chalkd.web.dashboard), behind the same guards.
+        from chalkd.web.dashboard import install_dashboard
+
+        self.dashboard = install_dashboard(self)
 
     @property
     def url(self) -> str:
@@ -116,13 +120,15 @@ class WebServer:
         app[OPEN_PATHS] = frozenset(self._open)
         app.add_routes(self._routes)
         # No access log: a request's path may carry a login token one day; errors are still logged.
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # Idle keep-alive connections close after 15 s (Prometheus reconnects): descriptors are not held.
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=15.0)
         await self._runner.setup()
         site = web.SockSite(self._runner, self._sock, ssl_context=self.ssl_context)
         await site.start()
         log.info("HTTP (/metrics%s) on %s", ", open" if self.metrics_open else "", self.url)
 
     async def close(self) -> None:
+        await self.dashboard.close()  # its live streams end first: cleanup would wait on each open page
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()

@@ -3,8 +3,9 @@
 Every request passes, in order:
 
 1. :func:`host_guard` - the ``Host`` header must name this daemon (``127.0.0.1``, ``localhost``,
-   ``[::1]`` or ``--host``, with the port). A page on ``evil.example`` whose name is re-pointed at
-   127.0.0.1 (DNS rebinding) sends ``Host: evil.example:50052`` and is refused.
+   ``[::1]`` or ``--host``, with the port; for a wildcard ``--host`` this machine's names and
+   addresses). A page on ``evil.example`` whose name is re-pointed at 127.0.0.1 (DNS rebinding)
+   sends ``Host: evil.example:50052`` and is refused.
 2. :func:`origin_guard` - a request carrying an ``Origin`` (browsers send one on cross-origin fetches
    and on every POST) must come from this daemon's own origin; ``Sec-Fetch-Site`` (sent by browsers
    on every request) must be ``same-origin`` or ``none``: a scaling group's page on another port of
@@ -23,8 +24,10 @@ from __future__ import annotations
 
 import hmac
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -34,10 +37,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Paths that need no token (a set of exact paths), kept on the application.
 OPEN_PATHS: web.AppKey[frozenset[str]] = web.AppKey("chalkd_open_paths", frozenset)
-# Where the token guard records how a request was let in ("bearer", "session" or "open").
-AUTHORIZED_BY = "chalkd_authorized_by"
+# Where the token guard records how a request was let in ("bearer", "session" or "open"): a session (a
+# cookie a browser sends by itself) is what a dashboard's POST must also show a CSRF token for.
+# web.RequestKey is aiohttp >= 3.12's typed key (a plain string key warns there).
+AUTHORIZED_BY: Any = (web.RequestKey("chalkd_authorized_by", str) if hasattr(web, "RequestKey")
+                      else "chalkd_authorized_by")
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+WILDCARDS = ("0.0.0.0", "::")
 
 
 def allowed_hosts(host: str, port: int) -> frozenset[str]:
@@ -48,9 +55,23 @@ def allowed_hosts(host: str, port: int) -> frozenset[str]:
     ['127.0.0.1:50052', '[::1]:50052', 'localhost:50052']
     """
     names = {*LOOPBACK_NAMES, host.strip("[]").lower()}
-    names.discard("")
-    names -= {"0.0.0.0", "::"}  # a wildcard bind is not a name a client can use
+    if host.strip("[]") in WILDCARDS:
+        names |= _this_machine()  # a wildcard bind is not a name a client can use: the ones it can
+    names -= {"", *WILDCARDS}
     return frozenset(f"[{n}]:{port}" if ":" in n else f"{n}:{port}" for n in names)
+
+
+def _this_machine() -> set[str]:
+    """This machine's names and interface addresses (a rebinding attacker controls neither: a page's
+    Host is its own domain's name)."""
+    import psutil
+
+    names = {socket.gethostname().lower(), socket.getfqdn().lower()}
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family in (socket.AF_INET, socket.AF_INET6):
+                names.add(a.address.split("%", 1)[0].lower())  # fe80::1%eth0: the zone is not in a Host
+    return names
 
 
 def allowed_origins(hosts: Iterable[str], tls: bool) -> frozenset[str]:

@@ -18,8 +18,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from chalkcompute import RemoteFunction
-from tests.conftest import ROOT, Daemon, free_port
+from chalkcompute import RateLimitPolicy, RemoteFunction, RetryPolicy
+from tests.conftest import ROOT, Daemon, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -42,6 +42,16 @@ def metric_boom(x: str) -> int:
 
 def metric_count(n: int):
     yield from range(n)
+
+
+def metric_flaky(path: str) -> int:
+    import os
+
+    n = len(os.listdir(path)) + 1
+    open(os.path.join(path, f"run-{n}"), "w").close()
+    if n == 1:
+        raise ConnectionError("first attempt fails")
+    return n
 
 
 class Http:
@@ -136,6 +146,34 @@ def test_calls_are_counted_once_by_outcome(http):
     # Names only: never an argument or an error's text.
     text = http.get().text
     assert "s3cr3t" not in text and "handler failed" not in text
+
+
+def test_retries_rate_limit_waits_and_cancellations(http, tmp_path):
+    flaky = RemoteFunction(metric_flaky, name="metric_flaky", target=http.daemon.target,
+                           retries=RetryPolicy.linear(attempts=2, delay=0.01, retry_on=(ConnectionError,)),
+                           rate_limit=RateLimitPolicy(rate=2, per="hour"))
+    fam = "chalkd_calls"
+
+    def calls(m: dict, outcome: str) -> float:
+        return value(m, fam, "chalkd_calls_total", function="metric_flaky", outcome=outcome)
+
+    before = http.scrape()
+    (tmp_path / "a").mkdir()
+    assert flaky(str(tmp_path / "a")) == 2  # a failed attempt, then its retry: both tokens spent
+    after = http.scrape()
+    assert calls(after, "succeeded") - calls(before, "succeeded") == 1  # one call, counted once
+    assert calls(after, "failed") == calls(before, "failed")
+    assert value(after, "chalkd_call_retries", "chalkd_call_retries_total", function="metric_flaky") == 1
+    assert value(after, "chalkd_call_queue_wait_seconds", "chalkd_call_queue_wait_seconds_count",
+                 function="metric_flaky") == 2  # each attempt waited once
+    (tmp_path / "b").mkdir()
+    blocked = flaky.spawn(str(tmp_path / "b"))  # no token left this hour: it waits in the queue
+    waits = wait_for(lambda: value(m := http.scrape(), "chalkd_rate_limit_waits",
+                                   "chalkd_rate_limit_waits_total", function="metric_flaky") >= 1 and m,
+                     what="a rate-limit wait counted")
+    assert value(waits, "chalkd_queue_depth", function="metric_flaky") == 1
+    blocked.cancel()
+    wait_for(lambda: calls(http.scrape(), "cancelled") == 1, what="the cancelled call counted")
 
 
 def test_dns_rebinding_host_is_refused(http):
