@@ -64,7 +64,7 @@ def allowed_hosts(host: str, port: int) -> frozenset[str]:
 def _this_machine() -> set[str]:
     """This machine's names and interface addresses (a rebinding attacker controls neither: a page's
     Host is its own domain's name)."""
-    import psutil
+    import psutil  # type: ignore[import-untyped]
 
     names = {socket.gethostname().lower(), socket.getfqdn().lower()}
     for addrs in psutil.net_if_addrs().values():
