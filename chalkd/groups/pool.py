@@ -15,7 +15,13 @@ ones) before stopping the old replica, then `remove`.
     pool.remove("r-1")
 
 Everything here runs on the daemon's event loop and is synchronous except the waits; the hot path
-(`acquire`/`release`) allocates nothing.
+(`acquire`/`release`) allocates nothing. Ties rotate:
+
+>>> pool = ReplicaPool("web")
+>>> for id in ("a", "b"):
+...     pool.add(Backend(id, "127.0.0.1", 8080, state="ready"))
+>>> [pool.acquire().id for _ in range(4)], pool.in_flight
+(['a', 'b', 'a', 'b'], 4)
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ Before its first success a replica is probed quickly (every 100 ms, backing off 
 ``period_seconds``. ``failure_threshold`` failures in a row mark it unready (no new requests); the next
 success marks it ready again. ``kind="http"``: a 2xx or 3xx answer to GET ``path`` is ready;
 ``kind="tcp"``: the port accepts a connection.
+
+>>> ProbeSpec(kind="http", path="health")
+Traceback (most recent call last):
+ValueError: readiness probe path must start with '/', got 'health'
 """
 
 from __future__ import annotations
