@@ -198,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     from chalkd.doctor import add_parser as add_doctor_parser
 
     add_doctor_parser(sub, _default_target())
+    from chalkd.web.dashboard_cli import add_parser as add_dashboard_parser
+
+    add_dashboard_parser(sub, _default_target())
 
     image = sub.add_parser("image", help="chalkd's images: bootstrap the base image, ls, prune")
     image_sub = image.add_subparsers(dest="action", required=True)
@@ -239,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         return image_command(args)
     if args.command == "image":
         return _image_bootstrap(args)
+    if args.command == "dashboard":
+        from chalkd.web.dashboard_cli import dashboard_command
+
+        return dashboard_command(args)
     if args.command == "top":
         from chalkd.top import top_command
 
