@@ -18,11 +18,12 @@ gives each test its own); ``chalkd_docker`` is the same on the Docker runtime
 and skips (with the reason) when no engine answers or the base image is
 missing. Extra ``chalkd serve`` flags: ``chalkd_args = --cancel-grace 1``.
 
-While a fixture is up the SDK's default target, token and home point at its
-daemon (``CHALK_COMPUTE_TARGET``, ``CHALK_COMPUTE_TOKEN``, ``CHALKD_HOME``),
-restored after; functions decorated at import time (before any fixture ran)
-follow it, and a handle registered with an earlier fixture's daemon registers
-again with the new one. ``CHALK_REGISTER_AT_EXIT`` is set to ``0`` for the run:
+While a fixture is up the SDK's default target and home point at its daemon
+(``CHALK_COMPUTE_TARGET``, ``CHALKD_HOME``: the SDK's first place for a token), restored
+after; ``CHALK_COMPUTE_TOKEN`` is unset meanwhile (it would be the only token tried), so
+other daemons a test talks to are still found by their records. Functions decorated
+at import time (before any fixture ran) follow it, and a handle registered with an
+earlier fixture's daemon registers again with the new one. ``CHALK_REGISTER_AT_EXIT`` is set to ``0`` for the run:
 a test session never deploys its decorated functions at exit.
 
 This module is what the entry point loads into *every* pytest run, with or
@@ -188,7 +189,11 @@ class _SdkPointer:
     def __enter__(self) -> Daemon:
         d = self.daemon
         self.saved = {k: os.environ.get(k) for k in SDK_ENV}
-        os.environ.update(CHALK_COMPUTE_TARGET=d.target, CHALK_COMPUTE_TOKEN=d.token, CHALKD_HOME=str(d.home))
+        d.token  # noqa: B018 - raises, naming the file, if the daemon has not written it
+        os.environ.update(CHALK_COMPUTE_TARGET=d.target, CHALKD_HOME=str(d.home))
+        # $CHALK_COMPUTE_TOKEN (a CI's token for a real daemon) would be the only token tried: the home's
+        # comes first without it, and the records of other daemons a test may start still follow.
+        os.environ.pop("CHALK_COMPUTE_TOKEN", None)
         os.environ.pop("CHALK_COMPUTE_TLS", None)  # a loopback daemon serves plain HTTP/2
         os.environ["CHALK_REGISTER_AT_EXIT"] = "0"
         _forget_sdk_state(d.target)

@@ -48,6 +48,18 @@ USER_TEST = """
         assert (chalkd.home / "token").read_text().strip() == chalkd.token
         assert "listening" in chalkd.log()
 
+    def test_another_daemon_is_still_reachable(chalkd, tmp_path):
+        # The fixture points the SDK at its daemon without pinning the one token tried.
+        from chalkcompute._client import run_sync
+        from chalkd.testing import Daemon
+
+        other = Daemon(tmp_path / "other").start()
+        try:
+            assert run_sync(Client.get(other.target).runtime_name()) == "process"
+            assert double(3) == 6  # and the default target is still the fixture's
+        finally:
+            other.stop()
+
     def test_same_daemon_survives_a_crash(chalkd):
         assert double(4) == 8       # registered by the test before, on the same (session) daemon
         chalkd.kill9()
@@ -60,7 +72,15 @@ USER_TEST = """
 def test_users_test_file_calls_a_module_level_function(tmp_path):
     out = run_user_pytest(tmp_path, {"test_user.py": USER_TEST})
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "2 passed" in out.stdout
+    assert "3 passed" in out.stdout
+
+
+@pytest.mark.timeout(200)
+def test_users_ci_token_does_not_hide_the_fixtures(tmp_path):
+    # A CI job that talks to a real daemon has CHALK_COMPUTE_TOKEN set: the fixture's daemon still answers.
+    out = run_user_pytest(tmp_path, {"test_user.py": USER_TEST}, "-k", "test_double",
+                          env={"CHALK_COMPUTE_TOKEN": "a-token-of-another-daemon"})
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 @pytest.mark.timeout(200)
