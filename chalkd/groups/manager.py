@@ -420,10 +420,12 @@ class GroupManager:
     def _stop_replica(self, g: _Group, r: _Replica) -> None:
         if r.state == "stopping":
             return
-        was_ready, r.state = r.state == "ready", "stopping"
+        r.state = "stopping"
 
         async def stop() -> None:
-            if was_ready and r.backend is not None:
+            if r.backend is not None:
+                # Draining first, whatever its state: a replica whose first probe passes while it stops
+                # must not be routed to (a draining backend is never made ready again).
                 await g.pool.drain(r.id, self.settings.drain_timeout)
             if r.engine is not None:
                 await self.launcher.stop(r.engine, r.id, self.settings.stop_grace)
@@ -481,7 +483,8 @@ class GroupManager:
             except LaunchFailed as exc:
                 why = str(exc)
                 return
-            r.backend = Backend(r.id, host, spec.port, revision=rev.number)
+            r.backend = Backend(r.id, host, spec.port, revision=rev.number,
+                                state="draining" if r.state == "stopping" else "starting")
             g.pool.add(r.backend)
             r.probe = probe = ProbeLoop(spec.probe or ProbeSpec(), g.pool, r.backend, self._probe_session())
             probe.start()
