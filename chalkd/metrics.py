@@ -259,11 +259,13 @@ class DaemonCollector(Collector):
                                 value=time.monotonic() - s.started)
         yield CounterMetricFamily("chalkd_calls_submitted", "Calls submitted since the daemon started",
                                   value=s.queue.total_submitted)
-        yield from self._functions()
-        yield from self._sandboxes()
-        yield from self._groups()
-        yield from self._volumes()
-        yield from self._gpus()
+        for part in (self._functions, self._sandboxes, self._groups, self._volumes, self._gpus):
+            try:
+                families = list(part())
+            except Exception:  # one subsystem's surprise must not cost the scrape every other metric
+                log.exception("metrics: reading %s failed", part.__name__.lstrip("_"))
+                continue
+            yield from families
 
     def _functions(self) -> Iterator[Metric]:
         s = self.server

@@ -146,6 +146,7 @@ def test_calls_are_counted_once_by_outcome(http):
     # Names only: never an argument or an error's text.
     text = http.get().text
     assert "s3cr3t" not in text and "handler failed" not in text
+    assert "metrics: reading" not in http.daemon.log()  # no collector failed (each would be logged)
 
 
 def test_retries_rate_limit_waits_and_cancellations(http, tmp_path):
