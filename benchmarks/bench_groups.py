@@ -303,7 +303,78 @@ def _proxy_vs_direct(args: argparse.Namespace, kind: str) -> dict[str, Any]:
 
 APPS = {"aiohttp": "aiohttp on uvloop (the fastest Python app: the proxy's worst case)",
         "stdlib": "http.server ThreadingHTTPServer, HTTP/1.1 keep-alive (the issue's fallback app)"}
-PARTS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {"proxy": part_proxy}
+def part_docker(args: argparse.Namespace) -> dict[str, Any]:
+    """A real group on the Docker runtime (the stdlib test app): the first answer of a group scaled to zero,
+    and the time from a burst of slow requests to max_replicas ready (then back to zero)."""
+    import tempfile
+    import threading
+
+    import httpx
+
+    from chalkcompute import Image, ScalingGroup
+    from tests.conftest import Daemon
+    from tests.docker.conftest import remove_home_containers
+
+    app = HERE.parents[1] / "tests" / "docker" / "apps" / "group_app.py"
+    home = Path(tempfile.mkdtemp(prefix="bench-groups-"))
+    d = Daemon(home, extra_args=("--runtime", "docker", "--group-cooldown", "1",
+                                 "--group-ports", "52300-52309")).start()
+    os.environ["CHALK_COMPUTE_TARGET"] = d.target
+    max_replicas = 4
+    out: dict[str, Any] = {"app": "tests/docker/apps/group_app.py (stdlib http.server)",
+                           "max_replicas": max_replicas, "cooldown_s": 1.0}
+    try:
+        img = Image.debian_slim().add_local_file(str(app), "/app/app.py").entrypoint(["python", "/app/app.py"])
+        sg = ScalingGroup(image=img, name="bench", min_replicas=0, max_replicas=max_replicas)
+        t = time.perf_counter()
+        sg.deploy()
+        out["first_deploy_s"] = round(time.perf_counter() - t, 3)
+
+        def until_zero() -> None:
+            deadline = time.monotonic() + 60
+            while sg.refresh(wait=2).status != "ScaledToZero":
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"not back to zero: {sg.info}")
+
+        firsts, bursts, back = [], [], []
+        for _ in range(args.rounds):
+            until_zero()
+            t = time.perf_counter()
+            r = httpx.get(f"{sg.web_url}/health", timeout=60)
+            assert r.status_code == 200, r.text
+            firsts.append(time.perf_counter() - t)
+            until_zero()
+
+            def hit() -> None:
+                with httpx.Client(timeout=120) as c:
+                    for _ in range(4):
+                        c.get(f"{sg.web_url}/slow?ms=1000")
+
+            threads = [threading.Thread(target=hit) for _ in range(8 * max_replicas)]
+            t = time.perf_counter()
+            for th in threads:
+                th.start()
+            while sg.refresh().ready_replicas < max_replicas:
+                if time.perf_counter() - t > 120:
+                    raise RuntimeError(f"max replicas not ready: {sg.info}")
+                time.sleep(0.02)
+            bursts.append(time.perf_counter() - t)
+            for th in threads:
+                th.join()
+            t = time.perf_counter()
+            until_zero()
+            back.append(time.perf_counter() - t)
+        out["scale_from_zero_first_response_s"] = [round(x, 3) for x in firsts]
+        out["burst_to_max_replicas_ready_s"] = [round(x, 3) for x in bursts]
+        out["burst_end_to_scaled_to_zero_s"] = [round(x, 3) for x in back]
+        sg.delete()
+    finally:
+        d.stop()
+        remove_home_containers(home)
+    return out
+
+
+PARTS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {"proxy": part_proxy, "docker": part_docker}
 
 
 def main() -> None:
