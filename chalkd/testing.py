@@ -110,6 +110,7 @@ class Daemon:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "chalkd.cli", "serve", "--port", str(self.port), "--home", str(self.home),
                  "--heartbeat-timeout", "5",
+                 "--http-port", "0",  # a free one: the user's own daemon may hold 50052 (extra_args may name one)
                  # Pinned: `auto` would pick Docker on a machine with an engine and the base image.
                  *(() if "--runtime" in self.extra_args else ("--runtime", "process")), *self.extra_args],
                 stdout=out, stderr=subprocess.STDOUT, cwd=self.cwd,
