@@ -2,6 +2,7 @@
 
     chalkd serve [--host 127.0.0.1] [--port 50051] [--home DIR] [--runtime auto|process|docker]
                  [--durability normal|full] [--max-message-size BYTES] [--replica-env NAME ...]
+                 [--http-port 50052] [--metrics-open]   # /metrics (bearer token unless --metrics-open)
     chalkd status    [--target HOST:PORT]   # exit 0 with a summary (and the metrics URL), 1 when no daemon answers
     chalkd top       [--target HOST:PORT] [--once]   # live: functions, sandboxes, groups, GPUs (q to quit)
     chalkd functions [--target HOST:PORT] [--all] [-v]   # -v: desired/ready replicas, last scaling decision
