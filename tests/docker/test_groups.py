@@ -346,3 +346,15 @@ def test_a_gpu_the_host_does_not_have_is_refused_at_deploy(on_docker):
         sg.deploy()
     with pytest.raises(ScalingGroupError, match="needs-a100"):
         ScalingGroup.from_name("needs-a100")  # nothing was recorded
+
+
+@pytest.mark.timeout(180)
+def test_a_failing_image_build_is_a_build_error_with_its_step(on_groups):
+    from chalkcompute import ScalingGroupBuildError
+
+    img = app_image().run_commands("echo about-to-fail && exit 7")
+    with pytest.raises(ScalingGroupBuildError) as exc:
+        ScalingGroup(image=img, name="badbuild").deploy()
+    assert "exit 7" in exc.value.step and "about-to-fail" in exc.value.log_tail
+    with pytest.raises(ScalingGroupError, match="badbuild"):
+        ScalingGroup.from_name("badbuild")  # nothing was deployed
