@@ -19,12 +19,13 @@ from urllib.parse import quote
 from chalkd.web import readmodel as rm
 
 # Sent with every dashboard response: scripts and styles only from this origin's /static/, no framing
-# (a hidden frame cannot trick a click on "cancel"), no Referer (the login link's token stays here).
+# (a hidden frame cannot trick a click on "cancel"), no Referer to other sites (the login link's token stays
+# here). Not "no-referrer": with it browsers send ``Origin: null`` on a form's POST, which the Origin guard refuses.
 SECURITY_HEADERS = {
     "Content-Security-Policy": ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
                                 "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-store",
 }
