@@ -110,3 +110,11 @@ def test_version_check_mismatch_is_a_warning():
     other = version_check("127.0.0.1:1", "0.0.9", "docker", "0.1.0")
     assert other.level == "warn" and "chalkd 0.0.9" in other.message and "this SDK is 0.1.0" in other.message
 
+
+
+def test_image_commands_without_an_engine_say_so(tmp_path):
+    # `chalkd image ls|prune` (tests/docker/test_image_cli.py on the engine) name the engine they could not reach.
+    for args in (("image", "ls"), ("image", "prune", "--dry-run")):
+        out = cli(*args, env={"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"})
+        assert out.returncode == 1
+        assert f"no Docker engine answers at unix://{tmp_path}/no-engine.sock" in out.stderr
