@@ -240,14 +240,19 @@ class DaemonCollector(Collector):
 
     async def refresh(self) -> None:
         """Read GPU usage (every scrape) and volume sizes (at most every VOLUME_REFRESH_SECONDS), in threads."""
-        devices = self._gpu_devices()
-        gpus = asyncio.to_thread(gpu_usage, devices)
+        try:
+            self.gpus = await asyncio.to_thread(gpu_usage, self._gpu_devices())
+        except Exception:  # the last values stay; the scrape goes on
+            log.exception("metrics: reading GPU usage failed")
         if time.monotonic() - self._volumes_at >= VOLUME_REFRESH_SECONDS:
             self._volumes_at = time.monotonic()
-            infos = await asyncio.to_thread(self.server.volumes.list)
-            self.volume_bytes = {v.name: v.size_bytes for v in infos}
-            self.volume_files = {v.name: v.file_count for v in infos}
-        self.gpus = await gpus
+            try:
+                infos = await asyncio.to_thread(self.server.volumes.list)
+            except Exception:
+                log.exception("metrics: reading volume sizes failed")
+            else:
+                self.volume_bytes = {v.name: v.size_bytes for v in infos}
+                self.volume_files = {v.name: v.file_count for v in infos}
 
     def collect(self) -> Iterator[Metric]:
         s = self.server

@@ -288,6 +288,22 @@ def test_fake_gpu_metrics(tmp_path):
         h.daemon.stop()
 
 
+def test_volume_bytes(tmp_path):
+    h = start(tmp_path)
+    try:
+        env = {**os.environ, "CHALKD_HOME": str(h.daemon.home)}
+        for path, size in (("a.bin", 1000), ("dir/b.bin", 2345)):
+            put = subprocess.run([sys.executable, "-m", "chalkd.cli", "volume", "put", "--target", h.daemon.target,
+                                  "metrics-vol", path, "-"], input=b"x" * size, capture_output=True, timeout=60,
+                                 cwd=ROOT, env=env)
+            assert put.returncode == 0, put.stderr
+        m = h.scrape()  # the first scrape measures (later ones reuse it for up to 15 s)
+        assert value(m, "chalkd_volume_bytes", volume="metrics-vol") == 3345
+        assert value(m, "chalkd_volume_files", volume="metrics-vol") == 2
+    finally:
+        h.daemon.stop()
+
+
 def test_top_once_shows_a_function_row(http):
     square = RemoteFunction(metric_square, name="metric_square", target=http.daemon.target)
     assert square(7) == 49
