@@ -55,7 +55,9 @@ def test_kill9_mid_batch_reattaches_and_every_row_arrives_once(fresh_daemon, tmp
     thread = threading.Thread(target=caller)
     thread.start()
     wait_for(lambda: list(gate.glob("retry-*")), what="row 2's retry to start")
-    time.sleep(0.3)  # the settled rows' group commit (it does not hold up the retry's dispatch)
+    # The settled rows' group commit does not hold up the retry's dispatch: give it a moment (the
+    # daemon holds its database exclusively, so the test cannot look; as in test_faults.py).
+    time.sleep(0.3)
     fresh_daemon.kill9()
     fresh_daemon.start()
     # The restarted daemon runs row 2 again (a new replica); then it may finish.
@@ -102,7 +104,6 @@ def test_kill9_mid_map_completes_in_order_with_every_result_once(fresh_daemon, t
     thread = threading.Thread(target=caller)
     thread.start()
     wait_for(lambda: list(gate.glob("waiting-*")), what="input 60 to start")
-    time.sleep(0.3)
     fresh_daemon.kill9()
     fresh_daemon.start()
     wait_for(lambda: len(list(gate.glob("waiting-*"))) >= 2, what="input 60 to run again after the restart")
