@@ -36,6 +36,7 @@ from yarl import URL
 
 from chalkd.groups.pool import Backend, ReplicaPool
 from chalkd.groups.upstream import ConnectFailed, UpstreamBroken, UpstreamPool
+from chalkd.web.sessions import without_session_cookie
 
 log = logging.getLogger(__name__)
 
@@ -374,6 +375,9 @@ class GroupProxy:
         for name in FORWARDED:
             fwd.popall(name, None)
         fwd.popall(hdrs.EXPECT, None)
+        for cookie in fwd.popall(hdrs.COOKIE, []):  # the dashboard's session cookie is the daemon's, not the app's
+            if kept := without_session_cookie(cookie):
+                fwd.add(hdrs.COOKIE, kept)
         if self._expected is not None:
             fwd.popall(hdrs.AUTHORIZATION, None)  # the group's key is ours, not the app's
         remote = request.remote
@@ -403,6 +407,10 @@ class GroupProxy:
                 continue
             if lname == b"host":
                 host = value
+            elif lname == b"cookie":  # the dashboard's session cookie is the daemon's, never the app's
+                value = without_session_cookie(value)
+                if not value:
+                    continue
             parts += (name, b": ", value, b"\r\n")
         if host is None:  # an HTTP/1.0 client may send none; HTTP/1.1 needs one
             parts.append(f"Host: {_host_literal(b.host)}:{b.port}\r\n".encode())

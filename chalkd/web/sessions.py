@@ -23,6 +23,7 @@ import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any, AnyStr
 
 from aiohttp import web
 
@@ -93,3 +94,21 @@ class Sessions:
     def cookie_options(self, *, tls: bool) -> dict:
         """``set_cookie`` keywords: HttpOnly, SameSite=Strict, path /, Secure over TLS, the session's lifetime."""
         return {"httponly": True, "samesite": "Strict", "path": "/", "secure": tls, "max_age": int(self.ttl)}
+
+
+def without_session_cookie(value: AnyStr) -> AnyStr:
+    """A ``Cookie`` header's value less the dashboard's session cookie (empty when nothing else is left).
+
+    Browsers send a host's cookies to every port of it, so the session cookie set for the daemon's HTTP
+    port also goes to a scaling group's port on 127.0.0.1: the group proxy drops it with this before a
+    request reaches user code, which could otherwise replay it against the dashboard.
+
+    >>> without_session_cookie("a=1; chalkd_dashboard=abc; b=2"), without_session_cookie(b"chalkd_dashboard=x")
+    ('a=1; b=2', b'')
+    """
+    name: Any = COOKIE if isinstance(value, str) else COOKIE.encode()
+    if name not in value:
+        return value
+    sep, eq = (";", "=") if isinstance(value, str) else (b";", b"=")
+    kept = [p for p in value.split(sep) if p.split(eq, 1)[0].strip() != name]  # type: ignore[arg-type]
+    return sep.join(kept).strip()  # type: ignore[arg-type,return-value]
