@@ -569,14 +569,18 @@ class Queue(Dispatcher, Streaming):
             return
         call.replica_id = None
         call.state = CallState.QUEUED
-        # What settled is durable before the pending rows run again: a restart runs only those.
-        self.rows.save_batch(call, state.result(), on_fail=lambda exc: self._store_failed(call, exc, "a batch's rows"))
         if delay:
             log.info("retrying %d row(s) of batch call %s of %s in %.2fs", len(state.pending), call.id,
                      call.function.name, delay)
-            self.loop.call_later(delay, self._requeue, call)
-        else:
-            self._requeue(call)  # rows the rate limit held back: no failure, no wait
+
+        def stored() -> None:
+            if delay:
+                self.loop.call_later(delay, self._requeue, call)
+            else:
+                self._requeue(call)  # rows the rate limit held back: no failure, no wait
+        # What settled is durable before the pending rows run again: a restart runs only those.
+        self.rows.save_batch(call, state.result(), on_commit=stored,
+                             on_fail=lambda exc: self._store_failed(call, exc, "a batch's rows"))
 
     def _attempt_ended(self, att: Attempt) -> None:
         """The worker is done with an attempt (or gone): free what it held."""

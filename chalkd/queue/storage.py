@@ -112,14 +112,15 @@ class CallStore:
     def requeue(self, call_id: str, failures: int) -> None:
         self.store.write("UPDATE calls SET state='queued', failures=? WHERE id=?", (failures, call_id))
 
-    def save_batch(self, call: Call, partial: Payload | None, *, on_fail: OnFail = None) -> None:
+    def save_batch(self, call: Call, partial: Payload | None, *, on_commit: OnCommit = None,
+                   on_fail: OnFail = None) -> None:
         """A batch call whose rows wait for another attempt: its settled rows' results and its state
         (chalkd.queue.batch), so a restarted daemon runs only the pending rows again."""
         self.store.write(
             "UPDATE calls SET state='queued', failures=?, result_schema=?, result_batch=?, result_rows=?,"
             " batch_state=? WHERE id=?",
             (call.failures, partial.schema if partial else None, partial.batch if partial else None,
-             partial.rows if partial else None, call.batch.to_json(), call.id), on_fail=on_fail)
+             partial.rows if partial else None, call.batch.to_json(), call.id), on_commit=on_commit, on_fail=on_fail)
 
     def mark_running(self, call_id: str, attempt: int) -> None:
         """The durable "attempt started" mark (batched with the group commit, never awaited)."""
