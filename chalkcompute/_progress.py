@@ -22,15 +22,18 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
     from rich.live import Live
     from rich.progress import Progress, Task, TaskID
 
-__all__ = ["LARGE_TRANSFER", "REFRESH_PER_SECOND", "BuildSteps", "Counter", "Transfer", "enabled", "print_above"]
+__all__ = ["LARGE_TRANSFER", "REFRESH_PER_SECOND", "BuildSteps", "Counter", "Transfer", "acount_items", "count_items",
+           "enabled", "print_above", "sized_total"]
+
+T = TypeVar("T")
 
 LARGE_TRANSFER = 8 << 20  # bytes: a volume transfer this large shows a bar (smaller ones end too fast to read)
 REFRESH_PER_SECOND = 4
@@ -273,3 +276,53 @@ class Counter:
         rate = f" · {speed:,.1f}/s" if speed else ""
         done = f"{self.done:,}/{self.total:,}" if self.total is not None else f"{self.done:,} done"
         return f"{done}{rate} · {_clock(task.elapsed)}"
+
+
+def sized_total(*iterables: object) -> int | None:
+    """How many items ``zip(*iterables)`` gives, when every iterable knows its length; else None."""
+    try:
+        return min(len(it) for it in iterables)  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # one has no len(), or there are none
+        return None
+
+
+def count_items(results: Iterator[T], label: str, total: int | None) -> Iterator[T]:
+    """``results`` unchanged, counted in a row while they are taken (``map(progress=True)``); ``results``
+    itself when displays are off, so a map in a log or CI run costs nothing more. Leaving the loop early
+    closes ``results`` (a map cancels what it has not handed out)."""
+    if not enabled():
+        return results
+    return _counted(results, Counter(label, total))
+
+
+def _counted(results: Iterator[T], counter: Counter) -> Iterator[T]:
+    counter.start()  # at the first next(): a map nobody iterates shows nothing
+    try:
+        for value in results:
+            counter.done += 1
+            yield value
+    finally:
+        counter.close()
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
+
+
+def acount_items(results: AsyncIterator[T], label: str, total: int | None) -> AsyncIterator[T]:
+    """Async twin of :func:`count_items` (``map.aio(progress=True)``)."""
+    if not enabled():
+        return results
+    return _acounted(results, Counter(label, total))
+
+
+async def _acounted(results: AsyncIterator[T], counter: Counter) -> AsyncIterator[T]:
+    counter.start()
+    try:
+        async for value in results:
+            counter.done += 1
+            yield value
+    finally:
+        counter.close()
+        aclose = getattr(results, "aclose", None)
+        if aclose is not None:
+            await aclose()

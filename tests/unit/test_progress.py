@@ -135,3 +135,49 @@ def test_a_counter_without_a_total_counts(stderr):
     c.done = 7
     c.close()
     assert re.search(r"map f .* 7 done", plain(stderr.getvalue()))
+
+
+def test_sized_total_of_zipped_iterables():
+    assert _progress.sized_total(range(5), [1, 2, 3]) == 3
+    assert _progress.sized_total(range(5), iter([1])) is None  # an iterator's length is unknown
+    assert _progress.sized_total() is None
+
+
+def test_count_items_is_the_iterator_itself_when_displays_are_off(monkeypatch):
+    monkeypatch.setenv("CHALK_PROGRESS", "0")
+    results = iter([1, 2])
+    assert _progress.count_items(results, "map f", 2) is results
+
+
+def test_count_items_counts_and_closes_its_source(stderr):
+    closed = []
+
+    def source():
+        try:
+            yield from range(100)
+        finally:
+            closed.append(True)
+
+    counted = _progress.count_items(source(), "map square", 100)
+    assert stderr.getvalue() == ""  # nothing shows before the loop starts
+    for value in counted:
+        if value == 41:
+            break
+    counted.close()  # the loop left early: the row goes, the map under it is closed (its calls cancelled)
+    assert closed == [True]
+    assert re.search(r"map square .* 42/100", plain(stderr.getvalue()))
+    assert not _progress.print_above("x")
+
+
+def test_acount_items_counts_an_async_map(stderr):
+    import asyncio
+
+    async def source():
+        for i in range(5):
+            yield i
+
+    async def main():
+        return [v async for v in _progress.acount_items(source(), "map cube", None)]
+
+    assert asyncio.run(main()) == [0, 1, 2, 3, 4]
+    assert re.search(r"map cube .* 5 done", plain(stderr.getvalue()))
