@@ -12,6 +12,7 @@
     list(square.map(range(5)))                          # [0, 1, 4, 9, 16]
     list(square.map(range(5), order_outputs=False))     # as they finish
     list(add.starmap([(1, 2), (3, 4)]))                 # [3, 7]
+    list(square.map(range(5), progress=True))           # inputs done / total on stderr (a terminal)
     async for r in square.map.aio(range(5)): ...
 
 ``map`` streams: inputs are read lazily from the iterables (stopping at the
@@ -46,6 +47,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from typing import Any, Protocol, cast
 
+from chalkcompute import _progress
 from chalkcompute._batch import encode_rows, seconds_of
 from chalkcompute._bridge import Mailbox, Twin, on_sdk_loop, run_async, run_sync
 from chalkcompute._client import CallHandle, Client
@@ -680,36 +682,47 @@ async def _map_async(rf: Callee, inputs: Iterator, kwargs: dict, order_outputs: 
 
 
 def _map_method(rf: Callee, *iterables: Iterable, kwargs: dict | None = None,
-                order_outputs: bool = True, return_exceptions: bool = False) -> Iterator:
+                order_outputs: bool = True, return_exceptions: bool = False, progress: bool = False) -> Iterator:
     """``rf(a, b, **kwargs)`` for each ``(a, b)`` of ``zip(*iterables)``, run in
     parallel; an iterator of the results, in input order (``order_outputs=False``:
     as they finish). ``return_exceptions=True`` yields a failed input's exception
-    in place of its result instead of raising it::
+    in place of its result instead of raising it. ``progress=True`` shows the
+    inputs done / total (a count when an iterable has no ``len()``) and their rate
+    on stderr while the results are taken, when stderr is a terminal or a notebook
+    (``CHALK_PROGRESS=0``/``1`` turn it off/force it)::
 
-        for y in square.map(range(10_000)):
+        for y in square.map(range(10_000), progress=True):
             ...
     """
-    return map_inputs(rf, _inputs(iterables, "map"), kwargs,
-                      order_outputs=order_outputs, return_exceptions=return_exceptions)
+    results = map_inputs(rf, _inputs(iterables, "map"), kwargs,
+                         order_outputs=order_outputs, return_exceptions=return_exceptions)
+    return _progress.count_items(results, f"map {rf.name}", _progress.sized_total(*iterables)) if progress else results
 
 
 def _map_method_async(rf: Callee, *iterables: Iterable, kwargs: dict | None = None,
-                      order_outputs: bool = True, return_exceptions: bool = False) -> AsyncIterator:
-    return map_inputs_async(rf, _inputs(iterables, "map"), kwargs,
-                            order_outputs=order_outputs, return_exceptions=return_exceptions)
+                      order_outputs: bool = True, return_exceptions: bool = False,
+                      progress: bool = False) -> AsyncIterator:
+    results = map_inputs_async(rf, _inputs(iterables, "map"), kwargs,
+                               order_outputs=order_outputs, return_exceptions=return_exceptions)
+    return _progress.acount_items(results, f"map {rf.name}", _progress.sized_total(*iterables)) if progress else results
 
 
 def _starmap_method(rf: Callee, iterable: Iterable, kwargs: dict | None = None, *,
-                    order_outputs: bool = True, return_exceptions: bool = False) -> Iterator:
+                    order_outputs: bool = True, return_exceptions: bool = False, progress: bool = False) -> Iterator:
     """Like ``map``, each item being the argument tuple: ``add.starmap([(1, 2), (3, 4)])``."""
-    return map_inputs(rf, _arg_tuples(iterable), kwargs, order_outputs=order_outputs,
-                      return_exceptions=return_exceptions)
+    results = map_inputs(rf, _arg_tuples(iterable), kwargs, order_outputs=order_outputs,
+                         return_exceptions=return_exceptions)
+    return (_progress.count_items(results, f"starmap {rf.name}", _progress.sized_total(iterable)) if progress
+            else results)
 
 
 def _starmap_method_async(rf: Callee, iterable: Iterable, kwargs: dict | None = None, *,
-                          order_outputs: bool = True, return_exceptions: bool = False) -> AsyncIterator:
-    return map_inputs_async(rf, _arg_tuples(iterable), kwargs, order_outputs=order_outputs,
-                            return_exceptions=return_exceptions)
+                          order_outputs: bool = True, return_exceptions: bool = False,
+                          progress: bool = False) -> AsyncIterator:
+    results = map_inputs_async(rf, _arg_tuples(iterable), kwargs, order_outputs=order_outputs,
+                               return_exceptions=return_exceptions)
+    return (_progress.acount_items(results, f"starmap {rf.name}", _progress.sized_total(iterable)) if progress
+            else results)
 
 
 map_method = Twin.pair("map", _map_method, _map_method_async)

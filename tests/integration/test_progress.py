@@ -78,3 +78,39 @@ def test_small_transfers_and_displays_off_print_nothing(vol, tmp_path, capsys, m
         assert vol.get("big.bin") == data
         assert vol.get_file("big.bin", tmp_path / "b") == BIG
         assert capsys.readouterr().err == ""
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+def test_map_progress_counts_inputs_done(capsys, monkeypatch):
+    from chalkcompute import RemoteFunction
+
+    monkeypatch.setenv("COLUMNS", "200")
+    sq = RemoteFunction(square, name="progress_square")
+    plus = RemoteFunction(add, name="progress_add")
+    monkeypatch.setenv("CHALK_PROGRESS", "1")
+    assert list(sq.map(range(20), progress=True)) == [x * x for x in range(20)]
+    assert re.search(r"map progress_square .* 20/20", plain(capsys.readouterr().err))
+    assert sorted(sq.map((x for x in range(7)), order_outputs=False, progress=True)) == [x * x for x in range(7)]
+    assert re.search(r"map progress_square .* 7 done", plain(capsys.readouterr().err))  # no len(): a count
+    assert list(plus.starmap([(1, 2), (3, 4)], progress=True)) == [3, 7]
+    assert re.search(r"starmap progress_add .* 2/2", plain(capsys.readouterr().err))
+
+    async def gather() -> list[int]:
+        return [y async for y in sq.map.aio([1, 2, 3], progress=True)]
+
+    import asyncio
+
+    assert asyncio.run(gather()) == [1, 4, 9]
+    assert re.search(r"map progress_square .* 3/3", plain(capsys.readouterr().err))
+
+    assert list(sq.map(range(5))) == [0, 1, 4, 9, 16]  # progress=False (the default): nothing shows
+    monkeypatch.setenv("CHALK_PROGRESS", "0")
+    assert list(sq.map(range(5), progress=True)) == [0, 1, 4, 9, 16]  # displays off: nothing either
+    assert capsys.readouterr().err == ""
