@@ -442,7 +442,8 @@ class RemoteFunction:
 
     # Calls that outlive the caller, and fan-out over many inputs (see chalkcompute.calls).
     spawn = _calls.spawn_method      # rf.spawn(*args, **kwargs) -> FunctionCall; await rf.spawn.aio(...)
-    map = _calls.map_method          # rf.map(*iterables, kwargs=None, order_outputs=True, return_exceptions=False)
+    map = _calls.map_method          # rf.map(*iterables, kwargs=None, order_outputs=True, return_exceptions=False,
+                                     #        progress=False)
     starmap = _calls.starmap_method  # rf.starmap([(a, b), ...], ...); `async for r in rf.map.aio(...)` too
 
     async def _start_async(self, args: tuple, kwargs: dict) -> CallHandle:
