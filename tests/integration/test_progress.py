@@ -13,6 +13,7 @@ import re
 import pytest
 
 from chalkcompute import VolumeClient
+from chalkcompute._bridge import run_sync
 from chalkcompute._progress import LARGE_TRANSFER
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("daemon")]
@@ -51,6 +52,12 @@ def test_large_puts_and_gets_show_bytes_then_done(vol, tmp_path, capsys, monkeyp
     assert (tmp_path / "back.bin").read_bytes() == data
 
     assert vol.get("big.bin") == data  # into memory
+    assert re.search(rf"get {vol.name}:big\.bin .* 16\.8/16\.8 MB", plain(capsys.readouterr().err))
+
+    async def drain() -> bytes:  # what `chalkd volume get NAME PATH` (to stdout) reads
+        return b"".join([piece async for piece, _ in vol._chunks("big.bin")])
+
+    assert run_sync(drain()) == data
     assert re.search(rf"get {vol.name}:big\.bin .* 16\.8/16\.8 MB", plain(capsys.readouterr().err))
 
     vol.put("mem.bin", data)  # from memory
