@@ -7,7 +7,8 @@ A build that actually runs prints its log to ``sys.stderr`` line by line (a
 person sees progress in their terminal); a cached image prints nothing. Set
 ``CHALK_BUILD_LOG=0`` to silence it. When displays are on (stderr a terminal or a notebook, or
 ``CHALK_PROGRESS=1``; see :mod:`chalkcompute._progress`) a progress row stays under the log lines: the
-Dockerfile step the engine is on ("step 2 of 5") and the time so far. A failed build raises
+Dockerfile step the engine is on ("step 2 of 5") and the time so far; a lazy local file of 8 MiB or more
+shows its upload's bytes. A failed build raises
 :class:`ImageBuildFailed`, which callers turn into ``FunctionBuildError`` or
 ``ImageBuildError``.
 """
@@ -69,14 +70,20 @@ async def _put(client: Client, stub: ImagesStub, digest: str, path: str) -> None
         raise FileNotFoundError(f"lazy local file {path!r} cannot be read for upload: {exc}") from None
     if hashlib.sha256(data).hexdigest() != digest:
         raise ValueError(f"lazy local file {path!r} changed since it was added to the Image; build the Image again")
-    with _rpc.guarded(client.target):
-        async with stub.PutBlob.open() as stream:
-            for start in range(0, max(len(data), 1), PIECE):
-                piece = data[start:start + PIECE]
-                await stream.send_message(pb.PutBlobRequest(digest=digest, data=piece,
-                                                            last=start + PIECE >= len(data)))
-            await stream.end()
-            await stream.recv_message()
+    transfer = _progress.Transfer(f"upload {path}")  # a large file shows a bar (see _progress)
+    transfer.sized(len(data))
+    try:
+        with _rpc.guarded(client.target):
+            async with stub.PutBlob.open() as stream:
+                for start in range(0, max(len(data), 1), PIECE):
+                    piece = data[start:start + PIECE]
+                    await stream.send_message(pb.PutBlobRequest(digest=digest, data=piece,
+                                                                last=start + PIECE >= len(data)))
+                    transfer.done += len(piece)
+                await stream.end()
+                await stream.recv_message()
+    finally:
+        transfer.close()
 
 
 async def prepare_image(client: Client, image: Image, *, what: str, timeout: float | None = None,

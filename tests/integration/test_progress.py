@@ -121,3 +121,19 @@ def test_map_progress_counts_inputs_done(capsys, monkeypatch):
     monkeypatch.setenv("CHALK_PROGRESS", "0")
     assert list(sq.map(range(5), progress=True)) == [0, 1, 4, 9, 16]  # displays off: nothing either
     assert capsys.readouterr().err == ""
+
+
+def test_a_large_lazy_file_upload_shows_its_bytes(tmp_path, capsys, monkeypatch):
+    from chalkcompute import Image
+    from chalkcompute._build import upload_lazy_files
+    from chalkcompute._client import Client
+
+    monkeypatch.setenv("CHALK_PROGRESS", "1")
+    monkeypatch.setenv("COLUMNS", "200")
+    big = tmp_path / "weights.bin"
+    big.write_bytes(bytes(range(256)) * (BIG // 256 - 1) + tmp_path.name.encode().ljust(256))  # unique content
+    image = Image.debian_slim().add_local_file(big, "/app/weights.bin")  # strategy="volume": uploaded lazily
+    assert run_sync(upload_lazy_files(Client.get(), image)) == 1
+    assert re.search(rf"upload {re.escape(str(big))} .* 16\.8/16\.8 MB", plain(capsys.readouterr().err))
+    assert run_sync(upload_lazy_files(Client.get(), image)) == 0  # the daemon has it: nothing moves, nothing shows
+    assert capsys.readouterr().err == ""
