@@ -209,11 +209,12 @@ def log_block(replica_id: str, lines: Sequence[str], offset: int, *, live: bool 
 def call_detail(d: rm.CallDetail, logs: Sequence[tuple[str, list[str], int]], *, csrf: str, flash: str = "") -> str:
     c = d.row
     fn_link = link(path("functions", c.function), f"{c.function} v{d.function_version}")
+    replica = link(path("replicas", d.replica_id, "log"), d.replica_id) if d.replica_id else "not recorded"
     facts = [("call", c.id), ("function", fn_link),
              ("state", badge(c.state)), ("attempt", c.attempt), ("failed attempts", d.failures),
              ("created", when(c.created_at)), ("finished", when(c.finished_at)),
              ("took", took(c.finished_at - c.created_at) if c.finished_at else ""),
-             ("running for", took(d.running_for_s)), ("replica", d.replica_id or "not recorded"),
+             ("running for", took(d.running_for_s)), ("replica", replica),
              ("stream chunks", d.chunks if d.chunks else ""), ("batch rows", d.batch_rows or ""),
              ("parent call", Html(link(path("calls", c.parent_id), c.parent_id)) if c.parent_id else "")]
     dl = "".join(f"<div><dt>{h(k)}</dt><dd>{h(v)}</dd></div>" for k, v in facts if v not in ("", None))

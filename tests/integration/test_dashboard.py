@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import urllib.error
@@ -214,3 +215,16 @@ def test_a_replica_log_streams_live_over_sse(session):
             if "live-line" in line:
                 assert line.startswith("data: dash_echo got 3 values for <live-line>")
                 break
+
+
+def test_a_daemon_with_a_live_stream_open_stops_cleanly(fresh_daemon):
+    """An open page's SSE stream ends when the daemon stops, instead of holding the shutdown."""
+    link = login_link(fresh_daemon)
+    base = link.split("/login")[0]
+    client = Browserless(base)
+    assert client.request(link[len(base):])[0] == 303
+    with client.opener.open(urllib.request.Request(base + "/live"), timeout=60) as resp:
+        assert resp.readline().startswith(b"data: {")
+        fresh_daemon.proc.send_signal(signal.SIGTERM)
+        resp.read()  # returns at the stream's end: the daemon closed it (aiohttp would wait 60 s)
+    assert fresh_daemon.proc.wait(timeout=60) == 0
