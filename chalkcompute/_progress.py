@@ -18,12 +18,14 @@ printed with :func:`print_above` appear above it.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterable, Iterator
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import IO, TYPE_CHECKING, Protocol, TypeVar, cast
 
 if TYPE_CHECKING:
     from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
@@ -34,6 +36,7 @@ __all__ = ["LARGE_TRANSFER", "REFRESH_PER_SECOND", "BuildSteps", "Counter", "Tra
            "enabled", "print_above", "sized_total"]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 LARGE_TRANSFER = 8 << 20  # bytes: a volume transfer this large shows a bar (smaller ones end too fast to read)
 REFRESH_PER_SECOND = 4
@@ -88,32 +91,54 @@ class _Board:
         self._progress: Progress | None = None
         self._console: Console | None = None
 
+    # A display is never worth failing the work it follows: a stderr that breaks under rich (closed,
+    # odd) logs once at debug level and the work goes on without the display.
+
     def add(self, row: _Row) -> None:
         with self._lock:
-            if self._live is None:
-                self._start()
-            assert self._progress is not None
-            self._rows[row] = self._progress.add_task(row.label, total=row.total, amount="")
+            try:
+                if self._live is None:
+                    self._start()
+                assert self._progress is not None
+                self._rows[row] = self._progress.add_task(row.label, total=row.total, amount="")
+            except Exception:  # noqa: BLE001 - see above
+                log.debug("progress display failed to start", exc_info=True)
+                self._reset()
 
     def remove(self, row: _Row) -> None:
         with self._lock:
             task = self._rows.pop(row, None)
             if task is None or self._live is None or self._progress is None:
                 return
-            self._sync(row, task)
-            self._live.refresh()  # the row's last numbers stay on screen until the area goes
-            self._progress.remove_task(task)
-            if not self._rows:
-                self._live.stop()
-                self._live = self._progress = self._console = None
+            try:
+                self._sync(row, task)
+                self._live.refresh()  # the row's last numbers stay on screen until the area goes
+                self._progress.remove_task(task)
+                if not self._rows:
+                    self._reset()
+            except Exception:  # noqa: BLE001 - see above
+                log.debug("progress display failed", exc_info=True)
+                self._reset()
 
     def print(self, text: str) -> bool:
-        """``text`` above the live area; False when no area shows."""
+        """``text`` above the live area; False when no area shows (or it failed: print it yourself)."""
         with self._lock:
             if self._console is None:
                 return False
-            self._console.out(text, highlight=False)
-            return True
+            try:
+                self._console.out(text, highlight=False)
+                return True
+            except Exception:  # noqa: BLE001 - see above
+                log.debug("progress display failed", exc_info=True)
+                self._reset()
+                return False
+
+    def _reset(self) -> None:
+        live, self._live, self._progress, self._console = self._live, None, None, None
+        self._rows.clear()  # rows still open find no task at close: nothing more to draw
+        if live is not None:
+            with contextlib.suppress(Exception):
+                live.stop()
 
     def _start(self) -> None:
         from rich.console import Console
@@ -123,7 +148,8 @@ class _Board:
 
         forced = os.environ.get("CHALK_PROGRESS", "").strip().lower() in _ON
         # Bound to stderr as it is now (pytest's capture, a notebook's stream).
-        self._console = Console(file=sys.stderr, force_terminal=True if forced else None, highlight=False)
+        stderr = cast("IO[str]", _Guarded(sys.stderr))  # duck-typed: rich needs only write, flush, isatty
+        self._console = Console(file=stderr, force_terminal=True if forced else None, highlight=False)
         self._progress = Progress(
             SpinnerColumn(),
             TextColumn("{task.description}", table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1)),
@@ -150,6 +176,27 @@ class _Board:
         assert progress is not None
         progress.update(task, completed=row.done, total=row.total)
         progress.update(task, amount=row.amount(next(t for t in progress.tasks if t.id == task)))
+
+
+class _Guarded:
+    """stderr as rich writes it: a write that fails (closed, a broken pipe) is dropped rather than raised
+    in the transfer's thread or in rich's refresh thread. Everything else is stderr's own."""
+
+    def __init__(self, file: IO[str]) -> None:
+        self._file = file
+
+    def write(self, text: str) -> int:
+        try:
+            return self._file.write(text)
+        except (OSError, ValueError):
+            return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._file.flush()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._file, name)
 
 
 class _Fresh:

@@ -181,3 +181,48 @@ def test_acount_items_counts_an_async_map(stderr):
 
     assert asyncio.run(main()) == [0, 1, 2, 3, 4]
     assert re.search(r"map cube .* 5 done", plain(stderr.getvalue()))
+
+
+def test_a_terminal_shows_displays_by_default_and_a_pipe_does_not():
+    import os
+    import pty
+    import subprocess
+
+    code = ("from chalkcompute._progress import LARGE_TRANSFER, Transfer\n"
+            "t = Transfer('get v:big'); t.sized(2 * LARGE_TRANSFER); t.done = 2 * LARGE_TRANSFER; t.close()\n")
+    env = {k: v for k, v in os.environ.items() if k != "CHALK_PROGRESS"} | {"COLUMNS": "200"}
+    master, slave = pty.openpty()
+    try:
+        subprocess.run([sys.executable, "-c", code], stderr=slave, stdout=subprocess.DEVNULL, env=env,
+                       timeout=20, check=True)
+    finally:
+        os.close(slave)
+    out = b""
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the terminal's other end is closed and all was read
+            break
+        if not data:
+            break
+        out += data
+    os.close(master)
+    assert re.search(r"get v:big .* 16\.8/16\.8 MB", plain(out.decode())), out
+    piped = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env, timeout=20, check=True)
+    assert piped.stderr == b""
+
+
+class _Broken(io.StringIO):
+    def write(self, text: str) -> int:
+        raise OSError(32, "Broken pipe")
+
+
+def test_a_broken_stderr_never_fails_the_work(monkeypatch):
+    monkeypatch.setenv("CHALK_PROGRESS", "1")
+    monkeypatch.setattr(sys, "stderr", _Broken())
+    t = Transfer("put v:big")
+    t.sized(2 * LARGE_TRANSFER)
+    t.done = 2 * LARGE_TRANSFER
+    assert _progress.print_above("line") is True  # dropped, not raised
+    t.close()
+    assert not _progress.print_above("x")
