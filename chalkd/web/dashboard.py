@@ -325,7 +325,7 @@ class Dashboard:
                 snap = {"uptime": pages.took(o.uptime_s), "functions": str(o.functions),
                         "replicas": str(o.replicas), "queued": str(o.queued), "running": str(o.running),
                         "submitted": str(o.submitted)}
-                for f in self.model.functions():
+                for f in self.model.functions(with_replicas=False):
                     snap[f"fn:{f.id}:replicas"] = f"{f.ready}/{f.replicas}"
                     snap[f"fn:{f.id}:queued"] = str(f.queued)
                     snap[f"fn:{f.id}:running"] = str(f.running)

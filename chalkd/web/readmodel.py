@@ -256,7 +256,8 @@ class ReadModel:
         return ReplicaRow(id=r.id, state=r.state, age_s=now - r.created_at, gpus=tuple(r.gpu_uuids),
                           has_log=self.replica_log_path(r.id) is not None)
 
-    def functions(self, *, include_old: bool = True) -> list[FunctionRow]:
+    def functions(self, *, include_old: bool = True, with_replicas: bool = True) -> list[FunctionRow]:
+        """Every live version; ``with_replicas=False`` leaves out the replica rows (no file system look)."""
         s = self.server
         now = time.monotonic()
         rows = []
@@ -269,7 +270,8 @@ class ReadModel:
                 queued=s.queue.waiting(fv.id), running=s.queue.inflight(fv.id),
                 resources=_resources(fv.cpu_millis, fv.memory_bytes, fv.gpu), decision=status.decision,
                 waiting="" if fv.failed else status.waiting, failed=fv.failed,
-                replica_rows=tuple(self._replica_row(r, now) for r in self._replicas_of(fv.id)),
+                replica_rows=tuple(self._replica_row(r, now) for r in self._replicas_of(fv.id)) if with_replicas
+                else (),
             ))
         return rows
 

@@ -162,6 +162,12 @@ def test_cancel_needs_the_sessions_csrf_token_and_a_same_origin_post(daemon, ses
         assert client.request(path, data={"csrf": "wrong"})[0] == 403
         assert client.request(path, data={"csrf": csrf}, headers={"Origin": "http://evil.example"})[0] == 403
         assert client.request(path, data={"csrf": csrf}, headers={"Sec-Fetch-Site": "cross-site"})[0] == 403
+        # A scaling group's page is another port of the same host: same-site (the SameSite=Strict cookie goes
+        # along), but not same-origin, so it is refused too.
+        other = "http://127.0.0.1:1"
+        assert client.request(path, data={"csrf": csrf}, headers={"Origin": other, "Sec-Fetch-Site": "same-site"})[0] \
+            == 403
+        assert client.request(path, data={"csrf": csrf}, headers={"Origin": "null"})[0] == 403
         host = client.base.split("//")[1]
         assert client.request(path, data={"csrf": csrf}, headers={"Host": "evil.example:" + host.split(":")[1]})[0] \
             == 421  # DNS rebinding
@@ -228,3 +234,11 @@ def test_a_daemon_with_a_live_stream_open_stops_cleanly(fresh_daemon):
         fresh_daemon.proc.send_signal(signal.SIGTERM)
         resp.read()  # returns at the stream's end: the daemon closed it (aiohttp would wait 60 s)
     assert fresh_daemon.proc.wait(timeout=60) == 0
+
+
+def test_chalkd_dashboard_with_a_wrong_token_prints_no_link(daemon):
+    out = subprocess.run([sys.executable, "-m", "chalkd.cli", "dashboard", "--no-open", "--target", daemon.target],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT,
+                         env={**os.environ, "CHALK_COMPUTE_TOKEN": "not-this-daemons-token"})
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.startswith("chalkd: ") and "token" in out.stderr
