@@ -203,6 +203,7 @@ class Call:
     attempt: int = 0
     failures: int = 0             # failed attempts so far (the retry budget spent; persisted)
     replica_id: str | None = None
+    ran_on: str = ""               # its latest attempt's replica, kept after replica_id is cleared (the dashboard)
     dispatched_at: float = 0.0    # monotonic time of the current attempt's dispatch
     queued_at: float = 0.0        # monotonic time it (re)entered the queue
     in_heap: bool = False         # has a live entry in its function's heap (others there are stale)

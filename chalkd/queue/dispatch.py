@@ -224,7 +224,7 @@ class Dispatcher:
         self._release_args(call)  # running: no longer a queued call's arguments
         call.attempt += 1
         call.state = CallState.RUNNING
-        call.replica_id = worker.link.replica_id
+        call.replica_id = call.ran_on = worker.link.replica_id
         call.dispatched_at = time.monotonic()
         metrics.call_started(call)  # its wait in the queue
         att = Attempt(call, call.attempt, worker, slots)

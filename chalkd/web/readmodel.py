@@ -318,17 +318,17 @@ class ReadModel:
         running_for = None
         if call.state.value in ("running", "streaming") and call.dispatched_at:
             running_for = max(0.0, time.monotonic() - call.dispatched_at)
-        replica_id = call.replica_id or ""
+        replica_id = call.replica_id or call.ran_on or ""
         if replica_id:
             log_replicas: tuple[str, ...] = (replica_id,)
-            log_note = f"the log of replica {replica_id}, which ran this call"
+            log_note = f"the log of replica {replica_id}, which ran this call's latest attempt"
         else:
-            # The queue forgets which replica ran an attempt once it failed or was cancelled, and
-            # nothing records per-call output yet: the version's replicas' logs are the best there is.
+            # A call read back from the store (finished a while ago, or before a restart) has no replica
+            # recorded, and nothing records per-call output yet: the version's replicas' logs are the best there is.
             log_replicas = tuple(r.id for r in self._replicas_of(fv.id))
             if log_replicas:
-                log_note = ("which replica ran this call is not recorded (it failed, was cancelled, or ran before "
-                            "a restart): these are the logs of this function version's current replicas")
+                log_note = ("which replica ran this call is not recorded (it finished a while ago, or before a "
+                            "restart): these are the logs of this function version's current replicas")
             else:
                 log_note = ("which replica ran this call is not recorded, and this function version has no "
                             "replica now")

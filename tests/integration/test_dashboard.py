@@ -183,6 +183,8 @@ def test_cancel_needs_the_sessions_csrf_token_and_a_same_origin_post(daemon, ses
             FunctionCall.from_id(call.object_id).get(timeout=30)
         status, _, page = client.request(f"/calls/{call.object_id}")
         assert "cancelled" in page and "cancelled from the dashboard" in page and 'id="cancel-call"' not in page
+        # The replica that ran it is still named (the queue clears replica_id on cancel; ran_on stays), with its log.
+        assert "which ran this call&#x27;s latest attempt" in page and "dash_sleeper started" in page
     finally:
         gate.touch()
 
