@@ -158,8 +158,11 @@ class _Board:
             console=self._console, auto_refresh=False, expand=True)
         # The area is drawn from _Fresh, which reads the rows as it is drawn: at each refresh and below
         # each print_above (rich redraws the area under printed lines), so what shows is never stale.
+        # sys.stdout and sys.stderr are left alone: rich's redirection would send the program's stdout
+        # to stderr while a row shows, drop a partial line written meanwhile, and swap a global that
+        # other threads hold; other writes to stderr just land above the row's next redraw.
         self._live = Live(_Fresh(self), console=self._console, refresh_per_second=REFRESH_PER_SECOND,
-                          transient=True)
+                          transient=True, redirect_stdout=False, redirect_stderr=False)
         self._live.start()
 
     def _table(self) -> RenderableType:

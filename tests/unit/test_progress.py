@@ -226,3 +226,11 @@ def test_a_broken_stderr_never_fails_the_work(monkeypatch):
     assert _progress.print_above("line") is True  # dropped, not raised
     t.close()
     assert not _progress.print_above("x")
+
+
+def test_a_display_leaves_stdout_and_stderr_in_place(stderr):
+    out, err = sys.stdout, sys.stderr
+    t = Transfer("get v:big")
+    t.sized(LARGE_TRANSFER)
+    assert (sys.stdout, sys.stderr) == (out, err)  # the program's prints still go where they went
+    t.close()
