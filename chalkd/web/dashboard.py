@@ -272,14 +272,21 @@ class Dashboard:
         path = self.model.replica_log_path(rid)
         if path is None:
             raise web.HTTPNotFound(text=f"no log for replica {rid}\n")
+        # Where to start: a reconnecting EventSource's Last-Event-ID (the byte offset after the last line it
+        # got, sent as each batch's id), else ?from= (the page's tail end), else the end of the file.
         try:
-            offset = max(0, int(request.query.get("from", "-1")))
+            offset = int(request.headers.get("Last-Event-ID") or request.query.get("from", "-1"))
         except ValueError:
             offset = -1
         resp = await self._sse(request)
 
-        def read(pos: int) -> tuple[bytes, int]:
-            with open(path, "rb") as f:
+        def read(pos: int) -> tuple[bytes, int] | None:
+            """New bytes from ``pos`` and where the next read starts; None once the log is gone."""
+            try:
+                f = open(path, "rb")
+            except FileNotFoundError:
+                return None
+            with f:
                 end = os.fstat(f.fileno()).st_size
                 if pos < 0 or pos > end:
                     return b"", end   # the end (or the file was replaced): from here on
@@ -292,7 +299,11 @@ class Dashboard:
             partial = b""
             last_sent = time.monotonic()
             while True:
-                data, pos = await asyncio.to_thread(read, pos)
+                got = await asyncio.to_thread(read, pos)
+                if got is None:
+                    await resp.write(b"event: gone\ndata: the replica's log was removed\n\n")
+                    return
+                data, pos = got
                 data = partial + data
                 lines = data.split(b"\n")
                 partial = lines.pop()
@@ -300,8 +311,9 @@ class Dashboard:
                     lines.append(partial)
                     partial = b""
                 if lines:
-                    out = "".join(f"data: {ln.decode('utf-8', 'replace').rstrip(chr(13))}\n\n" for ln in lines)
-                    await resp.write(out.encode())
+                    # A CR would end an SSE line early (and could forge fields): dropped, as a terminal shows it.
+                    out = "".join(f"data: {ln.decode('utf-8', 'replace').replace(chr(13), '')}\n\n" for ln in lines)
+                    await resp.write(f"{out}id: {pos - len(partial)}\n\n".encode())
                     last_sent = time.monotonic()
                 elif time.monotonic() - last_sent > KEEPALIVE:
                     await resp.write(b": keepalive\n\n")

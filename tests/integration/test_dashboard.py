@@ -215,13 +215,28 @@ def test_a_replica_log_streams_live_over_sse(session):
     _, _, page = client.request(f"/replicas/{replica}/log")
     stream = re.search(r'data-sse-log="([^"]+)"', page).group(1).replace("&amp;", "&")
     req = urllib.request.Request(client.base + stream)
+    last_id = None
     with client.opener.open(req, timeout=30) as resp:
         assert resp.headers["Content-Type"].startswith("text/event-stream")
-        dash_echo([1, 2, 3], "live-line")
+        dash_echo([1, 2, 3], "live-line\rdata: forged")
+        seen = False
         for raw in resp:
             line = raw.decode()
             if "live-line" in line:
-                assert line.startswith("data: dash_echo got 3 values for <live-line>")
+                # The CR is dropped: it cannot start a field of its own.
+                assert line == "data: dash_echo got 3 values for <live-linedata: forged>\n"
+                seen = True
+            elif seen and line.startswith("id: "):
+                last_id = line[4:].strip()
+                break
+    # A reconnecting EventSource sends the last id it got: the stream resumes after it, nothing twice.
+    req = urllib.request.Request(client.base + stream, headers={"Last-Event-ID": last_id})
+    with client.opener.open(req, timeout=30) as resp:
+        dash_echo([1], "after-reconnect")
+        for raw in resp:
+            line = raw.decode()
+            if line.startswith("data: "):
+                assert "after-reconnect" in line, line
                 break
 
 
