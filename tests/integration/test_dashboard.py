@@ -153,7 +153,9 @@ def test_cancel_needs_the_sessions_csrf_token_and_a_same_origin_post(daemon, ses
     dash_sleeper.wait_ready()
     call = dash_sleeper.spawn(str(gate))
     try:
-        wait_for(lambda: "running" in client.request(f"/calls/{call.object_id}")[2], what="the call to run")
+        # Running, and its first line is in its replica's log (the handler has started).
+        wait_for(lambda: "dash_sleeper started" in client.request(f"/calls/{call.object_id}")[2],
+                 what="the call to run and print")
         status, _, page = client.request(f"/calls/{call.object_id}")
         assert 'id="cancel-call"' in page
         path = f"/calls/{call.object_id}/cancel"
