@@ -329,7 +329,13 @@ class Counter:
 
 
 def sized_total(*iterables: object) -> int | None:
-    """How many items ``zip(*iterables)`` gives, when every iterable knows its length; else None."""
+    """How many items ``zip(*iterables)`` gives, when every iterable knows its length; else None.
+
+    >>> sized_total(range(5), [1, 2, 3])
+    3
+    >>> sized_total(range(5), iter([1])) is None
+    True
+    """
     try:
         return min(len(it) for it in iterables)  # type: ignore[arg-type]
     except (TypeError, ValueError):  # one has no len(), or there are none
