@@ -152,9 +152,10 @@ class _Board:
         self._console = Console(file=stderr, force_terminal=True if forced else None, highlight=False)
         self._progress = Progress(
             SpinnerColumn(),
-            TextColumn("{task.description}", table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1)),
+            TextColumn("{task.description}", markup=False,  # paths and names are not rich markup
+                       table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1)),
             BarColumn(bar_width=20),
-            TextColumn("{task.fields[amount]}", table_column=Column(no_wrap=True)),
+            TextColumn("{task.fields[amount]}", markup=False, table_column=Column(no_wrap=True)),
             console=self._console, auto_refresh=False, expand=True)
         # The area is drawn from _Fresh, which reads the rows as it is drawn: at each refresh and below
         # each print_above (rich redraws the area under printed lines), so what shows is never stale.

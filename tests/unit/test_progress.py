@@ -234,3 +234,11 @@ def test_a_display_leaves_stdout_and_stderr_in_place(stderr):
     t.sized(LARGE_TRANSFER)
     assert (sys.stdout, sys.stderr) == (out, err)  # the program's prints still go where they went
     t.close()
+
+
+def test_labels_are_text_not_markup(stderr):
+    t = Transfer("put v:[/bold]odd[red].bin")  # would be a MarkupError, or vanish, as rich markup
+    t.sized(LARGE_TRANSFER)
+    t.done = LARGE_TRANSFER
+    t.close()
+    assert "put v:[/bold]odd[red].bin" in plain(stderr.getvalue())
