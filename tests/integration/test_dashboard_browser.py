@@ -129,11 +129,20 @@ def test_log_in_see_a_function_a_calls_log_and_cancel_a_call(daemon, browser, tm
     wait_until(browser, lambda d: "label arrives-live" in d.find_element(By.CSS_SELECTOR, "pre.log-lines").text,
                "the live line over SSE")
 
-    # Cancel a running call with the page's button (after the confirm dialog).
+    # The overview's counts update live (SSE): the sleeper's running count goes to 1 without a reload.
     gate = tmp_path / "gate"
     browser_sleeper.wait_ready()
+    browser.get(base + "/")
+    row = browser.find_element(By.XPATH, "//tr[td/a[text()='browser_sleeper']]")
+    count = row.find_element(By.CSS_SELECTOR, "[data-live$=':running']")
+    assert count.text == "0"
+    browser.execute_script("document.body.setAttribute('data-loaded-once', '1')")
     running = browser_sleeper.spawn(str(gate))
     try:
+        wait_until(browser, lambda d: count.text == "1", "the live running count")
+        assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-loaded-once") == "1"  # no reload
+
+        # Cancel the running call with the page's button (after the confirm dialog).
         browser.get(f"{base}/calls/{running.object_id}")
         wait_until(browser, lambda d: (d.refresh() or True) and "running" in d.find_element(By.CSS_SELECTOR,
                    "dl.facts").text, "the call to run", timeout=60)
