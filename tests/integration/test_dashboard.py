@@ -20,7 +20,7 @@ import pytest
 
 import chalkcompute
 from chalkcompute import FunctionCall
-from chalkcompute.exceptions import CallCancelledError
+from chalkcompute.exceptions import CallCancelledError, RemoteExecutionError
 from tests.conftest import ROOT, wait_for
 
 pytestmark = [pytest.mark.usefixtures("daemon"), pytest.mark.timeout(120)]
@@ -32,6 +32,12 @@ SECRET_VALUE = "dash-s3cret-value-never-shown"
 def dash_echo(values: list[int], label: str) -> int:
     print(f"dash_echo got {len(values)} values for <{label}>", flush=True)
     return sum(values)
+
+
+@chalkcompute.function(retries=0)
+def dash_hostile(x: int) -> int:
+    print("<img src=x onerror=alert(1)>", flush=True)
+    raise ValueError('<script>alert("owned")</script>')
 
 
 @chalkcompute.function(timeout=120)
@@ -261,3 +267,18 @@ def test_chalkd_dashboard_with_a_wrong_token_prints_no_link(daemon):
                          env={**os.environ, "CHALK_COMPUTE_TOKEN": "not-this-daemons-token"})
     assert out.returncode == 1 and out.stdout == ""
     assert out.stderr.startswith("chalkd: ") and "token" in out.stderr
+
+
+def test_user_text_is_escaped_everywhere_it_shows(session):
+    """An error message, a traceback and a log line written by user code are text, never markup."""
+    client, _ = session
+    dash_hostile.wait_ready()
+    call = dash_hostile.spawn(1)
+    with pytest.raises(RemoteExecutionError, match="owned"):
+        call.get(timeout=60)
+    wait_for(lambda: "&lt;img src=x" in client.request(f"/calls/{call.object_id}")[2], what="the log line")
+    for path in ("/", "/calls", "/functions/dash_hostile", f"/calls/{call.object_id}"):
+        status, _, page = client.request(path)
+        assert status == 200, path
+        assert "<script>alert" not in page and "<img src=x" not in page, path
+        assert "&lt;script&gt;alert(&quot;owned&quot;)&lt;/script&gt;" in page, path
