@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -244,6 +245,31 @@ def valid_container_name(name: object) -> bool:
     (True, False)
     """
     return isinstance(name, str) and CONTAINER_NAME_RE.fullmatch(name) is not None
+
+
+# -- readiness probes (ScalingGroup), checked by both sides -----------------------------------
+
+
+def probe_problem(kind: object, path: object, period_seconds: object, timeout_seconds: object,
+                  failure_threshold: object) -> str | None:
+    """What is wrong with a scaling group's readiness probe, naming the field; None when nothing is.
+
+    >>> probe_problem("http", "health", 5, 2, 3)
+    "readiness probe path must start with '/' and hold no spaces, control characters or '#', got 'health'"
+    """
+    if kind not in ("tcp", "http"):
+        return f"readiness probe kind must be 'tcp' or 'http', got {kind!r}"
+    if not isinstance(path, str) or not path.startswith("/") or any(c in path for c in " \r\n\t#"):
+        return (f"readiness probe path must start with '/' and hold no spaces, control characters or '#', "
+                f"got {path!r}")
+    for name, value in (("period_seconds", period_seconds), ("timeout_seconds", timeout_seconds)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value <= 0:
+            return f"readiness probe {name} must be a positive number of seconds, got {value!r}"
+    t = failure_threshold
+    if isinstance(t, bool) or not isinstance(t, int) or t < 1:
+        return f"readiness probe failure_threshold must be an integer >= 1, got {t!r}"
+    return None
 
 
 # -- image identity both sides compute ---------------------------------------------------

@@ -51,7 +51,7 @@ from chalkcompute import _rpc
 from chalkcompute._bridge import Twin, on_new_loop, run_sync
 from chalkcompute._build import ImageBuildFailed, prepare_image
 from chalkcompute._client import Client
-from chalkcompute._contract import name_too_long, quote, valid_container_name
+from chalkcompute._contract import name_too_long, probe_problem, quote, valid_container_name
 from chalkcompute._mounts import check_secrets, secret_refs, volume_mounts
 from chalkcompute._options import parse_cpu, parse_memory
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
@@ -93,16 +93,10 @@ class ReadinessProbe:
     failure_threshold: int = 3
 
     def __post_init__(self) -> None:
-        if self.kind not in ("tcp", "http"):
-            raise ValueError(f"readiness probe kind must be 'tcp' or 'http', got {self.kind!r}")
-        if not isinstance(self.path, str) or not self.path.startswith("/") or any(c in self.path for c in " \r\n\t#"):
-            raise ValueError(f"readiness probe path must start with '/' and hold no spaces, control characters "
-                             f"or '#', got {self.path!r}")
-        _seconds(self.period_seconds, "period_seconds")
-        _seconds(self.timeout_seconds, "timeout_seconds")
-        t = self.failure_threshold
-        if isinstance(t, bool) or not isinstance(t, int) or t < 1:
-            raise ValueError(f"failure_threshold must be an integer >= 1, got {t!r}")
+        problem = probe_problem(self.kind, self.path, self.period_seconds, self.timeout_seconds,
+                                self.failure_threshold)
+        if problem:
+            raise ValueError(problem)
 
     @classmethod
     def http(cls, path: str = "/", period_seconds: float = 5, timeout_seconds: float = 2,

@@ -15,23 +15,22 @@ success marks it ready again. ``kind="http"``: a 2xx or 3xx answer to GET ``path
 
 >>> ProbeSpec(kind="http", path="health")
 Traceback (most recent call last):
-ValueError: readiness probe path must start with '/', got 'health'
+ValueError: readiness probe path must start with '/' and hold no spaces, control characters or '#', got 'health'
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from dataclasses import dataclass
 
 import aiohttp
 
+from chalkcompute._contract import probe_problem
 from chalkd.groups.pool import Backend, ReplicaPool
 
 log = logging.getLogger(__name__)
 
-KINDS = ("tcp", "http")
 FIRST_DELAY = 0.1  # seconds between the first probes of a new replica
 BACKOFF = 1.5  # ... growing by this factor towards period_seconds
 
@@ -48,21 +47,10 @@ class ProbeSpec:
     failure_threshold: int = 3
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"readiness probe kind must be 'tcp' or 'http', not {self.kind!r}")
-        if not isinstance(self.path, str) or not self.path.startswith("/"):
-            raise ValueError(f"readiness probe path must start with '/', got {self.path!r}")
-        if any(c in self.path for c in " \r\n\t#"):
-            raise ValueError(f"readiness probe path must not hold spaces, control characters or '#': "
-                             f"{self.path!r}")
-        for name in ("period_seconds", "timeout_seconds"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-                    or value <= 0:
-                raise ValueError(f"readiness probe {name} must be a number > 0, got {value!r}")
-        threshold = self.failure_threshold
-        if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
-            raise ValueError(f"readiness probe failure_threshold must be an integer >= 1, got {threshold!r}")
+        problem = probe_problem(self.kind, self.path, self.period_seconds, self.timeout_seconds,
+                                self.failure_threshold)
+        if problem:
+            raise ValueError(problem)
 
 
 async def probe_once(spec: ProbeSpec, host: str, port: int, session: aiohttp.ClientSession) -> str | None:
