@@ -926,3 +926,31 @@ class ScalingGroupsStub:
             chalk_v1_chalk_pb2.ScalingGroupLogsRequest,
             chalk_v1_chalk_pb2.ScalingGroupLogsResponse,
         )
+
+
+class LogsBase(abc.ABC):
+
+    @abc.abstractmethod
+    async def Read(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.ReadLogsRequest, chalk_v1_chalk_pb2.ReadLogsResponse]') -> None:
+        pass
+
+    def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
+        return {
+            '/chalk.v1.Logs/Read': grpclib.const.Handler(
+                self.Read,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                chalk_v1_chalk_pb2.ReadLogsRequest,
+                chalk_v1_chalk_pb2.ReadLogsResponse,
+            ),
+        }
+
+
+class LogsStub:
+
+    def __init__(self, channel: grpclib.client.Channel) -> None:
+        self.Read = grpclib.client.UnaryStreamMethod(
+            channel,
+            '/chalk.v1.Logs/Read',
+            chalk_v1_chalk_pb2.ReadLogsRequest,
+            chalk_v1_chalk_pb2.ReadLogsResponse,
+        )

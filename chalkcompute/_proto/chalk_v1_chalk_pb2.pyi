@@ -551,10 +551,12 @@ class CallEvent(_message.Message):
     def __init__(self, ref: _Optional[int] = ..., call_id: _Optional[str] = ..., accepted: _Optional[bool] = ..., chunk: _Optional[_Union[Payload, _Mapping]] = ..., result: _Optional[_Union[Payload, _Mapping]] = ..., error: _Optional[_Union[RemoteError, _Mapping]] = ..., done: _Optional[bool] = ..., first_index: _Optional[int] = ..., batch_result: _Optional[_Union[BatchOutcome, _Mapping]] = ...) -> None: ...
 
 class SessionResponse(_message.Message):
-    __slots__ = ("events",)
+    __slots__ = ("events", "logs")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    LOGS_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[CallEvent]
-    def __init__(self, events: _Optional[_Iterable[_Union[CallEvent, _Mapping]]] = ...) -> None: ...
+    logs: _containers.RepeatedCompositeFieldContainer[CallLogs]
+    def __init__(self, events: _Optional[_Iterable[_Union[CallEvent, _Mapping]]] = ..., logs: _Optional[_Iterable[_Union[CallLogs, _Mapping]]] = ...) -> None: ...
 
 class WorkerHello(_message.Message):
     __slots__ = ("replica_id", "token", "function_id")
@@ -607,18 +609,20 @@ class BatchOutcome(_message.Message):
     def __init__(self, results: _Optional[_Union[Payload, _Mapping]] = ..., rows: _Optional[_Iterable[int]] = ..., errors: _Optional[_Iterable[_Union[RowError, _Mapping]]] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class WorkerRequest(_message.Message):
-    __slots__ = ("hello", "credit", "events", "heartbeat", "drained")
+    __slots__ = ("hello", "credit", "events", "heartbeat", "drained", "logs")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     CREDIT_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     DRAINED_FIELD_NUMBER: _ClassVar[int]
+    LOGS_FIELD_NUMBER: _ClassVar[int]
     hello: WorkerHello
     credit: int
     events: _containers.RepeatedCompositeFieldContainer[AttemptEvent]
     heartbeat: bool
     drained: bool
-    def __init__(self, hello: _Optional[_Union[WorkerHello, _Mapping]] = ..., credit: _Optional[int] = ..., events: _Optional[_Iterable[_Union[AttemptEvent, _Mapping]]] = ..., heartbeat: _Optional[bool] = ..., drained: _Optional[bool] = ...) -> None: ...
+    logs: _containers.RepeatedCompositeFieldContainer[LogLine]
+    def __init__(self, hello: _Optional[_Union[WorkerHello, _Mapping]] = ..., credit: _Optional[int] = ..., events: _Optional[_Iterable[_Union[AttemptEvent, _Mapping]]] = ..., heartbeat: _Optional[bool] = ..., drained: _Optional[bool] = ..., logs: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ...) -> None: ...
 
 class Assignment(_message.Message):
     __slots__ = ("call_id", "attempt", "args", "batch", "batch_rows")
@@ -1614,3 +1618,53 @@ class ScalingGroupLogsResponse(_message.Message):
     LINES_FIELD_NUMBER: _ClassVar[int]
     lines: _containers.RepeatedCompositeFieldContainer[ScalingGroupLogLine]
     def __init__(self, lines: _Optional[_Iterable[_Union[ScalingGroupLogLine, _Mapping]]] = ...) -> None: ...
+
+class LogLine(_message.Message):
+    __slots__ = ("call_ids", "ts", "stream", "text", "function_name", "relayed", "replica_id")
+    CALL_IDS_FIELD_NUMBER: _ClassVar[int]
+    TS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_NAME_FIELD_NUMBER: _ClassVar[int]
+    RELAYED_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    call_ids: _containers.RepeatedScalarFieldContainer[str]
+    ts: float
+    stream: int
+    text: str
+    function_name: str
+    relayed: bool
+    replica_id: str
+    def __init__(self, call_ids: _Optional[_Iterable[str]] = ..., ts: _Optional[float] = ..., stream: _Optional[int] = ..., text: _Optional[str] = ..., function_name: _Optional[str] = ..., relayed: _Optional[bool] = ..., replica_id: _Optional[str] = ...) -> None: ...
+
+class CallLogs(_message.Message):
+    __slots__ = ("ref", "call_id", "lines")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    ref: int
+    call_id: str
+    lines: _containers.RepeatedCompositeFieldContainer[LogLine]
+    def __init__(self, ref: _Optional[int] = ..., call_id: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ...) -> None: ...
+
+class ReadLogsRequest(_message.Message):
+    __slots__ = ("call_id", "function_name", "replica_id", "since", "tail", "follow")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_NAME_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    TAIL_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    function_name: str
+    replica_id: str
+    since: float
+    tail: int
+    follow: bool
+    def __init__(self, call_id: _Optional[str] = ..., function_name: _Optional[str] = ..., replica_id: _Optional[str] = ..., since: _Optional[float] = ..., tail: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
+
+class ReadLogsResponse(_message.Message):
+    __slots__ = ("lines",)
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    lines: _containers.RepeatedCompositeFieldContainer[LogLine]
+    def __init__(self, lines: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ...) -> None: ...
