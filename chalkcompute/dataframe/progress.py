@@ -1,7 +1,7 @@
 """A progress bar for a long DataFrame query: rows done and rows/s, on stderr when it is a terminal.
 
 Nothing shows for a query that ends within :data:`DELAY` seconds, nor when stderr is a file or a pipe
-(a log should not fill with redraws)::
+(a log should not fill with redraws); ``CHALK_PROGRESS=0``/``1`` decides as for every SDK display::
 
     with RowProgress("extract_entities") as p:
         for batch in batches:
@@ -15,6 +15,8 @@ import time
 from typing import IO, Any
 
 from rich.console import Console
+
+from chalkcompute import _progress
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 __all__ = ["DELAY", "RowProgress"]
@@ -27,7 +29,12 @@ class RowProgress:
 
     def __init__(self, label: str, *, file: IO[str] | None = None, force: bool | None = None) -> None:
         stream = file if file is not None else sys.stderr
-        self.enabled = force if force is not None else bool(getattr(stream, "isatty", lambda: False)())
+        if force is not None:
+            self.enabled = force
+        elif file is not None:
+            self.enabled = bool(getattr(stream, "isatty", lambda: False)())
+        else:  # the SDK's one rule: CHALK_PROGRESS=0/1, else a terminal or a notebook
+            self.enabled = _progress.enabled()
         self.label, self.file = label, stream
         self.rows = 0
         self.started = time.monotonic()
