@@ -15,9 +15,9 @@ import time
 from typing import IO, Any
 
 from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from chalkcompute import _progress
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 __all__ = ["DELAY", "RowProgress"]
 
