@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -31,7 +32,7 @@ from aiohttp import web
 
 from chalkd.web import pages
 from chalkd.web import readmodel as rm
-from chalkd.web.sessions import COOKIE, Session, Sessions
+from chalkd.web.sessions import Session, Sessions
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +65,9 @@ def _static(name: str) -> bytes:
 class Dashboard:
     """The dashboard's routes and state (sessions, live streams). See the module docstring."""
 
-    def __init__(self, server: Any, *, token: str, tls: bool = False) -> None:
+    def __init__(self, server: Any, *, token: str, port: Callable[[], int | None], tls: bool = False) -> None:
         self.model = rm.ReadModel(server)
-        self.sessions = Sessions()
+        self.sessions = Sessions(port)  # the cookie is named after the HTTP port, known once bound
         self.tls = tls
         self._token = token.encode()
         self._streams: set[asyncio.Task] = set()
@@ -154,14 +155,14 @@ class Dashboard:
         s = self.sessions.create()
         log.info("dashboard: new session from %s", request.remote)
         resp = web.HTTPSeeOther("/", headers=pages.SECURITY_HEADERS)
-        resp.set_cookie(COOKIE, s.id, **self.sessions.cookie_options(tls=self.tls))
+        resp.set_cookie(self.sessions.cookie, s.id, **self.sessions.cookie_options(tls=self.tls))
         raise resp
 
     async def logout(self, request: web.Request) -> web.Response:
         s = await self._action_session(request)
         self.sessions.end(s.id)
         resp = web.HTTPSeeOther("/login", headers=pages.SECURITY_HEADERS)
-        resp.del_cookie(COOKIE, path="/")
+        resp.del_cookie(self.sessions.cookie, path="/")
         raise resp
 
     async def static(self, request: web.Request) -> web.Response:
@@ -356,7 +357,8 @@ class Dashboard:
 def install_dashboard(web_server: Any) -> Dashboard:
     """Add the dashboard to a :class:`chalkd.web.app.WebServer` (before it starts): its routes, its open
     paths (the login link, the static files) and its session cookie as the guards' second credential."""
-    dash = Dashboard(web_server.server, token=web_server.auth.token, tls=web_server.ssl_context is not None)
+    dash = Dashboard(web_server.server, token=web_server.auth.token, port=lambda: web_server.port,
+                     tls=web_server.ssl_context is not None)
     web_server.add_routes(dash.routes(), open_paths=Dashboard.OPEN_PATHS)
     web_server.auth.session_check = dash.sessions.check
     return dash

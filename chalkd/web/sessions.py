@@ -6,9 +6,9 @@ random id, never the token: HttpOnly (no script reads it), SameSite=Strict (no o
 browser send it), Secure when the port serves TLS. Each session has its own CSRF token, which the pages put
 in their forms and :meth:`Sessions.csrf_ok` checks with ``hmac.compare_digest``.
 
-    sessions = Sessions()
+    sessions = Sessions(port=lambda: 50052)      # the HTTP port, once bound: it names the cookie
     s = sessions.create()                        # after a good token
-    response.set_cookie(COOKIE, s.id, **sessions.cookie_options(tls=False))
+    response.set_cookie(cookie_name(50052), s.id, **sessions.cookie_options(tls=False))
     sessions.lookup(request)                     # the Session of a request's cookie, or None
     sessions.csrf_ok(s, form.get("csrf"))        # a POST's form field
 
@@ -22,12 +22,24 @@ import hmac
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, AnyStr
 
 from aiohttp import web
 
+# The cookie's name is this prefix and the HTTP port: browsers keep a host's cookies per host, not per port,
+# so two daemons on 127.0.0.1 (other homes, other users) would otherwise overwrite each other's session.
 COOKIE = "chalkd_dashboard"
+
+
+def cookie_name(port: int | None) -> str:
+    """The session cookie's name for the daemon on HTTP port ``port``.
+
+    >>> cookie_name(50052)
+    'chalkd_dashboard_50052'
+    """
+    return f"{COOKIE}_{port}"
 SESSION_TTL = 12 * 3600.0
 MAX_SESSIONS = 64
 
@@ -42,13 +54,14 @@ class Session:
 class Sessions:
     """See the module docstring.
 
-    >>> sessions = Sessions()
+    >>> sessions = Sessions(port=lambda: 50052)
     >>> s = sessions.create()
     >>> sessions.get(s.id) is s, sessions.get("nope"), sessions.csrf_ok(s, s.csrf), sessions.csrf_ok(s, "x")
     (True, None, True, False)
     """
 
-    def __init__(self, ttl: float = SESSION_TTL, limit: int = MAX_SESSIONS) -> None:
+    def __init__(self, port: Callable[[], int | None], ttl: float = SESSION_TTL, limit: int = MAX_SESSIONS) -> None:
+        self._port = port
         self.ttl = ttl
         self.limit = limit
         self._by_id: OrderedDict[str, Session] = OrderedDict()
@@ -75,7 +88,12 @@ class Sessions:
 
     def lookup(self, request: web.Request) -> Session | None:
         """The session of the request's cookie (None: no cookie, unknown or expired)."""
-        return self.get(request.cookies.get(COOKIE))
+        return self.get(request.cookies.get(self.cookie))
+
+    @property
+    def cookie(self) -> str:
+        """This daemon's session cookie name (see :func:`cookie_name`)."""
+        return cookie_name(self._port())
 
     def check(self, request: web.Request) -> bool:
         """For :attr:`chalkd.web.guards.WebAuth.session_check`: does the request carry a live session?"""
@@ -97,18 +115,18 @@ class Sessions:
 
 
 def without_session_cookie(value: AnyStr) -> AnyStr:
-    """A ``Cookie`` header's value less the dashboard's session cookie (empty when nothing else is left).
+    """A ``Cookie`` header's value less any chalkd dashboard's session cookie (empty when nothing else is left).
 
     Browsers send a host's cookies to every port of it, so the session cookie set for the daemon's HTTP
     port also goes to a scaling group's port on 127.0.0.1: the group proxy drops it with this before a
     request reaches user code, which could otherwise replay it against the dashboard.
 
-    >>> without_session_cookie("a=1; chalkd_dashboard=abc; b=2"), without_session_cookie(b"chalkd_dashboard=x")
+    >>> without_session_cookie("a=1; chalkd_dashboard_50052=abc; b=2"), without_session_cookie(b"chalkd_dashboard_1=x")
     ('a=1; b=2', b'')
     """
     name: Any = COOKIE if isinstance(value, str) else COOKIE.encode()
     if name not in value:
         return value
     sep, eq = (";", "=") if isinstance(value, str) else (b";", b"=")
-    kept = [p for p in value.split(sep) if p.split(eq, 1)[0].strip() != name]  # type: ignore[arg-type]
+    kept = [p for p in value.split(sep) if not p.split(eq, 1)[0].strip().startswith(name)]  # type: ignore[arg-type]
     return sep.join(kept).strip()  # type: ignore[arg-type,return-value]

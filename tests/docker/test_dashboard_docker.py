@@ -60,7 +60,8 @@ def test_a_scaling_group_is_listed_and_its_app_never_sees_the_dashboard_cookie(d
     base = link.split("/login")[0]
     client = Browserless(base)
     assert client.request(link[len(base):])[0] == 303
-    session_id = next(c.value for c in client.jar if c.name == COOKIE)
+    cookie = next(c for c in client.jar if c.name.startswith(COOKIE))
+    session_id = cookie.value
     img = Image.debian_slim().add_local_file(str(APP), "/app/app.py").entrypoint(["python", "/app/app.py"])
     sg = ScalingGroup(image=img, name="dashboard-group", readiness_probe=ReadinessProbe.http("/health"))
     sg.deploy().wait_ready()
@@ -68,7 +69,7 @@ def test_a_scaling_group_is_listed_and_its_app_never_sees_the_dashboard_cookie(d
         status, _, page = client.request("/groups")
         assert status == 200 and "dashboard-group" in page and "Running" in page
         url = re.search(r"<td>(http://[^<]+)</td>", page).group(1)
-        got = httpx.get(url.rstrip("/") + "/headers", headers={"Cookie": f"theme=dark; {COOKIE}={session_id}"},
+        got = httpx.get(url.rstrip("/") + "/headers", headers={"Cookie": f"theme=dark; {cookie.name}={session_id}"},
                         timeout=30).json()
         assert got.get("Cookie") == "theme=dark" and session_id not in str(got)
     finally:

@@ -94,6 +94,8 @@ def session(daemon) -> tuple[Browserless, str]:
     assert status == 303 and headers["Location"] == "/"
     cookie = headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    # Named after the HTTP port: another daemon on this host keeps its own session (cookies ignore ports).
+    assert cookie.startswith(f"chalkd_dashboard_{base.rsplit(':', 1)[1]}=")
     assert daemon.token not in cookie  # the cookie holds a session id, not the token
     status, _, page = client.request("/")
     assert status == 200 and "<h1>Overview</h1>" in page
@@ -114,7 +116,8 @@ def test_without_a_session_every_page_is_refused_and_the_login_page_says_how(dae
     assert status == 401 and "Set-Cookie" not in headers
     # A made-up session cookie is no session.
     forged = Browserless(base)
-    status, _, _ = forged.request("/", headers={"Cookie": "chalkd_dashboard=" + "A" * 43})
+    port = base.rsplit(":", 1)[1]
+    status, _, _ = forged.request("/", headers={"Cookie": f"chalkd_dashboard_{port}=" + "A" * 43})
     assert status == 401
 
 

@@ -109,7 +109,7 @@ def test_log_in_see_a_function_a_calls_log_and_cancel_a_call(daemon, browser, tm
     wait_until(browser, lambda d: d.current_url == base + "/", "the redirect to /")
     assert browser.find_element(By.TAG_NAME, "h1").text == "Overview"
     assert browser.find_element(By.LINK_TEXT, "browser_echo")
-    cookie = browser.get_cookie("chalkd_dashboard")
+    cookie = browser.get_cookie(f"chalkd_dashboard_{base.rsplit(':', 1)[1]}")
     assert cookie and cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["value"] != daemon.token
     assert browser.execute_script("return document.cookie") == ""  # HttpOnly: no script reads it
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from chalkd.web.sessions import COOKIE
+from chalkd.web.sessions import cookie_name
 from tests.unit.test_group_proxy import Stack, arun
+
+COOKIE = cookie_name(50052)  # any chalkd's (any port's) is dropped
 
 pytestmark = pytest.mark.timeout(30)
 
