@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 __all__ = ["add_parser", "dashboard_command"]
@@ -71,9 +72,15 @@ def dashboard_command(args: argparse.Namespace) -> int:
     print(link, flush=True)
     print("the link holds the daemon's token: do not share it; it starts a dashboard session in your browser",
           file=sys.stderr)
-    if not args.no_open:
-        import webbrowser
+    if args.no_open:
+        return 0
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        # No graphical session: webbrowser would start a text browser in this terminal.
+        print("chalkd: no graphical session here (no DISPLAY): open the link above in your browser "
+              "(from another machine, tunnel the HTTP port first: ssh -L PORT:127.0.0.1:PORT)", file=sys.stderr)
+        return 0
+    import webbrowser
 
-        if not webbrowser.open(link):
-            print("chalkd: no browser could be opened here: open the link above yourself", file=sys.stderr)
+    if not webbrowser.open(link):
+        print("chalkd: no browser could be opened here: open the link above yourself", file=sys.stderr)
     return 0

@@ -285,3 +285,12 @@ def test_user_text_is_escaped_everywhere_it_shows(session):
         assert status == 200, path
         assert "<script>alert" not in page and "<img src=x" not in page, path
         assert "&lt;script&gt;alert(&quot;owned&quot;)&lt;/script&gt;" in page, path
+
+
+def test_chalkd_dashboard_without_a_display_prints_the_link_and_opens_nothing(daemon):
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    out = subprocess.run([sys.executable, "-m", "chalkd.cli", "dashboard", "--target", daemon.target],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT,
+                         env={**env, "CHALKD_HOME": str(daemon.home), "BROWSER": "false"})
+    assert out.returncode == 0 and out.stdout.startswith("http://127.0.0.1:")
+    assert "no graphical session" in out.stderr
