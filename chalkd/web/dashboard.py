@@ -214,7 +214,7 @@ class Dashboard:
         return self._html(pages.volumes(rows, csrf=self._csrf(request)))
 
     async def secrets(self, request: web.Request) -> web.Response:
-        return self._html(pages.secrets(self.model.secrets(), csrf=self._csrf(request)))
+        return self._html(pages.secrets(self.model.secrets(), self.model.integrations(), csrf=self._csrf(request)))
 
     async def sandboxes(self, request: web.Request) -> web.Response:
         return self._html(pages.sandboxes(self.model.sandboxes(), self.model.runtime_name, csrf=self._csrf(request),

@@ -251,10 +251,14 @@ def volumes(rows: Sequence[rm.VolumeRow], *, csrf: str) -> str:
     return page("Volumes", t, nav="volumes", csrf=csrf)
 
 
-def secrets(rows: Sequence[rm.SecretRow], *, csrf: str) -> str:
+def secrets(rows: Sequence[rm.SecretRow], integrations: Sequence[tuple[str, tuple[str, ...], float]], *,
+            csrf: str) -> str:
     t = table(["secret (names only: values never leave the daemon's store)", "updated"],
               [[s.name, when(s.updated_at)] for s in rows], empty="no secrets")
-    return page("Secrets", t, nav="secrets", csrf=csrf)
+    i = table(["integration", "keys (names only)", "updated"],
+              [[name, ", ".join(keys), when(updated)] for name, keys, updated in integrations],
+              empty="no integrations")
+    return page("Secrets", Html(f"{t}<h2>Integrations</h2>{i}"), nav="secrets", csrf=csrf)
 
 
 def sandboxes(rows: Sequence[rm.SandboxRow] | None, runtime: str, *, csrf: str, flash: str = "") -> str:

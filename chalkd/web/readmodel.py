@@ -399,6 +399,10 @@ class ReadModel:
         """Names and times only: the store's metadata rows, never a value."""
         return [SecretRow(m.name, m.updated_at) for m in self.server.secrets.list()]
 
+    def integrations(self) -> list[tuple[str, tuple[str, ...], float]]:
+        """Integrations: (name, key names, updated); never a value."""
+        return [(m.name, tuple(m.keys), m.updated_at) for m in self.server.secrets.list_integrations()]
+
     def sandboxes(self) -> list[SandboxRow] | None:
         """None on the process runtime (it has no sandboxes)."""
         mgr = self.server.sandboxes

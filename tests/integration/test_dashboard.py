@@ -152,8 +152,14 @@ def test_secrets_are_listed_by_name_only(daemon, session):
                           SECRET_VALUE, "--target", daemon.target], capture_output=True, text=True, timeout=60,
                          cwd=ROOT, env={**os.environ, "CHALKD_HOME": str(daemon.home)})
     assert out.returncode == 0, out.stderr
+    out = subprocess.run([sys.executable, "-m", "chalkd.cli", "integration", "set", "dash_db",
+                          f"PASSWORD={SECRET_VALUE}", "--target", daemon.target],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT,
+                         env={**os.environ, "CHALKD_HOME": str(daemon.home)})
+    assert out.returncode == 0, out.stderr
     status, _, page = client.request("/secrets")
-    assert status == 200 and "DASH_TOKEN_X" in page and SECRET_VALUE not in page
+    assert status == 200 and "DASH_TOKEN_X" in page and "dash_db" in page and "PASSWORD" in page
+    assert SECRET_VALUE not in page
 
 
 def test_cancel_needs_the_sessions_csrf_token_and_a_same_origin_post(daemon, session, tmp_path):
