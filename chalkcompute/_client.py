@@ -43,7 +43,7 @@ from grpclib.client import Channel, UnaryUnaryMethod
 from grpclib.const import Status
 from grpclib.exceptions import StreamTerminatedError
 
-from chalkcompute import _auth, _rpc
+from chalkcompute import _auth, _logs, _rpc
 from chalkcompute._bridge import (
     Mailbox,
     in_sdk_thread,
@@ -371,6 +371,8 @@ class _Session:
             try:
                 async with self.client.open_stream(b"session", self.stub.Session, pb.SessionResponse) as stream:
                     await stream.send_request()  # connects; headers go before any message
+                    if _logs.live_wanted():  # the calls' output as it is written (SessionResponse.logs)
+                        await stream.send_message(pb.SessionRequest(live_logs=True))
                     direct = stream.enable_direct() if isinstance(stream, FramedStream) else None
                     # Under the direct writer's lock no caller thread can submit
                     # while the calls to resume are collected.
@@ -433,8 +435,17 @@ class _Session:
 
     async def _recv_loop(self, stream) -> None:
         async for msg in stream:
+            if msg.logs:  # first: a call's lines came before its end
+                self._show_logs(msg.logs)
             for ev in msg.events:
                 self._dispatch(ev)
+
+    def _show_logs(self, logs: Sequence[pb.CallLogs]) -> None:
+        several = len(self.handles) > 1
+        for cl in logs:
+            h = self.handles.get(cl.ref)
+            if h is not None:
+                _logs.show(cl, h.function_name, h.submit.parent_call_id, several)
 
     async def _send_loop(self, stream) -> None:
         while True:

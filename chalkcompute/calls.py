@@ -47,7 +47,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from typing import Any, Protocol, cast
 
-from chalkcompute import _progress
+from chalkcompute import _logs, _progress
 from chalkcompute._batch import encode_rows, seconds_of
 from chalkcompute._bridge import Mailbox, Twin, on_sdk_loop, run_async, run_sync
 from chalkcompute._client import CallHandle, Client
@@ -273,6 +273,33 @@ class FunctionCall:
 
     def __aiter__(self) -> ChunkStream:
         return self.iter()
+
+    # -- logs ---------------------------------------------------------------------------------
+
+    def logs(self, *, follow: bool = False, tail: int = 0) -> list[str] | Iterator[str]:
+        """What the call's handler printed and logged, one string per line, oldest first.
+
+        ``tail`` keeps only the last lines (0: all). With ``follow=True``, an
+        iterator: the lines so far, then new ones as they are written, ending
+        when the call has finished (leave the loop to stop earlier)::
+
+            call = train.spawn(epochs=3)
+            for line in call.logs(follow=True):
+                print(line)
+            call.logs(tail=20)            # ['epoch 3 loss 0.12', ...]
+
+        A batched invocation's lines belong to every call of the batch; what a
+        replica wrote outside any call (its imports, a subprocess) is its own:
+        ``chalkd logs r-...`` shows it.
+        """
+        if on_sdk_loop():
+            raise RuntimeError("a blocking FunctionCall.logs() was made on the SDK's own event loop")
+        if isinstance(tail, bool) or not isinstance(tail, int) or tail < 0:
+            raise ValueError(f"logs(tail=...) must be a number of lines >= 0, got {tail!r}")
+        req = pb.ReadLogsRequest(call_id=self.object_id, tail=tail)
+        if follow:
+            return (line.text for line in _logs.follow_lines(self._client, req))
+        return [line.text for line in _logs.read_lines(self._client, req)]
 
     # -- get / cancel -----------------------------------------------------------------------
 

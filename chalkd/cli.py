@@ -92,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
                             "a quarter for queued calls' arguments (the rest are read from the database at "
                             "dispatch), a quarter for recently finished results, 1/16 for idempotency keys, "
                             "and each caller stream's outbox (a caller that stops reading is paused, then dropped)")
+    serve.add_argument("--log-max-bytes", default=os.environ.get("CHALKD_LOG_MAX_BYTES", "1GiB"),
+                       help="disk for what handlers print, kept per call (default 1GiB); one replica keeps at "
+                            "most a quarter of it, the oldest lines go first")
+    serve.add_argument("--log-max-age", default=os.environ.get("CHALKD_LOG_MAX_AGE", "7d"),
+                       help="lines older than this are removed, e.g. 12h, 30d (default 7d)")
     serve.add_argument("--chunk-window-bytes", default=os.environ.get("CHALKD_CHUNK_WINDOW_BYTES", "16MiB"),
                        help="bytes of a generator's chunks that may wait for its reader (default 16MiB); the "
                             "generator pauses beyond them (and beyond 8192 chunks)")
@@ -199,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     from chalkd.doctor import add_parser as add_doctor_parser
 
     add_doctor_parser(sub, _default_target())
+    from chalkd.logs.cli import add_parser as add_logs_parser
+
+    add_logs_parser(sub, _default_target())
     from chalkd.web.dashboard_cli import add_parser as add_dashboard_parser
 
     add_dashboard_parser(sub, _default_target())
@@ -247,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
         from chalkd.web.dashboard_cli import dashboard_command
 
         return dashboard_command(args)
+    if args.command == "logs":
+        from chalkd.logs.cli import logs_command
+
+        return logs_command(args)
     if args.command == "top":
         from chalkd.top import top_command
 
@@ -258,6 +270,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _duration(text: str, what: str) -> float:
+    from chalkcompute.sandbox import parse_duration
+
+    return parse_duration(text, what)
+
+
 def _serve(args) -> int:
     from chalkd.private_dir import UnsafeDirectoryError
     from chalkd.server import Server, StartupError
@@ -267,6 +285,8 @@ def _serve(args) -> int:
     try:
         memory_budget = parse_size(args.memory_budget, "--memory-budget")
         chunk_window_bytes = parse_size(args.chunk_window_bytes, "--chunk-window-bytes")
+        log_max_bytes = parse_size(args.log_max_bytes, "--log-max-bytes")
+        log_max_age = _duration(args.log_max_age, "--log-max-age")
         spawned_stream_budget = parse_size(args.spawned_stream_budget, "--spawned-stream-budget")
         sandbox_memory = parse_size(args.sandbox_memory, "--sandbox-memory")
         sandbox_disk = parse_size(args.sandbox_disk, "--sandbox-disk")
@@ -290,6 +310,7 @@ def _serve(args) -> int:
         sandbox_disk_check_interval=args.sandbox_disk_check_interval,
         group_ports=group_ports, group_cooldown=args.group_cooldown,
         http_port=args.http_port, metrics_open=args.metrics_open,
+        log_max_bytes=log_max_bytes, log_max_age=log_max_age,
     )
     if args.build_ca_bundle is not None:
         config.build_ca_bundle = args.build_ca_bundle or None

@@ -87,6 +87,10 @@ class Config:
     # Connections (chalkd.connections): closed when not authenticated within auth_timeout seconds, or idle
     # (no stream, no data) for idle_timeout seconds (0: never); unauthenticated ones capped per peer.
     auth_timeout: float = 5.0
+    # Handlers' output kept per call (chalkd.logs.store): at most log_max_bytes on disk (a replica a
+    # quarter of it), lines older than log_max_age seconds removed. --log-max-bytes, --log-max-age.
+    log_max_bytes: int = 1 << 30
+    log_max_age: float = 7 * 86400.0
     # Streams (chalkd.queue.core): a generator may have chunk_window_bytes of chunks no reader has consumed;
     # one nobody reads for detached_stream_timeout seconds is cancelled; a spawned one's chunks are kept
     # for a later reader up to spawned_stream_budget bytes, then it is paused like any other.
@@ -148,6 +152,10 @@ class Config:
             raise ValueError(f"--sweep-interval must be positive, got {self.sweep_interval:g}")
         if self.memory_budget < 64 * 2**20:
             raise ValueError(f"--memory-budget must be at least 64 MiB, got {self.memory_budget} bytes")
+        if self.log_max_bytes < 4096:
+            raise ValueError(f"--log-max-bytes must be at least 4096, got {self.log_max_bytes} bytes")
+        if not self.log_max_age > 0:
+            raise ValueError(f"--log-max-age must be positive, got {self.log_max_age:g}")
         if self.chunk_window_bytes < 64 * 1024:
             raise ValueError(f"--chunk-window-bytes must be at least 64 KiB, got {self.chunk_window_bytes} bytes")
         if not self.detached_stream_timeout > 0:

@@ -44,6 +44,8 @@ from chalkd.config import Config
 from chalkd.connections import ConnectionGuard, raise_fd_limit
 from chalkd.gpus import FAKE_GPUS_ENV, GpuAllocator, detect_gpus
 from chalkd.images.blobs import BlobStore
+from chalkd.logs.service import LogsService
+from chalkd.logs.store import LogStore
 from chalkd.queue.core import Queue
 from chalkd.queue.limits import Limits
 from chalkd.runtime.base import Runtime
@@ -225,6 +227,10 @@ class Server:
         self.store = Store(self.home / "chalkd.db", durability=cfg.durability)
         await self.store.open()
         stack.push_async_callback(self.store.close)
+        # What handlers print, per call (chalkd.logs): written by a thread of its own, capped on disk.
+        self.log_store = LogStore(self.home / "logs" / "calls", max_bytes=cfg.log_max_bytes,
+                                  max_age=cfg.log_max_age)
+        stack.callback(self.log_store.close)
         self.catalog = Catalog(self.store)
         self.catalog.load(decode_function_bytes)  # stored specs through the services' one codec
         self.limits = Limits(self.store)
@@ -271,6 +277,8 @@ class Server:
                 "http_port": self.http_port}
 
         queue_service = QueueService(self.queue, self.catalog, max_payload=cfg.max_message_bytes)
+        logs_service = LogsService(self.log_store, self.queue, self.catalog,
+                                   replica_logs=self.home / "logs" / "replicas")
         volumes_service = VolumesService(self.volumes, replica_volumes=self._replica_volumes)
         self.auth = Authenticator(self.token, self._replica_key)
         self.services = {
@@ -278,7 +286,9 @@ class Server:
                                       secrets=self.secrets, replica_owns=queue_service.owns),
             "queue": queue_service,
             "worker": WorkerService(self.queue, self.scaler, max_payload=cfg.max_message_bytes,
-                                    secrets=self.secrets, on_replica_gone=self._replica_gone),
+                                    secrets=self.secrets, on_replica_gone=self._replica_gone,
+                                    logs=logs_service),
+            "logs": logs_service,
             "policies": PoliciesService(self.limits, self.catalog, self.queue),
             "images": ImagesService(self.blobs, builder, self.runtime.name),
             "containers": ContainersService(self.containers, self.runtime.name),

@@ -517,16 +517,18 @@ class CancelCall(_message.Message):
     def __init__(self, call_id: _Optional[str] = ..., detach: _Optional[bool] = ...) -> None: ...
 
 class SessionRequest(_message.Message):
-    __slots__ = ("submits", "attaches", "acks", "cancels")
+    __slots__ = ("submits", "attaches", "acks", "cancels", "live_logs")
     SUBMITS_FIELD_NUMBER: _ClassVar[int]
     ATTACHES_FIELD_NUMBER: _ClassVar[int]
     ACKS_FIELD_NUMBER: _ClassVar[int]
     CANCELS_FIELD_NUMBER: _ClassVar[int]
+    LIVE_LOGS_FIELD_NUMBER: _ClassVar[int]
     submits: _containers.RepeatedCompositeFieldContainer[Submit]
     attaches: _containers.RepeatedCompositeFieldContainer[Attach]
     acks: _containers.RepeatedCompositeFieldContainer[ChunkAck]
     cancels: _containers.RepeatedCompositeFieldContainer[CancelCall]
-    def __init__(self, submits: _Optional[_Iterable[_Union[Submit, _Mapping]]] = ..., attaches: _Optional[_Iterable[_Union[Attach, _Mapping]]] = ..., acks: _Optional[_Iterable[_Union[ChunkAck, _Mapping]]] = ..., cancels: _Optional[_Iterable[_Union[CancelCall, _Mapping]]] = ...) -> None: ...
+    live_logs: bool
+    def __init__(self, submits: _Optional[_Iterable[_Union[Submit, _Mapping]]] = ..., attaches: _Optional[_Iterable[_Union[Attach, _Mapping]]] = ..., acks: _Optional[_Iterable[_Union[ChunkAck, _Mapping]]] = ..., cancels: _Optional[_Iterable[_Union[CancelCall, _Mapping]]] = ..., live_logs: _Optional[bool] = ...) -> None: ...
 
 class CallEvent(_message.Message):
     __slots__ = ("ref", "call_id", "accepted", "chunk", "result", "error", "done", "first_index", "batch_result")

@@ -22,6 +22,7 @@ from chalkcompute.worker.batchcall import BatchSettings
 from chalkcompute.worker.blocking import BlockingLink, serve_blocking
 from chalkcompute.worker.cancel import Canceller
 from chalkcompute.worker.link import DaemonLink, exit_after_grace
+from chalkcompute.worker.output import OutputCapture
 from chalkcompute.worker.runner import Runner
 
 log = logging.getLogger("chalkcompute.worker")
@@ -61,6 +62,14 @@ def main() -> int:
     if blocking is None:
         link = DaemonLink(target, replica_id, token)
         version = link.connect()
+    # What handlers print and log goes to their call too (and on to the replica's log, as before);
+    # installed before the function's module is imported, so its loggers and prints are seen.
+    capture = OutputCapture()
+    if blocking is not None:
+        blocking.capture, capture.poke = capture, blocking.wake
+    else:
+        link.capture, capture.poke = capture, link.poke_logs
+    capture.install()
     code = version.spec.code
     bundle = _code.CodeBundleData(
         module_source=code.module_source, function_name=code.function_name,

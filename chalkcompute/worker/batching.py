@@ -32,6 +32,7 @@ from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._serialization import BatchCodec
 from chalkcompute.worker.cancel import Canceller
 from chalkcompute.worker.outcome import CANCELS_ON_LOOP, Key, Outcome
+from chalkcompute.worker.output import batch_ids
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def run_batch_sync(fn: Callable[..., Any], codec: BatchCodec, items: Sequence[pb
     out = Outcome(key)
     token = current_call_id.set(items[0].call_id)
     try:
-        with out:
+        with out, batch_ids(tuple(a.call_id for a in items)):  # its output goes to each item's call
             kwargs, live = decode_batch(codec, items, out)
             if kwargs is not None:
                 value = fn(**kwargs) if canceller is None else canceller.call(key, fn, **kwargs)
@@ -98,7 +99,7 @@ async def run_batch_async(fn: Callable[..., Any], codec: BatchCodec,
                           items: Sequence[pb.Assignment]) -> tuple[list[pb.AttemptEvent], str]:
     """Run one batch of a coroutine handler; cancelling the task cancels every item."""
     out = Outcome(item_keys(items), CANCELS_ON_LOOP)
-    with out:
+    with out, batch_ids(tuple(a.call_id for a in items)):  # its output goes to each item's call
         kwargs, live = decode_batch(codec, items, out)
         if kwargs is not None:
             out.results(fn.__name__, codec, live, await fn(**kwargs))

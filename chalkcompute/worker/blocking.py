@@ -41,6 +41,7 @@ from chalkcompute.worker.batchcall import NO_SETTINGS, BatchSettings, run_batch_
 from chalkcompute.worker.batching import as_batch, item_keys, run_batch_sync
 from chalkcompute.worker.cancel import Canceller
 from chalkcompute.worker.link import HEARTBEAT_SECONDS
+from chalkcompute.worker.output import OutputCapture
 from chalkcompute.worker.runner import run_plain
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class BlockingLink:
         self.polling = False      # the monitor holds the receive lock and may wait in select
         self._wake_r = self._wake_w = -1
         self._stop = threading.Event()
+        self.capture: OutputCapture | None = None  # handlers' output per call, shipped with the next message
 
     def connect(self) -> pb.FunctionVersion:
         self.sock.connect(self.path)
@@ -101,7 +103,22 @@ class BlockingLink:
             self.last_send = time.monotonic()
 
     def send(self, msg: pb.WorkerRequest) -> None:
+        capture = self.capture
+        if capture is not None and (capture.pending or capture.partial):
+            # Taken under the write lock: lines leave in the order they were written, before the
+            # results that follow them (two pool threads sending at once cannot swap them).
+            with self.lock:
+                msg.logs.extend(capture.take())
+                self.sock.sendall(_HEADER.pack(msg.ByteSize(), MESSAGE) + msg.SerializeToString())
+                self.last_send = time.monotonic()
+            return
         self._send_raw(MESSAGE, msg.SerializeToString())
+
+    def ship_logs(self) -> None:
+        """Send what the handlers printed, if anything waits (the monitor, the pool's reader)."""
+        capture = self.capture
+        if capture is not None and capture.pending:
+            self.send(pb.WorkerRequest())
 
     def _recv_exact(self, n: int) -> bytes:
         buf = bytearray()
@@ -179,11 +196,14 @@ class BlockingLink:
             else:
                 seen = started
                 self._stop.wait(LONG_CALL_SECONDS)
-            if time.monotonic() - self.last_send >= HEARTBEAT_SECONDS:
-                try:
+            try:
+                self.ship_logs()  # a long call's lines, live
+                if self.capture is not None and self.capture.has_stale_partial():
+                    self.send(pb.WorkerRequest())  # takes a line without its newline once it is old enough
+                if time.monotonic() - self.last_send >= HEARTBEAT_SECONDS:
                     self.send(pb.WorkerRequest(heartbeat=True))
-                except OSError:
-                    return
+            except OSError:
+                return
 
     def _poll(self, started: int) -> None:
         """Wait for a message while call number ``started`` runs, until a heartbeat is due."""
@@ -321,6 +341,7 @@ def _serve_pool(link: BlockingLink, fn, codec: FunctionCodec, capacity: int, set
             readable, _, _ = select.select(watched, [], [])
             if link._wake_r in readable:
                 link._drain_wakes()
+                link.ship_logs()  # the capture woke us: handlers printed
             if link.sock in readable:
                 with link.recv_lock:
                     link.receive()

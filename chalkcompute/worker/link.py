@@ -35,6 +35,7 @@ from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import WorkerStub
 from chalkcompute.exceptions import SerializationError
 from chalkcompute.worker.outcome import PayloadTooLarge, fail_late
+from chalkcompute.worker.output import OutputCapture
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,9 @@ class DaemonLink:
         self._credit = 0
         self._dirty: set[ChunkGate] = set()
         self._failed: dict[tuple[str, int], BaseException] = {}  # attempts whose chunks could not be encoded
+        # What handlers print, per call (chalkcompute.worker.output); None: not captured (a pooled
+        # replica's other links: the main link ships every call's lines).
+        self.capture: OutputCapture | None = None
         self._wake: asyncio.Event | None = None
         self._scheduled = False
         self._lock = threading.Lock()
@@ -215,6 +219,10 @@ class DaemonLink:
     def finish_gate(self, gate: ChunkGate) -> None:
         with self._lock:
             self.gates.pop((gate.call_id, gate.attempt), None)
+
+    def poke_logs(self) -> None:
+        """Lines wait in the capture (any thread): the next message takes them."""
+        self._poke()
 
     def _poke(self) -> None:
         # One wake-up per burst: the flush takes everything queued by then.
@@ -294,6 +302,9 @@ class DaemonLink:
             await asyncio.sleep(HEARTBEAT_SECONDS)
             with self._lock:
                 idle = not self._events and not self._dirty and not self._credit
+            capture = self.capture
+            if capture is not None and capture.has_stale_partial():
+                self._poke()  # a line without its newline, printed a while ago, goes now
             if idle:
                 async with self._send_lock:
                     await self.stream.send_message(pb.WorkerRequest(heartbeat=True))
@@ -330,7 +341,9 @@ class DaemonLink:
         for g in dirty:
             if g.failed is not None:  # recorded even when nothing else goes out now: its end comes later
                 self._failed[(g.call_id, g.attempt)] = g.failed
-        if not chunk_events and not events and not credit:
+        capture = self.capture
+        logs = capture.take() if capture is not None else []
+        if not chunk_events and not events and not credit and not logs:
             return None
         if self._failed:
             for ev in events:
@@ -340,7 +353,8 @@ class DaemonLink:
                     # the handler had returned): no success.
                     fail_late(ev, exc)
         # Chunks before the final event of the same call: they were yielded first.
-        return pb.WorkerRequest(events=chunk_events + events, credit=credit), flushed
+        # Lines first (the daemon reads them first): a call's output is in before its result.
+        return pb.WorkerRequest(logs=logs, events=chunk_events + events, credit=credit), flushed
 
     def _encode_pending(self, gate: ChunkGate) -> list[pb.AttemptEvent]:
         encode = self.encode_chunks
@@ -412,7 +426,8 @@ def _split(msg: pb.WorkerRequest) -> list[pb.WorkerRequest]:
     and heartbeat ride on the last part, after the events they follow)."""
     if msg.ByteSize() <= MAX_BATCH_BYTES:
         return [msg]
-    parts = [pb.WorkerRequest(events=group) for group in batches(msg.events, size=_event_size)]
+    parts = [pb.WorkerRequest(events=group) for group in batches(msg.events, size=_event_size)] or [pb.WorkerRequest()]
+    parts[0].logs.extend(msg.logs)  # bounded by the capture (1 MiB of text)
     parts[-1].credit = msg.credit
     parts[-1].heartbeat = msg.heartbeat
     return parts

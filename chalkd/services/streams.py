@@ -109,8 +109,14 @@ class _Outbox:
                     self.drained.set()
 
 
-def _session_message(events: list) -> pb.SessionResponse:
-    return pb.SessionResponse(events=events)
+def _session_message(items: list) -> pb.SessionResponse:
+    msg = pb.SessionResponse()
+    for item in items:
+        if isinstance(item, pb.CallLogs):  # live output (chalkd.logs.service), in order with the events
+            msg.logs.append(item)
+        else:
+            msg.events.append(item)
+    return msg
 
 
 class CallerSession:
@@ -118,9 +124,16 @@ class CallerSession:
 
     def __init__(self, stream, outbox_limit: int = 0) -> None:
         self.out = _Outbox(stream, _session_message, outbox_limit)
+        self.live_logs = False  # the caller asked for its calls' output as it is written
 
     def send_event(self, ref: int, call_id: str, event: CallEvent) -> None:
         self.out.put(event_to_pb(ref, call_id, event))
+
+    def send_logs(self, ref: int, call_id: str, line: pb.LogLine) -> None:
+        # Live lines are a view: a caller whose outbox is past half its limit loses them (the store keeps them).
+        if self.out.limit and self.out.bytes > self.out.limit // 2:
+            return
+        self.out.put(pb.CallLogs(ref=ref, call_id=call_id, lines=[line]))
 
 
 def event_to_pb(ref: int, call_id: str, event: CallEvent) -> pb.CallEvent:
@@ -228,6 +241,8 @@ class QueueService(QueueBase):
 
     def _handle(self, session: CallerSession, req: pb.SessionRequest) -> None:
         q = self.queue
+        if req.live_logs:
+            session.live_logs = True
         for s in req.submits:
             try:
                 self._submit(session, s)
@@ -341,7 +356,8 @@ class WorkerConnection:
 
 class WorkerService(WorkerBase):
     def __init__(self, queue: Queue, scaler: Autoscaler, *, max_payload: int, secrets=None,
-                 on_replica_gone: Callable[[str], None] | None = None) -> None:
+                 on_replica_gone: Callable[[str], None] | None = None, logs=None) -> None:
+        self.logs = logs  # chalkd.logs.service.LogsService: handlers' output, stored and sent on live
         self.queue = queue
         self.scaler = scaler
         self.max_payload = max_payload
@@ -403,6 +419,8 @@ class WorkerService(WorkerBase):
                         ready = True
                         self.scaler.replica_ready(replica)
                     q.worker_credit(conn, req.credit)
+                if req.logs and self.logs is not None:  # before the events: a call's lines before its end
+                    self.logs.on_worker_lines(fv.id, fv.name, replica.id, req.logs)
                 for msg in req.events:
                     event = event_from_pb(msg)
                     if event is not None:
@@ -417,5 +435,7 @@ class WorkerService(WorkerBase):
             except (asyncio.CancelledError, Exception):
                 pass
             self.scaler.replica_disconnected(replica)
+            if self.logs is not None:
+                self.logs.store.replica_gone(fv.id, replica.id)
             if fv is replica.function:  # a pooled replica's other streams end with it
                 self.on_replica_gone(replica.id)

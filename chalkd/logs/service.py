@@ -1,0 +1,186 @@
+"""``Logs.Read`` (what ``chalkd logs`` and ``FunctionCall.logs()`` call), and the live relay of lines to callers.
+
+A read names one call (its lines, from the store), a function (every
+version's calls, optionally one replica's) or a replica alone (its whole
+output file, which also holds what was written below Python). With
+``follow``, new lines stream until the caller leaves, or, for a call, until
+the call has finished. Replicas' scoped credentials cannot call it (it is not
+in :data:`chalkd.auth.REPLICA_METHODS`): a handler reads no one's logs::
+
+    service = LogsService(store, queue, catalog, replica_logs=home / "logs" / "replicas")
+    service.on_worker_lines(fv, replica_id, req.logs)    # WorkerService, for each worker message
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+from chalkcompute._contract import quote
+from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
+from chalkcompute._proto.chalk_v1_chalk_grpc import LogsBase
+from chalkd.catalog import Catalog
+from chalkd.errors import InvalidArgument, NotFound
+from chalkd.logs.store import LogStore
+from chalkd.queue.core import CallNotFound, Queue
+from chalkd.services.errors import grpc_errors
+
+log = logging.getLogger(__name__)
+
+LINES_PER_MESSAGE = 1000
+FOLLOW_POLL_SECONDS = 0.5    # how often a follow of a call looks whether the call has finished
+REPLICA_FILE_TAIL_BYTES = 8 << 20  # a replica's output file is read from at most this far back
+
+
+class LogsService(LogsBase):
+    def __init__(self, store: LogStore, queue: Queue, catalog: Catalog, *, replica_logs: Path) -> None:
+        self.store = store
+        self.queue = queue
+        self.catalog = catalog
+        self.replica_logs = replica_logs
+
+    # -- from the worker streams (event loop) ------------------------------------------------------
+
+    def on_worker_lines(self, function_id: str, function_name: str, replica_id: str,
+                        lines: Iterable[pb.LogLine]) -> None:
+        """Store a worker's lines and send them on, live, to the sessions of their calls that asked."""
+        own = [line for line in lines if not line.relayed]
+        if own:
+            self.store.append(function_id, replica_id, own)
+        calls = self.queue.calls
+        for line in lines:
+            for cid in line.call_ids:
+                call = calls.get(cid)
+                if call is None or not call.subscribers:
+                    continue
+                for sub, ref in list(call.subscribers.items()):
+                    send = getattr(sub, "send_logs", None)
+                    if send is not None and getattr(sub, "live_logs", False):
+                        out = pb.LogLine(ts=line.ts, stream=line.stream, text=line.text,
+                                         function_name=line.function_name or function_name)
+                        send(ref, cid, out)
+
+    # -- Logs.Read ------------------------------------------------------------------------------------
+
+    @grpc_errors
+    async def Read(self, stream) -> None:
+        req: pb.ReadLogsRequest = await stream.recv_message()
+        if req.tail < 0:
+            raise InvalidArgument(f"tail must be 0 (all) or more, got {req.tail}")
+        if req.call_id:
+            await self._read_call(stream, req)
+        elif req.function_name:
+            versions = [fv.id for fv in self.catalog.by_id.values() if fv.name == req.function_name]
+            if not versions:
+                raise NotFound(f"no function named {quote(req.function_name)}: deploy it first (is the name right?)")
+            await self._read_store(stream, req, versions)
+        elif req.replica_id:
+            await self._read_replica_file(stream, req)
+        else:
+            raise InvalidArgument("name a call id, a function or a replica")
+
+    async def _read_call(self, stream, req: pb.ReadLogsRequest) -> None:
+        try:
+            self.queue.get(req.call_id)
+        except CallNotFound:
+            raise NotFound(f"no call {quote(req.call_id)} (unknown, or its record has expired)") from None
+        await self._read_store(stream, req, None)
+
+    async def _read_store(self, stream, req: pb.ReadLogsRequest, versions: list[str] | None) -> None:
+        versions_set = set(versions) if versions is not None else None
+        live: asyncio.Queue[pb.LogLine] = asyncio.Queue()
+
+        def follow(version_id: str, replica_id: str, lines: list[pb.LogLine]) -> None:
+            if versions_set is not None and version_id not in versions_set:
+                return
+            if req.replica_id and replica_id != req.replica_id:
+                return
+            for line in lines:
+                if line.relayed or (req.call_id and req.call_id not in line.call_ids):
+                    continue
+                out = pb.LogLine()
+                out.CopyFrom(line)
+                out.replica_id = replica_id
+                live.put_nowait(out)
+
+        if req.follow:  # before the read: a line written meanwhile is in one or the other (or both: skipped)
+            self.store.followers.append(follow)
+        try:
+            rows = await asyncio.to_thread(self.store.read, call_id=req.call_id, version_ids=versions,
+                                           replica_id=req.replica_id, since=req.since, tail=req.tail)
+            seen = {(r.ts, r.text) for r in rows if rows and r.ts == rows[-1].ts}
+            last = rows[-1].ts if rows else 0.0
+            for i in range(0, len(rows), LINES_PER_MESSAGE):
+                await stream.send_message(pb.ReadLogsResponse(lines=[r.to_pb() for r in rows[i:i + LINES_PER_MESSAGE]]))
+            if not req.follow:
+                return
+            await stream.send_message(pb.ReadLogsResponse())  # history sent: a follower knows it is live now
+            while True:
+                try:
+                    line = await asyncio.wait_for(live.get(), FOLLOW_POLL_SECONDS)
+                except TimeoutError:
+                    if req.call_id and req.call_id not in self.queue.calls:
+                        return  # the call has finished: nothing more comes
+                    continue
+                batch = [line]
+                while not live.empty():
+                    batch.append(live.get_nowait())
+                batch = [x for x in batch if x.ts > last or (x.ts == last and (x.ts, x.text) not in seen)]
+                if batch:
+                    await stream.send_message(pb.ReadLogsResponse(lines=batch))
+        finally:
+            if req.follow:
+                self.store.followers.remove(follow)
+
+    async def _read_replica_file(self, stream, req: pb.ReadLogsRequest) -> None:
+        """A replica's whole output (its runtime's file): the handler's lines and all written below Python."""
+        rid = req.replica_id
+        if "/" in rid or rid.startswith(".") or not rid:
+            raise InvalidArgument(f"not a replica id: {quote(rid)}")
+        path = self.replica_logs / f"{rid}.log"
+        if not path.exists():
+            raise NotFound(f"no output of replica {quote(rid)} (unknown, or never wrote anything)")
+        offset, lines = await asyncio.to_thread(_tail_file, path, req.tail)
+        for i in range(0, len(lines), LINES_PER_MESSAGE):
+            await stream.send_message(pb.ReadLogsResponse(
+                lines=[pb.LogLine(text=t, replica_id=rid) for t in lines[i:i + LINES_PER_MESSAGE]]))
+        if not req.follow:
+            return
+        await stream.send_message(pb.ReadLogsResponse())
+        partial = b""
+        while True:  # no end of its own: the caller leaves (the file stays after the replica ends)
+            await asyncio.sleep(FOLLOW_POLL_SECONDS)
+            data, offset = await asyncio.to_thread(_read_from, path, offset)
+            if not data:
+                continue
+            data, _, partial = (partial + data).rpartition(b"\n")
+            if data:
+                text = data.decode(errors="replace").split("\n")
+                await stream.send_message(pb.ReadLogsResponse(lines=[pb.LogLine(text=t, replica_id=rid)
+                                                                     for t in text]))
+
+
+def _tail_file(path: Path, tail: int) -> tuple[int, list[str]]:
+    with open(path, "rb") as f:
+        size = f.seek(0, 2)
+        f.seek(max(0, size - REPLICA_FILE_TAIL_BYTES))
+        data = f.read()
+    text = data.decode(errors="replace")
+    if size > REPLICA_FILE_TAIL_BYTES:
+        text = text.partition("\n")[2]  # a line cut by the start of the window
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return size, lines[-tail:] if tail > 0 else lines
+
+
+def _read_from(path: Path, offset: int) -> tuple[bytes, int]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(4 << 20)
+    except FileNotFoundError:
+        return b"", offset
+    return data, offset + len(data)
