@@ -140,6 +140,10 @@ class LogStore:
         """Close the replica's open segment (after what it sent is written)."""
         self.queue.put(("close", (version_id, replica_id)))
 
+    def expire(self) -> None:
+        """Remove what is past the age limit now (the writer does so every :data:`SWEEP_SECONDS` anyway)."""
+        self.queue.put(("sweep", None))
+
     def sync(self, timeout: float = 10.0) -> None:
         """Return once what was queued before this call is on disk."""
         done = threading.Event()
@@ -243,6 +247,9 @@ class LogStore:
                 elif it[0] == "close":
                     if it[1] in self.open:
                         self._rotate(it[1])
+                elif it[0] == "sweep":
+                    self._last_sweep = 0.0
+                    self._enforce(None)
                 else:
                     try:
                         self._write(*it)
