@@ -270,21 +270,31 @@ class LogStore:
         dropped = self.dropped.pop(key, 0)
         if dropped:
             batch = [*batch, (time.time(), [], 2, f"[chalkd: {dropped} lines dropped: the log writer fell behind]")]
-        seg, f = self._current(version_id, replica_id)
-        data = "".join(json.dumps({"t": ts, "c": ids, "s": stream, "x": text}, ensure_ascii=False) + "\n"
-                       for ts, ids, stream, text in batch).encode()
-        f.write(data)  # type: ignore[attr-defined]
-        with self.lock:
-            seg.size += len(data)
-            self.total += len(data)
-            seg.first = seg.first or batch[0][0]
-            seg.last = max(seg.last, batch[-1][0])
-            for _, ids, _, _ in batch:
-                seg.calls.update(ids)
-            seg.dirty = True
-        if seg.size >= self.segment_bytes:
-            self._rotate(key)
-        self._enforce(key)
+        rows = [(ts, ids, (json.dumps({"t": ts, "c": ids, "s": stream, "x": text}, ensure_ascii=False) + "\n")
+                 .encode()) for ts, ids, stream, text in batch]
+        start = 0
+        while start < len(rows):
+            seg, f = self._current(version_id, replica_id)
+            # As many lines as fit the segment (at least one): a segment outgrows its size by a line at most.
+            room, end = self.segment_bytes - seg.size, start
+            while end < len(rows) and (end == start or room >= len(rows[end][2])):
+                room -= len(rows[end][2])
+                end += 1
+            part = rows[start:end]
+            data = b"".join(r[2] for r in part)
+            f.write(data)  # type: ignore[attr-defined]
+            with self.lock:
+                seg.size += len(data)
+                self.total += len(data)
+                seg.first = seg.first or part[0][0]
+                seg.last = max(seg.last, part[-1][0])
+                for _, ids, _ in part:
+                    seg.calls.update(ids)
+                seg.dirty = True
+            if seg.size >= self.segment_bytes or end < len(rows):
+                self._rotate(key)
+            self._enforce(key)
+            start = end
 
     def _current(self, version_id: str, replica_id: str) -> tuple[_Segment, object]:
         key = (version_id, replica_id)

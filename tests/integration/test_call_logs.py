@@ -179,3 +179,59 @@ def _uses_secret() -> int:
 
     print("using the token")
     return len(os.environ["LOGS_TEST_TOKEN"])
+
+
+@chalkcompute.function
+def snoop(call_id: str) -> str:
+    from chalkcompute import _logs
+    from chalkcompute._client import Client
+    from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
+
+    try:
+        _logs.read_lines(Client.get(), pb.ReadLogsRequest(call_id=call_id))
+    except Exception as exc:  # noqa: BLE001 - the test wants the refusal's words
+        return f"{type(exc).__name__}: {exc}"
+    return "read another call's logs"
+
+
+def test_a_handler_cannot_read_logs_with_its_replica_credential():
+    victim = chatty.spawn("V", 1)
+    partner = chatty.spawn("W", 1)
+    victim.get(timeout=60), partner.get(timeout=60)
+    refused = snoop(victim.object_id)
+    assert "read another call's logs" not in refused
+    assert "Logs/Read" in refused or "permission" in refused.lower(), refused
+
+
+@chalkcompute.function
+def flood(n: int) -> int:
+    for i in range(n):
+        print(f"flood line {i:06d} " + "x" * 80)
+    return n
+
+
+FLOOD_SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {root!r})
+    from tests.integration.test_call_logs import flood
+    for _ in range(4):
+        assert flood(2000) == 2000
+    print(flood.spawn(10).logs()[-1])
+""")
+
+
+def test_small_log_max_bytes_caps_the_disk(tmp_path):
+    from tests.conftest import Daemon
+
+    d = Daemon(tmp_path / "home", extra_args=("--log-max-bytes", "65536")).start()
+    try:
+        env = {**os.environ, "CHALK_COMPUTE_TARGET": d.target, "CHALK_SHOW_OUTPUT": "0"}
+        out = subprocess.run([sys.executable, "-c", FLOOD_SCRIPT.format(root=str(ROOT))], capture_output=True,
+                             text=True, timeout=90, cwd=ROOT, env=env)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith("flood line 000009")  # the newest call's lines are kept
+        stored = sum(p.stat().st_size for p in (tmp_path / "home" / "logs" / "calls").rglob("*.log"))
+        # ~800 KB printed; one replica keeps a quarter of 64 KiB, plus the segment being written (4 KiB).
+        assert 0 < stored <= 65536 // 4 + 4096 + 200, stored
+    finally:
+        d.stop()
