@@ -21,6 +21,7 @@ import collections
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 from chalkcompute._bridge import run_sync, sdk_loop
@@ -31,6 +32,7 @@ from chalkcompute._rpc import guarded
 __all__ = ["live_wanted", "show", "read_lines", "follow_lines", "relay", "MAX_SHOW_BYTES"]
 
 MAX_SHOW_BYTES = 1 << 20  # live lines waiting for stderr; past it they are dropped (counted)
+COALESCE_SECONDS = 0.02   # the printer's pause after a write: many lines, one write (and one wake-up)
 
 # Set by the worker (chalkcompute.worker.output): (parent call id, a nested call's line) -> that
 # call's output, so the line travels on to its own caller.
@@ -89,6 +91,7 @@ class _Printer:
                 sys.stderr.flush()
             except (OSError, ValueError, AttributeError):  # a closed or broken stderr: the output is a view
                 pass
+            time.sleep(COALESCE_SECONDS)
 
 
 _printer = _Printer()

@@ -44,6 +44,9 @@ DEFAULT_MAX_BYTES = 1 << 30          # all call logs together
 DEFAULT_MAX_AGE = 7 * 86400.0        # seconds
 MAX_QUEUED_BYTES = 64 << 20          # waiting for the writer; past it lines are dropped (counted, marked)
 SWEEP_SECONDS = 30.0                 # how often the writer looks for segments past the age limit
+COALESCE_SECONDS = 0.02              # the writer's pause after a write: a burst of small batches is one write
+INDEX_SECONDS = 1.0                  # an open segment's index on disk lags its file by at most this (reads
+                                     # use the index in memory; the file is for the next start)
 
 
 @dataclass
@@ -113,6 +116,7 @@ class LogStore:
         self.followers: list[Callable[[str, str, list[pb.LogLine]], None]] = []
         self._load()
         self._last_sweep = 0.0
+        self._last_index = 0.0
         self.writer = threading.Thread(target=self._write_loop, name="chalkd-logs", daemon=True)
         self.writer.start()
 
@@ -227,9 +231,11 @@ class LogStore:
     def _write_loop(self) -> None:
         while True:
             try:
-                item = self.queue.get(timeout=SWEEP_SECONDS)
+                item = self.queue.get(timeout=INDEX_SECONDS)
             except queue.Empty:
-                self._enforce(None)  # the age limit holds while nothing is written too
+                self._flush()
+                if time.time() - self._last_sweep >= SWEEP_SECONDS:
+                    self._enforce(None)  # the age limit holds while nothing is written too
                 continue
             items = [item]
             while True:  # everything that piled up: one write per file
@@ -257,12 +263,15 @@ class LogStore:
                         log.error("cannot write call logs under %s: %s", self.root, exc)
                     except Exception:  # a bug of ours must not stop the writer (reads would wait on it)
                         log.exception("writing call logs failed")
-            self._flush()
+            if waiters or time.monotonic() - self._last_index >= INDEX_SECONDS:
+                self._flush()
             for w in waiters:
                 w.set()
             if stop:
                 self._close_all()
                 return
+            if not waiters:
+                time.sleep(COALESCE_SECONDS)  # a reader waiting in sync() is never made to wait for this
 
     def _write(self, version_id: str, replica_id: str, batch: list, size: int) -> None:
         self.queued_bytes -= size
@@ -355,6 +364,7 @@ class LogStore:
                      len(victims), self.max_bytes, self.max_age)
 
     def _flush(self) -> None:
+        self._last_index = time.monotonic()
         with self.lock:
             dirty = [s for s, _ in self.open.values() if s.dirty]
         for s in dirty:
