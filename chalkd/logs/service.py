@@ -45,15 +45,23 @@ class LogsService(LogsBase):
 
     def on_worker_lines(self, function_id: str, function_name: str, replica_id: str,
                         lines: Iterable[pb.LogLine]) -> None:
-        """Store a worker's lines and send them on, live, to the sessions of their calls that asked."""
-        own = [line for line in lines if not line.relayed]
-        if own:
-            self.store.append(function_id, replica_id, own)
+        """Store a worker's lines and send them on, live, to the sessions of their calls that asked.
+
+        A line names only calls running on the replica that sent it: another call's id (a forged
+        line, or one that came after its call ended) is dropped from it, and a line left with no
+        call is the replica's own. Nothing here writes anything but the handler's text."""
         calls = self.queue.calls
+        own: list[pb.LogLine] = []
         for line in lines:
-            for cid in line.call_ids:
-                call = calls.get(cid)
-                if call is None or not call.subscribers:
+            ids = [cid for cid in line.call_ids if (c := calls.get(cid)) is not None and c.replica_id == replica_id]
+            if len(ids) != len(line.call_ids):
+                del line.call_ids[:]
+                line.call_ids.extend(ids)
+            if not line.relayed:
+                own.append(line)
+            for cid in ids:
+                call = calls[cid]
+                if not call.subscribers:
                     continue
                 for sub, ref in list(call.subscribers.items()):
                     send = getattr(sub, "send_logs", None)
@@ -61,6 +69,8 @@ class LogsService(LogsBase):
                         out = pb.LogLine(ts=line.ts, stream=line.stream, text=line.text,
                                          function_name=line.function_name or function_name)
                         send(ref, cid, out)
+        if own:
+            self.store.append(function_id, replica_id, own)
 
     # -- Logs.Read ------------------------------------------------------------------------------------
 

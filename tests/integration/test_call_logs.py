@@ -235,3 +235,24 @@ def test_small_log_max_bytes_caps_the_disk(tmp_path):
         assert 0 < stored <= 65536 // 4 + 4096 + 200, stored
     finally:
         d.stop()
+
+
+@chalkcompute.function
+def forger(victim: str) -> str:
+    import sys
+
+    sys.stdout._capture.write((victim,), 1, "forged into another call\n")  # the worker's own capture
+    print("my own line")
+    return "tried"
+
+
+def test_a_replica_cannot_write_lines_into_another_replica_s_call():
+    victim = inner.spawn(1)
+    assert victim.get(timeout=60) == 2
+    assert forger(victim.object_id) == "tried"
+    assert "forged into another call" not in victim.logs()
+    client = Client.get()
+    rows = _logs.read_lines(client, pb.ReadLogsRequest(function_name="forger"))
+    # Kept as the forging replica's own output, named to no call.
+    assert [list(r.call_ids) for r in rows if r.text == "forged into another call"] == [[]]
+    assert any(r.text == "my own line" and len(r.call_ids) == 1 for r in rows)
