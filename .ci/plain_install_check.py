@@ -1,4 +1,5 @@
-"""CI: one Docker function and one sandbox through a chalkd installed from its wheel alone.
+"""CI: a Docker function, a sandbox, a scaling group and a DataFrame query through a chalkd installed
+from its wheel alone.
 
 `.ci/run` builds chalkd's wheel, installs it by itself in a fresh ``python3 -m venv``
 (the bundled setuptools, no test extras, no source checkout on the path), starts
@@ -28,6 +29,11 @@ def where(x: int) -> dict:
     return {"double": 2 * x, "in_docker": os.path.exists("/.dockerenv"), "sdk": os.path.dirname(sdk.__file__)}
 
 
+@chalkcompute.function(timeout=300)
+def triple(x: int) -> int:
+    return 3 * x
+
+
 def main() -> int:
     if "site-packages" not in chalkcompute.__file__:
         print(f"plain install check: chalkcompute comes from {chalkcompute.__file__}, not the venv", file=sys.stderr)
@@ -53,6 +59,26 @@ def main() -> int:
     if (result.exit_code, result.stdout_text, result.stderr_text, files) != (
             0, "from stdin\n", "sandbox-ok\n", b"plain"):
         print("plain install check: FAILED (the sandbox's exec or files)", file=sys.stderr)
+        return 1
+    # A scaling group (the proxy, httpx and aiohttp from the wheel's dependencies): the stdlib's server.
+    group = chalkcompute.ScalingGroup(
+        image=chalkcompute.Image.debian_slim().entrypoint(["python3", "-m", "http.server", "8080"]),
+        name="plain-check", port=8080).deploy()
+    try:
+        status = group.call("/", method="GET").status_code
+    finally:
+        group.delete()
+    print(f"plain install check: group answered {status}")
+    if status != 200:
+        print("plain install check: FAILED (the scaling group's answer)", file=sys.stderr)
+        return 1
+    # A DataFrame query through batch calls.
+    from chalkcompute import DataFrame, F, _
+
+    table = DataFrame.from_dict({"x": [1, 2, 3]}).project({"y": F.catalog_call("triple", _.x)}).to_arrow()
+    print(f"plain install check: dataframe {table.column('y').to_pylist()}")
+    if table.column("y").to_pylist() != [3, 6, 9]:
+        print("plain install check: FAILED (the DataFrame query)", file=sys.stderr)
         return 1
     print("plain install check: ok")
     return 0
