@@ -172,7 +172,8 @@ def token_guard(auth: WebAuth) -> Callable:
         if how is None:
             return _refuse(401, f"{request.path} needs this daemon's token: send `Authorization: Bearer <token>` "
                                 "(the token is in <home>/token; `chalkd token show` prints it)"
-                                + ("; or start the daemon with --metrics-open" if request.path == "/metrics" else ""),
+                                + ("; or start the daemon with --metrics-open" if request.path == "/metrics"
+                                   else "; in a browser, open the login link `chalkd dashboard` prints"),
                            **{"WWW-Authenticate": 'Bearer realm="chalkd"'})
         request[AUTHORIZED_BY] = how
         return await handler(request)
