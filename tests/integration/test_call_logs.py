@@ -118,6 +118,8 @@ def test_chalkd_logs_by_call_id_and_by_function_name(daemon):
     assert "C line 3" in out.stdout and "D line" not in out.stdout
     tail = chalkd(daemon, "logs", a.object_id, "--tail", "1")
     assert tail.stdout.strip().endswith("C logged") and len(tail.stdout.strip().splitlines()) == 1
+    followed = chalkd(daemon, "logs", a.object_id, "-f")  # a finished call: its lines, then the follow ends
+    assert followed.returncode == 0 and "C line 3" in followed.stdout, followed.stderr
     fn = chalkd(daemon, "logs", "chatty", "--since", "10m")
     assert fn.returncode == 0, fn.stderr
     assert a.object_id in fn.stdout and b.object_id in fn.stdout
