@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
+from chalkd.logs.replica_file import sweep_replica_files
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class LogStore:
     """See the module docstring. Thread-safe; ``append`` is for the event loop, the rest for threads."""
 
     def __init__(self, root: Path, *, max_bytes: int = DEFAULT_MAX_BYTES, max_age: float = DEFAULT_MAX_AGE,
-                 replica_max_bytes: int = 0, segment_bytes: int = 0) -> None:
+                 replica_max_bytes: int = 0, segment_bytes: int = 0, replica_files: Path | None = None) -> None:
         if max_bytes < 4096:
             raise ValueError(f"--log-max-bytes must be at least 4096, got {max_bytes}")
         if max_age <= 0:
@@ -103,6 +104,8 @@ class LogStore:
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.max_bytes = max_bytes
         self.max_age = max_age
+        # The replicas' own output files (chalkd.logs.replica_file): swept here too, by the same caps.
+        self.replica_files = replica_files if replica_files is not None else self.root.parent / "replicas"
         # A replica may hold a quarter of the total (at least two segments), so others keep theirs.
         self.replica_max_bytes = replica_max_bytes or max(max_bytes // 4, 2 * 4096)
         self.segment_bytes = segment_bytes or max(1024, min(8 << 20, self.replica_max_bytes // 4))
@@ -346,7 +349,8 @@ class LogStore:
                 if s not in current and s not in victims:
                     victims.append(s)
                     over -= s.size
-            if now - self._last_sweep >= SWEEP_SECONDS:
+            sweep = now - self._last_sweep >= SWEEP_SECONDS
+            if sweep:
                 self._last_sweep = now
                 victims += [s for s in self.segments
                             if s not in current and s not in victims and s.last and s.last < now - self.max_age]
@@ -359,6 +363,10 @@ class LogStore:
                     p.unlink()
                 except FileNotFoundError:
                     pass
+        if sweep and self.replica_files.is_dir():
+            gone = sweep_replica_files(self.replica_files, max_bytes=self.max_bytes, max_age=self.max_age)
+            if gone:
+                log.info("removed %d replica output file(s) past --log-max-age/--log-max-bytes", gone)
         if victims:
             log.info("removed %d call-log segment(s) over the caps (--log-max-bytes %d, --log-max-age %gs)",
                      len(victims), self.max_bytes, self.max_age)

@@ -45,6 +45,7 @@ from aiodocker.exceptions import DockerError
 
 from chalkd.images.blobs import BlobError, BlobStore
 from chalkd.images.docker_build import BuiltImage, DockerImageBuilder, ImageBuildError
+from chalkd.logs.replica_file import ReplicaLogFile
 from chalkd.model import ReplicaExit
 from chalkd.runtime.base import (
     ReplicaHandle,
@@ -209,10 +210,9 @@ class DockerReplica(ReplicaHandle):
 
     async def _follow_logs(self) -> None:
         with contextlib.suppress(DockerError, asyncio.CancelledError, Exception):
-            with open(self.log_path, "a") as out:
+            with ReplicaLogFile(self.log_path) as out:  # 0600, rotated at its cap (chalkd.logs)
                 async for line in self.container.log(stdout=True, stderr=True, follow=True):
-                    out.write(line if line.endswith("\n") else line + "\n")
-                    out.flush()
+                    out.write((line if line.endswith("\n") else line + "\n").encode(errors="replace"))
                     self._tail.append(line.rstrip("\n"))
 
     async def wait(self) -> ReplicaExit:

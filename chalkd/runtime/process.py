@@ -29,6 +29,7 @@ from chalkd.images.process_env import (
     ProcessEnvironment,
     check_image,
 )
+from chalkd.logs.replica_file import ReplicaLogFile
 from chalkd.model import ReplicaExit
 from chalkd.runtime.base import (
     ReplicaHandle,
@@ -86,13 +87,12 @@ class ProcessReplica(ReplicaHandle):
 
     async def _read_output(self) -> None:
         assert self.proc.stdout is not None
-        with open(private_log(self.log_path), "ab") as logfile:
+        with ReplicaLogFile(self.log_path) as logfile:  # 0600, rotated at its cap (chalkd.logs)
             while True:
                 line = await self.proc.stdout.readline()
                 if not line:
                     return
                 logfile.write(line)
-                logfile.flush()
                 self._tail.append(line.decode(errors="replace").rstrip("\n"))
 
     async def wait(self) -> ReplicaExit:

@@ -246,3 +246,35 @@ def test_live_output_setting(monkeypatch):
     monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal
     monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
     assert not _logs.live_wanted()
+
+
+# -- a replica's output file ---------------------------------------------------------------------
+
+
+def test_a_replica_file_is_private_and_rotated_at_its_cap(tmp_path):
+    from chalkd.logs.replica_file import ReplicaLogFile
+
+    path = tmp_path / "r-1.log"
+    with ReplicaLogFile(path, max_bytes=100) as out:
+        for i in range(30):
+            out.write(f"line {i:02d}\n".encode())  # 8 bytes a line: 240 bytes in all
+    assert path.stat().st_mode & 0o777 == 0o600
+    older = tmp_path / "r-1.log.1"
+    assert path.stat().st_size <= 100 and older.stat().st_size <= 100
+    assert path.read_text().splitlines()[-1] == "line 29"
+    assert not (tmp_path / "r-1.log.2").exists()  # one older file at most
+
+
+def test_idle_replica_files_are_swept_by_age_and_total(tmp_path):
+    import os
+
+    from chalkd.logs.replica_file import sweep_replica_files
+
+    now = time.time()
+    for name, age, size in (("r-old.log", 3 * 86400, 10), ("r-a.log", 600, 500), ("r-b.log", 300, 500),
+                            ("r-live.log", 0, 5000)):
+        p = tmp_path / name
+        p.write_bytes(b"x" * size)
+        os.utime(p, (now - age, now - age))
+    assert sweep_replica_files(tmp_path, max_bytes=5600, max_age=86400) == 2  # r-old by age, r-a to fit
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r-b.log", "r-live.log"]  # a live one stays
