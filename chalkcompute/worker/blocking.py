@@ -108,7 +108,8 @@ class BlockingLink:
             # Taken under the write lock: lines leave in the order they were written, before the
             # results that follow them (two pool threads sending at once cannot swap them).
             with self.lock:
-                msg.logs.extend(capture.take())
+                # A call's end goes with its last line, even one without a newline (print(x, end="")).
+                msg.logs.extend(capture.take(flush_partial=bool(msg.events)))
                 self.sock.sendall(_HEADER.pack(msg.ByteSize(), MESSAGE) + msg.SerializeToString())
                 self.last_send = time.monotonic()
             return

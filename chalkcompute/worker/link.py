@@ -342,7 +342,8 @@ class DaemonLink:
             if g.failed is not None:  # recorded even when nothing else goes out now: its end comes later
                 self._failed[(g.call_id, g.attempt)] = g.failed
         capture = self.capture
-        logs = capture.take() if capture is not None else []
+        # A call's end goes with its last line, even one without a newline (print(x, end="")).
+        logs = capture.take(flush_partial=bool(events)) if capture is not None else []
         if not chunk_events and not events and not credit and not logs:
             return None
         if self._failed:

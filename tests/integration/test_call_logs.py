@@ -258,3 +258,24 @@ def test_a_replica_cannot_write_lines_into_another_replica_s_call():
     # Kept as the forging replica's own output, named to no call.
     assert [list(r.call_ids) for r in rows if r.text == "forged into another call"] == [[]]
     assert any(r.text == "my own line" and len(r.call_ids) == 1 for r in rows)
+
+
+@chalkcompute.function
+def no_newline(x: int) -> int:
+    print("done", x, end="")
+    return x
+
+
+@chalkcompute.function
+async def no_newline_async(x: int) -> int:
+    print("async done", x, end="")
+    return x
+
+
+def test_a_last_line_without_its_newline_is_there_when_the_call_returns():
+    call = no_newline.spawn(3)
+    assert call.get(timeout=60) == 3
+    assert call.logs() == ["done 3"]
+    call = no_newline_async.spawn(4)
+    assert call.get(timeout=60) == 4
+    assert call.logs() == ["async done 4"]
