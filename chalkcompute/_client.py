@@ -147,6 +147,8 @@ class CallHandle:
     # what an event means to the caller: the one decoding of a call's outcome
     def value_of(self, event: CallEvent) -> Any:
         """A plain call's final event as its value, or raised as its exception."""
+        if _logs._printer.lines:  # its live lines show before its value does
+            _logs.drain()
         if type(event) is Result:
             payload = event.payload
             return self.decode(payload.schema, payload.batch)[0]

@@ -17,6 +17,7 @@ says so (the daemon's files keep everything)::
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import os
 import sys
@@ -63,6 +64,7 @@ class _Printer:
         self.bytes = 0
         self.dropped = 0
         self.thread: threading.Thread | None = None
+        self.write_lock = threading.Lock()  # taking and writing a batch: two writers never swap lines
 
     def put(self, text: str) -> None:
         with self.cond:
@@ -81,20 +83,38 @@ class _Printer:
             with self.cond:
                 while not self.lines and not self.dropped:
                     self.cond.wait()
+            self.drain()
+            time.sleep(COALESCE_SECONDS)
+
+    def drain(self) -> None:
+        """Write what waits, on this thread."""
+        with self.write_lock:
+            with self.cond:
                 lines, self.lines, self.bytes = list(self.lines), collections.deque(), 0
                 dropped, self.dropped = self.dropped, 0
             if dropped:
                 lines.append(f"[chalkd: {dropped} lines dropped: they came faster than stderr took them; "
                              "`chalkd logs CALL_ID` has them all]\n")
+            if not lines:
+                return
             try:
                 sys.stderr.write("".join(lines))
                 sys.stderr.flush()
             except (OSError, ValueError, AttributeError):  # a closed or broken stderr: the output is a view
                 pass
-            time.sleep(COALESCE_SECONDS)
 
 
 _printer = _Printer()
+
+
+def drain() -> None:
+    """Write the live lines that wait, on the caller's thread: a call's lines show before its result
+    is handed over (and before the process exits)."""
+    if _printer.lines or _printer.dropped:
+        _printer.drain()
+
+
+atexit.register(drain)
 
 
 def show(call_logs: pb.CallLogs, function_name: str, parent_call_id: str, several: bool) -> None:

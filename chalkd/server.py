@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -278,7 +279,8 @@ class Server:
 
         queue_service = QueueService(self.queue, self.catalog, max_payload=cfg.max_message_bytes)
         logs_service = LogsService(self.log_store, self.queue, self.catalog,
-                                   replica_logs=self.home / "logs" / "replicas")
+                                   replica_logs=self.home / "logs" / "replicas",
+                                   containers=self.containers, sandboxes=self.sandboxes)
         volumes_service = VolumesService(self.volumes, replica_volumes=self._replica_volumes)
         self.auth = Authenticator(self.token, self._replica_key)
         self.services = {
@@ -292,12 +294,16 @@ class Server:
             "policies": PoliciesService(self.limits, self.catalog, self.queue),
             "images": ImagesService(self.blobs, builder, self.runtime.name),
             "containers": ContainersService(self.containers, self.runtime.name),
-            "sandboxes": SandboxesService(self.sandboxes, self.runtime.name),
+            "sandboxes": SandboxesService(self.sandboxes, self.runtime.name),  # on_exec set below
             "groups": ScalingGroupsService(self.groups, self.runtime.name),
             "volumes": volumes_service,
             "secrets": SecretsService(self.secrets),
             "auth": self.auth,
         }
+        # Each exec in a sandbox or container leaves a line (command, exit code, duration) in the log store.
+        self.services["sandboxes"].on_exec = functools.partial(logs_service.record_exec, "sandboxes")
+        if self.containers is not None:
+            self.containers.on_exec = functools.partial(logs_service.record_exec, "containers")
 
         # Unauthenticated and idle connections are closed, capped per peer (see chalkd.connections).
         self.connections = ConnectionGuard(auth_timeout=cfg.auth_timeout, idle_timeout=cfg.idle_timeout,

@@ -32,6 +32,8 @@ import logging
 import os
 import re
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 from secrets import token_hex
 
@@ -123,6 +125,9 @@ class ContainerManager:
         self.secrets = secrets  # chalkd.secrets.store.SecretStore (the server's: the agent's env)
         self._starting: set[asyncio.Task] = set()
         self._closing = False
+        # (container id, a line about an exec): its command, exit code and duration, never its output
+        # (chalkd.logs.service.LogsService.record_exec, set by the server).
+        self.on_exec: Callable[[str, str], None] = lambda container_id, text: None
 
     # -- lookup -------------------------------------------------------------------
 
@@ -306,10 +311,15 @@ class ContainerManager:
                                   + (f": {c.error}" if c.error else "") + ")")
         if not argv:
             raise ValueError("exec needs a command")
+        started = time.monotonic()
         try:
-            return await agent_exec(c.socket, argv, env=env or None, cwd=cwd or None, timeout=timeout, stdin=stdin)
+            out = await agent_exec(c.socket, argv, env=env or None, cwd=cwd or None, timeout=timeout, stdin=stdin)
         except AgentUnavailableError as exc:
             raise ContainerFailed(f"container {c.name!r} does not answer: {exc}") from None
+        ended = f"exit code {out.exit_code}" if out.exit_code is not None else f"signal {out.signal}"
+        self.on_exec(c.id, f"exec {argv!r}: {ended} after {time.monotonic() - started:.3f}s"
+                     + (f" ({out.error})" if out.error else ""))
+        return out
 
     # -- restarts ---------------------------------------------------------------------
 

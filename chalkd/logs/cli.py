@@ -5,6 +5,8 @@
     chalkd logs embed --replica r-3f9a... -f       # one replica's calls, then follow
     chalkd logs r-3f9a...                          # a replica's whole output (a subprocess's too)
     chalkd logs sg-1a2b3c4d5e6f                    # a scaling group's replicas (or --group NAME)
+    chalkd logs sb-1a2b3c                          # a sandbox's (or ct-...: a container's) entrypoint output,
+                                                   # and a line per exec: command, exit code, duration
 
 A call's follow ends when the call has finished; the others run until Ctrl-C.
 """
@@ -59,11 +61,6 @@ def logs_command(args: argparse.Namespace) -> int:
     try:
         if args.group or name.startswith(GROUP):
             return _group(args)
-        if name.startswith((SANDBOX, CONTAINER)):
-            what = "sandbox" if name.startswith(SANDBOX) else "container"
-            print(f"chalkd: logs of a {what} ({name}) are not kept yet: only calls, functions, replicas and "
-                  "scaling groups have logs", file=sys.stderr)
-            return 2
         return _lines(args, name, since)
     except ChalkError as exc:
         print(f"chalkd: {exc}", file=sys.stderr)
@@ -78,7 +75,9 @@ def _lines(args: argparse.Namespace, name: str, since: float) -> int:
     from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 
     req = pb.ReadLogsRequest(since=since, tail=args.tail)
-    if name.startswith(CALL):
+    if name.startswith((SANDBOX, CONTAINER)):
+        req.object_id = name  # its entrypoint's output and a line per exec (command, exit code, duration)
+    elif name.startswith(CALL):
         req.call_id = name
     elif name.startswith(REPLICA) and not args.replica:
         req.replica_id = name
@@ -90,7 +89,7 @@ def _lines(args: argparse.Namespace, name: str, since: float) -> int:
         if req.function_name:
             calls = ",".join(line.call_ids) or "-"
             out = f"{_stamp(line.ts)} {calls} {line.replica_id} {line.text}"
-        elif req.call_id:
+        elif req.call_id or req.object_id:
             out = f"{_stamp(line.ts)} {line.text}"
         else:
             out = line.text  # a replica's file: its lines as written

@@ -14,7 +14,9 @@ in :data:`chalkd.auth.REPLICA_METHODS`): a handler reads no one's logs::
 from __future__ import annotations
 
 import asyncio
+import calendar
 import logging
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -32,10 +34,14 @@ log = logging.getLogger(__name__)
 LINES_PER_MESSAGE = 1000
 FOLLOW_POLL_SECONDS = 0.5    # how often a follow of a call looks whether the call has finished
 REPLICA_FILE_TAIL_BYTES = 8 << 20  # a replica's output file is read from at most this far back
+EXEC = 4  # LogLine.stream of a sandbox's or container's exec record
 
 
 class LogsService(LogsBase):
-    def __init__(self, store: LogStore, queue: Queue, catalog: Catalog, *, replica_logs: Path) -> None:
+    def __init__(self, store: LogStore, queue: Queue, catalog: Catalog, *, replica_logs: Path,
+                 containers=None, sandboxes=None) -> None:
+        self.containers = containers  # chalkd.containers.manager.ContainerManager (Docker runtime), or None
+        self.sandboxes = sandboxes    # chalkd.sandboxes.manager.SandboxManager (Docker runtime), or None
         self.store = store
         self.queue = queue
         self.catalog = catalog
@@ -72,6 +78,10 @@ class LogsService(LogsBase):
         if own:
             self.store.append(function_id, replica_id, own)
 
+    def record_exec(self, kind: str, object_id: str, text: str) -> None:
+        """Keep one line about an exec in a sandbox or container (``kind``: "sandboxes", "containers")."""
+        self.store.append(kind, object_id, [pb.LogLine(ts=time.time(), stream=EXEC, text=text)])
+
     # -- Logs.Read ------------------------------------------------------------------------------------
 
     @grpc_errors
@@ -79,7 +89,9 @@ class LogsService(LogsBase):
         req: pb.ReadLogsRequest = await stream.recv_message()
         if req.tail < 0:
             raise InvalidArgument(f"tail must be 0 (all) or more, got {req.tail}")
-        if req.call_id:
+        if req.object_id:
+            await self._read_object(stream, req)
+        elif req.call_id:
             await self._read_call(stream, req)
         elif req.function_name:
             versions = [fv.id for fv in self.catalog.by_id.values() if fv.name == req.function_name]
@@ -144,6 +156,32 @@ class LogsService(LogsBase):
             if req.follow:
                 self.store.followers.remove(follow)
 
+    async def _read_object(self, stream, req: pb.ReadLogsRequest) -> None:
+        """A sandbox's or container's entrypoint output (the engine's log) and its exec records, by time."""
+        oid = req.object_id
+        if req.follow:
+            raise InvalidArgument(f"following {quote(oid)} is not supported yet: read it again instead")
+        if oid.startswith("sb-"):
+            kind, manager = "sandboxes", self.sandboxes
+        elif oid.startswith("ct-"):
+            kind, manager = "containers", self.containers
+        else:
+            raise InvalidArgument(f"not a sandbox (sb-...) or container (ct-...) id: {quote(oid)}")
+        if manager is None:
+            raise NotFound(f"no {kind} here: this daemon runs the process runtime")
+        try:
+            rec = manager.get(id=oid)
+        except Exception as exc:  # noqa: BLE001 - the manager's own not-found, whatever its type
+            raise NotFound(f"no {kind[:-1]} {quote(oid)} ({exc})") from None
+        lines = await _engine_log(manager.docker, rec.engine_name, req.since)
+        lines += [r.to_pb() for r in await asyncio.to_thread(self.store.read, version_ids=[kind], replica_id=oid,
+                                                              since=req.since)]
+        lines.sort(key=lambda x: x.ts)
+        if req.tail > 0:
+            lines = lines[-req.tail:]
+        for i in range(0, len(lines), LINES_PER_MESSAGE):
+            await stream.send_message(pb.ReadLogsResponse(lines=lines[i:i + LINES_PER_MESSAGE]))
+
     async def _read_replica_file(self, stream, req: pb.ReadLogsRequest) -> None:
         """A replica's whole output (its runtime's file): the handler's lines and all written below Python."""
         rid = req.replica_id
@@ -170,6 +208,31 @@ class LogsService(LogsBase):
                 text = data.decode(errors="replace").split("\n")
                 await stream.send_message(pb.ReadLogsResponse(lines=[pb.LogLine(text=t, replica_id=rid)
                                                                      for t in text]))
+
+
+async def _engine_log(docker, engine_name: str, since: float) -> list[pb.LogLine]:
+    """The entrypoint's output as the engine kept it (its own log), timestamped; [] once the container is gone."""
+    from aiodocker.exceptions import DockerError
+
+    try:
+        container = await docker.containers.get(engine_name)
+        raw = await container.log(stdout=True, stderr=True, timestamps=True, since=int(since))
+    except DockerError:
+        return []
+    out = []
+    for entry in "".join(raw).splitlines():
+        stamp, _, text = entry.partition(" ")
+        out.append(pb.LogLine(ts=_rfc3339(stamp), stream=1, text=text))
+    return out
+
+
+def _rfc3339(stamp: str) -> float:
+    """Docker's ``2026-12-05T20:36:00.123456789Z`` as unix seconds (0.0 if it is not one)."""
+    try:
+        whole, _, frac = stamp.rstrip("Z").partition(".")
+        return calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + float("0." + (frac or "0"))
+    except ValueError:
+        return 0.0
 
 
 def _tail_file(path: Path, tail: int) -> tuple[int, list[str]]:

@@ -24,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
 from secrets import token_hex
 
 from grpclib import GRPCError
@@ -119,6 +121,10 @@ class SandboxesService(SandboxesBase):
     def __init__(self, manager, runtime_name: str = "process") -> None:
         self.manager = manager  # None without the Docker runtime
         self.runtime_name = runtime_name
+        # (sandbox id, a line about an exec): command, exit code, duration, never its output
+        # (chalkd.logs.service.LogsService.record_exec, set by the server); session -> (argv, start).
+        self.on_exec: Callable[[str, str], None] = lambda sandbox_id, text: None
+        self._exec_started: OrderedDict[str, tuple[list[str], float]] = OrderedDict()
 
     def _manager(self):
         if self.manager is None:
@@ -207,6 +213,10 @@ class SandboxesService(SandboxesBase):
                                             env=dict(st.env) or None, cwd=st.workdir or None,
                                             timeout=st.timeout or None, window=WINDOW,
                                             detach_timeout=DETACH_TIMEOUT)
+                self._exec_started[link.session] = (argv, time.monotonic())
+                if len(self._exec_started) > 10_000:  # sessions whose end nobody saw: bounded
+                    self._exec_started.popitem(last=False)
+                self.on_exec(rec.id, f"exec {argv!r} started (session {link.session})")
             elif which == "attach":
                 at = first.attach
                 rec = await manager.ready(at.sandbox_id, 0.0)
@@ -237,6 +247,13 @@ class SandboxesService(SandboxesBase):
         finally:
             await link.close()  # detaches: the session runs on in the agent unless it ended
 
+    def _exec_ended(self, sandbox_id: str, session: str, ev) -> None:
+        argv, started = self._exec_started.pop(session, (None, None))
+        ended = f"exit code {ev.exit_code}" if ev.exit_code is not None else f"signal {ev.signal}"
+        took = f" after {time.monotonic() - started:.3f}s" if started is not None else ""
+        what = f"exec {argv!r}" if argv is not None else f"exec session {session}"
+        self.on_exec(sandbox_id, f"{what}: {ended}{took}" + (f" ({ev.error})" if ev.error else ""))
+
     async def _forward_output(self, stream, link, rec: SandboxRecord, inbound: asyncio.Task) -> None:
         while True:
             try:
@@ -259,6 +276,7 @@ class SandboxesService(SandboxesBase):
                 elif ev.kind == "stderr":
                     resp.events.add(seq=ev.seq, stderr=ev.data)
                 elif ev.kind == "exit":
+                    self._exec_ended(rec.id, link.session, ev)
                     out = resp.events.add(seq=ev.seq)
                     out.exit.error = ev.error or ""
                     if ev.exit_code is not None:

@@ -126,8 +126,8 @@ def test_chalkd_logs_by_call_id_and_by_function_name(daemon):
     assert chalkd(daemon, "logs", "chatty", "--tail", "3").stdout.count("\n") == 3
     missing = chalkd(daemon, "logs", "no_such_function")
     assert missing.returncode == 1 and "no function named 'no_such_function'" in missing.stderr
-    sandbox = chalkd(daemon, "logs", "sb-1a2b3c")
-    assert sandbox.returncode == 2 and "not kept yet" in sandbox.stderr
+    sandbox = chalkd(daemon, "logs", "sb-1a2b3c")  # the process runtime has none
+    assert sandbox.returncode == 1 and "no sandboxes here: this daemon runs the process runtime" in sandbox.stderr
     bad = chalkd(daemon, "logs", "chatty", "--since", "soon")
     assert bad.returncode == 2 and "--since" in bad.stderr
 
