@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 1 << 30          # all call logs together
 DEFAULT_MAX_AGE = 7 * 86400.0        # seconds
 MAX_QUEUED_BYTES = 64 << 20          # waiting for the writer; past it lines are dropped (counted, marked)
+MAX_READ_LINES = 200_000             # one read returns at most this many lines (the newest)
 SWEEP_SECONDS = 30.0                 # how often the writer looks for segments past the age limit
 COALESCE_SECONDS = 0.02              # the writer's pause after a write: a burst of small batches is one write
 INDEX_SECONDS = 1.0                  # an open segment's index on disk lags its file by at most this (reads
@@ -159,8 +160,13 @@ class LogStore:
 
     def read(self, *, call_id: str = "", version_ids: Iterable[str] | None = None, replica_id: str = "",
              since: float = 0.0, tail: int = 0) -> list[LogRecord]:
-        """Stored lines, oldest first: one call's, or those of some versions and/or one replica."""
+        """Stored lines, oldest first: one call's, or those of some versions and/or one replica.
+
+        At most the newest ``tail`` lines (0: all, up to :data:`MAX_READ_LINES`; when more matched, a
+        first line says how many older ones were left out). Segments are read newest first and
+        only as far back as the lines wanted reach, so a short tail of a big log reads little."""
         self.sync()
+        want = min(tail, MAX_READ_LINES) if tail > 0 else MAX_READ_LINES
         versions = set(version_ids) if version_ids is not None else None
         with self.lock:
             segs = [s for s in self.segments
@@ -168,8 +174,17 @@ class LogStore:
                     and (not replica_id or s.replica_id == replica_id)
                     and (not call_id or call_id in s.calls)
                     and (not since or s.last >= since)]
+        segs.sort(key=lambda s: s.last, reverse=True)
         out: list[LogRecord] = []
+        truncated = False
         for seg in segs:
+            if len(out) >= want:
+                out.sort(key=lambda r: r.ts)
+                truncated = truncated or len(out) > want
+                out = out[-want:]
+                if seg.last < out[0].ts:  # this segment, and the rest, hold only older lines
+                    truncated = True
+                    break
             try:
                 with open(seg.path, encoding="utf-8", errors="replace") as f:
                     for raw in f:
@@ -184,7 +199,15 @@ class LogStore:
             except FileNotFoundError:
                 continue  # removed by a cap meanwhile
         out.sort(key=lambda r: r.ts)
-        return out[-tail:] if tail > 0 else out
+        if len(out) > want:
+            truncated = True
+            out = out[-want:]
+        if truncated and tail <= 0:  # all was asked for: say that this is not all
+            first = out[0]
+            out.insert(0, LogRecord(first.ts, [], 2, f"[chalkd: older lines not shown: a read returns at most "
+                                    f"the newest {MAX_READ_LINES}; use --since or --tail]",
+                                    first.version_id, first.replica_id))
+        return out
 
     def usage(self) -> int:
         """Bytes of call logs on disk."""

@@ -278,3 +278,21 @@ def test_idle_replica_files_are_swept_by_age_and_total(tmp_path):
         os.utime(p, (now - age, now - age))
     assert sweep_replica_files(tmp_path, max_bytes=5600, max_age=86400) == 2  # r-old by age, r-a to fit
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r-b.log", "r-live.log"]  # a live one stays
+
+
+def test_a_read_returns_at_most_its_cap_newest_first_and_says_so(tmp_path, monkeypatch):
+    from chalkd.logs import store as store_module
+
+    monkeypatch.setattr(store_module, "MAX_READ_LINES", 50)
+    store = LogStore(tmp_path / "calls", segment_bytes=1024)
+    try:
+        t0 = time.time() - 1000
+        for i in range(300):  # many segments, two replicas interleaved
+            store.append("fv-1", f"r-{i % 2}", [_line(f"fc-{i}", f"line {i:03d}", t0 + i)])
+        assert [r.text for r in store.read(version_ids=["fv-1"], tail=3)] == ["line 297", "line 298", "line 299"]
+        rows = store.read(version_ids=["fv-1"])
+        assert rows[0].text.startswith("[chalkd: older lines not shown")
+        assert [r.text for r in rows[1:]] == [f"line {i:03d}" for i in range(250, 300)]
+        assert len(store.read(version_ids=["fv-1"], since=t0 + 290)) == 10  # no marker: all that matched
+    finally:
+        store.close()
