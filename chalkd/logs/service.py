@@ -35,6 +35,7 @@ LINES_PER_MESSAGE = 1000
 FOLLOW_POLL_SECONDS = 0.5    # how often a follow of a call looks whether the call has finished
 REPLICA_FILE_TAIL_BYTES = 8 << 20  # a replica's output file is read from at most this far back
 EXEC = 4  # LogLine.stream of a sandbox's or container's exec record
+MAX_FOLLOW_QUEUE = 10_000  # lines waiting for one follower; past it they are dropped (counted)
 
 
 class LogsService(LogsBase):
@@ -113,6 +114,7 @@ class LogsService(LogsBase):
     async def _read_store(self, stream, req: pb.ReadLogsRequest, versions: list[str] | None) -> None:
         versions_set = set(versions) if versions is not None else None
         live: asyncio.Queue[pb.LogLine] = asyncio.Queue()
+        dropped = [0]  # lines a slow follower missed (the queue is bounded; the store has them)
 
         def follow(version_id: str, replica_id: str, lines: list[pb.LogLine]) -> None:
             if versions_set is not None and version_id not in versions_set:
@@ -121,6 +123,9 @@ class LogsService(LogsBase):
                 return
             for line in lines:
                 if line.relayed or (req.call_id and req.call_id not in line.call_ids):
+                    continue
+                if live.qsize() >= MAX_FOLLOW_QUEUE:
+                    dropped[0] += 1
                     continue
                 out = pb.LogLine()
                 out.CopyFrom(line)
@@ -150,6 +155,11 @@ class LogsService(LogsBase):
                 while not live.empty():
                     batch.append(live.get_nowait())
                 batch = [x for x in batch if x.ts > last or (x.ts == last and (x.ts, x.text) not in seen)]
+                if dropped[0]:
+                    batch.append(pb.LogLine(ts=batch[-1].ts if batch else last, stream=2,
+                                            text=f"[chalkd: {dropped[0]} lines dropped: this reader fell behind; "
+                                                 "read them again without -f]"))
+                    dropped[0] = 0
                 if batch:
                     await stream.send_message(pb.ReadLogsResponse(lines=batch))
         finally:

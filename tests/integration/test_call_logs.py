@@ -279,3 +279,17 @@ def test_a_last_line_without_its_newline_is_there_when_the_call_returns():
     call = no_newline_async.spawn(4)
     assert call.get(timeout=60) == 4
     assert call.logs() == ["async done 4"]
+
+
+def test_following_a_function_gets_lines_of_calls_made_after_it_started():
+    assert inner(77) == 78
+    lines = _logs.follow_lines(Client.get(), pb.ReadLogsRequest(function_name="inner"))
+    try:
+        for line in lines:
+            if line.text == "inner says 77":  # history: read after the follow subscribed
+                inner.spawn(78)             # so this call's line can only come live
+            if line.text == "inner says 78":
+                assert line.replica_id.startswith("r-") and len(line.call_ids) == 1
+                break
+    finally:
+        lines.close()
