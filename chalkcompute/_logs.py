@@ -23,9 +23,9 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
-from chalkcompute._bridge import run_sync, sdk_loop
+from chalkcompute._bridge import run_async, run_sync, sdk_loop
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._proto.chalk_v1_chalk_grpc import LogsStub
 from chalkcompute._rpc import guarded
@@ -143,6 +143,47 @@ def read_lines(client, req: pb.ReadLogsRequest) -> list[pb.LogLine]:
     out: list[pb.LogLine] = []
     run_sync(_read(client, req, out.extend))
     return out
+
+
+async def read_lines_async(client, req: pb.ReadLogsRequest) -> list[pb.LogLine]:
+    """Stored lines, from the caller's event loop."""
+    req.follow = False
+    out: list[pb.LogLine] = []
+    await run_async(_read(client, req, out.extend))
+    return out
+
+
+async def follow_lines_async(client, req: pb.ReadLogsRequest) -> AsyncIterator[pb.LogLine]:
+    """:func:`follow_lines` for ``async for``: the read runs on the SDK's loop, lines come to the caller's."""
+    req.follow = True
+    here = asyncio.get_running_loop()
+    inbox: asyncio.Queue = asyncio.Queue()
+
+    def take(lines: list[pb.LogLine]) -> None:
+        here.call_soon_threadsafe(inbox.put_nowait, lines)
+
+    async def pump() -> None:
+        end: BaseException | None = None
+        try:
+            await _read(client, req, take)
+        except asyncio.CancelledError:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - handed to the reading loop
+            end = exc
+        here.call_soon_threadsafe(inbox.put_nowait, end or StopAsyncIteration())
+
+    task = asyncio.run_coroutine_threadsafe(pump(), sdk_loop())
+    try:
+        while True:
+            item = await inbox.get()
+            if isinstance(item, StopAsyncIteration):
+                return
+            if isinstance(item, BaseException):
+                raise item
+            for line in item:
+                yield line
+    finally:
+        task.cancel()
 
 
 def follow_lines(client, req: pb.ReadLogsRequest) -> Iterator[pb.LogLine]:

@@ -276,7 +276,7 @@ class FunctionCall:
 
     # -- logs ---------------------------------------------------------------------------------
 
-    def logs(self, *, follow: bool = False, tail: int = 0) -> list[str] | Iterator[str]:
+    def _logs(self, *, follow: bool = False, tail: int = 0) -> list[str] | Iterator[str]:
         """What the call's handler printed and logged, one string per line, oldest first.
 
         ``tail`` keeps only the last lines (0: all). With ``follow=True``, an
@@ -287,19 +287,31 @@ class FunctionCall:
             for line in call.logs(follow=True):
                 print(line)
             call.logs(tail=20)            # ['epoch 3 loss 0.12', ...]
+            await call.logs.aio()         # async twin: a list, or with follow=True an async iterator
 
         A batched invocation's lines belong to every call of the batch; what a
         replica wrote outside any call (its imports, a subprocess) is its own:
         ``chalkd logs r-...`` shows it.
         """
         if on_sdk_loop():
-            raise RuntimeError("a blocking FunctionCall.logs() was made on the SDK's own event loop")
-        if isinstance(tail, bool) or not isinstance(tail, int) or tail < 0:
-            raise ValueError(f"logs(tail=...) must be a number of lines >= 0, got {tail!r}")
-        req = pb.ReadLogsRequest(call_id=self.object_id, tail=tail)
+            raise RuntimeError("a blocking FunctionCall.logs() was made on the SDK's own event loop; use .aio")
+        req = self._logs_request(tail)
         if follow:
             return (line.text for line in _logs.follow_lines(self._client, req))
         return [line.text for line in _logs.read_lines(self._client, req)]
+
+    def _logs_async(self, *, follow: bool = False, tail: int = 0) -> Any:
+        req = self._logs_request(tail)
+        if follow:
+            return _texts(_logs.follow_lines_async(self._client, req))
+        return _lines_of(_logs.read_lines_async(self._client, req))
+
+    def _logs_request(self, tail: int) -> pb.ReadLogsRequest:
+        if isinstance(tail, bool) or not isinstance(tail, int) or tail < 0:
+            raise ValueError(f"logs(tail=...) must be a number of lines >= 0, got {tail!r}")
+        return pb.ReadLogsRequest(call_id=self.object_id, tail=tail)
+
+    logs = Twin.pair("logs", _logs, _logs_async)
 
     # -- get / cancel -----------------------------------------------------------------------
 
@@ -754,3 +766,12 @@ def _starmap_method_async(rf: Callee, iterable: Iterable, kwargs: dict | None = 
 
 map_method = Twin.pair("map", _map_method, _map_method_async)
 starmap_method = Twin.pair("starmap", _starmap_method, _starmap_method_async)
+
+
+async def _texts(lines: AsyncIterator[pb.LogLine]) -> AsyncIterator[str]:
+    async for line in lines:
+        yield line.text
+
+
+async def _lines_of(read: Coroutine[Any, Any, list[pb.LogLine]]) -> list[str]:
+    return [line.text for line in await read]

@@ -293,3 +293,18 @@ def test_following_a_function_gets_lines_of_calls_made_after_it_started():
                 break
     finally:
         lines.close()
+
+
+def test_logs_aio_twin():
+    import asyncio
+
+    a, b = chatty.spawn("Y", 2), chatty.spawn("Z", 2)
+
+    async def main() -> tuple[list[str], list[str]]:
+        followed = [line async for line in a.logs.aio(follow=True)]  # ends with the call
+        await b.get.aio(timeout=60)
+        return followed, await b.logs.aio(tail=1)
+
+    followed, last = asyncio.run(main())
+    assert [x for x in followed if " line " in x] == ["Y line 0", "Y line 1"]
+    assert last == ["WARNING user.code: Z logged"]
