@@ -23,9 +23,10 @@ CALL, REPLICA, GROUP, SANDBOX, CONTAINER = "fc-", "r-", "sg-", "sb-", "ct-"
 
 
 def add_parser(sub: argparse._SubParsersAction, default_target: str) -> None:
-    p = sub.add_parser("logs", help="show what a call, function, replica or scaling group printed")
+    p = sub.add_parser("logs", help="show what a call, function, replica, scaling group, sandbox or container printed")
     p.add_argument("name", nargs="?", default="",
-                   help="a call id (fc-...), replica id (r-...), scaling group id (sg-...) or a function's name")
+                   help="a call id (fc-...), replica id (r-...), scaling group id (sg-...), sandbox id (sb-...), "
+                        "container id (ct-...) or a function's name")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines as they are written")
     p.add_argument("--since", default="", help="only lines from this long ago on, e.g. 10m, 2h, 1d")
     p.add_argument("--tail", type=int, default=0, help="only the last N lines (default: all)")
