@@ -39,9 +39,8 @@ import math
 import re
 import socket
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from secrets import token_hex, token_urlsafe
 
 from chalkcompute._contract import quote
@@ -49,6 +48,7 @@ from chalkd.errors import FailedPrecondition, InvalidArgument, NotFound, Resourc
 from chalkd.groups.pool import Backend, ReplicaPool
 from chalkd.groups.records import GroupRecord, GroupTable
 from chalkd.groups.replicas import LaunchFailed, ReplicaLaunch, ReplicaLauncher
+from chalkd.groups.state import Group, GroupSettings, Replica, Revision
 from chalkd.runtime.docker import MountError, check_mounts
 from chalkd.specs import GroupSpec
 
@@ -62,65 +62,6 @@ MAX_REPLICAS = 64
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
-@dataclass(frozen=True)
-class GroupSettings:
-    """The daemon's scaling-group flags (``chalkd serve --group-*``)."""
-
-    host: str = "127.0.0.1"                 # where proxies listen: the daemon's own --host
-    ports: tuple[int, int] = (51000, 51999)
-    cooldown: float = 60.0                  # seconds below the load's need before one replica stops
-    target_in_flight: int = 8               # requests in flight per replica before another starts
-    hold_timeout: float = 300.0             # a request waits this long for a replica (scale from zero)
-    stop_grace: float = 10.0                # SIGTERM to SIGKILL, per replica
-    drain_timeout: float = 30.0             # in-flight requests of a replica being stopped get this long
-    ready_timeout: float = 120.0            # a new replica not ready in this long is a failed start
-
-
-@dataclass(frozen=True)
-class _Revision:
-    number: int
-    spec: GroupSpec
-    spec_bytes: bytes
-    image: str
-    command: list[str]
-
-
-@dataclass(eq=False)
-class _Replica:
-    id: str
-    revision: int
-    started_at: float = field(default_factory=time.time)
-    state: str = "starting"     # waiting | starting | ready | stopping
-    ever_ready: bool = False
-    waiting_for: str = ""
-    engine: object = None
-    backend: Backend | None = None
-    probe: object = None
-    task: asyncio.Task | None = None
-
-
-@dataclass(eq=False)
-class _Group:
-    rec: GroupRecord
-    pool: ReplicaPool
-    proxy: object = None
-    served: _Revision | None = None         # what requests go to (None before the first rollout)
-    target: _Revision | None = None         # what the loop brings up (== served unless rolling out)
-    replicas: dict[str, _Replica] = field(default_factory=dict)
-    failures: int = 0
-    backoff_until: float = 0.0
-    demand_until: float = 0.0
-    below_since: float | None = None
-    desired: int = 0
-    failed: bool = False
-    deleted: bool = False
-    last_failure: str = ""
-    seen: tuple = ()
-    kick: asyncio.Event = field(default_factory=asyncio.Event)
-    tasks: set[asyncio.Task] = field(default_factory=set)
-    ended: deque = field(default_factory=lambda: deque(maxlen=10))   # (replica, revision, output tail)
-
-
 class GroupManager:
     def __init__(self, builder, launcher: ReplicaLauncher, table: GroupTable, *, settings: GroupSettings,
                  scaler=None, secrets=None, proxy_factory: Callable | None = None) -> None:
@@ -130,14 +71,14 @@ class GroupManager:
         self.settings = settings
         self.scaler = scaler      # chalkd.scaling.autoscaler.Autoscaler: cpu/memory reservations and GPUs
         self.secrets = secrets
-        self.groups: dict[str, _Group] = {}
+        self.groups: dict[str, Group] = {}
         self._proxy_factory = proxy_factory
         self._session = None      # aiohttp session for readiness probes
         self._closing = False
 
     # -- lookup ---------------------------------------------------------------------
 
-    def get(self, *, id: str = "", name: str = "") -> _Group:
+    def get(self, *, id: str = "", name: str = "") -> Group:
         if id:
             g = self.groups.get(id)
             if g is None:
@@ -150,10 +91,10 @@ class GroupManager:
             raise NotFound(f"no scaling group named {quote(name)}")
         raise InvalidArgument("give a scaling group id or name")
 
-    def list(self) -> list[_Group]:
+    def list(self) -> list[Group]:
         return sorted(self.groups.values(), key=lambda g: g.rec.created_at)
 
-    def web_url(self, g: _Group) -> str:
+    def web_url(self, g: Group) -> str:
         if not g.rec.host_port:
             return ""
         host = self.settings.host
@@ -241,20 +182,20 @@ class GroupManager:
         rec.touch()
         return rec
 
-    def _new_group(self, rec: GroupRecord) -> _Group:
-        g = _Group(rec=rec, pool=ReplicaPool(rec.name))
+    def _new_group(self, rec: GroupRecord) -> Group:
+        g = Group(rec=rec, pool=ReplicaPool(rec.name))
         g.pool.on_demand = lambda: self._demand(g)
         self.groups[rec.id] = g
         self._spawn(g, self._run(g), f"group-{rec.id}")
         return g
 
-    def _spawn(self, g: _Group, coro, name: str) -> asyncio.Task:
+    def _spawn(self, g: Group, coro, name: str) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         g.tasks.add(task)
         task.add_done_callback(g.tasks.discard)
         return task
 
-    async def _bind(self, g: _Group, preferred: int) -> None:
+    async def _bind(self, g: Group, preferred: int) -> None:
         """Start the group's proxy on ``preferred`` if free, else on the first free port of the range."""
         from chalkd.groups.proxy import GroupProxy
 
@@ -276,7 +217,7 @@ class GroupManager:
             return
         raise ResourceExhausted(f"no free port for scaling group {g.rec.name!r} in --group-ports {lo}-{hi}")
 
-    async def _build(self, g: _Group, spec: GroupSpec, spec_bytes: bytes, number: int) -> None:
+    async def _build(self, g: Group, spec: GroupSpec, spec_bytes: bytes, number: int) -> None:
         try:
             built = await self.builder.build(spec.image)  # cached: the SDK built it with the log shown
         except asyncio.CancelledError:
@@ -287,21 +228,21 @@ class GroupManager:
             return
         if number != g.rec.target_revision or g.deleted:
             return  # a newer deploy came while this one built
-        g.target = _Revision(number, spec, spec_bytes, built.tag, [*built.entrypoint, *built.cmd])
+        g.target = Revision(number, spec, spec_bytes, built.tag, [*built.entrypoint, *built.cmd])
         g.kick.set()
 
     # -- the loop ---------------------------------------------------------------------
 
-    def _demand(self, g: _Group) -> None:
+    def _demand(self, g: Group) -> None:
         """A request found no ready replica, or wait_ready woke the group: keep one up for a cooldown."""
         g.demand_until = time.monotonic() + max(self.settings.cooldown, 1.0)
         g.kick.set()
 
-    def wake(self, g: _Group) -> None:
+    def wake(self, g: Group) -> None:
         if not g.failed and g.pool.ready_count == 0:
             self._demand(g)
 
-    async def _run(self, g: _Group) -> None:
+    async def _run(self, g: Group) -> None:
         while not g.deleted and not self._closing:
             try:
                 self._pass(g)
@@ -311,7 +252,7 @@ class GroupManager:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(g.kick.wait(), TICK)
 
-    def _pass(self, g: _Group) -> None:
+    def _pass(self, g: Group) -> None:
         target = g.target
         if target is None or g.failed:
             self._publish(g)
@@ -349,7 +290,7 @@ class GroupManager:
             self._switch(g, target, old)
         self._publish(g)
 
-    def _decide(self, g: _Group, before: int, after: int, peak: int) -> None:
+    def _decide(self, g: Group, before: int, after: int, peak: int) -> None:
         spec = g.target.spec if g.target else None
         if after > before:
             why = (f"{peak} request(s) in flight at the peak ({self.settings.target_in_flight} per replica)"
@@ -360,7 +301,7 @@ class GroupManager:
         g.rec.last_decision = f"{time.strftime('%H:%M:%S')} {text}"
         log.info("scaling group %s: %s", g.rec.name, text)
 
-    def _switch(self, g: _Group, target: _Revision, old: list[_Replica]) -> None:
+    def _switch(self, g: Group, target: Revision, old: list[Replica]) -> None:
         """The new revision is ready: it is what is served now; the old replicas drain, then stop."""
         rec = g.rec
         first = g.served is None
@@ -374,7 +315,7 @@ class GroupManager:
         for r in old:
             self._stop_replica(g, r)
 
-    def _publish(self, g: _Group) -> None:
+    def _publish(self, g: Group) -> None:
         """Status (and the record, when it changed) from what the loop sees."""
         rec, before = g.rec, (g.rec.status, g.rec.status_message)
         if g.failed:
@@ -397,7 +338,7 @@ class GroupManager:
             g.seen = seen
             rec.touch()
 
-    def _pending_reason(self, g: _Group) -> str:
+    def _pending_reason(self, g: Group) -> str:
         if g.target is None:
             return "building its image"
         waiting = [r.waiting_for for r in g.replicas.values() if r.waiting_for]
@@ -412,12 +353,12 @@ class GroupManager:
 
     # -- replicas ---------------------------------------------------------------------
 
-    def _start_replica(self, g: _Group, rev: _Revision) -> None:
-        r = _Replica(id="sgr-" + token_hex(6), revision=rev.number)
+    def _start_replica(self, g: Group, rev: Revision) -> None:
+        r = Replica(id="sgr-" + token_hex(6), revision=rev.number)
         g.replicas[r.id] = r
         r.task = self._spawn(g, self._replica_life(g, r, rev), f"group-replica-{r.id}")
 
-    def _stop_replica(self, g: _Group, r: _Replica) -> None:
+    def _stop_replica(self, g: Group, r: Replica) -> None:
         if r.state == "stopping":
             return
         r.state = "stopping"
@@ -434,7 +375,7 @@ class GroupManager:
 
         self._spawn(g, stop(), f"group-stop-{r.id}")
 
-    async def _reserve(self, g: _Group, r: _Replica, spec: GroupSpec) -> tuple[str, ...]:
+    async def _reserve(self, g: Group, r: Replica, spec: GroupSpec) -> tuple[str, ...]:
         """Hold the replica's cpu/memory/GPUs, waiting (visibly) while others hold them."""
         res = spec.resources
         if self.scaler is None or not (res.cpu_millis or res.memory_bytes or res.gpu):
@@ -457,12 +398,12 @@ class GroupManager:
             r.state, r.waiting_for = "waiting", reason
             await asyncio.sleep(1.0)
 
-    def _release(self, r: _Replica) -> None:
+    def _release(self, r: Replica) -> None:
         if self.scaler is not None:
             self.scaler.release(r.id)
             self.scaler.gpus.release(r.id)
 
-    async def _replica_life(self, g: _Group, r: _Replica, rev: _Revision) -> None:
+    async def _replica_life(self, g: Group, r: Replica, rev: Revision) -> None:
         """Start the replica, route to it once its probe passes, and clean up when it ends."""
         from chalkd.groups.probes import ProbeLoop, ProbeSpec
 
@@ -531,7 +472,7 @@ class GroupManager:
                 self._ended(g, r, why or "it stopped", tail)
             g.kick.set()
 
-    def _ended(self, g: _Group, r: _Replica, why: str, tail: str) -> None:
+    def _ended(self, g: Group, r: Replica, why: str, tail: str) -> None:
         if r.ever_ready:
             log.warning("scaling group %s: replica %s stopped on its own (%s); replacing it", g.rec.name, r.id, why)
             return
@@ -544,7 +485,7 @@ class GroupManager:
         else:
             g.backoff_until = time.monotonic() + min(30.0, 2.0 ** (g.failures - 1))
 
-    def _give_up(self, g: _Group, why: str) -> None:
+    def _give_up(self, g: Group, why: str) -> None:
         """The target revision cannot run: abandon its rollout if an older revision serves, else Failed."""
         rec = g.rec
         failing = g.target.number if g.target else rec.target_revision
@@ -588,7 +529,7 @@ class GroupManager:
         g.rec.touch()
         return g.rec
 
-    async def _teardown(self, g: _Group, grace: float) -> None:
+    async def _teardown(self, g: Group, grace: float) -> None:
         """Close the proxy (in-flight requests get ``grace``) and stop every replica, all at once."""
         if g.proxy is not None:
             with contextlib.suppress(Exception):
@@ -607,7 +548,7 @@ class GroupManager:
             self._release(r)
         g.replicas.clear()
 
-    async def logs(self, g: _Group, *, tail: int = 200, replica: str = "") -> list[tuple[str, int, str]]:
+    async def logs(self, g: Group, *, tail: int = 200, replica: str = "") -> list[tuple[str, int, str]]:
         """The last ``tail`` lines of each replica's output (ended replicas' too, the last few)."""
         out: list[tuple[str, int, str]] = []
         for rid, rev, text in list(g.ended):
