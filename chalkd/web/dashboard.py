@@ -195,12 +195,13 @@ class Dashboard:
         if d is None:
             return self._html(pages.not_found(f"no call {call_id} (unknown, or its result expired)",
                                               csrf=self._csrf(request)), 404)
+        own = await asyncio.to_thread(self.model.call_lines, call_id, LOG_LINES)
         logs = []
         for rid in d.log_replicas[:4]:
             tail = await asyncio.to_thread(self.model.replica_log_tail, rid, LOG_LINES)
             if tail is not None:
                 logs.append((rid, tail[0], tail[1]))
-        return self._html(pages.call_detail(d, logs, csrf=self._csrf(request), flash=self._take_flash(request)))
+        return self._html(pages.call_detail(d, logs, own, csrf=self._csrf(request), flash=self._take_flash(request)))
 
     async def replica_log(self, request: web.Request) -> web.Response:
         rid = request.match_info["id"]

@@ -206,7 +206,8 @@ def log_block(replica_id: str, lines: Sequence[str], offset: int, *, live: bool 
                 f'<pre class="log-lines" id="log-{h(replica_id)}"{stream}>{h(text)}</pre></div>')
 
 
-def call_detail(d: rm.CallDetail, logs: Sequence[tuple[str, list[str], int]], *, csrf: str, flash: str = "") -> str:
+def call_detail(d: rm.CallDetail, logs: Sequence[tuple[str, list[str], int]], own_lines: Sequence[str] = (), *,
+                csrf: str, flash: str = "") -> str:
     c = d.row
     fn_link = link(path("functions", c.function), f"{c.function} v{d.function_version}")
     replica = link(path("replicas", d.replica_id, "log"), d.replica_id) if d.replica_id else "not recorded"
@@ -234,8 +235,15 @@ def call_detail(d: rm.CallDetail, logs: Sequence[tuple[str, list[str], int]], *,
                           f'{" (" + h(d.error_code) + ")" if d.error_code else ""}: {h(d.error_message)}</p>'))
         if d.traceback:
             parts.append(Html(f'<pre class="traceback">{h(d.traceback)}</pre>'))
+    parts.append(Html("<h2>This call's output</h2>"))
+    parts.append(Html('<p class="muted">What the handler wrote while it ran this call (print, stderr, logging); '
+                      'output below Python (a subprocess) is in its replica\'s output below.</p>'))
+    if own_lines:
+        parts.append(Html(f'<pre class="call-lines">{h(chr(10).join(own_lines))}</pre>'))
+    else:
+        parts.append(Html('<p class="muted">none</p>'))
     parts.append(Html("<h2>Replica output</h2>"))
-    parts.append(Html(f'<p class="muted">Per-call output is not kept yet: {h(d.log_note)}.</p>'))
+    parts.append(Html(f'<p class="muted">The whole output of the replica: {h(d.log_note)}.</p>'))
     for replica_id, lines, offset in logs:
         parts.append(log_block(replica_id, lines, offset, live=c.open))
     return page(f"Call {c.id}", Html("".join(parts)), nav="calls", csrf=csrf, flash=flash)

@@ -367,6 +367,14 @@ class ReadModel:
 
     # -- replica logs --------------------------------------------------------------------
 
+    def call_lines(self, call_id: str, lines: int = 200) -> list[str]:
+        """The last ``lines`` lines the call itself wrote (print, stderr, logging), from the log store
+        (call it off the loop: it reads segment files)."""
+        store = getattr(self.server, "log_store", None)
+        if store is None or not CALL_ID_RE.match(call_id):
+            return []
+        return [r.text for r in store.read(call_id=call_id, tail=lines)]
+
     def replica_log_path(self, replica_id: str) -> Path | None:
         """``<home>/logs/replicas/<id>.log`` (both runtimes write a replica's output there), if it exists."""
         if not REPLICA_ID_RE.match(replica_id):

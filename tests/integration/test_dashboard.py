@@ -135,7 +135,10 @@ def test_a_deployed_function_and_a_calls_detail_with_shapes_and_its_replica_log(
     assert status == 200
     assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
     # Arguments appear as shapes: the list's type and length, the string's length, never the values.
-    facts, _, log_part = page.partition("<h2>Replica output</h2>")
+    facts, _, rest = page.partition("<h2>This call's output</h2>")
+    own_part, _, log_part = rest.partition("<h2>Replica output</h2>")
+    # The call's own lines (from the log store), escaped.
+    assert "dash_echo got 1000 values for &lt;x&lt;y&gt;&amp;z&gt;" in own_part
     assert "values" in facts and "list&lt;item: int64&gt;" in facts and ">1000<" in facts and ">6<" in facts
     assert "x&lt;y&gt;&amp;z" not in facts and "x<y>&z" not in page and ">999<" not in facts
     # The replica's log, labelled as such, with what the handler printed (escaped).
