@@ -1650,7 +1650,7 @@ class CallLogs(_message.Message):
     def __init__(self, ref: _Optional[int] = ..., call_id: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ...) -> None: ...
 
 class ReadLogsRequest(_message.Message):
-    __slots__ = ("call_id", "function_name", "replica_id", "since", "tail", "follow", "object_id")
+    __slots__ = ("call_id", "function_name", "replica_id", "since", "tail", "follow", "object_id", "build")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_NAME_FIELD_NUMBER: _ClassVar[int]
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
@@ -1658,6 +1658,7 @@ class ReadLogsRequest(_message.Message):
     TAIL_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    BUILD_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     function_name: str
     replica_id: str
@@ -1665,7 +1666,8 @@ class ReadLogsRequest(_message.Message):
     tail: int
     follow: bool
     object_id: str
-    def __init__(self, call_id: _Optional[str] = ..., function_name: _Optional[str] = ..., replica_id: _Optional[str] = ..., since: _Optional[float] = ..., tail: _Optional[int] = ..., follow: _Optional[bool] = ..., object_id: _Optional[str] = ...) -> None: ...
+    build: bool
+    def __init__(self, call_id: _Optional[str] = ..., function_name: _Optional[str] = ..., replica_id: _Optional[str] = ..., since: _Optional[float] = ..., tail: _Optional[int] = ..., follow: _Optional[bool] = ..., object_id: _Optional[str] = ..., build: _Optional[bool] = ...) -> None: ...
 
 class ReadLogsResponse(_message.Message):
     __slots__ = ("lines",)

@@ -32,6 +32,8 @@ def add_parser(sub: argparse._SubParsersAction, default_target: str) -> None:
     p.add_argument("--tail", type=int, default=0, help="only the last N lines (default: all)")
     p.add_argument("--replica", default="", help="with a function's name: only this replica's lines")
     p.add_argument("--group", default="", help="a scaling group's name: its replicas' output")
+    p.add_argument("--build", action="store_true", help="with a function's name: its newest version's image "
+                                                         "build log")
     p.add_argument("--target", default=default_target,
                    help="daemon address (default $CHALK_COMPUTE_TARGET or 127.0.0.1:50051)")
 
@@ -84,10 +86,17 @@ def _lines(args: argparse.Namespace, name: str, since: float) -> int:
         req.replica_id = name
     else:
         req.function_name, req.replica_id = name, args.replica
+    if args.build:
+        if not req.function_name or args.replica or args.follow:
+            print("chalkd: --build takes a function's name (no --replica, no -f)", file=sys.stderr)
+            return 2
+        req.build = True
     client = Client.get(args.target)
     lines = _logs.follow_lines(client, req) if args.follow else _logs.read_lines(client, req)
     for line in lines:
-        if req.function_name:
+        if req.build:
+            out = line.text
+        elif req.function_name:
             calls = ",".join(line.call_ids) or "-"
             out = f"{_stamp(line.ts)} {calls} {line.replica_id} {line.text}"
         elif req.call_id or req.object_id:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import contextlib
 import logging
 import time
 from collections.abc import Iterable
@@ -95,10 +96,15 @@ class LogsService(LogsBase):
         elif req.call_id:
             await self._read_call(stream, req)
         elif req.function_name:
-            versions = [fv.id for fv in self.catalog.by_id.values() if fv.name == req.function_name]
+            versions = [fv for fv in self.catalog.by_id.values() if fv.name == req.function_name]
             if not versions:
                 raise NotFound(f"no function named {quote(req.function_name)}: deploy it first (is the name right?)")
-            await self._read_store(stream, req, versions)
+            if req.build:
+                await self._read_build(stream, req, max(versions, key=lambda fv: fv.version))
+                return
+            await self._read_store(stream, req, [fv.id for fv in versions])
+        elif req.build:
+            raise InvalidArgument("build logs are a function's: name the function")
         elif req.replica_id:
             await self._read_replica_file(stream, req)
         else:
@@ -191,6 +197,26 @@ class LogsService(LogsBase):
             lines = lines[-req.tail:]
         for i in range(0, len(lines), LINES_PER_MESSAGE):
             await stream.send_message(pb.ReadLogsResponse(lines=lines[i:i + LINES_PER_MESSAGE]))
+
+    async def _read_build(self, stream, req: pb.ReadLogsRequest, fv) -> None:
+        """The build log of a function version's image (``<home>/logs/builds/<image hash>.log``: every build
+        of that image, appended; the Docker builder keys it by the image's identity, the process runtime's
+        environment builder by its content hash)."""
+        from chalkd.specs import image_identity
+
+        builds = self.replica_logs.parent / "builds"
+        names = []
+        with contextlib.suppress(ValueError):
+            names.append(image_identity(fv.spec.image))
+        names.append(fv.spec.image.content_hash or "default")
+        path = next((builds / f"{n}.log" for n in names if n and (builds / f"{n}.log").exists()), None)
+        if path is None:
+            raise NotFound(f"no build log for {fv.name} v{fv.version}: its image was never built by this daemon "
+                           "(or its log was removed)")
+        _, lines = await asyncio.to_thread(_tail_file, path, req.tail)
+        for i in range(0, len(lines), LINES_PER_MESSAGE):
+            await stream.send_message(pb.ReadLogsResponse(
+                lines=[pb.LogLine(text=t) for t in lines[i:i + LINES_PER_MESSAGE]]))
 
     async def _read_replica_file(self, stream, req: pb.ReadLogsRequest) -> None:
         """A replica's whole output (its runtime's file): the handler's lines and all written below Python."""
