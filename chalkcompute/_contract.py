@@ -20,6 +20,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 __all__ = [
@@ -248,6 +249,24 @@ def valid_container_name(name: object) -> bool:
 
 
 # -- readiness probes (ScalingGroup), checked by both sides -----------------------------------
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A scaling group's readiness probe, as both sides hold it (the SDK's ``ReadinessProbe`` adds its
+    constructors; the daemon's ``ProbeSpec`` is this). Invalid values raise ValueError naming the field."""
+
+    kind: str = "tcp"                  # "tcp": the port accepts; "http": a 2xx/3xx answer to GET path
+    path: str = "/"
+    period_seconds: float = 5.0
+    timeout_seconds: float = 2.0
+    failure_threshold: int = 3
+
+    def __post_init__(self) -> None:
+        problem = probe_problem(self.kind, self.path, self.period_seconds, self.timeout_seconds,
+                                self.failure_threshold)
+        if problem:
+            raise ValueError(problem)
 
 
 def probe_problem(kind: object, path: object, period_seconds: object, timeout_seconds: object,

@@ -51,7 +51,7 @@ from chalkcompute import _rpc
 from chalkcompute._bridge import Twin, on_new_loop, run_sync
 from chalkcompute._build import ImageBuildFailed, prepare_image
 from chalkcompute._client import Client
-from chalkcompute._contract import name_too_long, probe_problem, quote, valid_container_name
+from chalkcompute._contract import Probe, name_too_long, quote, valid_container_name
 from chalkcompute._mounts import check_secrets, secret_refs, volume_mounts
 from chalkcompute._options import parse_cpu, parse_memory
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
@@ -80,23 +80,11 @@ def _seconds(value: Any, what: str) -> float:
 
 
 @dataclass(frozen=True)
-class ReadinessProbe:
+class ReadinessProbe(Probe):
     """When a replica takes requests: ``ReadinessProbe.tcp()`` (the default: the port accepts a
     connection) or ``ReadinessProbe.http("/health")`` (a 2xx or 3xx answer to ``GET /health``).
     A new replica is probed every ~100 ms until it first passes, then every ``period_seconds``;
     ``failure_threshold`` failures in a row take it out of rotation until it passes again."""
-
-    kind: str = "tcp"
-    path: str = "/"
-    period_seconds: float = 5.0
-    timeout_seconds: float = 2.0
-    failure_threshold: int = 3
-
-    def __post_init__(self) -> None:
-        problem = probe_problem(self.kind, self.path, self.period_seconds, self.timeout_seconds,
-                                self.failure_threshold)
-        if problem:
-            raise ValueError(problem)
 
     @classmethod
     def http(cls, path: str = "/", period_seconds: float = 5, timeout_seconds: float = 2,

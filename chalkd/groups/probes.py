@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 
 import aiohttp
 
-from chalkcompute._contract import probe_problem
+from chalkcompute._contract import Probe
 from chalkd.groups.pool import Backend, ReplicaPool
 
 log = logging.getLogger(__name__)
@@ -35,22 +34,8 @@ FIRST_DELAY = 0.1  # seconds between the first probes of a new replica
 BACKOFF = 1.5  # ... growing by this factor towards period_seconds
 
 
-@dataclass(frozen=True)
-class ProbeSpec:
-    """How a replica is judged ready; see the module docstring. Invalid values raise ValueError naming
-    the field."""
-
-    kind: str = "tcp"
-    path: str = "/"
-    period_seconds: float = 5.0
-    timeout_seconds: float = 2.0
-    failure_threshold: int = 3
-
-    def __post_init__(self) -> None:
-        problem = probe_problem(self.kind, self.path, self.period_seconds, self.timeout_seconds,
-                                self.failure_threshold)
-        if problem:
-            raise ValueError(problem)
+#: How a replica is judged ready (the one dataclass the SDK's ReadinessProbe also is); see the module docstring.
+ProbeSpec = Probe
 
 
 async def probe_once(spec: ProbeSpec, host: str, port: int, session: aiohttp.ClientSession) -> str | None:
