@@ -13,7 +13,7 @@ import pytest
 
 from chalkcompute import Container, ContainerError, Image, Secret
 from chalkd.services.fastpath import run_dir
-from tests.conftest import Daemon
+from tests.conftest import Daemon, wait_for
 from tests.docker.conftest import remove_home_containers
 
 pytestmark = [pytest.mark.usefixtures("docker_engine"), pytest.mark.timeout(600)]
@@ -175,7 +175,9 @@ def test_a_container_pending_when_the_daemon_goes_down_ends_failed_and_is_remove
                       env={"PATH": "/stall:/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin"})
         running = pool.submit(c.run, start_timeout=300)
         engine_id = _wait_for_engine_container("stalled", home)
-        assert c.id is not None and c.info is not None and c.info.status == "Pending"
+        # The engine's container exists a moment before the Create answer reaches run()'s thread.
+        wait_for(lambda: c.id is not None and c.info is not None, what="run() to have its container's id")
+        assert c.info is not None and c.info.status == "Pending"
         d.stop() if how == "sigterm" else d.kill9()
         gone = subprocess.run(["docker", "ps", "-aq", "--filter", f"id={engine_id}"], capture_output=True,
                               text=True).stdout.split()
