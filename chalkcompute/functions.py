@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from chalkcompute import _code
+from chalkcompute import _code, _map
 from chalkcompute import calls as _calls
 from chalkcompute._bridge import Twin, run_async, run_sync
 from chalkcompute._build import ImageBuildFailed, prepare_image
@@ -442,9 +442,9 @@ class RemoteFunction:
 
     # Calls that outlive the caller, and fan-out over many inputs (see chalkcompute.calls).
     spawn = _calls.spawn_method      # rf.spawn(*args, **kwargs) -> FunctionCall; await rf.spawn.aio(...)
-    map = _calls.map_method          # rf.map(*iterables, kwargs=None, order_outputs=True, return_exceptions=False,
+    map = _map.map_method            # rf.map(*iterables, kwargs=None, order_outputs=True, return_exceptions=False,
                                      #        progress=False)
-    starmap = _calls.starmap_method  # rf.starmap([(a, b), ...], ...); `async for r in rf.map.aio(...)` too
+    starmap = _map.starmap_method    # rf.starmap([(a, b), ...], ...); `async for r in rf.map.aio(...)` too
 
     async def _start_async(self, args: tuple, kwargs: dict) -> CallHandle:
         info = await self._ensure_registered_async()

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from chalkcompute import calls
+from chalkcompute import _map, calls
 from chalkcompute._events import BatchDone
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
 from chalkcompute._serialization import FunctionCodec
@@ -80,7 +80,7 @@ class FakeFunction:
 
 
 def run(client, inputs, **kw):
-    return list(calls.map_inputs(FakeFunction(client), ((x,) for x in inputs), **kw))
+    return list(_map.map_inputs(FakeFunction(client), ((x,) for x in inputs), **kw))
 
 
 def test_in_order_although_they_finish_reversed():
@@ -130,7 +130,7 @@ def test_first_failure_raises_and_cancels_the_rest(monkeypatch):
 def test_abandoned_map_cancels_what_is_in_flight(monkeypatch):
     monkeypatch.setattr(calls, "MAP_MAX_INFLIGHT", 10)
     client = FakeClient(hold={5})
-    results = calls.map_inputs(FakeFunction(client), ((x,) for x in range(100)))
+    results = _map.map_inputs(FakeFunction(client), ((x,) for x in range(100)))
     assert [next(results) for _ in range(5)] == [0, 10, 20, 30, 40]
     results.close()
     assert client.cancelled == [5]
@@ -140,9 +140,9 @@ def test_refusals():
     fn = FakeFunction(FakeClient())
     fn.is_generator = True
     with pytest.raises(FunctionSignatureError, match="generator"):
-        calls.map_inputs(fn, [(1,)])
+        _map.map_inputs(fn, [(1,)])
     with pytest.raises(TypeError, match="at least one iterable"):
-        calls._map_method(fn)
+        _map._map_method(fn)
 
 
 
@@ -158,6 +158,6 @@ def test_a_batched_functions_batches_hold_at_least_one_invocation():
     client = FakeClient(seconds=0.05)   # slow per input: alone it would make batches of one
     fn = FakeFunction(client)
     fn._opts = SimpleNamespace(batched=True, policy_spec={"batching": SimpleNamespace(max_batch_size=8)})
-    assert list(calls.map_inputs(fn, ((x,) for x in range(100)))) == [x * 10 for x in range(100)]
+    assert list(_map.map_inputs(fn, ((x,) for x in range(100)))) == [x * 10 for x in range(100)]
     sizes = [n for b in client.batches for n in b]
     assert sizes[:4] == [8] * 4 and min(sizes[:-1]) == 8
