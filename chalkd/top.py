@@ -153,35 +153,19 @@ class TopError(Exception):
 async def _metrics_endpoint(target: str) -> tuple[str, str, bool | str]:
     """(the /metrics URL, the proven token, TLS verify) from the daemon's Status over gRPC."""
     from grpclib import GRPCError
-    from grpclib.client import Channel
 
-    from chalkcompute._auth import client_ssl_context, credentials_for, tls_from_env
-    from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
-    from chalkcompute._proto.chalk_v1_chalk_grpc import FunctionCatalogStub
-    from chalkd.web.app import http_url
+    from chalkd.web.app import find_http
 
-    host, _, port = target.rpartition(":")
-    if not host or not port.isdigit():
-        raise TopError(f"--target must be HOST:PORT, got {target!r}")
-    tls = tls_from_env()
-    channel = Channel(host.strip("[]"), int(port), ssl=client_ssl_context(tls))
-    creds = credentials_for(target)
-    creds.attach(channel)
     try:
-        status = await asyncio.wait_for(FunctionCatalogStub(channel).Status(pb.StatusRequest()), 5)
+        http = await find_http(target)
     except GRPCError as exc:
         raise TopError(exc.message or str(exc)) from None
-    except (TimeoutError, OSError) as exc:
-        raise TopError(f"no daemon answers at {target} ({exc or 'timed out'}); start one with `chalkd serve`") from None
-    finally:
-        channel.close()
-    if not status.http_port:
-        raise TopError(f"the daemon at {target} has no HTTP port (a chalkd older than this one)")
-    if creds.key is None:
+    except (ValueError, ConnectionError) as exc:
+        raise TopError(str(exc)) from None
+    if http.token is None:
         raise TopError(f"no token for {target}: set $CHALK_COMPUTE_TOKEN or $CHALKD_HOME")
     # The key the daemon proved it knows (the handshake), so no other daemon's token is ever sent.
-    return f"{http_url(host.strip('[]'), status.http_port, bool(tls))}/metrics", creds.key.decode(), \
-        tls if isinstance(tls, str) else True
+    return f"{http.base}/metrics", http.token, http.tls if isinstance(http.tls, str) else True
 
 
 def _scrape(client: httpx.Client, url: str) -> Sample:

@@ -27,7 +27,8 @@ from chalkd.web.guards import OPEN_PATHS, WebAuth, allowed_hosts, guards
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_HTTP_PORT", "HttpPortError", "WebServer", "bind_http_socket", "http_url", "web_ssl_context"]
+__all__ = ["DEFAULT_HTTP_PORT", "DaemonHttp", "HttpPortError", "WebServer", "bind_http_socket", "find_http", "http_url",
+           "web_ssl_context"]
 
 
 class HttpPortError(RuntimeError):
@@ -65,6 +66,52 @@ def http_url(host: str, port: int, tls: bool = False) -> str:
     """
     h = f"[{host}]" if ":" in host else host
     return f"{'https' if tls else 'http'}://{h}:{port}"
+
+
+class DaemonHttp:
+    """Where a running daemon's HTTP port is, and the token it proved it knows (see :func:`find_http`)."""
+
+    def __init__(self, base: str, token: str | None, replica_credential: bool, tls: bool | str,
+                 version: str) -> None:
+        self.base, self.token, self.replica_credential = base, token, replica_credential
+        self.tls, self.version = tls, version
+
+
+async def find_http(target: str, timeout: float = 5.0) -> DaemonHttp:
+    """Ask the daemon at ``target`` (``HOST:PORT``) for its HTTP port over gRPC ``Status``, after the
+    token handshake, so a token is only ever sent to a daemon that proved it knows it. Raises
+    ValueError (a bad target), ConnectionError (no daemon answers, or it has no HTTP port) and
+    grpclib's GRPCError (the daemon refused).
+
+        http = await find_http("127.0.0.1:50051")    # http.base == "http://127.0.0.1:50052"
+    """
+    import asyncio
+
+    from grpclib.client import Channel
+
+    from chalkcompute._auth import client_ssl_context, credentials_for, tls_from_env
+    from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
+    from chalkcompute._proto.chalk_v1_chalk_grpc import FunctionCatalogStub
+
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--target must be HOST:PORT, got {target!r}")
+    tls = tls_from_env()
+    channel = Channel(host.strip("[]"), int(port), ssl=client_ssl_context(tls))
+    creds = credentials_for(target)
+    creds.attach(channel)
+    try:
+        status = await asyncio.wait_for(FunctionCatalogStub(channel).Status(pb.StatusRequest()), timeout)
+    except (TimeoutError, OSError) as exc:
+        raise ConnectionError(f"no daemon answers at {target} ({exc or 'timed out'}); "
+                              "start one with `chalkd serve`") from None
+    finally:
+        channel.close()
+    if not status.http_port:
+        raise ConnectionError(f"the daemon at {target} (chalkd {status.version}) has no HTTP port: upgrade it")
+    return DaemonHttp(http_url(host.strip("[]"), status.http_port, bool(tls)),
+                      creds.key.decode() if creds.key is not None else None, bool(creds.key_id),
+                      tls if isinstance(tls, str) else bool(tls), status.version)
 
 
 class WebServer:

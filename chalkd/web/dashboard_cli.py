@@ -26,36 +26,15 @@ def add_parser(sub: argparse._SubParsersAction, default_target: str) -> None:
 
 
 async def _login_link(target: str) -> str:
-    from grpclib.client import Channel
-
-    from chalkcompute._auth import client_ssl_context, credentials_for, tls_from_env
-    from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
-    from chalkcompute._proto.chalk_v1_chalk_grpc import FunctionCatalogStub
-    from chalkd.web.app import http_url
+    from chalkd.web.app import find_http
     from chalkd.web.dashboard import login_url
 
-    host, _, port = target.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"--target must be HOST:PORT, got {target!r}")
-    tls = tls_from_env()
-    channel = Channel(host.strip("[]"), int(port), ssl=client_ssl_context(tls))
-    creds = credentials_for(target)
-    creds.attach(channel)
-    try:
-        try:
-            status = await asyncio.wait_for(FunctionCatalogStub(channel).Status(pb.StatusRequest()), 5)
-        except (TimeoutError, OSError) as exc:
-            raise ConnectionError(f"no daemon answers at {target} ({exc or 'timed out'}); "
-                                  "start one with `chalkd serve`") from None
-    finally:
-        channel.close()
-    if not status.http_port:
-        raise ConnectionError(f"the daemon at {target} (chalkd {status.version}) has no HTTP port: upgrade it")
-    if creds.key is None or creds.key_id:
+    http = await find_http(target)
+    if http.token is None or http.replica_credential:
         raise PermissionError("no token for this daemon here (a replica's credential cannot log in): "
                               "run this as the daemon's user, or set CHALK_COMPUTE_TOKEN")
     # The handshake picked the candidate the daemon proved it knows.
-    return login_url(http_url(host.strip("[]"), status.http_port, bool(tls)), creds.key.decode())
+    return login_url(http.base, http.token)
 
 
 def dashboard_command(args: argparse.Namespace) -> int:
