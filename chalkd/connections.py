@@ -319,3 +319,22 @@ class ConnectionGuard:
                 self.report(now)
             except Exception:
                 log.exception("the connection sweep failed")
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP listening socket (gRPC, HTTP) bound by us (as uvicorn's ``Config.bind_socket``) so that the
+    port is known before anything starts and grpclib is handed the socket (``Server.start(sock=...)``).
+
+    >>> s = bind_socket("127.0.0.1", 0); s.getsockname()[1] > 0
+    True
+    >>> s.close()
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart right after a stop
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock

@@ -26,7 +26,6 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -42,7 +41,7 @@ from chalkcompute import _auth
 from chalkd.auth import Authenticator, load_or_create_token
 from chalkd.catalog import Catalog
 from chalkd.config import Config
-from chalkd.connections import ConnectionGuard, raise_fd_limit
+from chalkd.connections import ConnectionGuard, bind_socket, raise_fd_limit
 from chalkd.gpus import FAKE_GPUS_ENV, GpuAllocator, detect_gpus
 from chalkd.images.blobs import BlobStore
 from chalkd.logs.service import LogsService
@@ -95,25 +94,6 @@ class LimitedCodec(ProtoCodec):
                 "(chalkd serve --max-message-size)",
             )
         return super().decode(data, message_type)
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """The daemon's TCP listening socket, bound by us (as uvicorn's ``Config.bind_socket``) so that the
-    port is known before anything starts and grpclib is handed the socket (``Server.start(sock=...)``).
-
-    >>> s = bind_socket("127.0.0.1", 0); s.getsockname()[1] > 0
-    True
-    >>> s.close()
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart right after a stop
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 @contextlib.contextmanager

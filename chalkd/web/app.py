@@ -23,6 +23,7 @@ from aiohttp import web
 
 from chalkd import metrics
 from chalkd.config import DEFAULT_HTTP_PORT
+from chalkd.connections import bind_socket
 from chalkd.web.guards import OPEN_PATHS, WebAuth, allowed_hosts, guards
 
 log = logging.getLogger(__name__)
@@ -42,19 +43,15 @@ def bind_http_socket(host: str, port: int) -> socket.socket:
     True
     >>> s.close()
     """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-        sock.setblocking(False)
+        sock = bind_socket(host, port)
     except OSError as exc:
-        sock.close()
         in_use = exc.errno == errno.EADDRINUSE
         why = "it is in use (another chalkd, or another program)" if in_use else (exc.strerror or str(exc))
         raise HttpPortError(f"--http-port {port}: cannot listen on {host}:{port}: {why}; "
                             "pick another port, or 0 for a free one") from None
+    sock.listen(128)
+    sock.setblocking(False)
     return sock
 
 
