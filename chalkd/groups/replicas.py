@@ -40,6 +40,7 @@ from chalkd.runtime.docker import (
     LABEL_HOME,
     LABEL_KIND,
     LABEL_OWNER,
+    ensure_isolated_bridge,
     home_label,
     host_config,
     lazy_binds,
@@ -101,19 +102,11 @@ class ReplicaLauncher:
         async with self._network_lock:
             if self._network_ready:
                 return self.network
-            with contextlib.suppress(DockerError):
-                await self.docker.networks.get(self.network)
-                self._network_ready = True
-                return self.network
             try:
-                await self.docker.networks.create({
-                    "Name": self.network, "Driver": "bridge", "CheckDuplicate": True,
-                    "Options": {"com.docker.network.bridge.enable_icc": "false"},
-                    "Labels": {LABEL_HOME: home_label(self.home), LABEL_OWNER: "chalkd", LABEL_KIND: KIND},
-                })
+                await ensure_isolated_bridge(self.docker, self.network, {
+                    LABEL_HOME: home_label(self.home), LABEL_OWNER: "chalkd", LABEL_KIND: KIND})
             except DockerError as exc:
-                if exc.status != 409:  # made by a concurrent start: fine
-                    raise LaunchFailed(f"the engine would not create the groups' network: {exc.message}") from None
+                raise LaunchFailed(f"the engine would not create the groups' network: {exc.message}") from None
             self._network_ready = True
             return self.network
 

@@ -110,6 +110,28 @@ def host_config(*, binds: list[str], cpu_millis: int = 0, memory_bytes: int = 0,
     return hc
 
 
+async def ensure_isolated_bridge(docker, name: str, labels: dict[str, str]) -> None:
+    """Make the bridge network ``name`` with inter-container traffic off (its containers reach neither each
+    other nor another bridge's; the host reaches them), unless it exists. Raises aiodocker's DockerError.
+
+    Sandboxes and scaling-group replicas each get one (``chalkd-sandboxes-<hash>``, ``chalkd-groups-<hash>``).
+    """
+    from aiodocker.exceptions import DockerError
+
+    try:
+        await docker.networks.get(name)
+        return
+    except DockerError:
+        pass
+    try:
+        await docker.networks.create({"Name": name, "Driver": "bridge", "CheckDuplicate": True,
+                                      "Options": {"com.docker.network.bridge.enable_icc": "false"},
+                                      "Labels": labels})
+    except DockerError as exc:
+        if exc.status != 409:  # 409: made by a concurrent start, which is fine
+            raise
+
+
 def lazy_binds(blobs: BlobStore, image: ImageSpec) -> list[str]:
     return [f"{host}:{mount}:ro" for host, mount in blobs.mounts(image)]
 

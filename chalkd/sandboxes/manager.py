@@ -53,6 +53,7 @@ from chalkd.runtime.docker import (
     LABEL_OWNER,
     MountError,
     check_mounts,
+    ensure_isolated_bridge,
     home_label,
     host_config,
     lazy_binds,
@@ -247,19 +248,11 @@ class SandboxManager:
             if self._network is not None:
                 return self._network
             name = "chalkd-sandboxes-" + hashlib.sha256(home_label(self.home).encode()).hexdigest()[:12]
-            with contextlib.suppress(DockerError):
-                await self.docker.networks.get(name)
-                self._network = name
-                return name
             try:
-                await self.docker.networks.create({
-                    "Name": name, "Driver": "bridge", "CheckDuplicate": True,
-                    "Options": {"com.docker.network.bridge.enable_icc": "false"},
-                    "Labels": {LABEL_HOME: home_label(self.home), LABEL_OWNER: "chalkd", LABEL_KIND: KIND},
-                })
+                await ensure_isolated_bridge(self.docker, name, {
+                    LABEL_HOME: home_label(self.home), LABEL_OWNER: "chalkd", LABEL_KIND: KIND})
             except DockerError as exc:
-                if exc.status != 409:  # made by a concurrent start: fine
-                    raise _StartFailed(f"the engine would not create the sandbox network: {exc.message}") from None
+                raise _StartFailed(f"the engine would not create the sandbox network: {exc.message}") from None
             self._network = name
             return name
 
