@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -40,7 +39,7 @@ from secrets import token_hex
 import aiodocker
 from aiodocker.exceptions import DockerError
 
-from chalkcompute._contract import quote
+from chalkcompute._contract import quote, valid_container_name
 from chalkcompute.agent import entrypoint as agent_entrypoint
 from chalkd.containers.agent_client import (
     AgentUnavailableError,
@@ -74,7 +73,6 @@ KIND = "container"
 
 __all__ = ["ContainerManager", "ManagedContainer", "ContainerNotFound", "ContainerConflict", "ContainerFailed"]
 
-_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 AGENT_MOUNT = "/run/chalk-agent"
 
 
@@ -154,7 +152,7 @@ class ContainerManager:
         """Start a container for ``spec``: Pending at once, Running (or Failed) within ``start_timeout``.
         ``local_secrets`` are the values of its ``local`` secret refs (stored under the container)."""
         name, image, volumes, secrets = spec.name, spec.image, spec.volumes, spec.secrets
-        if name and not _NAME.fullmatch(name):
+        if name and not valid_container_name(name):
             raise ValueError(f"container name {quote(name)} is not DNS-safe: use lower-case letters, digits and '-', "
                              "starting and ending with a letter or digit, at most 63 characters")
         if name and any(c.name == name and c.live for c in self.by_id.values()):

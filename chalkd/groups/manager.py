@@ -36,14 +36,13 @@ import asyncio
 import contextlib
 import logging
 import math
-import re
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from secrets import token_hex, token_urlsafe
 
-from chalkcompute._contract import quote
+from chalkcompute._contract import quote, valid_container_name
 from chalkd.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from chalkd.groups.pool import Backend, ReplicaPool
 from chalkd.groups.records import GroupRecord, GroupTable
@@ -59,7 +58,6 @@ __all__ = ["GroupManager", "GroupSettings", "MAX_START_FAILURES", "MAX_REPLICAS"
 TICK = 0.25                 # seconds between two passes of a group's loop when nothing happens
 MAX_START_FAILURES = 5      # failed starts in a row before the group (or its rollout) is given up
 MAX_REPLICAS = 64
-_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 class GroupManager:
@@ -107,7 +105,7 @@ class GroupManager:
     # -- deploy -----------------------------------------------------------------------
 
     def _check(self, spec: GroupSpec) -> None:
-        if not _NAME.fullmatch(spec.name):
+        if not valid_container_name(spec.name):
             raise InvalidArgument(f"scaling group name {quote(spec.name)} is not DNS-safe: use lower-case letters, "
                                   "digits and '-', starting and ending with a letter or digit, at most 63 characters")
         if not 1 <= spec.port <= 65535:
