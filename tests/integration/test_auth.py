@@ -222,7 +222,7 @@ def _probe_scope(others_call: str) -> dict:
     import chalkcompute as cc
     from chalkcompute._client import Client, run_sync
     from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
-    from chalkcompute._proto.chalk_v1_chalk_grpc import ContainersStub, SecretsStub
+    from chalkcompute._proto.chalk_v1_chalk_grpc import ContainersStub, ScalingGroupsStub, SecretsStub
 
     def thief() -> str:
         return "stolen"
@@ -235,7 +235,8 @@ def _probe_scope(others_call: str) -> dict:
         out["register"] = str(exc)
     channel = Client.get().channel
     for name, call in (("secrets", lambda: SecretsStub(channel).ListSecrets(pb.ListSecretsRequest(), timeout=10)),
-                       ("containers", lambda: ContainersStub(channel).List(pb.ListContainersRequest(), timeout=10))):
+                       ("containers", lambda: ContainersStub(channel).List(pb.ListContainersRequest(), timeout=10)),
+                       ("groups", lambda: ScalingGroupsStub(channel).List(pb.ListScalingGroupsRequest(), timeout=10))):
         try:
             run_sync(call())
             out[name] = "allowed"
@@ -277,6 +278,7 @@ def test_a_process_replica_is_limited_to_its_scope(daemon):
     assert "PERMISSION_DENIED" not in result["register"] and "RegisterFunction" in result["register"], result
     assert "PERMISSION_DENIED" in result["secrets"] and "ListSecrets" in result["secrets"], result
     assert "PERMISSION_DENIED" in result["containers"] and "Containers/List" in result["containers"], result
+    assert "PERMISSION_DENIED" in result["groups"] and "ScalingGroups/List" in result["groups"], result
     assert result["nested"] == 42  # nested calls still work with the scoped credential
     assert result["foreign_parent"] == 10
     assert "as a parent it is not running; submitted as top-level" in daemon.log()

@@ -204,6 +204,7 @@ class App:
         self.doomed = False
         self.runner: web.AppRunner | None = None
         self.port = 0
+        self.sent = 0  # bytes /big has written so far
 
     async def start(self) -> int:
         app = web.Application(client_max_size=64 << 20)
@@ -264,6 +265,7 @@ class App:
             part = block[: n - sent]
             await resp.write(part)
             sent += len(part)
+            self.sent = sent
         await resp.write_eof()
         return resp
 
@@ -470,6 +472,29 @@ def test_large_upload_and_download_are_streamed_through() -> None:
             async with s.request("POST", "/upload", data=io.BytesIO(payload)) as r:
                 res = await r.json()
             assert res["n"] == len(payload) and res["chunked"] == ""
+
+    arun(body)
+
+
+def test_a_client_that_stops_reading_pauses_the_replica_not_the_proxys_memory() -> None:
+    # A download of 1 GiB whose reader stops after its first MiB: the proxy keeps only what the sockets
+    # hold, so the app's writes stall far short of the whole body.
+    async def body() -> None:
+        async with Stack(1) as s:
+            app = s.apps[0]
+            reader, writer = await asyncio.open_connection("127.0.0.1", int(s.url.rsplit(":", 1)[1]))
+            writer.write(f"GET /big?n={1 << 30} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            await writer.drain()
+            got = 0
+            while got < 1 << 20:
+                got += len(await reader.read(1 << 16))
+            stalled_at, still = app.sent, 0
+            while still < 10:  # the app's count has not moved for 10 looks, 50 ms apart
+                await asyncio.sleep(0.05)
+                still = still + 1 if app.sent == stalled_at else 0
+                stalled_at = app.sent
+            assert stalled_at < 96 << 20, f"the app wrote {stalled_at} bytes for a reader that took {got}"
+            writer.close()
 
     arun(body)
 
