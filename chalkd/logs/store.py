@@ -121,6 +121,7 @@ class LogStore:
         self._load()
         self._last_sweep = 0.0
         self._last_index = 0.0
+        self._last_write_error = -60.0  # monotonic time of the last "cannot write" error logged
         self.writer = threading.Thread(target=self._write_loop, name="chalkd-logs", daemon=True)
         self.writer.start()
 
@@ -286,7 +287,12 @@ class LogStore:
                     try:
                         self._write(*it)
                     except OSError as exc:
-                        log.error("cannot write call logs under %s: %s", self.root, exc)
+                        # A full disk fails every batch: say so once a minute, not 50 times a second.
+                        now = time.monotonic()
+                        if now - self._last_write_error >= 60.0:
+                            self._last_write_error = now
+                            log.error("cannot write call logs under %s (lines are dropped until it can): %s",
+                                      self.root, exc)
                     except Exception:  # a bug of ours must not stop the writer (reads would wait on it)
                         log.exception("writing call logs failed")
             if waiters or time.monotonic() - self._last_index >= INDEX_SECONDS:

@@ -154,6 +154,30 @@ def test_store_reads_a_call_a_version_a_replica_since_and_tail(tmp_path):
     assert idx["calls"] == ["fc-a", "fc-b"] and idx["bytes"] > 0
 
 
+def test_a_full_disk_drops_lines_with_one_error_a_minute_and_the_writer_goes_on(tmp_path, monkeypatch, caplog):
+    import errno
+
+    store = LogStore(tmp_path / "calls")
+    try:
+        real = store._write
+
+        def full(*args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(store, "_write", full)
+        with caplog.at_level(logging.ERROR, logger="chalkd.logs.store"):
+            for i in range(20):
+                store.append("fv-1", "r-1", [_line("fc-a", f"lost {i}", time.time())])
+                store.sync()
+        errors = [r for r in caplog.records if "cannot write call logs" in r.getMessage()]
+        assert len(errors) == 1 and "No space left on device" in errors[0].getMessage()
+        monkeypatch.setattr(store, "_write", real)  # room again: lines are stored
+        store.append("fv-1", "r-1", [_line("fc-a", "kept", time.time())])
+        assert [r.text for r in store.read(call_id="fc-a")] == ["kept"]
+    finally:
+        store.close()
+
+
 def test_store_rotates_and_caps_per_replica_and_in_total(tmp_path):
     store = LogStore(tmp_path / "calls", max_bytes=64 * 1024, replica_max_bytes=16 * 1024, segment_bytes=4096)
     try:
