@@ -91,7 +91,8 @@ def test_a_burst_scales_from_zero_to_three_containers_and_back_with_every_call_a
     assert sorted(calls_of(name)) == ["succeeded"] * 9
     # Idle past the cooldown: every container stops (min_replicas 0), each a logged decision.
     wait_for(lambda: not running_containers(on_docker.home, name), timeout=60, what="the containers to stop")
-    info = fn.refresh()
+    # The engine lists a container as gone a moment before the daemon has seen its replica exit.
+    info = wait_for(lambda: (i := fn.refresh()).replicas == 0 and i, timeout=30, what="the daemon to count no replica")
     assert (info.desired_replicas, info.ready_replicas, info.replicas) == (0, 0, 0), info
     assert info.scaling_decision.startswith("scale down 1 -> 0: replica r-"), info
     fn.delete()
