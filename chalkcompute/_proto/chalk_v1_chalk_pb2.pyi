@@ -100,14 +100,25 @@ class CodeBundle(_message.Message):
     def __init__(self, module_source: _Optional[str] = ..., function_name: _Optional[str] = ..., files: _Optional[_Mapping[str, str]] = ..., remote_refs: _Optional[_Mapping[str, str]] = ..., module: _Optional[str] = ...) -> None: ...
 
 class Resources(_message.Message):
-    __slots__ = ("cpu_millis", "memory_bytes", "gpu")
+    __slots__ = ("cpu_millis", "memory_bytes", "gpu", "node", "node_labels")
+    class NodeLabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     CPU_MILLIS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     GPU_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    NODE_LABELS_FIELD_NUMBER: _ClassVar[int]
     cpu_millis: int
     memory_bytes: int
     gpu: str
-    def __init__(self, cpu_millis: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpu: _Optional[str] = ...) -> None: ...
+    node: str
+    node_labels: _containers.ScalarMap[str, str]
+    def __init__(self, cpu_millis: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpu: _Optional[str] = ..., node: _Optional[str] = ..., node_labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RetrySpec(_message.Message):
     __slots__ = ("max_retries", "initial_wait_seconds", "backoff_multiplier", "max_wait_seconds", "jitter", "retry_on")
