@@ -107,6 +107,27 @@ def _policies_spec(*, retries, rate_limit, rate_limit_key, concurrency, queue_po
     return spec
 
 
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+_LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
+
+
+def check_placement(node: str | None, node_labels: dict[str, str] | None) -> tuple[str, dict[str, str]]:
+    """``node=`` (a swarm node's hostname) and ``node_labels=`` (labels the node must carry), checked.
+
+    >>> check_placement("gpu-box-2", {"zone": "a"})
+    ('gpu-box-2', {'zone': 'a'})
+    """
+    if node is not None and (not isinstance(node, str) or not _NODE_NAME.fullmatch(node)):
+        raise ValueError(f"node must be a node's hostname (letters, digits, '.', '_', '-'), got {node!r}")
+    labels = dict(node_labels or {})
+    for k, v in labels.items():
+        if not isinstance(k, str) or not _LABEL_KEY.fullmatch(k):
+            raise ValueError(f"node_labels: {k!r} is not a node label name")
+        if not isinstance(v, str) or any(c in v for c in "\n\r\"'") or len(v) > 256:
+            raise ValueError(f"node_labels[{k!r}] must be a str without quotes or line breaks, got {v!r}")
+    return node or "", labels
+
+
 @dataclass(frozen=True)
 class FunctionOptions:
     """Everything ``@function(...)`` was given, checked and normalised."""
@@ -125,6 +146,8 @@ class FunctionOptions:
     options: Mapping[str, str] = field(default_factory=dict)
     serialization_format: str = "pyarrow"
     policy_spec: Mapping[str, Any] = field(default_factory=dict)  # FunctionSpec policy fields
+    node: str = ""                                                # swarm placement (chalkd --runtime swarm)
+    node_labels: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def batched(self) -> bool:
@@ -141,7 +164,7 @@ class FunctionOptions:
         retries: int | RetryPolicy | None = None, rate_limit_key: str | None = None,
         rate_limit: int | float | RateLimitPolicy | None = None,
         concurrency: int | ConcurrencyPolicy | None = None, queue_policy: QueuePolicy | None = None,
-        timeout: float | None = None,
+        timeout: float | None = None, node: str | None = None, node_labels: dict[str, str] | None = None,
     ) -> FunctionOptions:
         checked_secrets = check_secrets(secrets)
         if serialization_format != "pyarrow":
@@ -160,6 +183,7 @@ class FunctionOptions:
         if gpu is not None:
             from chalkcompute.gpu import GpuRequest
             gpu_text = str(GpuRequest.parse(gpu))
+        node_text, labels = check_placement(node, node_labels)
         env_map = dict(env or {})
         for k, v in env_map.items():
             if not isinstance(k, str) or not isinstance(v, str):
@@ -188,4 +212,4 @@ class FunctionOptions:
             memory_bytes=parse_memory(memory) if memory is not None else 0,
             gpu=gpu_text, env=env_map, volumes=mounts, secrets=checked_secrets, min_replicas=lo, max_replicas=hi,
             suspend_cooldown_period=cooldown, options={str(k): str(v) for k, v in (options or {}).items()},
-            serialization_format=serialization_format, policy_spec=policy_spec)
+            serialization_format=serialization_format, policy_spec=policy_spec, node=node_text, node_labels=labels)

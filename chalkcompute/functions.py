@@ -143,6 +143,8 @@ class RemoteFunction:
         queue_policy: QueuePolicy | None = None,
         timeout: float | None = None,
         target: str | None = None,
+        node: str | None = None,
+        node_labels: dict[str, str] | None = None,
     ) -> None:
         if fn is None or not callable(fn):
             raise TypeError(f"RemoteFunction needs a function, got {fn!r}")
@@ -152,7 +154,7 @@ class RemoteFunction:
             suspend_cooldown_period=suspend_cooldown_period, options=options,
             max_buffer_duration=max_buffer_duration, max_batching_size=max_batching_size, retries=retries,
             rate_limit_key=rate_limit_key, rate_limit=rate_limit, concurrency=concurrency,
-            queue_policy=queue_policy, timeout=timeout)
+            queue_policy=queue_policy, timeout=timeout, node=node, node_labels=node_labels)
         self._init(opts.name, target, fn=fn, opts=opts)
         functools.update_wrapper(self, fn)
         if not in_worker():
@@ -246,7 +248,8 @@ class RemoteFunction:
         bundle = self._bundle()
         return pb.FunctionSpec(
             name=self.name, image=opts.image.to_proto(),
-            resources=pb.Resources(cpu_millis=opts.cpu_millis, memory_bytes=opts.memory_bytes, gpu=opts.gpu),
+            resources=pb.Resources(cpu_millis=opts.cpu_millis, memory_bytes=opts.memory_bytes, gpu=opts.gpu,
+                                   node=opts.node, node_labels=dict(opts.node_labels)),
             env=dict(opts.env), min_replicas=opts.min_replicas, max_replicas=opts.max_replicas,
             suspend_cooldown_seconds=opts.suspend_cooldown_period,
             code=pb.CodeBundle(module_source=bundle.module_source, function_name=bundle.function_name,

@@ -1,6 +1,6 @@
 """The ``chalkd`` command line.
 
-    chalkd serve [--host 127.0.0.1] [--port 50051] [--home DIR] [--runtime auto|process|docker]
+    chalkd serve [--host 127.0.0.1] [--port 50051] [--home DIR] [--runtime auto|process|docker|swarm]
                  [--durability normal|full] [--max-message-size BYTES] [--replica-env NAME ...]
                  [--http-port 50052] [--metrics-open]   # /metrics (bearer token unless --metrics-open)
     chalkd status    [--target HOST:PORT]   # exit 0 with a summary (and the metrics URL), 1 when no daemon answers
@@ -83,7 +83,18 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--home", type=Path, default=None,
                        help="state directory (default: $CHALKD_HOME or the user data dir)")
     serve.add_argument("--runtime", default=os.environ.get("CHALKD_RUNTIME", "auto"),
-                       choices=["auto", "process", "docker"])
+                       choices=["auto", "process", "docker", "swarm"])
+    serve.add_argument("--engine", default=os.environ.get("CHALKD_ENGINE"),
+                       help="the Docker engine to drive (docker and swarm runtimes), e.g. unix:///var/run/docker.sock "
+                            "(default: $DOCKER_HOST or the local socket); with --runtime swarm, a swarm manager's")
+    serve.add_argument("--advertise-addr", default=os.environ.get("CHALKD_ADVERTISE_ADDR"), metavar="ADDR[:PORT]",
+                       help="--runtime swarm: the address workers on every node dial (over TLS, chalkd's own CA); "
+                            "chalkd listens there too (default port: --port, or a free one with --port 0)")
+    serve.add_argument("--registry", default=os.environ.get("CHALKD_REGISTRY"), metavar="HOST:PORT",
+                       help="--runtime swarm: push built images there; nodes pull them (else --node-engine copies)")
+    serve.add_argument("--node-engine", action="append", default=[], metavar="NODE=URL",
+                       help="--runtime swarm without --registry: the engine of swarm node NODE (its hostname), to "
+                            "copy built images to with docker save | load (repeatable)")
     serve.add_argument("--durability", default=os.environ.get("CHALKD_DURABILITY", "normal"),
                        choices=["normal", "full"])
     serve.add_argument("--max-message-size", type=int, default=DEFAULT_MAX_MESSAGE, help="bytes (default 64 MiB)")
@@ -291,6 +302,9 @@ def _serve(args) -> int:
         sandbox_memory = parse_size(args.sandbox_memory, "--sandbox-memory")
         sandbox_disk = parse_size(args.sandbox_disk, "--sandbox-disk")
         group_ports = _port_range(args.group_ports)
+        from chalkd.swarm.images import parse_node_engines
+
+        node_engines = parse_node_engines(args.node_engine)
     except ValueError as exc:
         print(f"chalkd: {exc}", file=sys.stderr)
         return 2
@@ -311,6 +325,7 @@ def _serve(args) -> int:
         group_ports=group_ports, group_cooldown=args.group_cooldown,
         http_port=args.http_port, metrics_open=args.metrics_open,
         log_max_bytes=log_max_bytes, log_max_age=log_max_age,
+        engine=args.engine, advertise_addr=args.advertise_addr, registry=args.registry, node_engines=node_engines,
     )
     if args.build_ca_bundle is not None:
         config.build_ca_bundle = args.build_ca_bundle or None

@@ -64,7 +64,13 @@ class Config:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     home: Path = field(default_factory=default_home)
-    runtime: str = "auto"                  # auto | process | docker
+    runtime: str = "auto"                  # auto | process | docker | swarm
+    # The Docker engine to drive (None: $DOCKER_HOST or the local socket); for swarm, a manager's. Swarm only:
+    # the address remote workers dial (TLS), where built images go (a registry, or node engines to copy to).
+    engine: str | None = None
+    advertise_addr: str | None = None
+    registry: str | None = None
+    node_engines: dict[str, str] = field(default_factory=dict)
     durability: str = "normal"             # normal | full
     max_message_bytes: int = DEFAULT_MAX_MESSAGE
     heartbeat_timeout: float = 15.0
@@ -123,8 +129,18 @@ class Config:
             raise ValueError(f"--group-ports must be a range LOW-HIGH within 1024-65535, got {lo}-{hi}")
         if not self.group_cooldown > 0:
             raise ValueError(f"--group-cooldown must be positive seconds, got {self.group_cooldown:g}")
-        if self.runtime not in ("auto", "process", "docker"):
-            raise ValueError(f"--runtime must be auto, process or docker, got {self.runtime!r}")
+        if self.runtime not in ("auto", "process", "docker", "swarm"):
+            raise ValueError(f"--runtime must be auto, process, docker or swarm, got {self.runtime!r}")
+        if self.engine is not None and not self.engine.startswith(("unix://", "tcp://", "http://", "https://")):
+            raise ValueError(f"--engine must be a Docker engine address (unix:///path.sock or tcp://host:port), "
+                             f"got {self.engine!r}")
+        if self.runtime == "swarm":
+            self.advertise()  # raises naming the problem
+        else:
+            for flag, value in (("--advertise-addr", self.advertise_addr), ("--registry", self.registry),
+                                ("--node-engine", self.node_engines)):
+                if value:
+                    raise ValueError(f"{flag} is for --runtime swarm (this daemon runs --runtime {self.runtime})")
         if self.build_ca_bundle and not os.path.isfile(self.build_ca_bundle):
             raise ValueError(f"--build-ca-bundle {self.build_ca_bundle!r} is not a file")
         if self.pids_limit < 16:
@@ -184,6 +200,30 @@ class Config:
         if self.max_message_bytes < 1024:
             raise ValueError(f"--max-message-size must be at least 1024 bytes, got {self.max_message_bytes}")
 
+    def advertise(self) -> tuple[str, int]:
+        """``--advertise-addr`` as (host, port); the port defaults to ``--port`` (0: a free one).
+
+        >>> Config(runtime="swarm", advertise_addr="10.0.0.5:7000").advertise()
+        ('10.0.0.5', 7000)
+        """
+        if not self.advertise_addr:
+            raise ValueError("--runtime swarm needs --advertise-addr ADDR[:PORT]: the address of this machine "
+                             "that workers on every swarm node can reach")
+        text = self.advertise_addr.strip()
+        host, port = text, self.port
+        if text.startswith("["):          # [v6]:port
+            host, _, rest = text[1:].partition("]")
+            if rest.startswith(":"):
+                port = _port(rest[1:], text)
+        elif text.count(":") == 1:
+            host, _, p = text.partition(":")
+            port = _port(p, text)
+        if not host or any(c.isspace() or c in "/@" for c in host):
+            raise ValueError(f"--advertise-addr {text!r} must be ADDR[:PORT] (an IP address or host name)")
+        if host in ("0.0.0.0", "::"):
+            raise ValueError(f"--advertise-addr {text!r} must be an address workers can dial, not a wildcard")
+        return host, port
+
     def ssl_context(self):
         """The server's TLS context when ``tls_cert``/``tls_key`` are set, else None (plain HTTP/2)."""
         if not self.tls_cert:
@@ -194,3 +234,9 @@ class Config:
         ctx.load_cert_chain(self.tls_cert, self.tls_key)
         ctx.set_alpn_protocols(["h2"])
         return ctx
+
+
+def _port(text: str, whole: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) < 65536:
+        raise ValueError(f"--advertise-addr {whole!r}: the port must be 0-65535")
+    return int(text)

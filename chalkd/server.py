@@ -294,6 +294,13 @@ class Server:
         self.connections.install(grpc_tcp)  # after auth: it marks the connections whose RPCs passed
         await grpc_tcp.start(sock=sock, ssl=cfg.ssl_context())
         stack.push_async_callback(_close_grpc, grpc_tcp)
+        listener = getattr(self, "worker_listener", None)
+        if listener is not None:  # --runtime swarm: workers on every node dial --advertise-addr, over TLS only
+            grpc_workers = GrpcServer(list(self.services.values()), codec=LimitedCodec(cfg.max_message_bytes))
+            self.auth.install(grpc_workers)
+            self.connections.install(grpc_workers)
+            await grpc_workers.start(sock=listener.sock, ssl=listener.tls.server_context())
+            stack.push_async_callback(_close_grpc, grpc_workers)
         # Containers cannot reach the host's loopback: they get the run dir mounted and dial this.
         unix_path = grpc_socket_path(self.home)
         unix_path.unlink(missing_ok=True)
@@ -388,19 +395,18 @@ class Server:
             return False
         import aiodocker
 
-        docker = aiodocker.Docker()
+        docker = aiodocker.Docker(url=self.config.engine)
         try:
             await asyncio.wait_for(docker.version(), 5)
-            if mode == "docker":
+            if mode in ("docker", "swarm"):
                 return True
             base = f"python:{sys.version_info.major}.{sys.version_info.minor}-slim"
             await asyncio.wait_for(docker.images.inspect(base), 5)
             return True
         except Exception as exc:
-            if mode == "docker":
-                raise StartupError(
-                    f"--runtime docker: no Docker engine answers at "
-                    f"{os.environ.get('DOCKER_HOST', 'unix:///var/run/docker.sock')} ({exc})") from None
+            if mode in ("docker", "swarm"):
+                where = self.config.engine or os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+                raise StartupError(f"--runtime {mode}: no Docker engine answers at {where} ({exc})") from None
             log.info("runtime auto: using the process runtime (%s)", exc or type(exc).__name__)
             return False
         finally:
@@ -415,14 +421,21 @@ class Server:
         from chalkd.runtime.docker import DockerRuntime
 
         cfg = self.config
-        self.docker = aiodocker.Docker()
+        self.docker = aiodocker.Docker(url=cfg.engine)
         stack.push_async_callback(self.docker.close)
         builder = DockerImageBuilder(self.docker, self.home, ca_bundle=cfg.build_ca_bundle)
         rdir = run_dir(self.home)
         # One mount path (volumes) and one secret path (the agent) for replicas and containers.
-        runtime = DockerRuntime(self.home, docker=self.docker, builder=builder, run_dir=rdir,
-                                instance_id=self.instance_id, blobs=self.blobs, pids_limit=cfg.pids_limit,
-                                volumes=self.volumes)
+        runtime: Any
+        if cfg.runtime == "swarm":
+            from chalkd.swarm.startup import start_swarm_runtime
+
+            # Replicas on every node of the swarm; containers and sandboxes stay on this engine's node.
+            runtime = await start_swarm_runtime(self, builder, stack)
+        else:
+            runtime = DockerRuntime(self.home, docker=self.docker, builder=builder, run_dir=rdir,
+                                    instance_id=self.instance_id, blobs=self.blobs, pids_limit=cfg.pids_limit,
+                                    volumes=self.volumes)
         self.runtime = runtime
         stack.push_async_callback(runtime.close)
         self.containers = ContainerManager(self.docker, builder, self.blobs, ContainerTable(self.store), home=self.home,
@@ -445,6 +458,10 @@ class Server:
         from chalkd.groups.records import GroupTable
         from chalkd.groups.replicas import ReplicaLauncher
 
+        if cfg.runtime == "swarm":
+            await runtime.remove_leftovers()
+            await self.containers.recover()
+            return builder  # scaling groups on the swarm: not yet (their service says so)
         launcher = ReplicaLauncher(self.docker, self.blobs, home=self.home, run_dir=rdir, volumes=self.volumes,
                                    pids_limit=cfg.pids_limit)
         self.groups = GroupManager(builder, launcher, GroupTable(self.store), secrets=self.secrets,

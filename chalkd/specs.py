@@ -67,6 +67,8 @@ class Resources:
     cpu_millis: int = 0     # 0: no request
     memory_bytes: int = 0   # 0: no request
     gpu: str = ""           # a GpuRequest string ("2:nvidia-a100"), "" for none
+    node: str = ""          # swarm only: the node's hostname (chalkd.swarm)
+    node_labels: Mapping[str, str] = field(default_factory=dict)  # swarm only: labels the node must carry
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,6 +60,9 @@ class ReplicaHandle(abc.ABC):
 
 class Runtime(abc.ABC):
     name: str = ""
+    # True where the runtime's cluster places replicas by their own reservations (Swarm): the autoscaler
+    # then reserves no CPU, memory or GPUs of this host for them.
+    places_replicas: bool = False
 
     @abc.abstractmethod
     def check(self, spec: FunctionSpec) -> None:
@@ -72,8 +75,20 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     async def start(self, request: ReplicaRequest) -> ReplicaHandle: ...
 
+    def pending_reason(self, function_id: str) -> str:
+        """Why a started replica of ``function_id`` is not running yet, where the runtime knows ("" if not)."""
+        return ""
+
     async def close(self) -> None:
         return None
+
+
+def refuse_placement(spec: FunctionSpec, runtime: str) -> None:
+    """``node=``/``node_labels=`` place replicas on a swarm's nodes; a runtime with one node refuses them."""
+    if spec.resources.node or spec.resources.node_labels:
+        what = "node=" if spec.resources.node else "node_labels="
+        raise RuntimeUnsupported(f"function {spec.name!r}: {what} places replicas on a swarm's nodes, which needs "
+                                 f"chalkd serve --runtime swarm (this daemon runs the {runtime} runtime)")
 
 
 def format_size(n: int) -> str:

@@ -54,6 +54,7 @@ from chalkd.runtime.base import (
     Runtime,
     RuntimeUnsupported,
     format_size,
+    refuse_placement,
 )
 from chalkd.runtime.image_user import ImageUserError, image_user
 from chalkd.runtime.keys import CONTAINER_KEY_PATH, KEY_FILE_ENV, remove_key, write_key
@@ -296,6 +297,7 @@ class DockerRuntime(Runtime):
         self.target = ""  # unused: containers dial the unix sockets in run_dir
 
     def check(self, spec: FunctionSpec) -> None:
+        refuse_placement(spec, self.name)
         if not spec.image.base and not any(s.kind == "dockerfile_commands" for s in spec.image.steps):
             # The SDK always sends a base; an empty one would only fail later, in the build.
             raise RuntimeUnsupported(f"function {spec.name!r} has an image with no base")

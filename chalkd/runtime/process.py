@@ -38,6 +38,7 @@ from chalkd.runtime.base import (
     Runtime,
     RuntimeUnsupported,
     format_size,
+    refuse_placement,
 )
 from chalkd.runtime.keys import KEY_FILE_ENV, remove_key, write_key
 from chalkd.runtime.limits import MemoryLimiter
@@ -143,6 +144,7 @@ class ProcessRuntime(Runtime):
         log.warning(ISOLATION_WARNING)
 
     def check(self, spec: FunctionSpec) -> None:
+        refuse_placement(spec, self.name)
         if spec.volumes:
             raise RuntimeUnsupported(
                 f"volumes= is not supported on the process runtime (function {spec.name!r} mounts "

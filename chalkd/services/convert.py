@@ -74,7 +74,8 @@ def decode_image(image: pb.ImageSpec) -> ImageSpec:
 
 
 def decode_resources(r: pb.Resources) -> Resources:
-    return Resources(cpu_millis=r.cpu_millis, memory_bytes=r.memory_bytes, gpu=r.gpu)
+    return Resources(cpu_millis=r.cpu_millis, memory_bytes=r.memory_bytes, gpu=r.gpu, node=r.node,
+                     node_labels=dict(r.node_labels))
 
 
 def decode_mounts(mounts: Iterable[pb.VolumeMount]) -> tuple[VolumeMount, ...]:
