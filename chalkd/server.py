@@ -280,6 +280,10 @@ class Server:
             "secrets": SecretsService(self.secrets),
             "auth": self.auth,
         }
+        from chalkd.runtime.docker import home_label
+        from chalkd.services.nodes import NodesService  # chalkd nodes: answers on --runtime swarm only
+        self.services["nodes"] = NodesService(getattr(self.runtime, "docker", None) if self.runtime.name == "swarm"
+                                              else None, home_label(self.home), self.runtime.name)
         # Each exec in a sandbox or container leaves a line (command, exit code, duration) in the log store.
         self.services["sandboxes"].on_exec = functools.partial(logs_service.record_exec, "sandboxes")
         if self.containers is not None:

@@ -954,3 +954,31 @@ class LogsStub:
             chalk_v1_chalk_pb2.ReadLogsRequest,
             chalk_v1_chalk_pb2.ReadLogsResponse,
         )
+
+
+class NodesBase(abc.ABC):
+
+    @abc.abstractmethod
+    async def List(self, stream: 'grpclib.server.Stream[chalk_v1_chalk_pb2.ListNodesRequest, chalk_v1_chalk_pb2.ListNodesResponse]') -> None:
+        pass
+
+    def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
+        return {
+            '/chalk.v1.Nodes/List': grpclib.const.Handler(
+                self.List,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                chalk_v1_chalk_pb2.ListNodesRequest,
+                chalk_v1_chalk_pb2.ListNodesResponse,
+            ),
+        }
+
+
+class NodesStub:
+
+    def __init__(self, channel: grpclib.client.Channel) -> None:
+        self.List = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/chalk.v1.Nodes/List',
+            chalk_v1_chalk_pb2.ListNodesRequest,
+            chalk_v1_chalk_pb2.ListNodesResponse,
+        )

@@ -1685,3 +1685,82 @@ class ReadLogsResponse(_message.Message):
     LINES_FIELD_NUMBER: _ClassVar[int]
     lines: _containers.RepeatedCompositeFieldContainer[LogLine]
     def __init__(self, lines: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ...) -> None: ...
+
+class GenericResource(_message.Message):
+    __slots__ = ("kind", "names", "count")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    names: _containers.RepeatedScalarFieldContainer[str]
+    count: int
+    def __init__(self, kind: _Optional[str] = ..., names: _Optional[_Iterable[str]] = ..., count: _Optional[int] = ...) -> None: ...
+
+class NodeReplica(_message.Message):
+    __slots__ = ("replica_id", "function", "kind", "state", "service", "generic", "message")
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    GENERIC_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    replica_id: str
+    function: str
+    kind: str
+    state: str
+    service: str
+    generic: _containers.RepeatedCompositeFieldContainer[GenericResource]
+    message: str
+    def __init__(self, replica_id: _Optional[str] = ..., function: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[str] = ..., service: _Optional[str] = ..., generic: _Optional[_Iterable[_Union[GenericResource, _Mapping]]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class NodeInfo(_message.Message):
+    __slots__ = ("id", "name", "address", "role", "leader", "state", "availability", "cpu_nanos", "memory_bytes", "generic", "engine_version", "labels", "is_daemon_node", "replicas")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    AVAILABILITY_FIELD_NUMBER: _ClassVar[int]
+    CPU_NANOS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    GENERIC_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    IS_DAEMON_NODE_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    address: str
+    role: str
+    leader: bool
+    state: str
+    availability: str
+    cpu_nanos: int
+    memory_bytes: int
+    generic: _containers.RepeatedCompositeFieldContainer[GenericResource]
+    engine_version: str
+    labels: _containers.ScalarMap[str, str]
+    is_daemon_node: bool
+    replicas: _containers.RepeatedCompositeFieldContainer[NodeReplica]
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., address: _Optional[str] = ..., role: _Optional[str] = ..., leader: _Optional[bool] = ..., state: _Optional[str] = ..., availability: _Optional[str] = ..., cpu_nanos: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., generic: _Optional[_Iterable[_Union[GenericResource, _Mapping]]] = ..., engine_version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., is_daemon_node: _Optional[bool] = ..., replicas: _Optional[_Iterable[_Union[NodeReplica, _Mapping]]] = ...) -> None: ...
+
+class ListNodesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListNodesResponse(_message.Message):
+    __slots__ = ("nodes", "unplaced")
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    UNPLACED_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
+    unplaced: _containers.RepeatedCompositeFieldContainer[NodeReplica]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., unplaced: _Optional[_Iterable[_Union[NodeReplica, _Mapping]]] = ...) -> None: ...
