@@ -427,6 +427,10 @@ class WorkerService(WorkerBase):
                         q.worker_event(conn, msg.call_id, msg.attempt, event)
                 if replica.state == "stopping" and not conn.out.closed:
                     conn.send_drain()
+                if replica.state == "stopped":
+                    # The runtime said it is gone (its swarm node is down) though its worker still talks:
+                    # its calls already run elsewhere; end the stream (and its sessions) at its next message.
+                    break
         finally:
             conn.out.closed = True
             sender.cancel()

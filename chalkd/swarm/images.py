@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import aiodocker
+import aiohttp
 from aiodocker.exceptions import DockerError
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class ImageShipper:
         self._engines: dict[str, aiodocker.Docker] = {}
         self._copied: set[tuple[str, str]] = set()   # (node name, image id) done this run
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._warned: set[str] = set()
+        self._warned: set[tuple[str, str]] = set()
 
     def describe(self) -> str:
         """How images reach nodes, for the log and ``chalkd nodes``."""
@@ -93,27 +94,37 @@ class ImageShipper:
             return Shipped(await self._push(tag))
         nodes = await self._nodes()
         excluded = []
-        copies = []
-        for node_id, hostname in nodes.items():
+        targets = []
+        for node_id, (hostname, state) in nodes.items():
             if node_id == self.daemon_node:
                 continue
-            if hostname in self.node_engines:
-                copies.append(self._copy(hostname, tag, image_id or tag))
+            if hostname in self.node_engines and state == "ready":
+                targets.append((node_id, hostname))
             else:
                 excluded.append(node_id)
-                if hostname not in self._warned:
-                    self._warned.add(hostname)
-                    log.warning("node %s gets no replicas: there is no --registry and no --node-engine %s=URL "
-                                "to copy images to it", hostname, hostname)
-        await asyncio.gather(*copies)
+                why = (f"it is {state}" if hostname in self.node_engines else
+                       f"there is no --registry and no --node-engine {hostname}=URL to copy images to it")
+                if (hostname, why) not in self._warned:
+                    self._warned.add((hostname, why))
+                    log.warning("node %s gets no replicas of image %s: %s", hostname, tag, why)
+        # A node whose engine fails is left out of this image's placement, not a failure of the function:
+        # the others (the daemon's node at least) can still run it.
+        results = await asyncio.gather(*(self._copy(h, tag, image_id or tag) for _, h in targets),
+                                       return_exceptions=True)
+        for (node_id, hostname), result in zip(targets, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("node %s gets no replicas of image %s: %s", hostname, tag, result)
+                excluded.append(node_id)
         return Shipped(tag, tuple(excluded))
 
-    async def _nodes(self) -> dict[str, str]:
+    async def _nodes(self) -> dict[str, tuple[str, str]]:
+        """``{node id: (hostname, state)}``."""
         try:
             nodes = await asyncio.wait_for(self.manager.nodes.list(), ENGINE_TIMEOUT)
         except (DockerError, TimeoutError) as exc:
             raise ShipError(f"cannot list the swarm's nodes: {exc}") from None
-        return {n["ID"]: (n.get("Description") or {}).get("Hostname", n["ID"]) for n in nodes}
+        return {n["ID"]: ((n.get("Description") or {}).get("Hostname", n["ID"]),
+                          (n.get("Status") or {}).get("State", "")) for n in nodes}
 
     async def _push(self, tag: str) -> str:
         assert self.registry
@@ -155,7 +166,13 @@ class ImageShipper:
                     self._copied.add(key)
                     return
             except DockerError:
-                pass
+                # The same bytes under another tag (the same image built for another spec): a tag, no copy.
+                if image_id and image_id != tag and await self._tag_existing(engine, image_id, tag):
+                    self._copied.add(key)
+                    return
+            except (OSError, aiohttp.ClientError) as exc:
+                raise ShipError(f"node {hostname}'s engine ({self.node_engines[hostname]}) cannot be reached: "
+                                f"{exc}") from None
             except TimeoutError:
                 raise ShipError(f"node {hostname}'s engine ({self.node_engines[hostname]}) did not answer within "
                                 f"{ENGINE_TIMEOUT:g}s") from None
@@ -165,10 +182,20 @@ class ImageShipper:
                 raise ShipError(f"copying image {tag} to node {hostname} failed: {exc.message}") from None
             except TimeoutError:
                 raise ShipError(f"copying image {tag} to node {hostname} took over {COPY_TIMEOUT:g}s") from None
-            except OSError as exc:
+            except (OSError, aiohttp.ClientError) as exc:
                 raise ShipError(f"copying image {tag} to node {hostname} failed: {exc}") from None
             self._copied.add(key)
             log.info("copied image %s to node %s (docker save | load)", tag, hostname)
+
+    @staticmethod
+    async def _tag_existing(engine: aiodocker.Docker, image_id: str, tag: str) -> bool:
+        repo, _, version = tag.partition(":")
+        try:
+            await asyncio.wait_for(engine.images.inspect(image_id), ENGINE_TIMEOUT)
+            await asyncio.wait_for(engine.images.tag(image_id, repo, tag=version), ENGINE_TIMEOUT)
+            return True
+        except (DockerError, TimeoutError):
+            return False
 
     async def _save_load(self, engine: aiodocker.Docker, tag: str) -> None:
         async with self.manager.images.export_image(tag) as tar:

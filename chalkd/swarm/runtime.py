@@ -42,7 +42,7 @@ from chalkd.runtime.docker import LABEL_HOME, LABEL_KIND, LABEL_OWNER, MountErro
 from chalkd.runtime.keys import KEY_FILE_ENV
 from chalkd.specs import FunctionSpec, ImageSpec, ImageStep
 from chalkd.swarm.images import ImageShipper, ShipError, Shipped
-from chalkd.swarm.spec import CA_FILE, KEY_FILE, SecretFile, ServiceRequest, service_spec
+from chalkd.swarm.spec import CA_FILE, KEY_FILE, SecretFile, ServiceRequest, service_spec, template_literal
 from chalkd.swarm.watch import TaskState, TaskWatcher
 
 log = logging.getLogger(__name__)
@@ -338,7 +338,8 @@ class SwarmRuntime(Runtime):
             shipped = self.images[request.function_id]
         assert self.ca_secret is not None, "setup() first"
         fs = request.spec
-        env = {**fs.env, **request.env,
+        # Swarm expands templates in Env: the function's own values are escaped, ours use one on purpose.
+        env = {**{k: template_literal(v) for k, v in {**fs.env, **request.env}.items()},
                "CHALK_WORKER_TARGET": self.target,
                "CHALK_COMPUTE_TARGET": self.target,
                "CHALK_COMPUTE_TLS": CA_FILE,            # the worker checks chalkd's certificate against this CA
@@ -346,6 +347,7 @@ class SwarmRuntime(Runtime):
                "CHALK_REPLICA_ID": request.replica_id,
                KEY_FILE_ENV: KEY_FILE,                  # the key by path: a Swarm secret, never in Env
                "CHALK_FUNCTION_KIND": fs.kind,
+               "CHALK_NODE": "{{.Node.Hostname}}",    # a Swarm template: the node the task runs on
                "PYTHONUNBUFFERED": "1"}
         constraints = [f"node.id!={n}" for n in shipped.excluded]
         binds: list[tuple[str, str]] = []

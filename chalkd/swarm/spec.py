@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["KEY_FILE", "CA_FILE", "GPU_KIND", "SecretFile", "ServiceRequest", "service_spec"]
+__all__ = ["KEY_FILE", "CA_FILE", "GPU_KIND", "SecretFile", "ServiceRequest", "service_spec", "template_literal"]
 
 KEY_FILE = "/run/secrets/chalkd-replica-key"
 CA_FILE = "/run/secrets/chalkd-ca.pem"
@@ -63,6 +63,15 @@ class ServiceRequest:
     constraints: tuple[str, ...] = ()         # Swarm placement constraints ("node.id==abc", "node.labels.x==y")
     binds: tuple[tuple[str, str], ...] = ()   # (source on the node, target in the container), read-write
     publish: tuple[int, ...] = ()             # container ports published in host mode on a free node port
+
+
+def template_literal(value: str) -> str:
+    """``value`` as Swarm's templates (Go's text/template, applied to Env) leave it: ``{{`` escaped.
+
+    >>> template_literal("a{{b}}")
+    'a{{"{{"}}b}}'
+    """
+    return value.replace("{{", '{{"{{"}}')
 
 
 def service_spec(req: ServiceRequest) -> dict:
