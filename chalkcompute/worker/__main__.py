@@ -51,7 +51,7 @@ def main() -> int:
     canceller.install_interrupt()
     canceller.catch_swallowed()
     blocking = None
-    if sock and os.environ.get("CHALK_FUNCTION_KIND") == "sync":
+    if sock and os.environ.get("CHALK_FUNCTION_KIND") == "sync" and os.environ.get("CHALK_TRANSPORT") != "grpc":
         # A plain sync handler on this machine: no event loop on the hot path.
         blocking = BlockingLink(sock, instance, replica_id, token, canceller)
         try:

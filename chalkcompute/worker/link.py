@@ -26,7 +26,7 @@ from typing import Any
 
 from grpclib.client import Channel
 
-from chalkcompute._auth import SessionCredentials
+from chalkcompute._auth import SessionCredentials, client_ssl_context, tls_from_env
 from chalkcompute._bridge import new_event_loop
 from chalkcompute._client import parse_target
 from chalkcompute._contract import MAX_BATCH_BYTES, batches, sdk_max_payload, set_max_payload, too_large
@@ -240,11 +240,14 @@ class DaemonLink:
     async def _open(self) -> pb.FunctionVersion:
         self._wake = asyncio.Event()
         self._send_lock = asyncio.Lock()
-        self.channel = Channel(path=self.path) if self.path else Channel(self.host, self.port)
+        # Over TCP (a worker on another node) with $CHALK_COMPUTE_TLS (chalkd's CA): the daemon's
+        # certificate is checked for the target's host (an IP SAN) before the handshake sends anything.
+        self.channel = (Channel(path=self.path) if self.path
+                        else Channel(self.host, self.port, ssl=client_ssl_context(tls_from_env())))
         # gRPC needs a session made with this replica's own key (a scoped credential); the framed
         # socket's worker stream is authenticated by the hello's key instead (see chalkd.auth).
         SessionCredentials(self.target, self.token, key_id=self.replica_id).attach(self.channel)
-        sock = os.environ.get("CHALK_WORKER_SOCKET")
+        sock = os.environ.get("CHALK_WORKER_SOCKET") if os.environ.get("CHALK_TRANSPORT") != "grpc" else None
         # chalkd's framed socket (FramedStream) or a grpclib stream: the same send/recv/iterate.
         self.stream: Any = None
         if sock:
