@@ -128,6 +128,8 @@ class Autoscaler:
             raise ValueError(f"wait_window must be a positive number of seconds, got {wait_window!r}")
         self.wait_window = wait_window
         self.runtime = runtime
+        # Swarm places replicas by their own reservations: no CPU, memory or GPUs of this host are held for them.
+        self._placed_by_runtime = bool(getattr(runtime, "places_replicas", False))
         self.gpus = gpus if gpus is not None else GpuAllocator([])
         self.queue = queue
         self.catalog = catalog
@@ -365,7 +367,7 @@ class Autoscaler:
                     break
                 replica_id = new_id("r")
                 devices: list = []
-                if fv.gpu and not self.runtime.places_replicas:  # Swarm hands out its nodes' GPUs itself
+                if fv.gpu and not self._placed_by_runtime:  # Swarm hands out its nodes' GPUs itself
                     got = self.gpus.allocate(replica_id, GpuRequest.parse(fv.gpu))
                     if got is None:  # enough matching GPUs exist, but others hold them now
                         blocked = self._gpu_reason(fv)
@@ -436,7 +438,7 @@ class Autoscaler:
         log.info("scaling %s v%d: %s", fv.name, fv.version, decision)
 
     def _fits(self, fv: FunctionVersion, used_cpu: int, used_mem: int) -> bool:
-        if self.runtime.places_replicas:  # Swarm places by reservations across its nodes, not this host's
+        if self._placed_by_runtime:  # Swarm places by reservations across its nodes, not this host's
             return True
         return (used_cpu + fv.cpu_millis <= self.host.cpu_millis
                 and used_mem + fv.memory_bytes <= self.host.memory_bytes)
@@ -463,13 +465,13 @@ class Autoscaler:
         return sum(d.uuid not in taken for d in self.gpus.matching(request))
 
     def _pending_reason(self, fv: FunctionVersion) -> str:
-        placing = self.runtime.pending_reason(fv.id)
+        placing = self.runtime.pending_reason(fv.id) if self._placed_by_runtime else ""
         if placing:
             return f": {placing}"
         used_cpu, used_mem = self._used()
         if not self._fits(fv, used_cpu, used_mem):
             return self._cpu_reason(fv, used_cpu, used_mem)
-        if (fv.gpu and not self.runtime.places_replicas
+        if (fv.gpu and not self._placed_by_runtime
                 and self._gpus_free(request := GpuRequest.parse(fv.gpu)) < request.count):
             return ": " + self._gpu_reason(fv)
         waiting = self.status(fv).waiting
