@@ -210,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     from chalkd.groups.cli import add_parsers as add_group_parsers
 
     add_group_parsers(sub, _default_target())
+    from chalkd.swarm.cli import add_parsers as add_swarm_parsers
+
+    add_swarm_parsers(sub, _default_target())  # nodes, node gpus
 
     sub.add_parser("gpus", help="list this host's GPUs as chalkd sees them (NVML or $CHALKD_FAKE_GPUS)")
     from chalkd.doctor import add_parser as add_doctor_parser
@@ -256,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
         from chalkd.groups.cli import groups_command
 
         return groups_command(args)
+    if args.command in ("nodes", "node"):
+        from chalkd.swarm.cli import nodes_command
+
+        return nodes_command(args)
     if args.command == "image" and args.action in ("ls", "prune"):
         from chalkd.images.cli import image_command
 

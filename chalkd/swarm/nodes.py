@@ -247,14 +247,14 @@ def gpu_setting(devices: Iterable[GpuDevice]) -> dict[str, list[str]]:
     return {"node-generic-resources": [f"{GPU_KIND}={d.uuid}" for d in sorted(devices, key=lambda d: d.index)]}
 
 
-def gpu_setting_text(devices: Sequence[GpuDevice]) -> str:
+def gpu_setting_text(devices: Sequence[GpuDevice], source: str = "NVML") -> str:
     """What ``chalkd node gpus`` prints: the daemon.json entry, the same as dockerd flags, and the
     nvidia-container-runtime setting that hands a task the GPUs Swarm gave it."""
     setting = gpu_setting(devices)
     flags = " ".join(f"--node-generic-resource {r}" for r in setting["node-generic-resources"])
     names = "\n".join(f"#   {d.index}: {d.name} {d.uuid}" for d in sorted(devices, key=lambda d: d.index))
     return (
-        f"# This host's GPUs (NVML):\n{names}\n"
+        f"# This host's GPUs ({source}):\n{names}\n"
         "# For Swarm to place gpu= replicas here, this node's dockerd must advertise them.\n"
         "# In /etc/docker/daemon.json (merge with what is there), then restart dockerd:\n"
         f"{json.dumps(setting, indent=2)}\n"
