@@ -1,13 +1,19 @@
-"""An attacker's own worker client, for the worker-TLS tests (run as a script, here or in a container).
+"""An attacker's own worker client, for the worker-TLS tests (run as a script, here or in a container:
+``python3 - ARGS < worker_probe.py``).
 
     python worker_probe.py '{"target": "10.231.0.1:50051", "ca": "/ca.pem", "session_id": "r-a",
                             "session_key": "...", "hello_id": "r-b", "hello_token": "..."}'
 
-Over TLS with the CA ``ca`` (no ``ca``: plain HTTP/2), it opens ``Worker/Connect``: with a
-session made from ``session_key`` under ``session_id`` (none without a key), then sends the
-hello ``hello_id``/``hello_token``. It prints one JSON line: ``messages`` (how many answers
-came back: a function version, secrets), ``error`` (the exception's type), ``status`` and
-``message`` (a GRPCError's).
+Over TLS with the CA ``ca`` (a path; or ``ca_pem``, its text; neither: plain HTTP/2), it opens
+``Worker/Connect``: with a session made from ``session_key`` under ``session_id`` (none without a
+key), then sends the hello ``hello_id``/``hello_token``. It prints one JSON line: ``messages`` (how
+many answers came back: a function version, secrets), ``error`` (the exception's type), ``status``
+and ``message`` (a GRPCError's).
+
+With ``"mode": "worker"`` it runs the real ``python -m chalkcompute.worker`` instead, as a process
+on another node would be started: ``CHALK_WORKER_TARGET`` = ``target``, ``CHALK_REPLICA_ID`` =
+``replica_id``, the key file holding ``key`` (empty: no credential), ``CHALK_COMPUTE_TLS`` = the CA;
+it prints ``returncode`` and the end of ``stderr``.
 """
 
 from __future__ import annotations
@@ -45,5 +51,36 @@ async def probe(args: dict) -> dict:
     return out
 
 
+def run_worker(args: dict) -> dict:
+    import os
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        key_file = os.path.join(tmp, "key")
+        with open(os.open(key_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+            f.write(args.get("key", ""))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CHALK")}
+        env.update(CHALK_WORKER_TARGET=args["target"], CHALK_REPLICA_ID=args["replica_id"],
+                   CHALK_REPLICA_KEY_FILE=key_file, CHALK_TRANSPORT="grpc")
+        if args.get("ca"):
+            env["CHALK_COMPUTE_TLS"] = args["ca"]
+        run = subprocess.run([sys.executable, "-m", "chalkcompute.worker"], capture_output=True, text=True,
+                             timeout=90, env=env, cwd=tmp)
+        return {"returncode": run.returncode, "stderr": run.stderr[-3000:]}
+
+
+def main(args: dict) -> dict:
+    import tempfile
+
+    if args.get("ca_pem"):  # the CA's text (a container has no file of it): into a file of its own
+        with tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False) as f:
+            f.write(args["ca_pem"])
+        args["ca"] = f.name
+    if args.get("mode") == "worker":
+        return run_worker(args)
+    return asyncio.run(asyncio.wait_for(probe(args), 60))
+
+
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(asyncio.wait_for(probe(json.loads(sys.argv[1])), 60))))
+    print(json.dumps(main(json.loads(sys.argv[1]))))
