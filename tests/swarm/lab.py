@@ -36,7 +36,7 @@ from typing import IO
 log = logging.getLogger(__name__)
 
 SCRIPTS = Path(__file__).resolve().parent / "lab"
-SLOTS = 4  # labs at once on one machine (each ~300 MB of memory with an image)
+SLOTS = 8  # labs at once on one machine (each ~300 MB of memory with an image; helpers run tests side by side)
 LOCK_DIR = Path("/tmp")
 
 
@@ -87,7 +87,7 @@ class SwarmLab:
                 f.close()
                 continue
             lab = cls(Path(f"/tmp/chalk-swarm-lab-{k}"), f"10.232.{k}", f"chk{k}",
-                      pool=f"10.233.{k * 64}.0/18", swarm_pool=f"10.234.{k * 64}.0/18", **settings)  # type: ignore[arg-type]
+                      pool=f"10.233.{k * 32}.0/19", swarm_pool=f"10.234.{k * 32}.0/19", **settings)  # type: ignore[arg-type]
             lab.lock = f
             return lab
         raise LabError(f"all {slots} swarm lab slots are in use (locks {LOCK_DIR}/chalk-swarm-lab-*.lock held by "

@@ -31,7 +31,7 @@ for n in $(seq 1 "$NODES"); do
   [ -n "$p" ] && tr '\0' ' ' 2>/dev/null <"/proc/$p/cmdline" | grep -qF "$d/exec/containerd" && kill -KILL "$p"
   for pf in "$d"/exec/containerd/daemon/io.containerd.runtime.v2.task/moby/*/init.pid; do
     [ -f "$pf" ] || continue
-    i=$(cat "$pf"); s=$(ps -o ppid= -p "$i" 2>/dev/null | tr -d ' ')
+    i=$(cat "$pf"); s=$(cat "/proc/$i/stat" 2>/dev/null || true); s=${s##*) }; s=$(echo "$s" | cut -d' ' -f2)
     kill -KILL "$i" 2>/dev/null; [ -n "$s" ] && [ "$s" != 1 ] && kill -KILL "$s" 2>/dev/null
   done
 done
