@@ -112,6 +112,24 @@ def test_a_tls_dir_writable_by_others_is_refused(tmp_path):
         ensure_worker_tls(tmp_path, ["10.231.0.1"])
 
 
+def test_a_tls_dir_of_ours_readable_by_others_is_tightened(tmp_path):
+    (tmp_path / "tls").mkdir()
+    os.chmod(tmp_path / "tls", 0o755)
+    ensure_worker_tls(tmp_path, ["10.231.0.1"])
+    assert stat.S_IMODE((tmp_path / "tls").stat().st_mode) == 0o700
+
+
+def test_a_server_key_that_does_not_match_its_certificate_is_made_again(tmp_path):
+    first = ensure_worker_tls(tmp_path, ["10.231.0.1"])
+    ca_key = (tmp_path / "tls" / "ca.key").read_bytes()
+    os.replace(tmp_path / "tls" / "ca.key", tmp_path / "saved")
+    (tmp_path / "tls" / "server.key").write_bytes((tmp_path / "saved").read_bytes())  # a key, not its own
+    os.replace(tmp_path / "saved", tmp_path / "tls" / "ca.key")
+    again = ensure_worker_tls(tmp_path, ["10.231.0.1"])
+    assert again.fingerprint == first.fingerprint and (tmp_path / "tls" / "ca.key").read_bytes() == ca_key
+    again.server_context()  # loads: the pair matches again
+
+
 @pytest.mark.skipif(os.getuid() != 0, reason="making a directory another user owns needs root")
 def test_a_tls_dir_another_user_made_is_refused(tmp_path):
     # Another local user made <home>/tls first, to read chalkd's CA key or plant a CA of their own.
