@@ -85,3 +85,37 @@ def test_a_node_killed_mid_burst_loses_no_call_and_its_replicas_come_back_on_the
                         what="four ready replicas again")
         assert info.replicas == 4, info
         fn.delete()
+
+
+def slow_count(n: int):
+    """Yield 0..n-1, one every 50 ms."""
+    import time
+
+    for i in range(n):
+        yield i
+        time.sleep(0.05)
+
+
+def test_a_stream_from_a_node_that_is_lost_fails_clearly_and_the_function_runs_on_the_node_left(
+        swarm_daemon_factory):
+    from chalkcompute.exceptions import CallInterruptedError
+
+    d = swarm_daemon_factory()
+    lab = d.lab
+    name = f"swarm_stream_{uuid.uuid4().hex[:6]}"
+    on_two = RemoteFunction(slow_count, name=name, image=Image.debian_slim(), node=lab.node_name(2),
+                            min_replicas=0, max_replicas=1)
+    anywhere = RemoteFunction(slow_count, name=f"{name}_any", image=Image.debian_slim(), min_replicas=0)
+    with _SdkPointer(d):
+        on_two.wait_ready(timeout=240)
+        got = []
+        with pytest.raises(CallInterruptedError, match=r"interrupted mid-stream.*lost.*node .*down"):
+            for i in on_two(100_000):
+                got.append(i)
+                if i == 20:
+                    lab.kill_node(2)
+        assert got[:21] == list(range(21))
+        # A function not pinned to the lost node runs on the one left.
+        assert list(anywhere(3)) == [0, 1, 2]
+        on_two.delete()
+        anywhere.delete()
