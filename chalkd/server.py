@@ -462,13 +462,18 @@ class Server:
         from chalkd.groups.records import GroupTable
         from chalkd.groups.replicas import ReplicaLauncher
 
+        launcher: Any
+        group_builder: Any = builder
         if cfg.runtime == "swarm":
-            await runtime.remove_leftovers()
-            await self.containers.recover()
-            return builder  # scaling groups on the swarm: not yet (their service says so)
-        launcher = ReplicaLauncher(self.docker, self.blobs, home=self.home, run_dir=rdir, volumes=self.volumes,
-                                   pids_limit=cfg.pids_limit)
-        self.groups = GroupManager(builder, launcher, GroupTable(self.store), secrets=self.secrets,
+            from chalkd.groups.swarm_replicas import SwarmGroupImages, SwarmReplicaLauncher
+
+            # Each group replica a one-task Swarm service, its port published on its node (host mode).
+            group_builder = SwarmGroupImages(runtime)
+            launcher = SwarmReplicaLauncher(runtime, group_builder, volumes=self.volumes, pids_limit=cfg.pids_limit)
+        else:
+            launcher = ReplicaLauncher(self.docker, self.blobs, home=self.home, run_dir=rdir, volumes=self.volumes,
+                                       pids_limit=cfg.pids_limit)
+        self.groups = GroupManager(group_builder, launcher, GroupTable(self.store), secrets=self.secrets,
                                    settings=GroupSettings(host=cfg.host, ports=cfg.group_ports,
                                                           cooldown=cfg.group_cooldown))
         stack.push_async_callback(self.groups.close)  # proxies close, replicas stop; records stay

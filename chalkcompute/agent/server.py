@@ -651,6 +651,26 @@ def _parse_owner(text: str) -> tuple[int, int]:
     return int(uid), int(gid) if gid else -1
 
 
+def read_env_file(path: str) -> dict[str, str]:
+    """The JSON map of str to str at ``path`` (ValueError naming what is wrong; never a value).
+
+    On a swarm a scaling group's secrets reach its replicas as a Swarm secret mounted as a file, since no
+    daemon socket exists on another node to send them over::
+
+        os.environ.update(read_env_file("/run/secrets/chalkd-group-env"))
+    """
+    with open(path, encoding="utf-8") as f:
+        try:
+            given = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(given, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in given.items()):
+        raise ValueError("it must be a JSON object of strings to strings")
+    if any(not k or "=" in k or "\0" in k or "\0" in v for k, v in given.items()):
+        raise ValueError("a name is empty or holds '=' or NUL, or a value holds NUL")
+    return given
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``--socket PATH [--ready-file PATH] [--stop-grace S] [-- CMD ARGS...]``."""
     import argparse
@@ -677,10 +697,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds an exited session nobody acked or attached to is kept (default 600)")
     parser.add_argument("--exit-with-main", action="store_true",
                         help="stop (with the main command's exit code) when the main command exits")
+    parser.add_argument("--env-file", default=None,
+                        help="a JSON map of str to str (secrets: a Swarm secret's file) added to the environment "
+                             "before the main command starts")
     parser.add_argument("--log-level", default=os.environ.get("CHALK_AGENT_LOG_LEVEL", "WARNING"))
     opts = parser.parse_args(args)
     logging.basicConfig(level=opts.log_level.upper(), stream=sys.stderr,
                         format="chalk-agent[%(process)d] %(levelname)s %(message)s")
+    if opts.env_file:
+        try:
+            os.environ.update(read_env_file(opts.env_file))  # never logged: these are secrets
+        except (OSError, ValueError) as exc:
+            log.error("cannot read --env-file %s: %s", opts.env_file, exc)
+            return 2
     agent = Agent(opts.socket, command, ready_file=opts.ready_file, stop_grace=opts.stop_grace,
                   eof_grace=opts.eof_grace, socket_mode=opts.socket_mode, socket_owner=opts.socket_owner,
                   await_env=opts.await_env, max_sessions=opts.max_sessions, session_retain=opts.session_retain,

@@ -121,7 +121,7 @@ class GroupManager:
             check_mounts(spec.volumes, spec.image)
         except MountError as exc:
             raise InvalidArgument(str(exc)) from None
-        if spec.resources.gpu:
+        if spec.resources.gpu and not self.launcher.places_replicas:  # Swarm places GPUs by its nodes'
             if self.scaler is None:
                 raise FailedPrecondition("gpu= needs the daemon's GPU allocator")
             from chalkd.gpus import GpuRequest
@@ -376,8 +376,9 @@ class GroupManager:
     async def _reserve(self, g: Group, r: Replica, spec: GroupSpec) -> tuple[str, ...]:
         """Hold the replica's cpu/memory/GPUs, waiting (visibly) while others hold them."""
         res = spec.resources
-        if self.scaler is None or not (res.cpu_millis or res.memory_bytes or res.gpu):
-            return ()
+        if self.scaler is None or self.launcher.places_replicas or not (res.cpu_millis or res.memory_bytes
+                                                                        or res.gpu):
+            return ()  # nothing asked, or Swarm reserves it on the node it picks
         from chalkd.gpus import GpuRequest
 
         while True:
@@ -418,11 +419,11 @@ class GroupManager:
                                    secret_env=secret_env, gpu_uuids=uuids)
             try:
                 r.engine = await self.launcher.start(launch)
-                host = await self.launcher.address(r.engine)
+                host, port = await self.launcher.endpoint(r.engine, spec.port)
             except LaunchFailed as exc:
                 why = str(exc)
                 return
-            r.backend = Backend(r.id, host, spec.port, revision=rev.number,
+            r.backend = Backend(r.id, host, port, revision=rev.number,
                                 state="draining" if r.state == "stopping" else "starting")
             g.pool.add(r.backend)
             r.probe = probe = ProbeLoop(spec.probe or ProbeSpec(), g.pool, r.backend, self._probe_session())
@@ -437,7 +438,7 @@ class GroupManager:
                     r.state, r.ever_ready = "ready", True
                     g.failures, g.last_failure = 0, ""
                     log.info("scaling group %s: replica %s (revision %d) ready at %s:%d", g.rec.name, r.id,
-                             rev.number, host, spec.port)
+                             rev.number, host, port)
                     g.kick.set()
                     why = await ended
                 elif ended in done:

@@ -77,6 +77,8 @@ class ReplicaLaunch:
 
 
 class ReplicaLauncher:
+    places_replicas = False   # replicas run on this engine's host: the manager reserves their cpu/memory/GPUs
+
     def __init__(self, docker: aiodocker.Docker, blobs: BlobStore, *, home: Path, run_dir: Path,
                  volumes=None, pids_limit: int = 4096, start_timeout: float = 60.0) -> None:
         self.docker = docker
@@ -178,6 +180,10 @@ class ReplicaLauncher:
         if not ip:
             raise LaunchFailed(f"the replica has no address on network {self.network}")
         return ip
+
+    async def endpoint(self, engine, port: int) -> tuple[str, int]:
+        """Where the proxy dials the app: its IP on the groups' network and the app's own ``port``."""
+        return await self.address(engine), port
 
     async def wait(self, engine) -> str:
         """Wait until the container ends; how it ended, in words."""

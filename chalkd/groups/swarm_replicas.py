@@ -1,0 +1,438 @@
+"""A scaling group's replicas on a Docker Swarm: each one a Swarm service of one task, its app's port published
+in host mode on whichever node Swarm picks, so the group's proxy (in the daemon) balances across nodes.
+
+The :class:`~chalkd.groups.manager.GroupManager` drives it as it drives the Docker launcher
+(:class:`chalkd.groups.replicas.ReplicaLauncher`)::
+
+    launcher = SwarmReplicaLauncher(runtime)                  # runtime: the daemon's SwarmRuntime, set up
+    manager = GroupManager(SwarmGroupImages(runtime), launcher, table, settings=settings)
+    handle = await launcher.start(launch)                     # the service exists; Swarm places its task
+    host, port = await launcher.endpoint(handle, 8080)        # ("10.0.0.12", 30123): its node, the published port
+    why = await launcher.wait(handle)                         # "its node swnode2 is down", "the app exited with code 1"
+    await launcher.stop(handle, launch.replica_id, grace=10)
+
+What each replica gets, and why:
+
+* **the image** built on the manager's engine with its lazy local files baked in (a node elsewhere has no copy
+  of the daemon's blob store), shipped to the nodes as functions' images are (:class:`SwarmGroupImages`);
+  nodes the image cannot reach are left out of its placement;
+* **chalkd's agent as its main process** with ``--exit-with-main``, as on the Docker runtime: the task ends
+  with the app's exit code and its last lines are the replica's log;
+* **its secrets as a Swarm secret**, a JSON file at :data:`ENV_FILE` the agent adds to the app's environment
+  (``--env-file``) before the app starts: a node elsewhere has no agent socket to send them over, and a
+  Swarm secret is never in ``Env`` nor in ``docker service inspect`` (its data cannot be read back at all);
+  made for this replica alone and removed with it;
+* **a network of its group alone**, an overlay ``chalkd-<home hash>-g-<group id>``: host-mode publishing
+  needs a bridge on the node (the overlay's ``docker_gwbridge``, whose inter-container traffic is off),
+  and a replica reaches no other group's replica over it;
+* **its port published in host mode** on a free port of its node (no routing mesh: it needs IPVS); the
+  proxy dials ``node address:published port``. That port is open to whoever reaches the node's address
+  (as any ``docker run -p``), so an ``authenticated=True`` group's token is checked by the proxy only:
+  keep the nodes' addresses on a private network, or firewall them to the daemon's host;
+* **placement** by Swarm: CPU and memory reserved (and limited), GPUs as the generic resource ``gpu``,
+  ``node=``/``node_labels=`` as constraints; a group that mounts volumes runs on the daemon's node, where
+  they live. The manager reserves nothing on the daemon's host for it (``places_replicas``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiodocker.exceptions import DockerError
+from aiodocker.networks import DockerNetwork
+
+from chalkcompute.agent import entrypoint as agent_entrypoint
+from chalkcompute.gpu import GpuRequest
+from chalkd.groups.replicas import KIND, LaunchFailed, ReplicaLaunch
+from chalkd.images.blobs import BlobError
+from chalkd.images.docker_build import BuiltImage, ImageBuildError
+from chalkd.runtime.docker import LABEL_HOME, LABEL_KIND, LABEL_OWNER, MountError, volume_binds
+from chalkd.swarm.images import ShipError
+from chalkd.swarm.spec import SecretFile, ServiceRequest, service_spec, template_literal
+from chalkd.swarm.watch import TaskState
+
+if TYPE_CHECKING:
+    from chalkd.swarm.runtime import SwarmRuntime
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SwarmReplicaLauncher", "SwarmGroupImages", "SwarmGroupReplica", "group_service_spec", "ENV_FILE",
+           "AGENT_SOCKET", "NETWORK_KIND", "ENV_KIND"]
+
+ENV_FILE = "/run/secrets/chalkd-group-env"
+AGENT_SOCKET = "/tmp/chalk-agent.sock"   # inside the task only: nothing dials it from outside on a swarm
+NETWORK_KIND = "group-network"
+ENV_KIND = "group-env"
+ENGINE_TIMEOUT = 30.0
+START_TIMEOUT = 300.0     # placed and running (the image pulled or loaded, a node with room found) within this
+TAIL_LINES = 2000         # kept per replica: `chalkd groups logs` reads them even after its node is gone
+LABEL_GROUP = "dev.chalkd.group"
+LABEL_REPLICA = "dev.chalkd.replica"
+LABEL_REVISION = "dev.chalkd.revision"
+
+
+def group_service_spec(launch: ReplicaLaunch, *, image: str, home_label: str, home_hash: str, network: str,
+                       env_secret: SecretFile | None = None, excluded: tuple[str, ...] = (), daemon_node: str = "",
+                       binds: tuple[tuple[str, str], ...] = (), pids_limit: int = 4096,
+                       stop_grace: float = 10.0) -> dict:
+    """The body of ``POST /services/create`` for one group replica (pure: checked without an engine).
+
+        spec = group_service_spec(launch, image="chalkd-img:ab12", home_label="/srv/chalkd", home_hash="1a2b3c4d",
+                                  network="netid")
+        spec["EndpointSpec"]   # {"Mode": "dnsrr", "Ports": [{"TargetPort": 8080, "PublishMode": "host", ...}]}
+
+    Raises LaunchFailed when the group has no command to run or asks for what cannot be placed together.
+    """
+    spec = launch.spec
+    app = list(spec.entrypoint) or list(launch.image_command)
+    if not app:
+        raise LaunchFailed(f"group {launch.group_name!r} has no command to run: give entrypoint= or an image "
+                           "with an entrypoint (Image.entrypoint([...]))")
+    res = spec.resources
+    constraints = [f"node.id!={n}" for n in excluded]
+    if spec.volumes:
+        if not daemon_node:
+            raise LaunchFailed("the daemon's swarm node is not known: a group with volumes cannot be placed")
+        constraints = [f"node.id=={daemon_node}"]   # volumes live in the daemon's home, on its node
+    if res.node:
+        constraints.append(f"node.hostname=={res.node}")
+    constraints += [f"node.labels.{k}=={v}" for k, v in sorted(res.node_labels.items())]
+    gpus = 0
+    if res.gpu:
+        want = GpuRequest.parse(res.gpu)
+        gpus = want.count
+        if want.model != "any":
+            constraints.append(f"node.labels.chalkd.gpu=={want.model}")  # generic resources carry no model
+    agent = agent_entrypoint(AGENT_SOCKET, extra=("--exit-with-main",
+                                                  *(("--env-file", ENV_FILE) if env_secret else ())))
+    # Swarm expands templates in Env: the group's own values are escaped; CHALK_NODE uses one on purpose.
+    env = {"PORT": str(spec.port), **{k: template_literal(v) for k, v in spec.env.items()},
+           "CHALK_NODE": "{{.Node.Hostname}}"}
+    labels = {LABEL_HOME: home_label, LABEL_KIND: KIND, LABEL_OWNER: "chalkd", LABEL_GROUP: launch.group_id,
+              LABEL_REPLICA: launch.replica_id, LABEL_REVISION: str(launch.revision)}
+    body = service_spec(ServiceRequest(
+        name=f"chalkd-{home_hash}-{launch.replica_id}", image=image, env=env, labels=labels, network=network,
+        secrets=[env_secret] if env_secret else [], command=(*agent, *app), cpu_millis=res.cpu_millis,
+        memory_bytes=res.memory_bytes, gpus=gpus, pids_limit=pids_limit, constraints=tuple(constraints),
+        binds=binds, publish=(spec.port,)))
+    container = body["TaskTemplate"]["ContainerSpec"]
+    container["StopGracePeriod"] = int(max(1.0, stop_grace) * 1e9)
+    if spec.port < 1024:
+        container["CapabilityAdd"] = ["CAP_NET_BIND_SERVICE"]  # the app listens on a low port
+    return body
+
+
+def ended_words(state: TaskState) -> str:
+    """How a replica's task ended, in words for the group's status and log.
+
+    >>> ended_words(TaskState("lost", node_name="swnode2", message="its node swnode2 is down", ended=True))
+    'its node swnode2 is down'
+    """
+    if state.state in ("lost", "gone"):
+        return state.message or f"its task is {state.state}"
+    if state.state == "rejected":
+        return f"Swarm could not start it: {state.message}"
+    if state.exit_code is not None and state.state in ("complete", "failed"):
+        return f"the app exited with code {state.exit_code}"
+    return f"its task ended {state.state}" + (f": {state.message}" if state.message else "")
+
+
+@dataclass(eq=False)
+class SwarmGroupReplica:
+    """One replica's service, followed by the runtime's task watcher (what the manager keeps as ``engine``)."""
+
+    launch: ReplicaLaunch
+    service_id: str
+    secret_id: str = ""
+    state: TaskState = field(default_factory=TaskState)
+    tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
+    running: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    ended: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    follower: asyncio.Task | None = None
+    removed: bool = False
+
+    @property
+    def node(self) -> str:
+        return self.state.node_name
+
+
+class SwarmGroupImages:
+    """The GroupManager's builder on a swarm: bakes the lazy files in, builds on the manager's engine, ships
+    the image to the nodes; the built image's tag is the reference the nodes run (a registry's, with one)."""
+
+    def __init__(self, runtime: SwarmRuntime) -> None:
+        self.runtime = runtime
+        self.excluded: dict[str, tuple[str, ...]] = {}   # image reference -> node ids it could not reach
+
+    async def build(self, image: Any, log: Any = None) -> BuiltImage:
+        from chalkd.swarm.runtime import bake_lazy_files
+
+        rt = self.runtime
+        try:
+            baked = await asyncio.to_thread(bake_lazy_files, image, rt.blobs)
+        except BlobError as exc:
+            raise ImageBuildError(str(exc)) from None
+        built = await rt.builder.build(baked, log)
+        try:
+            shipped = await rt.shipper.ship(built.tag, built.image_id)
+        except ShipError as exc:
+            raise ImageBuildError(f"the image was built but could not reach the nodes: {exc}") from None
+        self.excluded[shipped.image] = shipped.excluded
+        return dataclasses.replace(built, tag=shipped.image)
+
+
+class SwarmReplicaLauncher:
+    """Group replicas as one-task Swarm services; the interface of :class:`chalkd.groups.replicas.ReplicaLauncher`."""
+
+    places_replicas = True   # Swarm places by reservations over its nodes: the manager reserves nothing here
+
+    def __init__(self, runtime: SwarmRuntime, images: SwarmGroupImages | None = None, *, volumes: Any = None,
+                 pids_limit: int = 4096, stop_grace: float = 10.0, start_timeout: float = START_TIMEOUT) -> None:
+        self.runtime = runtime
+        self.docker = runtime.docker
+        self.images = images
+        self.volumes = volumes
+        self.pids_limit = pids_limit
+        self.stop_grace = stop_grace
+        self.start_timeout = start_timeout
+        self.networks: dict[str, str] = {}     # group id -> its overlay network's id
+        self._network_lock = asyncio.Lock()
+        self._background: set[asyncio.Task] = set()
+
+    # -- networks -----------------------------------------------------------------------------
+
+    def network_name(self, group_id: str) -> str:
+        return f"chalkd-{self.runtime.hh}-g-{group_id}"
+
+    async def ensure_network(self, group_id: str) -> str:
+        """The group's own overlay network (made once; kept until the daemon stops)."""
+        async with self._network_lock:
+            if group_id in self.networks:
+                return self.networks[group_id]
+            name = self.network_name(group_id)
+            try:
+                net = await asyncio.wait_for(self.docker.networks.create({
+                    "Name": name, "Driver": "overlay", "CheckDuplicate": True,
+                    "Labels": {LABEL_HOME: self.runtime.label, LABEL_KIND: NETWORK_KIND, LABEL_OWNER: "chalkd",
+                               LABEL_GROUP: group_id}}), ENGINE_TIMEOUT)
+                net_id = net.id
+            except DockerError as exc:
+                if exc.status != 409:
+                    raise LaunchFailed(f"the manager would not create the group's network {name}: "
+                                       f"{exc.message}") from None
+                net_id = (await self.docker.networks.get(name)).id
+            except TimeoutError:
+                raise LaunchFailed(f"creating the network {name}: the manager did not answer") from None
+            self.networks[group_id] = net_id
+            return net_id
+
+    # -- one replica ----------------------------------------------------------------------------
+
+    async def start(self, launch: ReplicaLaunch) -> SwarmGroupReplica:
+        """Create the replica's service (and its secret); returns once the manager accepted it. Where it runs
+        and when is Swarm's: :meth:`endpoint` waits for that."""
+        rt = self.runtime
+        spec = launch.spec
+        binds: tuple[tuple[str, str], ...] = ()
+        if spec.volumes:
+            try:
+                owner = None
+                if self.volumes is not None:
+                    from chalkd.runtime.image_user import image_user
+
+                    owner = await image_user(self.docker, launch.image_tag)
+                found = await asyncio.to_thread(volume_binds, self.volumes, spec.volumes, owner)
+                binds = tuple(tuple(b.split(":", 1)) for b in found)  # type: ignore[misc]
+            except (MountError, ValueError, OSError, DockerError) as exc:
+                raise LaunchFailed(str(exc)) from None
+        network = await self.ensure_network(launch.group_id)
+        env_secret = await self._env_secret(launch) if launch.secret_env else None
+        excluded = self.images.excluded.get(launch.image_tag, ()) if self.images is not None else ()
+        try:
+            body = group_service_spec(launch, image=launch.image_tag, home_label=rt.label, home_hash=rt.hh,
+                                      network=network, env_secret=env_secret, excluded=excluded,
+                                      daemon_node=rt.daemon_node, binds=binds, pids_limit=self.pids_limit,
+                                      stop_grace=self.stop_grace)
+            created = await asyncio.wait_for(
+                self.docker._query_json("services/create", method="POST", data=body), ENGINE_TIMEOUT)
+        except (LaunchFailed, DockerError, TimeoutError) as exc:
+            if env_secret is not None:
+                self._spawn(self._delete_secret(env_secret.secret_id))
+            if isinstance(exc, LaunchFailed):
+                raise
+            why = exc.message if isinstance(exc, DockerError) else "the manager did not answer"
+            raise LaunchFailed(f"creating the Swarm service of replica {launch.replica_id} failed: {why}") from None
+        handle = SwarmGroupReplica(launch, created["ID"], env_secret.secret_id if env_secret else "")
+        rt.watcher.track(handle.service_id, lambda state: self._on_state(handle, state))
+        log.info("scaling group %s: replica %s is service %s", launch.group_name, launch.replica_id, body["Name"])
+        return handle
+
+    async def _env_secret(self, launch: ReplicaLaunch) -> SecretFile:
+        rt = self.runtime
+        name = f"chalkd-{rt.hh}-genv-{launch.replica_id}"
+        try:
+            secret = await asyncio.wait_for(self.docker.secrets.create(
+                name=name, data=json.dumps(launch.secret_env), b64=False,
+                labels={LABEL_HOME: rt.label, LABEL_KIND: ENV_KIND, LABEL_OWNER: "chalkd",
+                        LABEL_GROUP: launch.group_id, LABEL_REPLICA: launch.replica_id}), ENGINE_TIMEOUT)
+        except DockerError as exc:
+            raise LaunchFailed(f"cannot create the Swarm secret {name}: {exc.message}") from None
+        except TimeoutError:
+            raise LaunchFailed(f"creating the Swarm secret {name}: the manager did not answer") from None
+        return SecretFile(secret["ID"], name, ENV_FILE)
+
+    def _on_state(self, handle: SwarmGroupReplica, state: TaskState) -> None:
+        before, handle.state = handle.state, state
+        if state.node_name and state.node_name != before.node_name:
+            log.info("scaling group %s: replica %s placed on node %s", handle.launch.group_name,
+                     handle.launch.replica_id, state.node_name)
+        if state.state == "running" and handle.follower is None and not handle.removed:
+            handle.follower = asyncio.get_running_loop().create_task(self._follow_logs(handle))
+        if state.state == "running" and state.ports and not handle.running.done():
+            handle.running.set_result(state)
+        if state.ended:
+            words = ended_words(state)
+            if not handle.running.done():
+                handle.running.set_exception(LaunchFailed(f"the replica did not start: {words}"))
+                handle.running.exception()  # retrieved here: endpoint() may never be awaited
+            if not handle.ended.done():
+                handle.ended.set_result(words)
+
+    async def _follow_logs(self, handle: SwarmGroupReplica) -> None:
+        with contextlib.suppress(DockerError, asyncio.CancelledError, Exception):
+            lines = self.docker.services.logs(handle.service_id, stdout=True, stderr=True, follow=True)
+            async for line in lines:  # type: ignore[union-attr]
+                handle.tail.append(line.rstrip("\n"))
+
+    def _node_address(self, state: TaskState) -> str:
+        addr = state.node_addr
+        if addr and addr != "0.0.0.0":
+            return addr
+        # A manager may report Status.Addr 0.0.0.0; its ManagerStatus.Addr ("ip:2377") is the real one.
+        node = self.runtime.watcher.nodes.get(state.node_id) or {}
+        manager = ((node.get("ManagerStatus") or {}).get("Addr") or "").rpartition(":")[0]
+        return manager.strip("[]")
+
+    async def endpoint(self, handle: SwarmGroupReplica, port: int) -> tuple[str, int]:
+        """``(node address, published port)`` of the replica's app, once Swarm runs its task; LaunchFailed when
+        its task ends first or is not running within ``start_timeout`` (naming what Swarm says)."""
+        try:
+            state: TaskState = await asyncio.wait_for(asyncio.shield(handle.running), self.start_timeout)
+        except TimeoutError:
+            said = handle.state.message or handle.state.state
+            raise LaunchFailed(f"Swarm did not run replica {handle.launch.replica_id} within "
+                               f"{self.start_timeout:g}s: {said}") from None
+        published = next((pub for target, pub in state.ports if target == port and pub), 0)
+        host = self._node_address(state)
+        if not published or not host:
+            raise LaunchFailed(f"replica {handle.launch.replica_id} runs on node {state.node_name} but Swarm "
+                               f"reports no published port for {port} (ports {list(state.ports)}, address "
+                               f"{state.node_addr!r})")
+        return host, published
+
+    async def address(self, handle: SwarmGroupReplica) -> str:
+        return (await self.endpoint(handle, handle.launch.spec.port))[0]
+
+    async def wait(self, handle: SwarmGroupReplica) -> str:
+        """Until the replica's task ends (its app exited, its node went down, its service was removed)."""
+        return await asyncio.shield(handle.ended)
+
+    async def log_tail(self, handle: SwarmGroupReplica, lines: int = 30) -> str:
+        tail = list(handle.tail)[-lines:] if lines > 0 else []
+        if handle.state.ended or (handle.state.message and handle.state.state not in ("running", "complete")):
+            if handle.state.message:
+                tail.append(f"[swarm] task {handle.state.state}: {handle.state.message}")
+        return "\n".join(tail)
+
+    async def stop(self, handle: SwarmGroupReplica, replica_id: str, grace: float) -> None:
+        """The service is removed: Swarm stops its task with SIGTERM (the agent passes it to the app) and
+        SIGKILL after the stop grace it was made with; its secret goes once the task is gone."""
+        await self._remove(handle, wait=max(1.0, grace) + 5.0)
+
+    async def remove(self, handle: SwarmGroupReplica, replica_id: str) -> None:
+        await self._remove(handle, wait=0.0)
+
+    async def _remove(self, handle: SwarmGroupReplica, wait: float) -> None:
+        if handle.removed:
+            return
+        handle.removed = True
+        try:
+            await asyncio.wait_for(self.docker.services.delete(handle.service_id), ENGINE_TIMEOUT)
+        except (DockerError, TimeoutError) as exc:
+            if not (isinstance(exc, DockerError) and exc.status == 404):
+                log.warning("removing the service of replica %s failed: %s", handle.launch.replica_id, exc)
+        if wait and not handle.ended.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(handle.ended), wait)
+        self.runtime.watcher.untrack(handle.service_id)
+        if handle.follower is not None:
+            handle.follower.cancel()
+        if handle.secret_id:
+            # A secret is removable once no task uses it: in the background, retried a while.
+            self._spawn(self._delete_secret(handle.secret_id))
+
+    async def _delete_secret(self, secret_id: str) -> None:
+        for _ in range(60):
+            try:
+                await asyncio.wait_for(self.docker.secrets.delete(secret_id), ENGINE_TIMEOUT)
+                return
+            except DockerError as exc:
+                if exc.status == 404:
+                    return
+            except TimeoutError:
+                pass
+            await asyncio.sleep(0.5)
+        log.warning("the Swarm secret %s is still in use; it is removed at the daemon's next start", secret_id[:12])
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- this home's leftovers --------------------------------------------------------------------
+
+    async def remove_leftovers(self) -> int:
+        """Remove this home's group replica services, their secrets and the groups' networks (never another
+        home's): replicas do not outlive the daemon, which starts its groups anew."""
+        label = f"{LABEL_HOME}={self.runtime.label}"
+        services = await self.docker.services.list(filters={"label": [label, f"{LABEL_KIND}={KIND}"]})
+        for s in services:
+            with contextlib.suppress(DockerError):
+                await self.docker.services.delete(s["ID"])
+        secrets = await self.docker.secrets.list(filters={"label": [label, f"{LABEL_KIND}={ENV_KIND}"]})
+        for s in secrets:
+            self._spawn(self._delete_secret(s["ID"]))
+        await self._remove_networks()
+        return len(services)
+
+    async def _remove_networks(self, tries: int = 1) -> None:
+        """The groups' networks of this home; one still in use (a task moments from gone) is tried again."""
+        label = {"label": [f"{LABEL_HOME}={self.runtime.label}", f"{LABEL_KIND}={NETWORK_KIND}"]}
+        for attempt in range(tries):
+            nets = await asyncio.wait_for(self.docker.networks.list(filters=label), ENGINE_TIMEOUT)
+            busy = 0
+            for n in nets:
+                try:
+                    await asyncio.wait_for(DockerNetwork(self.docker, n["Id"]).delete(), ENGINE_TIMEOUT)
+                except (DockerError, TimeoutError):
+                    busy += 1
+            if not busy:
+                break
+            if attempt + 1 < tries:
+                await asyncio.sleep(0.5)
+        self.networks.clear()
+
+    async def remove_network(self) -> None:
+        """At shutdown (the replicas are stopped): the groups' networks and what is left of their secrets."""
+        for task in list(self._background):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 35)
+        with contextlib.suppress(DockerError, TimeoutError):
+            await self._remove_networks(tries=10)

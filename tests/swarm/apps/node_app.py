@@ -1,0 +1,33 @@
+"""A tiny HTTP app for the swarm's scaling-group tests (stdlib only: the lab has no package index).
+
+GET /health -> "ok"; GET /whoami -> {"host": its hostname, "node": the swarm node (CHALK_NODE),
+"has_token": whether the TOKEN secret arrived (never its value)}.
+"""
+
+import json
+import os
+import socket
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, fmt, *args):  # one line per request on stdout: the replica's log
+        print(f"node_app {self.command} {self.path}", flush=True)
+
+    def _send(self, code: int, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        if self.path == "/health":
+            return self._send(200, b"ok")
+        if self.path == "/whoami":
+            return self._send(200, json.dumps({"host": socket.gethostname(), "node": os.environ.get("CHALK_NODE", ""),
+                                               "has_token": bool(os.environ.get("TOKEN"))}).encode())
+        return self._send(404, b"not found")
+
+
+print(f"node_app listening on {os.environ.get('PORT', '8080')}", flush=True)
+ThreadingHTTPServer(("0.0.0.0", int(os.environ.get("PORT", "8080"))), Handler).serve_forever()

@@ -1,0 +1,104 @@
+"""Scaling groups on the swarm: replicas on both nodes behind one proxy, a secret that travels as a Swarm secret
+only, and a replica whose node dies replaced on the node left.
+
+The app is ``tests/swarm/apps/node_app.py`` (stdlib only: the lab has no package index), baked into an image
+from the default base; node 2 starts with no image at all, so its replica runs what chalkd shipped there.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from chalkcompute import Image, ReadinessProbe, ScalingGroup, Secret
+from tests.conftest import wait_for
+
+pytestmark = [pytest.mark.timeout(420)]
+
+APP = Path(__file__).parent / "apps" / "node_app.py"
+TOKEN = "swarm-group-secret-" + uuid.uuid4().hex
+
+
+def whoami(url: str, n: int = 40) -> list[dict]:
+    """``n`` answers of the app through the group's proxy (a fresh connection each: no keep-alive pinning)."""
+    out = []
+    for _ in range(n):
+        r = httpx.get(f"{url}/whoami", timeout=30)
+        assert r.status_code == 200, (r.status_code, r.text)
+        out.append(r.json())
+    return out
+
+
+def ready_nodes(sg: ScalingGroup, lab) -> dict[str, str]:
+    """Ready replica id -> its node's number, from the address the proxy dials (node address:published port)."""
+    info = sg.refresh()
+    by_addr = {lab.node_addr(n): str(n) for n in range(1, lab.nodes + 1)}
+    return {r.id: by_addr.get(r.address.rpartition(":")[0], r.address) for r in info.replicas if r.state == "ready"}
+
+
+@pytest.fixture(scope="module")
+def spread_group(swarm_daemon, request):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SWARM_GROUP_TOKEN", TOKEN)
+    img = Image.debian_slim().add_local_file(str(APP), "/app/app.py").entrypoint(["python3", "/app/app.py"])
+    sg = ScalingGroup(image=img, name=f"spread-{uuid.uuid4().hex[:6]}", port=8080, min_replicas=2, max_replicas=2,
+                      secrets=[Secret.from_local_env("SWARM_GROUP_TOKEN", "TOKEN")],
+                      readiness_probe=ReadinessProbe.http("/health", period_seconds=1))
+    t0 = time.monotonic()
+    sg.deploy()
+    sg.wait_ready(timeout=300)
+    print(f"group of 2 replicas ready (build, ship, place, start) in {time.monotonic() - t0:.1f}s")
+    yield sg
+    mp.undo()
+    sg.delete()
+
+
+def test_replicas_on_both_nodes_answer_through_one_proxy(spread_group, swarm_daemon):
+    lab = swarm_daemon.lab
+    sg = spread_group
+    # Swarm spreads one-task services over the nodes with the fewest tasks: one replica lands on each.
+    nodes = wait_for(lambda: len(n := ready_nodes(sg, lab)) == 2 and n, timeout=120, what="two ready replicas")
+    assert sorted(nodes.values()) == ["1", "2"], nodes
+    answers = whoami(sg.web_url)
+    assert {a["node"] for a in answers} == {lab.node_name(1), lab.node_name(2)}, answers  # the proxy balances
+    assert len({a["host"] for a in answers}) == 2
+    assert all(a["has_token"] for a in answers)  # the secret reached the app on both nodes
+
+    # Hostile: the secret's value is in no service's or task's spec on the manager, nor in any container's env
+    # on either node (a Swarm secret's data cannot be read back through the API at all).
+    services = lab.docker(1, "service", "ls", "-q", "--filter", f"label=dev.chalkd.home={swarm_daemon.home.resolve()}")
+    inspected = lab.docker(1, "service", "inspect", *services.split())
+    assert TOKEN not in inspected and "/run/secrets/chalkd-group-env" in inspected
+    for s in json.loads(inspected):
+        assert not any("TOKEN" in e for e in s["Spec"]["TaskTemplate"]["ContainerSpec"].get("Env", []))
+    for n in (1, 2):
+        ids = lab.docker(n, "ps", "-q", "--filter", "label=dev.chalkd.kind=group-replica").split()
+        assert ids
+        assert TOKEN not in lab.docker(n, "inspect", *ids)
+    secrets = lab.docker(1, "secret", "inspect", *lab.docker(1, "secret", "ls", "-q").split())
+    assert TOKEN not in secrets
+
+
+def test_a_replica_whose_node_dies_is_replaced_on_the_node_left(spread_group, swarm_daemon):
+    lab = swarm_daemon.lab
+    sg = spread_group
+    nodes = wait_for(lambda: len(n := ready_nodes(sg, lab)) == 2 and n, timeout=120, what="two ready replicas")
+    on_2 = [rid for rid, n in nodes.items() if n == "2"]
+    assert on_2, nodes
+    lab.kill_node(2)
+    try:
+        # Swarm calls the node down; chalkd drops its replica from the proxy and starts another, placed on node 1.
+        after = wait_for(lambda: len(n := ready_nodes(sg, lab)) == 2 and set(n.values()) == {"1"} and n,
+                         timeout=180, what="two ready replicas on node 1")
+        assert on_2[0] not in after
+        answers = whoami(sg.web_url, 20)
+        assert {a["node"] for a in answers} == {lab.node_name(1)}, answers
+        assert len({a["host"] for a in answers}) == 2  # both replicas, the replacement among them, serve
+        assert sg.refresh().status == "Running"
+    finally:
+        lab.restart_node(2)
