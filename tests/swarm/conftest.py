@@ -146,8 +146,8 @@ class SwarmDaemon(Daemon):
     """A chalkd on ``--runtime swarm`` against a lab: :class:`tests.conftest.Daemon` plus ``lab``."""
 
     def __init__(self, home: Path, lab: SwarmLab, extra_args: tuple[str, ...] = (),
-                 env: dict[str, str] | None = None) -> None:
-        node_engines = [a for n in range(2, lab.nodes + 1)
+                 env: dict[str, str] | None = None, with_node_engines: bool = True) -> None:
+        node_engines = [a for n in range(2, lab.nodes + 1) if with_node_engines
                         for a in ("--node-engine", f"{lab.node_name(n)}={lab.node_url(n)}")]
         args = ("--runtime", "swarm", "--engine", lab.manager_url, "--advertise-addr", lab.host_addr,
                 *node_engines, *extra_args)
@@ -200,8 +200,10 @@ def swarm_daemon_factory(swarm_lab: SwarmLab,
     objects removed) after the test. The SDK is not pointed at them: ``with chalkd.testing._SdkPointer(d):``."""
     started: list[SwarmDaemon] = []
 
-    def start(extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> SwarmDaemon:
-        d = SwarmDaemon(tmp_path_factory.mktemp("chalkd-swarm-own"), swarm_lab, tuple(extra_args), env)
+    def start(extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None,
+              no_node_engines: bool = False) -> SwarmDaemon:
+        d = SwarmDaemon(tmp_path_factory.mktemp("chalkd-swarm-own"), swarm_lab, tuple(extra_args), env,
+                        with_node_engines=not no_node_engines)
         started.append(d)
         return d.start()
 
