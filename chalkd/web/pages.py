@@ -184,10 +184,12 @@ def overview(o: rm.Overview, fns: Sequence[rm.FunctionRow], calls: Sequence[rm.C
 def function(name: str, versions: Sequence[rm.FunctionRow], calls: Sequence[rm.CallRow], *, csrf: str) -> str:
     parts = [_functions_table(versions)]
     for f in versions:
-        reps = [[r.id, badge(r.state), took(r.age_s), ", ".join(r.gpus),
+        on_nodes = any(r.node for r in f.replica_rows)  # a swarm: which node each one runs on
+        reps = [[r.id, badge(r.state), took(r.age_s), *([r.node] if on_nodes else []), ", ".join(r.gpus),
                  link(path("replicas", r.id, "log"), "log") if r.has_log else ""] for r in f.replica_rows]
         parts.append(Html(f"<h2>v{f.version} replicas</h2>"))
-        parts.append(table(["replica", "state", "age", "GPUs", "output"], reps, empty="no replicas now"))
+        parts.append(table(["replica", "state", "age", *(["node"] if on_nodes else []), "GPUs", "output"], reps,
+                           empty="no replicas now"))
     parts.append(Html(f"<h2>Recent calls of {h(name)}</h2>"))
     parts.append(_calls_table(calls))
     return page(f"Function {name}", Html("".join(parts)), nav="overview", csrf=csrf)

@@ -40,6 +40,7 @@ class ReplicaRow:
     age_s: float
     gpus: tuple[str, ...]
     has_log: bool
+    node: str = ""           # the swarm node it runs on ("" on one machine)
 
 
 @dataclass(frozen=True)
@@ -253,8 +254,13 @@ class ReadModel:
         return sorted(out, key=lambda r: r.created_at)
 
     def _replica_row(self, r: Any, now: float) -> ReplicaRow:
-        return ReplicaRow(id=r.id, state=r.state, age_s=now - r.created_at, gpus=tuple(r.gpu_uuids),
-                          has_log=self.replica_log_path(r.id) is not None)
+        gpus = tuple(r.gpu_uuids)
+        task = getattr(r.handle, "state", None)  # a swarm replica: its node and the GPUs Swarm gave it
+        node = getattr(task, "node_name", "") or ""
+        if task is not None and not gpus:
+            gpus = tuple(g.split("=", 1)[1] for g in getattr(task, "generic", ()) if g.startswith("gpu="))
+        return ReplicaRow(id=r.id, state=r.state, age_s=now - r.created_at, gpus=gpus,
+                          has_log=self.replica_log_path(r.id) is not None, node=node)
 
     def functions(self, *, include_old: bool = True, with_replicas: bool = True) -> list[FunctionRow]:
         """Every live version; ``with_replicas=False`` leaves out the replica rows (no file system look)."""
