@@ -199,7 +199,7 @@ class SwarmLab:
         self._check_node(n)
         if self.node_pid(n) is not None:
             self.kill_node(n)
-        self._script("swarm-node.sh", "start", str(n), timeout=timeout)
+        self._script("swarm-node.sh", "start", str(n), timeout=timeout + 15)  # the script waits up to 60 s itself
         self.wait_ready([n], timeout=timeout)
 
     def heal(self, timeout: float = 60.0) -> None:

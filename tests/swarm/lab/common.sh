@@ -48,10 +48,21 @@ node_sock() { echo "unix://$BASE/node$1.sock"; }
 # Start node $1's dockerd in its netns, with its own hostname (UTS namespace) and the cgroup hierarchies
 # re-mounted: `ip netns exec` gives a private mount namespace with a fresh /sys, which hides them
 # ("failed to start daemon: Devices cgroup isn't mounted"). Backgrounded; the pidfile names the dockerd.
+# A pidfile left by a dockerd that died (or a zombie of it: this machine's init reaps late) makes dockerd refuse
+# to start ("pid file found"): it goes first.
 start_dockerd() {
   local n=$1 D=$BASE/n$1 extra_var="DOCKERD_ARGS_$1" cgmounts
   local -a extra
   read -r -a extra <<<"${!extra_var:-}"
+  [ -n "$(dockerd_pid "$n")" ] && { echo "node $n: its dockerd runs already (pid $(dockerd_pid "$n"))" >&2; return 1; }
+  rm -f "$D/dockerd.pid"
+  # Likewise its containerd's: a dockerd adopts the containerd its pidfile names while `kill -0` finds it, and a
+  # zombie's never answers ("timeout waiting for containerd to start"). A live one of this node's is kept.
+  local cp
+  cp=$(cat "$D/exec/containerd/containerd.pid" 2>/dev/null || true)
+  if [ -n "$cp" ] && ! { alive "$cp" && tr '\0' ' ' 2>/dev/null <"/proc/$cp/cmdline" | grep -qF "$D/exec/containerd"; }; then
+    rm -f "$D/exec/containerd/containerd.pid"
+  fi
   mkdir -p "$D/data" "$D/exec"
   # Its own config file (so /etc/docker/daemon.json is never read) and its own key (distinct engine IDs).
   [ -f "$D/daemon.json" ] || echo "{\"deprecated-key-path\": \"$D/key.json\"}" > "$D/daemon.json"
@@ -68,13 +79,20 @@ start_dockerd() {
       -H "$(node_sock "$n")" --bridge=none --storage-driver=overlay2 --cgroup-parent="/$CGROUP-n$n" \
       --insecure-registry "$NET.1:5000" --default-address-pool "base=$POOL,size=24" "${extra[@]}" \
       </dev/null >>"$D/dockerd.log" 2>&1 &
+  STARTED_PID=$!  # ip netns exec, unshare and bash -c all exec: this is the dockerd
 }
 
-# Wait (up to $2 s, default 60) for node $1's engine to answer.
+# Wait (up to $2 s, default 60) for node $1's engine to answer; fail at once when its dockerd (pid $3) exits.
 wait_engine() {
   local n=$1 limit=${2:-60} i
+  local pid=${3:-}
   for i in $(seq 1 $((limit * 5))); do
     docker -H "$(node_sock "$n")" version >/dev/null 2>&1 && return 0
+    if [ -n "$pid" ] && ! alive "$pid"; then
+      echo "node $n: dockerd (pid $pid) exited; the end of $BASE/n$n/dockerd.log:" >&2
+      tail -n 20 "$BASE/n$n/dockerd.log" >&2 || true
+      return 1
+    fi
     sleep 0.2
   done
   echo "node $n: dockerd did not answer on $(node_sock "$n") within ${limit}s; the end of $BASE/n$n/dockerd.log:" >&2

@@ -28,6 +28,6 @@ case $1 in
     p=$(dockerd_pid "$n")
     [ -z "$p" ] || { echo "node $n: its dockerd is running already (pid $p)" >&2; exit 1; }
     start_dockerd "$n"
-    wait_engine "$n" 60 ;;
+    wait_engine "$n" 60 "$STARTED_PID" ;;
   *) usage ;;
 esac

@@ -42,8 +42,9 @@ for n in $(seq 1 "$NODES"); do
 done
 
 # 2. one dockerd per node
-for n in $(seq 1 "$NODES"); do start_dockerd "$n"; done
-for n in $(seq 1 "$NODES"); do wait_engine "$n" 60; done
+STARTED=()
+for n in $(seq 1 "$NODES"); do start_dockerd "$n"; STARTED[n]=$STARTED_PID; done
+for n in $(seq 1 "$NODES"); do wait_engine "$n" 60 "${STARTED[n]}"; done
 t_engines=$(date +%s%N)
 
 # 3. images, in the background while the swarm forms (a load is the slow part): host engine -> the IMAGE_NODES
