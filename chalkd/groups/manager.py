@@ -339,7 +339,9 @@ class GroupManager:
     def _pending_reason(self, g: Group) -> str:
         if g.target is None:
             return "building its image"
-        waiting = [r.waiting_for for r in g.replicas.values() if r.waiting_for]
+        waiting = [r.waiting_for or self.launcher.waiting(r.engine) for r in g.replicas.values()
+                   if r.waiting_for or r.engine is not None]
+        waiting = [w for w in waiting if w]
         if waiting:
             return f"waiting for resources: {waiting[0]}"
         if g.failures:

@@ -185,6 +185,10 @@ class ReplicaLauncher:
         """Where the proxy dials the app: its IP on the groups' network and the app's own ``port``."""
         return await self.address(engine), port
 
+    def waiting(self, engine) -> str:
+        """What a started replica waits for before it runs: nothing here (resources are held before start)."""
+        return ""
+
     async def wait(self, engine) -> str:
         """Wait until the container ends; how it ended, in words."""
         try:

@@ -321,14 +321,23 @@ class SwarmReplicaLauncher:
         return manager.strip("[]")
 
     async def endpoint(self, handle: SwarmGroupReplica, port: int) -> tuple[str, int]:
-        """``(node address, published port)`` of the replica's app, once Swarm runs its task; LaunchFailed when
-        its task ends first or is not running within ``start_timeout`` (naming what Swarm says)."""
-        try:
-            state: TaskState = await asyncio.wait_for(asyncio.shield(handle.running), self.start_timeout)
-        except TimeoutError:
-            said = handle.state.message or handle.state.state
-            raise LaunchFailed(f"Swarm did not run replica {handle.launch.replica_id} within "
-                               f"{self.start_timeout:g}s: {said}") from None
+        """``(node address, published port)`` of the replica's app, once Swarm runs its task. While Swarm finds
+        no node with room it waits (as replicas wait for resources on the Docker runtime; :meth:`waiting`
+        says why); LaunchFailed when the task ends first, or is placed but not running (its image pulled or
+        loaded, its container started) within ``start_timeout``."""
+        spent = 0.0
+        while True:
+            try:
+                state: TaskState = await asyncio.wait_for(asyncio.shield(handle.running), 1.0)
+                break
+            except TimeoutError:
+                if handle.state.state not in ("new", "pending"):
+                    spent += 1.0
+                if spent >= self.start_timeout:
+                    said = handle.state.message or handle.state.state
+                    raise LaunchFailed(f"Swarm placed replica {handle.launch.replica_id} on node "
+                                       f"{handle.state.node_name} but it was not running within "
+                                       f"{self.start_timeout:g}s: {said}") from None
         published = next((pub for target, pub in state.ports if target == port and pub), 0)
         host = self._node_address(state)
         if not published or not host:
@@ -336,6 +345,14 @@ class SwarmReplicaLauncher:
                                f"reports no published port for {port} (ports {list(state.ports)}, address "
                                f"{state.node_addr!r})")
         return host, published
+
+    def waiting(self, handle: SwarmGroupReplica) -> str:
+        """Why Swarm has not placed the replica yet, in Swarm's words ("" once it runs or when none is given)."""
+        state = handle.state
+        if state.state in ("new", "pending") and state.message and not handle.running.done():
+            where = " (it mounts volumes: the daemon's node only)" if handle.launch.spec.volumes else ""
+            return f"Swarm has not placed replica {handle.launch.replica_id}{where}: {state.message}"
+        return ""
 
     async def address(self, handle: SwarmGroupReplica) -> str:
         return (await self.endpoint(handle, handle.launch.spec.port))[0]

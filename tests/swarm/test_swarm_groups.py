@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from chalkcompute import Image, ReadinessProbe, ScalingGroup, Secret
+from chalkcompute import Image, ReadinessProbe, ScalingGroup, ScalingGroupError, Secret
+from chalkd.testing import _SdkPointer
 from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.timeout(420)]
@@ -102,3 +103,49 @@ def test_a_replica_whose_node_dies_is_replaced_on_the_node_left(spread_group, sw
         assert sg.refresh().status == "Running"
     finally:
         lab.restart_node(2)
+
+
+def home_objects(lab, home: Path) -> dict[str, list[str]]:
+    """This home's group replica services, their secrets and the groups' networks on the manager (by the labels
+    chalkd puts on each; the functions' network and chalkd's CA secret are not the groups')."""
+    home_label = f"label=dev.chalkd.home={home.resolve()}"
+    kinds = {"service": "group-replica", "secret": "group-env", "network": "group-network"}
+    return {what: lab.docker(1, what, "ls", "-q", "--filter", home_label, "--filter",
+                             f"label=dev.chalkd.kind={kind}").split() for what, kind in kinds.items()}
+
+
+def test_a_group_no_node_has_room_for_waits_saying_why_in_swarms_words(swarm_daemon):
+    img = Image.debian_slim().add_local_file(str(APP), "/app/app.py").entrypoint(["python3", "/app/app.py"])
+    sg = ScalingGroup(image=img, name=f"huge-{uuid.uuid4().hex[:6]}", port=8080, cpu=64)
+    try:
+        with pytest.raises(ScalingGroupError, match="insufficient resources") as exc:
+            sg.deploy(ready_timeout=30)
+        assert "Swarm has not placed replica sgr-" in str(exc.value)
+        info = sg.refresh()
+        assert info.status == "Pending" and info.ready_replicas == 0
+    finally:
+        sg.delete()
+
+
+def test_a_daemon_stop_leaves_no_group_object_and_a_restart_serves_the_group_again(swarm_daemon_factory,
+                                                                                   monkeypatch):
+    d = swarm_daemon_factory()
+    lab = d.lab
+    monkeypatch.setenv("SWARM_GROUP_TOKEN", TOKEN)
+    img = Image.debian_slim().add_local_file(str(APP), "/app/app.py").entrypoint(["python3", "/app/app.py"])
+    with _SdkPointer(d):
+        sg = ScalingGroup(image=img, name="durable", port=8080,
+                          secrets=[Secret.from_local_env("SWARM_GROUP_TOKEN", "TOKEN")]).deploy()
+        assert all(home_objects(lab, d.home).values())  # a service, its secret, the group's network
+        d.stop()  # SIGTERM: the replicas stop with the daemon, the record stays
+        assert home_objects(lab, d.home) == {"service": [], "secret": [], "network": []}
+        d.start()
+    with _SdkPointer(d):
+        again = ScalingGroup.from_name("durable").wait_ready(timeout=180)
+        assert again.web_url == sg.web_url  # its port is kept across the restart
+        answer = httpx.get(f"{again.web_url}/whoami", timeout=30).json()
+        assert answer["has_token"] and answer["node"] in (lab.node_name(1), lab.node_name(2))
+        again.delete()
+        # Deleted: its replica's service and secret go (the network stays until the daemon stops).
+        wait_for(lambda: not (o := home_objects(lab, d.home))["service"] and not o["secret"] or None,
+                 timeout=60, what="the group's service and secret removed")
