@@ -29,10 +29,15 @@ for n in $(seq 1 "$NODES"); do
   # Left behind when a dockerd was killed -9: its containerd, and each container's init and shim (init's parent).
   p=$(cat "$d/exec/containerd/containerd.pid" 2>/dev/null || true)
   [ -n "$p" ] && tr '\0' ' ' 2>/dev/null <"/proc/$p/cmdline" | grep -qF "$d/exec/containerd" && kill -KILL "$p"
+  # A pid from a pidfile is killed only when it is still this node's: the init in the node's cgroup parent, the
+  # shim naming the node's containerd (a stale pidfile's pid may belong to anything by now).
   for pf in "$d"/exec/containerd/daemon/io.containerd.runtime.v2.task/moby/*/init.pid; do
     [ -f "$pf" ] || continue
     i=$(cat "$pf"); s=$(cat "/proc/$i/stat" 2>/dev/null || true); s=${s##*) }; s=$(echo "$s" | cut -d' ' -f2)
-    kill -KILL "$i" 2>/dev/null; [ -n "$s" ] && [ "$s" != 1 ] && kill -KILL "$s" 2>/dev/null
+    grep -qF ":/$CGROUP-n$n/" "/proc/$i/cgroup" 2>/dev/null || continue
+    kill -KILL "$i" 2>/dev/null
+    [ -n "$s" ] && [ "$s" != 1 ] && tr '\0' ' ' 2>/dev/null <"/proc/$s/cmdline" | grep -qF "$d/exec/containerd" \
+      && kill -KILL "$s" 2>/dev/null
   done
 done
 # Anything still inside this lab's own network namespaces was started by this lab (say so: a pidfile missed it).
