@@ -8,6 +8,9 @@ from the default base; node 2 starts with no image at all, so its replica runs w
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -15,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from chalkcompute import Image, ReadinessProbe, ScalingGroup, ScalingGroupError, Secret
+from chalkcompute import Image, ReadinessProbe, ScalingGroup, ScalingGroupError, Secret, VolumeClient
 from chalkd.testing import _SdkPointer
 from tests.conftest import wait_for
 
@@ -84,6 +87,14 @@ def test_replicas_on_both_nodes_answer_through_one_proxy(spread_group, swarm_dae
     secrets = lab.docker(1, "secret", "inspect", *lab.docker(1, "secret", "ls", "-q").split())
     assert TOKEN not in secrets
 
+    # The replicas' output, from both nodes, through the daemon (`chalkd groups logs`).
+    logs = subprocess.run([sys.executable, "-m", "chalkd.cli", "groups", "logs", sg.name, "--tail", "50"],
+                          capture_output=True, text=True, timeout=60, env={**os.environ,
+                                                                           "CHALK_COMPUTE_TARGET": swarm_daemon.target})
+    assert logs.returncode == 0, logs.stderr
+    for rid in nodes:
+        assert any(rid in line and "node_app GET /whoami" in line for line in logs.stdout.splitlines()), logs.stdout
+
 
 def test_a_replica_whose_node_dies_is_replaced_on_the_node_left(spread_group, swarm_daemon):
     lab = swarm_daemon.lab
@@ -103,6 +114,23 @@ def test_a_replica_whose_node_dies_is_replaced_on_the_node_left(spread_group, sw
         assert sg.refresh().status == "Running"
     finally:
         lab.restart_node(2)
+
+
+def test_a_group_that_mounts_a_volume_runs_on_the_daemons_node(swarm_daemon):
+    lab = swarm_daemon.lab
+    img = Image.debian_slim().add_local_file(str(APP), "/app/app.py").entrypoint(["python3", "/app/app.py"])
+    # Two replicas, each its own service: unpinned, Swarm would spread them over both nodes.
+    sg = ScalingGroup(image=img, name=f"vol-{uuid.uuid4().hex[:6]}", port=8080, min_replicas=2, max_replicas=2,
+                      volumes=[("sw-gvol", "/data")])
+    try:
+        sg.deploy(ready_timeout=180)
+        nodes = wait_for(lambda: len(n := ready_nodes(sg, lab)) == 2 and n, timeout=120, what="two ready replicas")
+        assert sorted(nodes.values()) == ["1", "1"], nodes
+        token = uuid.uuid4().hex
+        assert httpx.get(f"{sg.web_url}/write/{token}", timeout=30).text == "written"
+        assert VolumeClient().lookup("sw-gvol").get(token).decode() == lab.node_name(1)  # the daemon's volume
+    finally:
+        sg.delete()
 
 
 def home_objects(lab, home: Path) -> dict[str, list[str]]:
