@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -44,13 +45,14 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "Cluster", "EngineUnavailable", "NodeInfo", "NodeReplica", "NodesError", "NotAManager", "gpu_setting",
-    "gpu_setting_text", "list_nodes", "parse_cluster", "parse_generic", "read_cluster",
+    "gpu_setting_text", "list_nodes", "model_label", "parse_cluster", "parse_generic", "read_cluster",
 ]
 
 LABEL_REPLICA = "dev.chalkd.replica"    # the same labels chalkd.swarm.runtime puts on each replica's service
 LABEL_FUNCTION = "dev.chalkd.function"
 GPU_KIND = "gpu"                        # the generic resource GPUs are advertised as (chalkd.swarm.spec.GPU_KIND)
 NVIDIA_CONFIG = "/etc/nvidia-container-runtime/config.toml"
+LABEL_GPU_MODEL = "chalkd.gpu"          # the node label chalkd.swarm.runtime constrains a named GPU model to
 
 Generic = dict[str, list[str] | int]
 T = TypeVar("T")
@@ -242,6 +244,15 @@ async def list_nodes(docker: aiodocker.Docker, home_label: str, *, timeout: floa
     return (await read_cluster(docker, home_label, timeout=timeout)).nodes
 
 
+def model_label(name: str) -> str:
+    """A GPU's NVML name as the ``chalkd.gpu`` node label value a ``gpu="<model>"`` request is matched to.
+
+    >>> model_label("NVIDIA L4"), model_label("NVIDIA A100-SXM4-80GB")
+    ('nvidia-l4', 'nvidia-a100-sxm4-80gb')
+    """
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
 def gpu_setting(devices: Iterable[GpuDevice]) -> dict[str, list[str]]:
     """The ``daemon.json`` entry that makes a node advertise ``devices`` to Swarm as ``gpu`` resources."""
     return {"node-generic-resources": [f"{GPU_KIND}={d.uuid}" for d in sorted(devices, key=lambda d: d.index)]}
@@ -253,6 +264,10 @@ def gpu_setting_text(devices: Sequence[GpuDevice], source: str = "NVML") -> str:
     setting = gpu_setting(devices)
     flags = " ".join(f"--node-generic-resource {r}" for r in setting["node-generic-resources"])
     names = "\n".join(f"#   {d.index}: {d.name} {d.uuid}" for d in sorted(devices, key=lambda d: d.index))
+    models = sorted({model_label(d.name) for d in devices})
+    labels = "".join(f"#   docker node update --label-add {LABEL_GPU_MODEL}={m} <this node>\n" for m in models)
+    if len(models) > 1:
+        labels += "#   (one label per node: a node with several models can be labelled with one of them only)\n"
     return (
         f"# This host's GPUs ({source}):\n{names}\n"
         "# For Swarm to place gpu= replicas here, this node's dockerd must advertise them.\n"
@@ -264,4 +279,7 @@ def gpu_setting_text(devices: Sequence[GpuDevice], source: str = "NVML") -> str:
         "# make nvidia the default runtime (\"default-runtime\": \"nvidia\" in daemon.json: a Swarm service\n"
         "# cannot choose a runtime) and, in " + NVIDIA_CONFIG + ", set (uncomment):\n"
         'swarm-resource = "DOCKER_RESOURCE_GPU"\n'
+        "# A function that names a model (gpu=\"nvidia-l4\", not \"any\") goes only to nodes labelled with it,\n"
+        "# the request's model exactly; on a manager:\n"
+        f"{labels}"
         "# Check on a manager: docker node inspect <this node> --format '{{json .Description.Resources}}'\n")

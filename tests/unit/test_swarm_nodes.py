@@ -325,6 +325,11 @@ def test_gpu_setting():
     text = gpu_setting_text(devices)
     assert '"gpu=GPU-aaa"' in text and "--node-generic-resource gpu=GPU-aaa --node-generic-resource gpu=GPU-bbb" in text
     assert 'swarm-resource = "DOCKER_RESOURCE_GPU"' in text and "/etc/nvidia-container-runtime/config.toml" in text
+    # the label the swarm runtime's constraint for gpu="nvidia-l4" looks for (node.labels.chalkd.gpu==nvidia-l4)
+    assert "docker node update --label-add chalkd.gpu=nvidia-l4 <this node>" in text
+    assert "one label per node" not in text
+    mixed = gpu_setting_text([GpuDevice(0, "GPU-a", "NVIDIA L4"), GpuDevice(1, "GPU-b", "NVIDIA A100-SXM4-80GB")])
+    assert "chalkd.gpu=nvidia-a100-sxm4-80gb" in mixed and "one label per node" in mixed
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
