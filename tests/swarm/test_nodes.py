@@ -109,3 +109,22 @@ def test_a_replicas_credential_cannot_list_the_nodes(swarm_daemon: SwarmDaemon) 
         assert "PERMISSION_DENIED" in result and "Nodes/List" in result, result
     finally:
         fn.delete()
+
+
+def test_a_node_whose_engine_was_killed_is_shown_down(swarm_daemon: SwarmDaemon) -> None:
+    lab = swarm_daemon.lab
+    lab.kill_node(GPU_NODE)   # kill -9 of node 2's dockerd
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            states = {n["name"]: n["state"] for n in nodes(swarm_daemon)["nodes"]}
+            if states.get(lab.node_name(GPU_NODE)) == "down":
+                break
+            assert time.monotonic() < deadline, f"node 2 never shown down: {states}"
+            time.sleep(0.5)  # the manager's heartbeat (1 s in the lab) decides; read over the CLI
+        assert states[lab.node_name(1)] == "ready"
+        table = chalkd(swarm_daemon, "nodes")
+        assert table.returncode == 0 and "down" in table.stdout, table.stdout
+    finally:
+        lab.restart_node(GPU_NODE)
+    assert {n["name"]: n["state"] for n in nodes(swarm_daemon)["nodes"]}[lab.node_name(GPU_NODE)] == "ready"
