@@ -7,7 +7,7 @@ The engine JSON under tests/fixtures/swarm/ is real, captured from Docker 20.10.
   ``chalkd.swarm.spec.service_spec`` with chalkd's labels: ``r-cpu1`` (add), ``r-gpu1`` (train, 1 GPU:
   given GPU-fake-0), ``sgr-web1`` (a group replica), ``r-gpu9`` (2 GPUs: pending, "insufficient
   resources") for home ``/srv/chalkd``, and ``r-other`` of another home (``/home/other/chalkd``);
-  ``tasks.json`` is the unfiltered ``GET /tasks``.
+  ``tasks.json`` is the unfiltered ``GET /tasks``. ``capture.sh`` there makes them again.
 * ``info-2.json``, ``nodes-2.json``: the 2-node lab of ../shared/swarm-lab (manager swnode1, worker swnode2).
 * ``info-worker.json``, ``info-inactive.json``: ``GET /info`` of that lab's worker and of an engine in no swarm.
 
