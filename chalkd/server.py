@@ -243,7 +243,8 @@ class Server:
         self.scaler = Autoscaler(
             self.runtime, self.queue, self.catalog, host=HostResources.detect(),
             heartbeat_timeout=cfg.heartbeat_timeout, drain_timeout=cfg.drain_timeout,
-            gpus=GpuAllocator(self._gpus()), hooks=hooks,
+            # On a swarm, the GPUs every node advertises (chalkd.swarm.gpus); else this host's.
+            gpus=self.runtime.gpus if self.runtime.name == "swarm" else GpuAllocator(self._gpus()), hooks=hooks,
         )
         if self.sandboxes is not None:
             self.sandboxes.scaler = self.scaler  # explicit resources are reserved beside replicas'

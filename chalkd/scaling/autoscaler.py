@@ -367,8 +367,11 @@ class Autoscaler:
                     break
                 replica_id = new_id("r")
                 devices: list = []
-                if fv.gpu and not self._placed_by_runtime:  # Swarm hands out its nodes' GPUs itself
-                    got = self.gpus.allocate(replica_id, GpuRequest.parse(fv.gpu))
+                if fv.gpu:
+                    request = GpuRequest.parse(fv.gpu)
+                    allocate_for = getattr(self.gpus, "allocate_for", None)  # a swarm's: GPUs of one allowed node
+                    got = (allocate_for(replica_id, request, fv.spec) if allocate_for is not None
+                           else self.gpus.allocate(replica_id, request))
                     if got is None:  # enough matching GPUs exist, but others hold them now
                         blocked = self._gpu_reason(fv)
                         break
@@ -457,8 +460,12 @@ class Autoscaler:
         holders = sorted({taken[d.uuid] for d in matching if d.uuid in taken})
         names = sorted({self.replicas[h].function.name if h in self.replicas else h for h in holders})
         kind = "any type" if request.model == "any" else f"type {request.model}"
-        return (f"waiting: {request.count} GPU{'s' if request.count != 1 else ''} of {kind} wanted, {free} free"
-                + (f" (held by {', '.join(names)})" if names else ""))
+        held = f" (held by {', '.join(names)})" if names else ""
+        on_nodes = getattr(self.gpus, "waiting_reason", None)  # a swarm's: free GPUs are counted per node
+        if on_nodes is not None:
+            return f"waiting: {request.count} GPU{'s' if request.count != 1 else ''} of {kind} wanted, " \
+                   f"{on_nodes(request, fv.spec)}{held}"
+        return f"waiting: {request.count} GPU{'s' if request.count != 1 else ''} of {kind} wanted, {free} free{held}"
 
     def _gpus_free(self, request: GpuRequest) -> int:
         taken = self.gpus.in_use()
@@ -471,8 +478,7 @@ class Autoscaler:
         used_cpu, used_mem = self._used()
         if not self._fits(fv, used_cpu, used_mem):
             return self._cpu_reason(fv, used_cpu, used_mem)
-        if (fv.gpu and not self._placed_by_runtime
-                and self._gpus_free(request := GpuRequest.parse(fv.gpu)) < request.count):
+        if fv.gpu and self._gpus_free(request := GpuRequest.parse(fv.gpu)) < request.count:
             return ": " + self._gpu_reason(fv)
         waiting = self.status(fv).waiting
         return f": {waiting}" if waiting else ""

@@ -109,14 +109,16 @@ class CatalogService(FunctionCatalogBase):
         if spec.suspend_cooldown_seconds < 0:
             bad(f"suspend_cooldown_period must be >= 0, got {spec.suspend_cooldown_seconds:g}")
         host = self.scaler.host
-        if spec.resources.cpu_millis > host.cpu_millis:
+        # On a swarm the nodes' sizes count, not this host's: Swarm says when no node has room (wait_ready).
+        on_one_host = not getattr(self.runtime, "places_replicas", False)
+        if on_one_host and spec.resources.cpu_millis > host.cpu_millis:
             bad(f"cpu request {spec.resources.cpu_millis}m exceeds this host's {host.cpu_millis}m "
                 f"({host.cpu_millis // 1000} cores)")
-        if spec.resources.memory_bytes > host.memory_bytes:
+        if on_one_host and spec.resources.memory_bytes > host.memory_bytes:
             bad(f"memory request {spec.resources.memory_bytes} bytes exceeds this host's "
                 f"{host.memory_bytes} bytes ({host.memory_bytes / 2**30:.1f} GiB)")
         # The process runtime refuses gpu= (its check says so) unless a fake inventory was given.
-        if spec.resources.gpu and (self.runtime.name == "docker" or self.scaler.gpus.devices):
+        if spec.resources.gpu and (self.runtime.name in ("docker", "swarm") or self.scaler.gpus.devices):
             try:
                 want = GpuRequest.parse(spec.resources.gpu)
             except (TypeError, ValueError) as exc:

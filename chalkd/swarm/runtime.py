@@ -13,7 +13,8 @@ What a replica gets (see :mod:`chalkd.swarm.spec` for the service itself):
   own CA (the Swarm secret ``/run/secrets/chalkd-ca.pem``), and authenticates with its own scoped key (the
   Swarm secret ``/run/secrets/chalkd-replica-key``, made for this replica alone and removed with it);
 * an attachable overlay network of this home (``chalkd-<hash>``), whose ``docker_gwbridge`` takes it to the
-  daemon's address; its CPU and memory reserved and limited, its GPUs as the generic resource ``gpu``;
+  daemon's address; its CPU and memory reserved and limited; its GPUs, handed out by chalkd from what the nodes
+  advertise (:mod:`chalkd.swarm.gpus`), with a constraint to their node;
 * the image built on the manager's engine from the function's Image, with its lazy local files baked in (a
   node elsewhere has no copy of the daemon's blob store), shipped by :class:`~chalkd.swarm.images.ImageShipper`;
 * when it mounts volumes: the volumes' directories, and a constraint to the daemon's node, where they live.
@@ -32,7 +33,6 @@ from pathlib import Path
 import aiodocker
 from aiodocker.exceptions import DockerError
 
-from chalkcompute.gpu import GpuRequest
 from chalkd.images.blobs import DEFAULT_MODE, BlobError, BlobStore
 from chalkd.images.docker_build import DockerImageBuilder, ImageBuildError
 from chalkd.logs.replica_file import ReplicaLogFile
@@ -41,6 +41,7 @@ from chalkd.runtime.base import ReplicaHandle, ReplicaRequest, ReplicaStartError
 from chalkd.runtime.docker import LABEL_HOME, LABEL_KIND, LABEL_OWNER, MountError, check_mounts, home_label
 from chalkd.runtime.keys import KEY_FILE_ENV
 from chalkd.specs import FunctionSpec, ImageSpec, ImageStep
+from chalkd.swarm.gpus import ClusterGpuAllocator
 from chalkd.swarm.images import ImageShipper, ShipError, Shipped
 from chalkd.swarm.spec import CA_FILE, KEY_FILE, SecretFile, ServiceRequest, service_spec, template_literal
 from chalkd.swarm.watch import TaskState, TaskWatcher
@@ -201,7 +202,8 @@ class SwarmRuntime(Runtime):
         self.daemon_node_name = ""
         self.images: dict[str, Shipped] = {}
         self.replicas: dict[str, SwarmReplica] = {}   # by replica id, while their service exists
-        self.watcher = TaskWatcher(docker, self.label)
+        self.gpus = ClusterGpuAllocator()   # the autoscaler's allocator on this runtime (chalkd.swarm.gpus)
+        self.watcher = TaskWatcher(docker, self.label, on_nodes=self.gpus.update)
         self.logs = self.home / "logs" / "replicas"
         self.logs.mkdir(parents=True, exist_ok=True)
         self._background: set[asyncio.Task] = set()
@@ -224,7 +226,11 @@ class SwarmRuntime(Runtime):
                              "manager's engine (`docker node ls` works there)")
         self.daemon_node = swarm.get("NodeID", "")
         self.daemon_node_name = info.get("Name", self.daemon_node[:12])
-        self.shipper.daemon_node = self.daemon_node
+        self.shipper.daemon_node = self.gpus.daemon_node = self.daemon_node
+        try:
+            self.gpus.update(await asyncio.wait_for(self.docker._query_json("nodes"), ENGINE_TIMEOUT))
+        except (DockerError, TimeoutError) as exc:
+            raise SwarmError(f"cannot list the swarm's nodes: {exc}") from None
         await self.remove_leftovers()
         self.network_id = await self._ensure_network()
         self.ca_secret = await self._ensure_ca_secret()
@@ -362,13 +368,14 @@ class SwarmRuntime(Runtime):
         if fs.resources.node:
             constraints.append(f"node.hostname=={fs.resources.node}")
         constraints += [f"node.labels.{k}=={v}" for k, v in sorted(fs.resources.node_labels.items())]
-        gpus = 0
         if fs.resources.gpu:
-            want = GpuRequest.parse(fs.resources.gpu)
-            gpus = want.count
-            if want.model != "any":
-                # Generic resources have no model: nodes say theirs with a label (see `chalkd node gpus`).
-                constraints.append(f"node.labels.chalkd.gpu=={want.model}")
+            # chalkd gave this replica GPUs of one node (chalkd.swarm.gpus): it runs there, and is told which.
+            placed = self.gpus.node_of(request.replica_id)
+            if not request.gpu_uuids or placed is None:
+                raise ReplicaStartError(f"replica {request.replica_id} of {request.function_name!r} wants "
+                                        f"gpu={fs.resources.gpu!r} but holds no swarm GPUs", build_failed=False)
+            constraints.append(f"node.id=={placed[0]}")
+            env["DOCKER_RESOURCE_GPU"] = env["NVIDIA_VISIBLE_DEVICES"] = ",".join(request.gpu_uuids)
         labels = {LABEL_HOME: self.label, LABEL_KIND: "replica", LABEL_OWNER: "chalkd",
                   LABEL_FUNCTION: request.function_name, LABEL_REPLICA: request.replica_id}
         secret_name = f"chalkd-{self.hh}-key-{request.replica_id}"
@@ -383,7 +390,7 @@ class SwarmRuntime(Runtime):
         spec = service_spec(ServiceRequest(
             name=f"chalkd-{self.hh}-{request.replica_id}", image=shipped.image, env=env, labels=labels,
             network=self.network_id, secrets=[self.ca_secret, SecretFile(secret["ID"], secret_name, KEY_FILE)],
-            cpu_millis=request.cpu_millis, memory_bytes=request.memory_bytes, gpus=gpus,
+            cpu_millis=request.cpu_millis, memory_bytes=request.memory_bytes,
             pids_limit=self.pids_limit, constraints=tuple(constraints), binds=tuple(binds)))
         try:
             created = await asyncio.wait_for(

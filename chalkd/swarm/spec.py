@@ -16,9 +16,9 @@ Why each part is as it is:
   nothing dials them).
 * The replica's key and chalkd's CA are Swarm secrets, mounted as files under ``/run/secrets``: never
   in ``Env``, so ``docker service inspect`` shows their names only.
-* Resources: ``cpu``/``memory`` are both reserved (Swarm places by reservations) and limited; GPUs are
-  the generic resource ``gpu`` (nodes advertise theirs with ``--node-generic-resource gpu=UUID``; the
-  task gets ``DOCKER_RESOURCE_GPU``).
+* Resources: ``cpu``/``memory`` are both reserved (Swarm places by reservations) and limited. GPUs are
+  not reserved here: chalkd hands out the GPUs nodes advertise and pins the replica to their node (see
+  :mod:`chalkd.swarm.gpus` for why).
 * Least privilege as on the Docker runtime: every capability dropped, an init as PID 1, a pids limit.
   (Swarm's API of Docker 20.10 has no ``no-new-privileges`` for services; with no capabilities a
   set-uid binary still gains none.)
@@ -28,11 +28,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["KEY_FILE", "CA_FILE", "GPU_KIND", "SecretFile", "ServiceRequest", "service_spec", "template_literal"]
+__all__ = ["KEY_FILE", "CA_FILE", "SecretFile", "ServiceRequest", "service_spec", "template_literal"]
 
 KEY_FILE = "/run/secrets/chalkd-replica-key"
 CA_FILE = "/run/secrets/chalkd-ca.pem"
-GPU_KIND = "gpu"                  # the generic resource nodes advertise GPUs as
 STOP_GRACE_NS = 10 * 10**9        # SIGTERM, then SIGKILL this much later (the worker leaves on SIGTERM)
 LOG_OPTIONS = {"max-size": "10m", "max-file": "2"}
 
@@ -58,7 +57,6 @@ class ServiceRequest:
     command: tuple[str, ...] = ("python3", "-m", "chalkcompute.worker")
     cpu_millis: int = 0
     memory_bytes: int = 0
-    gpus: int = 0
     pids_limit: int = 4096
     constraints: tuple[str, ...] = ()         # Swarm placement constraints ("node.id==abc", "node.labels.x==y")
     binds: tuple[tuple[str, str], ...] = ()   # (source on the node, target in the container), read-write
@@ -95,8 +93,6 @@ def service_spec(req: ServiceRequest) -> dict:
         limits["NanoCPUs"] = reservations["NanoCPUs"] = req.cpu_millis * 1_000_000
     if req.memory_bytes:
         limits["MemoryBytes"] = reservations["MemoryBytes"] = req.memory_bytes
-    if req.gpus:
-        reservations["GenericResources"] = [{"DiscreteResourceSpec": {"Kind": GPU_KIND, "Value": req.gpus}}]
     task: dict = {
         "ContainerSpec": container,
         "Resources": {"Limits": limits, "Reservations": reservations},

@@ -36,6 +36,7 @@ __all__ = ["TaskState", "TaskWatcher", "TERMINAL", "task_state"]
 
 TERMINAL = frozenset({"complete", "failed", "shutdown", "rejected", "orphaned", "remove"})
 POLL_INTERVAL = 0.5
+IDLE_INTERVAL = 5.0
 CALL_TIMEOUT = 10.0
 GONE_AFTER = 3      # polls in a row that do not list a tracked service's tasks: it is gone
 
@@ -66,7 +67,7 @@ def task_state(task: dict, nodes: dict[str, dict]) -> TaskState:
     ports = tuple((p.get("TargetPort", 0), p.get("PublishedPort", 0))
                   for p in ((status.get("PortStatus") or {}).get("Ports") or []))
     generic = []
-    for res in task.get("AssignedGenericResources") or []:
+    for res in task.get("GenericResources") or task.get("AssignedGenericResources") or []:
         named = res.get("NamedResourceSpec")
         if named:
             generic.append(f"{named.get('Kind')}={named.get('Value')}")
@@ -83,8 +84,10 @@ def _index(task: dict) -> int:
 
 
 class TaskWatcher:
-    def __init__(self, docker: aiodocker.Docker, home_label: str, *, interval: float = POLL_INTERVAL) -> None:
+    def __init__(self, docker: aiodocker.Docker, home_label: str, *, interval: float = POLL_INTERVAL,
+                 on_nodes: Callable[[list[dict]], None] | None = None) -> None:
         self.docker = docker
+        self.on_nodes = on_nodes      # every poll's GET /nodes (the GPU allocator follows what nodes advertise)
         self.home_label = home_label
         self.interval = interval
         self._tracked: dict[str, Callable[[TaskState], None]] = {}
@@ -119,8 +122,10 @@ class TaskWatcher:
     async def _run(self) -> None:
         while True:
             if not self._tracked:
+                # Idle: nodes are still read now and then (GPUs advertised, nodes joining or leaving).
                 self._wake.clear()
-                await self._wake.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), IDLE_INTERVAL)
             try:
                 await self.poll()
             except (DockerError, TimeoutError, OSError) as exc:
@@ -136,6 +141,11 @@ class TaskWatcher:
             self.docker._query_json("tasks", params={"filters": filters}),
             self.docker._query_json("nodes")), CALL_TIMEOUT)
         self.nodes = {n["ID"]: n for n in nodes}
+        if self.on_nodes is not None:
+            try:
+                self.on_nodes(nodes)
+            except Exception:
+                log.exception("reading the nodes' resources failed")
         latest: dict[str, dict] = {}
         for t in tasks:
             sid = t.get("ServiceID", "")

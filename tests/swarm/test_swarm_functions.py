@@ -81,21 +81,31 @@ def where() -> dict:
 def test_a_gpu_request_only_node_2_meets_runs_there_with_a_fake_gpu(swarm_daemon: SwarmDaemon) -> None:
     fn = RemoteFunction(where, name="sw_gpu_one", gpu="any", max_replicas=1)
     out = fn()
-    assert out["gpu"] in FAKE_GPUS                   # the id Swarm handed the task (DOCKER_RESOURCE_GPU)
+    assert out["gpu"] in FAKE_GPUS                   # the id chalkd handed the task (DOCKER_RESOURCE_GPU)
     assert node_of(swarm_daemon, out["replica"]) == GPU_NODE
     fn.delete()
 
 
-def test_a_gpu_request_no_node_meets_stays_unplaced_and_wait_ready_says_why(swarm_daemon: SwarmDaemon) -> None:
+def test_a_gpu_request_no_node_can_meet_is_refused_at_deploy_naming_what_nodes_have(
+        swarm_daemon: SwarmDaemon) -> None:
     fn = RemoteFunction(where, name="sw_gpu_three", gpu="3:any", max_replicas=1)
+    with pytest.raises(FunctionError, match=r"unschedulable: no swarm node has 3 x any GPU .*swnode2: 2 x GPU"):
+        fn.deploy()
+    lab = swarm_daemon.lab
+    assert all(containers_on(lab, n, swarm_daemon, function="sw_gpu_three") == [] for n in (1, 2))
+
+
+def test_a_gpu_request_waits_while_the_gpus_are_held_and_wait_ready_says_so(swarm_daemon: SwarmDaemon) -> None:
+    both = RemoteFunction(where, name="sw_gpu_both", gpu="2:any", min_replicas=1, max_replicas=1)
+    one = RemoteFunction(where, name="sw_gpu_wait", gpu="any", max_replicas=1)
     try:
-        with pytest.raises(FunctionTimeoutError, match=r"within 20s: .*insufficient resources") as info:
-            fn.wait_ready(timeout=20)
-        assert "Swarm has not placed replica" in str(info.value)
-        lab = swarm_daemon.lab
-        assert all(containers_on(lab, n, swarm_daemon, function="sw_gpu_three") == [] for n in (1, 2))
+        assert sorted(both()["gpu"].split(",")) == sorted(FAKE_GPUS)
+        with pytest.raises(FunctionTimeoutError, match=r"1 GPU of any type wanted, free per node: swnode2 0 of 2 "
+                                                       r"\(swnode1 has none\) \(held by sw_gpu_both\)"):
+            one.wait_ready(timeout=5)
     finally:
-        fn.delete()
+        both.delete()
+        one.delete()
 
 
 # -- placement by name and label ---------------------------------------------------------------------------
@@ -177,9 +187,10 @@ def test_a_volume_mounting_function_runs_on_the_daemons_node(swarm_daemon: Swarm
 def test_a_volume_and_a_gpu_only_node_2_has_is_unplaced_and_wait_ready_says_why(swarm_daemon: SwarmDaemon) -> None:
     fn = RemoteFunction(where, name="sw_volume_gpu", gpu="any", volumes=[("sw-vol", "/data")], max_replicas=1)
     try:
-        with pytest.raises(FunctionTimeoutError, match=r"it mounts volumes, so it runs on the daemon's node swnode1 "
-                                                       r"only; .*insufficient resources"):
-            fn.wait_ready(timeout=20)
+        with pytest.raises(FunctionTimeoutError, match=r"no matching GPU on the nodes it may run on \(swnode1 has "
+                                                       r"none\); not placed on swnode2 \(it mounts volumes, which "
+                                                       r"live on the daemon's node\)"):
+            fn.wait_ready(timeout=10)
     finally:
         fn.delete()
 

@@ -13,7 +13,7 @@ from chalkcompute import RemoteFunction
 from chalkd.config import Config
 from chalkd.images.blobs import BlobError, BlobStore
 from chalkd.runtime.base import RuntimeUnsupported, refuse_placement
-from chalkd.specs import FunctionSpec, ImageSpec, ImageStep, Resources
+from chalkd.specs import FunctionSpec, ImageSpec, ImageStep, Resources, VolumeMount
 from chalkd.swarm.images import parse_node_engines, registry_ref
 from chalkd.swarm.runtime import bake_lazy_files
 from chalkd.swarm.spec import CA_FILE, KEY_FILE, SecretFile, ServiceRequest, service_spec, template_literal
@@ -43,13 +43,13 @@ def test_a_replica_is_one_task_that_swarm_never_restarts_and_its_key_is_a_file_n
     assert task["Networks"] == [{"Target": "net1"}]
 
 
-def test_resources_are_reserved_and_limited_and_gpus_are_the_generic_resource_gpu():
-    spec = service_spec(_request(cpu_millis=1500, memory_bytes=2**30, gpus=2, pids_limit=99,
+def test_cpu_and_memory_are_reserved_and_limited():
+    spec = service_spec(_request(cpu_millis=1500, memory_bytes=2**30, pids_limit=99,
                                  constraints=("node.hostname==swnode2",)))
     res = spec["TaskTemplate"]["Resources"]
     assert res["Limits"] == {"Pids": 99, "NanoCPUs": 1_500_000_000, "MemoryBytes": 2**30}
-    assert res["Reservations"] == {"NanoCPUs": 1_500_000_000, "MemoryBytes": 2**30,
-                                   "GenericResources": [{"DiscreteResourceSpec": {"Kind": "gpu", "Value": 2}}]}
+    # No generic resources reserved: chalkd hands out GPUs itself (chalkd.swarm.gpus, moby/moby#44378).
+    assert res["Reservations"] == {"NanoCPUs": 1_500_000_000, "MemoryBytes": 2**30}
     assert spec["TaskTemplate"]["Placement"] == {"Constraints": ["node.hostname==swnode2"]}
 
 
@@ -93,7 +93,7 @@ def test_a_task_that_ended_keeps_its_exit_code_and_swarms_words():
 
 def test_a_tasks_published_ports_and_generic_resources_are_read():
     task = _task("running", PortStatus={"Ports": [{"TargetPort": 8080, "PublishedPort": 30001}]})
-    task["AssignedGenericResources"] = [{"NamedResourceSpec": {"Kind": "gpu", "Value": "GPU-fake-0"}}]
+    task["GenericResources"] = [{"NamedResourceSpec": {"Kind": "gpu", "Value": "GPU-fake-0"}}]
     s = task_state(task, NODES)
     assert s.ports == ((8080, 30001),) and s.generic == ("gpu=GPU-fake-0",)
 
@@ -158,3 +158,46 @@ def test_the_sdk_checks_node_and_node_labels():
         RemoteFunction(f, name="swarm_unit_f", node="bad name")
     with pytest.raises(ValueError, match="node_labels"):
         RemoteFunction(f, name="swarm_unit_f", node_labels={"zone": 'a"b'})
+
+
+def _node(node_id: str, name: str, gpus: tuple[str, ...], *, state: str = "ready", labels=None) -> dict:
+    return {"ID": node_id, "Description": {"Hostname": name, "Resources": {"GenericResources": [
+                {"NamedResourceSpec": {"Kind": "gpu", "Value": g}} for g in gpus]}},
+            "Status": {"State": state}, "Spec": {"Availability": "active", "Labels": labels or {}}}
+
+
+def _gpus(nodes: list[dict]):
+    from chalkd.swarm.gpus import ClusterGpuAllocator
+
+    g = ClusterGpuAllocator()
+    g.daemon_node = "n1"
+    g.update(nodes)
+    return g
+
+
+def test_one_replicas_gpus_are_all_on_one_node_and_held_until_released():
+    from chalkcompute.gpu import GpuRequest
+
+    g = _gpus([_node("n1", "a", ("A0",)), _node("n2", "b", ("B0", "B1"))])
+    two = g.allocate_for("r-1", GpuRequest.parse("2:any"))
+    assert [d.uuid for d in two] == ["B0", "B1"] and g.node_of("r-1") == ("n2", "b")
+    assert g.allocate_for("r-2", GpuRequest.parse("2:any")) is None   # a node with two free: none now
+    assert [d.uuid for d in g.allocate_for("r-3", GpuRequest.parse("any"))] == ["A0"]
+    g.release("r-1")
+    assert g.node_of("r-1") is None and g.allocate_for("r-2", GpuRequest.parse("2:any")) is not None
+
+
+def test_gpus_follow_placement_and_node_state_and_models_come_from_the_node_label():
+    from chalkcompute.gpu import GpuRequest
+
+    g = _gpus([_node("n1", "a", ("A0",)), _node("n2", "b", ("B0",), labels={"chalkd.gpu": "nvidia-l4"}),
+               _node("n3", "c", ("C0",), state="down")])
+    pinned = FunctionSpec(name="f", resources=Resources(gpu="any", node="b"))
+    assert [d.uuid for d in g.allocate_for("r-1", GpuRequest.parse("any"), pinned)] == ["B0"]
+    assert g.allocate_for("r-2", GpuRequest.parse("nvidia-l4")) is None      # B0 is held, C0's node is down
+    with_volume = FunctionSpec(name="v", resources=Resources(gpu="any"), volumes=(VolumeMount("data", "/d"),))
+    assert [d.uuid for d in g.allocate_for("r-3", GpuRequest.parse("any"), with_volume)] == ["A0"]  # daemon's
+    assert g.allocate("r-4", GpuRequest.parse("any")) is None   # sandboxes: the daemon's node's GPUs only
+    reason = g.unschedulable_reason(GpuRequest.parse("2:any"))
+    assert "no swarm node has 2 x any GPU" in reason and "chalkd node gpus" in reason
+    assert g.unschedulable_reason(GpuRequest.parse("nvidia-l4")) is None
