@@ -121,7 +121,7 @@ class GroupManager:
             check_mounts(spec.volumes, spec.image)
         except MountError as exc:
             raise InvalidArgument(str(exc)) from None
-        if spec.resources.gpu and not self.launcher.places_replicas:  # Swarm places GPUs by its nodes'
+        if spec.resources.gpu:
             if self.scaler is None:
                 raise FailedPrecondition("gpu= needs the daemon's GPU allocator")
             from chalkd.gpus import GpuRequest
@@ -378,19 +378,25 @@ class GroupManager:
     async def _reserve(self, g: Group, r: Replica, spec: GroupSpec) -> tuple[str, ...]:
         """Hold the replica's cpu/memory/GPUs, waiting (visibly) while others hold them."""
         res = spec.resources
-        if self.scaler is None or self.launcher.places_replicas or not (res.cpu_millis or res.memory_bytes
-                                                                        or res.gpu):
-            return ()  # nothing asked, or Swarm reserves it on the node it picks
+        # On a swarm, Swarm reserves cpu/memory on the node it picks; GPUs are chalkd's to hand out on any node.
+        placed = self.launcher.places_replicas
+        if self.scaler is None or not (res.gpu or (res.cpu_millis or res.memory_bytes) and not placed):
+            return ()
         from chalkd.gpus import GpuRequest
 
         while True:
-            reason = self.scaler.reserve(r.id, res.cpu_millis, res.memory_bytes)
+            reason = "" if placed else self.scaler.reserve(r.id, res.cpu_millis, res.memory_bytes)
             uuids: tuple[str, ...] = ()
             if not reason and res.gpu:
-                devices = self.scaler.gpus.allocate(r.id, GpuRequest.parse(res.gpu))
+                request = GpuRequest.parse(res.gpu)
+                allocate_for = getattr(self.scaler.gpus, "allocate_for", None)  # a swarm's: one allowed node's
+                devices = (allocate_for(r.id, request, spec) if allocate_for is not None
+                           else self.scaler.gpus.allocate(r.id, request))
                 if devices is None:
                     self.scaler.release(r.id)
-                    reason = f"{res.gpu}: the matching GPUs are held by others"
+                    per_node = getattr(self.scaler.gpus, "waiting_reason", None)  # a swarm's: free GPUs per node
+                    reason = f"{res.gpu}: " + (per_node(request, spec) if per_node is not None
+                                               else "the matching GPUs are held by others")
                 else:
                     uuids = tuple(d.uuid for d in devices)
             if not reason:

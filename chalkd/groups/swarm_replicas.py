@@ -29,9 +29,10 @@ What each replica gets, and why:
   proxy dials ``node address:published port``. That port is open to whoever reaches the node's address
   (as any ``docker run -p``), so an ``authenticated=True`` group's token is checked by the proxy only:
   keep the nodes' addresses on a private network, or firewall them to the daemon's host;
-* **placement** by Swarm: CPU and memory reserved (and limited), GPUs as the generic resource ``gpu``,
-  ``node=``/``node_labels=`` as constraints; a group that mounts volumes runs on the daemon's node, where
-  they live. The manager reserves nothing on the daemon's host for it (``places_replicas``).
+* **placement** by Swarm: CPU and memory reserved (and limited; the manager reserves nothing on the
+  daemon's host for it: ``places_replicas``), ``node=``/``node_labels=`` as constraints; a group that mounts
+  volumes runs on the daemon's node, where they live. GPUs are handed out by chalkd from what the nodes
+  advertise (:mod:`chalkd.swarm.gpus`, as for functions): the replica is pinned to its GPUs' node.
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ from aiodocker.exceptions import DockerError
 from aiodocker.networks import DockerNetwork
 
 from chalkcompute.agent import entrypoint as agent_entrypoint
-from chalkcompute.gpu import GpuRequest
 from chalkd.groups.replicas import KIND, LaunchFailed, ReplicaLaunch
 from chalkd.images.blobs import BlobError
 from chalkd.images.docker_build import BuiltImage, ImageBuildError
@@ -80,7 +80,7 @@ LABEL_REVISION = "dev.chalkd.revision"
 
 def group_service_spec(launch: ReplicaLaunch, *, image: str, home_label: str, home_hash: str, network: str,
                        env_secret: SecretFile | None = None, excluded: tuple[str, ...] = (), daemon_node: str = "",
-                       binds: tuple[tuple[str, str], ...] = (), pids_limit: int = 4096,
+                       gpu_node: str = "", binds: tuple[tuple[str, str], ...] = (), pids_limit: int = 4096,
                        stop_grace: float = 10.0) -> dict:
     """The body of ``POST /services/create`` for one group replica (pure: checked without an engine).
 
@@ -88,7 +88,9 @@ def group_service_spec(launch: ReplicaLaunch, *, image: str, home_label: str, ho
                                   network="netid")
         spec["EndpointSpec"]   # {"Mode": "dnsrr", "Ports": [{"TargetPort": 8080, "PublishMode": "host", ...}]}
 
-    Raises LaunchFailed when the group has no command to run or asks for what cannot be placed together.
+    ``gpu_node``: the node id of the GPUs chalkd gave the replica (``launch.gpu_uuids``; see
+    :mod:`chalkd.swarm.gpus`). Raises LaunchFailed when the group has no command to run, or wants GPUs or
+    volumes and is not told where they are.
     """
     spec = launch.spec
     app = list(spec.entrypoint) or list(launch.image_command)
@@ -104,23 +106,26 @@ def group_service_spec(launch: ReplicaLaunch, *, image: str, home_label: str, ho
     if res.node:
         constraints.append(f"node.hostname=={res.node}")
     constraints += [f"node.labels.{k}=={v}" for k, v in sorted(res.node_labels.items())]
-    gpus = 0
+    gpu_env = {}
     if res.gpu:
-        want = GpuRequest.parse(res.gpu)
-        gpus = want.count
-        if want.model != "any":
-            constraints.append(f"node.labels.chalkd.gpu=={want.model}")  # generic resources carry no model
+        # chalkd gave this replica GPUs of one node: it runs there and is told which (the NVIDIA runtime reads
+        # DOCKER_RESOURCE_GPU with swarm-resource set, NVIDIA_VISIBLE_DEVICES without).
+        if not gpu_node or not launch.gpu_uuids:
+            raise LaunchFailed(f"replica {launch.replica_id} wants gpu={res.gpu!r} but holds no swarm GPUs")
+        constraints.append(f"node.id=={gpu_node}")
+        gpu_env = {"DOCKER_RESOURCE_GPU": ",".join(launch.gpu_uuids),
+                   "NVIDIA_VISIBLE_DEVICES": ",".join(launch.gpu_uuids)}
     agent = agent_entrypoint(AGENT_SOCKET, extra=("--exit-with-main",
                                                   *(("--env-file", ENV_FILE) if env_secret else ())))
     # Swarm expands templates in Env: the group's own values are escaped; CHALK_NODE uses one on purpose.
-    env = {"PORT": str(spec.port), **{k: template_literal(v) for k, v in spec.env.items()},
+    env = {"PORT": str(spec.port), **{k: template_literal(v) for k, v in spec.env.items()}, **gpu_env,
            "CHALK_NODE": "{{.Node.Hostname}}"}
     labels = {LABEL_HOME: home_label, LABEL_KIND: KIND, LABEL_OWNER: "chalkd", LABEL_GROUP: launch.group_id,
               LABEL_REPLICA: launch.replica_id, LABEL_REVISION: str(launch.revision)}
     body = service_spec(ServiceRequest(
         name=f"chalkd-{home_hash}-{launch.replica_id}", image=image, env=env, labels=labels, network=network,
         secrets=[env_secret] if env_secret else [], command=(*agent, *app), cpu_millis=res.cpu_millis,
-        memory_bytes=res.memory_bytes, gpus=gpus, pids_limit=pids_limit, constraints=tuple(constraints),
+        memory_bytes=res.memory_bytes, pids_limit=pids_limit, constraints=tuple(constraints),
         binds=binds, publish=(spec.port,)))
     container = body["TaskTemplate"]["ContainerSpec"]
     container["StopGracePeriod"] = int(max(1.0, stop_grace) * 1e9)
@@ -255,10 +260,13 @@ class SwarmReplicaLauncher:
         network = await self.ensure_network(launch.group_id)
         env_secret = await self._env_secret(launch) if launch.secret_env else None
         excluded = self.images.excluded.get(launch.image_tag, ()) if self.images is not None else ()
+        gpus = getattr(rt, "gpus", None)   # chalkd.swarm.gpus.ClusterGpuAllocator: who holds which node's GPUs
+        held = gpus.node_of(launch.replica_id) if gpus is not None and launch.gpu_uuids else None
         try:
             body = group_service_spec(launch, image=launch.image_tag, home_label=rt.label, home_hash=rt.hh,
                                       network=network, env_secret=env_secret, excluded=excluded,
-                                      daemon_node=rt.daemon_node, binds=binds, pids_limit=self.pids_limit,
+                                      daemon_node=rt.daemon_node, gpu_node=held[0] if held else "", binds=binds,
+                                      pids_limit=self.pids_limit,
                                       stop_grace=self.stop_grace)
             created = await asyncio.wait_for(
                 self.docker._query_json("services/create", method="POST", data=body), ENGINE_TIMEOUT)

@@ -21,6 +21,7 @@ import pytest
 from chalkcompute import Image, ReadinessProbe, ScalingGroup, ScalingGroupError, Secret, VolumeClient
 from chalkd.testing import _SdkPointer
 from tests.conftest import wait_for
+from tests.swarm.conftest import FAKE_GPUS
 
 pytestmark = [pytest.mark.timeout(420)]
 
@@ -129,6 +130,19 @@ def test_a_group_that_mounts_a_volume_runs_on_the_daemons_node(swarm_daemon):
         token = uuid.uuid4().hex
         assert httpx.get(f"{sg.web_url}/write/{token}", timeout=30).text == "written"
         assert VolumeClient().lookup("sw-gvol").get(token).decode() == lab.node_name(1)  # the daemon's volume
+    finally:
+        sg.delete()
+
+
+def test_a_group_asking_for_a_gpu_runs_where_swarm_has_one(swarm_daemon):
+    lab = swarm_daemon.lab
+    img = Image.debian_slim().add_local_file(str(APP), "/app/app.py").entrypoint(["python3", "/app/app.py"])
+    sg = ScalingGroup(image=img, name=f"gpu-{uuid.uuid4().hex[:6]}", port=8080, gpu="any")
+    try:
+        sg.deploy(ready_timeout=180)  # not refused for want of a GPU on the daemon's host: Swarm places it
+        assert list(ready_nodes(sg, lab).values()) == ["2"]
+        answer = httpx.get(f"{sg.web_url}/whoami", timeout=30).json()
+        assert answer["node"] == lab.node_name(2) and answer["gpus"] in FAKE_GPUS, answer
     finally:
         sg.delete()
 

@@ -92,13 +92,18 @@ def test_env_values_are_escaped_from_swarm_templates_and_the_node_is_told():
 def test_placement_reservations_gpus_and_constraints():
     res = Resources(cpu_millis=1500, memory_bytes=256 << 20, gpu="2:nvidia-a100", node="gpu-box",
                     node_labels={"zone": "b"})
-    spec = _spec(_launch(resources=res), excluded=("n-far",))
+    launch = _launch(resources=res)
+    launch.gpu_uuids = ("GPU-a", "GPU-b")
+    spec = _spec(launch, excluded=("n-far",), gpu_node="n-gpu")
     task = spec["TaskTemplate"]
-    assert task["Resources"]["Reservations"] == {
-        "NanoCPUs": 1_500_000_000, "MemoryBytes": 256 << 20,
-        "GenericResources": [{"DiscreteResourceSpec": {"Kind": "gpu", "Value": 2}}]}
+    # Swarm reserves cpu/memory; GPUs are chalkd's (chalkd.swarm.gpus): pinned to their node, named in env.
+    assert task["Resources"]["Reservations"] == {"NanoCPUs": 1_500_000_000, "MemoryBytes": 256 << 20}
     assert task["Placement"]["Constraints"] == ["node.id!=n-far", "node.hostname==gpu-box", "node.labels.zone==b",
-                                                 "node.labels.chalkd.gpu==nvidia-a100"]
+                                                "node.id==n-gpu"]
+    env = task["ContainerSpec"]["Env"]
+    assert "DOCKER_RESOURCE_GPU=GPU-a,GPU-b" in env and "NVIDIA_VISIBLE_DEVICES=GPU-a,GPU-b" in env
+    with pytest.raises(LaunchFailed, match="holds no swarm GPUs"):
+        _spec(launch)  # no node for its GPUs: never started unpinned
 
 
 def test_a_group_with_volumes_runs_on_the_daemons_node_only():

@@ -1,8 +1,8 @@
 """A tiny HTTP app for the swarm's scaling-group tests (stdlib only: the lab has no package index).
 
 GET /health -> "ok"; GET /whoami -> {"host": its hostname, "node": the swarm node (CHALK_NODE),
-"has_token": whether the TOKEN secret arrived (never its value)}; GET /write/TOKEN -> writes its node's name to
-/data/TOKEN (a mounted volume), a hex token only.
+"has_token": whether the TOKEN secret arrived (never its value), "gpus": the GPUs Swarm gave it};
+GET /write/TOKEN -> writes its node's name to /data/TOKEN (a mounted volume), a hex token only.
 """
 
 import json
@@ -26,7 +26,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(200, b"ok")
         if self.path == "/whoami":
             return self._send(200, json.dumps({"host": socket.gethostname(), "node": os.environ.get("CHALK_NODE", ""),
-                                               "has_token": bool(os.environ.get("TOKEN"))}).encode())
+                                               "has_token": bool(os.environ.get("TOKEN")),
+                                               "gpus": os.environ.get("DOCKER_RESOURCE_GPU", "")}).encode())
         if self.path.startswith("/write/") and self.path[7:].isalnum():
             with open(f"/data/{self.path[7:]}", "w") as f:
                 f.write(os.environ.get("CHALK_NODE", ""))
