@@ -75,6 +75,44 @@ def where() -> dict:
             "mark": os.environ.get("SW_MARK", "")}
 
 
+# -- a replica on a remote node ---------------------------------------------------------------------------
+
+
+def sw_count(n: int):
+    yield from range(n)
+
+
+def sw_inner(x: int) -> dict:
+    import os
+
+    return {"value": 2 * x, "node": os.environ.get("CHALK_NODE", "")}
+
+
+sw_inner_on_1 = RemoteFunction(sw_inner, name="sw_inner_on_1", node="swnode1", max_replicas=1)
+
+
+def sw_outer(x: int) -> dict:
+    """Runs on node 2 and calls a function pinned to node 1: a nested call from a remote node, over its TLS link."""
+    import os
+
+    inner = sw_inner_on_1(x)
+    return {"value": inner["value"] + 1, "node": os.environ.get("CHALK_NODE", ""), "inner_node": inner["node"]}
+
+
+def test_a_replica_on_a_remote_node_streams_and_calls_a_function_on_the_daemons_node(
+        swarm_daemon: SwarmDaemon) -> None:
+    lab = swarm_daemon.lab
+    gen = RemoteFunction(sw_count, name="sw_remote_count", node=lab.node_name(2), max_replicas=1)
+    assert list(gen(3000)) == list(range(3000))
+    stream = gen(10**9)   # endless for practical purposes: had chunks come only at its end, next() would hang
+    assert [next(stream) for _ in range(5)] == [0, 1, 2, 3, 4]
+    stream.close()
+    outer = RemoteFunction(sw_outer, name="sw_outer_on_2", node=lab.node_name(2), max_replicas=1)
+    assert outer(20) == {"value": 41, "node": lab.node_name(2), "inner_node": lab.node_name(1)}
+    for fn in (gen, outer, sw_inner_on_1):
+        fn.delete()
+
+
 # -- GPUs as generic resources -----------------------------------------------------------------------------
 
 
