@@ -210,6 +210,7 @@ class SwarmReplicaLauncher:
         self.networks: dict[str, str] = {}     # group id -> its overlay network's id
         self._network_lock = asyncio.Lock()
         self._background: set[asyncio.Task] = set()
+        self._warned: set[str] = set()          # groups told once that their nodes' ports bypass the proxy
 
     # -- networks -----------------------------------------------------------------------------
 
@@ -257,6 +258,12 @@ class SwarmReplicaLauncher:
                 binds = tuple(tuple(b.split(":", 1)) for b in found)  # type: ignore[misc]
             except (MountError, ValueError, OSError, DockerError) as exc:
                 raise LaunchFailed(str(exc)) from None
+        if spec.authenticated and launch.group_id not in self._warned:
+            self._warned.add(launch.group_id)
+            log.warning("scaling group %s is authenticated=True: its token is checked by chalkd's proxy, but on a "
+                        "swarm each replica's port is published on its node, open to whoever reaches the node's "
+                        "address: keep the nodes on a private network or firewall them to this host",
+                        launch.group_name)
         network = await self.ensure_network(launch.group_id)
         env_secret = await self._env_secret(launch) if launch.secret_env else None
         excluded = self.images.excluded.get(launch.image_tag, ()) if self.images is not None else ()
@@ -343,6 +350,8 @@ class SwarmReplicaLauncher:
                     spent += 1.0
                 if spent >= self.start_timeout:
                     said = handle.state.message or handle.state.state
+                    if handle.state.state == "running":
+                        said = f"it runs, but Swarm reports no published port (ports {list(handle.state.ports)})"
                     raise LaunchFailed(f"Swarm placed replica {handle.launch.replica_id} on node "
                                        f"{handle.state.node_name} but it was not running within "
                                        f"{self.start_timeout:g}s: {said}") from None

@@ -147,6 +147,48 @@ def test_a_group_asking_for_a_gpu_runs_where_swarm_has_one(swarm_daemon):
         sg.delete()
 
 
+def overlay_ips(lab, group_id: str) -> dict[str, str]:
+    """Replica id -> its overlay address, for a group's running tasks (from the manager's task records)."""
+    ips = {}
+    for service in lab.docker(1, "service", "ls", "-q", "--filter", f"label=dev.chalkd.group={group_id}").split():
+        replica = json.loads(lab.docker(1, "service", "inspect", service))[0]["Spec"]["Labels"]["dev.chalkd.replica"]
+        for task in lab.docker(1, "service", "ps", "-q", "--filter", "desired-state=running", service).split():
+            info = json.loads(lab.docker(1, "inspect", task))[0]
+            for att in info.get("NetworksAttachments") or []:
+                ips[replica] = att["Addresses"][0].split("/")[0]
+    return ips
+
+
+def test_a_groups_replicas_reach_each_other_but_no_other_groups_and_nothing_joins_their_network(spread_group,
+                                                                                                 swarm_daemon):
+    lab = swarm_daemon.lab
+    a = spread_group
+    wait_for(lambda: len(ready_nodes(a, lab)) == 2, timeout=120, what="two ready replicas")
+    img = Image.debian_slim().add_local_file(str(APP), "/app/app.py").entrypoint(["python3", "/app/app.py"])
+    b = ScalingGroup(image=img, name=f"other-{uuid.uuid4().hex[:6]}", port=8080).deploy(ready_timeout=180)
+    try:
+        own, other = overlay_ips(lab, a.refresh().id), list(overlay_ips(lab, b.refresh().id).values())
+        assert len(own) == 2 and len(other) == 1, (own, other)
+        # Each of A's replicas, asked directly at its node's published port: it reaches A's other replica on
+        # their group's network (the check works), and B's replica on no overlay address.
+        direct = {r.id: r.address for r in a.refresh().replicas if r.state == "ready"}
+        assert set(direct) == set(own), (direct, own)
+        for rid, address in direct.items():
+            peer = next(ip for r, ip in own.items() if r != rid)
+            assert httpx.get(f"http://{address}/connect/{peer}/8080", timeout=30).text == "open"
+            answer = httpx.get(f"http://{address}/connect/{other[0]}/8080", timeout=30).text
+            assert answer.startswith("closed"), answer
+        # A group's network is not attachable: no container outside chalkd's services joins it.
+        net = lab.docker(1, "network", "ls", "-q", "--filter", f"label=dev.chalkd.group={a.refresh().id}").split()
+        assert len(net) == 1
+        probe = lab.probe_image(1)
+        joined = subprocess.run(["docker", "-H", lab.node_url(1), "run", "--rm", "--network", net[0], probe,
+                                 "/bin/bash", "-c", "true"], capture_output=True, text=True, timeout=60)
+        assert joined.returncode != 0 and "attach" in joined.stderr.lower(), joined.stderr
+    finally:
+        b.delete()
+
+
 def home_objects(lab, home: Path) -> dict[str, list[str]]:
     """This home's group replica services, their secrets and the groups' networks on the manager (by the labels
     chalkd puts on each; the functions' network and chalkd's CA secret are not the groups')."""

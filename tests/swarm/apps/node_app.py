@@ -2,7 +2,8 @@
 
 GET /health -> "ok"; GET /whoami -> {"host": its hostname, "node": the swarm node (CHALK_NODE),
 "has_token": whether the TOKEN secret arrived (never its value), "gpus": the GPUs Swarm gave it};
-GET /write/TOKEN -> writes its node's name to /data/TOKEN (a mounted volume), a hex token only.
+GET /write/TOKEN -> writes its node's name to /data/TOKEN (a mounted volume), a hex token only;
+GET /connect/HOST/PORT -> "open" when this replica can open a TCP connection there, else "closed: why".
 """
 
 import json
@@ -28,6 +29,13 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(200, json.dumps({"host": socket.gethostname(), "node": os.environ.get("CHALK_NODE", ""),
                                                "has_token": bool(os.environ.get("TOKEN")),
                                                "gpus": os.environ.get("DOCKER_RESOURCE_GPU", "")}).encode())
+        if self.path.startswith("/connect/"):  # /connect/HOST/PORT: can this replica open a TCP connection there?
+            host, _, port = self.path[9:].partition("/")
+            try:
+                socket.create_connection((host, int(port)), timeout=3).close()
+                return self._send(200, b"open")
+            except OSError as exc:
+                return self._send(200, f"closed: {exc}".encode())
         if self.path.startswith("/write/") and self.path[7:].isalnum():
             with open(f"/data/{self.path[7:]}", "w") as f:
                 f.write(os.environ.get("CHALK_NODE", ""))
