@@ -17,7 +17,15 @@ from typing import TypeVar
 
 import pytest
 
-from chalkcompute import FunctionError, FunctionTimeoutError, Image, RemoteFunction, Volume, VolumeClient
+from chalkcompute import (
+    FunctionBuildError,
+    FunctionError,
+    FunctionTimeoutError,
+    Image,
+    RemoteFunction,
+    Volume,
+    VolumeClient,
+)
 from tests.portable.functions import FunctionSuite
 from tests.swarm.conftest import FAKE_GPUS, GPU_NODE, SwarmDaemon
 from tests.swarm.lab import SwarmLab
@@ -239,3 +247,14 @@ def test_a_volume_mounting_function_on_another_node_is_refused_at_registration(s
                                             r"daemon's node swnode1, so it cannot run on node='swnode2'"):
         fn.deploy()
     assert all(containers_on(swarm_daemon.lab, n, swarm_daemon, function="sw_volume_node_2") == [] for n in (1, 2))
+
+
+# -- builds ------------------------------------------------------------------------------------------------
+
+
+def test_a_failing_build_raises_function_build_error_with_its_step(swarm_daemon: SwarmDaemon) -> None:
+    bad = Image.debian_slim().run_commands(f"echo about to fail {uuid.uuid4().hex[:8]} && exit 3")
+    fn = RemoteFunction(where, name="sw_bad_build", image=bad)
+    with pytest.raises(FunctionBuildError) as info:
+        fn.deploy(build_timeout=300, ready_timeout=60)
+    assert "exit 3" in str(info.value) and "about to fail" in str(info.value)
