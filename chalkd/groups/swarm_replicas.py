@@ -76,6 +76,7 @@ TAIL_LINES = 2000         # kept per replica: `chalkd groups logs` reads them ev
 LABEL_GROUP = "dev.chalkd.group"
 LABEL_REPLICA = "dev.chalkd.replica"
 LABEL_REVISION = "dev.chalkd.revision"
+LABEL_FUNCTION = "dev.chalkd.function"
 
 
 def group_service_spec(launch: ReplicaLaunch, *, image: str, home_label: str, home_hash: str, network: str,
@@ -120,8 +121,10 @@ def group_service_spec(launch: ReplicaLaunch, *, image: str, home_label: str, ho
     # Swarm expands templates in Env: the group's own values are escaped; CHALK_NODE uses one on purpose.
     env = {"PORT": str(spec.port), **{k: template_literal(v) for k, v in spec.env.items()}, **gpu_env,
            "CHALK_NODE": "{{.Node.Hostname}}"}
+    # dev.chalkd.function names the group: `chalkd nodes` lists each node's replicas by it (chalkd.swarm.nodes).
     labels = {LABEL_HOME: home_label, LABEL_KIND: KIND, LABEL_OWNER: "chalkd", LABEL_GROUP: launch.group_id,
-              LABEL_REPLICA: launch.replica_id, LABEL_REVISION: str(launch.revision)}
+              LABEL_FUNCTION: launch.group_name, LABEL_REPLICA: launch.replica_id,
+              LABEL_REVISION: str(launch.revision)}
     body = service_spec(ServiceRequest(
         name=f"chalkd-{home_hash}-{launch.replica_id}", image=image, env=env, labels=labels, network=network,
         secrets=[env_secret] if env_secret else [], command=(*agent, *app), cpu_millis=res.cpu_millis,

@@ -88,6 +88,15 @@ def test_replicas_on_both_nodes_answer_through_one_proxy(spread_group, swarm_dae
     secrets = lab.docker(1, "secret", "inspect", *lab.docker(1, "secret", "ls", "-q").split())
     assert TOKEN not in secrets
 
+    # `chalkd nodes` shows each replica on its node, under the group's name.
+    shown = subprocess.run([sys.executable, "-m", "chalkd.cli", "nodes", "--json", "--target", swarm_daemon.target],
+                           capture_output=True, text=True, timeout=90)
+    assert shown.returncode == 0, shown.stderr
+    listed = {r["replica_id"]: (n["name"], r["function"], r["kind"]) for n in json.loads(shown.stdout)["nodes"]
+              for r in n["replicas"]}
+    for rid, n in nodes.items():
+        assert listed.get(rid) == (lab.node_name(int(n)), sg.name, "group-replica"), listed
+
     # The replicas' output, from both nodes, through the daemon (`chalkd groups logs`).
     logs = subprocess.run([sys.executable, "-m", "chalkd.cli", "groups", "logs", sg.name, "--tail", "50"],
                           capture_output=True, text=True, timeout=60, env={**os.environ,

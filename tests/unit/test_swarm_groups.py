@@ -51,7 +51,8 @@ def test_a_group_replica_is_one_never_restarted_task_with_its_port_published_on_
                                                                   "PublishMode": "host"}]}
     assert task["Networks"] == [{"Target": "net-g"}]
     assert spec["Labels"] == {"dev.chalkd.home": "/srv/chalkd", "dev.chalkd.kind": KIND, "dev.chalkd.owner": "chalkd",
-                              "dev.chalkd.group": "sg-1", "dev.chalkd.replica": "sgr-abc", "dev.chalkd.revision": "3"}
+                              "dev.chalkd.group": "sg-1", "dev.chalkd.function": "web", "dev.chalkd.replica": "sgr-abc",
+                              "dev.chalkd.revision": "3"}
     container = task["ContainerSpec"]
     assert container["Image"] == "10.0.0.1:5000/chalkd-img:1"
     assert container["CapabilityDrop"] == ["ALL"] and "CapabilityAdd" not in container
