@@ -383,9 +383,10 @@ class SwarmReplicaLauncher:
 
     async def log_tail(self, handle: SwarmGroupReplica, lines: int = 30) -> str:
         tail = list(handle.tail)[-lines:] if lines > 0 else []
-        if handle.state.ended or (handle.state.message and handle.state.state not in ("running", "complete")):
-            if handle.state.message:
-                tail.append(f"[swarm] task {handle.state.state}: {handle.state.message}")
+        state = handle.state
+        removed_by_us = handle.removed and state.state in ("gone", "shutdown", "remove")
+        if state.message and state.state not in ("running", "complete") and not removed_by_us:
+            tail.append(f"[swarm] task {state.state}: {state.message}")  # why Swarm ended or holds it
         return "\n".join(tail)
 
     async def stop(self, handle: SwarmGroupReplica, replica_id: str, grace: float) -> None:
@@ -409,6 +410,9 @@ class SwarmReplicaLauncher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(handle.ended), wait)
         self.runtime.watcher.untrack(handle.service_id)
+        if not handle.ended.done():  # no word from the manager in time: untracked, it ends here for chalkd
+            self._on_state(handle, TaskState("gone", handle.state.node_id, handle.state.node_name,
+                                             handle.state.node_addr, "its service was removed", ended=True))
         if handle.follower is not None:
             handle.follower.cancel()
         if handle.secret_id:
