@@ -527,6 +527,7 @@ class GroupManager:
         g.deleted = True
         g.pool.unavailable = f"chalkd: group {g.rec.name!r} is being deleted"
         await self._teardown(g, self.settings.stop_grace if grace is None else grace)
+        await self.launcher.group_deleted(g.rec.id)   # what the launcher keeps per group (a swarm network)
         self.groups.pop(g.rec.id, None)
         self.table.delete(g.rec.id)
         if self.secrets is not None:

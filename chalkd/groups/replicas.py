@@ -214,6 +214,9 @@ class ReplicaLauncher:
             await engine.delete(force=True)
         shutil.rmtree(self.agents / replica_id, ignore_errors=True)
 
+    async def group_deleted(self, group_id: str) -> None:
+        """A group is gone (its replicas stopped): nothing is kept per group here (one network for all)."""
+
     async def remove_leftovers(self) -> int:
         """Remove every group replica container of this home (the daemon starts its groups anew)."""
         found = await self.docker.containers.list(

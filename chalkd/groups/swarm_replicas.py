@@ -437,6 +437,27 @@ class SwarmReplicaLauncher:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    async def group_deleted(self, group_id: str) -> None:
+        """The group is deleted (its replicas stopped): its network goes, in the background (a task may hold it
+        a moment longer)."""
+        async with self._network_lock:
+            net_id = self.networks.pop(group_id, "")
+        if net_id:
+            self._spawn(self._delete_network(net_id))
+
+    async def _delete_network(self, net_id: str) -> None:
+        for _ in range(40):
+            try:
+                await asyncio.wait_for(DockerNetwork(self.docker, net_id).delete(), ENGINE_TIMEOUT)
+                return
+            except DockerError as exc:
+                if exc.status == 404:
+                    return
+            except TimeoutError:
+                pass
+            await asyncio.sleep(0.5)
+        log.warning("the network %s is still in use; it is removed at the daemon's next start", net_id[:12])
+
     # -- this home's leftovers --------------------------------------------------------------------
 
     async def remove_leftovers(self) -> int:

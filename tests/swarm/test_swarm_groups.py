@@ -239,6 +239,6 @@ def test_a_daemon_stop_leaves_no_group_object_and_a_restart_serves_the_group_aga
         answer = httpx.get(f"{again.web_url}/whoami", timeout=30).json()
         assert answer["has_token"] and answer["node"] in (lab.node_name(1), lab.node_name(2))
         again.delete()
-        # Deleted: its replica's service and secret go (the network stays until the daemon stops).
-        wait_for(lambda: not (o := home_objects(lab, d.home))["service"] and not o["secret"] or None,
-                 timeout=60, what="the group's service and secret removed")
+        # Deleted: its replica's service, its secret and the group's network go.
+        wait_for(lambda: home_objects(lab, d.home) == {"service": [], "secret": [], "network": []},
+                 timeout=60, what="the group's service, secret and network removed")
