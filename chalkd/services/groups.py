@@ -53,14 +53,15 @@ def group_info_pb(manager, g) -> pb.ScalingGroupInfo:
 
 class ScalingGroupsService(ScalingGroupsBase):
     def __init__(self, manager, runtime_name: str = "process") -> None:
-        self.manager = manager  # None without the Docker runtime
+        self.manager = manager  # None without the Docker or Swarm runtime
         self.runtime_name = runtime_name
 
     def _manager(self):
         if self.manager is None:
             raise FailedPrecondition(
-                f"scaling groups need the Docker runtime (each replica runs the group's image and entrypoint); "
-                f"this daemon runs --runtime {self.runtime_name}: start it with `chalkd serve --runtime docker`")
+                f"scaling groups need the Docker or Swarm runtime (each replica runs the group's image and "
+                f"entrypoint); this daemon runs --runtime {self.runtime_name}: start it with `chalkd serve "
+                f"--runtime docker` (or `--runtime swarm`)")
         return self.manager
 
     @grpc_errors

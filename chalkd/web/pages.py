@@ -287,7 +287,7 @@ def sandboxes(rows: Sequence[rm.SandboxRow] | None, runtime: str, *, csrf: str, 
 def groups(rows: Sequence[rm.GroupRow] | None, runtime: str, *, csrf: str) -> str:
     if rows is None:
         body = Html(f'<p class="empty">This daemon runs the {h(runtime)} runtime: scaling groups need '
-                    "<code>--runtime docker</code>.</p>")
+                    "<code>--runtime docker</code> or <code>--runtime swarm</code>.</p>")
         return page("Scaling groups", body, nav="groups", csrf=csrf)
     t = table(["group", "id", "status", "message", "URL", "revision", "desired", "replicas"],
               [[g.name, g.id, badge(g.status), g.message, g.url, g.revision, g.desired,
