@@ -285,7 +285,7 @@ class RemoteFunction:
                 await dep._register()
             elif hasattr(type(dep), "_register_all"):  # a RemoteClass: all its methods
                 await dep._register_all()
-        if await self.client.runtime_name() == "docker":
+        if await self.client.runtime_name() in ("docker", "swarm"):  # images built on an engine
             # Built before registering, with the log in this terminal; the replicas find it cached.
             try:
                 await prepare_image(self.client, self._opts.image, what=f"function {self.name!r}",
@@ -358,7 +358,7 @@ class RemoteFunction:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{label} must be a positive number of seconds, got {value!r}")
         await self._register(build_timeout=build_timeout)
-        if await self.client.runtime_name() == "docker":
+        if await self.client.runtime_name() in ("docker", "swarm"):  # images built on an engine
             return await self._wait_ready(timeout=ready_timeout, poll_interval=poll_interval)
         return await self._wait_ready(timeout=build_timeout + ready_timeout, poll_interval=poll_interval)
 

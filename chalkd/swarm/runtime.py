@@ -31,6 +31,7 @@ import logging
 from pathlib import Path
 
 import aiodocker
+import aiohttp
 from aiodocker.exceptions import DockerError
 
 from chalkd.images.blobs import DEFAULT_MODE, BlobError, BlobStore
@@ -51,6 +52,14 @@ log = logging.getLogger(__name__)
 __all__ = ["SwarmRuntime", "SwarmReplica", "SwarmError", "bake_lazy_files", "home_hash"]
 
 ENGINE_TIMEOUT = 30.0
+# What an engine that is gone looks like through aiodocker: a refused or reset socket, a timeout, or (once the
+# client is closed during shutdown) RuntimeError("Session is closed").
+UNREACHABLE = (TimeoutError, OSError, aiohttp.ClientError, RuntimeError)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """aiodocker reports a refused socket as DockerError 900; a manager without quorum answers 503."""
+    return isinstance(exc, UNREACHABLE) or (isinstance(exc, DockerError) and exc.status in (900, 503))
 LABEL_REPLICA = "dev.chalkd.replica"
 LABEL_FUNCTION = "dev.chalkd.function"
 
@@ -155,14 +164,21 @@ class SwarmReplica(ReplicaHandle):
         is scaled to zero, which stops its task the way ``docker stop`` does, wherever it runs."""
         if not self._scaled_down:
             self._scaled_down = True
-            self._spawn(self.runtime.scale_to_zero(self.service_id))
+            self._spawn(self._given_up_unless(self.runtime.scale_to_zero(self.service_id)))
 
     def kill(self) -> None:
         """The service is removed (its container stopped wherever its node still answers). Swarm cannot
         signal a task, so this is a stop with the short grace of :data:`chalkd.swarm.spec.STOP_GRACE_NS`."""
         if not self._removed:
             self._removed = True
-            self._spawn(self.runtime.remove_service(self.service_id, self.secret_id))
+            self._spawn(self._given_up_unless(self.runtime.remove_service(self.service_id, self.secret_id)))
+
+    async def _given_up_unless(self, stopping) -> None:
+        """Await a stop; when the manager cannot be reached, the replica ends now (its calls run again elsewhere)
+        rather than wait for a task state nobody will report (a daemon stopping with its manager gone)."""
+        if not await stopping and not self._exit.done():
+            self._exit.set_result(ReplicaExit(reason=f"the swarm manager cannot be reached to stop it; its "
+                                                     f"container may still run on {self.node or 'its node'}"))
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -409,7 +425,9 @@ class SwarmRuntime(Runtime):
 
     # -- what handles ask of the engine ---------------------------------------------------------------
 
-    async def scale_to_zero(self, service_id: str) -> None:
+    async def scale_to_zero(self, service_id: str) -> bool:
+        """Stop the service's task (SIGTERM, then SIGKILL after the grace). False when the manager cannot be
+        reached (the task may still run; its replica is given up)."""
         try:
             current = await asyncio.wait_for(self.docker.services.inspect(service_id), ENGINE_TIMEOUT)
             spec = current["Spec"]
@@ -417,25 +435,36 @@ class SwarmRuntime(Runtime):
             await asyncio.wait_for(self.docker._query_json(
                 f"services/{service_id}/update", method="POST", params={"version": current["Version"]["Index"]},
                 data=spec), ENGINE_TIMEOUT)
-        except (DockerError, TimeoutError) as exc:
+            return True
+        except (DockerError, *UNREACHABLE) as exc:
+            if _unreachable(exc):
+                log.warning("cannot stop service %s: the manager's engine cannot be reached (%s)", service_id[:12],
+                            exc or type(exc).__name__)
+                return False
             log.warning("stopping service %s failed (%s); removing it", service_id[:12], exc)
-            await self.remove_service(service_id, "")
+            return await self.remove_service(service_id, "")
 
-    async def remove_service(self, service_id: str, secret_id: str) -> None:
+    async def remove_service(self, service_id: str, secret_id: str) -> bool:
+        """Remove the service and the replica's key secret. False when the manager cannot be reached."""
         for replica_id, r in list(self.replicas.items()):
             if r.service_id == service_id:
                 self.replicas.pop(replica_id, None)
-        with contextlib.suppress(DockerError, TimeoutError):
+        try:
             await asyncio.wait_for(self.docker.services.delete(service_id), ENGINE_TIMEOUT)
+        except (DockerError, *UNREACHABLE) as exc:
+            if _unreachable(exc):
+                log.warning("cannot remove service %s: the manager's engine cannot be reached (%s)",
+                            service_id[:12], exc or type(exc).__name__)
+                return False
+            # otherwise gone already
         if secret_id:
             # A secret in use cannot be removed: the service goes first, its task a moment later.
             for _ in range(20):
                 try:
                     await asyncio.wait_for(self.docker.secrets.delete(secret_id), ENGINE_TIMEOUT)
                     break
-                except DockerError as exc:
-                    if exc.status == 404:
+                except (DockerError, *UNREACHABLE) as exc:
+                    if _unreachable(exc) or (isinstance(exc, DockerError) and exc.status == 404):
                         break
                     await asyncio.sleep(0.5)
-                except TimeoutError:
-                    break
+        return True

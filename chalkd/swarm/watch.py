@@ -24,10 +24,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiodocker
+import aiohttp
 from aiodocker.exceptions import DockerError
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,8 @@ class TaskWatcher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.nodes: dict[str, dict] = {}
+        self._failing_since: float | None = None
+        self._warned_at = 0.0
 
     def track(self, service_id: str, on_change: Callable[[TaskState], None]) -> None:
         self._tracked[service_id] = on_change
@@ -128,8 +132,15 @@ class TaskWatcher:
                     await asyncio.wait_for(self._wake.wait(), IDLE_INTERVAL)
             try:
                 await self.poll()
-            except (DockerError, TimeoutError, OSError) as exc:
-                log.warning("cannot read the swarm's tasks from the manager: %s", exc)
+                self._failing_since = None
+            except (DockerError, TimeoutError, OSError, aiohttp.ClientError, RuntimeError) as exc:
+                # Once, then every 30 s while it lasts: a manager that is gone must not flood the log.
+                now = time.monotonic()
+                if self._failing_since is None or now - self._warned_at >= 30:
+                    self._warned_at = now
+                    self._failing_since = self._failing_since or now
+                    log.warning("cannot read the swarm's tasks from the manager (for %.0fs): %s",
+                                now - self._failing_since, exc or type(exc).__name__)
             except Exception:
                 log.exception("following the swarm's tasks failed")
             await asyncio.sleep(self.interval)

@@ -119,3 +119,25 @@ def test_a_stream_from_a_node_that_is_lost_fails_clearly_and_the_function_runs_o
         assert list(anywhere(3)) == [0, 1, 2]
         on_two.delete()
         anywhere.delete()
+
+
+def test_a_daemon_whose_swarm_manager_is_gone_still_stops_cleanly(swarm_daemon_factory):
+    """The manager's engine dies (the control plane's box): chalkd cannot stop its replicas there, so it gives
+    them up and exits on SIGTERM instead of waiting for task states nobody reports."""
+    d = swarm_daemon_factory()
+    lab = d.lab
+    fn = RemoteFunction(work, name=f"swarm_mgr_{uuid.uuid4().hex[:6]}", image=Image.debian_slim(),
+                        node=lab.node_name(2), min_replicas=1)
+    with _SdkPointer(d):
+        assert fn(1) == f"1 {lab.node_name(2)}"
+    lab.kill_node(1)
+    try:
+        assert d.proc is not None
+        d.proc.terminate()
+        assert d.proc.wait(60) == 0, d.log()[-3000:]
+        log = d.log()
+        assert "the manager's engine cannot be reached" in log, log[-3000:]  # said, and given up
+        assert "Task exception was never retrieved" not in log, log[-3000:]
+    finally:
+        lab.restart_node(1)
+        lab.wait_ready((1, 2), timeout=120)
