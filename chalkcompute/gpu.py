@@ -138,6 +138,13 @@ class GpuRequest:
         model = model.lower()
         if not model:
             raise ValueError(f"invalid gpu={value!r}: no model after ':' ({_EXAMPLES})")
+        if model.isdigit() and int(model) <= MAX_GPUS:
+            # "2" reads as a model named "2", which no GPU is: almost surely a count without a type.
+            n = count if sep else int(model)
+            plain = "any" if n == 1 else f"{n}:any"
+            raise ValueError(f"invalid gpu={value!r}: {model!r} is not a GPU type but looks like a count; for "
+                             f"{n} GPU{'s' if n != 1 else ''} of any type write {plain!r}, or name the model "
+                             f"({n}:nvidia-l4)")
         if not _MODEL_RE.fullmatch(model):
             raise ValueError(f"invalid gpu={value!r}: a model is letters, digits, '-', '_' or '.', "
                              f"starting with a letter or digit ({_EXAMPLES})")
