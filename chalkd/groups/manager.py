@@ -121,6 +121,14 @@ class GroupManager:
             check_mounts(spec.volumes, spec.image)
         except MountError as exc:
             raise InvalidArgument(str(exc)) from None
+        if spec.authenticated and getattr(self.launcher, "places_replicas", False):
+            # On a swarm a replica's port is published on its node: a caller reaching the node would skip the
+            # proxy's token check. Refused until the proxy reaches replicas on a path only it can use.
+            raise FailedPrecondition(
+                f"scaling group {spec.name!r}: authenticated=True is not supported on --runtime swarm yet: each "
+                "replica's port is published on its node's address, where a caller could reach the app without "
+                "the token the proxy checks; deploy it on --runtime docker, or with authenticated=False on nodes "
+                "that only this daemon's host can reach")
         if spec.resources.gpu:
             if self.scaler is None:
                 raise FailedPrecondition("gpu= needs the daemon's GPU allocator")

@@ -27,8 +27,9 @@ What each replica gets, and why:
   and a replica reaches no other group's replica over it;
 * **its port published in host mode** on a free port of its node (no routing mesh: it needs IPVS); the
   proxy dials ``node address:published port``. That port is open to whoever reaches the node's address
-  (as any ``docker run -p``), so an ``authenticated=True`` group's token is checked by the proxy only:
-  keep the nodes' addresses on a private network, or firewall them to the daemon's host;
+  (as any ``docker run -p``): keep the nodes' addresses on a private network, or firewall them to the
+  daemon's host. ``authenticated=True`` is refused on a swarm for that reason (the proxy's token check could
+  be bypassed at the node);
 * **placement** by Swarm: CPU and memory reserved (and limited; the manager reserves nothing on the
   daemon's host for it: ``places_replicas``), ``node=``/``node_labels=`` as constraints; a group that mounts
   volumes runs on the daemon's node, where they live. GPUs are handed out by chalkd from what the nodes
@@ -261,12 +262,11 @@ class SwarmReplicaLauncher:
                 binds = tuple(tuple(b.split(":", 1)) for b in found)  # type: ignore[misc]
             except (MountError, ValueError, OSError, DockerError) as exc:
                 raise LaunchFailed(str(exc)) from None
-        if spec.authenticated and launch.group_id not in self._warned:
+        if launch.group_id not in self._warned:
             self._warned.add(launch.group_id)
-            log.warning("scaling group %s is authenticated=True: its token is checked by chalkd's proxy, but on a "
-                        "swarm each replica's port is published on its node, open to whoever reaches the node's "
-                        "address: keep the nodes on a private network or firewall them to this host",
-                        launch.group_name)
+            log.warning("scaling group %s: on a swarm each replica's port is published on its node, open to "
+                        "whoever reaches the node's address, not only through chalkd's proxy: keep the nodes on a "
+                        "private network or firewall them to this host", launch.group_name)
         network = await self.ensure_network(launch.group_id)
         env_secret = await self._env_secret(launch) if launch.secret_env else None
         excluded = self.images.excluded.get(launch.image_tag, ()) if self.images is not None else ()

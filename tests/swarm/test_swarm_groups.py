@@ -207,6 +207,15 @@ def home_objects(lab, home: Path) -> dict[str, list[str]]:
                              f"label=dev.chalkd.kind={kind}").split() for what, kind in kinds.items()}
 
 
+def test_an_authenticated_group_is_refused_on_a_swarm_before_anything_is_built(swarm_daemon):
+    """A replica's port is published on its node, where a caller could skip the proxy's token check."""
+    img = Image.debian_slim().add_local_file(str(APP), "/app/app.py").entrypoint(["python3", "/app/app.py"])
+    sg = ScalingGroup(image=img, name=f"auth-{uuid.uuid4().hex[:6]}", port=8080, authenticated=True)
+    with pytest.raises(ScalingGroupError, match=r"authenticated=True is not supported on --runtime swarm yet: "
+                                                r"each replica's port is published on its node's address"):
+        sg.deploy(ready_timeout=30)
+
+
 def test_a_group_no_node_has_room_for_waits_saying_why_in_swarms_words(swarm_daemon):
     img = Image.debian_slim().add_local_file(str(APP), "/app/app.py").entrypoint(["python3", "/app/app.py"])
     sg = ScalingGroup(image=img, name=f"huge-{uuid.uuid4().hex[:6]}", port=8080, cpu=64)
