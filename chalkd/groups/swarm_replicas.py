@@ -166,6 +166,7 @@ class SwarmGroupReplica:
     ended: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     follower: asyncio.Task | None = None
     removed: bool = False
+    chosen_node: str = ""   # the node chalkd pinned it to, to keep a group's replicas apart (SwarmRuntime.spread)
 
     @property
     def node(self) -> str:
@@ -210,6 +211,8 @@ class SwarmReplicaLauncher:
         self.volumes = volumes
         self.pids_limit = pids_limit
         self.stop_grace = stop_grace
+        self._live: dict[str, SwarmGroupReplica] = {}   # by service id, until their task ends
+        self._choosing: dict[str, tuple[str, str]] = {}  # replica id -> (group id, node) while being created
         self.start_timeout = start_timeout
         self.networks: dict[str, str] = {}     # group id -> its overlay network's id
         self._network_lock = asyncio.Lock()
@@ -270,6 +273,27 @@ class SwarmReplicaLauncher:
         network = await self.ensure_network(launch.group_id)
         env_secret = await self._env_secret(launch) if launch.secret_env else None
         excluded = self.images.excluded.get(launch.image_tag, ()) if self.images is not None else ()
+        chosen = ""
+        res = spec.resources
+        if not (spec.volumes or res.node or res.node_labels or res.gpu or res.cpu_millis or res.memory_bytes):
+            # The group's replicas apart, one node lost takes one (see SwarmRuntime.spread).
+            siblings = [h.state.node_id or h.chosen_node for h in self._live.values()
+                        if h.launch.group_id == launch.group_id and not h.state.ended
+                        and (h.state.node_id or h.chosen_node)]
+            # Replicas being created right now (no service yet) count where they are going.
+            siblings += [node for gid, node in self._choosing.values() if gid == launch.group_id]
+            chosen = rt.spread(siblings, excluded)
+            if chosen:
+                excluded = (*excluded, *(nid for nid in rt.watcher.nodes if nid != chosen))
+                self._choosing[launch.replica_id] = (launch.group_id, chosen)  # until it is in _live
+        try:
+            return await self._create(launch, network, env_secret, excluded, chosen, binds)
+        finally:
+            self._choosing.pop(launch.replica_id, None)
+
+    async def _create(self, launch: ReplicaLaunch, network: str, env_secret: SecretFile | None,
+                      excluded: tuple[str, ...], chosen: str, binds: tuple[tuple[str, str], ...]) -> SwarmGroupReplica:
+        rt = self.runtime
         gpus = getattr(rt, "gpus", None)   # chalkd.swarm.gpus.ClusterGpuAllocator: who holds which node's GPUs
         held = gpus.node_of(launch.replica_id) if gpus is not None and launch.gpu_uuids else None
         try:
@@ -288,6 +312,8 @@ class SwarmReplicaLauncher:
             why = exc.message if isinstance(exc, DockerError) else "the manager did not answer"
             raise LaunchFailed(f"creating the Swarm service of replica {launch.replica_id} failed: {why}") from None
         handle = SwarmGroupReplica(launch, created["ID"], env_secret.secret_id if env_secret else "")
+        handle.chosen_node = chosen
+        self._live[handle.service_id] = handle
         rt.watcher.track(handle.service_id, lambda state: self._on_state(handle, state))
         log.info("scaling group %s: replica %s is service %s", launch.group_name, launch.replica_id, body["Name"])
         return handle
@@ -316,6 +342,7 @@ class SwarmReplicaLauncher:
         if state.state == "running" and state.ports and not handle.running.done():
             handle.running.set_result(state)
         if state.ended:
+            self._live.pop(handle.service_id, None)
             words = ended_words(state)
             if not handle.running.done():
                 handle.running.set_exception(LaunchFailed(f"the replica did not start: {words}"))

@@ -104,6 +104,7 @@ class SwarmReplica(ReplicaHandle):
         self._tail: collections.deque[str] = collections.deque(maxlen=200)
         self._follower: asyncio.Task | None = None
         self._removed = False       # chalkd removed the service itself (kill): its end is not a surprise
+        self.chosen_node = ""       # the node chalkd pinned it to, to keep a function's replicas apart
         self._scaled_down = False
 
     @property
@@ -223,6 +224,7 @@ class SwarmRuntime(Runtime):
         self.logs = self.home / "logs" / "replicas"
         self.logs.mkdir(parents=True, exist_ok=True)
         self._background: set[asyncio.Task] = set()
+        self._choosing: dict[str, tuple[str, str]] = {}   # replica id -> (function id, node) while being created
 
     # -- start and stop ---------------------------------------------------------------------------
 
@@ -244,7 +246,9 @@ class SwarmRuntime(Runtime):
         self.daemon_node_name = info.get("Name", self.daemon_node[:12])
         self.shipper.daemon_node = self.gpus.daemon_node = self.daemon_node
         try:
-            self.gpus.update(await asyncio.wait_for(self.docker._query_json("nodes"), ENGINE_TIMEOUT))
+            nodes = await asyncio.wait_for(self.docker._query_json("nodes"), ENGINE_TIMEOUT)
+            self.gpus.update(nodes)
+            self.watcher.nodes = {n["ID"]: n for n in nodes}  # known before the first poll
         except (DockerError, TimeoutError) as exc:
             raise SwarmError(f"cannot list the swarm's nodes: {exc}") from None
         await self.remove_leftovers()
@@ -381,6 +385,21 @@ class SwarmRuntime(Runtime):
                     binds.append((str(await asyncio.to_thread(self.volumes.ensure, m.volume)), m.path))
             except (ValueError, OSError) as exc:
                 raise ReplicaStartError(str(exc), build_failed=False) from None
+        chosen = ""
+        if not (fs.volumes or fs.resources.node or fs.resources.node_labels or fs.resources.gpu
+                or request.cpu_millis or request.memory_bytes):
+            chosen = self.spread(self.sibling_nodes(request.function_id), shipped.excluded)
+            if chosen:
+                constraints.append(f"node.id=={chosen}")
+                self._choosing[request.replica_id] = (request.function_id, chosen)  # until its handle exists
+        try:
+            return await self._create(request, shipped, env, constraints, binds, chosen)
+        finally:
+            self._choosing.pop(request.replica_id, None)
+
+    async def _create(self, request: ReplicaRequest, shipped: Shipped, env: dict[str, str], constraints: list[str],
+                      binds: list[tuple[str, str]], chosen: str) -> ReplicaHandle:
+        fs = request.spec
         if fs.resources.node:
             constraints.append(f"node.hostname=={fs.resources.node}")
         constraints += [f"node.labels.{k}=={v}" for k, v in sorted(fs.resources.node_labels.items())]
@@ -418,10 +437,34 @@ class SwarmRuntime(Runtime):
             raise ReplicaStartError(f"creating the Swarm service for replica {request.replica_id} failed: {why}",
                                     build_failed=False) from None
         handle = SwarmReplica(self, request, created["ID"], secret["ID"])
+        handle.chosen_node = chosen
         self.replicas[request.replica_id] = handle
         self.watcher.track(created["ID"], handle.on_state)
         log.info("started replica %s of %s (service %s)", request.replica_id, request.function_name, spec["Name"])
         return handle
+
+    def spread(self, sibling_nodes: list[str], excluded: tuple[str, ...] = ()) -> str:
+        """The node for a new replica of a function (or group) whose replicas are on ``sibling_nodes`` (one entry
+        per replica, placed or chosen): the usable node with the fewest of them, or "" to leave it to Swarm.
+
+        Swarm spreads the tasks of one service, but each replica is a service of its own, so Swarm alone would
+        pile them on the node with the fewest tasks of all kinds, and a node lost would take them all. Used only
+        for replicas that reserve nothing and are pinned nowhere, for which any usable node has room.
+        """
+        usable = sorted(nid for nid, n in self.watcher.nodes.items()
+                        if (n.get("Status") or {}).get("State") == "ready"
+                        and (n.get("Spec") or {}).get("Availability", "active") == "active" and nid not in excluded)
+        if len(usable) < 2:
+            return ""
+        return min(usable, key=lambda nid: (sibling_nodes.count(nid), usable.index(nid)))
+
+    def sibling_nodes(self, function_id: str) -> list[str]:
+        """Where ``function_id``'s live replicas are: each one's node, or the node chosen for it before Swarm
+        placed it."""
+        placed = [r.state.node_id or r.chosen_node for r in self.replicas.values()
+                  if r.request.function_id == function_id and not r.state.ended and (r.state.node_id or r.chosen_node)]
+        # Replicas being created right now (their service not there yet) count where they are going.
+        return placed + [node for fid, node in self._choosing.values() if fid == function_id]
 
     # -- what handles ask of the engine ---------------------------------------------------------------
 
