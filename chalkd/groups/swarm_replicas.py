@@ -56,6 +56,7 @@ from chalkd.images.blobs import BlobError
 from chalkd.images.docker_build import BuiltImage, ImageBuildError
 from chalkd.runtime.docker import LABEL_HOME, LABEL_KIND, LABEL_OWNER, MountError, volume_binds
 from chalkd.swarm.images import ShipError
+from chalkd.swarm.runtime import delete_when_free
 from chalkd.swarm.spec import SecretFile, ServiceRequest, service_spec, template_literal
 from chalkd.swarm.watch import TaskState
 
@@ -447,17 +448,9 @@ class SwarmReplicaLauncher:
             self._spawn(self._delete_secret(handle.secret_id))
 
     async def _delete_secret(self, secret_id: str) -> None:
-        for _ in range(60):
-            try:
-                await asyncio.wait_for(self.docker.secrets.delete(secret_id), ENGINE_TIMEOUT)
-                return
-            except DockerError as exc:
-                if exc.status == 404:
-                    return
-            except TimeoutError:
-                pass
-            await asyncio.sleep(0.5)
-        log.warning("the Swarm secret %s is still in use; it is removed at the daemon's next start", secret_id[:12])
+        if not await delete_when_free(lambda: self.docker.secrets.delete(secret_id), tries=60):
+            log.warning("the Swarm secret %s is still in use; it is removed at the daemon's next start",
+                        secret_id[:12])
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -473,17 +466,8 @@ class SwarmReplicaLauncher:
             self._spawn(self._delete_network(net_id))
 
     async def _delete_network(self, net_id: str) -> None:
-        for _ in range(40):
-            try:
-                await asyncio.wait_for(DockerNetwork(self.docker, net_id).delete(), ENGINE_TIMEOUT)
-                return
-            except DockerError as exc:
-                if exc.status == 404:
-                    return
-            except TimeoutError:
-                pass
-            await asyncio.sleep(0.5)
-        log.warning("the network %s is still in use; it is removed at the daemon's next start", net_id[:12])
+        if not await delete_when_free(lambda: DockerNetwork(self.docker, net_id).delete(), tries=40):
+            log.warning("the network %s is still in use; it is removed at the daemon's next start", net_id[:12])
 
     # -- this home's leftovers --------------------------------------------------------------------
 

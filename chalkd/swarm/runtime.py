@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiodocker
@@ -62,6 +63,23 @@ def _unreachable(exc: BaseException) -> bool:
     return isinstance(exc, UNREACHABLE) or (isinstance(exc, DockerError) and exc.status in (900, 503))
 LABEL_REPLICA = "dev.chalkd.replica"
 LABEL_FUNCTION = "dev.chalkd.function"
+
+
+async def delete_when_free(delete: Callable[[], Awaitable[object]], *, tries: int, interval: float = 0.5) -> bool:
+    """Call ``delete`` until it works or says the object is gone (404), at most ``tries`` times: a secret or
+    network still held by a task that is stopping is refused until the task is gone. False when it never
+    went (left for the next start's leftover sweep) or the manager cannot be reached."""
+    for _ in range(tries):
+        try:
+            await asyncio.wait_for(delete(), ENGINE_TIMEOUT)
+            return True
+        except (DockerError, *UNREACHABLE) as exc:
+            if isinstance(exc, DockerError) and exc.status == 404:
+                return True
+            if _unreachable(exc):
+                return False
+        await asyncio.sleep(interval)
+    return False
 
 
 class SwarmError(Exception):
@@ -502,12 +520,5 @@ class SwarmRuntime(Runtime):
             # otherwise gone already
         if secret_id:
             # A secret in use cannot be removed: the service goes first, its task a moment later.
-            for _ in range(20):
-                try:
-                    await asyncio.wait_for(self.docker.secrets.delete(secret_id), ENGINE_TIMEOUT)
-                    break
-                except (DockerError, *UNREACHABLE) as exc:
-                    if _unreachable(exc) or (isinstance(exc, DockerError) and exc.status == 404):
-                        break
-                    await asyncio.sleep(0.5)
+            await delete_when_free(lambda: self.docker.secrets.delete(secret_id), tries=20)
         return True
