@@ -19,7 +19,7 @@ import chalkcompute
 from chalkcompute import _logs
 from chalkcompute._client import Client
 from chalkcompute._proto import chalk_v1_chalk_pb2 as pb
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_for
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("daemon")]
 
@@ -82,8 +82,10 @@ def test_a_subprocess_output_is_in_the_replica_log():
     rows = _logs.read_lines(client, pb.ReadLogsRequest(call_id=call.object_id))
     replica = rows[0].replica_id
     assert replica.startswith("r-")
-    replica_lines = [x.text for x in _logs.read_lines(client, pb.ReadLogsRequest(replica_id=replica))]
-    assert "S from a subprocess" in replica_lines
+    # The subprocess writes below Python (fd 1), into the replica's own file, which the daemon reads apart
+    # from the call's captured lines: it may land a moment after the call's value.
+    wait_for(lambda: "S from a subprocess" in [x.text for x in _logs.read_lines(
+        client, pb.ReadLogsRequest(replica_id=replica))], timeout=30, what="the subprocess's line in the replica log")
 
 
 def test_a_batched_invocation_s_lines_go_to_each_of_its_calls():
