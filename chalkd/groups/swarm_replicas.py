@@ -54,7 +54,7 @@ from chalkcompute.agent import entrypoint as agent_entrypoint
 from chalkd.groups.replicas import KIND, LaunchFailed, ReplicaLaunch
 from chalkd.images.blobs import BlobError
 from chalkd.images.docker_build import BuiltImage, ImageBuildError
-from chalkd.runtime.docker import LABEL_HOME, LABEL_KIND, LABEL_OWNER, MountError, volume_binds
+from chalkd.runtime.docker import LABEL_HOME, LABEL_KIND, LABEL_OWNER, MountError, volume_mounts
 from chalkd.swarm.images import ShipError
 from chalkd.swarm.runtime import delete_when_free
 from chalkd.swarm.spec import SecretFile, ServiceRequest, service_spec, template_literal
@@ -262,8 +262,7 @@ class SwarmReplicaLauncher:
                     from chalkd.runtime.image_user import image_user
 
                     owner = await image_user(self.docker, launch.image_tag)
-                found = await asyncio.to_thread(volume_binds, self.volumes, spec.volumes, owner)
-                binds = tuple(tuple(b.split(":", 1)) for b in found)  # type: ignore[misc]
+                binds = tuple(await asyncio.to_thread(volume_mounts, self.volumes, spec.volumes, owner))
             except (MountError, ValueError, OSError, DockerError) as exc:
                 raise LaunchFailed(str(exc)) from None
         if launch.group_id not in self._warned:

@@ -158,25 +158,44 @@ def check_mounts(mounts: Sequence[VolumeMount], image: ImageSpec) -> None:
         seen.add(m.path)
 
 
-def volume_binds(volumes, mounts: Sequence[VolumeMount], owner: tuple[int, int] | None = None) -> list[str]:
-    """Bind specs for ``mounts``: each volume's directory, read-write.
+def volume_mounts(volumes, mounts: Sequence[VolumeMount], owner: tuple[int, int] | None = None
+                  ) -> list[tuple[str, str]]:
+    """(volume directory on this host, mount path) for each of ``mounts``, read-write.
 
-    The one mount path for functions, containers (and later classes and sandboxes);
-    a volume that does not exist yet is created here. ``owner`` (uid, gid), the
-    user the container runs as, is made the owner of each mounted volume's
-    files: with no capabilities, even uid 0 inside can write only what it owns."""
+    The one mount path for functions, containers, sandboxes and groups, on every engine runtime; a
+    volume that does not exist yet is created here. ``owner`` (uid, gid), the user the container runs
+    as, is made the owner of each mounted volume's files: with no capabilities, even uid 0 inside can
+    write only what it owns."""
     if not mounts:
         return []
     if volumes is None:
         raise MountError("this daemon has no volume store")
-    binds = []
+    out = []
     for m in mounts:
         if ":" in m.path or "," in m.path:
             raise MountError(f"volume {m.volume!r} cannot be mounted at {m.path!r}: ':' and ',' are not allowed")
         if owner is not None and os.geteuid() == 0:
             volumes.hand_to(m.volume, *owner)
-        binds.append(f"{volumes.ensure(m.volume)}:{m.path}")
-    return binds
+        out.append((str(volumes.ensure(m.volume)), m.path))
+    return out
+
+
+def volume_binds(volumes, mounts: Sequence[VolumeMount], owner: tuple[int, int] | None = None) -> list[str]:
+    """:func:`volume_mounts` as Docker's bind specs (``"/home/.../volumes/data:/data"``)."""
+    return [f"{host}:{path}" for host, path in volume_mounts(volumes, mounts, owner)]
+
+
+def check_function(spec: FunctionSpec, volumes) -> None:
+    """What the engine runtimes check at registration: an image with a base, mounts that can be made
+    (created now, so a typo shows up in `chalkd volume ls`). Raises RuntimeUnsupported naming the problem."""
+    if not spec.image.base and not any(s.kind == "dockerfile_commands" for s in spec.image.steps):
+        # The SDK always sends a base; an empty one would only fail later, in the build.
+        raise RuntimeUnsupported(f"function {spec.name!r} has an image with no base")
+    try:
+        check_mounts(spec.volumes, spec.image)
+        volume_mounts(volumes, spec.volumes)
+    except (BlobError, MountError, ValueError) as exc:
+        raise RuntimeUnsupported(str(exc)) from None
 
 
 def share_sockets(run_dir: Path, gid: int = REPLICA_GID) -> None:
@@ -298,15 +317,7 @@ class DockerRuntime(Runtime):
 
     def check(self, spec: FunctionSpec) -> None:
         refuse_placement(spec, self.name)
-        if not spec.image.base and not any(s.kind == "dockerfile_commands" for s in spec.image.steps):
-            # The SDK always sends a base; an empty one would only fail later, in the build.
-            raise RuntimeUnsupported(f"function {spec.name!r} has an image with no base")
-        try:
-            check_mounts(spec.volumes, spec.image)
-            # Volumes named in mounts are created at deploy, so a typo shows up in `chalkd volume ls`.
-            volume_binds(self.volumes, spec.volumes)
-        except (BlobError, MountError, ValueError) as exc:
-            raise RuntimeUnsupported(str(exc)) from None
+        check_function(spec, self.volumes)
 
     async def prepare(self, function_id: str, spec: FunctionSpec) -> None:
         try:

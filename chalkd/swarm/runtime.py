@@ -40,7 +40,16 @@ from chalkd.images.docker_build import DockerImageBuilder, ImageBuildError
 from chalkd.logs.replica_file import ReplicaLogFile
 from chalkd.model import ReplicaExit
 from chalkd.runtime.base import ReplicaHandle, ReplicaRequest, ReplicaStartError, Runtime, RuntimeUnsupported
-from chalkd.runtime.docker import LABEL_HOME, LABEL_KIND, LABEL_OWNER, MountError, check_mounts, home_label
+from chalkd.runtime.docker import (
+    LABEL_HOME,
+    LABEL_KIND,
+    LABEL_OWNER,
+    MountError,
+    check_function,
+    home_label,
+    volume_mounts,
+)
+from chalkd.runtime.image_user import ImageUserError, image_user
 from chalkd.runtime.keys import KEY_FILE_ENV
 from chalkd.specs import FunctionSpec, ImageSpec, ImageStep
 from chalkd.swarm.gpus import ClusterGpuAllocator
@@ -332,25 +341,11 @@ class SwarmRuntime(Runtime):
     # -- functions --------------------------------------------------------------------------------
 
     def check(self, spec: FunctionSpec) -> None:
-        if not spec.image.base and not any(s.kind == "dockerfile_commands" for s in spec.image.steps):
-            raise RuntimeUnsupported(f"function {spec.name!r} has an image with no base")
-        try:
-            check_mounts(spec.volumes, spec.image)
-            for m in spec.volumes:
-                if ":" in m.path or "," in m.path:
-                    raise MountError(f"volume {m.volume!r} cannot be mounted at {m.path!r}: ':' and ',' "
-                                     "are not allowed")
-            node = spec.resources.node
-            if spec.volumes and node and self.daemon_node_name and node != self.daemon_node_name:
-                raise MountError(f"function {spec.name!r} mounts volumes, which live on the daemon's node "
-                                 f"{self.daemon_node_name}, so it cannot run on node={node!r}")
-            if spec.volumes:
-                if self.volumes is None:
-                    raise MountError("this daemon has no volume store")
-                for m in spec.volumes:
-                    self.volumes.ensure(m.volume)
-        except (BlobError, MountError, ValueError) as exc:
-            raise RuntimeUnsupported(str(exc)) from None
+        check_function(spec, self.volumes)
+        node = spec.resources.node
+        if spec.volumes and node and self.daemon_node_name and node != self.daemon_node_name:
+            raise RuntimeUnsupported(f"function {spec.name!r} mounts volumes, which live on the daemon's node "
+                                     f"{self.daemon_node_name}, so it cannot run on node={node!r}")
 
     async def prepare(self, function_id: str, spec: FunctionSpec) -> None:
         try:
@@ -399,9 +394,10 @@ class SwarmRuntime(Runtime):
             # Volumes live in the daemon's home, on the daemon's node: the replica runs there.
             constraints = [f"node.id=={self.daemon_node}"]
             try:
-                for m in fs.volumes:
-                    binds.append((str(await asyncio.to_thread(self.volumes.ensure, m.volume)), m.path))
-            except (ValueError, OSError) as exc:
+                # As on the Docker runtime: the image's USER gets the volumes' files (it has no capabilities).
+                owner = await image_user(self.docker, shipped.image)
+                binds = await asyncio.to_thread(volume_mounts, self.volumes, fs.volumes, owner)
+            except (ImageUserError, DockerError, MountError, ValueError, OSError) as exc:
                 raise ReplicaStartError(str(exc), build_failed=False) from None
         chosen = ""
         if not (fs.volumes or fs.resources.node or fs.resources.node_labels or fs.resources.gpu
