@@ -39,6 +39,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from chalkcompute.gpu import GpuRequest
 
@@ -241,6 +242,12 @@ class GpuAllocator:
         self._held[owner] = tuple(chosen)
         log.debug("GPUs %s -> %s", [d.uuid for d in chosen], owner)
         return list(chosen)
+
+    def allocate_for(self, owner: str, request: GpuRequest, spec: Any = None) -> list[GpuDevice] | None:
+        """:meth:`allocate` for a replica of ``spec`` (a FunctionSpec or GroupSpec). On one host there is
+        nowhere else to place it (the runtimes refuse ``node=``/``node_labels=``), so the spec changes nothing
+        here; a swarm's allocator (chalkd.swarm.gpus) picks among the nodes the spec allows."""
+        return self.allocate(owner, request)
 
     def hold(self, owner: str, uuids: tuple[str, ...]) -> list[GpuDevice]:
         """Give ``owner`` exactly these devices again (a sandbox re-adopted after a restart holds what its

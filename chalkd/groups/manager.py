@@ -397,9 +397,7 @@ class GroupManager:
             uuids: tuple[str, ...] = ()
             if not reason and res.gpu:
                 request = GpuRequest.parse(res.gpu)
-                allocate_for = getattr(self.scaler.gpus, "allocate_for", None)  # a swarm's: one allowed node's
-                devices = (allocate_for(r.id, request, spec) if allocate_for is not None
-                           else self.scaler.gpus.allocate(r.id, request))
+                devices = self.scaler.gpus.allocate_for(r.id, request, spec)  # a swarm's: of one allowed node
                 if devices is None:
                     self.scaler.release(r.id)
                     per_node = getattr(self.scaler.gpus, "waiting_reason", None)  # a swarm's: free GPUs per node

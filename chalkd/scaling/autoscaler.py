@@ -369,9 +369,7 @@ class Autoscaler:
                 devices: list = []
                 if fv.gpu:
                     request = GpuRequest.parse(fv.gpu)
-                    allocate_for = getattr(self.gpus, "allocate_for", None)  # a swarm's: GPUs of one allowed node
-                    got = (allocate_for(replica_id, request, fv.spec) if allocate_for is not None
-                           else self.gpus.allocate(replica_id, request))
+                    got = self.gpus.allocate_for(replica_id, request, fv.spec)  # a swarm's: of one allowed node
                     if got is None:  # enough matching GPUs exist, but others hold them now
                         blocked = self._gpu_reason(fv)
                         break

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from chalkcompute.gpu import GpuRequest
 from chalkd.gpus import GpuAllocator, GpuDevice, summarize
@@ -102,7 +103,7 @@ class ClusterGpuAllocator(GpuAllocator):
         self._nodes = found
         self._node_of_uuid = uuid_node
 
-    def allocate_for(self, owner: str, request: GpuRequest, spec: FunctionSpec | None = None, *,
+    def allocate_for(self, owner: str, request: GpuRequest, spec: Any = None, *,
                      on_daemon_node: bool = False) -> list[GpuDevice] | None:
         """``request.count`` free matching GPUs of one usable node that ``spec``'s placement allows (``node=``,
         ``node_labels=``; a function with volumes runs on the daemon's node), or None (not now)."""
