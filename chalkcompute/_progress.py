@@ -228,21 +228,22 @@ def _clock(seconds: float | None) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
-class Transfer:
-    """The bytes of one volume transfer. The mover adds to ``done``; :meth:`sized` (once the total is
-    known, from any thread) shows a bar when the transfer is large and displays are on."""
+class _BoardRow:
+    """A row of the live area: on the board from :meth:`start` (once) until :meth:`close` (idempotent)."""
 
-    __slots__ = ("done", "label", "total", "_shown")
+    __slots__ = ("_shown",)
+    label: str            # each subclass holds these in its own slots
+    done: int
+    total: int | None
 
-    def __init__(self, label: str) -> None:
-        self.done = 0
-        self.label = label
-        self.total: int | None = None
+    def __init__(self) -> None:
         self._shown = False
 
-    def sized(self, total: int) -> None:
-        self.total = total
-        if total >= LARGE_TRANSFER and not self._shown and enabled():
+    def amount(self, task: Task) -> str:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        if not self._shown:
             self._shown = True
             _BOARD.add(self)
 
@@ -250,6 +251,24 @@ class Transfer:
         if self._shown:
             self._shown = False
             _BOARD.remove(self)
+
+
+class Transfer(_BoardRow):
+    """The bytes of one volume transfer. The mover adds to ``done``; :meth:`sized` (once the total is
+    known, from any thread) shows a bar when the transfer is large and displays are on."""
+
+    __slots__ = ("done", "label", "total")
+
+    def __init__(self, label: str) -> None:
+        super().__init__()
+        self.done = 0
+        self.label = label
+        self.total: int | None = None
+
+    def sized(self, total: int) -> None:
+        self.total = total
+        if total >= LARGE_TRANSFER and enabled():
+            self.start()
 
     def amount(self, task: Task) -> str:
         from rich.filesize import decimal, pick_unit_and_suffix
@@ -262,23 +281,18 @@ class Transfer:
         return f"{self.done / unit:,.1f}/{total / unit:,.1f} {suffix} · {rate} · ETA {eta}"
 
 
-class BuildSteps:
+class BuildSteps(_BoardRow):
     """An image build's row: the Dockerfile step the engine is on (its ``Step k/n :`` lines), k - 1 done.
     A build without such lines (the process runtime's) shows a pulsing bar and its time."""
 
-    __slots__ = ("done", "label", "total", "step", "_shown")
+    __slots__ = ("done", "label", "total", "step")
 
     def __init__(self, label: str) -> None:
+        super().__init__()
         self.done = 0
         self.label = label
         self.total: int | None = None
         self.step = 0
-        self._shown = False
-
-    def start(self) -> None:
-        if not self._shown:
-            self._shown = True
-            _BOARD.add(self)
 
     def feed(self, lines: Iterable[str]) -> None:
         for line in lines:
@@ -291,36 +305,21 @@ class BuildSteps:
         if self.total is not None:
             self.step = self.done = self.total
 
-    def close(self) -> None:
-        if self._shown:
-            self._shown = False
-            _BOARD.remove(self)
-
     def amount(self, task: Task) -> str:
         steps = f"step {self.step} of {self.total} · " if self.total else ""
         return steps + _clock(task.elapsed)
 
 
-class Counter:
+class Counter(_BoardRow):
     """Items done of a known total (or counted when the total is unknown), and their rate."""
 
-    __slots__ = ("done", "label", "total", "_shown")
+    __slots__ = ("done", "label", "total")
 
     def __init__(self, label: str, total: int | None) -> None:
+        super().__init__()
         self.done = 0
         self.label = label
         self.total = total
-        self._shown = False
-
-    def start(self) -> None:
-        if not self._shown:
-            self._shown = True
-            _BOARD.add(self)
-
-    def close(self) -> None:
-        if self._shown:
-            self._shown = False
-            _BOARD.remove(self)
 
     def amount(self, task: Task) -> str:
         speed = task.speed
