@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ DEFAULT_PORT = 50051
 DEFAULT_HTTP_PORT = 50052   # /metrics (and the dashboard): chalkd.web
 DEFAULT_MAX_MESSAGE = DEFAULT_MAX_MESSAGE_BYTES  # the contract both sides share
 DEFAULT_MEMORY_BUDGET = 2**30
+_REGISTRY = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?")
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
                "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
@@ -136,6 +138,9 @@ class Config:
                              f"got {self.engine!r}")
         if self.runtime == "swarm":
             self.advertise()  # raises naming the problem
+            if self.registry is not None and not _REGISTRY.fullmatch(self.registry):
+                raise ValueError(f"--registry must be HOST[:PORT] (a registry the nodes pull from, e.g. "
+                                 f"10.0.0.5:5000), got {self.registry!r}")
         else:
             for flag, value in (("--advertise-addr", self.advertise_addr), ("--registry", self.registry),
                                 ("--node-engine", self.node_engines)):

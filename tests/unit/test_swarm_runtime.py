@@ -108,6 +108,10 @@ def test_advertise_addr_and_the_swarm_flags_are_checked():
         Config(runtime="swarm", advertise_addr="0.0.0.0").validate()
     with pytest.raises(ValueError, match="port must be 0-65535"):
         Config(runtime="swarm", advertise_addr="10.0.0.5:99999").validate()
+    for bad in ("http://10.0.0.1:5000", "10.0.0.1:5000/path", "reg istry", ""):
+        with pytest.raises(ValueError, match="--registry must be HOST\\[:PORT\\]"):
+            Config(runtime="swarm", advertise_addr="10.0.0.5", registry=bad).validate()
+    Config(runtime="swarm", advertise_addr="10.0.0.5", registry="registry.lan:5000").validate()
     with pytest.raises(ValueError, match="--registry is for --runtime swarm"):
         Config(runtime="docker", registry="10.0.0.1:5000").validate()
     with pytest.raises(ValueError, match="--engine must be a Docker engine address"):
